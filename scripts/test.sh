@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole osp test suite on a fresh machine: set-up (Debian packages, ONNX Runtime library), then every
+# test of the workspace in the release profile (the one profile CI builds). Extra arguments go to
+# `cargo test` (e.g. `-- --ignored` for the heavy tests listed in README.md).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$repo/scripts/setup.sh"
+cd "$repo"
+start=$(date +%s)
+cargo test --release --workspace --all-targets --locked "$@"
+cargo test --release --workspace --doc --locked
+echo "[test] suite finished in $(( $(date +%s) - start )) s" >&2
