@@ -1,0 +1,115 @@
+//! Typed errors of the osp runtime: library discovery, session creation, input checks, runs and
+//! tensor files.
+
+use std::path::PathBuf;
+
+use osp_graphs::DType;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How to get an ONNX Runtime library; appended to discovery errors.
+pub const ORT_LIBRARY_HELP: &str = "get one by running `scripts/setup.sh` in the osp repository (it installs \
+     `.osp/onnxruntime/libonnxruntime.so`), or run `pip download --no-deps onnxruntime==1.32.0`, unzip the wheel \
+     and set OSP_ORT_DYLIB to the `onnxruntime/capi/libonnxruntime.so.*` inside it";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no ONNX Runtime library found (searched: {}); {ORT_LIBRARY_HELP}", display_paths(.searched))]
+    OrtLibraryNotFound { searched: Vec<PathBuf> },
+    #[error(
+        "environment variable {var} points at {path}, which is not a file; {ORT_LIBRARY_HELP}"
+    )]
+    OrtLibraryEnvMissing { var: &'static str, path: PathBuf },
+    #[error("loading the ONNX Runtime library {path}: {source}")]
+    OrtLibraryLoad {
+        path: PathBuf,
+        #[source]
+        source: ort::LoadDynamicError,
+    },
+    #[error("creating the ONNX Runtime environment: {0}")]
+    OrtEnvironment(#[source] ort::Error),
+    #[error(
+        "registering the {ep} execution provider failed (no CPU fallback is allowed): {source}"
+    )]
+    EpRegistration {
+        ep: &'static str,
+        #[source]
+        source: ort::Error,
+    },
+    #[error("backend `{backend}` is not available: {why}")]
+    BackendUnavailable { backend: String, why: String },
+    #[error("configuring the {backend} session for {path}: {source}")]
+    SessionConfig {
+        backend: String,
+        path: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
+    #[error(transparent)]
+    Graph(#[from] osp_graphs::Error),
+    #[error("loading model {path}: {source}")]
+    ModelLoad {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("graph `{graph}` ({path}) does not match the manifest: {why}")]
+    ModelMismatch {
+        graph: String,
+        path: PathBuf,
+        why: String,
+    },
+    #[error("running graph `{graph}`: {source}")]
+    Run {
+        graph: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("graph `{graph}` did not produce output `{output}` (produced: {produced})")]
+    MissingOutput {
+        graph: String,
+        output: String,
+        produced: String,
+    },
+    #[error("graph `{graph}` output `{output}`: expected {expected}, got {got}")]
+    OutputMismatch {
+        graph: String,
+        output: String,
+        expected: String,
+        got: String,
+    },
+    #[error("{context}: dtype {dtype} is not supported here")]
+    UnsupportedDtype { context: String, dtype: String },
+    #[error("tensor `{name}`: {why}")]
+    Tensor { name: String, why: String },
+    #[error("reading tensors from {path}: {why}")]
+    SafetensorsRead { path: PathBuf, why: String },
+    #[error("writing tensors to {path}: {why}")]
+    SafetensorsWrite { path: PathBuf, why: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn unsupported(context: impl Into<String>, dtype: DType) -> Self {
+        Error::UnsupportedDtype {
+            context: context.into(),
+            dtype: dtype.to_string(),
+        }
+    }
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "nothing".to_string();
+    }
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

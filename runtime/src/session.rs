@@ -1,0 +1,509 @@
+//! Bundles and graph sessions: the one place where backend sessions are built.
+//!
+//! `Bundle::open` reads and checks `manifest.json`; `Bundle::session` loads one graph on the chosen
+//! backend. `GraphSession::run` checks the call's inputs against the manifest before running and
+//! the outputs against it afterwards, so a wrong tensor fails with its name and the rule it broke.
+//! ONNX Runtime execution providers are registered with `.error_on_failure()`: asking for CUDA or
+//! TensorRT never silently runs on the CPU.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use osp_graphs::{BundleManifest, Dim, GraphSpec, SymbolBindings};
+
+use crate::backend;
+use crate::error::{Error, Result};
+use crate::tensor::{input_view, Tensor};
+
+/// Where a graph runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// ONNX Runtime on the CPU.
+    OrtCpu,
+    /// ONNX Runtime with the CUDA execution provider.
+    OrtCuda { device_id: i32 },
+    /// ONNX Runtime with TensorRT, then CUDA, registered in that order; engines and the timing
+    /// cache are kept under `cache_dir`.
+    OrtTensorRt { device_id: i32, cache_dir: PathBuf },
+    /// tract, the pure-Rust CPU engine (needs the `tract` feature).
+    Tract,
+}
+
+/// The backend names, for command-line choices (`ort-cpu`, `ort-cuda`, `ort-tensorrt`, `tract`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum BackendKind {
+    OrtCpu,
+    OrtCuda,
+    OrtTensorrt,
+    Tract,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::OrtCpu => "ort-cpu",
+            BackendKind::OrtCuda => "ort-cuda",
+            BackendKind::OrtTensorrt => "ort-tensorrt",
+            BackendKind::Tract => "tract",
+        }
+    }
+}
+
+impl Backend {
+    /// Builds a backend from its kind; `device_id` and `cache_dir` apply to the GPU kinds only.
+    pub fn from_kind(kind: BackendKind, device_id: i32, cache_dir: Option<PathBuf>) -> Self {
+        match kind {
+            BackendKind::OrtCpu => Backend::OrtCpu,
+            BackendKind::OrtCuda => Backend::OrtCuda { device_id },
+            BackendKind::OrtTensorrt => Backend::OrtTensorRt {
+                device_id,
+                cache_dir: cache_dir.unwrap_or_else(default_trt_cache_dir),
+            },
+            BackendKind::Tract => Backend::Tract,
+        }
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            Backend::OrtCpu => BackendKind::OrtCpu,
+            Backend::OrtCuda { .. } => BackendKind::OrtCuda,
+            Backend::OrtTensorRt { .. } => BackendKind::OrtTensorrt,
+            Backend::Tract => BackendKind::Tract,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Whether this backend is compiled into this build.
+    pub fn compiled_in(&self) -> bool {
+        match self {
+            Backend::OrtCpu => true,
+            Backend::OrtCuda { .. } => cfg!(feature = "cuda"),
+            Backend::OrtTensorRt { .. } => cfg!(feature = "tensorrt"),
+            Backend::Tract => cfg!(feature = "tract"),
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/osp/tensorrt`, else `$HOME/.cache/osp/tensorrt`, else `<tmp>/osp-tensorrt`.
+pub fn default_trt_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        });
+    match base {
+        Some(dir) => dir.join("osp").join("tensorrt"),
+        None => std::env::temp_dir().join("osp-tensorrt"),
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::OrtCuda { device_id } | Backend::OrtTensorRt { device_id, .. } => {
+                write!(f, "{}:{device_id}", self.name())
+            }
+            _ => f.write_str(self.name()),
+        }
+    }
+}
+
+/// Parses `ort-cpu`, `ort-cuda[:N]`, `ort-tensorrt[:N]` or `tract`.
+impl FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (name, device) = match s.split_once(':') {
+            Some((n, d)) => (n, Some(d)),
+            None => (s, None),
+        };
+        let kind = <BackendKind as clap::ValueEnum>::from_str(name, true)?;
+        let device_id = match device {
+            None => 0,
+            Some(_) if !matches!(kind, BackendKind::OrtCuda | BackendKind::OrtTensorrt) => {
+                return Err(format!("backend `{name}` takes no device id"));
+            }
+            Some(d) => d
+                .parse::<i32>()
+                .map_err(|_| format!("device id `{d}` in `{s}` is not an integer"))?,
+        };
+        Ok(Backend::from_kind(kind, device_id, None))
+    }
+}
+
+/// How to build a graph session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOptions {
+    pub backend: Backend,
+    /// Intra-op threads; `None` lets the backend choose (all cores).
+    pub threads: Option<usize>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            backend: Backend::OrtCpu,
+            threads: None,
+        }
+    }
+}
+
+impl SessionOptions {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            threads: None,
+        }
+    }
+
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+}
+
+/// An exported bundle directory with its checked manifest.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    dir: PathBuf,
+    manifest: BundleManifest,
+}
+
+impl Bundle {
+    /// Reads `<dir>/manifest.json` and checks it and the files it names.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest = BundleManifest::load(&dir)?;
+        Ok(Self { dir, manifest })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn manifest(&self) -> &BundleManifest {
+        &self.manifest
+    }
+
+    /// The `.onnx` file of `graph`.
+    pub fn graph_path(&self, graph: &str) -> Result<PathBuf> {
+        Ok(self.dir.join(&self.manifest.graph(graph)?.file))
+    }
+
+    /// Loads `graph` on `opts.backend`.
+    pub fn session(&self, graph: &str, opts: &SessionOptions) -> Result<GraphSession> {
+        let spec = self.manifest.graph(graph)?.clone();
+        let path = self.dir.join(&spec.file);
+        GraphSession::load(graph, spec, &path, opts)
+    }
+}
+
+enum Inner {
+    Ort(Box<Session>),
+    #[cfg(feature = "tract")]
+    Tract(Box<backend::tract::TractGraph>),
+}
+
+/// One loaded graph, ready to run. `run` takes `&mut self` (ONNX Runtime sessions are not safe to
+/// run concurrently): keep one session per worker.
+pub struct GraphSession {
+    graph: String,
+    spec: GraphSpec,
+    path: PathBuf,
+    backend: Backend,
+    inner: Inner,
+}
+
+impl fmt::Debug for GraphSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GraphSession")
+            .field("graph", &self.graph)
+            .field("path", &self.path)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphSession {
+    /// Loads the model at `path`, described by `spec`, on `opts.backend`.
+    pub fn load(graph: &str, spec: GraphSpec, path: &Path, opts: &SessionOptions) -> Result<Self> {
+        let _span = tracing::info_span!("load_graph", graph, backend = %opts.backend).entered();
+        let start = Instant::now();
+        let inner = match &opts.backend {
+            Backend::Tract => load_tract(graph, path, opts)?,
+            ort_backend => Inner::Ort(Box::new(build_ort_session(
+                graph,
+                path,
+                ort_backend,
+                opts.threads,
+            )?)),
+        };
+        let (inputs, outputs) = match &inner {
+            Inner::Ort(s) => (
+                s.inputs()
+                    .iter()
+                    .map(|o| o.name().to_string())
+                    .collect::<Vec<_>>(),
+                s.outputs()
+                    .iter()
+                    .map(|o| o.name().to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            #[cfg(feature = "tract")]
+            Inner::Tract(t) => (t.input_names().to_vec(), t.output_names().to_vec()),
+        };
+        check_model_io(graph, path, &spec, &inputs, &outputs)?;
+        tracing::info!(
+            graph,
+            path = %path.display(),
+            backend = %opts.backend,
+            threads = ?opts.threads,
+            ms = start.elapsed().as_millis() as u64,
+            "graph loaded"
+        );
+        Ok(Self {
+            graph: graph.to_string(),
+            spec,
+            path: path.to_path_buf(),
+            backend: opts.backend.clone(),
+            inner,
+        })
+    }
+
+    pub fn spec(&self) -> &GraphSpec {
+        &self.spec
+    }
+
+    pub fn name(&self) -> &str {
+        &self.graph
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks `inputs` against the manifest, runs the graph, and checks that every manifest output
+    /// was produced with its dtype and (where the input bindings determine them) dims.
+    pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<BTreeMap<String, Tensor>> {
+        let _span = tracing::info_span!("graph_run", graph = %self.graph, backend = %self.backend)
+            .entered();
+        let views: Vec<_> = inputs.iter().map(|(name, t)| input_view(name, t)).collect();
+        let bindings = self.spec.check_inputs(&self.graph, &views)?;
+        let start = Instant::now();
+        let outputs = match &mut self.inner {
+            Inner::Ort(session) => backend::ort::run(session, &self.graph, inputs)?,
+            #[cfg(feature = "tract")]
+            Inner::Tract(t) => t.run(&self.graph, inputs)?,
+        };
+        tracing::debug!(graph = %self.graph, us = start.elapsed().as_micros() as u64, "graph ran");
+        check_outputs(&self.graph, &self.spec, &bindings, &outputs)?;
+        Ok(outputs)
+    }
+}
+
+#[cfg(feature = "tract")]
+fn load_tract(graph: &str, path: &Path, opts: &SessionOptions) -> Result<Inner> {
+    Ok(Inner::Tract(Box::new(backend::tract::TractGraph::load(
+        graph,
+        path,
+        opts.threads,
+    )?)))
+}
+
+#[cfg(not(feature = "tract"))]
+fn load_tract(_graph: &str, _path: &Path, _opts: &SessionOptions) -> Result<Inner> {
+    Err(Error::BackendUnavailable {
+        backend: "tract".into(),
+        why: "osp-runtime was built without the `tract` feature (rebuild with `--features tract`)"
+            .into(),
+    })
+}
+
+/// Builds an ONNX Runtime session: intra-op threads, optimization level 3, then the execution
+/// providers of `backend` (TensorRT before CUDA), each failing loudly.
+fn build_ort_session(
+    graph: &str,
+    path: &Path,
+    backend: &Backend,
+    threads: Option<usize>,
+) -> Result<Session> {
+    // The provider list is resolved first: a backend compiled out is reported before the library
+    // is even looked for.
+    let eps = match backend {
+        Backend::OrtCpu => vec![crate::ep::cpu::dispatch()],
+        Backend::OrtCuda { device_id } => vec![crate::ep::cuda::dispatch(*device_id)?],
+        Backend::OrtTensorRt {
+            device_id,
+            cache_dir,
+        } => vec![
+            crate::ep::tensorrt::dispatch(*device_id, cache_dir, graph)?,
+            crate::ep::cuda::dispatch(*device_id)?,
+        ],
+        Backend::Tract => unreachable!("tract sessions are not built by ONNX Runtime"),
+    };
+    let env = crate::ort_lib::environment()?;
+    let config = |source: ort::Error| Error::SessionConfig {
+        backend: backend.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut builder = Session::builder(env).map_err(config)?;
+    if let Some(n) = threads {
+        builder = builder
+            .with_intra_threads(n)
+            .map_err(|e| config(e.into()))?;
+    }
+    builder = builder
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| config(e.into()))?;
+    for ep in eps {
+        let name = ep.name();
+        builder = builder
+            .with_execution_providers([ep])
+            .map_err(|e| Error::EpRegistration {
+                ep: name,
+                source: e.into(),
+            })?;
+        tracing::info!(graph, ep = name, "execution provider registered");
+    }
+    builder
+        .commit_from_file(path)
+        .map_err(|source| Error::ModelLoad {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })
+}
+
+/// The model's own input and output names must match the manifest's.
+fn check_model_io(
+    graph: &str,
+    path: &Path,
+    spec: &GraphSpec,
+    inputs: &[String],
+    outputs: &[String],
+) -> Result<()> {
+    let mismatch = |why: String| Error::ModelMismatch {
+        graph: graph.to_string(),
+        path: path.to_path_buf(),
+        why,
+    };
+    for (kind, model_names, spec_names) in [
+        (
+            "input",
+            inputs,
+            spec.inputs
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "output",
+            outputs,
+            spec.outputs
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>(),
+        ),
+    ] {
+        for name in &spec_names {
+            if !model_names.iter().any(|m| m == name) {
+                return Err(mismatch(format!(
+                    "the manifest names {kind} `{name}`, which the model lacks (model {kind}s: {})",
+                    model_names.join(", ")
+                )));
+            }
+        }
+        if kind == "input" {
+            if let Some(extra) = model_names
+                .iter()
+                .find(|m| !spec_names.contains(&m.as_str()))
+            {
+                return Err(mismatch(format!(
+                    "the model has input `{extra}`, which the manifest does not name"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_outputs(
+    graph: &str,
+    spec: &GraphSpec,
+    bindings: &SymbolBindings,
+    outputs: &BTreeMap<String, Tensor>,
+) -> Result<()> {
+    for out in &spec.outputs {
+        let Some(t) = outputs.get(&out.name) else {
+            return Err(Error::MissingOutput {
+                graph: graph.to_string(),
+                output: out.name.clone(),
+                produced: outputs.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        };
+        let mismatch = |expected: String| Error::OutputMismatch {
+            graph: graph.to_string(),
+            output: out.name.clone(),
+            expected,
+            got: t.describe(),
+        };
+        if t.dtype() != out.dtype || t.shape().len() != out.dims.len() {
+            return Err(mismatch(format!("{} {}", out.dtype, out.dims_string())));
+        }
+        for (axis, (dim, &got)) in out.dims.iter().zip(t.shape()).enumerate() {
+            let want = match dim {
+                Dim::Fixed(v) => Some(*v),
+                Dim::Symbolic(s) => bindings.get(s).copied(),
+            };
+            if let Some(want) = want.filter(|&w| w != got) {
+                return Err(mismatch(format!(
+                    "{} {} (dim {axis} = {want})",
+                    out.dtype,
+                    out.dims_string()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_parse_and_print() {
+        assert_eq!("ort-cpu".parse::<Backend>().unwrap(), Backend::OrtCpu);
+        assert_eq!("tract".parse::<Backend>().unwrap(), Backend::Tract);
+        assert_eq!(
+            "ort-cuda:1".parse::<Backend>().unwrap(),
+            Backend::OrtCuda { device_id: 1 }
+        );
+        assert_eq!(Backend::OrtCuda { device_id: 1 }.to_string(), "ort-cuda:1");
+        assert!(matches!(
+            "ort-tensorrt".parse::<Backend>().unwrap(),
+            Backend::OrtTensorRt { device_id: 0, .. }
+        ));
+        assert!("tract:1"
+            .parse::<Backend>()
+            .unwrap_err()
+            .contains("takes no device id"));
+        assert!("ort-cuda:x".parse::<Backend>().is_err());
+        assert!("cuda".parse::<Backend>().is_err());
+    }
+}
