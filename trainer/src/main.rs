@@ -1,1 +1,9 @@
-fn main() {}
+//! `osp-train`: run and (later) train the osp Burn models.
+
+mod commands;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    commands::run(commands::Cli::parse())
+}

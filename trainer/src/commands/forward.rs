@@ -1,0 +1,116 @@
+//! `osp-train forward <model>`: loads a config and official weights, reads named inputs, runs the
+//! forward pass and writes named outputs (safetensors, written atomically).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use burn::tensor::backend::Backend;
+use clap::{Args, ValueEnum};
+
+use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
+use osp_trainer::io::{read_tensors, take_tensor, write_tensors};
+use osp_trainer::models::wfvae::WFVAEModelConfig;
+
+use super::DeviceKind;
+
+/// Which forward pass to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ForwardModel {
+    /// WFVAE encoder: input `x` [b,3,4n+1,h,w] -> `mean`, `logvar` [b,latent,n+1,h/8,w/8].
+    WfvaeEncode,
+    /// WFVAE decoder: input `z` [b,latent,t,h,w] -> `sample` [b,3,4t-3,8h,8w].
+    WfvaeDecode,
+}
+
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    /// Model and direction.
+    pub model: ForwardModel,
+    /// Upstream `config.json` of the model.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Official weights (.safetensors, .safetensors.index.json, .ckpt, .pt, .bin).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Safetensors file holding the named inputs.
+    #[arg(long)]
+    pub inputs: PathBuf,
+    /// Safetensors file to write the named outputs to.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Temporal chunking with explicit caches (equal results, bounded memory).
+    #[arg(long)]
+    pub chunked: bool,
+    /// Frames per encode chunk after the first (multiple of 4).
+    #[arg(long, default_value_t = 8)]
+    pub t_chunk_enc: usize,
+    /// Latents per decode chunk after the first.
+    #[arg(long, default_value_t = 2)]
+    pub t_chunk_dec: usize,
+    /// Load checkpoints with missing or unused tensors and print the report instead of failing.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+}
+
+pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
+    match args.device {
+        DeviceKind::Cpu => run_on::<burn::backend::NdArray<f32>>(&args, &Default::default()),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => run_on::<burn::backend::Cuda<f32>>(&args, &Default::default()),
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => bail!("--device cuda needs osp-train built with `--features cuda`"),
+    }
+}
+
+fn run_on<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Result<()> {
+    let config = WFVAEModelConfig::from_json_file(&args.config)?;
+    let mut model = config
+        .init::<B>(device)
+        .with_context(|| format!("building the model of {}", args.config.display()))?;
+    let checkpoint = Checkpoint::open(&args.weights)?;
+    let report = model
+        .load_official(
+            &checkpoint,
+            LoadOptions {
+                allow_partial: args.allow_partial,
+            },
+        )
+        .with_context(|| format!("loading {}", args.weights.display()))?;
+    if args.allow_partial {
+        eprint!("{report}");
+    }
+    let inputs = read_tensors(&args.inputs)?;
+    let outputs = match args.model {
+        ForwardModel::WfvaeEncode => {
+            let x = take_tensor::<B, 5>(&inputs, "x", device)?;
+            let posterior = if args.chunked {
+                model.encode_chunked(x, args.t_chunk_enc)?
+            } else {
+                model.encode(x)?
+            };
+            vec![
+                ("mean".to_string(), posterior.mean.into_data()),
+                ("logvar".to_string(), posterior.logvar.into_data()),
+            ]
+        }
+        ForwardModel::WfvaeDecode => {
+            let z = take_tensor::<B, 5>(&inputs, "z", device)?;
+            let sample = if args.chunked {
+                model.decode_chunked(z, args.t_chunk_dec)?
+            } else {
+                model.decode(z)?
+            };
+            vec![("sample".to_string(), sample.into_data())]
+        }
+    };
+    if outputs.is_empty() {
+        bail!("no outputs produced");
+    }
+    write_tensors(&args.out, &outputs)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    tracing::info!(out = %args.out.display(), "wrote outputs");
+    Ok(())
+}

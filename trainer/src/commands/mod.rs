@@ -1,0 +1,41 @@
+//! Subcommands of `osp-train`.
+
+mod forward;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Run and train the osp Burn models (official PyTorch weights, exact forward passes).
+#[derive(Debug, Parser)]
+#[command(name = "osp-train", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "OSP_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one model forward pass on named tensors from a safetensors file.
+    Forward(forward::ForwardArgs),
+}
+
+/// Compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceKind {
+    /// CPU (Burn ndarray backend, f32).
+    Cpu,
+    /// First CUDA GPU (needs the `cuda` feature).
+    Cuda,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Forward(args) => forward::run(args),
+    }
+}
