@@ -1,1 +1,12 @@
-fn main() {}
+//! `osp-export`: writes ONNX bundles for osp models.
+//!
+//! `osp-export transformer-block --config block.json --seed 0 --out /tmp/block.bundle`
+
+mod commands;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let args = commands::Args::parse();
+    commands::run(args)
+}

@@ -11,12 +11,15 @@ pub enum ModelSpec {
     /// One pre-norm transformer block (self-attention + GELU MLP), the smallest model that exercises
     /// every piece of the export -> bundle -> runtime chain.
     TransformerBlock(TransformerBlockConfig),
+    /// One bias-free `nn.Linear`, `y = x @ weight^T`: the large-weight (external data over 2 GiB) check.
+    Linear(LinearConfig),
 }
 
 impl ModelSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             ModelSpec::TransformerBlock(_) => "transformer_block",
+            ModelSpec::Linear(_) => "linear",
         }
     }
 }
@@ -35,4 +38,11 @@ pub struct TransformerBlockConfig {
 
 fn default_norm_eps() -> f64 {
     1e-6
+}
+
+/// A bias-free `nn.Linear(in_features, out_features)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinearConfig {
+    pub in_features: usize,
+    pub out_features: usize,
 }

@@ -39,7 +39,12 @@ impl Approx {
         A: Copy + Into<f64>,
         E: Copy + Into<f64>,
     {
-        let mut c = Comparison { level: self, len: expected.len(), len_mismatch: actual.len() != expected.len(), ..Comparison::default() };
+        let mut c = Comparison {
+            level: self,
+            len: expected.len(),
+            len_mismatch: actual.len() != expected.len(),
+            ..Comparison::default()
+        };
         let (mut dot, mut na, mut ne) = (0.0f64, 0.0f64, 0.0f64);
         let (atol, rtol, _) = self.bounds().unwrap_or((0.0, 0.0, 0.0));
         for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
@@ -62,7 +67,11 @@ impl Approx {
             na += a * a;
             ne += e * e;
         }
-        c.cosine = if na == 0.0 && ne == 0.0 { 1.0 } else { dot / (na.sqrt() * ne.sqrt()) };
+        c.cosine = if na == 0.0 && ne == 0.0 {
+            1.0
+        } else {
+            dot / (na.sqrt() * ne.sqrt())
+        };
         c
     }
 }
@@ -157,7 +166,10 @@ mod tests {
         let b = [1.0002f32, -2.0, 3.0, 0.0];
         assert!(!Approx::Approximate.compare(&b, &e).ok());
         assert!(Approx::Cosine(0.999).compare(&b, &e).ok());
-        assert!(!Approx::Exact.compare(&e[..3], &e).ok(), "length mismatch fails");
+        assert!(
+            !Approx::Exact.compare(&e[..3], &e).ok(),
+            "length mismatch fails"
+        );
         let nan = [f32::NAN, -2.0, 3.0, 0.0];
         assert!(!Approx::VeryApproximate.compare(&nan, &e).ok(), "NaN fails");
     }

@@ -1,0 +1,86 @@
+//! `osp-export transformer-block`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use osp_export::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD;
+use osp_export::models::transformer_block::{
+    example_inputs, export_transformer_block, ExportOptions, TransformerBlockWeights,
+};
+use osp_graphs::config::TransformerBlockConfig;
+
+use super::{AttentionArg, PrecisionArg};
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["weights", "seed"])))]
+pub struct TransformerBlockArgs {
+    /// Block config JSON (`hidden_size`, `num_attention_heads`, `attention_head_dim`, `ff_inner_dim`, `norm_eps`).
+    #[arg(long)]
+    config: PathBuf,
+    /// Weights as safetensors, keyed by PyTorch parameter name (strict: no missing or extra tensors).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Seed for deterministic random weights (instead of --weights).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Output bundle directory (replaced atomically if it already holds a bundle).
+    #[arg(long)]
+    out: PathBuf,
+    /// Attention form in the graph.
+    #[arg(long, value_enum, default_value = "onnx")]
+    attention: AttentionArg,
+    /// Precision of weights and interior arithmetic (graph I/O stay f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
+    /// Initializers larger than this many bytes go to the external-data file.
+    #[arg(long, default_value_t = DEFAULT_EXTERNAL_DATA_THRESHOLD)]
+    external_data_threshold: usize,
+    /// Also write the weights used (e.g. the random ones) to this safetensors file.
+    #[arg(long)]
+    save_weights: Option<PathBuf>,
+    /// Also write example inputs (`hidden_states` ~ N(0, 1), all-ones `attention_mask`) to this safetensors file.
+    #[arg(long)]
+    example_inputs: Option<PathBuf>,
+    /// Batch size of the example inputs.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Token count of the example inputs.
+    #[arg(long, default_value_t = 16)]
+    tokens: usize,
+    /// Seed of the example inputs.
+    #[arg(long, default_value_t = 0)]
+    input_seed: u64,
+}
+
+pub fn run(args: TransformerBlockArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading {}", args.config.display()))?;
+    let cfg: TransformerBlockConfig = serde_json::from_str(&text)
+        .with_context(|| format!("parsing {}", args.config.display()))?;
+    let weights = match (&args.weights, args.seed) {
+        (Some(path), _) => TransformerBlockWeights::load(&cfg, path)
+            .with_context(|| format!("loading {}", path.display()))?,
+        (None, Some(seed)) => TransformerBlockWeights::random(&cfg, seed)?,
+        (None, None) => anyhow::bail!("one of --weights or --seed is required"),
+    };
+    if let Some(path) = &args.save_weights {
+        weights
+            .save(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let opts = ExportOptions {
+        attention: args.attention.into(),
+        precision: args.precision.into(),
+        external_data_threshold_bytes: args.external_data_threshold,
+        source: args.weights.clone(),
+    };
+    export_transformer_block(&cfg, weights.weights(), &opts, &args.out)
+        .with_context(|| format!("exporting to {}", args.out.display()))?;
+    if let Some(path) = &args.example_inputs {
+        example_inputs(&cfg, args.batch, args.tokens, args.input_seed)?
+            .save_safetensors(path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! One lowering file per model.
+
+pub mod big_linear;
+pub mod transformer_block;
