@@ -9,4 +9,6 @@ cd "$repo"
 start=$(date +%s)
 cargo test --release --workspace --all-targets --locked "$@"
 cargo test --release --workspace --doc --locked
+# The lean runtime on its own (no tract, as shipped): its CLI tests, including the binary-size check.
+cargo test --release --locked -p osp-runtime --test cli
 echo "[test] suite finished in $(( $(date +%s) - start )) s" >&2
