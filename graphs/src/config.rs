@@ -2,6 +2,8 @@
 //!
 //! Each model issue adds its variant (`wfvae`, `opensora_t2v_v1_3`, `mt5_encoder`, `pipeline`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// The model a bundle holds, with its full config.
@@ -13,6 +15,8 @@ pub enum ModelSpec {
     TransformerBlock(TransformerBlockConfig),
     /// One bias-free `nn.Linear`, `y = x @ weight^T`: the large-weight (external data over 2 GiB) check.
     Linear(LinearConfig),
+    /// The WFVAE video autoencoder (`WFVAEModel`, Open-Sora-Plan v1.3).
+    Wfvae(WfvaeConfig),
 }
 
 impl ModelSpec {
@@ -20,6 +24,7 @@ impl ModelSpec {
         match self {
             ModelSpec::TransformerBlock(_) => "transformer_block",
             ModelSpec::Linear(_) => "linear",
+            ModelSpec::Wfvae(_) => "wfvae",
         }
     }
 }
@@ -45,4 +50,67 @@ fn default_norm_eps() -> f64 {
 pub struct LinearConfig {
     pub in_features: usize,
     pub out_features: usize,
+}
+
+/// The upstream WFVAE `config.json`, verbatim. The keys the runtime needs (latent size and the
+/// diffusion wrapper's per-channel latent normalisation `z = (mean - shift) * scale`) are typed;
+/// every other upstream key is kept as written in `upstream`, so the block structure is defined
+/// in one place only (the trainer's `WFVAEModelConfig`, converted through JSON by the exporter).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WfvaeConfig {
+    pub latent_dim: usize,
+    pub scale: Vec<f64>,
+    pub shift: Vec<f64>,
+    #[serde(flatten)]
+    pub upstream: BTreeMap<String, serde_json::Value>,
+}
+
+/// Metadata key under which each streaming-decoder graph stores its [`StreamProtocol`].
+pub const STREAM_METADATA_KEY: &str = "stream";
+
+/// Which call of a streaming decode a graph serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamRole {
+    /// The first chunk (exactly `first_chunk_latents` latents); outputs the initial state.
+    First,
+    /// A middle chunk: state in, state out.
+    Step,
+    /// The final chunk: state in, flushes, no state out.
+    Last,
+}
+
+/// One state tensor carried from a call's output to the next call's input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatePair {
+    pub input: String,
+    pub output: String,
+}
+
+/// How a runtime drives a streaming decoder chunk by chunk, so it never re-derives the protocol
+/// from model code. A clip of `T` latents is split as `first_chunk_latents`, then chunks of any
+/// size `1..=max_chunk_latents`; the first graph runs alone when `T == first_chunk_latents`,
+/// otherwise every chunk but the final one runs the step graph and the final one the last graph.
+/// Each call feeds `input` and the previous call's state outputs (`StatePair::output` ->
+/// `StatePair::input`) and returns `frames_per_latent * t + frames_offset` frames of `output`
+/// for a chunk of `t` latents; of the call right after the first one, the first
+/// `drop_leading_frames_after_first` frames repeat frames already returned and are dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamProtocol {
+    pub role: StreamRole,
+    pub first_graph: String,
+    pub step_graph: String,
+    pub last_graph: String,
+    /// The latent chunk input (`[b, c, t, h, w]`) and the frames output.
+    pub input: String,
+    pub output: String,
+    pub first_chunk_latents: usize,
+    pub max_chunk_latents: usize,
+    /// A chunk size that keeps memory low at a modest per-call overhead (upstream `t_chunk_dec`).
+    pub default_chunk_latents: usize,
+    pub frames_per_latent: usize,
+    pub frames_offset: i64,
+    pub drop_leading_frames_after_first: usize,
+    /// Every state tensor, in graph input order.
+    pub state: Vec<StatePair>,
 }

@@ -19,63 +19,23 @@ pub enum Error {
         source: serde_json::Error,
     },
     #[error("{path}: manifest format version {found} is not supported (this build reads version {supported})")]
-    FormatVersion {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
+    FormatVersion { path: PathBuf, found: u32, supported: u32 },
     #[error("bundle {bundle}: graph `{graph}` names file `{file}`, which does not exist")]
-    MissingFile {
-        bundle: PathBuf,
-        graph: String,
-        file: String,
-    },
+    MissingFile { bundle: PathBuf, graph: String, file: String },
     #[error("bundle {bundle}: graph `{graph}` file `{file}` must be a plain name inside the bundle directory")]
-    UnsafeFileName {
-        bundle: PathBuf,
-        graph: String,
-        file: String,
-    },
+    UnsafeFileName { bundle: PathBuf, graph: String, file: String },
     #[error("bundle has no graph named `{name}` (graphs: {available})")]
     UnknownGraph { name: String, available: String },
     #[error("graph `{graph}`: missing input `{input}` (expected {expected})")]
-    MissingInput {
-        graph: String,
-        input: String,
-        expected: String,
-    },
+    MissingInput { graph: String, input: String, expected: String },
     #[error("graph `{graph}`: unexpected input `{input}` (inputs are: {expected})")]
-    UnexpectedInput {
-        graph: String,
-        input: String,
-        expected: String,
-    },
+    UnexpectedInput { graph: String, input: String, expected: String },
     #[error("graph `{graph}` input `{input}`: dtype must be {expected}, got {got}")]
-    DType {
-        graph: String,
-        input: String,
-        expected: String,
-        got: String,
-    },
-    #[error(
-        "graph `{graph}` input `{input}`: rank must be {expected} (dims {dims}), got shape {got:?}"
-    )]
-    Rank {
-        graph: String,
-        input: String,
-        expected: usize,
-        dims: String,
-        got: Vec<usize>,
-    },
+    DType { graph: String, input: String, expected: String, got: String },
+    #[error("graph `{graph}` input `{input}`: rank must be {expected} (dims {dims}), got shape {got:?}")]
+    Rank { graph: String, input: String, expected: usize, dims: String, got: Vec<usize> },
     #[error("graph `{graph}` input `{input}`: dim {axis} must be {expected}, got {got} (shape {shape:?})")]
-    Dim {
-        graph: String,
-        input: String,
-        axis: usize,
-        expected: String,
-        got: usize,
-        shape: Vec<usize>,
-    },
+    Dim { graph: String, input: String, axis: usize, expected: String, got: usize, shape: Vec<usize> },
     #[error("invalid manifest: {0}")]
     Invalid(String),
 }

@@ -15,7 +15,7 @@ pub mod tolerance;
 pub use config::ModelSpec;
 pub use error::{Error, Result};
 pub use manifest::{
-    AttentionKind, BundleManifest, DType, Dim, GraphSpec, Precision, Provenance, SymbolBindings,
-    TensorSpec, FORMAT_VERSION, MANIFEST_FILE,
+    AttentionKind, BundleManifest, DType, Dim, GraphSpec, Precision, Provenance, SymbolBindings, TensorSpec,
+    FORMAT_VERSION, MANIFEST_FILE,
 };
 pub use tolerance::{Approx, Comparison};

@@ -117,11 +117,7 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     pub fn new(name: impl Into<String>, dtype: DType, dims: impl IntoIterator<Item = Dim>) -> Self {
-        Self {
-            name: name.into(),
-            dtype,
-            dims: dims.into_iter().collect(),
-        }
+        Self { name: name.into(), dtype, dims: dims.into_iter().collect() }
     }
 
     /// `[b, 3, t, h, w]`-style rendering for messages.
@@ -230,11 +226,7 @@ impl GraphSpec {
     }
 
     fn input_names(&self) -> String {
-        self.inputs
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        self.inputs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
     }
 
     /// Checks a call's inputs against the spec: every input present and no other, dtypes equal,
@@ -329,12 +321,7 @@ pub struct BundleManifest {
 
 impl BundleManifest {
     pub fn new(model: ModelSpec, provenance: Provenance) -> Self {
-        Self {
-            format_version: FORMAT_VERSION,
-            model,
-            graphs: BTreeMap::new(),
-            provenance,
-        }
+        Self { format_version: FORMAT_VERSION, model, graphs: BTreeMap::new(), provenance }
     }
 
     pub fn graph(&self, name: &str) -> Result<&GraphSpec> {
@@ -348,28 +335,14 @@ impl BundleManifest {
     /// (plain file names, unique I/O names), and that every file it names exists.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: path.clone(),
-                source,
-            })?;
-        let found = value
-            .get("format_version")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0) as u32;
+            serde_json::from_str(&text).map_err(|source| Error::Json { path: path.clone(), source })?;
+        let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
         if found != FORMAT_VERSION {
-            return Err(Error::FormatVersion {
-                path,
-                found,
-                supported: FORMAT_VERSION,
-            });
+            return Err(Error::FormatVersion { path, found, supported: FORMAT_VERSION });
         }
-        let manifest: Self =
-            serde_json::from_value(value).map_err(|source| Error::Json { path, source })?;
+        let manifest: Self = serde_json::from_value(value).map_err(|source| Error::Json { path, source })?;
         manifest.validate()?;
         manifest.check_files(dir)?;
         Ok(manifest)
@@ -385,10 +358,7 @@ impl BundleManifest {
                 let mut seen = std::collections::BTreeSet::new();
                 for t in list {
                     if !seen.insert(&t.name) {
-                        return Err(Error::Invalid(format!(
-                            "graph `{name}`: I/O name `{}` appears twice",
-                            t.name
-                        )));
+                        return Err(Error::Invalid(format!("graph `{name}`: I/O name `{}` appears twice", t.name)));
                     }
                 }
             }
@@ -403,10 +373,7 @@ impl BundleManifest {
     pub fn check_files(&self, dir: &Path) -> Result<()> {
         for (name, g) in &self.graphs {
             for file in std::iter::once(&g.file).chain(&g.external_data) {
-                let plain = Path::new(file)
-                    .file_name()
-                    .map(|f| f == file.as_str())
-                    .unwrap_or(false);
+                let plain = Path::new(file).file_name().map(|f| f == file.as_str()).unwrap_or(false);
                 if !plain || file == ".." || file == "." {
                     return Err(Error::UnsafeFileName {
                         bundle: dir.to_path_buf(),
@@ -431,18 +398,9 @@ impl BundleManifest {
         self.validate()?;
         let path = dir.join(MANIFEST_FILE);
         let tmp = dir.join(format!("{MANIFEST_FILE}.partial"));
-        let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
-            path: path.clone(),
-            source,
-        })?;
-        std::fs::write(&tmp, text + "\n").map_err(|source| Error::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        std::fs::rename(&tmp, &path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json { path: path.clone(), source })?;
+        std::fs::write(&tmp, text + "\n").map_err(|source| Error::Io { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path: path.clone(), source })?;
         Ok(path)
     }
 }
@@ -457,18 +415,10 @@ mod tests {
             file: "g.onnx".into(),
             external_data: vec![],
             inputs: vec![
-                TensorSpec::new(
-                    "x",
-                    DType::F32,
-                    [Dim::sym("b"), Dim::Fixed(3), Dim::sym("t")],
-                ),
+                TensorSpec::new("x", DType::F32, [Dim::sym("b"), Dim::Fixed(3), Dim::sym("t")]),
                 TensorSpec::new("mask", DType::I64, [Dim::sym("b"), Dim::sym("t")]),
             ],
-            outputs: vec![TensorSpec::new(
-                "y",
-                DType::F32,
-                [Dim::sym("b"), Dim::sym("t")],
-            )],
+            outputs: vec![TensorSpec::new("y", DType::F32, [Dim::sym("b"), Dim::sym("t")])],
             attention: AttentionKind::None,
             precision: Precision::F32,
             opset: 23,
@@ -482,15 +432,8 @@ mod tests {
 
     #[test]
     fn binds_symbols_consistently() {
-        let b = spec()
-            .check_inputs(
-                "g",
-                &[
-                    view("x", DType::F32, &[2, 3, 5]),
-                    view("mask", DType::I64, &[2, 5]),
-                ],
-            )
-            .unwrap();
+        let b =
+            spec().check_inputs("g", &[view("x", DType::F32, &[2, 3, 5]), view("mask", DType::I64, &[2, 5])]).unwrap();
         assert_eq!(b["b"], 2);
         assert_eq!(b["t"], 5);
         assert_eq!(spec().outputs[0].resolve(&b), Some(vec![2, 5]));
@@ -500,44 +443,16 @@ mod tests {
     fn rejects_each_kind_of_mismatch() {
         let s = spec();
         let cases: Vec<(Vec<InputView>, &str)> = vec![
+            (vec![view("x", DType::F32, &[2, 3, 5])], "missing input `mask`"),
+            (vec![view("x", DType::F16, &[2, 3, 5]), view("mask", DType::I64, &[2, 5])], "dtype must be f32, got f16"),
+            (vec![view("x", DType::F32, &[2, 3]), view("mask", DType::I64, &[2, 5])], "rank must be 3"),
+            (vec![view("x", DType::F32, &[2, 4, 5]), view("mask", DType::I64, &[2, 5])], "dim 1 must be 3, got 4"),
             (
-                vec![view("x", DType::F32, &[2, 3, 5])],
-                "missing input `mask`",
-            ),
-            (
-                vec![
-                    view("x", DType::F16, &[2, 3, 5]),
-                    view("mask", DType::I64, &[2, 5]),
-                ],
-                "dtype must be f32, got f16",
-            ),
-            (
-                vec![
-                    view("x", DType::F32, &[2, 3]),
-                    view("mask", DType::I64, &[2, 5]),
-                ],
-                "rank must be 3",
-            ),
-            (
-                vec![
-                    view("x", DType::F32, &[2, 4, 5]),
-                    view("mask", DType::I64, &[2, 5]),
-                ],
-                "dim 1 must be 3, got 4",
-            ),
-            (
-                vec![
-                    view("x", DType::F32, &[2, 3, 5]),
-                    view("mask", DType::I64, &[2, 6]),
-                ],
+                vec![view("x", DType::F32, &[2, 3, 5]), view("mask", DType::I64, &[2, 6])],
                 "dim 1 must be t = 5 (bound by input `x`), got 6",
             ),
             (
-                vec![
-                    view("x", DType::F32, &[2, 3, 5]),
-                    view("mask", DType::I64, &[2, 5]),
-                    view("z", DType::F32, &[1]),
-                ],
+                vec![view("x", DType::F32, &[2, 3, 5]), view("mask", DType::I64, &[2, 5]), view("z", DType::F32, &[1])],
                 "unexpected input `z`",
             ),
         ];
@@ -562,17 +477,10 @@ mod tests {
         m.graphs.insert("g".into(), spec());
         m.save(&dir).unwrap();
         let err = BundleManifest::load(&dir).unwrap_err().to_string();
-        assert!(
-            err.contains("names file `g.onnx`, which does not exist"),
-            "{err}"
-        );
+        assert!(err.contains("names file `g.onnx`, which does not exist"), "{err}");
         std::fs::write(dir.join("g.onnx"), b"x").unwrap();
         assert_eq!(BundleManifest::load(&dir).unwrap(), m);
-        assert!(m
-            .graph("nope")
-            .unwrap_err()
-            .to_string()
-            .contains("no graph named `nope` (graphs: g)"));
+        assert!(m.graph("nope").unwrap_err().to_string().contains("no graph named `nope` (graphs: g)"));
 
         let mut bad = m.clone();
         bad.graphs.get_mut("g").unwrap().file = "../g.onnx".into();

@@ -67,11 +67,7 @@ impl Approx {
             na += a * a;
             ne += e * e;
         }
-        c.cosine = if na == 0.0 && ne == 0.0 {
-            1.0
-        } else {
-            dot / (na.sqrt() * ne.sqrt())
-        };
+        c.cosine = if na == 0.0 && ne == 0.0 { 1.0 } else { dot / (na.sqrt() * ne.sqrt()) };
         c
     }
 }
@@ -166,10 +162,7 @@ mod tests {
         let b = [1.0002f32, -2.0, 3.0, 0.0];
         assert!(!Approx::Approximate.compare(&b, &e).ok());
         assert!(Approx::Cosine(0.999).compare(&b, &e).ok());
-        assert!(
-            !Approx::Exact.compare(&e[..3], &e).ok(),
-            "length mismatch fails"
-        );
+        assert!(!Approx::Exact.compare(&e[..3], &e).ok(), "length mismatch fails");
         let nan = [f32::NAN, -2.0, 3.0, 0.0];
         assert!(!Approx::VeryApproximate.compare(&nan, &e).ok(), "NaN fails");
     }
