@@ -25,20 +25,14 @@ pub const DEFAULT_EXTERNAL_DATA_THRESHOLD: usize = 1024;
 
 /// `<path>.partial-<pid>`: the temporary name a file or directory is written under.
 pub fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".partial-{}", std::process::id()));
     path.with_file_name(name)
 }
 
 /// Provenance for a bundle exported from `source` (its file name and SHA-256), or from no file.
 pub fn provenance(source: Option<&Path>) -> Result<Provenance> {
-    let mut p = Provenance {
-        exporter: crate::exporter_id(),
-        ..Default::default()
-    };
+    let mut p = Provenance { exporter: crate::exporter_id(), ..Default::default() };
     if let Some(path) = source {
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let mut hasher = Sha256::new();
@@ -51,9 +45,7 @@ pub fn provenance(source: Option<&Path>) -> Result<Provenance> {
             hasher.update(&buf[..n]);
         }
         p.source = Some(
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| path.display().to_string()),
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string()),
         );
         p.source_sha256 = Some(hex::encode(hasher.finalize()));
     }
@@ -79,10 +71,7 @@ impl BundleWriter {
         external_data_threshold_bytes: usize,
     ) -> Result<Self> {
         if out.file_name().is_none() {
-            return Err(Error::Config(format!(
-                "bundle path {} must name a directory",
-                out.display()
-            )));
+            return Err(Error::Config(format!("bundle path {} must name a directory", out.display())));
         }
         if out.exists() && !is_replaceable(out) {
             return Err(Error::Config(format!(
@@ -118,19 +107,13 @@ impl BundleWriter {
         metadata: BTreeMap<String, serde_json::Value>,
     ) -> Result<&GraphSpec> {
         let plain = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
             && !name.starts_with('.');
         if !plain {
-            return Err(Error::Config(format!(
-                "graph name `{name}` must be a plain file name ([A-Za-z0-9_.-])"
-            )));
+            return Err(Error::Config(format!("graph name `{name}` must be a plain file name ([A-Za-z0-9_.-])")));
         }
         if self.manifest.graphs.contains_key(name) {
-            return Err(Error::Config(format!(
-                "the bundle already has a graph named `{name}`"
-            )));
+            return Err(Error::Config(format!("the bundle already has a graph named `{name}`")));
         }
         graph.check_wiring()?;
         let file = format!("{name}.onnx");
@@ -149,18 +132,12 @@ impl BundleWriter {
                 data = Some(BufWriter::with_capacity(1 << 22, f));
             }
             let w = data.as_mut().expect("the data file should be open");
-            let pad = (EXTERNAL_DATA_ALIGNMENT - offset % EXTERNAL_DATA_ALIGNMENT)
-                % EXTERNAL_DATA_ALIGNMENT;
-            w.write_all(&vec![0u8; pad as usize])
-                .map_err(|e| Error::io(&data_path, e))?;
+            let pad = (EXTERNAL_DATA_ALIGNMENT - offset % EXTERNAL_DATA_ALIGNMENT) % EXTERNAL_DATA_ALIGNMENT;
+            w.write_all(&vec![0u8; pad as usize]).map_err(|e| Error::io(&data_path, e))?;
             offset += pad;
-            init.write_chunks(&mut |c: &[u8]| w.write_all(c))
-                .map_err(|e| Error::io(&data_path, e))?;
+            init.write_chunks(&mut |c: &[u8]| w.write_all(c)).map_err(|e| Error::io(&data_path, e))?;
             let length = init.byte_len() as u64;
-            let entry = |k: &str, v: String| onnx::StringStringEntryProto {
-                key: Some(k.to_string()),
-                value: Some(v),
-            };
+            let entry = |k: &str, v: String| onnx::StringStringEntryProto { key: Some(k.to_string()), value: Some(v) };
             protos.push(onnx::TensorProto {
                 data_location: Some(onnx::tensor_proto::DataLocation::External as i32),
                 external_data: vec![
@@ -189,13 +166,7 @@ impl BundleWriter {
             });
         }
         std::fs::write(&onnx_path, proto.encode_to_vec()).map_err(|e| Error::io(&onnx_path, e))?;
-        info!(
-            graph = name,
-            nodes = graph.nodes.len(),
-            proto_bytes = len,
-            external_bytes = offset,
-            "wrote graph"
-        );
+        info!(graph = name, nodes = graph.nodes.len(), proto_bytes = len, external_bytes = offset, "wrote graph");
         let spec = GraphSpec {
             file,
             external_data: if offset > 0 { vec![data_file] } else { vec![] },
@@ -214,11 +185,7 @@ impl BundleWriter {
         self.manifest.save(&self.tmp)?;
         if self.out.exists() {
             let old = {
-                let mut n = self
-                    .out
-                    .file_name()
-                    .map(|n| n.to_os_string())
-                    .unwrap_or_default();
+                let mut n = self.out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
                 n.push(format!(".old-{}", std::process::id()));
                 self.out.with_file_name(n)
             };
@@ -246,7 +213,5 @@ impl Drop for BundleWriter {
 fn is_replaceable(dir: &Path) -> bool {
     dir.is_dir()
         && (dir.join(MANIFEST_FILE).is_file()
-            || std::fs::read_dir(dir)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false))
+            || std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false))
 }

@@ -29,25 +29,11 @@ pub enum Error {
     #[error("weights: unexpected tensor(s) {keys:?} (the model has no such parameter)")]
     UnexpectedTensors { keys: Vec<String> },
     #[error("weights: tensor `{key}` must have shape {expected:?}, got {got:?}")]
-    Shape {
-        key: String,
-        expected: Vec<usize>,
-        got: Vec<usize>,
-    },
+    Shape { key: String, expected: Vec<usize>, got: Vec<usize> },
     #[error("weights: tensor `{key}` must be {expected}, got {got}")]
-    TensorDType {
-        key: String,
-        expected: DType,
-        got: DType,
-    },
+    TensorDType { key: String, expected: DType, got: DType },
     #[error("tensor `{name}`: {len} data bytes do not hold shape {shape:?} of {dtype} ({expected} bytes)")]
-    DataLength {
-        name: String,
-        dtype: DType,
-        shape: Vec<usize>,
-        len: usize,
-        expected: usize,
-    },
+    DataLength { name: String, dtype: DType, shape: Vec<usize>, len: usize, expected: usize },
     #[error("graph builder: {op}: {message}")]
     Builder { op: String, message: String },
     #[error("graph `{graph}`: {message}")]
@@ -58,16 +44,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub(crate) fn builder(op: &str, message: impl Into<String>) -> Self {
-        Error::Builder {
-            op: op.to_string(),
-            message: message.into(),
-        }
+        Error::Builder { op: op.to_string(), message: message.into() }
     }
 }

@@ -63,11 +63,7 @@ impl Initializer {
         if written != self.byte_len() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!(
-                    "initializer `{}` produced {written} bytes, its shape needs {}",
-                    self.name,
-                    self.byte_len()
-                ),
+                format!("initializer `{}` produced {written} bytes, its shape needs {}", self.name, self.byte_len()),
             ));
         }
         Ok(())
@@ -90,14 +86,8 @@ impl Initializer {
             raw.extend_from_slice(c);
             Ok(())
         })
-        .map_err(|e| Error::Graph {
-            graph: String::new(),
-            message: e.to_string(),
-        })?;
-        Ok(onnx::TensorProto {
-            raw_data: Some(raw),
-            ..self.header_proto()
-        })
+        .map_err(|e| Error::Graph { graph: String::new(), message: e.to_string() })?;
+        Ok(onnx::TensorProto { raw_data: Some(raw), ..self.header_proto() })
     }
 }
 
@@ -123,17 +113,13 @@ impl OnnxGraph {
     }
 
     pub fn uses_domain(&self, domain: &str) -> bool {
-        self.nodes
-            .iter()
-            .any(|n| n.domain.as_deref() == Some(domain))
+        self.nodes.iter().any(|n| n.domain.as_deref() == Some(domain))
     }
 
     /// The model proto with `initializers` as the graph's initializer list.
     pub fn model_proto_with(&self, initializers: Vec<onnx::TensorProto>) -> onnx::ModelProto {
-        let mut opset_import = vec![onnx::OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(crate::OPSET),
-        }];
+        let mut opset_import =
+            vec![onnx::OperatorSetIdProto { domain: Some(String::new()), version: Some(crate::OPSET) }];
         if self.uses_domain(crate::MS_DOMAIN) {
             opset_import.push(onnx::OperatorSetIdProto {
                 domain: Some(crate::MS_DOMAIN.to_string()),
@@ -159,23 +145,14 @@ impl OnnxGraph {
 
     /// The model proto with every initializer inline (small graphs and tests).
     pub fn to_model_proto(&self) -> Result<onnx::ModelProto> {
-        let inits = self
-            .initializers
-            .iter()
-            .map(Initializer::inline_proto)
-            .collect::<Result<Vec<_>>>()?;
+        let inits = self.initializers.iter().map(Initializer::inline_proto).collect::<Result<Vec<_>>>()?;
         Ok(self.model_proto_with(inits))
     }
 
     /// Checks the graph's wiring: every node input is produced before use (or is a graph input or
     /// initializer), every value has one producer, and every graph output is produced.
     pub fn check_wiring(&self) -> Result<()> {
-        let fail = |message: String| {
-            Err(Error::Graph {
-                graph: self.name.clone(),
-                message,
-            })
-        };
+        let fail = |message: String| Err(Error::Graph { graph: self.name.clone(), message });
         let mut defined: BTreeSet<&str> = self.inputs.iter().map(|t| t.name.as_str()).collect();
         for init in &self.initializers {
             if !defined.insert(&init.name) {
@@ -223,12 +200,10 @@ fn value_info(spec: &TensorSpec) -> onnx::ValueInfoProto {
         name: Some(spec.name.clone()),
         r#type: Some(onnx::TypeProto {
             denotation: None,
-            value: Some(onnx::type_proto::Value::TensorType(
-                onnx::type_proto::Tensor {
-                    elem_type: Some(onnx_elem_type(spec.dtype)),
-                    shape: Some(onnx::TensorShapeProto { dim }),
-                },
-            )),
+            value: Some(onnx::type_proto::Value::TensorType(onnx::type_proto::Tensor {
+                elem_type: Some(onnx_elem_type(spec.dtype)),
+                shape: Some(onnx::TensorShapeProto { dim }),
+            })),
         }),
         ..Default::default()
     }

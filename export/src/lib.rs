@@ -28,9 +28,7 @@ pub use bundle::BundleWriter;
 pub use error::{Error, Result};
 pub use graph::OnnxGraph;
 pub use models::big_linear::export_big_linear;
-pub use models::transformer_block::{
-    export_transformer_block, ExportOptions, TransformerBlockWeights,
-};
+pub use models::transformer_block::{export_transformer_block, ExportOptions, TransformerBlockWeights};
 pub use tensor::{HostTensor, Weights};
 
 /// `osp-export <version>`, recorded in every manifest's provenance.

@@ -1,6 +1,7 @@
 //! `osp-export`: writes ONNX bundles for osp models.
 //!
 //! `osp-export transformer-block --config block.json --seed 0 --out /tmp/block.bundle`
+//! `osp-export wfvae --config vae/config.json --weights vae/diffusion_pytorch_model.safetensors --out /tmp/wfvae.bundle`
 
 mod commands;
 

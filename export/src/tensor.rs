@@ -27,59 +27,29 @@ impl HostTensor {
     pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<u8>) -> Result<Self> {
         let expected = shape.iter().product::<usize>() * dtype.size();
         if data.len() != expected {
-            return Err(Error::DataLength {
-                name: String::new(),
-                dtype,
-                shape,
-                len: data.len(),
-                expected,
-            });
+            return Err(Error::DataLength { name: String::new(), dtype, shape, len: data.len(), expected });
         }
-        Ok(Self {
-            dtype,
-            shape,
-            data: Arc::new(data),
-        })
+        Ok(Self { dtype, shape, data: Arc::new(data) })
     }
 
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<Self> {
-        Self::new(
-            DType::F32,
-            shape,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
+        Self::new(DType::F32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     pub fn from_f16(shape: Vec<usize>, values: &[f16]) -> Result<Self> {
-        Self::new(
-            DType::F16,
-            shape,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
+        Self::new(DType::F16, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     pub fn from_bf16(shape: Vec<usize>, values: &[bf16]) -> Result<Self> {
-        Self::new(
-            DType::Bf16,
-            shape,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
+        Self::new(DType::Bf16, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Result<Self> {
-        Self::new(
-            DType::I64,
-            shape,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
+        Self::new(DType::I64, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     pub fn from_i32(shape: Vec<usize>, values: &[i32]) -> Result<Self> {
-        Self::new(
-            DType::I32,
-            shape,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
+        Self::new(DType::I32, shape, values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     pub fn from_u8(shape: Vec<usize>, values: &[u8]) -> Result<Self> {
@@ -87,11 +57,7 @@ impl HostTensor {
     }
 
     pub fn from_bool(shape: Vec<usize>, values: &[bool]) -> Result<Self> {
-        Self::new(
-            DType::Bool,
-            shape,
-            values.iter().map(|&v| v as u8).collect(),
-        )
+        Self::new(DType::Bool, shape, values.iter().map(|&v| v as u8).collect())
     }
 
     pub fn dtype(&self) -> DType {
@@ -118,24 +84,10 @@ impl HostTensor {
     /// Values as f32 (from f32, f16 or bf16).
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         match self.dtype {
-            DType::F32 => Ok(self
-                .data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()),
-            DType::F16 => Ok(self
-                .data
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect()),
-            DType::Bf16 => Ok(self
-                .data
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect()),
-            other => Err(Error::Config(format!(
-                "tensor of dtype {other} cannot be read as f32"
-            ))),
+            DType::F32 => Ok(self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            DType::F16 => Ok(self.data.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+            DType::Bf16 => Ok(self.data.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
+            other => Err(Error::Config(format!("tensor of dtype {other} cannot be read as f32"))),
         }
     }
 
@@ -151,29 +103,12 @@ impl HostTensor {
 }
 
 /// Appends `input` (whole elements of `from`) converted to `to` onto `out`. Supports f32, f16 and bf16.
-pub(crate) fn convert_float_bytes(
-    from: DType,
-    to: DType,
-    input: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<()> {
+pub(crate) fn convert_float_bytes(from: DType, to: DType, input: &[u8], out: &mut Vec<u8>) -> Result<()> {
     let unsupported = || Error::Config(format!("float conversion {from} -> {to} is not supported"));
     let values: Box<dyn Iterator<Item = f32> + '_> = match from {
-        DType::F32 => Box::new(
-            input
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        ),
-        DType::F16 => Box::new(
-            input
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
-        ),
-        DType::Bf16 => Box::new(
-            input
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-        ),
+        DType::F32 => Box::new(input.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+        DType::F16 => Box::new(input.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        DType::Bf16 => Box::new(input.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())),
         _ => return Err(unsupported()),
     };
     match to {
@@ -226,25 +161,19 @@ impl Weights {
 
     /// Reads a safetensors file tensor by tensor (the file is never held in memory whole).
     pub fn load_safetensors(path: &Path) -> Result<Self> {
-        let st_err = |message: String| Error::Safetensors {
-            path: path.to_path_buf(),
-            message,
-        };
+        let st_err = |message: String| Error::Safetensors { path: path.to_path_buf(), message };
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut n = [0u8; 8];
         file.read_exact(&mut n).map_err(|e| Error::io(path, e))?;
         let header_len = u64::from_le_bytes(n);
         if header_len > 100_000_000 || 8 + header_len > file_len {
-            return Err(st_err(format!(
-                "header length {header_len} does not fit the {file_len}-byte file"
-            )));
+            return Err(st_err(format!("header length {header_len} does not fit the {file_len}-byte file")));
         }
         let mut header = vec![0u8; header_len as usize];
-        file.read_exact(&mut header)
-            .map_err(|e| Error::io(path, e))?;
-        let header: BTreeMap<String, Json> = serde_json::from_slice(&header)
-            .map_err(|e| st_err(format!("header is not a JSON object: {e}")))?;
+        file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+        let header: BTreeMap<String, Json> =
+            serde_json::from_slice(&header).map_err(|e| st_err(format!("header is not a JSON object: {e}")))?;
         let data_start = 8 + header_len;
         let mut weights = Weights::new();
         let mut entries: Vec<(String, DType, Vec<usize>, u64, u64)> = Vec::new();
@@ -253,12 +182,8 @@ impl Weights {
                 continue;
             }
             let bad = |what: &str| st_err(format!("tensor `{name}`: {what}"));
-            let dtype = info
-                .get("dtype")
-                .and_then(Json::as_str)
-                .ok_or_else(|| bad("missing dtype"))?;
-            let dtype = dtype_from_safetensors_name(dtype)
-                .ok_or_else(|| bad(&format!("unsupported dtype {dtype}")))?;
+            let dtype = info.get("dtype").and_then(Json::as_str).ok_or_else(|| bad("missing dtype"))?;
+            let dtype = dtype_from_safetensors_name(dtype).ok_or_else(|| bad(&format!("unsupported dtype {dtype}")))?;
             let shape: Vec<usize> = info
                 .get("shape")
                 .and_then(Json::as_array)
@@ -285,8 +210,7 @@ impl Weights {
         }
         entries.sort_by_key(|e| e.3);
         for (name, dtype, shape, begin, end) in entries {
-            file.seek(SeekFrom::Start(data_start + begin))
-                .map_err(|e| Error::io(path, e))?;
+            file.seek(SeekFrom::Start(data_start + begin)).map_err(|e| Error::io(path, e))?;
             let mut data = vec![0u8; (end - begin) as usize];
             file.read_exact(&mut data).map_err(|e| Error::io(path, e))?;
             weights.insert(name, HostTensor::new(dtype, shape, data)?);
@@ -296,18 +220,11 @@ impl Weights {
 
     /// Writes a safetensors file under a temporary name, then renames it into place.
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        let st_err = |message: String| Error::Safetensors {
-            path: path.to_path_buf(),
-            message,
-        };
+        let st_err = |message: String| Error::Safetensors { path: path.to_path_buf(), message };
         let mut views = Vec::with_capacity(self.tensors.len());
         for (name, t) in &self.tensors {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors_dtype(t.dtype),
-                t.shape.clone(),
-                t.data(),
-            )
-            .map_err(|e| st_err(format!("tensor `{name}`: {e}")))?;
+            let view = safetensors::tensor::TensorView::new(safetensors_dtype(t.dtype), t.shape.clone(), t.data())
+                .map_err(|e| st_err(format!("tensor `{name}`: {e}")))?;
             views.push((name.as_str(), view));
         }
         let tmp = crate::bundle::partial_path(path);
@@ -387,10 +304,7 @@ mod tests {
     fn safetensors_round_trip_and_float_casts() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Weights::new();
-        w.insert(
-            "a.weight",
-            HostTensor::from_f32(vec![2, 3], &[1.0, -2.5, 3.25, 0.1, 1e-3, 7.0]).unwrap(),
-        );
+        w.insert("a.weight", HostTensor::from_f32(vec![2, 3], &[1.0, -2.5, 3.25, 0.1, 1e-3, 7.0]).unwrap());
         w.insert("b", HostTensor::from_i64(vec![2], &[5, -7]).unwrap());
         let path = dir.path().join("w.safetensors");
         w.save_safetensors(&path).unwrap();

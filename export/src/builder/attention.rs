@@ -37,20 +37,13 @@ impl GraphBuilder {
         v: &Value,
         bias: Option<&Value>,
     ) -> Result<Value> {
-        let AttentionSpec {
-            kind,
-            num_heads,
-            scale,
-        } = *spec;
+        let AttentionSpec { kind, num_heads, scale } = *spec;
         for x in [k, v] {
             Self::same_dtype("attention", q, x)?;
         }
         for x in [q, k, v] {
             if x.rank().is_some_and(|r| r != 3) {
-                return Err(Error::builder(
-                    "attention",
-                    format!("`{}` must be [b, n, heads*d]", x.name()),
-                ));
+                return Err(Error::builder("attention", format!("`{}` must be [b, n, heads*d]", x.name())));
             }
         }
         if let Some(b) = bias {
@@ -58,10 +51,7 @@ impl GraphBuilder {
             if b.rank().is_some_and(|r| r != 4) {
                 return Err(Error::builder(
                     "attention",
-                    format!(
-                        "bias `{}` must be 4-D [b|1, heads|1, n_q|1, n_kv]",
-                        b.name()
-                    ),
+                    format!("bias `{}` must be 4-D [b|1, heads|1, n_q|1, n_kv]", b.name()),
                 ));
             }
         }
@@ -79,31 +69,14 @@ impl GraphBuilder {
                     ("scale", Attr::Float(scale as f32)),
                 ];
                 Ok(self
-                    .node(
-                        "Attention",
-                        "",
-                        &[Some(q), Some(k), Some(v), bias],
-                        attrs,
-                        &[(q.dtype(), Some(3))],
-                    )
+                    .node("Attention", "", &[Some(q), Some(k), Some(v), bias], attrs, &[(q.dtype(), Some(3))])
                     .remove(0))
             }
             AttentionKind::MsMultiHeadAttention => {
                 let bias = bias.map(|b| self.expand_query_axis(b, q)).transpose()?;
-                let attrs = vec![
-                    ("num_heads", Attr::Int(heads)),
-                    ("scale", Attr::Float(scale as f32)),
-                ];
+                let attrs = vec![("num_heads", Attr::Int(heads)), ("scale", Attr::Float(scale as f32))];
                 let inputs = [Some(q), Some(k), Some(v), None, None, bias.as_ref()];
-                Ok(self
-                    .node(
-                        "MultiHeadAttention",
-                        crate::MS_DOMAIN,
-                        &inputs,
-                        attrs,
-                        &[(q.dtype(), Some(3))],
-                    )
-                    .remove(0))
+                Ok(self.node("MultiHeadAttention", crate::MS_DOMAIN, &inputs, attrs, &[(q.dtype(), Some(3))]).remove(0))
             }
             AttentionKind::Decomposed => {
                 // [b, n, heads*d] -> [b, n, heads, d]
@@ -125,10 +98,7 @@ impl GraphBuilder {
                 let out = self.transpose(&out, &[0, 2, 1, 3])?; // [b, n_q, h, d]
                 Ok(self.reshape(&out, &[0, 0, -1]))
             }
-            AttentionKind::None => Err(Error::builder(
-                "attention",
-                "AttentionKind::None has no attention form",
-            )),
+            AttentionKind::None => Err(Error::builder("attention", "AttentionKind::None has no attention form")),
         }
     }
 

@@ -15,10 +15,7 @@ impl GraphBuilder {
     /// `nn.Linear`: `x @ weight^T + bias`, `x` `[.., in]`, `weight` `[out, in]`, `bias` `[out]`.
     pub fn linear(&mut self, x: &Value, weight: &Value, bias: Option<&Value>) -> Result<Value> {
         if weight.rank() != Some(2) {
-            return Err(Error::builder(
-                "linear",
-                format!("weight `{}` must be 2-D [out, in]", weight.name()),
-            ));
+            return Err(Error::builder("linear", format!("weight `{}` must be 2-D [out, in]", weight.name())));
         }
         if x.rank() == Some(2) {
             return self.gemm(x, weight, bias, false, true);
@@ -32,13 +29,7 @@ impl GraphBuilder {
     }
 
     /// `nn.LayerNorm` over the last axis with affine `weight`/`bias`.
-    pub fn layer_norm(
-        &mut self,
-        x: &Value,
-        weight: &Value,
-        bias: &Value,
-        eps: f64,
-    ) -> Result<Value> {
+    pub fn layer_norm(&mut self, x: &Value, weight: &Value, bias: &Value, eps: f64) -> Result<Value> {
         self.layer_normalization(x, weight, Some(bias), eps)
     }
 
@@ -54,16 +45,8 @@ impl GraphBuilder {
     pub fn rms_norm(&mut self, x: &Value, weight: &Value, eps: f64) -> Result<Value> {
         let out_dtype = x.dtype();
         let y = self.in_f32(|b| {
-            let xf = if x.dtype() == DType::F32 {
-                x.clone()
-            } else {
-                b.cast(x, DType::F32)
-            };
-            let wf = if weight.dtype() == DType::F32 {
-                weight.clone()
-            } else {
-                b.cast(weight, DType::F32)
-            };
+            let xf = if x.dtype() == DType::F32 { x.clone() } else { b.cast(x, DType::F32) };
+            let wf = if weight.dtype() == DType::F32 { weight.clone() } else { b.cast(weight, DType::F32) };
             let sq = b.mul(&xf, &xf)?;
             let mean = b.reduce_mean(&sq, &[-1], true)?;
             let eps = b.scalar(eps, DType::F32)?;
@@ -73,11 +56,7 @@ impl GraphBuilder {
             let normed = b.mul(&xf, &inv)?;
             b.mul(&normed, &wf)
         })?;
-        Ok(if out_dtype == DType::F32 {
-            y
-        } else {
-            self.cast(&y, out_dtype)
-        })
+        Ok(if out_dtype == DType::F32 { y } else { self.cast(&y, out_dtype) })
     }
 
     /// GELU, tanh approximation, decomposed so every backend runs it:

@@ -57,10 +57,7 @@ pub enum Attr {
 }
 
 pub(crate) fn attribute(name: &str, value: Attr) -> onnx::AttributeProto {
-    let mut a = onnx::AttributeProto {
-        name: Some(name.to_string()),
-        ..Default::default()
-    };
+    let mut a = onnx::AttributeProto { name: Some(name.to_string()), ..Default::default() };
     let ty = match value {
         Attr::Int(i) => {
             a.i = Some(i);
@@ -116,10 +113,7 @@ pub struct GraphBuilder {
 impl GraphBuilder {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
-            graph: OnnxGraph {
-                name: name.into(),
-                ..Default::default()
-            },
+            graph: OnnxGraph { name: name.into(), ..Default::default() },
             used_names: BTreeSet::new(),
             counter: 0,
             scopes: Vec::new(),
@@ -144,11 +138,7 @@ impl GraphBuilder {
     }
 
     fn fresh_name(&mut self, base: &str) -> String {
-        let prefix = if self.scopes.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.scopes.join("/"))
-        };
+        let prefix = if self.scopes.is_empty() { String::new() } else { format!("{}/", self.scopes.join("/")) };
         loop {
             self.counter += 1;
             let name = format!("{prefix}{base}_{}", self.counter);
@@ -163,21 +153,14 @@ impl GraphBuilder {
             return Err(Error::builder(what, "names must not be empty"));
         }
         if !self.used_names.insert(name.to_string()) {
-            return Err(Error::builder(
-                what,
-                format!("the name `{name}` is already used in this graph"),
-            ));
+            return Err(Error::builder(what, format!("the name `{name}` is already used in this graph")));
         }
         Ok(())
     }
 
     fn value(&mut self, name: String, dtype: DType, rank: Option<usize>) -> Value {
         self.graph.value_dtypes.insert(name.clone(), dtype);
-        Value {
-            name: name.into(),
-            dtype,
-            rank,
-        }
+        Value { name: name.into(), dtype, rank }
     }
 
     /// Declares a graph input.
@@ -193,10 +176,7 @@ impl GraphBuilder {
         if value.dtype != spec.dtype {
             return Err(Error::builder(
                 "output",
-                format!(
-                    "output `{}` is declared {} but the value is {}",
-                    spec.name, spec.dtype, value.dtype
-                ),
+                format!("output `{}` is declared {} but the value is {}", spec.name, spec.dtype, value.dtype),
             ));
         }
         if let Some(rank) = value.rank.filter(|&r| r != spec.dims.len()) {
@@ -211,17 +191,8 @@ impl GraphBuilder {
         }
         self.claim_name(&spec.name, "output")?;
         let node_name = self.fresh_name("Identity");
-        self.push_node(
-            node_name,
-            "Identity",
-            "",
-            vec![value.name.to_string()],
-            vec![spec.name.clone()],
-            vec![],
-        );
-        self.graph
-            .value_dtypes
-            .insert(spec.name.clone(), spec.dtype);
+        self.push_node(node_name, "Identity", "", vec![value.name.to_string()], vec![spec.name.clone()], vec![]);
+        self.graph.value_dtypes.insert(spec.name.clone(), spec.dtype);
         self.graph.outputs.push(spec);
         Ok(())
     }
@@ -229,10 +200,7 @@ impl GraphBuilder {
     /// Checks the wiring and returns the graph.
     pub fn finish(self) -> Result<OnnxGraph> {
         if self.graph.outputs.is_empty() {
-            return Err(Error::Graph {
-                graph: self.graph.name.clone(),
-                message: "the graph has no outputs".into(),
-            });
+            return Err(Error::Graph { graph: self.graph.name.clone(), message: "the graph has no outputs".into() });
         }
         self.graph.check_wiring()?;
         Ok(self.graph)
@@ -289,12 +257,7 @@ impl GraphBuilder {
             DType::F16 => half::f16::from_f64(v).to_le_bytes().to_vec(),
             DType::Bf16 => half::bf16::from_f64(v).to_le_bytes().to_vec(),
             DType::F64 => v.to_le_bytes().to_vec(),
-            other => {
-                return Err(Error::builder(
-                    "scalar",
-                    format!("float scalar of dtype {other}"),
-                ))
-            }
+            other => return Err(Error::builder("scalar", format!("float scalar of dtype {other}"))),
         };
         Ok(self.constant(&HostTensor::new(dtype, vec![], bytes)?))
     }
@@ -306,15 +269,13 @@ impl GraphBuilder {
 
     /// A 1-D i64 constant (shapes, axes, pads).
     pub fn const_i64(&mut self, values: &[i64]) -> Value {
-        let t = HostTensor::from_i64(vec![values.len()], values)
-            .expect("an i64 vector should match its own length");
+        let t = HostTensor::from_i64(vec![values.len()], values).expect("an i64 vector should match its own length");
         self.constant(&t)
     }
 
     /// A 1-D f32 constant.
     pub fn const_f32(&mut self, values: &[f32]) -> Value {
-        let t = HostTensor::from_f32(vec![values.len()], values)
-            .expect("an f32 vector should match its own length");
+        let t = HostTensor::from_f32(vec![values.len()], values).expect("an f32 vector should match its own length");
         self.constant(&t)
     }
 
@@ -335,11 +296,7 @@ impl GraphBuilder {
             output,
             name: Some(name),
             op_type: Some(op_type.to_string()),
-            domain: if domain.is_empty() {
-                None
-            } else {
-                Some(domain.to_string())
-            },
+            domain: if domain.is_empty() { None } else { Some(domain.to_string()) },
             attribute,
             ..Default::default()
         });
@@ -360,19 +317,12 @@ impl GraphBuilder {
             .iter()
             .enumerate()
             .map(|(i, &(dtype, rank))| {
-                let out_name = if outputs.len() == 1 {
-                    format!("{name}_out")
-                } else {
-                    format!("{name}_out{i}")
-                };
+                let out_name = if outputs.len() == 1 { format!("{name}_out") } else { format!("{name}_out{i}") };
                 self.used_names.insert(out_name.clone());
                 self.value(out_name, dtype, rank)
             })
             .collect();
-        let mut input: Vec<String> = inputs
-            .iter()
-            .map(|v| v.map(|v| v.name.to_string()).unwrap_or_default())
-            .collect();
+        let mut input: Vec<String> = inputs.iter().map(|v| v.map(|v| v.name.to_string()).unwrap_or_default()).collect();
         while input.last().is_some_and(|s| s.is_empty()) {
             input.pop();
         }
@@ -398,18 +348,14 @@ impl GraphBuilder {
         rank: Option<usize>,
     ) -> Value {
         let inputs: Vec<Option<&Value>> = inputs.iter().map(|v| Some(*v)).collect();
-        self.node(op_type, "", &inputs, attrs, &[(dtype, rank)])
-            .remove(0)
+        self.node(op_type, "", &inputs, attrs, &[(dtype, rank)]).remove(0)
     }
 
     fn same_dtype(op: &str, a: &Value, b: &Value) -> Result<()> {
         if a.dtype != b.dtype {
             return Err(Error::builder(
                 op,
-                format!(
-                    "operands `{}` ({}) and `{}` ({}) must share a dtype",
-                    a.name, a.dtype, b.name, b.dtype
-                ),
+                format!("operands `{}` ({}) and `{}` ({}) must share a dtype", a.name, a.dtype, b.name, b.dtype),
             ));
         }
         Ok(())
@@ -417,10 +363,7 @@ impl GraphBuilder {
 
     fn float_only(op: &str, x: &Value) -> Result<()> {
         if !x.dtype.is_float() {
-            return Err(Error::builder(
-                op,
-                format!("`{}` must be a float tensor, got {}", x.name, x.dtype),
-            ));
+            return Err(Error::builder(op, format!("`{}` must be a float tensor, got {}", x.name, x.dtype)));
         }
         Ok(())
     }
@@ -474,10 +417,7 @@ impl GraphBuilder {
 
     pub fn where_(&mut self, cond: &Value, a: &Value, b: &Value) -> Result<Value> {
         if cond.dtype != DType::Bool {
-            return Err(Error::builder(
-                "Where",
-                format!("condition `{}` must be bool, got {}", cond.name, cond.dtype),
-            ));
+            return Err(Error::builder("Where", format!("condition `{}` must be bool, got {}", cond.name, cond.dtype)));
         }
         Self::same_dtype("Where", a, b)?;
         let rank = Self::broadcast_rank(a, b).and_then(|r| Some(r.max(cond.rank?)));
@@ -526,13 +466,7 @@ impl GraphBuilder {
     }
 
     pub fn cast(&mut self, x: &Value, to: DType) -> Value {
-        self.op1(
-            "Cast",
-            &[x],
-            vec![("to", Attr::Int(onnx_elem_type(to) as i64))],
-            to,
-            x.rank,
-        )
+        self.op1("Cast", &[x], vec![("to", Attr::Int(onnx_elem_type(to) as i64))], to, x.rank)
     }
 
     /// `MatMul` (numpy semantics).
@@ -541,111 +475,54 @@ impl GraphBuilder {
     }
 
     /// `Gemm`: `alpha * A' @ B' + beta * C` on 2-D `A`, `B`.
-    pub fn gemm(
-        &mut self,
-        a: &Value,
-        b: &Value,
-        c: Option<&Value>,
-        trans_a: bool,
-        trans_b: bool,
-    ) -> Result<Value> {
+    pub fn gemm(&mut self, a: &Value, b: &Value, c: Option<&Value>, trans_a: bool, trans_b: bool) -> Result<Value> {
         Self::same_dtype("Gemm", a, b)?;
         for v in [a, b] {
             if v.rank.is_some_and(|r| r != 2) {
                 return Err(Error::builder("Gemm", format!("`{}` must be 2-D", v.name)));
             }
         }
-        let attrs = vec![
-            ("transA", Attr::Int(trans_a as i64)),
-            ("transB", Attr::Int(trans_b as i64)),
-        ];
-        Ok(self
-            .node(
-                "Gemm",
-                "",
-                &[Some(a), Some(b), c],
-                attrs,
-                &[(a.dtype, Some(2))],
-            )
-            .remove(0))
+        let attrs = vec![("transA", Attr::Int(trans_a as i64)), ("transB", Attr::Int(trans_b as i64))];
+        Ok(self.node("Gemm", "", &[Some(a), Some(b), c], attrs, &[(a.dtype, Some(2))]).remove(0))
     }
 
     /// `ReduceMean` (opset-18 form: axes as an input).
     pub fn reduce_mean(&mut self, x: &Value, axes: &[i64], keepdims: bool) -> Result<Value> {
         Self::float_only("ReduceMean", x)?;
         let axes_v = self.const_i64(axes);
-        let rank = x
-            .rank
-            .map(|r| if keepdims { r } else { r - axes.len().min(r) });
-        Ok(self.op1(
-            "ReduceMean",
-            &[x, &axes_v],
-            vec![("keepdims", Attr::Int(keepdims as i64))],
-            x.dtype,
-            rank,
-        ))
+        let rank = x.rank.map(|r| if keepdims { r } else { r - axes.len().min(r) });
+        Ok(self.op1("ReduceMean", &[x, &axes_v], vec![("keepdims", Attr::Int(keepdims as i64))], x.dtype, rank))
     }
 
     pub fn softmax(&mut self, x: &Value, axis: i64) -> Result<Value> {
         Self::float_only("Softmax", x)?;
-        Ok(self.op1(
-            "Softmax",
-            &[x],
-            vec![("axis", Attr::Int(axis))],
-            x.dtype,
-            x.rank,
-        ))
+        Ok(self.op1("Softmax", &[x], vec![("axis", Attr::Int(axis))], x.dtype, x.rank))
     }
 
     /// `Conv` over 1-D/2-D/3-D spatial inputs `[b, c, *spatial]` with weight `[c_out, c_in/group, *k]`.
-    pub fn conv(
-        &mut self,
-        x: &Value,
-        w: &Value,
-        b: Option<&Value>,
-        opts: &ConvOptions,
-    ) -> Result<Value> {
+    pub fn conv(&mut self, x: &Value, w: &Value, b: Option<&Value>, opts: &ConvOptions) -> Result<Value> {
         self.conv_like("Conv", x, w, b, opts)
     }
 
     /// `ConvTranspose`, weight `[c_in, c_out/group, *k]` (PyTorch layout).
-    pub fn conv_transpose(
-        &mut self,
-        x: &Value,
-        w: &Value,
-        b: Option<&Value>,
-        opts: &ConvOptions,
-    ) -> Result<Value> {
+    pub fn conv_transpose(&mut self, x: &Value, w: &Value, b: Option<&Value>, opts: &ConvOptions) -> Result<Value> {
         self.conv_like("ConvTranspose", x, w, b, opts)
     }
 
-    fn conv_like(
-        &mut self,
-        op: &str,
-        x: &Value,
-        w: &Value,
-        b: Option<&Value>,
-        opts: &ConvOptions,
-    ) -> Result<Value> {
+    fn conv_like(&mut self, op: &str, x: &Value, w: &Value, b: Option<&Value>, opts: &ConvOptions) -> Result<Value> {
         Self::same_dtype(op, x, w)?;
         let spatial = match (x.rank, w.rank) {
             (Some(xr), Some(wr)) if xr == wr && (3..=5).contains(&xr) => xr - 2,
             _ => {
                 return Err(Error::builder(
                     op,
-                    format!(
-                        "input and weight must both be 3-D, 4-D or 5-D, got ranks {:?} and {:?}",
-                        x.rank, w.rank
-                    ),
+                    format!("input and weight must both be 3-D, 4-D or 5-D, got ranks {:?} and {:?}", x.rank, w.rank),
                 ))
             }
         };
         let check = |what: &str, v: &[i64], len: usize| -> Result<()> {
             if !v.is_empty() && v.len() != len {
-                return Err(Error::builder(
-                    op,
-                    format!("{what} needs {len} values, got {v:?}"),
-                ));
+                return Err(Error::builder(op, format!("{what} needs {len} values, got {v:?}")));
             }
             Ok(())
         };
@@ -664,9 +541,7 @@ impl GraphBuilder {
                 attrs.push((name, Attr::Ints(v.clone())));
             }
         }
-        Ok(self
-            .node(op, "", &[Some(x), Some(w), b], attrs, &[(x.dtype, x.rank)])
-            .remove(0))
+        Ok(self.node(op, "", &[Some(x), Some(w), b], attrs, &[(x.dtype, x.rank)]).remove(0))
     }
 
     /// `Resize` by per-axis `scales` (e.g. `[1, 1, 2, 2]`), `mode` in `nearest|linear|cubic`.
@@ -681,58 +556,27 @@ impl GraphBuilder {
         if x.rank.is_some_and(|r| r != scales.len()) {
             return Err(Error::builder(
                 "Resize",
-                format!(
-                    "scales {scales:?} must have one entry per axis of `{}`",
-                    x.name
-                ),
+                format!("scales {scales:?} must have one entry per axis of `{}`", x.name),
             ));
         }
         let s = self.const_f32(scales);
         let attrs = vec![
             ("mode", Attr::String(mode.to_string())),
-            (
-                "coordinate_transformation_mode",
-                Attr::String(coordinate_transformation_mode.to_string()),
-            ),
+            ("coordinate_transformation_mode", Attr::String(coordinate_transformation_mode.to_string())),
             ("nearest_mode", Attr::String(nearest_mode.to_string())),
         ];
-        Ok(self
-            .node(
-                "Resize",
-                "",
-                &[Some(x), None, Some(&s)],
-                attrs,
-                &[(x.dtype, x.rank)],
-            )
-            .remove(0))
+        Ok(self.node("Resize", "", &[Some(x), None, Some(&s)], attrs, &[(x.dtype, x.rank)]).remove(0))
     }
 
     /// `Pad` with ONNX-layout `pads` (`[begin_0.., end_0..]`), `mode` in `constant|reflect|edge|wrap`.
-    pub fn pad(
-        &mut self,
-        x: &Value,
-        pads: &[i64],
-        mode: &str,
-        constant: Option<f64>,
-    ) -> Result<Value> {
+    pub fn pad(&mut self, x: &Value, pads: &[i64], mode: &str, constant: Option<f64>) -> Result<Value> {
         if x.rank.is_some_and(|r| 2 * r != pads.len()) {
-            return Err(Error::builder(
-                "Pad",
-                format!(
-                    "pads {pads:?} must have two entries per axis of `{}`",
-                    x.name
-                ),
-            ));
+            return Err(Error::builder("Pad", format!("pads {pads:?} must have two entries per axis of `{}`", x.name)));
         }
         let p = self.const_i64(pads);
         let c = match constant {
             Some(v) if x.dtype.is_float() => Some(self.scalar(v, x.dtype)?),
-            Some(_) => {
-                return Err(Error::builder(
-                    "Pad",
-                    "a constant pad value needs a float input",
-                ))
-            }
+            Some(_) => return Err(Error::builder("Pad", "a constant pad value needs a float input")),
             None => None,
         };
         Ok(self
@@ -755,14 +599,8 @@ impl GraphBuilder {
         axes: &[i64],
         steps: Option<&[i64]>,
     ) -> Result<Value> {
-        if starts.len() != ends.len()
-            || starts.len() != axes.len()
-            || steps.is_some_and(|s| s.len() != axes.len())
-        {
-            return Err(Error::builder(
-                "Slice",
-                "starts, ends, axes and steps must have equal lengths",
-            ));
+        if starts.len() != ends.len() || starts.len() != axes.len() || steps.is_some_and(|s| s.len() != axes.len()) {
+            return Err(Error::builder("Slice", "starts, ends, axes and steps must have equal lengths"));
         }
         let s = self.const_i64(starts);
         let e = self.const_i64(ends);
@@ -780,30 +618,16 @@ impl GraphBuilder {
         axes: &Value,
         steps: Option<&Value>,
     ) -> Value {
-        self.node(
-            "Slice",
-            "",
-            &[Some(x), Some(starts), Some(ends), Some(axes), steps],
-            vec![],
-            &[(x.dtype, x.rank)],
-        )
-        .remove(0)
+        self.node("Slice", "", &[Some(x), Some(starts), Some(ends), Some(axes), steps], vec![], &[(x.dtype, x.rank)])
+            .remove(0)
     }
 
     pub fn concat(&mut self, values: &[&Value], axis: i64) -> Result<Value> {
-        let first = values
-            .first()
-            .ok_or_else(|| Error::builder("Concat", "needs at least one input"))?;
+        let first = values.first().ok_or_else(|| Error::builder("Concat", "needs at least one input"))?;
         for v in &values[1..] {
             Self::same_dtype("Concat", first, v)?;
         }
-        Ok(self.op1(
-            "Concat",
-            values,
-            vec![("axis", Attr::Int(axis))],
-            first.dtype,
-            first.rank,
-        ))
+        Ok(self.op1("Concat", values, vec![("axis", Attr::Int(axis))], first.dtype, first.rank))
     }
 
     /// `Split` along `axis` into pieces of `sizes`.
@@ -813,13 +637,7 @@ impl GraphBuilder {
         }
         let s = self.const_i64(sizes);
         let outs = vec![(x.dtype, x.rank); sizes.len()];
-        Ok(self.node(
-            "Split",
-            "",
-            &[Some(x), Some(&s)],
-            vec![("axis", Attr::Int(axis))],
-            &outs,
-        ))
+        Ok(self.node("Split", "", &[Some(x), Some(&s)], vec![("axis", Attr::Int(axis))], &outs))
     }
 
     /// `Reshape` to a constant shape (`0` copies the input dim, `-1` infers one dim).
@@ -835,40 +653,19 @@ impl GraphBuilder {
 
     pub fn transpose(&mut self, x: &Value, perm: &[i64]) -> Result<Value> {
         if x.rank.is_some_and(|r| r != perm.len()) {
-            return Err(Error::builder(
-                "Transpose",
-                format!("perm {perm:?} does not match the rank of `{}`", x.name),
-            ));
+            return Err(Error::builder("Transpose", format!("perm {perm:?} does not match the rank of `{}`", x.name)));
         }
-        Ok(self.op1(
-            "Transpose",
-            &[x],
-            vec![("perm", Attr::Ints(perm.to_vec()))],
-            x.dtype,
-            Some(perm.len()),
-        ))
+        Ok(self.op1("Transpose", &[x], vec![("perm", Attr::Ints(perm.to_vec()))], x.dtype, Some(perm.len())))
     }
 
     pub fn unsqueeze(&mut self, x: &Value, axes: &[i64]) -> Value {
         let a = self.const_i64(axes);
-        self.op1(
-            "Unsqueeze",
-            &[x, &a],
-            vec![],
-            x.dtype,
-            x.rank.map(|r| r + axes.len()),
-        )
+        self.op1("Unsqueeze", &[x, &a], vec![], x.dtype, x.rank.map(|r| r + axes.len()))
     }
 
     pub fn squeeze(&mut self, x: &Value, axes: &[i64]) -> Value {
         let a = self.const_i64(axes);
-        self.op1(
-            "Squeeze",
-            &[x, &a],
-            vec![],
-            x.dtype,
-            x.rank.map(|r| r.saturating_sub(axes.len())),
-        )
+        self.op1("Squeeze", &[x, &a], vec![], x.dtype, x.rank.map(|r| r.saturating_sub(axes.len())))
     }
 
     /// `Expand` (bidirectional broadcast) to `shape` (1-D i64).
@@ -878,19 +675,10 @@ impl GraphBuilder {
 
     pub fn gather(&mut self, x: &Value, indices: &Value, axis: i64) -> Result<Value> {
         if !matches!(indices.dtype, DType::I64 | DType::I32) {
-            return Err(Error::builder(
-                "Gather",
-                format!("indices `{}` must be i64 or i32", indices.name),
-            ));
+            return Err(Error::builder("Gather", format!("indices `{}` must be i64 or i32", indices.name)));
         }
         let rank = x.rank.and_then(|r| Some(r - 1 + indices.rank?));
-        Ok(self.op1(
-            "Gather",
-            &[x, indices],
-            vec![("axis", Attr::Int(axis))],
-            x.dtype,
-            rank,
-        ))
+        Ok(self.op1("Gather", &[x, indices], vec![("axis", Attr::Int(axis))], x.dtype, rank))
     }
 
     /// `Shape`, optionally of axes `start..end`.
@@ -916,12 +704,7 @@ impl GraphBuilder {
             DType::F16 => HostTensor::from_f16(vec![1], &[half::f16::from_f64(value)])?,
             DType::Bf16 => HostTensor::from_bf16(vec![1], &[half::bf16::from_f64(value)])?,
             DType::I64 => HostTensor::from_i64(vec![1], &[value as i64])?,
-            other => {
-                return Err(Error::builder(
-                    "ConstantOfShape",
-                    format!("fill dtype {other} is not supported"),
-                ))
-            }
+            other => return Err(Error::builder("ConstantOfShape", format!("fill dtype {other} is not supported"))),
         };
         let t = onnx::TensorProto {
             dims: vec![1],
@@ -929,37 +712,14 @@ impl GraphBuilder {
             raw_data: Some(fill.data().to_vec()),
             ..Default::default()
         };
-        Ok(self.op1(
-            "ConstantOfShape",
-            &[shape],
-            vec![("value", Attr::Tensor(Box::new(t)))],
-            dtype,
-            None,
-        ))
+        Ok(self.op1("ConstantOfShape", &[shape], vec![("value", Attr::Tensor(Box::new(t)))], dtype, None))
     }
 
     /// ONNX `LayerNormalization` (opset 17) over the last axis.
-    pub fn layer_normalization(
-        &mut self,
-        x: &Value,
-        scale: &Value,
-        bias: Option<&Value>,
-        eps: f64,
-    ) -> Result<Value> {
+    pub fn layer_normalization(&mut self, x: &Value, scale: &Value, bias: Option<&Value>, eps: f64) -> Result<Value> {
         Self::same_dtype("LayerNormalization", x, scale)?;
-        let attrs = vec![
-            ("axis", Attr::Int(-1)),
-            ("epsilon", Attr::Float(eps as f32)),
-        ];
-        Ok(self
-            .node(
-                "LayerNormalization",
-                "",
-                &[Some(x), Some(scale), bias],
-                attrs,
-                &[(x.dtype, x.rank)],
-            )
-            .remove(0))
+        let attrs = vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps as f32))];
+        Ok(self.node("LayerNormalization", "", &[Some(x), Some(scale), bias], attrs, &[(x.dtype, x.rank)]).remove(0))
     }
 }
 

@@ -6,96 +6,38 @@ use crate::onnx;
 
 fn tiny_graph(kind: AttentionKind) -> crate::graph::OnnxGraph {
     let mut b = GraphBuilder::new("g");
-    let x = b
-        .input(TensorSpec::new(
-            "x",
-            DType::F32,
-            [Dim::sym("b"), Dim::sym("n"), Dim::Fixed(8)],
-        ))
-        .unwrap();
-    let w = HostTensor::from_f32(
-        vec![8, 8],
-        &(0..64).map(|i| i as f32 * 0.01).collect::<Vec<_>>(),
-    )
-    .unwrap();
+    let x = b.input(TensorSpec::new("x", DType::F32, [Dim::sym("b"), Dim::sym("n"), Dim::Fixed(8)])).unwrap();
+    let w = HostTensor::from_f32(vec![8, 8], &(0..64).map(|i| i as f32 * 0.01).collect::<Vec<_>>()).unwrap();
     let w = b.initializer("attn1.to_q.weight", &w).unwrap();
     let q = b.scoped("attn1", |b| b.linear(&x, &w, None)).unwrap();
-    let spec = AttentionSpec {
-        kind,
-        num_heads: 2,
-        scale: 0.5,
-    };
+    let spec = AttentionSpec { kind, num_heads: 2, scale: 0.5 };
     let y = b.attention(&spec, &q, &q, &q, None).unwrap();
     let y = b.gelu_tanh(&y).unwrap();
-    b.output(
-        &y,
-        TensorSpec::new(
-            "y",
-            DType::F32,
-            [Dim::sym("b"), Dim::sym("n"), Dim::Fixed(8)],
-        ),
-    )
-    .unwrap();
+    b.output(&y, TensorSpec::new("y", DType::F32, [Dim::sym("b"), Dim::sym("n"), Dim::Fixed(8)])).unwrap();
     b.finish().unwrap()
 }
 
 #[test]
 fn model_proto_round_trips_through_prost() {
-    for kind in [
-        AttentionKind::OnnxAttention,
-        AttentionKind::MsMultiHeadAttention,
-        AttentionKind::Decomposed,
-    ] {
+    for kind in [AttentionKind::OnnxAttention, AttentionKind::MsMultiHeadAttention, AttentionKind::Decomposed] {
         let g = tiny_graph(kind);
         let proto = g.to_model_proto().unwrap();
         let bytes = proto.encode_to_vec();
         let back = onnx::ModelProto::decode(bytes.as_slice()).unwrap();
         assert_eq!(back, proto);
         assert_eq!(back.ir_version, Some(crate::IR_VERSION));
-        let domains: Vec<_> = back
-            .opset_import
-            .iter()
-            .map(|o| (o.domain.clone().unwrap(), o.version.unwrap()))
-            .collect();
+        let domains: Vec<_> =
+            back.opset_import.iter().map(|o| (o.domain.clone().unwrap(), o.version.unwrap())).collect();
         let has_ms = domains.contains(&(crate::MS_DOMAIN.to_string(), 1));
-        assert_eq!(
-            has_ms,
-            kind == AttentionKind::MsMultiHeadAttention,
-            "{domains:?}"
-        );
+        assert_eq!(has_ms, kind == AttentionKind::MsMultiHeadAttention, "{domains:?}");
         assert!(domains.contains(&(String::new(), 23)));
         let graph = back.graph.unwrap();
-        assert_eq!(
-            graph
-                .initializer
-                .iter()
-                .filter(|t| t.name.as_deref() == Some("attn1.to_q.weight"))
-                .count(),
-            1
-        );
+        assert_eq!(graph.initializer.iter().filter(|t| t.name.as_deref() == Some("attn1.to_q.weight")).count(), 1);
         let x = &graph.input[0];
-        let Some(onnx::type_proto::Value::TensorType(t)) =
-            x.r#type.as_ref().unwrap().value.as_ref()
-        else {
-            panic!()
-        };
-        let dims: Vec<_> = t
-            .shape
-            .as_ref()
-            .unwrap()
-            .dim
-            .iter()
-            .map(|d| d.value.clone().unwrap())
-            .collect();
+        let Some(onnx::type_proto::Value::TensorType(t)) = x.r#type.as_ref().unwrap().value.as_ref() else { panic!() };
+        let dims: Vec<_> = t.shape.as_ref().unwrap().dim.iter().map(|d| d.value.clone().unwrap()).collect();
         use onnx::tensor_shape_proto::dimension::Value as V;
-        assert_eq!(
-            dims,
-            vec![
-                V::DimParam("b".into()),
-                V::DimParam("n".into()),
-                V::DimValue(8)
-            ]
-        );
+        assert_eq!(dims, vec![V::DimParam("b".into()), V::DimParam("n".into()), V::DimValue(8)]);
         let mut names: Vec<_> = graph.node.iter().map(|n| n.name.clone().unwrap()).collect();
         let before = names.len();
         names.sort();
@@ -107,94 +49,34 @@ fn model_proto_round_trips_through_prost() {
 #[test]
 fn rejects_bad_usage_with_typed_errors() {
     let mut b = GraphBuilder::new("g");
-    let x = b
-        .input(TensorSpec::new(
-            "x",
-            DType::F32,
-            [Dim::Fixed(2), Dim::Fixed(3)],
-        ))
-        .unwrap();
+    let x = b.input(TensorSpec::new("x", DType::F32, [Dim::Fixed(2), Dim::Fixed(3)])).unwrap();
     let i = b.const_i64(&[1, 2, 3]);
-    assert!(b
-        .add(&x, &i)
-        .unwrap_err()
-        .to_string()
-        .contains("must share a dtype"));
+    assert!(b.add(&x, &i).unwrap_err().to_string().contains("must share a dtype"));
     let t = HostTensor::from_f32(vec![3], &[1.0, 2.0, 3.0]).unwrap();
     b.initializer("w", &t).unwrap();
-    assert!(b
-        .initializer("w", &t)
-        .unwrap_err()
-        .to_string()
-        .contains("already used"));
+    assert!(b.initializer("w", &t).unwrap_err().to_string().contains("already used"));
     assert!(b.input(TensorSpec::new("x", DType::F32, [])).is_err());
     let bad_w = b.initializer("w3", &t).unwrap();
-    assert!(b
-        .linear(&x, &bad_w, None)
-        .unwrap_err()
-        .to_string()
-        .contains("must be 2-D"));
-    assert!(b
-        .output(
-            &x,
-            TensorSpec::new("y", DType::F16, [Dim::Fixed(2), Dim::Fixed(3)])
-        )
-        .is_err());
+    assert!(b.linear(&x, &bad_w, None).unwrap_err().to_string().contains("must be 2-D"));
+    assert!(b.output(&x, TensorSpec::new("y", DType::F16, [Dim::Fixed(2), Dim::Fixed(3)])).is_err());
     let empty = GraphBuilder::new("e");
-    assert!(empty
-        .finish()
-        .unwrap_err()
-        .to_string()
-        .contains("no outputs"));
+    assert!(empty.finish().unwrap_err().to_string().contains("no outputs"));
 }
 
 #[test]
 fn linear_uses_gemm_for_2d_and_matmul_transpose_for_nd() {
     let mut b = GraphBuilder::new("g");
-    let x2 = b
-        .input(TensorSpec::new(
-            "x2",
-            DType::F32,
-            [Dim::sym("b"), Dim::Fixed(4)],
-        ))
-        .unwrap();
-    let x3 = b
-        .input(TensorSpec::new(
-            "x3",
-            DType::F32,
-            [Dim::sym("b"), Dim::sym("n"), Dim::Fixed(4)],
-        ))
-        .unwrap();
-    let w = b
-        .initializer("w", &HostTensor::from_f32(vec![3, 4], &[0.5; 12]).unwrap())
-        .unwrap();
+    let x2 = b.input(TensorSpec::new("x2", DType::F32, [Dim::sym("b"), Dim::Fixed(4)])).unwrap();
+    let x3 = b.input(TensorSpec::new("x3", DType::F32, [Dim::sym("b"), Dim::sym("n"), Dim::Fixed(4)])).unwrap();
+    let w = b.initializer("w", &HostTensor::from_f32(vec![3, 4], &[0.5; 12]).unwrap()).unwrap();
     let y2 = b.linear(&x2, &w, None).unwrap();
     let y3 = b.linear(&x3, &w, None).unwrap();
-    b.output(
-        &y2,
-        TensorSpec::new("y2", DType::F32, [Dim::sym("b"), Dim::Fixed(3)]),
-    )
-    .unwrap();
-    b.output(
-        &y3,
-        TensorSpec::new(
-            "y3",
-            DType::F32,
-            [Dim::sym("b"), Dim::sym("n"), Dim::Fixed(3)],
-        ),
-    )
-    .unwrap();
+    b.output(&y2, TensorSpec::new("y2", DType::F32, [Dim::sym("b"), Dim::Fixed(3)])).unwrap();
+    b.output(&y3, TensorSpec::new("y3", DType::F32, [Dim::sym("b"), Dim::sym("n"), Dim::Fixed(3)])).unwrap();
     let g = b.finish().unwrap();
     let ops: Vec<_> = g.nodes.iter().map(|n| n.op_type.clone().unwrap()).collect();
     assert_eq!(ops, ["Gemm", "Transpose", "MatMul", "Identity", "Identity"]);
     let gemm = &g.nodes[0];
-    assert!(gemm
-        .attribute
-        .iter()
-        .any(|a| a.name.as_deref() == Some("transB") && a.i == Some(1)));
-    assert_eq!(
-        g.initializer("w").unwrap().dims,
-        vec![3, 4],
-        "the weight keeps the PyTorch layout"
-    );
+    assert!(gemm.attribute.iter().any(|a| a.name.as_deref() == Some("transB") && a.i == Some(1)));
+    assert_eq!(g.initializer("w").unwrap().dims, vec![3, 4], "the weight keeps the PyTorch layout");
 }

@@ -2,6 +2,7 @@
 
 mod big_linear;
 mod transformer_block;
+mod wfvae;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use osp_graphs::{AttentionKind, Precision};
@@ -21,6 +22,8 @@ pub enum Command {
     TransformerBlock(transformer_block::TransformerBlockArgs),
     /// Export a bias-free linear layer with streamed random weights (the >2 GiB external-data check).
     BigLinear(big_linear::BigLinearArgs),
+    /// Export WFVAE: encoder, whole decoder and the streaming decoder graphs.
+    Wfvae(wfvae::WfvaeArgs),
 }
 
 /// How attention is expressed in the graph.
@@ -64,12 +67,10 @@ impl From<PrecisionArg> for Precision {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match args.command {
         Command::TransformerBlock(a) => transformer_block::run(a),
         Command::BigLinear(a) => big_linear::run(a),
+        Command::Wfvae(a) => wfvae::run(a),
     }
 }

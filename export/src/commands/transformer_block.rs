@@ -54,20 +54,18 @@ pub struct TransformerBlockArgs {
 }
 
 pub fn run(args: TransformerBlockArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("reading {}", args.config.display()))?;
-    let cfg: TransformerBlockConfig = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", args.config.display()))?;
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+    let cfg: TransformerBlockConfig =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
     let weights = match (&args.weights, args.seed) {
-        (Some(path), _) => TransformerBlockWeights::load(&cfg, path)
-            .with_context(|| format!("loading {}", path.display()))?,
+        (Some(path), _) => {
+            TransformerBlockWeights::load(&cfg, path).with_context(|| format!("loading {}", path.display()))?
+        }
         (None, Some(seed)) => TransformerBlockWeights::random(&cfg, seed)?,
         (None, None) => anyhow::bail!("one of --weights or --seed is required"),
     };
     if let Some(path) = &args.save_weights {
-        weights
-            .save(path)
-            .with_context(|| format!("writing {}", path.display()))?;
+        weights.save(path).with_context(|| format!("writing {}", path.display()))?;
     }
     let opts = ExportOptions {
         attention: args.attention.into(),

@@ -44,60 +44,29 @@ pub fn weight_row(seed: u64, row: usize, in_features: usize) -> Vec<f32> {
 
 /// Writes the bundle; the weight (`weight`, `[out_features, in_features]`) is streamed to
 /// `linear.onnx.data`.
-pub fn export_big_linear(
-    out: &Path,
-    in_features: usize,
-    out_features: usize,
-    seed: u64,
-) -> Result<BundleManifest> {
+pub fn export_big_linear(out: &Path, in_features: usize, out_features: usize, seed: u64) -> Result<BundleManifest> {
     if in_features == 0 || out_features == 0 {
-        return Err(Error::Config(
-            "big linear: in_features and out_features must be positive".into(),
-        ));
+        return Err(Error::Config("big linear: in_features and out_features must be positive".into()));
     }
     let mut b = GraphBuilder::new("linear");
-    let x = b.input(TensorSpec::new(
-        "x",
-        DType::F32,
-        [Dim::sym("b"), Dim::Fixed(in_features)],
-    ))?;
+    let x = b.input(TensorSpec::new("x", DType::F32, [Dim::sym("b"), Dim::Fixed(in_features)]))?;
     let generator: Generator = Arc::new(move |sink| {
         let mut buf: Vec<u8> = Vec::with_capacity(ROWS_PER_CHUNK * in_features * 4);
         for start in (0..out_features).step_by(ROWS_PER_CHUNK) {
             buf.clear();
             for row in start..(start + ROWS_PER_CHUNK).min(out_features) {
-                buf.extend(
-                    weight_row(seed, row, in_features)
-                        .iter()
-                        .flat_map(|v| v.to_le_bytes()),
-                );
+                buf.extend(weight_row(seed, row, in_features).iter().flat_map(|v| v.to_le_bytes()));
             }
             sink(&buf)?;
         }
         Ok(())
     });
-    let w = b.generated_initializer(
-        "weight",
-        DType::F32,
-        vec![out_features, in_features],
-        generator,
-    )?;
+    let w = b.generated_initializer("weight", DType::F32, vec![out_features, in_features], generator)?;
     let y = b.linear(&x, &w, None)?; // [b, out_features]
-    b.output(
-        &y,
-        TensorSpec::new("y", DType::F32, [Dim::sym("b"), Dim::Fixed(out_features)]),
-    )?;
+    b.output(&y, TensorSpec::new("y", DType::F32, [Dim::sym("b"), Dim::Fixed(out_features)]))?;
     let graph = b.finish()?;
-    let model = ModelSpec::Linear(LinearConfig {
-        in_features,
-        out_features,
-    });
-    let mut writer = BundleWriter::create(
-        out,
-        model,
-        provenance(None)?,
-        DEFAULT_EXTERNAL_DATA_THRESHOLD,
-    )?;
+    let model = ModelSpec::Linear(LinearConfig { in_features, out_features });
+    let mut writer = BundleWriter::create(out, model, provenance(None)?, DEFAULT_EXTERNAL_DATA_THRESHOLD)?;
     let mut meta = BTreeMap::new();
     meta.insert("weight_seed".to_string(), serde_json::json!(seed));
     writer.add_graph("linear", &graph, AttentionKind::None, meta)?;

@@ -2,3 +2,4 @@
 
 pub mod big_linear;
 pub mod transformer_block;
+pub mod wfvae;

@@ -58,15 +58,10 @@ fn check_config(cfg: &TransformerBlockConfig) -> Result<()> {
         ("ff_inner_dim", cfg.ff_inner_dim),
     ];
     if let Some((name, _)) = fields.iter().find(|(_, v)| *v == 0) {
-        return Err(Error::Config(format!(
-            "transformer block: {name} must be positive"
-        )));
+        return Err(Error::Config(format!("transformer block: {name} must be positive")));
     }
     if !(cfg.norm_eps > 0.0 && cfg.norm_eps.is_finite()) {
-        return Err(Error::Config(format!(
-            "transformer block: norm_eps must be positive, got {}",
-            cfg.norm_eps
-        )));
+        return Err(Error::Config(format!("transformer block: norm_eps must be positive, got {}", cfg.norm_eps)));
     }
     Ok(())
 }
@@ -80,11 +75,7 @@ pub struct TransformerBlockWeights {
 impl TransformerBlockWeights {
     /// Every parameter key with its PyTorch shape, in module order.
     pub fn expected_shapes(cfg: &TransformerBlockConfig) -> Vec<(&'static str, Vec<usize>)> {
-        let (h, inner, ff) = (
-            cfg.hidden_size,
-            cfg.num_attention_heads * cfg.attention_head_dim,
-            cfg.ff_inner_dim,
-        );
+        let (h, inner, ff) = (cfg.hidden_size, cfg.num_attention_heads * cfg.attention_head_dim, cfg.ff_inner_dim);
         vec![
             ("norm1.weight", vec![h]),
             ("norm1.bias", vec![h]),
@@ -110,30 +101,18 @@ impl TransformerBlockWeights {
         check_config(cfg)?;
         let expected = Self::expected_shapes(cfg);
         for (key, shape) in &expected {
-            let t = weights.get(key).ok_or_else(|| Error::MissingTensor {
-                key: key.to_string(),
-                expected: shape.clone(),
-            })?;
+            let t = weights
+                .get(key)
+                .ok_or_else(|| Error::MissingTensor { key: key.to_string(), expected: shape.clone() })?;
             if t.shape() != shape.as_slice() {
-                return Err(Error::Shape {
-                    key: key.to_string(),
-                    expected: shape.clone(),
-                    got: t.shape().to_vec(),
-                });
+                return Err(Error::Shape { key: key.to_string(), expected: shape.clone(), got: t.shape().to_vec() });
             }
             if t.dtype() != DType::F32 {
-                return Err(Error::TensorDType {
-                    key: key.to_string(),
-                    expected: DType::F32,
-                    got: t.dtype(),
-                });
+                return Err(Error::TensorDType { key: key.to_string(), expected: DType::F32, got: t.dtype() });
             }
         }
-        let unexpected: Vec<String> = weights
-            .keys()
-            .filter(|k| !expected.iter().any(|(e, _)| e == k))
-            .map(str::to_string)
-            .collect();
+        let unexpected: Vec<String> =
+            weights.keys().filter(|k| !expected.iter().any(|(e, _)| e == k)).map(str::to_string).collect();
         if !unexpected.is_empty() {
             return Err(Error::UnexpectedTensors { keys: unexpected });
         }
@@ -152,11 +131,8 @@ impl TransformerBlockWeights {
                 (false, true) => (0.0, 0.1),
                 _ => (0.0, 0.05),
             };
-            let dist = Normal::new(mean, std)
-                .expect("a positive std should make a valid normal distribution");
-            let values: Vec<f32> = (0..shape.iter().product::<usize>())
-                .map(|_| rng.sample(dist))
-                .collect();
+            let dist = Normal::new(mean, std).expect("a positive std should make a valid normal distribution");
+            let values: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| rng.sample(dist)).collect();
             weights.insert(key, HostTensor::from_f32(shape, &values)?);
         }
         Ok(Self { weights })
@@ -176,9 +152,7 @@ impl TransformerBlockWeights {
     }
 
     fn tensor(&self, key: &str) -> &HostTensor {
-        self.weights
-            .get(key)
-            .expect("validated weights should hold every expected key")
+        self.weights.get(key).expect("validated weights should hold every expected key")
     }
 }
 
@@ -219,11 +193,7 @@ pub fn build_graph(
         let k = proj(b, "to_k", &normed)?;
         let v = proj(b, "to_v", &normed)?;
         let scale = 1.0 / (cfg.attention_head_dim as f64).sqrt();
-        let spec = AttentionSpec {
-            kind: attention,
-            num_heads: cfg.num_attention_heads,
-            scale,
-        };
+        let spec = AttentionSpec { kind: attention, num_heads: cfg.num_attention_heads, scale };
         let o = b.attention(&spec, &q, &k, &v, Some(&bias))?;
         proj(b, "to_out.0", &o) // [b, n, h]
     })?;
@@ -245,13 +215,7 @@ pub fn build_graph(
 
 /// Applies the standard pass pipeline: precision casting, then pruning.
 pub fn optimize(graph: &mut OnnxGraph, precision: Precision) -> Result<()> {
-    let edit = passes::cast_precision(
-        graph,
-        &CastPrecision {
-            target: precision,
-            ..Default::default()
-        },
-    )?;
+    let edit = passes::cast_precision(graph, &CastPrecision { target: precision, ..Default::default() })?;
     passes::apply(graph, edit)?;
     let edit = passes::prune_unused(graph);
     passes::apply(graph, edit)
@@ -268,12 +232,8 @@ pub fn export_transformer_block(
     let mut graph = build_graph(cfg, &w, opts.attention)?;
     optimize(&mut graph, opts.precision)?;
     let prov = provenance(opts.source.as_deref())?;
-    let mut writer = BundleWriter::create(
-        out,
-        ModelSpec::TransformerBlock(cfg.clone()),
-        prov,
-        opts.external_data_threshold_bytes,
-    )?;
+    let mut writer =
+        BundleWriter::create(out, ModelSpec::TransformerBlock(cfg.clone()), prov, opts.external_data_threshold_bytes)?;
     writer.add_graph("block", &graph, opts.attention, BTreeMap::new())?;
     let manifest = writer.finish()?;
     info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, "exported transformer block");
@@ -282,31 +242,16 @@ pub fn export_transformer_block(
 
 /// Example inputs for `osp run-graph`: `hidden_states` ~ N(0, 1) `[batch, tokens, hidden_size]` and an
 /// all-ones `attention_mask` `[batch, tokens]`.
-pub fn example_inputs(
-    cfg: &TransformerBlockConfig,
-    batch: usize,
-    tokens: usize,
-    seed: u64,
-) -> Result<Weights> {
+pub fn example_inputs(cfg: &TransformerBlockConfig, batch: usize, tokens: usize, seed: u64) -> Result<Weights> {
     if batch == 0 || tokens == 0 {
-        return Err(Error::Config(
-            "example inputs need batch and tokens >= 1".into(),
-        ));
+        return Err(Error::Config("example inputs need batch and tokens >= 1".into()));
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let dist = Normal::new(0.0f32, 1.0).expect("unit normal should be valid");
-    let x: Vec<f32> = (0..batch * tokens * cfg.hidden_size)
-        .map(|_| rng.sample(dist))
-        .collect();
+    let x: Vec<f32> = (0..batch * tokens * cfg.hidden_size).map(|_| rng.sample(dist)).collect();
     let mut inputs = Weights::new();
-    inputs.insert(
-        "hidden_states",
-        HostTensor::from_f32(vec![batch, tokens, cfg.hidden_size], &x)?,
-    );
-    inputs.insert(
-        "attention_mask",
-        HostTensor::from_f32(vec![batch, tokens], &vec![1.0; batch * tokens])?,
-    );
+    inputs.insert("hidden_states", HostTensor::from_f32(vec![batch, tokens, cfg.hidden_size], &x)?);
+    inputs.insert("attention_mask", HostTensor::from_f32(vec![batch, tokens], &vec![1.0; batch * tokens])?);
     Ok(inputs)
 }
 

@@ -47,10 +47,7 @@ pub fn cast_precision(graph: &OnnxGraph, opts: &CastPrecision) -> Result<Edit> {
     if graph.precision != Precision::F32 {
         return Err(Error::Graph {
             graph: graph.name.clone(),
-            message: format!(
-                "cast_precision expects an f32 graph, this one is already {}",
-                graph.precision
-            ),
+            message: format!("cast_precision expects an f32 graph, this one is already {}", graph.precision),
         });
     }
     let uses = Uses::of(graph);
@@ -58,11 +55,7 @@ pub fn cast_precision(graph: &OnnxGraph, opts: &CastPrecision) -> Result<Edit> {
     let island: Vec<bool> = graph
         .nodes
         .iter()
-        .map(|n| {
-            n.name
-                .as_ref()
-                .is_some_and(|name| graph.keep_f32.contains(name) || opts.keep_f32.contains(name))
-        })
+        .map(|n| n.name.as_ref().is_some_and(|name| graph.keep_f32.contains(name) || opts.keep_f32.contains(name)))
         .collect();
     let need = |node: usize, slot: usize| -> DType {
         let op = graph.nodes[node].op_type.as_deref().unwrap_or("");
@@ -92,8 +85,7 @@ pub fn cast_precision(graph: &OnnxGraph, opts: &CastPrecision) -> Result<Edit> {
             }
         } else if graph.initializer(name).is_some() {
             let readers = uses.consumers.get(name).map(Vec::as_slice).unwrap_or(&[]);
-            let all_f32 =
-                !readers.is_empty() && readers.iter().all(|&(n, s)| need(n, s) == DType::F32);
+            let all_f32 = !readers.is_empty() && readers.iter().all(|&(n, s)| need(n, s) == DType::F32);
             if opts.keep_f32.contains(name) || all_f32 || outputs.contains(name) {
                 DType::F32
             } else {
@@ -105,10 +97,7 @@ pub fn cast_precision(graph: &OnnxGraph, opts: &CastPrecision) -> Result<Edit> {
         new_dtype.insert(name, dt);
     }
 
-    let mut edit = Edit {
-        set_precision: Some(opts.target),
-        ..Default::default()
-    };
+    let mut edit = Edit { set_precision: Some(opts.target), ..Default::default() };
     for (name, &dt) in &new_dtype {
         if dt != DType::F32 {
             edit.set_dtypes.insert(name.to_string(), dt);
@@ -120,10 +109,7 @@ pub fn cast_precision(graph: &OnnxGraph, opts: &CastPrecision) -> Result<Edit> {
 
     let mut taken: BTreeSet<String> = graph.value_dtypes.keys().cloned().collect();
     taken.extend(graph.nodes.iter().filter_map(|n| n.name.clone()));
-    let mut casts = Casts {
-        taken,
-        nodes: Vec::new(),
-    };
+    let mut casts = Casts { taken, nodes: Vec::new() };
     let mut cast_of: HashMap<(String, DType), String> = HashMap::new();
 
     // Graph outputs that now carry the target dtype: the producer writes `<o>/lowp`, a Cast writes `o`.
@@ -136,15 +122,7 @@ pub fn cast_precision(graph: &OnnxGraph, opts: &CastPrecision) -> Result<Edit> {
         let node = &graph.nodes[p];
         if node.op_type.as_deref() == Some("Identity") {
             let source = &node.input[0];
-            edit.replace_nodes.insert(
-                p,
-                cast_node(
-                    node.name.clone().unwrap_or_default(),
-                    source,
-                    &o.name,
-                    DType::F32,
-                ),
-            );
+            edit.replace_nodes.insert(p, cast_node(node.name.clone().unwrap_or_default(), source, &o.name, DType::F32));
             edit.set_dtypes.insert(o.name.clone(), DType::F32);
             continue;
         }
@@ -165,10 +143,7 @@ pub fn cast_precision(graph: &OnnxGraph, opts: &CastPrecision) -> Result<Edit> {
             if input.is_empty() || old(input) != Some(DType::F32) {
                 continue;
             }
-            let source = alias
-                .get(input.as_str())
-                .cloned()
-                .unwrap_or_else(|| input.clone());
+            let source = alias.get(input.as_str()).cloned().unwrap_or_else(|| input.clone());
             let have = new_dtype.get(input.as_str()).copied().unwrap_or(DType::F32);
             let want = need(i, slot);
             let wired = if have == want {
@@ -250,11 +225,7 @@ fn retype_attributes(node: &mut NodeProto, target: DType) -> Result<bool> {
     let mut changed = false;
     match node.op_type.as_deref() {
         Some("Cast") => {
-            for a in node
-                .attribute
-                .iter_mut()
-                .filter(|a| a.name.as_deref() == Some("to"))
-            {
+            for a in node.attribute.iter_mut().filter(|a| a.name.as_deref() == Some("to")) {
                 if a.i == Some(f32_code as i64) {
                     a.i = Some(onnx_elem_type(target) as i64);
                     changed = true;
@@ -262,11 +233,7 @@ fn retype_attributes(node: &mut NodeProto, target: DType) -> Result<bool> {
             }
         }
         Some("ConstantOfShape") => {
-            for a in node
-                .attribute
-                .iter_mut()
-                .filter(|a| a.name.as_deref() == Some("value"))
-            {
+            for a in node.attribute.iter_mut().filter(|a| a.name.as_deref() == Some("value")) {
                 let Some(t) = a.t.as_mut() else { continue };
                 if t.data_type != Some(f32_code) {
                     continue;

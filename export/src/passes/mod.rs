@@ -50,20 +50,10 @@ impl Edit {
 
 /// Applies `edit` to `graph`, re-sorts the nodes topologically and checks the wiring.
 pub fn apply(graph: &mut OnnxGraph, edit: Edit) -> Result<()> {
-    let graph_err = |message: String| Error::Graph {
-        graph: graph.name.clone(),
-        message,
-    };
+    let graph_err = |message: String| Error::Graph { graph: graph.name.clone(), message };
     let n = graph.nodes.len();
-    if let Some(&bad) = edit
-        .replace_nodes
-        .keys()
-        .chain(&edit.remove_nodes)
-        .find(|&&i| i >= n)
-    {
-        return Err(graph_err(format!(
-            "edit names node #{bad}, the graph has {n}"
-        )));
+    if let Some(&bad) = edit.replace_nodes.keys().chain(&edit.remove_nodes).find(|&&i| i >= n) {
+        return Err(graph_err(format!("edit names node #{bad}, the graph has {n}")));
     }
     let mut nodes = Vec::with_capacity(n + edit.add_nodes.len());
     for (i, node) in std::mem::take(&mut graph.nodes).into_iter().enumerate() {
@@ -76,17 +66,12 @@ pub fn apply(graph: &mut OnnxGraph, edit: Edit) -> Result<()> {
         nodes.push(edit.replace_nodes.get(&i).cloned().unwrap_or(node));
     }
     nodes.extend(edit.add_nodes);
-    graph
-        .initializers
-        .retain(|i| !edit.remove_initializers.contains(&i.name));
+    graph.initializers.retain(|i| !edit.remove_initializers.contains(&i.name));
     for init in &mut graph.initializers {
         if let Some(&to) = edit.convert_initializers.get(&init.name) {
             let from = init.dtype;
             if !from.is_float() || !to.is_float() {
-                return Err(graph_err(format!(
-                    "initializer `{}` ({from}) cannot be converted to {to}",
-                    init.name
-                )));
+                return Err(graph_err(format!("initializer `{}` ({from}) cannot be converted to {to}", init.name)));
             }
             init.data = match &init.data {
                 TensorData::Host(bytes) => {
@@ -152,10 +137,7 @@ fn topological_order(nodes: Vec<NodeProto>) -> std::result::Result<Vec<NodeProto
         return Err("the graph has a cycle".to_string());
     }
     let mut slots: Vec<Option<NodeProto>> = nodes.into_iter().map(Some).collect();
-    Ok(order
-        .into_iter()
-        .map(|i| slots[i].take().expect("each node should be ordered once"))
-        .collect())
+    Ok(order.into_iter().map(|i| slots[i].take().expect("each node should be ordered once")).collect())
 }
 
 /// Wraps a generator so its float elements come out converted from `from` to `to`.
@@ -173,10 +155,7 @@ fn convert_generator(inner: Generator, from: DType, to: DType) -> Generator {
             sink(&out)
         })?;
         if !carry.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "generator ended inside an element",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "generator ended inside an element"));
         }
         Ok(())
     })
@@ -200,10 +179,7 @@ impl<'a> Uses<'a> {
                 consumers.entry(input.as_str()).or_default().push((i, slot));
             }
         }
-        Self {
-            producer,
-            consumers,
-        }
+        Self { producer, consumers }
     }
 }
 

@@ -24,18 +24,8 @@ pub fn prune_unused(graph: &OnnxGraph) -> Edit {
             }
         }
     }
-    let remove_nodes = (0..graph.nodes.len())
-        .filter(|i| !live_nodes.contains(i))
-        .collect();
-    let remove_initializers = graph
-        .initializers
-        .iter()
-        .filter(|i| !live_values.contains(i.name.as_str()))
-        .map(|i| i.name.clone())
-        .collect();
-    Edit {
-        remove_nodes,
-        remove_initializers,
-        ..Default::default()
-    }
+    let remove_nodes = (0..graph.nodes.len()).filter(|i| !live_nodes.contains(i)).collect();
+    let remove_initializers =
+        graph.initializers.iter().filter(|i| !live_values.contains(i.name.as_str())).map(|i| i.name.clone()).collect();
+    Edit { remove_nodes, remove_initializers, ..Default::default() }
 }

@@ -9,31 +9,10 @@ use crate::tensor::HostTensor;
 
 fn graph() -> OnnxGraph {
     let mut b = GraphBuilder::new("g");
-    let x = b
-        .input(TensorSpec::new(
-            "x",
-            DType::F32,
-            [Dim::sym("b"), Dim::Fixed(4)],
-        ))
-        .unwrap();
-    let w = b
-        .initializer(
-            "lin.weight",
-            &HostTensor::from_f32(vec![4, 4], &[0.25; 16]).unwrap(),
-        )
-        .unwrap();
-    let nw = b
-        .initializer(
-            "norm.weight",
-            &HostTensor::from_f32(vec![4], &[1.0; 4]).unwrap(),
-        )
-        .unwrap();
-    let keep = b
-        .initializer(
-            "keep.bias",
-            &HostTensor::from_f32(vec![4], &[0.5; 4]).unwrap(),
-        )
-        .unwrap();
+    let x = b.input(TensorSpec::new("x", DType::F32, [Dim::sym("b"), Dim::Fixed(4)])).unwrap();
+    let w = b.initializer("lin.weight", &HostTensor::from_f32(vec![4, 4], &[0.25; 16]).unwrap()).unwrap();
+    let nw = b.initializer("norm.weight", &HostTensor::from_f32(vec![4], &[1.0; 4]).unwrap()).unwrap();
+    let keep = b.initializer("keep.bias", &HostTensor::from_f32(vec![4], &[0.5; 4]).unwrap()).unwrap();
     let gen: Generator = Arc::new(|sink| {
         for i in 0..4 {
             sink(&(i as f32).to_le_bytes()[..2])?;
@@ -41,19 +20,13 @@ fn graph() -> OnnxGraph {
         }
         Ok(())
     });
-    let big = b
-        .generated_initializer("gen.bias", DType::F32, vec![4], gen)
-        .unwrap();
+    let big = b.generated_initializer("gen.bias", DType::F32, vec![4], gen).unwrap();
     let y = b.linear(&x, &w, Some(&keep)).unwrap();
     let y = b.add(&y, &big).unwrap();
     let y = b.rms_norm(&y, &nw, 1e-6).unwrap();
     let dead = b.sigmoid(&y).unwrap();
     let _ = b.mul(&dead, &dead).unwrap();
-    b.output(
-        &y,
-        TensorSpec::new("y", DType::F32, [Dim::sym("b"), Dim::Fixed(4)]),
-    )
-    .unwrap();
+    b.output(&y, TensorSpec::new("y", DType::F32, [Dim::sym("b"), Dim::Fixed(4)])).unwrap();
     b.finish().unwrap()
 }
 
@@ -61,26 +34,16 @@ fn graph() -> OnnxGraph {
 fn cast_precision_converts_all_but_keep_f32_initializers() {
     for (precision, dtype) in [(Precision::F16, DType::F16), (Precision::Bf16, DType::Bf16)] {
         let mut g = graph();
-        let opts = CastPrecision {
-            target: precision,
-            keep_f32: ["keep.bias".to_string()].into(),
-        };
+        let opts = CastPrecision { target: precision, keep_f32: ["keep.bias".to_string()].into() };
         let edit = cast_precision(&g, &opts).unwrap();
         apply(&mut g, edit).unwrap();
         assert_eq!(g.precision, precision);
         for init in g.initializers.iter().filter(|i| i.dtype.is_float()) {
-            let expect_f32 =
-                matches!(init.name.as_str(), "keep.bias" | "norm.weight") || init.dims.is_empty();
+            let expect_f32 = matches!(init.name.as_str(), "keep.bias" | "norm.weight") || init.dims.is_empty();
             if init.dims.is_empty() {
                 continue; // rms_norm's eps scalar lives inside the f32 island
             }
-            assert_eq!(
-                init.dtype == DType::F32,
-                expect_f32,
-                "{} is {}",
-                init.name,
-                init.dtype
-            );
+            assert_eq!(init.dtype == DType::F32, expect_f32, "{} is {}", init.name, init.dtype);
             if !expect_f32 {
                 assert_eq!(init.dtype, dtype);
             }
@@ -92,38 +55,18 @@ fn cast_precision_converts_all_but_keep_f32_initializers() {
             Ok(())
         })
         .unwrap();
-        let back = HostTensor::new(dtype, vec![4], bytes)
-            .unwrap()
-            .to_f32()
-            .unwrap();
+        let back = HostTensor::new(dtype, vec![4], bytes).unwrap().to_f32().unwrap();
         assert_eq!(back, [0.0, 1.0, 2.0, 3.0]);
         // Graph I/O keep f32: a Cast reads `x` and a Cast writes `y`.
-        let casts_from_x = g
-            .nodes
-            .iter()
-            .filter(|n| n.op_type.as_deref() == Some("Cast") && n.input[0] == "x")
-            .count();
+        let casts_from_x = g.nodes.iter().filter(|n| n.op_type.as_deref() == Some("Cast") && n.input[0] == "x").count();
         assert_eq!(casts_from_x, 1);
-        let writer = g
-            .nodes
-            .iter()
-            .find(|n| n.output.iter().any(|o| o == "y"))
-            .unwrap();
+        let writer = g.nodes.iter().find(|n| n.output.iter().any(|o| o == "y")).unwrap();
         assert_eq!(writer.op_type.as_deref(), Some("Cast"));
         assert_eq!(g.value_dtypes["x"], DType::F32);
         assert_eq!(g.value_dtypes["y"], DType::F32);
         // keep-f32 nodes (rms_norm) still read and write f32.
-        for n in g
-            .nodes
-            .iter()
-            .filter(|n| g.keep_f32.contains(n.name.as_deref().unwrap()))
-        {
-            for v in n
-                .input
-                .iter()
-                .chain(&n.output)
-                .filter(|v| g.value_dtypes[*v].is_float())
-            {
+        for n in g.nodes.iter().filter(|n| g.keep_f32.contains(n.name.as_deref().unwrap())) {
+            for v in n.input.iter().chain(&n.output).filter(|v| g.value_dtypes[*v].is_float()) {
                 assert_eq!(g.value_dtypes[v], DType::F32, "{v}");
             }
         }
@@ -138,17 +81,12 @@ fn prune_unused_drops_dead_nodes_and_initializers() {
     assert_eq!(edit.remove_nodes.len(), 2, "the dead Sigmoid and Mul");
     apply(&mut g, edit).unwrap();
     assert_eq!(g.nodes.len(), n_before - 2);
-    assert!(!g
-        .nodes
-        .iter()
-        .any(|n| n.op_type.as_deref() == Some("Sigmoid")));
+    assert!(!g.nodes.iter().any(|n| n.op_type.as_deref() == Some("Sigmoid")));
     assert!(prune_unused(&g).is_empty());
 }
 
 #[test]
 fn f32_target_is_a_no_op() {
     let g = graph();
-    assert!(cast_precision(&g, &CastPrecision::default())
-        .unwrap()
-        .is_empty());
+    assert!(cast_precision(&g, &CastPrecision::default()).unwrap().is_empty());
 }

@@ -17,10 +17,7 @@ fn cfg() -> TransformerBlockConfig {
 #[test]
 fn strict_loading_names_the_key_and_shapes() {
     let cfg = cfg();
-    let good = TransformerBlockWeights::random(&cfg, 7)
-        .unwrap()
-        .weights()
-        .clone();
+    let good = TransformerBlockWeights::random(&cfg, 7).unwrap().weights().clone();
     assert_eq!(good.len(), 16);
     assert!(TransformerBlockWeights::from_weights(&cfg, good.clone()).is_ok());
 
@@ -33,35 +30,19 @@ fn strict_loading_names_the_key_and_shapes() {
     );
 
     let mut extra = good.clone();
-    extra.insert(
-        "attn2.to_q.weight",
-        HostTensor::from_f32(vec![1], &[0.0]).unwrap(),
-    );
+    extra.insert("attn2.to_q.weight", HostTensor::from_f32(vec![1], &[0.0]).unwrap());
     let err = TransformerBlockWeights::from_weights(&cfg, extra).unwrap_err();
     assert!(err.to_string().contains("attn2.to_q.weight"), "{err}");
 
     let mut shaped = good.clone();
-    shaped.insert(
-        "ff.net.2.weight",
-        HostTensor::from_f32(vec![64, 32], &[0.0; 2048]).unwrap(),
-    );
+    shaped.insert("ff.net.2.weight", HostTensor::from_f32(vec![64, 32], &[0.0; 2048]).unwrap());
     let err = TransformerBlockWeights::from_weights(&cfg, shaped).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "weights: tensor `ff.net.2.weight` must have shape [32, 64], got [64, 32]"
-    );
+    assert_eq!(err.to_string(), "weights: tensor `ff.net.2.weight` must have shape [32, 64], got [64, 32]");
 
     let mut typed = good;
-    let f16 = typed
-        .get("norm1.bias")
-        .unwrap()
-        .cast_float(DType::F16)
-        .unwrap();
+    let f16 = typed.get("norm1.bias").unwrap().cast_float(DType::F16).unwrap();
     typed.insert("norm1.bias", f16);
-    assert!(matches!(
-        TransformerBlockWeights::from_weights(&cfg, typed),
-        Err(Error::TensorDType { .. })
-    ));
+    assert!(matches!(TransformerBlockWeights::from_weights(&cfg, typed), Err(Error::TensorDType { .. })));
 }
 
 #[test]
@@ -69,12 +50,7 @@ fn random_weights_are_deterministic_and_non_trivial() {
     let a = TransformerBlockWeights::random(&cfg(), 1).unwrap();
     assert_eq!(a, TransformerBlockWeights::random(&cfg(), 1).unwrap());
     assert_ne!(a, TransformerBlockWeights::random(&cfg(), 2).unwrap());
-    let q = a
-        .weights()
-        .get("attn1.to_q.weight")
-        .unwrap()
-        .to_f32()
-        .unwrap();
+    let q = a.weights().get("attn1.to_q.weight").unwrap().to_f32().unwrap();
     let std = (q.iter().map(|v| v * v).sum::<f32>() / q.len() as f32).sqrt();
     assert!((0.05..0.2).contains(&std), "std {std}");
     let ln = a.weights().get("norm1.weight").unwrap().to_f32().unwrap();
@@ -103,39 +79,20 @@ fn export_writes_aligned_external_data_and_a_loadable_manifest() {
         assert_eq!(g.precision, precision);
         assert_eq!(g.external_data, vec!["block.onnx.data".to_string()]);
         assert_eq!(m.provenance.source.as_deref(), Some("w.safetensors"));
-        assert_eq!(
-            m.provenance.source_sha256.as_ref().map(String::len),
-            Some(64)
-        );
+        assert_eq!(m.provenance.source_sha256.as_ref().map(String::len), Some(64));
 
-        let data_len = std::fs::metadata(out.join("block.onnx.data"))
-            .unwrap()
-            .len();
-        let proto =
-            onnx::ModelProto::decode(std::fs::read(out.join("block.onnx")).unwrap().as_slice())
-                .unwrap();
+        let data_len = std::fs::metadata(out.join("block.onnx.data")).unwrap().len();
+        let proto = onnx::ModelProto::decode(std::fs::read(out.join("block.onnx")).unwrap().as_slice()).unwrap();
         let mut external = 0;
         for t in &proto.graph.unwrap().initializer {
             let numel: i64 = t.dims.iter().product();
-            let size = numel as u64
-                * crate::tensor::dtype_from_onnx(t.data_type.unwrap())
-                    .unwrap()
-                    .size() as u64;
+            let size = numel as u64 * crate::tensor::dtype_from_onnx(t.data_type.unwrap()).unwrap().size() as u64;
             if t.data_location == Some(onnx::tensor_proto::DataLocation::External as i32) {
                 external += 1;
                 let get = |k: &str| {
-                    t.external_data
-                        .iter()
-                        .find(|e| e.key.as_deref() == Some(k))
-                        .unwrap()
-                        .value
-                        .clone()
-                        .unwrap()
+                    t.external_data.iter().find(|e| e.key.as_deref() == Some(k)).unwrap().value.clone().unwrap()
                 };
-                let (offset, length): (u64, u64) = (
-                    get("offset").parse().unwrap(),
-                    get("length").parse().unwrap(),
-                );
+                let (offset, length): (u64, u64) = (get("offset").parse().unwrap(), get("length").parse().unwrap());
                 assert_eq!(offset % 64, 0, "{:?}", t.name);
                 assert_eq!(length, size);
                 assert!(offset + length <= data_len);
@@ -157,8 +114,7 @@ fn refuses_to_replace_a_directory_that_is_not_a_bundle() {
     std::fs::write(dir.path().join("precious.txt"), b"x").unwrap();
     let cfg = cfg();
     let w = TransformerBlockWeights::random(&cfg, 0).unwrap();
-    let err = export_transformer_block(&cfg, w.weights(), &ExportOptions::default(), dir.path())
-        .unwrap_err();
+    let err = export_transformer_block(&cfg, w.weights(), &ExportOptions::default(), dir.path()).unwrap_err();
     assert!(err.to_string().contains("is not a bundle"), "{err}");
     assert!(dir.path().join("precious.txt").exists());
 }
