@@ -1,5 +1,5 @@
-//! Typed errors of the osp runtime: library discovery, session creation, input checks, runs and
-//! tensor files.
+//! Typed errors of the osp runtime: library discovery, session creation, input checks, runs,
+//! tensor files, sampling schedulers and the video path (decoding, encoding, tiling, metrics).
 
 use std::path::PathBuf;
 
@@ -16,9 +16,7 @@ pub const ORT_LIBRARY_HELP: &str = "get one by running `scripts/setup.sh` in the
 pub enum Error {
     #[error("no ONNX Runtime library found (searched: {}); {ORT_LIBRARY_HELP}", display_paths(.searched))]
     OrtLibraryNotFound { searched: Vec<PathBuf> },
-    #[error(
-        "environment variable {var} points at {path}, which is not a file; {ORT_LIBRARY_HELP}"
-    )]
+    #[error("environment variable {var} points at {path}, which is not a file; {ORT_LIBRARY_HELP}")]
     OrtLibraryEnvMissing { var: &'static str, path: PathBuf },
     #[error("loading the ONNX Runtime library {path}: {source}")]
     OrtLibraryLoad {
@@ -28,9 +26,7 @@ pub enum Error {
     },
     #[error("creating the ONNX Runtime environment: {0}")]
     OrtEnvironment(#[source] ort::Error),
-    #[error(
-        "registering the {ep} execution provider failed (no CPU fallback is allowed): {source}"
-    )]
+    #[error("registering the {ep} execution provider failed (no CPU fallback is allowed): {source}")]
     EpRegistration {
         ep: &'static str,
         #[source]
@@ -54,11 +50,7 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("graph `{graph}` ({path}) does not match the manifest: {why}")]
-    ModelMismatch {
-        graph: String,
-        path: PathBuf,
-        why: String,
-    },
+    ModelMismatch { graph: String, path: PathBuf, why: String },
     #[error("running graph `{graph}`: {source}")]
     Run {
         graph: String,
@@ -66,18 +58,9 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("graph `{graph}` did not produce output `{output}` (produced: {produced})")]
-    MissingOutput {
-        graph: String,
-        output: String,
-        produced: String,
-    },
+    MissingOutput { graph: String, output: String, produced: String },
     #[error("graph `{graph}` output `{output}`: expected {expected}, got {got}")]
-    OutputMismatch {
-        graph: String,
-        output: String,
-        expected: String,
-        got: String,
-    },
+    OutputMismatch { graph: String, output: String, expected: String, got: String },
     #[error("{context}: dtype {dtype} is not supported here")]
     UnsupportedDtype { context: String, dtype: String },
     #[error("tensor `{name}`: {why}")]
@@ -86,20 +69,56 @@ pub enum Error {
     SafetensorsRead { path: PathBuf, why: String },
     #[error("writing tensors to {path}: {why}")]
     SafetensorsWrite { path: PathBuf, why: String },
+    #[error("scheduler config `{key}`: {why}")]
+    InvalidSchedulerConfig { key: String, why: String },
+    #[error("{method}: {steps} sampling steps: {rule}")]
+    InvalidSamplingSteps { method: String, steps: usize, rule: String },
+    #[error(
+        "{method} is an ancestral sampler: step {step} needs a noise tensor (standard normal, the sample's shape)"
+    )]
+    MissingSchedulerNoise { method: String, step: usize },
+    #[error("{method} step: {why}")]
+    SchedulerStep { method: String, why: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("initialising FFmpeg: {0}")]
+    FfmpegInit(String),
+    #[error("{path}: cannot open video: {why}")]
+    VideoOpen { path: PathBuf, why: String },
+    #[error("{path}: has no video stream")]
+    NoVideoStream { path: PathBuf },
+    #[error("{path}: decoding failed: {why}")]
+    VideoDecode { path: PathBuf, why: String },
+    #[error(
+        "{path}: too few frames: {rule}, but only {decoded} decoded{} (the video is too short or truncated)",
+        declared_note(*.declared)
+    )]
+    TooFewFrames { path: PathBuf, needed: usize, decoded: usize, declared: u64, rule: String },
+    #[error("{path}: writing video failed: {why}")]
+    VideoEncode { path: PathBuf, why: String },
+    #[error("{what}: {rule}")]
+    VideoArg { what: String, rule: String },
+    #[error("spatial tiling: {0}")]
+    Tiling(String),
+    #[error("{metric}: {why}")]
+    Metric { metric: &'static str, why: String },
+}
+
+fn declared_note(declared: u64) -> String {
+    if declared > 0 {
+        format!(" of the {declared} the container declares")
+    } else {
+        String::new()
+    }
 }
 
 impl Error {
     pub(crate) fn unsupported(context: impl Into<String>, dtype: DType) -> Self {
-        Error::UnsupportedDtype {
-            context: context.into(),
-            dtype: dtype.to_string(),
-        }
+        Error::UnsupportedDtype { context: context.into(), dtype: dtype.to_string() }
     }
 }
 
@@ -107,9 +126,5 @@ fn display_paths(paths: &[PathBuf]) -> String {
     if paths.is_empty() {
         return "nothing".to_string();
     }
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }

@@ -14,50 +14,26 @@ use crate::tensor::Tensor;
 
 /// Reads every tensor of a safetensors file.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let read_err = |why: String| Error::SafetensorsRead {
-        path: path.to_path_buf(),
-        why,
-    };
-    let file =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let read_err = |why: String| Error::SafetensorsRead { path: path.to_path_buf(), why };
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| read_err(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (name, view) in file.iter() {
-        let dtype = from_st_dtype(view.dtype()).ok_or_else(|| {
-            read_err(format!(
-                "tensor `{name}` has dtype {:?}, which osp does not use",
-                view.dtype()
-            ))
-        })?;
-        let tensor = Tensor::from_le_bytes(name, dtype, view.shape(), view.data())
-            .map_err(|e| read_err(e.to_string()))?;
+        let dtype = from_st_dtype(view.dtype())
+            .ok_or_else(|| read_err(format!("tensor `{name}` has dtype {:?}, which osp does not use", view.dtype())))?;
+        let tensor =
+            Tensor::from_le_bytes(name, dtype, view.shape(), view.data()).map_err(|e| read_err(e.to_string()))?;
         out.insert(name.to_string(), tensor);
     }
     Ok(out)
 }
 
 /// Writes `tensors` to `path` (via `<path>.partial`, renamed into place).
-pub fn write_safetensors<'a>(
-    path: &Path,
-    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
-) -> Result<()> {
-    let write_err = |why: String| Error::SafetensorsWrite {
-        path: path.to_path_buf(),
-        why,
-    };
+pub fn write_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
+    let write_err = |why: String| Error::SafetensorsWrite { path: path.to_path_buf(), why };
     let owned: Vec<(&str, StDtype, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
-        .map(|(name, t)| {
-            (
-                name,
-                to_st_dtype(t.dtype()),
-                t.shape().to_vec(),
-                t.to_le_bytes(),
-            )
-        })
+        .map(|(name, t)| (name, to_st_dtype(t.dtype()), t.shape().to_vec(), t.to_le_bytes()))
         .collect();
     let views = owned
         .iter()
@@ -69,22 +45,13 @@ pub fn write_safetensors<'a>(
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, None).map_err(|e| write_err(e.to_string()))?;
     let tmp = partial_path(path);
-    std::fs::write(&tmp, bytes).map_err(|source| Error::Io {
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
+    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     Ok(())
 }
 
 fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".partial");
     path.with_file_name(name)
 }
@@ -132,31 +99,13 @@ mod tests {
     #[test]
     fn round_trip_every_dtype() {
         let mut tensors = BTreeMap::new();
-        tensors.insert(
-            "f32".to_string(),
-            Tensor::F32(arr(&[2, 3], vec![0.5, -1.0, 3.25, 1e-8, f32::MAX, -0.0])),
-        );
-        tensors.insert(
-            "f16".to_string(),
-            Tensor::F16(arr(&[3], vec![f16::from_f32(1.5), f16::MIN, f16::EPSILON])),
-        );
-        tensors.insert(
-            "bf16".to_string(),
-            Tensor::Bf16(arr(&[1, 2], vec![bf16::from_f32(-2.5), bf16::MAX])),
-        );
+        tensors.insert("f32".to_string(), Tensor::F32(arr(&[2, 3], vec![0.5, -1.0, 3.25, 1e-8, f32::MAX, -0.0])));
+        tensors.insert("f16".to_string(), Tensor::F16(arr(&[3], vec![f16::from_f32(1.5), f16::MIN, f16::EPSILON])));
+        tensors.insert("bf16".to_string(), Tensor::Bf16(arr(&[1, 2], vec![bf16::from_f32(-2.5), bf16::MAX])));
         tensors.insert("i64".to_string(), Tensor::I64(arr(&[2], vec![i64::MIN, 7])));
-        tensors.insert(
-            "i32".to_string(),
-            Tensor::I32(arr(&[2, 1, 1], vec![-3, i32::MAX])),
-        );
-        tensors.insert(
-            "u8".to_string(),
-            Tensor::U8(arr(&[4], vec![0, 1, 128, 255])),
-        );
-        tensors.insert(
-            "bool".to_string(),
-            Tensor::Bool(arr(&[2, 2], vec![true, false, false, true])),
-        );
+        tensors.insert("i32".to_string(), Tensor::I32(arr(&[2, 1, 1], vec![-3, i32::MAX])));
+        tensors.insert("u8".to_string(), Tensor::U8(arr(&[4], vec![0, 1, 128, 255])));
+        tensors.insert("bool".to_string(), Tensor::Bool(arr(&[2, 2], vec![true, false, false, true])));
         tensors.insert("scalar".to_string(), Tensor::F32(arr(&[], vec![42.0])));
         tensors.insert("empty".to_string(), Tensor::I64(arr(&[0, 3], vec![])));
 
@@ -175,9 +124,7 @@ mod tests {
         std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json").unwrap();
         let err = read_safetensors(&path).unwrap_err().to_string();
         assert!(err.contains("bad.safetensors"), "{err}");
-        let err = read_safetensors(&dir.path().join("missing.safetensors"))
-            .unwrap_err()
-            .to_string();
+        let err = read_safetensors(&dir.path().join("missing.safetensors")).unwrap_err().to_string();
         assert!(err.contains("missing.safetensors"), "{err}");
     }
 }

@@ -20,9 +20,13 @@ pub mod backend;
 pub mod ep;
 pub mod error;
 pub mod io;
+pub mod metrics;
 pub mod ort_lib;
+pub mod scheduler;
 pub mod session;
 pub mod tensor;
+pub mod vae;
+pub mod video;
 
 pub use error::{Error, Result};
 pub use io::{read_safetensors, write_safetensors};

@@ -30,15 +30,9 @@ static INIT_LOCK: Mutex<()> = Mutex::new(());
 
 /// Resolves the library path from the process environment, executable location and current directory.
 pub fn find_library() -> Result<PathBuf> {
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let exe_dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf));
     let cwd = std::env::current_dir().ok();
-    find_library_with(
-        |var| std::env::var_os(var),
-        exe_dir.as_deref(),
-        cwd.as_deref(),
-    )
+    find_library_with(|var| std::env::var_os(var), exe_dir.as_deref(), cwd.as_deref())
 }
 
 /// The search itself, with the environment lookup and directories passed in (testable without
@@ -89,9 +83,7 @@ fn library_in_dir(dir: &Path) -> Option<PathBuf> {
         .ok()?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{LIB_PREFIX}.")))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{LIB_PREFIX}.")))
                 && p.is_file()
         })
         .collect();
@@ -105,22 +97,13 @@ pub fn environment() -> Result<&'static Environment> {
     if let Some((_, env)) = ENVIRONMENT.get() {
         return Ok(env);
     }
-    let _guard = INIT_LOCK
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = INIT_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some((_, env)) = ENVIRONMENT.get() {
         return Ok(env);
     }
     let path = find_library()?;
-    let builder = ort::init_from(&path).map_err(|source| Error::OrtLibraryLoad {
-        path: path.clone(),
-        source,
-    })?;
-    let env = builder
-        .with_name("osp")
-        .with_telemetry(false)
-        .build()
-        .map_err(Error::OrtEnvironment)?;
+    let builder = ort::init_from(&path).map_err(|source| Error::OrtLibraryLoad { path: path.clone(), source })?;
+    let env = builder.with_name("osp").with_telemetry(false).build().map_err(Error::OrtEnvironment)?;
     tracing::info!(path = %path.display(), build = ort::info(), "loaded ONNX Runtime");
     let (_, env) = ENVIRONMENT.get_or_init(|| (path, env));
     Ok(env)
@@ -142,16 +125,10 @@ mod tests {
     #[test]
     fn env_var_to_missing_file_is_a_clear_error() {
         let missing = PathBuf::from("/nonexistent/osp/libonnxruntime.so.1.32.0");
-        let lookup =
-            |var: &str| (var == "ORT_DYLIB_PATH").then(|| missing.clone().into_os_string());
-        let err = find_library_with(lookup, None, None)
-            .unwrap_err()
-            .to_string();
+        let lookup = |var: &str| (var == "ORT_DYLIB_PATH").then(|| missing.clone().into_os_string());
+        let err = find_library_with(lookup, None, None).unwrap_err().to_string();
         assert!(err.contains("ORT_DYLIB_PATH"), "{err}");
-        assert!(
-            err.contains("/nonexistent/osp/libonnxruntime.so.1.32.0"),
-            "{err}"
-        );
+        assert!(err.contains("/nonexistent/osp/libonnxruntime.so.1.32.0"), "{err}");
         assert!(err.contains("scripts/setup.sh"), "{err}");
     }
 
@@ -172,10 +149,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lib = dir.path().join("libonnxruntime.so.1.32.0");
         std::fs::write(&lib, b"").unwrap();
-        assert_eq!(
-            find_library_with(no_env, Some(dir.path()), None).unwrap(),
-            lib
-        );
+        assert_eq!(find_library_with(no_env, Some(dir.path()), None).unwrap(), lib);
     }
 
     #[test]
@@ -188,27 +162,15 @@ mod tests {
         std::fs::create_dir_all(&nested).unwrap();
         assert_eq!(find_library_with(no_env, Some(&nested), None).unwrap(), lib);
         let elsewhere = tempfile::tempdir().unwrap();
-        assert_eq!(
-            find_library_with(no_env, Some(elsewhere.path()), Some(&nested)).unwrap(),
-            lib
-        );
+        assert_eq!(find_library_with(no_env, Some(elsewhere.path()), Some(&nested)).unwrap(), lib);
     }
 
     #[test]
     fn nothing_found_lists_the_searched_paths() {
         let empty = tempfile::tempdir().unwrap();
         let err = find_library_with(no_env, Some(empty.path()), None).unwrap_err();
-        let Error::OrtLibraryNotFound { searched } = &err else {
-            panic!("unexpected error {err}")
-        };
-        assert!(
-            searched.contains(&empty.path().join(REPO_RELATIVE)),
-            "{searched:?}"
-        );
-        assert!(
-            err.to_string()
-                .contains("pip download --no-deps onnxruntime==1.32.0"),
-            "{err}"
-        );
+        let Error::OrtLibraryNotFound { searched } = &err else { panic!("unexpected error {err}") };
+        assert!(searched.contains(&empty.path().join(REPO_RELATIVE)), "{searched:?}");
+        assert!(err.to_string().contains("pip download --no-deps onnxruntime==1.32.0"), "{err}");
     }
 }

@@ -60,10 +60,9 @@ impl Backend {
         match kind {
             BackendKind::OrtCpu => Backend::OrtCpu,
             BackendKind::OrtCuda => Backend::OrtCuda { device_id },
-            BackendKind::OrtTensorrt => Backend::OrtTensorRt {
-                device_id,
-                cache_dir: cache_dir.unwrap_or_else(default_trt_cache_dir),
-            },
+            BackendKind::OrtTensorrt => {
+                Backend::OrtTensorRt { device_id, cache_dir: cache_dir.unwrap_or_else(default_trt_cache_dir) }
+            }
             BackendKind::Tract => Backend::Tract,
         }
     }
@@ -97,11 +96,7 @@ pub fn default_trt_cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".cache"))
-        });
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")));
     match base {
         Some(dir) => dir.join("osp").join("tensorrt"),
         None => std::env::temp_dir().join("osp-tensorrt"),
@@ -134,9 +129,7 @@ impl FromStr for Backend {
             Some(_) if !matches!(kind, BackendKind::OrtCuda | BackendKind::OrtTensorrt) => {
                 return Err(format!("backend `{name}` takes no device id"));
             }
-            Some(d) => d
-                .parse::<i32>()
-                .map_err(|_| format!("device id `{d}` in `{s}` is not an integer"))?,
+            Some(d) => d.parse::<i32>().map_err(|_| format!("device id `{d}` in `{s}` is not an integer"))?,
         };
         Ok(Backend::from_kind(kind, device_id, None))
     }
@@ -152,19 +145,13 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self {
-            backend: Backend::OrtCpu,
-            threads: None,
-        }
+        Self { backend: Backend::OrtCpu, threads: None }
     }
 }
 
 impl SessionOptions {
     pub fn new(backend: Backend) -> Self {
-        Self {
-            backend,
-            threads: None,
-        }
+        Self { backend, threads: None }
     }
 
     pub fn with_threads(mut self, threads: usize) -> Self {
@@ -242,23 +229,12 @@ impl GraphSession {
         let start = Instant::now();
         let inner = match &opts.backend {
             Backend::Tract => load_tract(graph, path, opts)?,
-            ort_backend => Inner::Ort(Box::new(build_ort_session(
-                graph,
-                path,
-                ort_backend,
-                opts.threads,
-            )?)),
+            ort_backend => Inner::Ort(Box::new(build_ort_session(graph, path, ort_backend, opts.threads)?)),
         };
         let (inputs, outputs) = match &inner {
             Inner::Ort(s) => (
-                s.inputs()
-                    .iter()
-                    .map(|o| o.name().to_string())
-                    .collect::<Vec<_>>(),
-                s.outputs()
-                    .iter()
-                    .map(|o| o.name().to_string())
-                    .collect::<Vec<_>>(),
+                s.inputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>(),
+                s.outputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>(),
             ),
             #[cfg(feature = "tract")]
             Inner::Tract(t) => (t.input_names().to_vec(), t.output_names().to_vec()),
@@ -272,13 +248,7 @@ impl GraphSession {
             ms = start.elapsed().as_millis() as u64,
             "graph loaded"
         );
-        Ok(Self {
-            graph: graph.to_string(),
-            spec,
-            path: path.to_path_buf(),
-            backend: opts.backend.clone(),
-            inner,
-        })
+        Ok(Self { graph: graph.to_string(), spec, path: path.to_path_buf(), backend: opts.backend.clone(), inner })
     }
 
     pub fn spec(&self) -> &GraphSpec {
@@ -300,8 +270,7 @@ impl GraphSession {
     /// Checks `inputs` against the manifest, runs the graph, and checks that every manifest output
     /// was produced with its dtype and (where the input bindings determine them) dims.
     pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<BTreeMap<String, Tensor>> {
-        let _span = tracing::info_span!("graph_run", graph = %self.graph, backend = %self.backend)
-            .entered();
+        let _span = tracing::info_span!("graph_run", graph = %self.graph, backend = %self.backend).entered();
         let views: Vec<_> = inputs.iter().map(|(name, t)| input_view(name, t)).collect();
         let bindings = self.spec.check_inputs(&self.graph, &views)?;
         let start = Instant::now();
@@ -318,107 +287,55 @@ impl GraphSession {
 
 #[cfg(feature = "tract")]
 fn load_tract(graph: &str, path: &Path, opts: &SessionOptions) -> Result<Inner> {
-    Ok(Inner::Tract(Box::new(backend::tract::TractGraph::load(
-        graph,
-        path,
-        opts.threads,
-    )?)))
+    Ok(Inner::Tract(Box::new(backend::tract::TractGraph::load(graph, path, opts.threads)?)))
 }
 
 #[cfg(not(feature = "tract"))]
 fn load_tract(_graph: &str, _path: &Path, _opts: &SessionOptions) -> Result<Inner> {
     Err(Error::BackendUnavailable {
         backend: "tract".into(),
-        why: "osp-runtime was built without the `tract` feature (rebuild with `--features tract`)"
-            .into(),
+        why: "osp-runtime was built without the `tract` feature (rebuild with `--features tract`)".into(),
     })
 }
 
 /// Builds an ONNX Runtime session: intra-op threads, optimization level 3, then the execution
 /// providers of `backend` (TensorRT before CUDA), each failing loudly.
-fn build_ort_session(
-    graph: &str,
-    path: &Path,
-    backend: &Backend,
-    threads: Option<usize>,
-) -> Result<Session> {
+fn build_ort_session(graph: &str, path: &Path, backend: &Backend, threads: Option<usize>) -> Result<Session> {
     // The provider list is resolved first: a backend compiled out is reported before the library
     // is even looked for.
     let eps = match backend {
         Backend::OrtCpu => vec![crate::ep::cpu::dispatch()],
         Backend::OrtCuda { device_id } => vec![crate::ep::cuda::dispatch(*device_id)?],
-        Backend::OrtTensorRt {
-            device_id,
-            cache_dir,
-        } => vec![
-            crate::ep::tensorrt::dispatch(*device_id, cache_dir, graph)?,
-            crate::ep::cuda::dispatch(*device_id)?,
-        ],
+        Backend::OrtTensorRt { device_id, cache_dir } => {
+            vec![crate::ep::tensorrt::dispatch(*device_id, cache_dir, graph)?, crate::ep::cuda::dispatch(*device_id)?]
+        }
         Backend::Tract => unreachable!("tract sessions are not built by ONNX Runtime"),
     };
     let env = crate::ort_lib::environment()?;
-    let config = |source: ort::Error| Error::SessionConfig {
-        backend: backend.to_string(),
-        path: path.to_path_buf(),
-        source,
-    };
+    let config =
+        |source: ort::Error| Error::SessionConfig { backend: backend.to_string(), path: path.to_path_buf(), source };
     let mut builder = Session::builder(env).map_err(config)?;
     if let Some(n) = threads {
-        builder = builder
-            .with_intra_threads(n)
-            .map_err(|e| config(e.into()))?;
+        builder = builder.with_intra_threads(n).map_err(|e| config(e.into()))?;
     }
-    builder = builder
-        .with_optimization_level(GraphOptimizationLevel::Level3)
-        .map_err(|e| config(e.into()))?;
+    builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| config(e.into()))?;
     for ep in eps {
         let name = ep.name();
-        builder = builder
-            .with_execution_providers([ep])
-            .map_err(|e| Error::EpRegistration {
-                ep: name,
-                source: e.into(),
-            })?;
+        builder =
+            builder.with_execution_providers([ep]).map_err(|e| Error::EpRegistration { ep: name, source: e.into() })?;
         tracing::info!(graph, ep = name, "execution provider registered");
     }
     builder
         .commit_from_file(path)
-        .map_err(|source| Error::ModelLoad {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })
+        .map_err(|source| Error::ModelLoad { path: path.to_path_buf(), source: Box::new(source) })
 }
 
 /// The model's own input and output names must match the manifest's.
-fn check_model_io(
-    graph: &str,
-    path: &Path,
-    spec: &GraphSpec,
-    inputs: &[String],
-    outputs: &[String],
-) -> Result<()> {
-    let mismatch = |why: String| Error::ModelMismatch {
-        graph: graph.to_string(),
-        path: path.to_path_buf(),
-        why,
-    };
+fn check_model_io(graph: &str, path: &Path, spec: &GraphSpec, inputs: &[String], outputs: &[String]) -> Result<()> {
+    let mismatch = |why: String| Error::ModelMismatch { graph: graph.to_string(), path: path.to_path_buf(), why };
     for (kind, model_names, spec_names) in [
-        (
-            "input",
-            inputs,
-            spec.inputs
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>(),
-        ),
-        (
-            "output",
-            outputs,
-            spec.outputs
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>(),
-        ),
+        ("input", inputs, spec.inputs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>()),
+        ("output", outputs, spec.outputs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>()),
     ] {
         for name in &spec_names {
             if !model_names.iter().any(|m| m == name) {
@@ -429,13 +346,8 @@ fn check_model_io(
             }
         }
         if kind == "input" {
-            if let Some(extra) = model_names
-                .iter()
-                .find(|m| !spec_names.contains(&m.as_str()))
-            {
-                return Err(mismatch(format!(
-                    "the model has input `{extra}`, which the manifest does not name"
-                )));
+            if let Some(extra) = model_names.iter().find(|m| !spec_names.contains(&m.as_str())) {
+                return Err(mismatch(format!("the model has input `{extra}`, which the manifest does not name")));
             }
         }
     }
@@ -471,11 +383,7 @@ fn check_outputs(
                 Dim::Symbolic(s) => bindings.get(s).copied(),
             };
             if let Some(want) = want.filter(|&w| w != got) {
-                return Err(mismatch(format!(
-                    "{} {} (dim {axis} = {want})",
-                    out.dtype,
-                    out.dims_string()
-                )));
+                return Err(mismatch(format!("{} {} (dim {axis} = {want})", out.dtype, out.dims_string())));
             }
         }
     }
@@ -490,19 +398,10 @@ mod tests {
     fn backend_names_parse_and_print() {
         assert_eq!("ort-cpu".parse::<Backend>().unwrap(), Backend::OrtCpu);
         assert_eq!("tract".parse::<Backend>().unwrap(), Backend::Tract);
-        assert_eq!(
-            "ort-cuda:1".parse::<Backend>().unwrap(),
-            Backend::OrtCuda { device_id: 1 }
-        );
+        assert_eq!("ort-cuda:1".parse::<Backend>().unwrap(), Backend::OrtCuda { device_id: 1 });
         assert_eq!(Backend::OrtCuda { device_id: 1 }.to_string(), "ort-cuda:1");
-        assert!(matches!(
-            "ort-tensorrt".parse::<Backend>().unwrap(),
-            Backend::OrtTensorRt { device_id: 0, .. }
-        ));
-        assert!("tract:1"
-            .parse::<Backend>()
-            .unwrap_err()
-            .contains("takes no device id"));
+        assert!(matches!("ort-tensorrt".parse::<Backend>().unwrap(), Backend::OrtTensorRt { device_id: 0, .. }));
+        assert!("tract:1".parse::<Backend>().unwrap_err().contains("takes no device id"));
         assert!("ort-cuda:x".parse::<Backend>().is_err());
         assert!("cuda".parse::<Backend>().is_err());
     }

@@ -95,41 +95,22 @@ impl Tensor {
         let count: usize = shape.iter().product();
         let expected = count
             .checked_mul(dtype.size())
-            .ok_or_else(|| Error::Tensor {
-                name: name.to_string(),
-                why: format!("shape {shape:?} overflows"),
-            })?;
+            .ok_or_else(|| Error::Tensor { name: name.to_string(), why: format!("shape {shape:?} overflows") })?;
         if bytes.len() != expected {
             return Err(Error::Tensor {
                 name: name.to_string(),
-                why: format!(
-                    "{dtype} {shape:?} needs {expected} bytes, got {}",
-                    bytes.len()
-                ),
+                why: format!("{dtype} {shape:?} needs {expected} bytes, got {}", bytes.len()),
             });
         }
         let dim = IxDyn(shape);
-        let shaped = |e: ndarray::ShapeError| Error::Tensor {
-            name: name.to_string(),
-            why: e.to_string(),
-        };
+        let shaped = |e: ndarray::ShapeError| Error::Tensor { name: name.to_string(), why: e.to_string() };
         // `pod_collect_to_vec` copies, so unaligned input (safetensors offsets are not aligned) is fine.
         Ok(match dtype {
-            DType::F32 => {
-                Tensor::F32(ArrayD::from_shape_vec(dim, le_vec::<f32>(bytes)).map_err(shaped)?)
-            }
-            DType::F16 => {
-                Tensor::F16(ArrayD::from_shape_vec(dim, le_vec::<f16>(bytes)).map_err(shaped)?)
-            }
-            DType::Bf16 => {
-                Tensor::Bf16(ArrayD::from_shape_vec(dim, le_vec::<bf16>(bytes)).map_err(shaped)?)
-            }
-            DType::I64 => {
-                Tensor::I64(ArrayD::from_shape_vec(dim, le_vec::<i64>(bytes)).map_err(shaped)?)
-            }
-            DType::I32 => {
-                Tensor::I32(ArrayD::from_shape_vec(dim, le_vec::<i32>(bytes)).map_err(shaped)?)
-            }
+            DType::F32 => Tensor::F32(ArrayD::from_shape_vec(dim, le_vec::<f32>(bytes)).map_err(shaped)?),
+            DType::F16 => Tensor::F16(ArrayD::from_shape_vec(dim, le_vec::<f16>(bytes)).map_err(shaped)?),
+            DType::Bf16 => Tensor::Bf16(ArrayD::from_shape_vec(dim, le_vec::<bf16>(bytes)).map_err(shaped)?),
+            DType::I64 => Tensor::I64(ArrayD::from_shape_vec(dim, le_vec::<i64>(bytes)).map_err(shaped)?),
+            DType::I32 => Tensor::I32(ArrayD::from_shape_vec(dim, le_vec::<i32>(bytes)).map_err(shaped)?),
             DType::U8 => Tensor::U8(ArrayD::from_shape_vec(dim, bytes.to_vec()).map_err(shaped)?),
             DType::Bool => {
                 let values = bytes
@@ -154,10 +135,7 @@ impl Tensor {
         fn bytes_of<T: bytemuck::Pod>(a: &ArrayD<T>) -> Vec<u8> {
             match a.as_slice() {
                 Some(s) => bytemuck::cast_slice(s).to_vec(),
-                None => a
-                    .iter()
-                    .flat_map(|v| bytemuck::bytes_of(v).to_vec())
-                    .collect(),
+                None => a.iter().flat_map(|v| bytemuck::bytes_of(v).to_vec()).collect(),
             }
         }
         match self {
@@ -235,11 +213,7 @@ impl_from_array!(f32 => F32, f16 => F16, bf16 => Bf16, i64 => I64, i32 => I32, u
 
 /// A `Tensor`'s view in the form `GraphSpec::check_inputs` takes.
 pub(crate) fn input_view<'a>(name: &'a str, t: &'a Tensor) -> osp_graphs::manifest::InputView<'a> {
-    osp_graphs::manifest::InputView {
-        name,
-        dtype: t.dtype(),
-        shape: t.shape(),
-    }
+    osp_graphs::manifest::InputView { name, dtype: t.dtype(), shape: t.shape() }
 }
 
 #[cfg(test)]
@@ -248,24 +222,12 @@ mod tests {
 
     #[test]
     fn byte_round_trip_keeps_values_and_rejects_bad_lengths() {
-        let t = Tensor::Bf16(
-            ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![bf16::from_f32(1.5); 4]).unwrap(),
-        );
+        let t = Tensor::Bf16(ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![bf16::from_f32(1.5); 4]).unwrap());
         let bytes = t.to_le_bytes();
-        assert_eq!(
-            Tensor::from_le_bytes("x", DType::Bf16, &[2, 2], &bytes).unwrap(),
-            t
-        );
-        let err = Tensor::from_le_bytes("x", DType::Bf16, &[2, 3], &bytes)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("tensor `x`: bf16 [2, 3] needs 12 bytes, got 8"),
-            "{err}"
-        );
-        let err = Tensor::from_le_bytes("m", DType::Bool, &[2], &[0, 7])
-            .unwrap_err()
-            .to_string();
+        assert_eq!(Tensor::from_le_bytes("x", DType::Bf16, &[2, 2], &bytes).unwrap(), t);
+        let err = Tensor::from_le_bytes("x", DType::Bf16, &[2, 3], &bytes).unwrap_err().to_string();
+        assert!(err.contains("tensor `x`: bf16 [2, 3] needs 12 bytes, got 8"), "{err}");
+        let err = Tensor::from_le_bytes("m", DType::Bool, &[2], &[0, 7]).unwrap_err().to_string();
         assert!(err.contains("byte value 7"), "{err}");
     }
 
@@ -284,9 +246,6 @@ mod tests {
         let h = t.clone().cast_float(DType::F16).unwrap();
         assert_eq!(h.dtype(), DType::F16);
         assert_eq!(h.cast_float(DType::F32).unwrap(), t);
-        assert!(Tensor::zeros(DType::I64, &[1])
-            .unwrap()
-            .cast_float(DType::F32)
-            .is_err());
+        assert!(Tensor::zeros(DType::I64, &[1]).unwrap().cast_float(DType::F32).is_err());
     }
 }

@@ -10,12 +10,7 @@ use osp_runtime::{read_safetensors, write_safetensors};
 
 fn osp() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_osp"));
-    for var in [
-        "OSP_ORT_DYLIB",
-        "ORT_DYLIB_PATH",
-        "OSP_BACKEND",
-        "OSP_THREADS",
-    ] {
+    for var in ["OSP_ORT_DYLIB", "ORT_DYLIB_PATH", "OSP_BACKEND", "OSP_THREADS"] {
         cmd.env_remove(var);
     }
     cmd
@@ -30,15 +25,7 @@ fn help_lists_the_subcommands_and_flags() {
     let out = osp().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for want in [
-        "run-graph",
-        "inspect",
-        "--backend",
-        "--threads",
-        "--tracing",
-        "OSP_BACKEND",
-        "ort-tensorrt",
-    ] {
+    for want in ["run-graph", "inspect", "--backend", "--threads", "--tracing", "OSP_BACKEND", "ort-tensorrt"] {
         assert!(help.contains(want), "help lacks `{want}`:\n{help}");
     }
 }
@@ -88,10 +75,7 @@ fn run_graph_writes_outputs_by_name() {
     assert_eq!(result.keys().collect::<Vec<_>>(), vec!["y"]);
     assert_approx(&result["y"], &linear_reference(&x), Approx::Close);
     let trace = std::fs::read_to_string(&trace).unwrap();
-    assert!(
-        trace.contains("graph_run"),
-        "the chrome trace should hold the graph_run span"
-    );
+    assert!(trace.contains("graph_run"), "the chrome trace should hold the graph_run span");
 }
 
 #[test]
@@ -111,10 +95,7 @@ fn wrong_input_names_the_input_and_rule() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("input `x`: dim 1 must be 4, got 5"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("input `x`: dim 1 must be 4, got 5"), "{stderr}");
     assert!(!dir.path().join("out.safetensors").exists());
 }
 
@@ -161,10 +142,7 @@ fn cuda_backend_fails_instead_of_running_on_cpu() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("ort-cuda") || stderr.contains("CUDA"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("ort-cuda") || stderr.contains("CUDA"), "{stderr}");
     assert!(!dir.path().join("out.safetensors").exists());
 }
 

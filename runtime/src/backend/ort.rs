@@ -12,18 +12,10 @@ use crate::tensor::Tensor;
 
 /// Runs `session` on `inputs` (already checked against the manifest) and copies every output to
 /// the host.
-pub(crate) fn run(
-    session: &mut Session,
-    graph: &str,
-    inputs: &[(&str, &Tensor)],
-) -> Result<BTreeMap<String, Tensor>> {
-    let run_err = |e: ort::Error| Error::Run {
-        graph: graph.to_string(),
-        source: Box::new(e),
-    };
+pub(crate) fn run(session: &mut Session, graph: &str, inputs: &[(&str, &Tensor)]) -> Result<BTreeMap<String, Tensor>> {
+    let run_err = |e: ort::Error| Error::Run { graph: graph.to_string(), source: Box::new(e) };
     // ONNX Runtime reads contiguous row-major buffers; other layouts are copied once.
-    let contiguous: Vec<Cow<'_, Tensor>> =
-        inputs.iter().map(|(_, t)| t.as_standard_layout()).collect();
+    let contiguous: Vec<Cow<'_, Tensor>> = inputs.iter().map(|(_, t)| t.as_standard_layout()).collect();
     let mut values: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
     for ((name, _), t) in inputs.iter().zip(&contiguous) {
         let value: SessionInputValue<'_> = match t.as_ref() {
@@ -46,10 +38,7 @@ pub(crate) fn run(
 }
 
 fn to_host(graph: &str, name: &str, value: &DynValue) -> Result<Tensor> {
-    let run_err = |e: ort::Error| Error::Run {
-        graph: graph.to_string(),
-        source: Box::new(e),
-    };
+    let run_err = |e: ort::Error| Error::Run { graph: graph.to_string(), source: Box::new(e) };
     let ValueType::Tensor { ty, .. } = value.dtype() else {
         return Err(Error::OutputMismatch {
             graph: graph.to_string(),
@@ -59,45 +48,13 @@ fn to_host(graph: &str, name: &str, value: &DynValue) -> Result<Tensor> {
         });
     };
     Ok(match ty {
-        TensorElementType::Float32 => Tensor::F32(
-            value
-                .try_extract_array::<f32>()
-                .map_err(run_err)?
-                .to_owned(),
-        ),
-        TensorElementType::Float16 => Tensor::F16(
-            value
-                .try_extract_array::<f16>()
-                .map_err(run_err)?
-                .to_owned(),
-        ),
-        TensorElementType::Bfloat16 => Tensor::Bf16(
-            value
-                .try_extract_array::<bf16>()
-                .map_err(run_err)?
-                .to_owned(),
-        ),
-        TensorElementType::Int64 => Tensor::I64(
-            value
-                .try_extract_array::<i64>()
-                .map_err(run_err)?
-                .to_owned(),
-        ),
-        TensorElementType::Int32 => Tensor::I32(
-            value
-                .try_extract_array::<i32>()
-                .map_err(run_err)?
-                .to_owned(),
-        ),
-        TensorElementType::Uint8 => {
-            Tensor::U8(value.try_extract_array::<u8>().map_err(run_err)?.to_owned())
-        }
-        TensorElementType::Bool => Tensor::Bool(
-            value
-                .try_extract_array::<bool>()
-                .map_err(run_err)?
-                .to_owned(),
-        ),
+        TensorElementType::Float32 => Tensor::F32(value.try_extract_array::<f32>().map_err(run_err)?.to_owned()),
+        TensorElementType::Float16 => Tensor::F16(value.try_extract_array::<f16>().map_err(run_err)?.to_owned()),
+        TensorElementType::Bfloat16 => Tensor::Bf16(value.try_extract_array::<bf16>().map_err(run_err)?.to_owned()),
+        TensorElementType::Int64 => Tensor::I64(value.try_extract_array::<i64>().map_err(run_err)?.to_owned()),
+        TensorElementType::Int32 => Tensor::I32(value.try_extract_array::<i32>().map_err(run_err)?.to_owned()),
+        TensorElementType::Uint8 => Tensor::U8(value.try_extract_array::<u8>().map_err(run_err)?.to_owned()),
+        TensorElementType::Bool => Tensor::Bool(value.try_extract_array::<bool>().map_err(run_err)?.to_owned()),
         other => {
             return Err(Error::UnsupportedDtype {
                 context: format!("graph `{graph}` output `{name}`"),

@@ -31,10 +31,7 @@ pub struct TractGraph {
 impl TractGraph {
     /// Parses the model at `path`. `threads`: `None` uses all available cores.
     pub fn load(graph: &str, path: &Path, threads: Option<usize>) -> Result<Self> {
-        let model_err = |e: TractError| Error::ModelLoad {
-            path: path.to_path_buf(),
-            source: e.into(),
-        };
+        let model_err = |e: TractError| Error::ModelLoad { path: path.to_path_buf(), source: e.into() };
         if !path.is_file() {
             return Err(Error::ModelLoad {
                 path: path.to_path_buf(),
@@ -43,41 +40,13 @@ impl TractGraph {
         }
         let model = tract_onnx::onnx().model_for_path(path).map_err(model_err)?;
         let name_of = |outlet: OutletId| -> String {
-            model
-                .outlet_label(outlet)
-                .map(str::to_string)
-                .unwrap_or_else(|| model.node(outlet.node).name.clone())
+            model.outlet_label(outlet).map(str::to_string).unwrap_or_else(|| model.node(outlet.node).name.clone())
         };
-        let input_names = model
-            .input_outlets()
-            .map_err(model_err)?
-            .iter()
-            .map(|o| name_of(*o))
-            .collect();
-        let output_names = model
-            .output_outlets()
-            .map_err(model_err)?
-            .iter()
-            .map(|o| name_of(*o))
-            .collect();
-        let threads = threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        });
-        let executor = if threads > 1 {
-            Executor::multithread(threads)
-        } else {
-            Executor::SingleThread
-        };
-        Ok(Self {
-            path: path.to_path_buf(),
-            model,
-            input_names,
-            output_names,
-            executor,
-            plans: HashMap::new(),
-        })
+        let input_names = model.input_outlets().map_err(model_err)?.iter().map(|o| name_of(*o)).collect();
+        let output_names = model.output_outlets().map_err(model_err)?.iter().map(|o| name_of(*o)).collect();
+        let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+        Ok(Self { path: path.to_path_buf(), model, input_names, output_names, executor, plans: HashMap::new() })
     }
 
     pub fn input_names(&self) -> &[String] {
@@ -94,35 +63,21 @@ impl TractGraph {
     }
 
     /// Runs on `inputs` (already checked against the manifest; any order).
-    pub fn run(
-        &mut self,
-        graph: &str,
-        inputs: &[(&str, &Tensor)],
-    ) -> Result<BTreeMap<String, Tensor>> {
-        let run_err = |e: TractError| Error::Run {
-            graph: graph.to_string(),
-            source: e.into(),
-        };
+    pub fn run(&mut self, graph: &str, inputs: &[(&str, &Tensor)]) -> Result<BTreeMap<String, Tensor>> {
+        let run_err = |e: TractError| Error::Run { graph: graph.to_string(), source: e.into() };
         let ordered: Vec<&Tensor> = self
             .input_names
             .iter()
             .map(|name| {
-                inputs
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, t)| *t)
-                    .ok_or_else(|| Error::ModelMismatch {
-                        graph: graph.to_string(),
-                        path: self.path.clone(),
-                        why: format!("model input `{name}` was not given"),
-                    })
+                inputs.iter().find(|(n, _)| n == name).map(|(_, t)| *t).ok_or_else(|| Error::ModelMismatch {
+                    graph: graph.to_string(),
+                    path: self.path.clone(),
+                    why: format!("model input `{name}` was not given"),
+                })
             })
             .collect::<Result<_>>()?;
-        let values: Vec<tract_onnx::prelude::Tensor> = ordered
-            .iter()
-            .zip(&self.input_names)
-            .map(|(t, name)| to_tract(graph, name, t))
-            .collect::<Result<_>>()?;
+        let values: Vec<tract_onnx::prelude::Tensor> =
+            ordered.iter().zip(&self.input_names).map(|(t, name)| to_tract(graph, name, t)).collect::<Result<_>>()?;
         let key: Vec<Vec<usize>> = values.iter().map(|t| t.shape().to_vec()).collect();
         let plan = match self.plans.get(&key) {
             Some(plan) => plan.clone(),
@@ -130,19 +85,11 @@ impl TractGraph {
                 let _span = tracing::info_span!("tract_optimize", graph, shapes = ?key).entered();
                 let mut model = self.model.clone();
                 for (ix, t) in values.iter().enumerate() {
-                    model
-                        .set_input_fact(ix, InferenceFact::dt_shape(t.datum_type(), t.shape()))
-                        .map_err(run_err)?;
+                    model.set_input_fact(ix, InferenceFact::dt_shape(t.datum_type(), t.shape())).map_err(run_err)?;
                 }
-                let options = RunOptions {
-                    executor: Some(self.executor.clone()),
-                    ..Default::default()
-                };
-                let plan = model
-                    .into_optimized()
-                    .map_err(run_err)?
-                    .into_runnable_with_options(&options)
-                    .map_err(run_err)?;
+                let options = RunOptions { executor: Some(self.executor.clone()), ..Default::default() };
+                let plan =
+                    model.into_optimized().map_err(run_err)?.into_runnable_with_options(&options).map_err(run_err)?;
                 tracing::info!(graph, shapes = ?key, "tract plan optimized for new input shapes");
                 self.plans.insert(key, plan.clone());
                 plan
@@ -167,20 +114,14 @@ fn to_tract(graph: &str, name: &str, t: &Tensor) -> Result<tract_onnx::prelude::
         Tensor::U8(a) => a.clone().into(),
         Tensor::Bool(a) => a.clone().into(),
         Tensor::Bf16(_) => {
-            return Err(Error::unsupported(
-                format!("tract backend, graph `{graph}` input `{name}`"),
-                t.dtype(),
-            ))
+            return Err(Error::unsupported(format!("tract backend, graph `{graph}` input `{name}`"), t.dtype()))
         }
     })
 }
 
 fn from_tract(graph: &str, name: &str, t: tract_onnx::prelude::Tensor) -> Result<Tensor> {
     let dt = t.datum_type();
-    let run_err = |e: TractError| Error::Run {
-        graph: graph.to_string(),
-        source: e.into(),
-    };
+    let run_err = |e: TractError| Error::Run { graph: graph.to_string(), source: e.into() };
     Ok(if dt == f32::datum_type() {
         Tensor::F32(t.into_plain_array::<f32>().map_err(run_err)?)
     } else if dt == f16::datum_type() {

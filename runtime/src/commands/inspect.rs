@@ -15,8 +15,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
-    let bundle = Bundle::open(&args.bundle)
-        .with_context(|| format!("opening bundle {}", args.bundle.display()))?;
+    let bundle = Bundle::open(&args.bundle).with_context(|| format!("opening bundle {}", args.bundle.display()))?;
     print!("{}", summary(&args.bundle, bundle.manifest())?);
     Ok(())
 }
@@ -38,11 +37,7 @@ fn summary(dir: &std::path::Path, m: &BundleManifest) -> anyhow::Result<String> 
     }
     writeln!(s, "graphs: {}", m.graphs.len())?;
     for (name, g) in &m.graphs {
-        writeln!(
-            s,
-            "  {name}: {} (precision {}, attention {}, opset {})",
-            g.file, g.precision, g.attention, g.opset
-        )?;
+        writeln!(s, "  {name}: {} (precision {}, attention {}, opset {})", g.file, g.precision, g.attention, g.opset)?;
         if !g.external_data.is_empty() {
             writeln!(s, "    external data: {}", g.external_data.join(", "))?;
         }

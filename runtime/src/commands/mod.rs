@@ -10,8 +10,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+pub mod eval;
 pub mod inspect;
+pub mod reconstruct;
 pub mod run_graph;
+pub mod schedule;
 
 /// Run exported Open-Sora-Plan bundles with ONNX Runtime or tract.
 #[derive(Debug, Parser)]
@@ -52,10 +55,7 @@ impl BackendOpts {
             anyhow::bail!("--threads must be at least 1 (leave it unset to use all cores)");
         }
         let backend = Backend::from_kind(self.backend, self.device, self.trt_cache_dir.clone());
-        Ok(SessionOptions {
-            backend,
-            threads: self.threads,
-        })
+        Ok(SessionOptions { backend, threads: self.threads })
     }
 }
 
@@ -65,6 +65,13 @@ pub enum Command {
     RunGraph(run_graph::RunGraphArgs),
     /// Print a bundle's manifest: model, graphs with their I/O specs, precision, attention, provenance.
     Inspect(inspect::InspectArgs),
+    /// Print a sampling scheduler's timesteps, sigmas and initial noise sigma as JSON.
+    Schedule(schedule::ScheduleArgs),
+    /// Reconstruct a video (or a folder of videos) through a VAE bundle: decode, resize and crop,
+    /// encode, decode, write H.264.
+    Reconstruct(reconstruct::ReconstructArgs),
+    /// PSNR and SSIM between a folder of real videos and a folder of generated ones.
+    Eval(eval::EvalArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -72,33 +79,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::RunGraph(args) => run_graph::run(args, &cli.backend),
         Command::Inspect(args) => inspect::run(args),
+        Command::Schedule(args) => schedule::run(args),
+        Command::Reconstruct(args) => reconstruct::run(args, &cli.backend),
+        Command::Eval(args) => eval::run(args),
     }
 }
 
 /// Logs to stderr with the `RUST_LOG` filter (default `info,ort=warn`); `--tracing` adds the Chrome
 /// layer, whose guard flushes the trace file when dropped.
 fn init_tracing(cli: &Cli) -> anyhow::Result<Option<tracing_chrome::FlushGuard>> {
-    let filter =
-        EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info,ort=warn"))?;
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info,ort=warn"))?;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let registry = tracing_subscriber::registry().with(filter).with(fmt);
     if cli.tracing {
-        let (chrome, guard) = tracing_chrome::ChromeLayerBuilder::new()
-            .file(&cli.trace_file)
-            .include_args(true)
-            .build();
-        registry
-            .with(chrome)
-            .try_init()
-            .context("installing the tracing subscriber")?;
+        let (chrome, guard) =
+            tracing_chrome::ChromeLayerBuilder::new().file(&cli.trace_file).include_args(true).build();
+        registry.with(chrome).try_init().context("installing the tracing subscriber")?;
         tracing::info!(file = %cli.trace_file.display(), "writing a Chrome trace");
         Ok(Some(guard))
     } else {
-        registry
-            .try_init()
-            .context("installing the tracing subscriber")?;
+        registry.try_init().context("installing the tracing subscriber")?;
         Ok(None)
     }
 }

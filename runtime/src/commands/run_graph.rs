@@ -25,23 +25,14 @@ pub struct RunGraphArgs {
 
 pub fn run(args: &RunGraphArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let opts = backend.session_options()?;
-    let bundle = Bundle::open(&args.bundle)
-        .with_context(|| format!("opening bundle {}", args.bundle.display()))?;
+    let bundle = Bundle::open(&args.bundle).with_context(|| format!("opening bundle {}", args.bundle.display()))?;
     let inputs = read_safetensors(&args.inputs)?;
-    let mut session = bundle.session(&args.graph, &opts).with_context(|| {
-        format!(
-            "loading graph `{}` of {} on {}",
-            args.graph,
-            args.bundle.display(),
-            opts.backend
-        )
-    })?;
-    let named: Vec<(&str, &osp_runtime::Tensor)> =
-        inputs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut session = bundle
+        .session(&args.graph, &opts)
+        .with_context(|| format!("loading graph `{}` of {} on {}", args.graph, args.bundle.display(), opts.backend))?;
+    let named: Vec<(&str, &osp_runtime::Tensor)> = inputs.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let start = Instant::now();
-    let outputs = session
-        .run(&named)
-        .with_context(|| format!("running graph `{}`", args.graph))?;
+    let outputs = session.run(&named).with_context(|| format!("running graph `{}`", args.graph))?;
     let elapsed = start.elapsed();
     write_safetensors(&args.out, outputs.iter().map(|(k, v)| (k.as_str(), v)))?;
     for (name, t) in &outputs {

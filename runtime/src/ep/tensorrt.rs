@@ -11,20 +11,13 @@ use ort::ep::ExecutionProviderDispatch;
 use crate::error::Result;
 
 #[cfg(feature = "tensorrt")]
-pub fn dispatch(
-    device_id: i32,
-    cache_dir: &Path,
-    graph: &str,
-) -> Result<ExecutionProviderDispatch> {
+pub fn dispatch(device_id: i32, cache_dir: &Path, graph: &str) -> Result<ExecutionProviderDispatch> {
     use crate::error::Error;
 
     let engines = cache_dir.join("engines");
     let timing = cache_dir.join("timing");
     for dir in [&engines, &timing] {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
     }
     Ok(ort::ep::TensorRT::default()
         .with_device_id(device_id)
@@ -38,11 +31,7 @@ pub fn dispatch(
 }
 
 #[cfg(not(feature = "tensorrt"))]
-pub fn dispatch(
-    _device_id: i32,
-    _cache_dir: &Path,
-    _graph: &str,
-) -> Result<ExecutionProviderDispatch> {
+pub fn dispatch(_device_id: i32, _cache_dir: &Path, _graph: &str) -> Result<ExecutionProviderDispatch> {
     Err(crate::error::Error::BackendUnavailable {
         backend: "ort-tensorrt".into(),
         why: "osp-runtime was built without the `tensorrt` feature (rebuild with `--features tensorrt`)".into(),

@@ -18,8 +18,7 @@ pub fn bundle_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir should be creatable");
     for entry in std::fs::read_dir(fixture_bundle()).expect("fixture bundle should exist") {
         let entry = entry.expect("fixture entry should be readable");
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name()))
-            .expect("fixture should copy");
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("fixture should copy");
     }
     dir
 }

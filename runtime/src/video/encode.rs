@@ -1,0 +1,226 @@
+//! Video encoding with FFmpeg (ffmpeg-next): `[t, h, w, 3]` u8 RGB frames to H.264 (`libx264`,
+//! YUV 4:2:0) in an mp4, mkv or mov container, or to a folder of PNG frames.
+//!
+//! Upstream writes mp4v through OpenCV (`array_to_video` in `opensora/sample/rec_video.py`);
+//! H.264 is what players and browsers expect. Files are written under a temporary name in the
+//! destination folder and renamed into place, so a failed write never leaves a partial file.
+
+use std::path::{Path, PathBuf};
+
+use ffmpeg::format::Pixel;
+use ffmpeg::software::scaling;
+use ffmpeg_next as ffmpeg;
+use ndarray::{ArrayView3, ArrayView4, Axis};
+
+use crate::error::{Error, Result};
+use crate::video::decode::init;
+
+/// libx264 settings. `crf` 0 is lossless in quality terms (but YUV 4:2:0 still subsamples
+/// chroma); 18 is visually lossless; 23 is x264's default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodeOptions {
+    pub crf: u8,
+    pub preset: String,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self { crf: 18, preset: "medium".to_string() }
+    }
+}
+
+/// Which writer a destination path selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// H.264 in the named FFmpeg muxer (`mp4`, `matroska`, `mov`).
+    H264(&'static str),
+    /// `frame_00000.png`, ... in a folder (a destination ending in `/` or without an extension).
+    PngFrames,
+}
+
+impl OutputKind {
+    pub fn for_path(path: &Path) -> Result<Self> {
+        if path.as_os_str().to_string_lossy().ends_with('/') || path.extension().is_none() {
+            return Ok(OutputKind::PngFrames);
+        }
+        let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+        match ext.as_str() {
+            "mp4" => Ok(OutputKind::H264("mp4")),
+            "mkv" => Ok(OutputKind::H264("matroska")),
+            "mov" => Ok(OutputKind::H264("mov")),
+            other => Err(Error::VideoEncode {
+                path: path.to_path_buf(),
+                why: format!(
+                    "unsupported output extension `.{other}` (use .mp4, .mkv, .mov, or a folder path for PNG frames)"
+                ),
+            }),
+        }
+    }
+}
+
+/// Writes `frames` (`[t, h, w, 3]` RGB) to `path` at `fps` frames per second; the container or
+/// PNG folder is chosen by [`OutputKind::for_path`].
+pub fn write_video(path: &Path, frames: ArrayView4<u8>, fps: f64, opts: &EncodeOptions) -> Result<()> {
+    let _span = tracing::debug_span!("write_video", path = %path.display()).entered();
+    let err = |why: String| Error::VideoEncode { path: path.to_path_buf(), why };
+    let (t, h, w, c) = frames.dim();
+    if t == 0 || h == 0 || w == 0 || c != 3 {
+        return Err(err(format!("frames must be [t, h, w, 3] with t, h, w >= 1, got {:?}", frames.shape())));
+    }
+    if !(fps.is_finite() && fps > 0.0) {
+        return Err(err(format!("fps must be a positive number, got {fps}")));
+    }
+    let kind = OutputKind::for_path(path)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::Io { path: parent.to_path_buf(), source: e })?;
+    }
+    let tmp = temp_sibling(path);
+    let written = match kind {
+        OutputKind::H264(muxer) => write_h264(&tmp, muxer, frames, fps, opts).map_err(err),
+        OutputKind::PngFrames => write_pngs(&tmp, frames).map_err(err),
+    };
+    if let Err(e) = written {
+        remove_any(&tmp);
+        return Err(e);
+    }
+    if kind == OutputKind::PngFrames && path.is_dir() {
+        std::fs::remove_dir_all(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        remove_any(&tmp);
+        Error::Io { path: path.to_path_buf(), source: e }
+    })
+}
+
+/// `dir/.name.tmp-<pid>` next to `path` (same file system, so the rename is atomic).
+fn temp_sibling(path: &Path) -> PathBuf {
+    let trimmed = PathBuf::from(path.as_os_str().to_string_lossy().trim_end_matches('/'));
+    let name = trimmed.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "video".to_string());
+    trimmed.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn remove_any(path: &Path) {
+    let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+}
+
+fn write_h264(
+    path: &Path,
+    muxer: &str,
+    frames: ArrayView4<u8>,
+    fps: f64,
+    opts: &EncodeOptions,
+) -> std::result::Result<(), String> {
+    init().map_err(|e| e.to_string())?;
+    let (_, h, w, _) = frames.dim();
+    if h % 2 != 0 || w % 2 != 0 {
+        return Err(format!("H.264 with YUV 4:2:0 needs an even frame size, got {w}x{h}"));
+    }
+    let fferr = |what: &'static str| move |e: ffmpeg::Error| format!("{what}: {e}");
+    let mut octx = ffmpeg::format::output_as(path, muxer).map_err(fferr("opening the output"))?;
+    let codec = ffmpeg::encoder::find_by_name("libx264")
+        .ok_or("this FFmpeg build has no libx264 encoder (install FFmpeg with libx264)")?;
+    let global_header = octx.format().flags().contains(ffmpeg::format::Flags::GLOBAL_HEADER);
+    let rate = ffmpeg::Rational::from(fps);
+    let time_base = rate.invert();
+    let mut encoder = ffmpeg::codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .video()
+        .map_err(fferr("creating the encoder"))?;
+    encoder.set_width(w as u32);
+    encoder.set_height(h as u32);
+    encoder.set_format(Pixel::YUV420P);
+    encoder.set_time_base(time_base);
+    encoder.set_frame_rate(Some(rate));
+    if global_header {
+        encoder.set_flags(ffmpeg::codec::Flags::GLOBAL_HEADER);
+    }
+    let mut dict = ffmpeg::Dictionary::new();
+    dict.set("preset", &opts.preset);
+    dict.set("crf", &opts.crf.to_string());
+    let mut encoder = encoder.open_with(dict).map_err(fferr("opening libx264 (check --preset and --crf)"))?;
+    {
+        let mut ost = octx.add_stream(codec).map_err(fferr("adding the stream"))?;
+        ost.set_parameters(&encoder);
+        ost.set_time_base(time_base);
+        ost.set_avg_frame_rate(rate);
+    }
+    octx.write_header().map_err(fferr("writing the header"))?;
+    let ost_time_base = octx.stream(0).map(|s| s.time_base()).ok_or("the output lost its stream")?;
+
+    let mut scaler = scaling::Context::get(
+        Pixel::RGB24,
+        w as u32,
+        h as u32,
+        Pixel::YUV420P,
+        w as u32,
+        h as u32,
+        scaling::Flags::BILINEAR,
+    )
+    .map_err(fferr("creating the YUV converter"))?;
+    let mut rgb = ffmpeg::frame::Video::new(Pixel::RGB24, w as u32, h as u32);
+    let mut yuv = ffmpeg::frame::Video::empty();
+    let drain = |encoder: &mut ffmpeg::encoder::Video,
+                 octx: &mut ffmpeg::format::context::Output|
+     -> std::result::Result<(), String> {
+        let mut packet = ffmpeg::Packet::empty();
+        while encoder.receive_packet(&mut packet).is_ok() {
+            packet.set_stream(0);
+            packet.rescale_ts(time_base, ost_time_base);
+            packet.write_interleaved(octx).map_err(fferr("writing a packet"))?;
+        }
+        Ok(())
+    };
+    for (i, frame) in frames.axis_iter(Axis(0)).enumerate() {
+        fill_rgb(&mut rgb, frame);
+        scaler.run(&rgb, &mut yuv).map_err(fferr("converting to YUV 4:2:0"))?;
+        yuv.set_pts(Some(i as i64));
+        encoder.send_frame(&yuv).map_err(fferr("encoding a frame"))?;
+        drain(&mut encoder, &mut octx)?;
+    }
+    encoder.send_eof().map_err(fferr("flushing the encoder"))?;
+    drain(&mut encoder, &mut octx)?;
+    octx.write_trailer().map_err(fferr("writing the trailer"))?;
+    Ok(())
+}
+
+/// Copies one `[h, w, 3]` frame into an RGB24 frame whose rows are `stride` bytes apart.
+fn fill_rgb(rgb: &mut ffmpeg::frame::Video, frame: ArrayView3<u8>) {
+    let (h, w, _) = frame.dim();
+    let stride = rgb.stride(0);
+    let data = rgb.data_mut(0);
+    for (y, row) in frame.axis_iter(Axis(0)).enumerate().take(h) {
+        let dst = &mut data[y * stride..y * stride + w * 3];
+        for (x, px) in row.axis_iter(Axis(0)).enumerate() {
+            dst[x * 3..x * 3 + 3].copy_from_slice(&[px[0], px[1], px[2]]);
+        }
+    }
+}
+
+fn write_pngs(dir: &Path, frames: ArrayView4<u8>) -> std::result::Result<(), String> {
+    init().map_err(|e| e.to_string())?;
+    let (_, h, w, _) = frames.dim();
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let fferr = |what: &'static str| move |e: ffmpeg::Error| format!("{what}: {e}");
+    let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::PNG).ok_or("this FFmpeg build has no PNG encoder")?;
+    let mut encoder = ffmpeg::codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .video()
+        .map_err(fferr("creating the PNG encoder"))?;
+    encoder.set_width(w as u32);
+    encoder.set_height(h as u32);
+    encoder.set_format(Pixel::RGB24);
+    encoder.set_time_base(ffmpeg::Rational(1, 1));
+    let mut encoder = encoder.open_with(ffmpeg::Dictionary::new()).map_err(fferr("opening the PNG encoder"))?;
+    let mut rgb = ffmpeg::frame::Video::new(Pixel::RGB24, w as u32, h as u32);
+    let mut packet = ffmpeg::Packet::empty();
+    for (i, frame) in frames.axis_iter(Axis(0)).enumerate() {
+        fill_rgb(&mut rgb, frame);
+        rgb.set_pts(Some(i as i64));
+        encoder.send_frame(&rgb).map_err(fferr("encoding a PNG"))?;
+        encoder.receive_packet(&mut packet).map_err(fferr("receiving a PNG"))?;
+        let bytes = packet.data().ok_or("the PNG encoder returned an empty packet")?;
+        let file = dir.join(format!("frame_{i:05}.png"));
+        std::fs::write(&file, bytes).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    }
+    Ok(())
+}
