@@ -12,10 +12,7 @@ use osp_graphs::{Approx, Comparison};
 
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
 }
 
 /// `../shared/reference` beside the checkout (parity fixtures, manifests, assets).
@@ -24,12 +21,7 @@ pub fn shared_reference() -> PathBuf {
 }
 
 /// Compares two f32 slices at a named level; the error carries the full comparison report.
-pub fn check_close(
-    what: &str,
-    actual: &[f32],
-    expected: &[f32],
-    level: Approx,
-) -> Result<Comparison> {
+pub fn check_close(what: &str, actual: &[f32], expected: &[f32], level: Approx) -> Result<Comparison> {
     let c = level.compare(actual, expected);
     if !c.ok() {
         bail!("{what}: {c}");
@@ -39,8 +31,5 @@ pub fn check_close(
 
 /// Every backend the CPU suites run on.
 pub fn cpu_backends() -> Vec<osp_runtime::session::Backend> {
-    vec![
-        osp_runtime::session::Backend::OrtCpu,
-        osp_runtime::session::Backend::Tract,
-    ]
+    vec![osp_runtime::session::Backend::OrtCpu, osp_runtime::session::Backend::Tract]
 }

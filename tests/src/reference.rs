@@ -16,16 +16,12 @@ use osp_graphs::config::TransformerBlockConfig;
 pub type NamedWeights = BTreeMap<String, ndarray::ArrayD<f32>>;
 
 fn w2<'a>(w: &'a NamedWeights, key: &str) -> Result<ArrayView2<'a, f32>> {
-    let t = w
-        .get(key)
-        .ok_or_else(|| anyhow!("reference: missing weight `{key}`"))?;
+    let t = w.get(key).ok_or_else(|| anyhow!("reference: missing weight `{key}`"))?;
     Ok(t.view().into_dimensionality()?)
 }
 
 fn w1<'a>(w: &'a NamedWeights, key: &str) -> Result<ArrayView1<'a, f32>> {
-    let t = w
-        .get(key)
-        .ok_or_else(|| anyhow!("reference: missing weight `{key}`"))?;
+    let t = w.get(key).ok_or_else(|| anyhow!("reference: missing weight `{key}`"))?;
     Ok(t.view().into_dimensionality()?)
 }
 
@@ -68,42 +64,17 @@ pub fn transformer_block(
     attention_mask: ArrayView2<f32>,
 ) -> Result<Array3<f32>> {
     let (b, n, d) = hidden_states.dim();
-    ensure!(
-        d == cfg.hidden_size,
-        "reference: hidden size {d} != config {}",
-        cfg.hidden_size
-    );
-    ensure!(
-        attention_mask.dim() == (b, n),
-        "reference: mask shape {:?} != ({b}, {n})",
-        attention_mask.dim()
-    );
+    ensure!(d == cfg.hidden_size, "reference: hidden size {d} != config {}", cfg.hidden_size);
+    ensure!(attention_mask.dim() == (b, n), "reference: mask shape {:?} != ({b}, {n})", attention_mask.dim());
     let (heads, dh) = (cfg.num_attention_heads, cfg.attention_head_dim);
     let scale = 1.0 / (dh as f64).sqrt();
     let mut out = Array3::<f32>::zeros((b, n, d));
     for bi in 0..b {
         let x = hidden_states.index_axis(Axis(0), bi).mapv(|v| v as f64);
-        let h1 = layer_norm(
-            x.view(),
-            w1(w, "norm1.weight")?,
-            w1(w, "norm1.bias")?,
-            cfg.norm_eps,
-        );
-        let q = linear(
-            h1.view(),
-            w2(w, "attn1.to_q.weight")?,
-            w1(w, "attn1.to_q.bias")?,
-        );
-        let k = linear(
-            h1.view(),
-            w2(w, "attn1.to_k.weight")?,
-            w1(w, "attn1.to_k.bias")?,
-        );
-        let v = linear(
-            h1.view(),
-            w2(w, "attn1.to_v.weight")?,
-            w1(w, "attn1.to_v.bias")?,
-        );
+        let h1 = layer_norm(x.view(), w1(w, "norm1.weight")?, w1(w, "norm1.bias")?, cfg.norm_eps);
+        let q = linear(h1.view(), w2(w, "attn1.to_q.weight")?, w1(w, "attn1.to_q.bias")?);
+        let k = linear(h1.view(), w2(w, "attn1.to_k.weight")?, w1(w, "attn1.to_k.bias")?);
+        let v = linear(h1.view(), w2(w, "attn1.to_v.weight")?, w1(w, "attn1.to_v.bias")?);
         let mut attn = Array2::<f64>::zeros((n, heads * dh));
         for h in 0..heads {
             let cols = ndarray::s![.., h * dh..(h + 1) * dh];
@@ -121,32 +92,11 @@ pub fn transformer_block(
             }
             attn.slice_mut(cols).assign(&scores.dot(&vh));
         }
-        let h = &x
-            + &linear(
-                attn.view(),
-                w2(w, "attn1.to_out.0.weight")?,
-                w1(w, "attn1.to_out.0.bias")?,
-            );
-        let h2 = layer_norm(
-            h.view(),
-            w1(w, "norm2.weight")?,
-            w1(w, "norm2.bias")?,
-            cfg.norm_eps,
-        );
-        let ff = linear(
-            h2.view(),
-            w2(w, "ff.net.0.proj.weight")?,
-            w1(w, "ff.net.0.proj.bias")?,
-        )
-        .mapv(gelu_tanh);
-        let y = &h
-            + &linear(
-                ff.view(),
-                w2(w, "ff.net.2.weight")?,
-                w1(w, "ff.net.2.bias")?,
-            );
-        out.index_axis_mut(Axis(0), bi)
-            .assign(&y.mapv(|v| v as f32));
+        let h = &x + &linear(attn.view(), w2(w, "attn1.to_out.0.weight")?, w1(w, "attn1.to_out.0.bias")?);
+        let h2 = layer_norm(h.view(), w1(w, "norm2.weight")?, w1(w, "norm2.bias")?, cfg.norm_eps);
+        let ff = linear(h2.view(), w2(w, "ff.net.0.proj.weight")?, w1(w, "ff.net.0.proj.bias")?).mapv(gelu_tanh);
+        let y = &h + &linear(ff.view(), w2(w, "ff.net.2.weight")?, w1(w, "ff.net.2.bias")?);
+        out.index_axis_mut(Axis(0), bi).assign(&y.mapv(|v| v as f32));
     }
     Ok(out)
 }

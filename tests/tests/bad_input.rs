@@ -8,9 +8,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use ndarray::{ArrayD, IxDyn};
-use osp_export::models::transformer_block::{
-    export_transformer_block, ExportOptions, TransformerBlockWeights,
-};
+use osp_export::models::transformer_block::{export_transformer_block, ExportOptions, TransformerBlockWeights};
 use osp_graphs::config::TransformerBlockConfig;
 use osp_runtime::session::Backend;
 use osp_runtime::{Bundle, SessionOptions, Tensor};
@@ -29,10 +27,7 @@ fn config() -> TransformerBlockConfig {
 fn good_bundle(dir: &Path) -> Result<PathBuf> {
     let cfg = config();
     let w = TransformerBlockWeights::random(&cfg, 0)?;
-    let opts = ExportOptions {
-        external_data_threshold_bytes: 1024,
-        ..ExportOptions::default()
-    };
+    let opts = ExportOptions { external_data_threshold_bytes: 1024, ..ExportOptions::default() };
     export_transformer_block(&cfg, w.weights(), &opts, dir)?;
     Ok(dir.to_path_buf())
 }
@@ -60,41 +55,25 @@ fn wrong_inputs_are_named_in_the_error() -> Result<()> {
     let cases: Vec<(&str, Vec<(&str, Tensor)>, &str)> = vec![
         (
             "wrong dtype",
-            vec![
-                ("hidden_states", half),
-                ("attention_mask", f32_tensor(&[1, 4])),
-            ],
+            vec![("hidden_states", half), ("attention_mask", f32_tensor(&[1, 4]))],
             "input `hidden_states`: dtype must be f32, got f16",
         ),
         (
             "wrong rank",
-            vec![
-                ("hidden_states", f32_tensor(&[4, 32])),
-                ("attention_mask", f32_tensor(&[1, 4])),
-            ],
+            vec![("hidden_states", f32_tensor(&[4, 32])), ("attention_mask", f32_tensor(&[1, 4]))],
             "input `hidden_states`: rank must be 3",
         ),
         (
             "wrong fixed dim",
-            vec![
-                ("hidden_states", f32_tensor(&[1, 4, 31])),
-                ("attention_mask", f32_tensor(&[1, 4])),
-            ],
+            vec![("hidden_states", f32_tensor(&[1, 4, 31])), ("attention_mask", f32_tensor(&[1, 4]))],
             "input `hidden_states`: dim 2 must be 32, got 31",
         ),
         (
             "inconsistent symbol",
-            vec![
-                ("hidden_states", f32_tensor(&[1, 4, 32])),
-                ("attention_mask", f32_tensor(&[1, 5])),
-            ],
+            vec![("hidden_states", f32_tensor(&[1, 4, 32])), ("attention_mask", f32_tensor(&[1, 5]))],
             "input `attention_mask`: dim 1 must be n = 4 (bound by input `hidden_states`), got 5",
         ),
-        (
-            "missing input",
-            vec![("hidden_states", f32_tensor(&[1, 4, 32]))],
-            "missing input `attention_mask`",
-        ),
+        ("missing input", vec![("hidden_states", f32_tensor(&[1, 4, 32]))], "missing input `attention_mask`"),
         (
             "unexpected input",
             vec![
@@ -108,12 +87,8 @@ fn wrong_inputs_are_named_in_the_error() -> Result<()> {
     for backend in cpu_backends() {
         for (what, inputs, want) in &cases {
             let inputs: Vec<(&str, Tensor)> = inputs.iter().map(|(n, t)| (*n, t.clone())).collect();
-            let err = run_err(&bundle, &backend, &inputs)
-                .with_context(|| format!("{what} on {backend}"))?;
-            assert!(
-                err.contains(want),
-                "{what} on {backend}: `{err}` should contain `{want}`"
-            );
+            let err = run_err(&bundle, &backend, &inputs).with_context(|| format!("{what} on {backend}"))?;
+            assert!(err.contains(want), "{what} on {backend}: `{err}` should contain `{want}`");
         }
     }
     Ok(())
@@ -124,59 +99,31 @@ fn broken_bundles_are_named_in_the_error() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     type Break = fn(&Path) -> Result<()>;
     let cases: Vec<(&str, Break, &str)> = vec![
-        (
-            "truncated .onnx",
-            |d| truncate(&d.join("block.onnx")),
-            "block.onnx",
-        ),
+        ("truncated .onnx", |d| truncate(&d.join("block.onnx")), "block.onnx"),
         (
             "manifest naming a missing file",
             |d| Ok(std::fs::remove_file(d.join("block.onnx.data"))?),
             "names file `block.onnx.data`, which does not exist",
         ),
-        (
-            "manifest not json",
-            |d| Ok(std::fs::write(d.join("manifest.json"), "{ not json")?),
-            "manifest.json",
-        ),
-        (
-            "no manifest",
-            |d| Ok(std::fs::remove_file(d.join("manifest.json"))?),
-            "manifest.json",
-        ),
-        (
-            "truncated external data",
-            |d| truncate(&d.join("block.onnx.data")),
-            "block.onnx",
-        ),
+        ("manifest not json", |d| Ok(std::fs::write(d.join("manifest.json"), "{ not json")?), "manifest.json"),
+        ("no manifest", |d| Ok(std::fs::remove_file(d.join("manifest.json"))?), "manifest.json"),
+        ("truncated external data", |d| truncate(&d.join("block.onnx.data")), "block.onnx"),
     ];
     for backend in cpu_backends() {
         for (i, (what, brk, want)) in cases.iter().enumerate() {
             let dir = good_bundle(&tmp.path().join(format!("{}-{i}", backend.name())))?;
             brk(&dir)?;
-            let err = match Bundle::open(&dir).and_then(|b| {
-                b.session("block", &SessionOptions::new(backend.clone()))
-                    .map(|_| ())
-            }) {
+            let err = match Bundle::open(&dir)
+                .and_then(|b| b.session("block", &SessionOptions::new(backend.clone())).map(|_| ()))
+            {
                 Ok(()) => bail!("{what} on {backend}: loading succeeded but should have failed"),
                 Err(e) => format!("{e:#}"),
             };
-            assert!(
-                err.contains(want),
-                "{what} on {backend}: `{err}` should contain `{want}`"
-            );
+            assert!(err.contains(want), "{what} on {backend}: `{err}` should contain `{want}`");
         }
-        let bundle = Bundle::open(good_bundle(
-            &tmp.path().join(format!("{}-ok", backend.name())),
-        )?)?;
-        let err = bundle
-            .session("decoder", &SessionOptions::new(backend.clone()))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("no graph named `decoder` (graphs: block)"),
-            "{err}"
-        );
+        let bundle = Bundle::open(good_bundle(&tmp.path().join(format!("{}-ok", backend.name())))?)?;
+        let err = bundle.session("decoder", &SessionOptions::new(backend.clone())).unwrap_err().to_string();
+        assert!(err.contains("no graph named `decoder` (graphs: block)"), "{err}");
     }
     Ok(())
 }
@@ -192,23 +139,14 @@ fn gpu_backends_never_fall_back_to_cpu() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let bundle = Bundle::open(good_bundle(&tmp.path().join("b"))?)?;
     let cache = tmp.path().join("trt-cache");
-    for backend in [
-        Backend::OrtCuda { device_id: 0 },
-        Backend::OrtTensorRt {
-            device_id: 0,
-            cache_dir: cache,
-        },
-    ] {
+    for backend in [Backend::OrtCuda { device_id: 0 }, Backend::OrtTensorRt { device_id: 0, cache_dir: cache }] {
         match bundle.session("block", &SessionOptions::new(backend.clone())) {
             Ok(_) => {
                 bail!("{backend}: a session was built on a machine without that execution provider")
             }
             Err(e) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.contains("execution provider") || msg.contains("not available"),
-                    "{backend}: {msg}"
-                );
+                assert!(msg.contains("execution provider") || msg.contains("not available"), "{backend}: {msg}");
             }
         }
     }
@@ -218,16 +156,9 @@ fn gpu_backends_never_fall_back_to_cpu() -> Result<()> {
 /// The `osp` binary built beside this test (target/<profile>/osp).
 fn osp_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable sits in target/<profile>/deps")?;
+    let dir = exe.parent().and_then(Path::parent).context("test executable sits in target/<profile>/deps")?;
     let osp = dir.join("osp");
-    anyhow::ensure!(
-        osp.is_file(),
-        "{} not built (cargo test --workspace builds it)",
-        osp.display()
-    );
+    anyhow::ensure!(osp.is_file(), "{} not built (cargo test --workspace builds it)", osp.display());
     Ok(osp)
 }
 
@@ -236,9 +167,7 @@ fn run_graph_cli_round_trip() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let bundle = good_bundle(&tmp.path().join("b"))?;
     let inputs = tmp.path().join("in.safetensors");
-    let x = Tensor::from(ArrayD::<f32>::from_shape_fn(IxDyn(&[2, 5, 32]), |i| {
-        (i[1] as f32 - i[2] as f32) / 16.0
-    }));
+    let x = Tensor::from(ArrayD::<f32>::from_shape_fn(IxDyn(&[2, 5, 32]), |i| (i[1] as f32 - i[2] as f32) / 16.0));
     let m = Tensor::from(ArrayD::<f32>::ones(IxDyn(&[2, 5])));
     osp_runtime::write_safetensors(&inputs, [("hidden_states", &x), ("attention_mask", &m)])?;
     // The CLI on other backends is covered by runtime/tests/cli.rs, where the binary's features are known.
@@ -256,11 +185,7 @@ fn run_graph_cli_round_trip() -> Result<()> {
             ])
             .args(["--backend", backend, "--threads", "1"])
             .output()?;
-        assert!(
-            status.status.success(),
-            "{backend}: {}",
-            String::from_utf8_lossy(&status.stderr)
-        );
+        assert!(status.status.success(), "{backend}: {}", String::from_utf8_lossy(&status.stderr));
         let got = osp_runtime::read_safetensors(&out)?;
         let y = got.get("output").context("output written by name")?;
         assert_eq!(y.shape(), &[2, 5, 32]);

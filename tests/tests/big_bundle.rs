@@ -23,20 +23,9 @@ fn external_data_over_2_gib_loads_and_runs() -> Result<()> {
     let t = Instant::now();
     let manifest = export_big_linear(&dir, IN, OUT, SEED)?;
     let g = manifest.graph("linear")?;
-    let data: u64 = g
-        .external_data
-        .iter()
-        .map(|f| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0))
-        .sum();
-    assert!(
-        data > 2 * 1024 * 1024 * 1024,
-        "external data is {data} bytes"
-    );
-    eprintln!(
-        "export: {:.1} s, {:.2} GB external data",
-        t.elapsed().as_secs_f64(),
-        data as f64 / 1e9
-    );
+    let data: u64 = g.external_data.iter().map(|f| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0)).sum();
+    assert!(data > 2 * 1024 * 1024 * 1024, "external data is {data} bytes");
+    eprintln!("export: {:.1} s, {:.2} GB external data", t.elapsed().as_secs_f64(), data as f64 / 1e9);
 
     // x = e_j picks column j of W: y[r] = W[r, j].
     let j = 12345;
@@ -48,25 +37,13 @@ fn external_data_over_2_gib_loads_and_runs() -> Result<()> {
     let bundle = Bundle::open(&dir)?;
     for backend in osp_tests::cpu_backends() {
         let t = Instant::now();
-        let mut s = bundle.session(
-            "linear",
-            &SessionOptions::new(backend.clone()).with_threads(2),
-        )?;
+        let mut s = bundle.session("linear", &SessionOptions::new(backend.clone()).with_threads(2))?;
         let load = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let y = s
-            .run(&[("x", &x)])?
-            .remove("y")
-            .expect("output y")
-            .to_f32_vec();
+        let y = s.run(&[("x", &x)])?.remove("y").expect("output y").to_f32_vec();
         let run = t.elapsed().as_secs_f64();
         let got: Vec<f32> = rows.iter().map(|&r| y[r]).collect();
-        osp_tests::check_close(
-            &format!("big linear on {backend}"),
-            &got,
-            &expected,
-            Approx::Exact,
-        )?;
+        osp_tests::check_close(&format!("big linear on {backend}"), &got, &expected, Approx::Exact)?;
         eprintln!("{backend}: load {load:.1} s, run {run:.2} s");
     }
     Ok(())

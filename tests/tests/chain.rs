@@ -9,9 +9,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use ndarray::{Array2, Array3, ArrayD, Axis, IxDyn};
-use osp_export::models::transformer_block::{
-    export_transformer_block, ExportOptions, TransformerBlockWeights,
-};
+use osp_export::models::transformer_block::{export_transformer_block, ExportOptions, TransformerBlockWeights};
 use osp_graphs::config::TransformerBlockConfig;
 use osp_graphs::{Approx, AttentionKind, BundleManifest, DType, Precision};
 use osp_runtime::session::Backend;
@@ -21,11 +19,8 @@ use osp_tests::{check_close, cpu_backends};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
-const FORMS: [AttentionKind; 3] = [
-    AttentionKind::OnnxAttention,
-    AttentionKind::MsMultiHeadAttention,
-    AttentionKind::Decomposed,
-];
+const FORMS: [AttentionKind; 3] =
+    [AttentionKind::OnnxAttention, AttentionKind::MsMultiHeadAttention, AttentionKind::Decomposed];
 
 fn config() -> TransformerBlockConfig {
     TransformerBlockConfig {
@@ -40,34 +35,15 @@ fn config() -> TransformerBlockConfig {
 fn named_f32(w: &TransformerBlockWeights) -> Result<NamedWeights> {
     w.weights()
         .iter()
-        .map(|(k, t)| {
-            Ok((
-                k.to_string(),
-                ArrayD::from_shape_vec(IxDyn(t.shape()), t.to_f32()?)?,
-            ))
-        })
+        .map(|(k, t)| Ok((k.to_string(), ArrayD::from_shape_vec(IxDyn(t.shape()), t.to_f32()?)?)))
         .collect()
 }
 
 /// `hidden_states` ~ N(0, 1) and a key mask whose last batch row hides its last `masked` tokens.
-fn inputs(
-    cfg: &TransformerBlockConfig,
-    b: usize,
-    n: usize,
-    masked: usize,
-    seed: u64,
-) -> (Array3<f32>, Array2<f32>) {
+fn inputs(cfg: &TransformerBlockConfig, b: usize, n: usize, masked: usize, seed: u64) -> (Array3<f32>, Array2<f32>) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let x = Array3::from_shape_fn((b, n, cfg.hidden_size), |_| {
-        rng.sample::<f32, _>(StandardNormal)
-    });
-    let mask = Array2::from_shape_fn((b, n), |(bi, j)| {
-        if bi == b - 1 && j >= n - masked {
-            0.0
-        } else {
-            1.0
-        }
-    });
+    let x = Array3::from_shape_fn((b, n, cfg.hidden_size), |_| rng.sample::<f32, _>(StandardNormal));
+    let mask = Array2::from_shape_fn((b, n), |(bi, j)| if bi == b - 1 && j >= n - masked { 0.0 } else { 1.0 });
     (x, mask)
 }
 
@@ -78,38 +54,18 @@ fn export(
     attention: AttentionKind,
     precision: Precision,
 ) -> Result<Bundle> {
-    let opts = ExportOptions {
-        attention,
-        precision,
-        external_data_threshold_bytes: 1024,
-        ..ExportOptions::default()
-    };
+    let opts = ExportOptions { attention, precision, external_data_threshold_bytes: 1024, ..ExportOptions::default() };
     export_transformer_block(cfg, w.weights(), &opts, dir)
         .with_context(|| format!("exporting {attention} {precision}"))?;
     Ok(Bundle::open(dir)?)
 }
 
-fn run_block(
-    bundle: &Bundle,
-    backend: &Backend,
-    x: &Array3<f32>,
-    mask: &Array2<f32>,
-) -> Result<Array3<f32>> {
-    let mut session = bundle.session(
-        "block",
-        &SessionOptions::new(backend.clone()).with_threads(2),
-    )?;
-    let (xt, mt) = (
-        Tensor::from(x.clone().into_dyn()),
-        Tensor::from(mask.clone().into_dyn()),
-    );
+fn run_block(bundle: &Bundle, backend: &Backend, x: &Array3<f32>, mask: &Array2<f32>) -> Result<Array3<f32>> {
+    let mut session = bundle.session("block", &SessionOptions::new(backend.clone()).with_threads(2))?;
+    let (xt, mt) = (Tensor::from(x.clone().into_dyn()), Tensor::from(mask.clone().into_dyn()));
     let out = session.run(&[("hidden_states", &xt), ("attention_mask", &mt)])?;
     let y = out.get("output").context("graph output `output`")?;
-    anyhow::ensure!(
-        y.dtype() == DType::F32 && y.shape() == x.shape(),
-        "output is {}",
-        y.describe()
-    );
+    anyhow::ensure!(y.dtype() == DType::F32 && y.shape() == x.shape(), "output is {}", y.describe());
     Ok(Array3::from_shape_vec(x.dim(), y.to_f32_vec())?)
 }
 
@@ -123,13 +79,8 @@ fn every_attention_form_matches_the_reference_on_every_cpu_backend() -> Result<(
     for backend in cpu_backends() {
         let mut by_form = BTreeMap::new();
         for form in FORMS.into_iter().filter(|f| runs_on(*f, &backend)) {
-            let bundle = export(
-                &tmp.path().join(format!("{form}-{}", backend.name())),
-                &cfg,
-                &w,
-                form,
-                Precision::F32,
-            )?;
+            let bundle =
+                export(&tmp.path().join(format!("{form}-{}", backend.name())), &cfg, &w, form, Precision::F32)?;
             assert_eq!(bundle.manifest().graph("block")?.attention, form);
             let y = run_block(&bundle, &backend, &x, &mask)?;
             let c = check_close(
@@ -186,13 +137,7 @@ fn masked_keys_change_the_output_only_where_they_should() -> Result<()> {
     let (x, mask) = inputs(&cfg, 2, 12, 4, 2);
     let ones = Array2::ones(mask.dim());
     let tmp = tempfile::tempdir()?;
-    let bundle = export(
-        tmp.path(),
-        &cfg,
-        &w,
-        AttentionKind::OnnxAttention,
-        Precision::F32,
-    )?;
+    let bundle = export(tmp.path(), &cfg, &w, AttentionKind::OnnxAttention, Precision::F32)?;
     let masked = run_block(&bundle, &Backend::OrtCpu, &x, &mask)?;
     let unmasked = run_block(&bundle, &Backend::OrtCpu, &x, &ones)?;
     // Row 0 has no masked key: identical. Row 1 hides 4 keys: every query row changes.
@@ -204,9 +149,7 @@ fn masked_keys_change_the_output_only_where_they_should() -> Result<()> {
     )?;
     let diff = (&masked.index_axis(Axis(0), 1) - &unmasked.index_axis(Axis(0), 1)).mapv(f32::abs);
     anyhow::ensure!(
-        diff.rows()
-            .into_iter()
-            .all(|r| r.iter().cloned().fold(0.0, f32::max) > 1e-3),
+        diff.rows().into_iter().all(|r| r.iter().cloned().fold(0.0, f32::max) > 1e-3),
         "masking keys must change every query of that row"
     );
     Ok(())
@@ -218,17 +161,8 @@ fn batch_of_two_equals_two_batches_of_one() -> Result<()> {
     let w = TransformerBlockWeights::random(&cfg, 5)?;
     let (x, mask) = inputs(&cfg, 2, 16, 5, 3);
     let tmp = tempfile::tempdir()?;
-    for form in [
-        AttentionKind::OnnxAttention,
-        AttentionKind::MsMultiHeadAttention,
-    ] {
-        let bundle = export(
-            &tmp.path().join(format!("{form}")),
-            &cfg,
-            &w,
-            form,
-            Precision::F32,
-        )?;
+    for form in [AttentionKind::OnnxAttention, AttentionKind::MsMultiHeadAttention] {
+        let bundle = export(&tmp.path().join(format!("{form}")), &cfg, &w, form, Precision::F32)?;
         for backend in cpu_backends().into_iter().filter(|b| runs_on(form, b)) {
             let both = run_block(&bundle, &backend, &x, &mask)?;
             for b in 0..2 {
@@ -259,17 +193,10 @@ fn half_precision_bundles_track_the_f32_reference() -> Result<()> {
         let bundle = export(&dir, &cfg, &w, AttentionKind::Decomposed, precision)?;
         let spec = bundle.manifest().graph("block")?;
         assert_eq!(spec.precision, precision);
-        assert_eq!(
-            spec.input("hidden_states").unwrap().dtype,
-            DType::F32,
-            "graph I/O keeps its manifest dtype"
-        );
+        assert_eq!(spec.input("hidden_states").unwrap().dtype, DType::F32, "graph I/O keeps its manifest dtype");
         // Half-precision weights really are stored at half size.
-        let data: u64 = spec
-            .external_data
-            .iter()
-            .map(|f| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0))
-            .sum();
+        let data: u64 =
+            spec.external_data.iter().map(|f| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0)).sum();
         let f32_bytes: usize = w.weights().iter().map(|(_, t)| t.numel() * 4).sum();
         anyhow::ensure!(
             (data as usize) < f32_bytes * 6 / 10,
@@ -314,31 +241,16 @@ fn bundle_records_its_contract() -> Result<()> {
     let dir = tmp.path().join("bundle");
     export_transformer_block(&cfg, w.weights(), &opts, &dir)?;
     let m = BundleManifest::load(&dir)?;
-    assert_eq!(
-        m.model,
-        osp_graphs::ModelSpec::TransformerBlock(cfg.clone())
-    );
-    assert!(
-        m.provenance.exporter.starts_with("osp-export "),
-        "{:?}",
-        m.provenance
-    );
-    let sha = m
-        .provenance
-        .source_sha256
-        .as_deref()
-        .context("source hash recorded")?;
+    assert_eq!(m.model, osp_graphs::ModelSpec::TransformerBlock(cfg.clone()));
+    assert!(m.provenance.exporter.starts_with("osp-export "), "{:?}", m.provenance);
+    let sha = m.provenance.source_sha256.as_deref().context("source hash recorded")?;
     assert_eq!(sha.len(), 64);
     let g = m.graph("block")?;
     let names = |l: &[osp_graphs::TensorSpec]| l.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(&g.inputs), ["hidden_states", "attention_mask"]);
     assert_eq!(names(&g.outputs), ["output"]);
     assert_eq!(g.opset, 23);
-    assert_eq!(
-        g.external_data.len(),
-        1,
-        "weights above the threshold live in external data"
-    );
+    assert_eq!(g.external_data.len(), 1, "weights above the threshold live in external data");
     // No temporary files left behind.
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())?
         .filter_map(|e| e.ok())
