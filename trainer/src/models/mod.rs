@@ -1,0 +1,1 @@
+//! Burn ports of the Open-Sora-Plan v1.3 models, one file per upstream class.

@@ -1,0 +1,49 @@
+//! The one place where official PyTorch parameter names and Burn module paths differ.
+//!
+//! Models mirror the upstream module tree, so almost every Burn path *is* the PyTorch key
+//! (heterogeneous `nn.Sequential`s are Burn enums whose variant names are skipped, see
+//! [`SKIP_ENUM_VARIANTS`]). What cannot be mirrored is listed here:
+//!
+//! | official (PyTorch) key                    | Burn module path                       | why                                   |
+//! |-------------------------------------------|----------------------------------------|---------------------------------------|
+//! | `<ln>.weight` of a `torch.nn.LayerNorm`   | `<ln>.gamma`                           | `burn::nn::LayerNorm` field names     |
+//! | `<ln>.bias` of a `torch.nn.LayerNorm`     | `<ln>.beta`                            | idem (also GroupNorm, BatchNorm)      |
+//! | `<lin>.weight` `[out, in]` of `nn.Linear` | `<lin>.weight` `[in, out]` (transposed)| `burn::nn::Linear` stores `[in, out]` |
+//! | `module.<key>` (DDP/EMA training dicts)   | `<key>`                                | every `module.` is removed, as upstream `init_from_ckpt` does |
+//!
+//! The first three rows are applied by burn-store's [`PyTorchToBurnAdapter`] (loading) and
+//! [`BurnToPyTorchAdapter`] (naming the model's tensors with official keys), both keyed on the
+//! Burn module type, so no regex table is needed. WFVAE uses only the LayerNorm rows
+//! (`...norm1.norm.weight` -> `...norm1.norm.gamma`).
+
+use burn::store::{BurnToPyTorchAdapter, ModuleAdapter, PyTorchToBurnAdapter};
+
+/// Burn enum variant names never appear in official keys.
+pub const SKIP_ENUM_VARIANTS: bool = true;
+
+/// Adapter applied to official tensors when they are loaded into a Burn module.
+pub fn official_to_burn() -> Box<dyn ModuleAdapter> {
+    Box::new(PyTorchToBurnAdapter)
+}
+
+/// Adapter that names (and lays out) a Burn module's tensors like the official checkpoint.
+pub fn burn_to_official() -> Box<dyn ModuleAdapter> {
+    Box::new(BurnToPyTorchAdapter)
+}
+
+/// Removes every `module.` component, as upstream `WFVAEModel.init_from_ckpt` does with
+/// `key.replace("module.", "")` on EMA dicts saved from DDP-wrapped models.
+pub fn strip_module_prefix(key: &str) -> String {
+    key.replace("module.", "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_every_module_component() {
+        assert_eq!(strip_module_prefix("module.encoder.module.conv.weight"), "encoder.conv.weight");
+        assert_eq!(strip_module_prefix("encoder.conv.weight"), "encoder.conv.weight");
+    }
+}
