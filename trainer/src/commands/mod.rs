@@ -1,0 +1,3 @@
+//! Subcommands of `osp-train`.
+
+pub mod forward_dit;
