@@ -72,3 +72,56 @@ pub fn run_on<B: Backend>(
     tracing::info!(out = %out.display(), "wrote sample");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use osp_graphs::Approx;
+    use osp_trainer::io::read_tensors;
+
+    use super::*;
+
+    /// The fixture's `input.*` tensors under the forward-argument names, run through the command.
+    #[test]
+    fn writes_the_fixture_sample() -> anyhow::Result<()> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/reference/parity/dit_tiny");
+        let io = read_tensors_as_f32(dir.join("io.safetensors"))?;
+        let names = [
+            "hidden_states",
+            "timestep",
+            "encoder_hidden_states",
+            "attention_mask_padded",
+            "encoder_attention_mask",
+        ];
+        let inputs: Vec<(String, burn::tensor::TensorData)> = names
+            .iter()
+            .map(|n| {
+                (
+                    n.trim_end_matches("_padded").to_string(),
+                    io[&format!("input.{n}")].clone(),
+                )
+            })
+            .collect();
+        let tmp = std::env::temp_dir().join(format!("osp-forward-dit-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp)?;
+        write_tensors(tmp.join("in.safetensors"), &inputs)?;
+        run(
+            &dir.join("config.json"),
+            &dir.join("weights.safetensors"),
+            &tmp.join("in.safetensors"),
+            &tmp.join("out.safetensors"),
+        )?;
+        let out = read_tensors(tmp.join("out.safetensors"))?;
+        std::fs::remove_dir_all(&tmp)?;
+        let expected = &io["output.sample_padded_mask"];
+        assert_eq!(out["sample"].shape, expected.shape);
+        let c = Approx::Approximate.compare(
+            &out["sample"].to_vec::<f32>().expect("f32"),
+            &expected.to_vec::<f32>().expect("f32"),
+        );
+        assert!(c.ok(), "{c}");
+        Ok(())
+    }
+}

@@ -15,6 +15,7 @@ use super::rope3d::RopeTables;
 /// An entry of `to_out` (`nn.ModuleList([Linear, Dropout])`); variant names are skipped in
 /// paths, so the projection is `to_out.0`.
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum ToOut<B: Backend> {
     Linear(Linear<B>),
     Dropout(Dropout),

@@ -175,7 +175,7 @@ impl OpenSoraT2V_v1_3Config {
             );
         }
         // RoPE3D splits each head into three equal [t | y | x] chunks rotated by halves.
-        if self.attention_head_dim % 6 != 0 {
+        if !self.attention_head_dim.is_multiple_of(6) {
             return bad(format!(
                 "`attention_head_dim` = {} must be a multiple of 6: RoPE3D splits it into 3 chunks of even size",
                 self.attention_head_dim
@@ -220,7 +220,7 @@ impl OpenSoraT2V_v1_3Config {
         if !(self.dropout >= 0.0 && self.dropout < 1.0) {
             return bad(format!("`dropout` = {} must be in [0, 1)", self.dropout));
         }
-        if !(self.norm_eps > 0.0) {
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
             return bad(format!("`norm_eps` = {} must be positive", self.norm_eps));
         }
         let scales = [

@@ -32,7 +32,7 @@ impl<B: Backend> GELU<B> {
 
 /// An entry of `net`; variant names are skipped in paths (`ff.net.0.proj`, `ff.net.2`).
 #[derive(Module, Debug)]
-#[allow(clippy::upper_case_acronyms)]
+#[allow(clippy::upper_case_acronyms, clippy::large_enum_variant)]
 pub enum FeedForwardLayer<B: Backend> {
     GELU(GELU<B>),
     Dropout(Dropout),
