@@ -51,7 +51,10 @@ pub struct OpenSoraT2V_v1_3Config {
     pub interpolation_scale_h: f64,
     pub interpolation_scale_w: f64,
     pub interpolation_scale_t: f64,
+    /// Skiparse in layers `1 < i < 30` (see [`OpenSoraT2V_v1_3Config::attention_kind`]).
     pub sparse1d: bool,
+    /// Skiparse factor; must be 4 with `sparse1d`. Without `sparse1d` every layer is dense and
+    /// the value is unused (upstream would still index its mask table with it).
     pub sparse_n: usize,
 }
 
