@@ -38,6 +38,48 @@ pub fn read_tensors(path: impl AsRef<Path>) -> Result<BTreeMap<String, TensorDat
     Ok(out)
 }
 
+/// Reads every tensor of a safetensors file as f32, converting the other dtypes PyTorch
+/// writes for model inputs (integer and boolean masks, f16/bf16/f64 values). Integer and
+/// boolean 0/1 masks convert exactly.
+pub fn read_tensors_as_f32(path: impl AsRef<Path>) -> Result<BTreeMap<String, TensorData>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::F32 => burn::tensor::DType::F32,
+            Dtype::F64 => burn::tensor::DType::F64,
+            Dtype::F16 => burn::tensor::DType::F16,
+            Dtype::BF16 => burn::tensor::DType::BF16,
+            Dtype::I64 => burn::tensor::DType::I64,
+            Dtype::I32 => burn::tensor::DType::I32,
+            Dtype::I16 => burn::tensor::DType::I16,
+            Dtype::I8 => burn::tensor::DType::I8,
+            // safetensors stores booleans as one byte 0/1
+            Dtype::U8 | Dtype::BOOL => burn::tensor::DType::U8,
+            other => {
+                return Err(Error::input(
+                    name,
+                    format!(
+                        "dtype {other:?} in {} cannot be read as float32",
+                        path.display()
+                    ),
+                ))
+            }
+        };
+        let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype);
+        let data = if dtype == burn::tensor::DType::F32 {
+            data
+        } else {
+            data.convert::<f32>()
+        };
+        out.insert(name, data);
+    }
+    Ok(out)
+}
+
 /// Takes tensor `name` from `tensors` as a rank-`D` tensor.
 pub fn take_tensor<B: Backend, const D: usize>(
     tensors: &BTreeMap<String, TensorData>,

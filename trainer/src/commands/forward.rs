@@ -20,6 +20,11 @@ pub enum ForwardModel {
     WfvaeEncode,
     /// WFVAE decoder: input `z` [b,latent,t,h,w] -> `sample` [b,3,4t-3,8h,8w].
     WfvaeDecode,
+    /// OpenSoraT2V v1.3 DiT: `hidden_states`, `timestep`, `encoder_hidden_states` (+ optional
+    /// `attention_mask`, `encoder_attention_mask`) -> `sample`.
+    Dit,
+    /// mT5 encoder: `input_ids` (+ optional `attention_mask`) -> `last_hidden_state`.
+    Mt5,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +71,19 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
 }
 
 fn run_on<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Result<()> {
+    let options = LoadOptions { allow_partial: args.allow_partial };
+    match args.model {
+        ForwardModel::WfvaeEncode | ForwardModel::WfvaeDecode => run_wfvae::<B>(args, device),
+        ForwardModel::Dit => {
+            super::forward_dit::run_on::<B>(&args.config, &args.weights, &args.inputs, &args.out, options, device)
+        }
+        ForwardModel::Mt5 => {
+            super::forward_mt5::run_on::<B>(&args.config, &args.weights, &args.inputs, &args.out, options, device)
+        }
+    }
+}
+
+fn run_wfvae<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Result<()> {
     let config = WFVAEModelConfig::from_json_file(&args.config)?;
     let mut model = config
         .init::<B>(device)
@@ -105,6 +123,7 @@ fn run_on<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Result<
             };
             vec![("sample".to_string(), sample.into_data())]
         }
+        ForwardModel::Dit | ForwardModel::Mt5 => unreachable!("dispatched in run_on"),
     };
     if outputs.is_empty() {
         bail!("no outputs produced");

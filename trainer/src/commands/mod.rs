@@ -1,6 +1,7 @@
 //! Subcommands of `osp-train`.
 
 mod forward;
+mod forward_dit;
 
 use clap::{Parser, Subcommand, ValueEnum};
 

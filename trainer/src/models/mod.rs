@@ -1,3 +1,4 @@
 //! Burn ports of the Open-Sora-Plan v1.3 models, one file per upstream class.
 
+pub mod opensora_v1_3;
 pub mod wfvae;
