@@ -1,1 +1,3 @@
-// placeholder: see the following commits
+//! osp-runtime: the lean executor of exported osp bundles.
+
+pub mod tokenizer;
