@@ -164,7 +164,7 @@ fn check_charsmap(charsmap: &[u8]) -> std::result::Result<(), String> {
         ));
     };
     let trie = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
-    if trie % 4 != 0 || trie > charsmap.len() - 4 {
+    if !trie.is_multiple_of(4) || trie > charsmap.len() - 4 {
         return Err(format!(
             "precompiled_charsmap declares a {trie}-byte trie but holds {} bytes after its header",
             charsmap.len() - 4

@@ -54,18 +54,22 @@ pub(super) fn read_sharded(index_path: &Path) -> Result<Checkpoint> {
                 Some(listed) if listed == shard => {
                     tensors.insert(name, snapshot);
                 }
-                Some(listed) => return Err(Error::checkpoint(
-                    index_path,
-                    format!(
+                Some(listed) => {
+                    return Err(Error::checkpoint(
+                        index_path,
+                        format!(
                         "tensor `{name}` found in shard {shard} but the index lists it in {listed}"
                     ),
-                )),
-                None => return Err(Error::checkpoint(
-                    index_path,
-                    format!(
+                    ))
+                }
+                None => {
+                    return Err(Error::checkpoint(
+                        index_path,
+                        format!(
                         "tensor `{name}` in shard {shard} is not listed in the index weight_map"
                     ),
-                )),
+                    ))
+                }
             }
         }
     }

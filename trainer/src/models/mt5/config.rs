@@ -106,7 +106,9 @@ impl MT5Config {
             )));
         }
         // Bidirectional bucketing halves the buckets, then splits them into exact and log ranges.
-        if self.relative_attention_num_buckets < 4 || self.relative_attention_num_buckets % 2 != 0 {
+        if self.relative_attention_num_buckets < 4
+            || !self.relative_attention_num_buckets.is_multiple_of(2)
+        {
             return Err(Error::Config(format!(
                 "relative_attention_num_buckets must be even and at least 4, got {}",
                 self.relative_attention_num_buckets
@@ -119,7 +121,7 @@ impl MT5Config {
                 self.relative_attention_num_buckets / 4
             )));
         }
-        if !(self.layer_norm_epsilon > 0.0) {
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
             return Err(Error::Config("layer_norm_epsilon must be positive".into()));
         }
         Ok(())

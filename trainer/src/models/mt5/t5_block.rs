@@ -10,6 +10,8 @@ use super::{MT5Config, T5LayerFF, T5LayerSelfAttention};
 
 /// One entry of the heterogeneous `nn.ModuleList` `T5Block.layer`; the variant name is not part
 /// of the checkpoint key (`remap::SKIP_ENUM_VARIANTS`).
+// Two entries per block, built once: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum T5BlockLayer<B: Backend> {
     SelfAttention(T5LayerSelfAttention<B>),
