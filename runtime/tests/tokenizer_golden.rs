@@ -8,15 +8,11 @@ use std::path::PathBuf;
 use osp_runtime::tokenizer::Tokenizer;
 
 fn assets() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/reference/assets"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/assets"))
 }
 
 fn golden() -> serde_json::Value {
-    let text = std::fs::read_to_string(assets().join("tokenizer_golden.json"))
-        .expect("golden file should exist");
+    let text = std::fs::read_to_string(assets().join("tokenizer_golden.json")).expect("golden file should exist");
     serde_json::from_str(&text).expect("golden file should be JSON")
 }
 
@@ -36,18 +32,10 @@ fn spiece_model_conversion_matches_sentencepiece() {
     let prompts = prompts(&g);
     assert_eq!(prompts.len(), want.len());
     for (prompt, want) in prompts.iter().zip(&want) {
-        assert_eq!(
-            &tok.encode_ids(prompt, false).unwrap(),
-            want,
-            "prompt {prompt:?}"
-        );
+        assert_eq!(&tok.encode_ids(prompt, false).unwrap(), want, "prompt {prompt:?}");
         let mut with_eos = want.clone();
         with_eos.push(tok.eos_id());
-        assert_eq!(
-            tok.encode_ids(prompt, true).unwrap(),
-            with_eos,
-            "prompt {prompt:?} with </s>"
-        );
+        assert_eq!(tok.encode_ids(prompt, true).unwrap(), with_eos, "prompt {prompt:?} with </s>");
     }
 }
 
@@ -59,11 +47,7 @@ fn tokenizer_json_matches_hf_tokenizers() {
     let prompts = prompts(&g);
     assert_eq!(prompts.len(), want.len());
     for (prompt, want) in prompts.iter().zip(&want) {
-        assert_eq!(
-            &tok.encode_ids(prompt, true).unwrap(),
-            want,
-            "prompt {prompt:?}"
-        );
+        assert_eq!(&tok.encode_ids(prompt, true).unwrap(), want, "prompt {prompt:?}");
     }
     assert_eq!((tok.pad_id(), tok.eos_id()), (0, 1));
 }
@@ -74,22 +58,11 @@ fn padded_prompt_matches_golden_then_pads() {
     let tok = Tokenizer::from_file(assets().join("t5_v1_1_tokenizer.json")).unwrap();
     let want = ids(&g["t5_v1_1_tokenizer.json"]["ids"]);
     let prompts = prompts(&g);
-    for (prompt, want) in prompts
-        .iter()
-        .zip(&want)
-        .filter(|(p, _)| !p.trim().is_empty())
-    {
+    for (prompt, want) in prompts.iter().zip(&want).filter(|(p, _)| !p.trim().is_empty()) {
         let enc = tok.encode(prompt, 512).unwrap();
         assert_eq!(enc.input_ids.len(), 512);
         let n = want.len();
-        assert_eq!(
-            enc.input_ids[..n]
-                .iter()
-                .map(|&i| i as u32)
-                .collect::<Vec<_>>(),
-            *want,
-            "prompt {prompt:?}"
-        );
+        assert_eq!(enc.input_ids[..n].iter().map(|&i| i as u32).collect::<Vec<_>>(), *want, "prompt {prompt:?}");
         assert!(enc.input_ids[n..].iter().all(|&i| i == 0));
         assert_eq!(enc.attention_mask.iter().sum::<i64>(), n as i64);
     }

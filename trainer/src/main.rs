@@ -57,12 +57,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Forward {
-            model: ForwardModel::Mt5,
-            config,
-            weights,
-            inputs,
-            out,
-        } => commands::forward_mt5::run(&config, &weights, &inputs, &out),
+        Command::Forward { model: ForwardModel::Mt5, config, weights, inputs, out } => {
+            commands::forward_mt5::run(&config, &weights, &inputs, &out)
+        }
     }
 }

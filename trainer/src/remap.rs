@@ -50,13 +50,7 @@ mod tests {
 
     #[test]
     fn strips_every_module_component() {
-        assert_eq!(
-            strip_module_prefix("module.encoder.module.conv.weight"),
-            "encoder.conv.weight"
-        );
-        assert_eq!(
-            strip_module_prefix("encoder.conv.weight"),
-            "encoder.conv.weight"
-        );
+        assert_eq!(strip_module_prefix("module.encoder.module.conv.weight"), "encoder.conv.weight");
+        assert_eq!(strip_module_prefix("encoder.conv.weight"), "encoder.conv.weight");
     }
 }

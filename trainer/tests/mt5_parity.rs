@@ -16,16 +16,12 @@ use safetensors::{Dtype, SafeTensors};
 type B = NdArray<f32>;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/reference/parity/mt5_tiny"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/parity/mt5_tiny"))
 }
 
 /// Every tensor of `io.safetensors`: int64 ones as i64, float32 ones as f32.
 fn io() -> BTreeMap<String, TensorData> {
-    let bytes =
-        std::fs::read(fixture().join("io.safetensors")).expect("io.safetensors should exist");
+    let bytes = std::fs::read(fixture().join("io.safetensors")).expect("io.safetensors should exist");
     let st = SafeTensors::deserialize(&bytes).expect("io.safetensors should parse");
     st.tensors()
         .into_iter()
@@ -33,17 +29,11 @@ fn io() -> BTreeMap<String, TensorData> {
             let shape = v.shape().to_vec();
             let data = match v.dtype() {
                 Dtype::I64 => TensorData::new(
-                    v.data()
-                        .chunks_exact(8)
-                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                        .collect::<Vec<_>>(),
+                    v.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>(),
                     shape,
                 ),
                 Dtype::F32 => TensorData::new(
-                    v.data()
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                        .collect::<Vec<_>>(),
+                    v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>(),
                     shape,
                 ),
                 other => panic!("unexpected dtype {other:?} for {name}"),
@@ -76,12 +66,7 @@ fn check(actual: Tensor<B, 3>, expected: &TensorData) {
 #[test]
 fn masked_matches_transformers() {
     let io = io();
-    let out = model()
-        .forward(
-            ints(&io, "input.input_ids"),
-            Some(ints(&io, "input.attention_mask")),
-        )
-        .unwrap();
+    let out = model().forward(ints(&io, "input.input_ids"), Some(ints(&io, "input.attention_mask"))).unwrap();
     check(out, &io["output.last_hidden_state"]);
 }
 
@@ -95,9 +80,7 @@ fn unmasked_matches_transformers() {
 #[test]
 fn two_hundred_tokens_match_transformers() {
     let io = io();
-    let out = model()
-        .forward(ints(&io, "input.input_ids_long"), None)
-        .unwrap();
+    let out = model().forward(ints(&io, "input.input_ids_long"), None).unwrap();
     check(out, &io["output.last_hidden_state_long"]);
 }
 
@@ -106,27 +89,13 @@ fn cli_forward_mt5_writes_last_hidden_state() {
     let io = io();
     let dir = tempfile::tempdir().unwrap();
     let inputs = dir.path().join("inputs.safetensors");
-    let to_bytes = |d: &TensorData| {
-        d.to_vec::<i64>()
-            .unwrap()
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect::<Vec<u8>>()
-    };
-    let (ids, mask) = (
-        to_bytes(&io["input.input_ids"]),
-        to_bytes(&io["input.attention_mask"]),
-    );
+    let to_bytes =
+        |d: &TensorData| d.to_vec::<i64>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let (ids, mask) = (to_bytes(&io["input.input_ids"]), to_bytes(&io["input.attention_mask"]));
     let shape = io["input.input_ids"].shape.to_vec();
     let views = vec![
-        (
-            "input_ids",
-            safetensors::tensor::TensorView::new(Dtype::I64, shape.clone(), &ids).unwrap(),
-        ),
-        (
-            "attention_mask",
-            safetensors::tensor::TensorView::new(Dtype::I64, shape, &mask).unwrap(),
-        ),
+        ("input_ids", safetensors::tensor::TensorView::new(Dtype::I64, shape.clone(), &ids).unwrap()),
+        ("attention_mask", safetensors::tensor::TensorView::new(Dtype::I64, shape, &mask).unwrap()),
     ];
     std::fs::write(&inputs, safetensors::serialize(views, None).unwrap()).unwrap();
     let out = dir.path().join("out.safetensors");
@@ -144,9 +113,6 @@ fn cli_forward_mt5_writes_last_hidden_state() {
     assert!(status.success());
     let written = osp_trainer::io::read_tensors(&out).unwrap();
     let expected = io["output.last_hidden_state"].to_vec::<f32>().unwrap();
-    let c = Approx::Approximate.compare(
-        &written["last_hidden_state"].to_vec::<f32>().unwrap(),
-        &expected,
-    );
+    let c = Approx::Approximate.compare(&written["last_hidden_state"].to_vec::<f32>().unwrap(), &expected);
     assert!(c.ok(), "{c}");
 }

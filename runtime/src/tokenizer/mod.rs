@@ -77,19 +77,11 @@ impl Tokenizer {
     /// (anything else, e.g. `spiece.model`), which is converted in memory.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let is_json = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })?;
+        let is_json = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("json"));
         let inner = if is_json {
-            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::Corrupt {
-                path: path.to_path_buf(),
-                why: e.to_string(),
-            })?
+            tokenizers::Tokenizer::from_bytes(&bytes)
+                .map_err(|e| TokenizerError::Corrupt { path: path.to_path_buf(), why: e.to_string() })?
         } else {
             spiece::tokenizer_from_spiece(path, &bytes)?
         };
@@ -99,31 +91,15 @@ impl Tokenizer {
     }
 
     fn from_tokenizers(mut inner: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
-        let corrupt = |why: String| TokenizerError::Corrupt {
-            path: path.to_path_buf(),
-            why,
-        };
-        let pad_id = inner
-            .token_to_id(PAD_TOKEN)
-            .ok_or_else(|| corrupt(format!("no `{PAD_TOKEN}` token")))?;
-        let eos_id = inner
-            .token_to_id(EOS_TOKEN)
-            .ok_or_else(|| corrupt(format!("no `{EOS_TOKEN}` token")))?;
+        let corrupt = |why: String| TokenizerError::Corrupt { path: path.to_path_buf(), why };
+        let pad_id = inner.token_to_id(PAD_TOKEN).ok_or_else(|| corrupt(format!("no `{PAD_TOKEN}` token")))?;
+        let eos_id = inner.token_to_id(EOS_TOKEN).ok_or_else(|| corrupt(format!("no `{EOS_TOKEN}` token")))?;
         // Padding and truncation are applied per call in `encode`; settings stored in a
         // tokenizer.json would otherwise apply twice.
-        inner
-            .with_truncation(None)
-            .map_err(|e| corrupt(e.to_string()))?;
+        inner.with_truncation(None).map_err(|e| corrupt(e.to_string()))?;
         inner.with_padding(None);
-        let added = inner
-            .get_post_processor()
-            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
-        Ok(Tokenizer {
-            inner,
-            pad_id,
-            eos_id,
-            added,
-        })
+        let added = inner.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        Ok(Tokenizer { inner, pad_id, eos_id, added })
     }
 
     /// Number of ids the tokenizer can emit (model vocabulary plus added tokens).
@@ -144,15 +120,9 @@ impl Tokenizer {
     /// Fails unless every id the tokenizer emits indexes the text encoder's embedding table
     /// (`embedding_rows` = the encoder config's `vocab_size`; mT5-xxl pads 250100 to 250112).
     pub fn check_embedding_rows(&self, embedding_rows: usize) -> Result<()> {
-        let tokenizer = self
-            .max_id()
-            .map_or(0, |m| m as usize + 1)
-            .max(self.vocab_size());
+        let tokenizer = self.max_id().map_or(0, |m| m as usize + 1).max(self.vocab_size());
         if tokenizer > embedding_rows {
-            return Err(TokenizerError::VocabularyMismatch {
-                tokenizer,
-                embedding: embedding_rows,
-            });
+            return Err(TokenizerError::VocabularyMismatch { tokenizer, embedding: embedding_rows });
         }
         Ok(())
     }
@@ -168,9 +138,7 @@ impl Tokenizer {
     }
 
     fn raw(&self, text: &str, add_special_tokens: bool) -> Result<Encoding> {
-        self.inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))
+        self.inner.encode(text, add_special_tokens).map_err(|e| TokenizerError::Tokenizers(e.to_string()))
     }
 
     /// Tokenizes a user prompt for the text encoder: `</s>` appended, truncated to `max_len`
@@ -197,10 +165,7 @@ impl Tokenizer {
         if max_len <= self.added {
             return Err(TokenizerError::InvalidInput {
                 name: "max_sequence_length".into(),
-                rule: format!(
-                    "must exceed the {} special token(s) appended to every text, got {max_len}",
-                    self.added
-                ),
+                rule: format!("must exceed the {} special token(s) appended to every text, got {max_len}", self.added),
             });
         }
         let mut encoding = self.raw(text, false)?;
@@ -219,18 +184,12 @@ impl Tokenizer {
             );
             encoding.truncate(keep, 0, TruncationDirection::Right);
         }
-        let mut encoding = self
-            .inner
-            .post_process(encoding, None, true)
-            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+        let mut encoding =
+            self.inner.post_process(encoding, None, true).map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
         encoding.pad(max_len, self.pad_id, 0, PAD_TOKEN, PaddingDirection::Right);
         Ok(Encoded {
             input_ids: encoding.get_ids().iter().map(|&i| i64::from(i)).collect(),
-            attention_mask: encoding
-                .get_attention_mask()
-                .iter()
-                .map(|&m| i64::from(m))
-                .collect(),
+            attention_mask: encoding.get_attention_mask().iter().map(|&m| i64::from(m)).collect(),
             truncated,
         })
     }
@@ -248,48 +207,25 @@ mod tests {
     use super::*;
 
     fn asset(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/reference/assets")
-            .join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/assets").join(name)
     }
 
     #[test]
     fn padding_truncation_and_mask_follow_upstream() {
-        let tok =
-            Tokenizer::from_file(asset("t5_v1_1_tokenizer.json")).expect("tokenizer should load");
-        let raw = tok
-            .encode_ids(
-                "A litter of golden retriever puppies playing in the snow.",
-                true,
-            )
-            .unwrap();
+        let tok = Tokenizer::from_file(asset("t5_v1_1_tokenizer.json")).expect("tokenizer should load");
+        let raw = tok.encode_ids("A litter of golden retriever puppies playing in the snow.", true).unwrap();
         assert_eq!(*raw.last().unwrap(), tok.eos_id());
 
-        let padded = tok
-            .encode(
-                "A litter of golden retriever puppies playing in the snow.",
-                32,
-            )
-            .unwrap();
+        let padded = tok.encode("A litter of golden retriever puppies playing in the snow.", 32).unwrap();
         assert!(!padded.truncated);
         assert_eq!(padded.input_ids.len(), 32);
-        assert_eq!(
-            padded.input_ids[..raw.len()],
-            raw.iter().map(|&i| i64::from(i)).collect::<Vec<_>>()[..]
-        );
-        assert!(padded.input_ids[raw.len()..]
-            .iter()
-            .all(|&i| i == i64::from(tok.pad_id())));
+        assert_eq!(padded.input_ids[..raw.len()], raw.iter().map(|&i| i64::from(i)).collect::<Vec<_>>()[..]);
+        assert!(padded.input_ids[raw.len()..].iter().all(|&i| i == i64::from(tok.pad_id())));
         let ones = padded.attention_mask.iter().filter(|&&m| m == 1).count();
         assert_eq!(ones, raw.len());
         assert!(padded.attention_mask[..raw.len()].iter().all(|&m| m == 1));
 
-        let cut = tok
-            .encode(
-                "A litter of golden retriever puppies playing in the snow.",
-                5,
-            )
-            .unwrap();
+        let cut = tok.encode("A litter of golden retriever puppies playing in the snow.", 5).unwrap();
         assert!(cut.truncated);
         let mut want: Vec<i64> = raw[..4].iter().map(|&i| i64::from(i)).collect();
         want.push(i64::from(tok.eos_id()));
@@ -305,16 +241,10 @@ mod tests {
         assert_eq!(neg.attention_mask, vec![1, 0, 0, 0]);
         for empty in ["", "   "] {
             let err = tok.encode(empty, 16).unwrap_err();
-            assert!(
-                matches!(err, TokenizerError::InvalidInput { ref name, .. } if name == "prompt"),
-                "{err}"
-            );
+            assert!(matches!(err, TokenizerError::InvalidInput { ref name, .. } if name == "prompt"), "{err}");
         }
         let err = tok.encode("hello", 1).unwrap_err();
-        assert!(
-            matches!(err, TokenizerError::InvalidInput { ref name, .. } if name == "max_sequence_length"),
-            "{err}"
-        );
+        assert!(matches!(err, TokenizerError::InvalidInput { ref name, .. } if name == "max_sequence_length"), "{err}");
     }
 
     #[test]

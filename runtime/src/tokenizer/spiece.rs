@@ -41,12 +41,8 @@ const SPACE_MARKER: char = '\u{2581}';
 
 /// Parses `bytes` (the content of `path`) as a SentencePiece model and builds the tokenizer.
 pub(crate) fn tokenizer_from_spiece(path: &Path, bytes: &[u8]) -> Result<Tokenizer> {
-    let corrupt = |why: String| TokenizerError::Corrupt {
-        path: path.to_path_buf(),
-        why,
-    };
-    let model = pb::ModelProto::decode(bytes)
-        .map_err(|e| corrupt(format!("not a SentencePiece ModelProto ({e})")))?;
+    let corrupt = |why: String| TokenizerError::Corrupt { path: path.to_path_buf(), why };
+    let model = pb::ModelProto::decode(bytes).map_err(|e| corrupt(format!("not a SentencePiece ModelProto ({e})")))?;
     if model.pieces.is_empty() {
         return Err(corrupt("the model holds no pieces".into()));
     }
@@ -59,21 +55,12 @@ pub(crate) fn tokenizer_from_spiece(path: &Path, bytes: &[u8]) -> Result<Tokeniz
     }
     let normalizer_spec = model.normalizer_spec.clone().unwrap_or_default();
 
-    let vocab: Vec<(String, f64)> = model
-        .pieces
-        .iter()
-        .map(|p| (p.piece().to_string(), f64::from(p.score())))
-        .collect();
+    let vocab: Vec<(String, f64)> =
+        model.pieces.iter().map(|p| (p.piece().to_string(), f64::from(p.score()))).collect();
     let unk_id = usize::try_from(trainer.unk_id())
         .ok()
         .filter(|&id| id < vocab.len())
-        .ok_or_else(|| {
-            corrupt(format!(
-                "unk_id {} is outside the vocabulary of {}",
-                trainer.unk_id(),
-                vocab.len()
-            ))
-        })?;
+        .ok_or_else(|| corrupt(format!("unk_id {} is outside the vocabulary of {}", trainer.unk_id(), vocab.len())))?;
     let unigram = Unigram::from(vocab, Some(unk_id), trainer.byte_fallback())
         .map_err(|e| corrupt(format!("invalid Unigram vocabulary: {e}")))?;
 
@@ -81,31 +68,18 @@ pub(crate) fn tokenizer_from_spiece(path: &Path, bytes: &[u8]) -> Result<Tokeniz
     let charsmap = normalizer_spec.precompiled_charsmap();
     if !charsmap.is_empty() {
         check_charsmap(charsmap).map_err(corrupt)?;
-        let precompiled = Precompiled::from(charsmap)
-            .map_err(|e| corrupt(format!("precompiled_charsmap: {e}")))?;
+        let precompiled = Precompiled::from(charsmap).map_err(|e| corrupt(format!("precompiled_charsmap: {e}")))?;
         normalizers.push(precompiled.into());
     }
     normalizers.push(Strip::new(false, true).into());
-    let collapse = Replace::new(
-        tokenizers::normalizers::replace::ReplacePattern::Regex(" {2,}".into()),
-        SPACE_MARKER,
-    )
-    .map_err(|e| corrupt(format!("whitespace normaliser: {e}")))?;
+    let collapse = Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(" {2,}".into()), SPACE_MARKER)
+        .map_err(|e| corrupt(format!("whitespace normaliser: {e}")))?;
     normalizers.push(collapse.into());
 
-    let prepend = if normalizer_spec.add_dummy_prefix() {
-        PrependScheme::Always
-    } else {
-        PrependScheme::Never
-    };
-    let eos_id = model
-        .pieces
-        .iter()
-        .position(|p| p.piece() == EOS_PIECE)
-        .ok_or_else(|| {
-            corrupt(format!(
-                "the vocabulary has no `{EOS_PIECE}` piece, which T5 appends to every text"
-            ))
+    let prepend = if normalizer_spec.add_dummy_prefix() { PrependScheme::Always } else { PrependScheme::Never };
+    let eos_id =
+        model.pieces.iter().position(|p| p.piece() == EOS_PIECE).ok_or_else(|| {
+            corrupt(format!("the vocabulary has no `{EOS_PIECE}` piece, which T5 appends to every text"))
         })?;
     let eos_id = u32::try_from(eos_id).map_err(|_| corrupt("vocabulary larger than u32".into()))?;
     let template = TemplateProcessing::builder()
@@ -117,9 +91,7 @@ pub(crate) fn tokenizer_from_spiece(path: &Path, bytes: &[u8]) -> Result<Tokeniz
         .map_err(|e| corrupt(format!("post-processor: {e}")))?;
 
     let mut tokenizer = Tokenizer::new(unigram);
-    tokenizer
-        .with_normalizer(Some(Sequence::new(normalizers)))
-        .map_err(|e| corrupt(format!("normaliser: {e}")))?;
+    tokenizer.with_normalizer(Some(Sequence::new(normalizers))).map_err(|e| corrupt(format!("normaliser: {e}")))?;
     tokenizer.with_pre_tokenizer(Some(Metaspace::new(SPACE_MARKER, prepend, true)));
     tokenizer.with_post_processor(Some(template));
     tokenizer.with_decoder(Some(MetaspaceDecoder::new(SPACE_MARKER, prepend, true)));
@@ -136,12 +108,8 @@ pub(crate) fn tokenizer_from_spiece(path: &Path, bytes: &[u8]) -> Result<Tokeniz
         .filter(|p| p.r#type() == PieceType::UserDefined)
         .map(|p| AddedToken::from(p.piece().to_string(), false).normalized(false))
         .collect();
-    tokenizer
-        .add_special_tokens(special)
-        .map_err(|e| corrupt(format!("special tokens: {e}")))?;
-    tokenizer
-        .add_tokens(user)
-        .map_err(|e| corrupt(format!("user-defined tokens: {e}")))?;
+    tokenizer.add_special_tokens(special).map_err(|e| corrupt(format!("special tokens: {e}")))?;
+    tokenizer.add_tokens(user).map_err(|e| corrupt(format!("user-defined tokens: {e}")))?;
     tracing::debug!(
         path = %path.display(),
         pieces = model.pieces.len(),
@@ -158,10 +126,7 @@ pub(crate) fn tokenizer_from_spiece(path: &Path, bytes: &[u8]) -> Result<Tokeniz
 /// size would otherwise make the parser reserve gigabytes before failing.
 fn check_charsmap(charsmap: &[u8]) -> std::result::Result<(), String> {
     let Some(size) = charsmap.get(..4) else {
-        return Err(format!(
-            "precompiled_charsmap has {} bytes, fewer than its 4-byte header",
-            charsmap.len()
-        ));
+        return Err(format!("precompiled_charsmap has {} bytes, fewer than its 4-byte header", charsmap.len()));
     };
     let trie = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
     if !trie.is_multiple_of(4) || trie > charsmap.len() - 4 {

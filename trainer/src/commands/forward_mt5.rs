@@ -14,14 +14,7 @@ use osp_trainer::models::mt5::MT5Config;
 
 /// Runs the mT5 encoder forward pass on the CPU (Burn ndarray, f32).
 pub fn run(config: &Path, weights: &Path, inputs: &Path, out: &Path) -> anyhow::Result<()> {
-    run_on::<burn::backend::NdArray<f32>>(
-        config,
-        weights,
-        inputs,
-        out,
-        LoadOptions::default(),
-        &Default::default(),
-    )
+    run_on::<burn::backend::NdArray<f32>>(config, weights, inputs, out, LoadOptions::default(), &Default::default())
 }
 
 /// The forward pass on any backend; `options.allow_partial` reports instead of failing.
@@ -36,17 +29,12 @@ pub fn run_on<B: Backend>(
     let config = MT5Config::from_json_file(config)?;
     let mut model = config.init::<B>(device)?;
     let checkpoint = Checkpoint::open(weights)?;
-    let report = model
-        .load_official(&checkpoint, options)
-        .with_context(|| format!("loading {}", weights.display()))?;
+    let report = model.load_official(&checkpoint, options).with_context(|| format!("loading {}", weights.display()))?;
     if options.allow_partial {
         eprint!("{report}");
     }
     let tensors = read_int_tensors(inputs)?;
-    if let Some(extra) = tensors
-        .keys()
-        .find(|k| *k != "input_ids" && *k != "attention_mask")
-    {
+    if let Some(extra) = tensors.keys().find(|k| *k != "input_ids" && *k != "attention_mask") {
         anyhow::bail!(
             "{}: unexpected input `{extra}`; expected `input_ids` and optionally `attention_mask`",
             inputs.display()
@@ -64,18 +52,11 @@ pub fn run_on<B: Backend>(
         );
         Ok(Some(Tensor::from_data(data.clone(), device)))
     };
-    let input_ids = take("input_ids")?
-        .with_context(|| format!("{}: missing tensor `input_ids`", inputs.display()))?;
+    let input_ids = take("input_ids")?.with_context(|| format!("{}: missing tensor `input_ids`", inputs.display()))?;
     let attention_mask = take("attention_mask")?;
     let last_hidden_state = model.forward(input_ids, attention_mask)?;
-    write_tensors(
-        out,
-        &[(
-            "last_hidden_state".to_string(),
-            last_hidden_state.into_data(),
-        )],
-    )
-    .with_context(|| format!("writing {}", out.display()))?;
+    write_tensors(out, &[("last_hidden_state".to_string(), last_hidden_state.into_data())])
+        .with_context(|| format!("writing {}", out.display()))?;
     tracing::info!(out = %out.display(), "wrote last_hidden_state");
     Ok(())
 }

@@ -73,10 +73,8 @@ impl MT5Config {
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let config: Self =
+            serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })?;
         config.validate()?;
         Ok(config)
     }
@@ -90,10 +88,7 @@ impl MT5Config {
             ("d_ff", self.d_ff),
             ("num_layers", self.num_layers),
             ("num_heads", self.num_heads),
-            (
-                "relative_attention_num_buckets",
-                self.relative_attention_num_buckets,
-            ),
+            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Config(format!("`{key}` must be positive")));
@@ -106,9 +101,7 @@ impl MT5Config {
             )));
         }
         // Bidirectional bucketing halves the buckets, then splits them into exact and log ranges.
-        if self.relative_attention_num_buckets < 4
-            || !self.relative_attention_num_buckets.is_multiple_of(2)
-        {
+        if self.relative_attention_num_buckets < 4 || !self.relative_attention_num_buckets.is_multiple_of(2) {
             return Err(Error::Config(format!(
                 "relative_attention_num_buckets must be even and at least 4, got {}",
                 self.relative_attention_num_buckets

@@ -42,11 +42,7 @@ use crate::remap;
 /// adapter are the ones [`crate::checkpoint::load_module`] uses, so a real-size model can be
 /// checked against a manifest without its weights.
 pub fn official_specs<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
-    let mut specs = LazySpecs {
-        path: Vec::new(),
-        containers: Vec::new(),
-        snapshots: Vec::new(),
-    };
+    let mut specs = LazySpecs { path: Vec::new(), containers: Vec::new(), snapshots: Vec::new() };
     module.visit(&mut specs);
     let adapter = remap::burn_to_official();
     let mut out: Vec<(String, Vec<usize>)> = specs
@@ -104,15 +100,10 @@ mod tests {
     type B = NdArray<f32>;
 
     fn manifest() -> (serde_json::Value, MT5Config) {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/reference/manifests/mt5_xxl_encoder.json"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/manifests/mt5_xxl_encoder.json");
         let text = std::fs::read_to_string(path).expect("manifest should exist");
-        let manifest: serde_json::Value =
-            serde_json::from_str(&text).expect("manifest should be JSON");
-        let config: MT5Config =
-            serde_json::from_value(manifest["config"].clone()).expect("config should parse");
+        let manifest: serde_json::Value = serde_json::from_str(&text).expect("manifest should be JSON");
+        let config: MT5Config = serde_json::from_value(manifest["config"].clone()).expect("config should parse");
         (manifest, config)
     }
 
@@ -123,10 +114,7 @@ mod tests {
             .iter()
             .map(|t| {
                 let name = t["name"].as_str().expect("name").to_string();
-                (
-                    name,
-                    serde_json::from_value(t["shape"].clone()).expect("shape"),
-                )
+                (name, serde_json::from_value(t["shape"].clone()).expect("shape"))
             })
             .collect();
         specs.sort();
@@ -135,12 +123,7 @@ mod tests {
 
     /// The model's names plus the tied alias, as the manifest (a PyTorch `state_dict`) lists them.
     fn with_tied(mut specs: Vec<(String, Vec<usize>)>) -> Vec<(String, Vec<usize>)> {
-        let shared = specs
-            .iter()
-            .find(|(n, _)| n == SHARED)
-            .expect("shared.weight should exist")
-            .1
-            .clone();
+        let shared = specs.iter().find(|(n, _)| n == SHARED).expect("shared.weight should exist").1.clone();
         specs.push((TIED_EMBED_TOKENS.to_string(), shared));
         specs.sort();
         specs
@@ -155,33 +138,18 @@ mod tests {
         let want = manifest_specs(&manifest);
         assert_eq!(want.len(), 220);
         assert_eq!(specs, want);
-        let params: usize = official_specs(&model)
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
+        let params: usize = official_specs(&model).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         assert_eq!(params as u64, manifest["total_params"].as_u64().unwrap());
     }
 
     #[test]
     fn lazy_specs_equal_the_loading_path_names() {
         let (_, xxl) = manifest();
-        let config = MT5Config {
-            vocab_size: 50,
-            d_model: 16,
-            d_kv: 4,
-            d_ff: 24,
-            num_layers: 3,
-            num_heads: 4,
-            ..xxl
-        };
+        let config = MT5Config { vocab_size: 50, d_model: 16, d_kv: 4, d_ff: 24, num_layers: 3, num_heads: 4, ..xxl };
         let model = config.init::<B>(&Default::default()).unwrap();
         let lazy = official_specs(&model);
         let mut collected: Vec<(String, Vec<usize>)> = model
-            .collect(
-                None,
-                Some(remap::burn_to_official()),
-                remap::SKIP_ENUM_VARIANTS,
-            )
+            .collect(None, Some(remap::burn_to_official()), remap::SKIP_ENUM_VARIANTS)
             .into_iter()
             .map(|s| (s.full_path(), s.shape.to_vec()))
             .collect();
@@ -189,51 +157,19 @@ mod tests {
         assert_eq!(lazy, collected);
         // 3 layers x 9 + relative bias + final norm + shared.
         assert_eq!(lazy.len(), 3 * 9 + 3);
-        assert!(lazy.iter().any(
-            |(n, s)| n == "encoder.block.0.layer.1.DenseReluDense.wo.weight" && s == &[16, 24]
-        ));
-        assert!(lazy
-            .iter()
-            .any(|(n, _)| n
-                == "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"));
-        assert!(!lazy
-            .iter()
-            .any(|(n, _)| n
-                == "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"));
+        assert!(lazy.iter().any(|(n, s)| n == "encoder.block.0.layer.1.DenseReluDense.wo.weight" && s == &[16, 24]));
+        assert!(lazy.iter().any(|(n, _)| n == "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"));
+        assert!(!lazy.iter().any(|(n, _)| n == "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight"));
     }
 
     #[test]
     fn bad_configs_are_rejected() {
         let ok = MT5Config::mt5_xxl();
         for (config, needle) in [
-            (
-                MT5Config {
-                    num_heads: 0,
-                    ..ok.clone()
-                },
-                "num_heads",
-            ),
-            (
-                MT5Config {
-                    feed_forward_proj: "relu".into(),
-                    ..ok.clone()
-                },
-                "feed_forward_proj",
-            ),
-            (
-                MT5Config {
-                    relative_attention_num_buckets: 7,
-                    ..ok.clone()
-                },
-                "relative_attention_num_buckets",
-            ),
-            (
-                MT5Config {
-                    relative_attention_max_distance: 4,
-                    ..ok.clone()
-                },
-                "relative_attention_max_distance",
-            ),
+            (MT5Config { num_heads: 0, ..ok.clone() }, "num_heads"),
+            (MT5Config { feed_forward_proj: "relu".into(), ..ok.clone() }, "feed_forward_proj"),
+            (MT5Config { relative_attention_num_buckets: 7, ..ok.clone() }, "relative_attention_num_buckets"),
+            (MT5Config { relative_attention_max_distance: 4, ..ok.clone() }, "relative_attention_max_distance"),
         ] {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");

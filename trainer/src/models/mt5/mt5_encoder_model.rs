@@ -37,38 +37,23 @@ impl<B: Backend> MT5EncoderModel<B> {
     ) -> Result<Tensor<B, 3>> {
         let [b, n] = input_ids.dims();
         if b == 0 || n == 0 {
-            return Err(Error::input(
-                "input_ids",
-                format!("must be non-empty [batch, tokens], got [{b}, {n}]"),
-            ));
+            return Err(Error::input("input_ids", format!("must be non-empty [batch, tokens], got [{b}, {n}]")));
         }
         let ids = int_values(input_ids.clone(), "input_ids")?;
-        if let Some(bad) = ids
-            .iter()
-            .find(|&&i| i < 0 || i as u64 >= self.vocab_size as u64)
-        {
+        if let Some(bad) = ids.iter().find(|&&i| i < 0 || i as u64 >= self.vocab_size as u64) {
             return Err(Error::input(
                 "input_ids",
-                format!(
-                    "id {bad} is outside the embedding table of {} rows",
-                    self.vocab_size
-                ),
+                format!("id {bad} is outside the embedding table of {} rows", self.vocab_size),
             ));
         }
         if let Some(mask) = &attention_mask {
             if mask.dims() != [b, n] {
                 return Err(Error::input(
                     "attention_mask",
-                    format!(
-                        "must have the shape of input_ids [{b}, {n}], got {:?}",
-                        mask.dims()
-                    ),
+                    format!("must have the shape of input_ids [{b}, {n}], got {:?}", mask.dims()),
                 ));
             }
-            if int_values(mask.clone(), "attention_mask")?
-                .iter()
-                .any(|&m| m != 0 && m != 1)
-            {
+            if int_values(mask.clone(), "attention_mask")?.iter().any(|&m| m != 0 && m != 1) {
                 return Err(Error::input("attention_mask", "values must be 0 or 1"));
             }
         }
@@ -78,21 +63,14 @@ impl<B: Backend> MT5EncoderModel<B> {
 
     /// Loads official weights strictly (see `remap` for the tied embedding rule): every model
     /// tensor must be present once, nothing else may remain.
-    pub fn load_official(
-        &mut self,
-        checkpoint: &Checkpoint,
-        options: LoadOptions,
-    ) -> Result<LoadReport> {
+    pub fn load_official(&mut self, checkpoint: &Checkpoint, options: LoadOptions) -> Result<LoadReport> {
         let checkpoint = untie_embeddings(checkpoint)?;
         load_module(self, &checkpoint, &BTreeSet::new(), options)
     }
 }
 
 fn int_values<B: Backend>(t: Tensor<B, 2, Int>, name: &str) -> Result<Vec<i64>> {
-    t.into_data()
-        .convert::<i64>()
-        .to_vec::<i64>()
-        .map_err(|e| Error::input(name, format!("{e:?}")))
+    t.into_data().convert::<i64>().to_vec::<i64>().map_err(|e| Error::input(name, format!("{e:?}")))
 }
 
 /// Applies the tie `shared.weight` == `encoder.embed_tokens.weight` and drops the decoder half
@@ -109,10 +87,7 @@ fn untie_embeddings(checkpoint: &Checkpoint) -> Result<Checkpoint> {
         }
     }
     if dropped > 0 {
-        tracing::info!(
-            dropped,
-            "ignoring the decoder tensors of a full mT5 checkpoint, as MT5EncoderModel does"
-        );
+        tracing::info!(dropped, "ignoring the decoder tensors of a full mT5 checkpoint, as MT5EncoderModel does");
     }
     let mut untied = Checkpoint::from_snapshots(&checkpoint.path, &checkpoint.source, snapshots);
     match (checkpoint.get(SHARED), checkpoint.get(TIED_EMBED_TOKENS)) {
@@ -124,11 +99,7 @@ fn untie_embeddings(checkpoint: &Checkpoint) -> Result<Checkpoint> {
 }
 
 /// Both tied keys are present: they must be the same tensor, byte for byte.
-fn check_tied(
-    checkpoint: &Checkpoint,
-    shared: &TensorSnapshot,
-    tied: &TensorSnapshot,
-) -> Result<()> {
+fn check_tied(checkpoint: &Checkpoint, shared: &TensorSnapshot, tied: &TensorSnapshot) -> Result<()> {
     if shared.shape != tied.shape {
         return Err(Error::ShapeMismatch {
             path: TIED_EMBED_TOKENS.into(),
@@ -144,8 +115,7 @@ fn check_tied(
         });
     }
     let read = |s: &TensorSnapshot, name: &str| -> Result<TensorData> {
-        s.to_data()
-            .map_err(|e| Error::checkpoint(&checkpoint.path, format!("reading `{name}`: {e:?}")))
+        s.to_data().map_err(|e| Error::checkpoint(&checkpoint.path, format!("reading `{name}`: {e:?}")))
     };
     let (a, b) = (read(shared, SHARED)?, read(tied, TIED_EMBED_TOKENS)?);
     if a.as_bytes() != b.as_bytes() {

@@ -35,10 +35,8 @@ impl<B: Backend> T5Attention<B> {
             k: linear(config.d_model, inner_dim),
             v: linear(config.d_model, inner_dim),
             o: linear(inner_dim, config.d_model),
-            relative_attention_bias: has_relative_attention_bias.then(|| {
-                EmbeddingConfig::new(config.relative_attention_num_buckets, config.num_heads)
-                    .init(device)
-            }),
+            relative_attention_bias: has_relative_attention_bias
+                .then(|| EmbeddingConfig::new(config.relative_attention_num_buckets, config.num_heads).init(device)),
             n_heads: config.num_heads,
             key_value_proj_dim: config.d_kv,
             relative_attention_num_buckets: config.relative_attention_num_buckets,
@@ -60,20 +58,13 @@ impl<B: Backend> T5Attention<B> {
                 ));
             }
         }
-        let buckets = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(buckets, [query_length, key_length]),
-            &device,
-        );
+        let buckets = Tensor::<B, 2, Int>::from_data(TensorData::new(buckets, [query_length, key_length]), &device);
         let values = table.forward(buckets); // [q, k, h]
         Some(values.permute([2, 0, 1]).unsqueeze::<4>()) // [1, h, q, k]
     }
 
     /// `hidden_states` `[b, n, d]`, `position_bias` `[b or 1, h, n, n]` (mask included) -> `[b, n, d]`.
-    pub fn forward(
-        &self,
-        hidden_states: Tensor<B, 3>,
-        position_bias: Tensor<B, 4>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, hidden_states: Tensor<B, 3>, position_bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let [b, n, _] = hidden_states.dims();
         let (h, dk) = (self.n_heads, self.key_value_proj_dim);
         let shape = |x: Tensor<B, 3>| x.reshape([b, n, h, dk]).swap_dims(1, 2); // [b, h, n, dk]
@@ -91,25 +82,16 @@ impl<B: Backend> T5Attention<B> {
 /// each sign; within a half, exact buckets for distances below `num_buckets / 4` and
 /// log-spaced ones up to `max_distance`, the last bucket taking everything beyond. The log
 /// branch runs in f32 like upstream (`torch.log` on a float32 tensor, truncated to long).
-pub fn relative_position_bucket(
-    relative_position: i64,
-    num_buckets: usize,
-    max_distance: usize,
-) -> i64 {
+pub fn relative_position_bucket(relative_position: i64, num_buckets: usize, max_distance: usize) -> i64 {
     let num_buckets = (num_buckets / 2) as i64;
-    let mut bucket = if relative_position > 0 {
-        num_buckets
-    } else {
-        0
-    };
+    let mut bucket = if relative_position > 0 { num_buckets } else { 0 };
     let distance = relative_position.abs();
     let max_exact = num_buckets / 2;
     if distance < max_exact {
         bucket += distance;
     } else {
         let scale = (max_distance as f64 / max_exact as f64).ln() as f32;
-        let large =
-            (distance as f32 / max_exact as f32).ln() / scale * (num_buckets - max_exact) as f32;
+        let large = (distance as f32 / max_exact as f32).ln() / scale * (num_buckets - max_exact) as f32;
         bucket += (max_exact + large as i64).min(num_buckets - 1);
     }
     bucket
@@ -123,14 +105,9 @@ mod tests {
     fn buckets_match_transformers() {
         // transformers 4.44.2 (values worked out from its formula; the 200-token parity case covers the log range):
         // T5Attention._relative_position_bucket(torch.tensor([-200,-128,-100,-20,-8,-7,-1,0,1,7,8,20,100,128,200]), True, 32, 128)
-        let rel = [
-            -200, -128, -100, -20, -8, -7, -1, 0, 1, 7, 8, 20, 100, 128, 200,
-        ];
+        let rel = [-200, -128, -100, -20, -8, -7, -1, 0, 1, 7, 8, 20, 100, 128, 200];
         let want = [15, 15, 15, 10, 8, 7, 1, 0, 17, 23, 24, 26, 31, 31, 31];
-        let got: Vec<i64> = rel
-            .iter()
-            .map(|&r| relative_position_bucket(r, 32, 128))
-            .collect();
+        let got: Vec<i64> = rel.iter().map(|&r| relative_position_bucket(r, 32, 128)).collect();
         assert_eq!(got, want);
     }
 }

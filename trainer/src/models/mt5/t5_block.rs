@@ -28,28 +28,18 @@ impl<B: Backend> T5Block<B> {
     pub fn new(config: &MT5Config, has_relative_attention_bias: bool, device: &B::Device) -> Self {
         T5Block {
             layer: vec![
-                T5BlockLayer::SelfAttention(T5LayerSelfAttention::new(
-                    config,
-                    has_relative_attention_bias,
-                    device,
-                )),
+                T5BlockLayer::SelfAttention(T5LayerSelfAttention::new(config, has_relative_attention_bias, device)),
                 T5BlockLayer::FF(T5LayerFF::new(config, device)),
             ],
         }
     }
 
     /// `[b, n, d] -> [b, n, d]`. fp16 inf clamping upstream is a no-op in f32 and omitted.
-    pub fn forward(
-        &self,
-        hidden_states: Tensor<B, 3>,
-        position_bias: Tensor<B, 4>,
-    ) -> Tensor<B, 3> {
-        self.layer
-            .iter()
-            .fold(hidden_states, |x, layer| match layer {
-                T5BlockLayer::SelfAttention(attn) => attn.forward(x, position_bias.clone()),
-                T5BlockLayer::FF(ff) => ff.forward(x),
-            })
+    pub fn forward(&self, hidden_states: Tensor<B, 3>, position_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.layer.iter().fold(hidden_states, |x, layer| match layer {
+            T5BlockLayer::SelfAttention(attn) => attn.forward(x, position_bias.clone()),
+            T5BlockLayer::FF(ff) => ff.forward(x),
+        })
     }
 
     /// The first layer's attention (the one that may own the relative-position table).

@@ -17,10 +17,7 @@ pub struct T5LayerNorm<B: Backend> {
 
 impl<B: Backend> T5LayerNorm<B> {
     pub fn new(d_model: usize, eps: f64, device: &B::Device) -> Self {
-        T5LayerNorm {
-            weight: Initializer::Ones.init([d_model], device),
-            variance_epsilon: eps,
-        }
+        T5LayerNorm { weight: Initializer::Ones.init([d_model], device), variance_epsilon: eps }
     }
 
     /// `[b, n, d] -> [b, n, d]`.

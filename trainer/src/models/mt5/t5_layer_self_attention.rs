@@ -26,11 +26,7 @@ impl<B: Backend> T5LayerSelfAttention<B> {
     }
 
     /// `[b, n, d] -> [b, n, d]`.
-    pub fn forward(
-        &self,
-        hidden_states: Tensor<B, 3>,
-        position_bias: Tensor<B, 4>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, hidden_states: Tensor<B, 3>, position_bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let normed = self.layer_norm.forward(hidden_states.clone());
         hidden_states + self.SelfAttention.forward(normed, position_bias)
     }

@@ -19,29 +19,21 @@ pub struct T5Stack<B: Backend> {
 impl<B: Backend> T5Stack<B> {
     pub fn new(config: &MT5Config, device: &B::Device) -> Self {
         T5Stack {
-            block: (0..config.num_layers)
-                .map(|i| T5Block::new(config, i == 0, device))
-                .collect(),
+            block: (0..config.num_layers).map(|i| T5Block::new(config, i == 0, device)).collect(),
             final_layer_norm: T5LayerNorm::new(config.d_model, config.layer_norm_epsilon, device),
         }
     }
 
     /// `inputs_embeds` `[b, n, d]`, `attention_mask` `[b, n]` of 0/1 (`None`: all ones, as
     /// upstream) -> `last_hidden_state` `[b, n, d]`.
-    pub fn forward(
-        &self,
-        inputs_embeds: Tensor<B, 3>,
-        attention_mask: Option<Tensor<B, 2, Int>>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, inputs_embeds: Tensor<B, 3>, attention_mask: Option<Tensor<B, 2, Int>>) -> Tensor<B, 3> {
         let [_, n, _] = inputs_embeds.dims();
         let position_bias = self
             .block
             .first()
             .and_then(T5Block::self_attention)
             .and_then(|a| a.SelfAttention.compute_bias(n, n))
-            .expect(
-                "config validation should guarantee a first block with the relative-position table",
-            ); // [1, h, n, n]
+            .expect("config validation should guarantee a first block with the relative-position table"); // [1, h, n, n]
         let position_bias = match attention_mask {
             // get_extended_attention_mask: (1 - mask) * finfo(float32).min, [b, 1, 1, n].
             Some(mask) => {
@@ -50,9 +42,7 @@ impl<B: Backend> T5Stack<B> {
             }
             None => position_bias,
         };
-        let hidden = self.block.iter().fold(inputs_embeds, |x, block| {
-            block.forward(x, position_bias.clone())
-        });
+        let hidden = self.block.iter().fold(inputs_embeds, |x, block| block.forward(x, position_bias.clone()));
         self.final_layer_norm.forward(hidden)
     }
 }
