@@ -23,6 +23,7 @@ pub mod io;
 pub mod ort_lib;
 pub mod session;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use io::{read_safetensors, write_safetensors};

@@ -12,18 +12,6 @@ use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
 use osp_trainer::io::{read_tensors_as_f32, take_tensor, write_tensors};
 use osp_trainer::models::opensora_v1_3::OpenSoraT2V_v1_3Config;
 
-/// Runs the DiT forward pass on CPU (Burn ndarray, f32).
-pub fn run(config: &Path, weights: &Path, inputs: &Path, out: &Path) -> anyhow::Result<()> {
-    run_on::<burn::backend::NdArray<f32>>(
-        config,
-        weights,
-        inputs,
-        out,
-        LoadOptions::default(),
-        &Default::default(),
-    )
-}
-
 /// Runs the DiT forward pass on backend `B`.
 pub fn run_on<B: Backend>(
     config: &Path,
@@ -34,29 +22,19 @@ pub fn run_on<B: Backend>(
     device: &B::Device,
 ) -> anyhow::Result<()> {
     let model_config = OpenSoraT2V_v1_3Config::from_json_file(config)?;
-    let mut model = model_config
-        .init::<B>(device)
-        .with_context(|| format!("building the model of {}", config.display()))?;
+    let mut model =
+        model_config.init::<B>(device).with_context(|| format!("building the model of {}", config.display()))?;
     let checkpoint = Checkpoint::open(weights)?;
-    let report = model
-        .load_official(&checkpoint, options)
-        .with_context(|| format!("loading {}", weights.display()))?;
+    let report = model.load_official(&checkpoint, options).with_context(|| format!("loading {}", weights.display()))?;
     if options.allow_partial {
         eprint!("{report}");
     }
     let tensors = read_tensors_as_f32(inputs)?;
     let optional = |name: &str| tensors.contains_key(name);
-    let attention_mask = if optional("attention_mask") {
-        Some(take_tensor::<B, 4>(&tensors, "attention_mask", device)?)
-    } else {
-        None
-    };
+    let attention_mask =
+        if optional("attention_mask") { Some(take_tensor::<B, 4>(&tensors, "attention_mask", device)?) } else { None };
     let encoder_attention_mask = if optional("encoder_attention_mask") {
-        Some(take_tensor::<B, 3>(
-            &tensors,
-            "encoder_attention_mask",
-            device,
-        )?)
+        Some(take_tensor::<B, 3>(&tensors, "encoder_attention_mask", device)?)
     } else {
         None
     };
@@ -85,42 +63,31 @@ mod tests {
     /// The fixture's `input.*` tensors under the forward-argument names, run through the command.
     #[test]
     fn writes_the_fixture_sample() -> anyhow::Result<()> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/reference/parity/dit_tiny");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/parity/dit_tiny");
         let io = read_tensors_as_f32(dir.join("io.safetensors"))?;
-        let names = [
-            "hidden_states",
-            "timestep",
-            "encoder_hidden_states",
-            "attention_mask_padded",
-            "encoder_attention_mask",
-        ];
+        let names =
+            ["hidden_states", "timestep", "encoder_hidden_states", "attention_mask_padded", "encoder_attention_mask"];
         let inputs: Vec<(String, burn::tensor::TensorData)> = names
             .iter()
-            .map(|n| {
-                (
-                    n.trim_end_matches("_padded").to_string(),
-                    io[&format!("input.{n}")].clone(),
-                )
-            })
+            .map(|n| (n.trim_end_matches("_padded").to_string(), io[&format!("input.{n}")].clone()))
             .collect();
         let tmp = std::env::temp_dir().join(format!("osp-forward-dit-{}", std::process::id()));
         std::fs::create_dir_all(&tmp)?;
         write_tensors(tmp.join("in.safetensors"), &inputs)?;
-        run(
+        run_on::<burn::backend::NdArray<f32>>(
             &dir.join("config.json"),
             &dir.join("weights.safetensors"),
             &tmp.join("in.safetensors"),
             &tmp.join("out.safetensors"),
+            LoadOptions::default(),
+            &Default::default(),
         )?;
         let out = read_tensors(tmp.join("out.safetensors"))?;
         std::fs::remove_dir_all(&tmp)?;
         let expected = &io["output.sample_padded_mask"];
         assert_eq!(out["sample"].shape, expected.shape);
-        let c = Approx::Approximate.compare(
-            &out["sample"].to_vec::<f32>().expect("f32"),
-            &expected.to_vec::<f32>().expect("f32"),
-        );
+        let c = Approx::Approximate
+            .compare(&out["sample"].to_vec::<f32>().expect("f32"), &expected.to_vec::<f32>().expect("f32"));
         assert!(c.ok(), "{c}");
         Ok(())
     }

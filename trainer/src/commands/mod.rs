@@ -2,6 +2,7 @@
 
 mod forward;
 mod forward_dit;
+mod forward_mt5;
 
 use clap::{Parser, Subcommand, ValueEnum};
 

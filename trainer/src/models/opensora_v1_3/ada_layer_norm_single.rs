@@ -31,9 +31,6 @@ impl<B: Backend> AdaLayerNormSingle<B> {
     /// Timestep `[b]` -> (`linear(silu(e))` `[b, 6 d]`, `embedded_timestep` e `[b, d]`).
     pub fn forward(&self, timestep: Tensor<B, 1>) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let embedded_timestep = self.emb.forward(timestep);
-        (
-            self.linear.forward(silu(embedded_timestep.clone())),
-            embedded_timestep,
-        )
+        (self.linear.forward(silu(embedded_timestep.clone())), embedded_timestep)
     }
 }

@@ -60,8 +60,7 @@ pub struct AttentionConfig {
 impl AttentionConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Attention<B> {
         let inner = self.heads * self.dim_head;
-        let lin =
-            |i: usize, o: usize, bias: bool| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let lin = |i: usize, o: usize, bias: bool| LinearConfig::new(i, o).with_bias(bias).init(device);
         Attention {
             to_q: lin(self.query_dim, inner, self.bias),
             to_k: lin(self.kv_dim, inner, self.bias),
@@ -82,28 +81,15 @@ impl<B: Backend> Attention<B> {
     }
 
     /// Self-attention of tokens `[b, n, d]` (order t, h, w) with key bias `[b, n]`.
-    pub fn forward_self(
-        &self,
-        x: Tensor<B, 3>,
-        bias: Tensor<B, 2>,
-        rope: &RopeTables<B>,
-    ) -> Tensor<B, 3> {
+    pub fn forward_self(&self, x: Tensor<B, 3>, bias: Tensor<B, 2>, rope: &RopeTables<B>) -> Tensor<B, 3> {
         let q = self.to_q.forward(x.clone());
         let k = self.to_k.forward(x.clone());
         let v = self.to_v.forward(x);
-        self.out(
-            self.processor
-                .self_attention(q, k, v, bias, self.heads, rope),
-        )
+        self.out(self.processor.self_attention(q, k, v, bias, self.heads, rope))
     }
 
     /// Cross-attention of tokens `[b, n, d]` to the caption `[b, l, d_cross]` with key bias `[b, l]`.
-    pub fn forward_cross(
-        &self,
-        x: Tensor<B, 3>,
-        context: Tensor<B, 3>,
-        bias: Tensor<B, 2>,
-    ) -> Tensor<B, 3> {
+    pub fn forward_cross(&self, x: Tensor<B, 3>, context: Tensor<B, 3>, bias: Tensor<B, 2>) -> Tensor<B, 3> {
         let q = self.to_q.forward(x);
         let k = self.to_k.forward(context.clone());
         let v = self.to_v.forward(context);

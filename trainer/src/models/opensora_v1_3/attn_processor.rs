@@ -66,15 +66,13 @@ impl Skiparse {
         match self {
             Skiparse::Full => x,
             // token g*n + k -> sub-sequence k, position g
-            Skiparse::Single(_) => x
-                .reshape([b, padded / n, n, d])
-                .permute([2, 0, 1, 3])
-                .reshape([n * b, padded / n, d]),
+            Skiparse::Single(_) => {
+                x.reshape([b, padded / n, n, d]).permute([2, 0, 1, 3]).reshape([n * b, padded / n, d])
+            }
             // token a*n² + m*n + k -> sub-sequence m, position a*n + k
-            Skiparse::Group(_) => x
-                .reshape([b, padded / (n * n), n, n, d])
-                .permute([2, 0, 1, 3, 4])
-                .reshape([n * b, padded / n, d]),
+            Skiparse::Group(_) => {
+                x.reshape([b, padded / (n * n), n, n, d]).permute([2, 0, 1, 3, 4]).reshape([n * b, padded / n, d])
+            }
         }
     }
 
@@ -88,14 +86,10 @@ impl Skiparse {
         let (b, padded) = (nb / n, sub * n);
         let x = match self {
             Skiparse::Full => x,
-            Skiparse::Single(_) => x
-                .reshape([n, b, sub, d])
-                .permute([1, 2, 0, 3])
-                .reshape([b, padded, d]),
-            Skiparse::Group(_) => x
-                .reshape([n, b, padded / (n * n), n, d])
-                .permute([1, 2, 0, 3, 4])
-                .reshape([b, padded, d]),
+            Skiparse::Single(_) => x.reshape([n, b, sub, d]).permute([1, 2, 0, 3]).reshape([b, padded, d]),
+            Skiparse::Group(_) => {
+                x.reshape([n, b, padded / (n * n), n, d]).permute([1, 2, 0, 3, 4]).reshape([b, padded, d])
+            }
         };
         x.narrow(1, 0, len)
     }
@@ -132,12 +126,8 @@ impl OpenSoraAttnProcessor2_0 {
         let [b, len, inner] = q.dims();
         let d_head = inner / heads;
         // RoPE before the regrouping, on [b, n, heads, d_head]
-        let q = rope
-            .apply(q.reshape([b, len, heads, d_head]))
-            .reshape([b, len, inner]);
-        let k = rope
-            .apply(k.reshape([b, len, heads, d_head]))
-            .reshape([b, len, inner]);
+        let q = rope.apply(q.reshape([b, len, heads, d_head])).reshape([b, len, inner]);
+        let k = rope.apply(k.reshape([b, len, heads, d_head])).reshape([b, len, inner]);
         let s = self.skiparse;
         let (q, k, v) = (s.regroup(q, 0.0), s.regroup(k, 0.0), s.regroup(v, 0.0));
         let bias = s.regroup_bias(bias);
@@ -174,14 +164,8 @@ fn sdpa<B: Backend>(
     // [b, heads, n, d_head]
     let split = |x: Tensor<B, 3>, n: usize| x.reshape([b, n, heads, d_head]).swap_dims(1, 2);
     let bias = bias.expand([b, heads, n_q, n_k]);
-    let out = attention(
-        split(q, n_q),
-        split(k, n_k),
-        split(v, n_k),
-        None,
-        Some(bias),
-        AttentionModuleOptions::default(),
-    );
+    let out =
+        attention(split(q, n_q), split(k, n_k), split(v, n_k), None, Some(bias), AttentionModuleOptions::default());
     out.swap_dims(1, 2).reshape([b, n_q, inner])
 }
 
@@ -201,11 +185,7 @@ mod tests {
             Skiparse::Full => vec![(0..len).collect()],
             Skiparse::Single(_) => (0..n).map(|k| (k..padded).step_by(n).collect()).collect(),
             Skiparse::Group(_) => (0..n)
-                .map(|m| {
-                    (0..padded / (n * n))
-                        .flat_map(|a| (0..n).map(move |j| a * n * n + m * n + j))
-                        .collect()
-                })
+                .map(|m| (0..padded / (n * n)).flat_map(|a| (0..n).map(move |j| a * n * n + m * n + j)).collect())
                 .collect(),
         }
     }
@@ -217,29 +197,17 @@ mod tests {
             for kind in [Skiparse::Single(4), Skiparse::Group(4)] {
                 let b = 2;
                 // value = 1000 * batch + token + 1, zero padding
-                let values: Vec<f32> = (0..b)
-                    .flat_map(|bi| (0..len).map(move |i| (1000 * bi + i + 1) as f32))
-                    .collect();
-                let x = Tensor::<B, 3>::from_data(
-                    TensorData::new(values.clone(), [b, len, 1]),
-                    &device,
-                );
+                let values: Vec<f32> =
+                    (0..b).flat_map(|bi| (0..len).map(move |i| (1000 * bi + i + 1) as f32)).collect();
+                let x = Tensor::<B, 3>::from_data(TensorData::new(values.clone(), [b, len, 1]), &device);
                 let grouped = kind.regroup(x.clone(), 0.0);
                 let sub = kind.padded_len(len) / 4;
                 assert_eq!(grouped.dims(), [4 * b, sub, 1]);
-                let got = grouped
-                    .clone()
-                    .into_data()
-                    .to_vec::<f32>()
-                    .expect("f32 data");
+                let got = grouped.clone().into_data().to_vec::<f32>().expect("f32 data");
                 for (k, idx) in expected(kind, len).iter().enumerate() {
                     for bi in 0..b {
                         for (pos, &tok) in idx.iter().enumerate() {
-                            let want = if tok < len {
-                                (1000 * bi + tok + 1) as f32
-                            } else {
-                                0.0
-                            };
+                            let want = if tok < len { (1000 * bi + tok + 1) as f32 } else { 0.0 };
                             assert_eq!(
                                 got[(k * b + bi) * sub + pos],
                                 want,
@@ -248,11 +216,7 @@ mod tests {
                         }
                     }
                 }
-                let back = kind
-                    .ungroup(grouped, len)
-                    .into_data()
-                    .to_vec::<f32>()
-                    .expect("f32 data");
+                let back = kind.ungroup(grouped, len).into_data().to_vec::<f32>().expect("f32 data");
                 assert_eq!(back, values);
             }
         }

@@ -51,11 +51,7 @@ pub struct BlockInputs<B: Backend> {
 }
 
 /// LayerNorm over the last axis: biased variance, `eps` inside the square root (torch).
-pub(crate) fn layer_norm<B: Backend>(
-    x: Tensor<B, 3>,
-    affine: Option<&LayerNorm<B>>,
-    eps: f64,
-) -> Tensor<B, 3> {
+pub(crate) fn layer_norm<B: Backend>(x: Tensor<B, 3>, affine: Option<&LayerNorm<B>>, eps: f64) -> Tensor<B, 3> {
     match affine {
         Some(norm) => norm.forward(x),
         None => {
@@ -68,19 +64,10 @@ pub(crate) fn layer_norm<B: Backend>(
 }
 
 impl<B: Backend> BasicTransformerBlock<B> {
-    pub fn new(
-        config: &OpenSoraT2V_v1_3Config,
-        dims: &Dims,
-        skiparse: Skiparse,
-        device: &B::Device,
-    ) -> Self {
+    pub fn new(config: &OpenSoraT2V_v1_3Config, dims: &Dims, skiparse: Skiparse, device: &B::Device) -> Self {
         let dim = dims.hidden_size;
         let norm = || {
-            config.norm_elementwise_affine.then(|| {
-                LayerNormConfig::new(dim)
-                    .with_epsilon(config.norm_eps)
-                    .init(device)
-            })
+            config.norm_elementwise_affine.then(|| LayerNormConfig::new(dim).with_epsilon(config.norm_eps).init(device))
         };
         let attention = |kv_dim: usize, is_cross_attn: bool| {
             AttentionConfig {
@@ -91,10 +78,7 @@ impl<B: Backend> BasicTransformerBlock<B> {
                 dropout: config.dropout,
                 bias: config.attention_bias,
                 out_bias: true,
-                processor: OpenSoraAttnProcessor2_0 {
-                    skiparse,
-                    is_cross_attn,
-                },
+                processor: OpenSoraAttnProcessor2_0 { skiparse, is_cross_attn },
             }
             .init(device)
         };
@@ -105,11 +89,7 @@ impl<B: Backend> BasicTransformerBlock<B> {
             attn2: attention(dims.cross_attention_dim, true),
             ff: FeedForward::new(dim, config.dropout, &config.activation_fn, true, device),
             // torch.randn(6, dim) / dim**0.5
-            scale_shift_table: Initializer::Normal {
-                mean: 0.0,
-                std: 1.0 / (dim as f64).sqrt(),
-            }
-            .init([6, dim], device),
+            scale_shift_table: Initializer::Normal { mean: 0.0, std: 1.0 / (dim as f64).sqrt() }.init([6, dim], device),
             norm_eps: config.norm_eps,
         }
     }
@@ -117,20 +97,14 @@ impl<B: Backend> BasicTransformerBlock<B> {
     /// Tokens `[b, n, d]` -> `[b, n, d]`.
     pub fn forward(&self, hidden_states: Tensor<B, 3>, inputs: &BlockInputs<B>) -> Tensor<B, 3> {
         // [b, 6, d]
-        let modulation =
-            self.scale_shift_table.val().unsqueeze_dim::<3>(0) + inputs.timestep.clone();
+        let modulation = self.scale_shift_table.val().unsqueeze_dim::<3>(0) + inputs.timestep.clone();
         let row = |i: usize| modulation.clone().narrow(1, i, 1);
         let (shift_msa, scale_msa, gate_msa) = (row(0), row(1), row(2));
         let (shift_mlp, scale_mlp, gate_mlp) = (row(3), row(4), row(5));
 
-        let norm_hidden_states =
-            layer_norm(hidden_states.clone(), self.norm1.as_ref(), self.norm_eps);
+        let norm_hidden_states = layer_norm(hidden_states.clone(), self.norm1.as_ref(), self.norm_eps);
         let norm_hidden_states = norm_hidden_states * (scale_msa + 1.0) + shift_msa;
-        let attn_output = self.attn1.forward_self(
-            norm_hidden_states,
-            inputs.attention_bias.clone(),
-            &inputs.rope,
-        );
+        let attn_output = self.attn1.forward_self(norm_hidden_states, inputs.attention_bias.clone(), &inputs.rope);
         let hidden_states = hidden_states + gate_msa * attn_output;
 
         let attn_output = self.attn2.forward_cross(
@@ -140,8 +114,7 @@ impl<B: Backend> BasicTransformerBlock<B> {
         );
         let hidden_states = hidden_states + attn_output;
 
-        let norm_hidden_states =
-            layer_norm(hidden_states.clone(), self.norm2.as_ref(), self.norm_eps);
+        let norm_hidden_states = layer_norm(hidden_states.clone(), self.norm2.as_ref(), self.norm_eps);
         let norm_hidden_states = norm_hidden_states * (scale_mlp + 1.0) + shift_mlp;
         let ff_output = self.ff.forward(norm_hidden_states);
         hidden_states + gate_mlp * ff_output

@@ -21,17 +21,12 @@ impl<B: Backend> PixArtAlphaCombinedTimestepSizeEmbeddings<B> {
     pub fn new(embedding_dim: usize, device: &B::Device) -> Self {
         PixArtAlphaCombinedTimestepSizeEmbeddings {
             timestep_embedder: TimestepEmbedding::new(256, embedding_dim, device),
-            time_proj: Timesteps {
-                num_channels: 256,
-                flip_sin_to_cos: true,
-                downscale_freq_shift: 0.0,
-            },
+            time_proj: Timesteps { num_channels: 256, flip_sin_to_cos: true, downscale_freq_shift: 0.0 },
         }
     }
 
     /// `[b]` -> `[b, d]`.
     pub fn forward(&self, timestep: Tensor<B, 1>) -> Tensor<B, 2> {
-        self.timestep_embedder
-            .forward(self.time_proj.forward(timestep))
+        self.timestep_embedder.forward(self.time_proj.forward(timestep))
     }
 }

@@ -135,10 +135,7 @@ impl OpenSoraT2V_v1_3Config {
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            source: e,
-        })
+        serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })
     }
 
     /// The attention layout of layer `layer`. Upstream hard-codes the skiparse range for the
@@ -166,16 +163,11 @@ impl OpenSoraT2V_v1_3Config {
             match v {
                 Some(0) => Err(Error::Config(format!("`{key}` must be positive"))),
                 Some(v) => Ok(v),
-                None => Err(Error::Config(format!(
-                    "`{key}` must be set (the upstream default None cannot run)"
-                ))),
+                None => Err(Error::Config(format!("`{key}` must be set (the upstream default None cannot run)"))),
             }
         };
         if self.num_attention_heads == 0 || self.attention_head_dim == 0 || self.num_layers == 0 {
-            return bad(
-                "`num_attention_heads`, `attention_head_dim` and `num_layers` must be positive"
-                    .into(),
-            );
+            return bad("`num_attention_heads`, `attention_head_dim` and `num_layers` must be positive".into());
         }
         // RoPE3D splits each head into three equal [t | y | x] chunks rotated by halves.
         if !self.attention_head_dim.is_multiple_of(6) {
@@ -196,7 +188,9 @@ impl OpenSoraT2V_v1_3Config {
         if patch_size_t != 1 {
             // PatchEmbed2D never patches time, so upstream's token count and its frame count
             // (`(t-1)//patch_size_t+1`) disagree for any other value.
-            return bad(format!("`patch_size_t` = {patch_size_t} is not supported: upstream PatchEmbed2D only runs with 1"));
+            return bad(format!(
+                "`patch_size_t` = {patch_size_t} is not supported: upstream PatchEmbed2D only runs with 1"
+            ));
         }
         let caption_channels = required("caption_channels", self.caption_channels)?;
         // caption_projection outputs hidden_size features, which attn2.to_k/to_v consume.
@@ -208,10 +202,7 @@ impl OpenSoraT2V_v1_3Config {
             ));
         }
         if self.only_cross_attention {
-            return bad(
-                "`only_cross_attention` = true is not supported (the v1.3 release uses false)"
-                    .into(),
-            );
+            return bad("`only_cross_attention` = true is not supported (the v1.3 release uses false)".into());
         }
         if !matches!(self.activation_fn.as_str(), "gelu" | "gelu-approximate") {
             return bad(format!(
@@ -250,11 +241,7 @@ impl OpenSoraT2V_v1_3Config {
             patch_size,
             patch_size_t,
             caption_channels,
-            cross_attention_dim: if self.double_self_attention {
-                hidden_size
-            } else {
-                cross_attention_dim
-            },
+            cross_attention_dim: if self.double_self_attention { hidden_size } else { cross_attention_dim },
         })
     }
 
@@ -271,12 +258,9 @@ mod tests {
 
     #[test]
     fn release_json_equals_preset() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/reference/configs/opensora_t2v_v1_3_2b_config.json"
-        );
-        let config =
-            OpenSoraT2V_v1_3Config::from_json_file(path).expect("release config should parse");
+        let path =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/configs/opensora_t2v_v1_3_2b_config.json");
+        let config = OpenSoraT2V_v1_3Config::from_json_file(path).expect("release config should parse");
         assert_eq!(config, OpenSoraT2V_v1_3Config::v1_3_2b_122());
         let dims = config.validate().expect("release config should be valid");
         assert_eq!(dims.hidden_size, 2304);
@@ -294,10 +278,7 @@ mod tests {
         assert_eq!(kinds[29], Skiparse::Group(4));
         assert_eq!(kinds[30], Skiparse::Full);
         assert_eq!(kinds[31], Skiparse::Full);
-        let dense = OpenSoraT2V_v1_3Config {
-            sparse1d: false,
-            ..config
-        };
+        let dense = OpenSoraT2V_v1_3Config { sparse1d: false, ..config };
         assert!((0..32).all(|i| dense.attention_kind(i) == Skiparse::Full));
     }
 
@@ -305,34 +286,13 @@ mod tests {
     fn invalid_configs_are_typed_errors() {
         let base = OpenSoraT2V_v1_3Config::v1_3_2b_122();
         let cases = [
-            OpenSoraT2V_v1_3Config {
-                sparse_n: 2,
-                ..base.clone()
-            },
-            OpenSoraT2V_v1_3Config {
-                attention_head_dim: 95,
-                ..base.clone()
-            },
-            OpenSoraT2V_v1_3Config {
-                in_channels: None,
-                ..base.clone()
-            },
-            OpenSoraT2V_v1_3Config {
-                patch_size_t: Some(2),
-                ..base.clone()
-            },
-            OpenSoraT2V_v1_3Config {
-                cross_attention_dim: Some(4096),
-                ..base.clone()
-            },
-            OpenSoraT2V_v1_3Config {
-                activation_fn: "geglu".into(),
-                ..base.clone()
-            },
-            OpenSoraT2V_v1_3Config {
-                caption_channels: Some(0),
-                ..base.clone()
-            },
+            OpenSoraT2V_v1_3Config { sparse_n: 2, ..base.clone() },
+            OpenSoraT2V_v1_3Config { attention_head_dim: 95, ..base.clone() },
+            OpenSoraT2V_v1_3Config { in_channels: None, ..base.clone() },
+            OpenSoraT2V_v1_3Config { patch_size_t: Some(2), ..base.clone() },
+            OpenSoraT2V_v1_3Config { cross_attention_dim: Some(4096), ..base.clone() },
+            OpenSoraT2V_v1_3Config { activation_fn: "geglu".into(), ..base.clone() },
+            OpenSoraT2V_v1_3Config { caption_channels: Some(0), ..base.clone() },
         ];
         for c in cases {
             match c.validate() {

@@ -47,13 +47,7 @@ pub struct FeedForward<B: Backend> {
 
 impl<B: Backend> FeedForward<B> {
     /// `dim -> mult * dim -> dim` (mult 4, `final_dropout` false, as the v1.3 blocks build it).
-    pub fn new(
-        dim: usize,
-        dropout: f64,
-        activation_fn: &str,
-        bias: bool,
-        device: &B::Device,
-    ) -> Self {
+    pub fn new(dim: usize, dropout: f64, activation_fn: &str, bias: bool, device: &B::Device) -> Self {
         let inner = 4 * dim;
         FeedForward {
             net: vec![
@@ -62,9 +56,7 @@ impl<B: Backend> FeedForward<B> {
                     approximate_tanh: activation_fn == "gelu-approximate",
                 }),
                 FeedForwardLayer::Dropout(DropoutConfig::new(dropout).init()),
-                FeedForwardLayer::Linear(
-                    LinearConfig::new(inner, dim).with_bias(bias).init(device),
-                ),
+                FeedForwardLayer::Linear(LinearConfig::new(inner, dim).with_bias(bias).init(device)),
             ],
         }
     }

@@ -66,27 +66,15 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
     /// Builds the module tree (use [`OpenSoraT2V_v1_3Config::init`], which validates first).
     pub(crate) fn new(config: &OpenSoraT2V_v1_3Config, dims: Dims, device: &B::Device) -> Self {
         let d = dims.hidden_size;
-        let kinds: Vec<Skiparse> = (0..config.num_layers)
-            .map(|i| config.attention_kind(i))
-            .collect();
+        let kinds: Vec<Skiparse> = (0..config.num_layers).map(|i| config.attention_kind(i)).collect();
         OpenSoraT2V_v1_3 {
             caption_projection: PixArtAlphaTextProjection::new(dims.caption_channels, d, device),
             pos_embed: PatchEmbed2D::new(dims.patch_size, dims.in_channels, d, device),
-            transformer_blocks: kinds
-                .iter()
-                .map(|&k| BasicTransformerBlock::new(config, &dims, k, device))
-                .collect(),
+            transformer_blocks: kinds.iter().map(|&k| BasicTransformerBlock::new(config, &dims, k, device)).collect(),
             // torch.randn(2, d) / d**0.5
-            scale_shift_table: Initializer::Normal {
-                mean: 0.0,
-                std: 1.0 / (d as f64).sqrt(),
-            }
-            .init([2, d], device),
-            proj_out: LinearConfig::new(
-                d,
-                dims.patch_size_t * dims.patch_size * dims.patch_size * dims.out_channels,
-            )
-            .init(device),
+            scale_shift_table: Initializer::Normal { mean: 0.0, std: 1.0 / (d as f64).sqrt() }.init([2, d], device),
+            proj_out: LinearConfig::new(d, dims.patch_size_t * dims.patch_size * dims.patch_size * dims.out_channels)
+                .init(device),
             adaln_single: AdaLayerNormSingle::new(d, device),
             dims,
             kinds,
@@ -115,11 +103,7 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
     }
 
     /// Loads official diffusers weights strictly (see [`crate::checkpoint::load_module`]).
-    pub fn load_official(
-        &mut self,
-        checkpoint: &Checkpoint,
-        options: LoadOptions,
-    ) -> Result<LoadReport> {
+    pub fn load_official(&mut self, checkpoint: &Checkpoint, options: LoadOptions) -> Result<LoadReport> {
         load_module(self, checkpoint, &Default::default(), options)
     }
 
@@ -136,15 +120,8 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
         attention_mask: Option<Tensor<B, 4>>,
         encoder_attention_mask: Option<Tensor<B, 3>>,
     ) -> Result<Tensor<B, 5>> {
-        self.run(
-            hidden_states,
-            timestep,
-            encoder_hidden_states,
-            attention_mask,
-            encoder_attention_mask,
-            false,
-        )
-        .map(|t| t.sample)
+        self.run(hidden_states, timestep, encoder_hidden_states, attention_mask, encoder_attention_mask, false)
+            .map(|t| t.sample)
     }
 
     /// [`Self::forward`], also returning the intermediates.
@@ -156,14 +133,7 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
         attention_mask: Option<Tensor<B, 4>>,
         encoder_attention_mask: Option<Tensor<B, 3>>,
     ) -> Result<ForwardTrace<B>> {
-        self.run(
-            hidden_states,
-            timestep,
-            encoder_hidden_states,
-            attention_mask,
-            encoder_attention_mask,
-            true,
-        )
+        self.run(hidden_states, timestep, encoder_hidden_states, attention_mask, encoder_attention_mask, true)
     }
 
     fn check_inputs(
@@ -180,26 +150,17 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
         if b == 0 || t == 0 || c != dims.in_channels {
             return Err(Error::input(
                 "hidden_states",
-                format!(
-                    "must be [b >= 1, {}, t >= 1, h, w], found {:?}",
-                    dims.in_channels,
-                    hidden_states.dims()
-                ),
+                format!("must be [b >= 1, {}, t >= 1, h, w], found {:?}", dims.in_channels, hidden_states.dims()),
             ));
         }
         if h == 0 || w == 0 || h % p != 0 || w % p != 0 {
             return Err(Error::input(
                 "hidden_states",
-                format!(
-                    "height and width must be positive multiples of patch_size {p}, found {h}x{w}"
-                ),
+                format!("height and width must be positive multiples of patch_size {p}, found {h}x{w}"),
             ));
         }
         if timestep.dims() != [b] {
-            return Err(Error::input(
-                "timestep",
-                format!("must be [{b}], found {:?}", timestep.dims()),
-            ));
+            return Err(Error::input("timestep", format!("must be [{b}], found {:?}", timestep.dims())));
         }
         let [eb, one, l, dc] = encoder_hidden_states.dims();
         if eb != b || one != 1 || l == 0 || dc != dims.caption_channels {
@@ -236,10 +197,7 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
     fn video_bias(&self, mask: Tensor<B, 4>) -> Tensor<B, 2> {
         let [b, t, h, w] = mask.dims();
         let p = self.dims.patch_size;
-        let pooled = mask
-            .reshape([b, t, h / p, p, w / p, p])
-            .max_dim(5)
-            .max_dim(3);
+        let pooled = mask.reshape([b, t, h / p, p, w / p, p]).max_dim(5).max_dim(3);
         let keep = pooled.not_equal_elem(0.0).float();
         ((keep * -1.0) + 1.0).reshape([b, t * (h / p) * (w / p)]) * MASK_BIAS
     }
@@ -281,10 +239,7 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
         let (timestep, embedded_timestep) = self.adaln_single.forward(timestep);
         let caption_projection = self.caption_projection.forward(encoder_hidden_states);
 
-        let d_head = d / self
-            .transformer_blocks
-            .first()
-            .map_or(1, |blk| blk.attn1.heads);
+        let d_head = d / self.transformer_blocks.first().map_or(1, |blk| blk.attn1.heads);
         let inputs = BlockInputs {
             attention_bias,
             encoder_hidden_states: caption_projection.clone().reshape([b, l, d]),
@@ -303,38 +258,29 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
         }
 
         // shift, scale = (scale_shift_table[None] + embedded_timestep[:, None]).chunk(2, dim=1)
-        let modulation = self.scale_shift_table.val().unsqueeze_dim::<3>(0)
-            + embedded_timestep.clone().unsqueeze_dim(1);
+        let modulation =
+            self.scale_shift_table.val().unsqueeze_dim::<3>(0) + embedded_timestep.clone().unsqueeze_dim(1);
         let shift = modulation.clone().narrow(1, 0, 1);
         let scale = modulation.narrow(1, 1, 1);
         let x = layer_norm(x, None, NORM_OUT_EPS) * (scale + 1.0) + shift;
         let x = self.proj_out.forward(x);
         let sample = self.unpatchify(x, frame, height, width);
-        Ok(ForwardTrace {
-            sample,
-            pos_embed,
-            timestep,
-            embedded_timestep,
-            caption_projection,
-            blocks,
-        })
+        Ok(ForwardTrace { sample, pos_embed, timestep, embedded_timestep, caption_projection, blocks })
     }
 
     /// `[b, n, pt * p * p * c]` -> `[b, c, t * pt, h * p, w * p]` (einsum `nthwopqc->nctohpwq`).
     /// `pt` is 1 (validated), which keeps every intermediate within rank 6 (the ndarray limit):
     /// `[b, (t h), w, p, q, c]` -> `[b, c, (t h), p, w, q]`.
-    fn unpatchify(
-        &self,
-        x: Tensor<B, 3>,
-        frame: usize,
-        height: usize,
-        width: usize,
-    ) -> Tensor<B, 5> {
+    fn unpatchify(&self, x: Tensor<B, 3>, frame: usize, height: usize, width: usize) -> Tensor<B, 5> {
         let [b, _, _] = x.dims();
         let (p, c) = (self.dims.patch_size, self.dims.out_channels);
-        x.reshape([b, frame * height, width, p, p, c])
-            .permute([0, 5, 1, 3, 2, 4])
-            .reshape([b, c, frame, height * p, width * p])
+        x.reshape([b, frame * height, width, p, p, c]).permute([0, 5, 1, 3, 2, 4]).reshape([
+            b,
+            c,
+            frame,
+            height * p,
+            width * p,
+        ])
     }
 }
 
@@ -356,21 +302,15 @@ mod tests {
     }
 
     fn fixture_io() -> BTreeMap<String, TensorData> {
-        crate::io::read_tensors_as_f32(fixture_dir().join("io.safetensors"))
-            .expect("fixture io should read")
+        crate::io::read_tensors_as_f32(fixture_dir().join("io.safetensors")).expect("fixture io should read")
     }
 
     fn tiny_model() -> OpenSoraT2V_v1_3<B> {
         let dir = fixture_dir();
-        let config =
-            OpenSoraT2V_v1_3Config::from_json_file(dir.join("config.json")).expect("tiny config");
-        let mut model = config
-            .init::<B>(&Default::default())
-            .expect("tiny config should be valid");
+        let config = OpenSoraT2V_v1_3Config::from_json_file(dir.join("config.json")).expect("tiny config");
+        let mut model = config.init::<B>(&Default::default()).expect("tiny config should be valid");
         let ckpt = Checkpoint::open(dir.join("weights.safetensors")).expect("tiny weights");
-        let report = model
-            .load_official(&ckpt, LoadOptions::default())
-            .expect("strict load should pass");
+        let report = model.load_official(&ckpt, LoadOptions::default()).expect("strict load should pass");
         assert_eq!(report.applied.len(), 99);
         model
     }
@@ -380,11 +320,7 @@ mod tests {
     }
 
     fn assert_close<const D: usize>(name: &str, actual: Tensor<B, D>, expected: &TensorData) {
-        assert_eq!(
-            actual.dims().to_vec(),
-            expected.shape.to_vec(),
-            "{name}: shape"
-        );
+        assert_eq!(actual.dims().to_vec(), expected.shape.to_vec(), "{name}: shape");
         let a = actual.into_data().to_vec::<f32>().expect("f32 data");
         let e = expected.to_vec::<f32>().expect("f32 data");
         let c = Approx::Approximate.compare(&a, &e);
@@ -406,21 +342,9 @@ mod tests {
             )
             .expect("forward");
         assert_close("inter.pos_embed", trace.pos_embed, &io["inter.pos_embed"]);
-        assert_close(
-            "inter.adaln_single.0",
-            trace.timestep,
-            &io["inter.adaln_single.0"],
-        );
-        assert_close(
-            "inter.adaln_single.1",
-            trace.embedded_timestep,
-            &io["inter.adaln_single.1"],
-        );
-        assert_close(
-            "inter.caption_projection",
-            trace.caption_projection,
-            &io["inter.caption_projection"],
-        );
+        assert_close("inter.adaln_single.0", trace.timestep, &io["inter.adaln_single.0"]);
+        assert_close("inter.adaln_single.1", trace.embedded_timestep, &io["inter.adaln_single.1"]);
+        assert_close("inter.caption_projection", trace.caption_projection, &io["inter.caption_projection"]);
         assert_eq!(trace.blocks.len(), 4);
         for (i, block) in trace.blocks.into_iter().enumerate() {
             // the fixture stores (S, B, D)
@@ -446,11 +370,7 @@ mod tests {
                 Some(tensor(&io, "input.encoder_attention_mask")),
             )
             .expect("forward");
-        assert_close(
-            "output.sample_padded_mask",
-            sample,
-            &io["output.sample_padded_mask"],
-        );
+        assert_close("output.sample_padded_mask", sample, &io["output.sample_padded_mask"]);
     }
 
     #[test]
@@ -471,16 +391,9 @@ mod tests {
                 .expect("forward")
         };
         let with_ones = run(Some(Tensor::ones([b, t, h, w], &Default::default())));
-        assert_close(
-            "output.sample_image",
-            with_ones.clone(),
-            &io["output.sample_image"],
-        );
+        assert_close("output.sample_image", with_ones.clone(), &io["output.sample_image"]);
         let without = run(None).into_data().to_vec::<f32>().expect("f32 data");
-        let c = Approx::Exact.compare(
-            &without,
-            &with_ones.into_data().to_vec::<f32>().expect("f32 data"),
-        );
+        let c = Approx::Exact.compare(&without, &with_ones.into_data().to_vec::<f32>().expect("f32 data"));
         assert!(c.ok(), "no mask vs ones: {c}");
     }
 
@@ -506,11 +419,7 @@ mod tests {
         let uncond = out.clone().narrow(0, 0, 1);
         let cond = out.narrow(0, 1, 1);
         let guided = uncond.clone() + (cond - uncond) * 7.5;
-        assert_close(
-            "output.cfg_guided_7p5_sample0",
-            guided,
-            &io["output.cfg_guided_7p5_sample0"],
-        );
+        assert_close("output.cfg_guided_7p5_sample0", guided, &io["output.cfg_guided_7p5_sample0"]);
     }
 
     #[test]
@@ -530,28 +439,17 @@ mod tests {
             layer: usize,
             skiparse: String,
         }
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/reference/manifests/opensora_t2v_v1_3_2b.json");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/manifests/opensora_t2v_v1_3_2b.json");
         let text = std::fs::read_to_string(&path).expect("manifest should read");
         let manifest: Manifest = serde_json::from_str(&text).expect("manifest should parse");
         // Parameters are lazy: nothing of the 2.7B parameters is allocated here.
-        let model = OpenSoraT2V_v1_3Config::v1_3_2b_122()
-            .init::<B>(&Default::default())
-            .expect("release config");
+        let model = OpenSoraT2V_v1_3Config::v1_3_2b_122().init::<B>(&Default::default()).expect("release config");
         let ours: BTreeMap<String, Vec<usize>> = model.official_tensors().into_iter().collect();
-        let theirs: BTreeMap<String, Vec<usize>> = manifest
-            .tensors
-            .into_iter()
-            .map(|e| (e.name, e.shape))
-            .collect();
+        let theirs: BTreeMap<String, Vec<usize>> = manifest.tensors.into_iter().map(|e| (e.name, e.shape)).collect();
         assert_eq!(theirs.len(), 687);
         assert_eq!(ours, theirs);
-        assert_eq!(
-            ours.values()
-                .map(|s| s.iter().product::<usize>())
-                .sum::<usize>(),
-            2_771_981_600
-        );
+        assert_eq!(ours.values().map(|s| s.iter().product::<usize>()).sum::<usize>(), 2_771_981_600);
         for kind in manifest.layer_attention_kinds {
             let want = match kind.skiparse.as_str() {
                 "full" => Skiparse::Full,
@@ -559,12 +457,7 @@ mod tests {
                 "group" => Skiparse::Group(4),
                 other => panic!("unknown kind {other}"),
             };
-            assert_eq!(
-                model.attention_kinds()[kind.layer],
-                want,
-                "layer {}",
-                kind.layer
-            );
+            assert_eq!(model.attention_kinds()[kind.layer], want, "layer {}", kind.layer);
         }
     }
 
@@ -574,31 +467,23 @@ mod tests {
         let config = OpenSoraT2V_v1_3Config {
             num_layers: 3,
             norm_elementwise_affine: true,
-            ..OpenSoraT2V_v1_3Config::from_json_file(fixture_dir().join("config.json"))
-                .expect("tiny config")
+            ..OpenSoraT2V_v1_3Config::from_json_file(fixture_dir().join("config.json")).expect("tiny config")
         };
         let model = config.init::<B>(&Default::default()).expect("config");
         let lazy = model.official_tensors();
         let collected: Vec<(String, Vec<usize>)> = model
-            .collect(
-                None,
-                Some(crate::remap::burn_to_official()),
-                crate::remap::SKIP_ENUM_VARIANTS,
-            )
+            .collect(None, Some(crate::remap::burn_to_official()), crate::remap::SKIP_ENUM_VARIANTS)
             .into_iter()
             .map(|s| (s.full_path(), s.shape.to_vec()))
             .collect();
         assert_eq!(lazy, collected);
-        assert!(lazy
-            .iter()
-            .any(|(n, _)| n == "transformer_blocks.2.norm2.weight"));
+        assert!(lazy.iter().any(|(n, _)| n == "transformer_blocks.2.norm2.weight"));
     }
 
     #[test]
     fn strict_loading_reports_missing_unexpected_and_wrong_shape() {
         let dir = fixture_dir();
-        let config =
-            OpenSoraT2V_v1_3Config::from_json_file(dir.join("config.json")).expect("tiny config");
+        let config = OpenSoraT2V_v1_3Config::from_json_file(dir.join("config.json")).expect("tiny config");
         let fresh = || config.init::<B>(&Default::default()).expect("config");
         let ckpt = || Checkpoint::open(dir.join("weights.safetensors")).expect("tiny weights");
 
@@ -612,10 +497,7 @@ mod tests {
         }
 
         let mut unexpected = ckpt();
-        let extra = unexpected
-            .get("scale_shift_table")
-            .expect("present")
-            .clone();
+        let extra = unexpected.get("scale_shift_table").expect("present").clone();
         unexpected.insert("norm_out.weight", extra);
         match fresh().load_official(&unexpected, LoadOptions::default()) {
             Err(Error::UnexpectedTensor { path }) => assert_eq!(path, "norm_out.weight"),
@@ -623,35 +505,18 @@ mod tests {
         }
 
         let mut wrong = ckpt();
-        let other = wrong
-            .get("transformer_blocks.0.scale_shift_table")
-            .expect("present")
-            .clone();
+        let other = wrong.get("transformer_blocks.0.scale_shift_table").expect("present").clone();
         wrong.insert("scale_shift_table", other);
         match fresh().load_official(&wrong, LoadOptions::default()) {
-            Err(Error::ShapeMismatch {
-                path,
-                expected,
-                found,
-            }) => {
+            Err(Error::ShapeMismatch { path, expected, found }) => {
                 assert_eq!(path, "scale_shift_table");
                 assert_eq!((expected, found), (vec![2, 48], vec![6, 48]));
             }
             other => panic!("expected ShapeMismatch, got {other:?}"),
         }
 
-        let partial = fresh()
-            .load_official(
-                &missing,
-                LoadOptions {
-                    allow_partial: true,
-                },
-            )
-            .expect("partial load");
-        assert_eq!(
-            partial.missing,
-            vec!["transformer_blocks.3.ff.net.2.bias".to_string()]
-        );
+        let partial = fresh().load_official(&missing, LoadOptions { allow_partial: true }).expect("partial load");
+        assert_eq!(partial.missing, vec!["transformer_blocks.3.ff.net.2.bias".to_string()]);
     }
 
     #[test]
@@ -666,10 +531,8 @@ mod tests {
         let mut weight_map = BTreeMap::new();
         for (i, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
             let file = format!("diffusion_pytorch_model-{:05}-of-00002.safetensors", i + 1);
-            let views: Vec<(String, safetensors::tensor::TensorView)> = part
-                .iter()
-                .map(|n| (n.clone(), st.tensor(n).expect("tensor")))
-                .collect();
+            let views: Vec<(String, safetensors::tensor::TensorView)> =
+                part.iter().map(|n| (n.clone(), st.tensor(n).expect("tensor"))).collect();
             safetensors::serialize_to_file(views, None, &tmp.join(&file)).expect("write shard");
             for n in part {
                 weight_map.insert(n.clone(), file.clone());
@@ -679,15 +542,10 @@ mod tests {
         let json = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map });
         std::fs::write(&index, json.to_string()).expect("write index");
 
-        let config =
-            OpenSoraT2V_v1_3Config::from_json_file(dir.join("config.json")).expect("tiny config");
+        let config = OpenSoraT2V_v1_3Config::from_json_file(dir.join("config.json")).expect("tiny config");
         let mut model = config.init::<B>(&Default::default()).expect("config");
-        let report = model
-            .load_official(
-                &Checkpoint::open(&index).expect("sharded"),
-                LoadOptions::default(),
-            )
-            .expect("load");
+        let report =
+            model.load_official(&Checkpoint::open(&index).expect("sharded"), LoadOptions::default()).expect("load");
         assert_eq!(report.applied.len(), 99);
         let io = fixture_io();
         let sample = model
@@ -705,34 +563,16 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_typed_errors() {
-        let config = OpenSoraT2V_v1_3Config::from_json_file(fixture_dir().join("config.json"))
-            .expect("tiny config");
+        let config = OpenSoraT2V_v1_3Config::from_json_file(fixture_dir().join("config.json")).expect("tiny config");
         let model = config.init::<B>(&Default::default()).expect("config");
         let device = Default::default();
         let t = Tensor::<B, 1>::zeros([1], &device);
         let enc = Tensor::<B, 4>::zeros([1, 1, 4, 32], &device);
-        let err = model.forward(
-            Tensor::zeros([1, 8, 1, 9, 8], &device),
-            t.clone(),
-            enc.clone(),
-            None,
-            None,
-        );
-        assert!(
-            matches!(err, Err(Error::InvalidInput { ref name, .. }) if name == "hidden_states"),
-            "{err:?}"
-        );
-        let err = model.forward(
-            Tensor::zeros([1, 8, 1, 8, 8], &device),
-            t.clone(),
-            enc.clone().narrow(3, 0, 16),
-            None,
-            None,
-        );
-        assert!(
-            matches!(err, Err(Error::InvalidInput { ref name, .. }) if name == "encoder_hidden_states"),
-            "{err:?}"
-        );
+        let err = model.forward(Tensor::zeros([1, 8, 1, 9, 8], &device), t.clone(), enc.clone(), None, None);
+        assert!(matches!(err, Err(Error::InvalidInput { ref name, .. }) if name == "hidden_states"), "{err:?}");
+        let err =
+            model.forward(Tensor::zeros([1, 8, 1, 8, 8], &device), t.clone(), enc.clone().narrow(3, 0, 16), None, None);
+        assert!(matches!(err, Err(Error::InvalidInput { ref name, .. }) if name == "encoder_hidden_states"), "{err:?}");
         let err = model.forward(
             Tensor::zeros([1, 8, 1, 8, 8], &device),
             t,
@@ -740,9 +580,6 @@ mod tests {
             Some(Tensor::ones([1, 2, 8, 8], &device)),
             None,
         );
-        assert!(
-            matches!(err, Err(Error::InvalidInput { ref name, .. }) if name == "attention_mask"),
-            "{err:?}"
-        );
+        assert!(matches!(err, Err(Error::InvalidInput { ref name, .. }) if name == "attention_mask"), "{err:?}");
     }
 }

@@ -22,19 +22,10 @@ struct LazyShapes {
 }
 
 impl LazyShapes {
-    fn push(
-        &mut self,
-        id: burn::module::ParamId,
-        shape: burn::tensor::Shape,
-        dtype: burn::tensor::DType,
-    ) {
-        let data_fn = Rc::new(
-            || -> Result<burn::tensor::TensorData, TensorSnapshotError> {
-                Err(TensorSnapshotError::DataError(
-                    "shape-only snapshot holds no data".into(),
-                ))
-            },
-        );
+    fn push(&mut self, id: burn::module::ParamId, shape: burn::tensor::Shape, dtype: burn::tensor::DType) {
+        let data_fn = Rc::new(|| -> Result<burn::tensor::TensorData, TensorSnapshotError> {
+            Err(TensorSnapshotError::DataError("shape-only snapshot holds no data".into()))
+        });
         self.snapshots.push(TensorSnapshot::from_closure(
             data_fn,
             dtype,
@@ -77,11 +68,7 @@ impl<B: Backend> ModuleVisitor<B> for LazyShapes {
 /// Every tensor of `module` as `(official name, shape)`, in module order, without
 /// initialising any parameter.
 pub fn official_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
-    let mut visitor = LazyShapes {
-        snapshots: Vec::new(),
-        path_stack: Vec::new(),
-        container_stack: Vec::new(),
-    };
+    let mut visitor = LazyShapes { snapshots: Vec::new(), path_stack: Vec::new(), container_stack: Vec::new() };
     module.visit(&mut visitor);
     let adapter = remap::burn_to_official();
     visitor

@@ -15,12 +15,7 @@ pub struct PatchEmbed2D<B: Backend> {
 }
 
 impl<B: Backend> PatchEmbed2D<B> {
-    pub fn new(
-        patch_size: usize,
-        in_channels: usize,
-        embed_dim: usize,
-        device: &B::Device,
-    ) -> Self {
+    pub fn new(patch_size: usize, in_channels: usize, embed_dim: usize, device: &B::Device) -> Self {
         let proj = Conv2dConfig::new([in_channels, embed_dim], [patch_size, patch_size])
             .with_stride([patch_size, patch_size])
             .with_bias(true)
@@ -36,8 +31,6 @@ impl<B: Backend> PatchEmbed2D<B> {
         let y = self.proj.forward(frames);
         let [_, d, hp, wp] = y.dims();
         // [b, t, h', w', d] -> [b, n, d]
-        y.reshape([b, t, d, hp, wp])
-            .permute([0, 1, 3, 4, 2])
-            .reshape([b, t * hp * wp, d])
+        y.reshape([b, t, d, hp, wp]).permute([0, 1, 3, 4, 2]).reshape([b, t * hp * wp, d])
     }
 }

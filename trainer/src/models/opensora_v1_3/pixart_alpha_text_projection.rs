@@ -27,7 +27,6 @@ impl<B: Backend> PixArtAlphaTextProjection<B> {
 
     /// `[.., in]` -> `[.., d]`.
     pub fn forward<const D: usize>(&self, caption: Tensor<B, D>) -> Tensor<B, D> {
-        self.linear_2
-            .forward(gelu_approximate(self.linear_1.forward(caption)))
+        self.linear_2.forward(gelu_approximate(self.linear_1.forward(caption)))
     }
 }

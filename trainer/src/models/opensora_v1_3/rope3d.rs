@@ -28,18 +28,12 @@ pub struct RopeTables<B: Backend> {
 
 impl RoPE3D {
     pub fn new(interpolation_scale_thw: [f32; 3]) -> Self {
-        RoPE3D {
-            base: 10000.0,
-            interpolation_scale_thw,
-        }
+        RoPE3D { base: 10000.0, interpolation_scale_thw }
     }
 
     /// `cos`, `sin` of one axis: `[seq_len, dim]` as `get_cos_sin` (row-major `Vec`s).
     fn axis_table(&self, dim: usize, seq_len: usize, scale: f32) -> (Vec<f32>, Vec<f32>) {
-        let inv_freq: Vec<f32> = (0..dim)
-            .step_by(2)
-            .map(|j| 1.0 / self.base.powf(j as f32 / dim as f32))
-            .collect();
+        let inv_freq: Vec<f32> = (0..dim).step_by(2).map(|j| 1.0 / self.base.powf(j as f32 / dim as f32)).collect();
         let mut cos = Vec::with_capacity(seq_len * dim);
         let mut sin = Vec::with_capacity(seq_len * dim);
         for p in 0..seq_len {
@@ -57,21 +51,10 @@ impl RoPE3D {
     }
 
     /// Tables for a `t x h x w` token grid and heads of `d_head` (a multiple of 6).
-    pub fn tables<B: Backend>(
-        &self,
-        d_head: usize,
-        t: usize,
-        h: usize,
-        w: usize,
-        device: &B::Device,
-    ) -> RopeTables<B> {
+    pub fn tables<B: Backend>(&self, d_head: usize, t: usize, h: usize, w: usize, device: &B::Device) -> RopeTables<B> {
         let dim = d_head / 3;
         let [st, sh, sw] = self.interpolation_scale_thw;
-        let axes = [
-            self.axis_table(dim, t, st),
-            self.axis_table(dim, h, sh),
-            self.axis_table(dim, w, sw),
-        ];
+        let axes = [self.axis_table(dim, t, st), self.axis_table(dim, h, sh), self.axis_table(dim, w, sw)];
         let n = t * h * w;
         let mut cos = Vec::with_capacity(n * d_head);
         let mut sin = Vec::with_capacity(n * d_head);
@@ -121,13 +104,8 @@ mod tests {
         let device = Default::default();
         let rope = RoPE3D::new([1.0, 1.0, 1.0]);
         let tables = rope.tables::<B>(6, 2, 1, 3, &device);
-        let x =
-            Tensor::<B, 4>::from_data(TensorData::new(vec![1.0f32; 6 * 6], [1, 6, 1, 6]), &device);
-        let y = tables
-            .apply(x)
-            .into_data()
-            .to_vec::<f32>()
-            .expect("f32 data");
+        let x = Tensor::<B, 4>::from_data(TensorData::new(vec![1.0f32; 6 * 6], [1, 6, 1, 6]), &device);
+        let y = tables.apply(x).into_data().to_vec::<f32>().expect("f32 data");
         let token = 3 + 2; // t=1 -> 3 tokens in, x=2
         let row = &y[token * 6..token * 6 + 6];
         // (1, 1) rotated by angle a: (cos a - sin a, cos a + sin a)

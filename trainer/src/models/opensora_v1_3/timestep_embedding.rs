@@ -24,18 +24,13 @@ impl Timesteps {
     pub fn forward<B: Backend>(&self, timesteps: Tensor<B, 1>) -> Tensor<B, 2> {
         let half = self.num_channels / 2;
         let ln_period = 10000f64.ln() as f32;
-        let freqs: Vec<f32> = (0..half)
-            .map(|i| (-ln_period * i as f32 / (half as f32 - self.downscale_freq_shift)).exp())
-            .collect();
+        let freqs: Vec<f32> =
+            (0..half).map(|i| (-ln_period * i as f32 / (half as f32 - self.downscale_freq_shift)).exp()).collect();
         let freqs = Tensor::<B, 1>::from_data(TensorData::new(freqs, [half]), &timesteps.device());
         // [b, half]
         let angles = timesteps.unsqueeze_dim::<2>(1) * freqs.unsqueeze_dim::<2>(0);
         let (sin, cos) = (angles.clone().sin(), angles.cos());
-        let emb = if self.flip_sin_to_cos {
-            Tensor::cat(vec![cos, sin], 1)
-        } else {
-            Tensor::cat(vec![sin, cos], 1)
-        };
+        let emb = if self.flip_sin_to_cos { Tensor::cat(vec![cos, sin], 1) } else { Tensor::cat(vec![sin, cos], 1) };
         if self.num_channels % 2 == 1 {
             let [b, _] = emb.dims();
             let zero = Tensor::zeros([b, 1], &emb.device());
