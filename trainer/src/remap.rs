@@ -10,11 +10,18 @@
 //! | `<ln>.bias` of a `torch.nn.LayerNorm`     | `<ln>.beta`                            | idem (also GroupNorm, BatchNorm)      |
 //! | `<lin>.weight` `[out, in]` of `nn.Linear` | `<lin>.weight` `[in, out]` (transposed)| `burn::nn::Linear` stores `[in, out]` |
 //! | `module.<key>` (DDP/EMA training dicts)   | `<key>`                                | every `module.` is removed, as upstream `init_from_ckpt` does |
+//! | mT5 `encoder.embed_tokens.weight`         | `shared.weight`                        | tied to `shared.weight` upstream (`_tied_weights_keys`); held once |
+//! | mT5 `decoder.*`, `lm_head.weight`         | (none: dropped)                        | the decoder half of a full mT5 release; `MT5EncoderModel` ignores it |
 //!
 //! The first three rows are applied by burn-store's [`PyTorchToBurnAdapter`] (loading) and
 //! [`BurnToPyTorchAdapter`] (naming the model's tensors with official keys), both keyed on the
 //! Burn module type, so no regex table is needed. WFVAE uses only the LayerNorm rows
 //! (`...norm1.norm.weight` -> `...norm1.norm.gamma`).
+//!
+//! The mT5 tie is strict (`MT5EncoderModel::load_official`): with only one of the two keys that
+//! tensor is `shared.weight`; with both they must be byte-identical (shape, dtype, values), else
+//! loading fails naming `encoder.embed_tokens.weight`. mT5's `T5LayerNorm` is a custom module
+//! whose parameter keeps the name `weight` (no gamma rename).
 
 use burn::store::{BurnToPyTorchAdapter, ModuleAdapter, PyTorchToBurnAdapter};
 
@@ -43,13 +50,7 @@ mod tests {
 
     #[test]
     fn strips_every_module_component() {
-        assert_eq!(
-            strip_module_prefix("module.encoder.module.conv.weight"),
-            "encoder.conv.weight"
-        );
-        assert_eq!(
-            strip_module_prefix("encoder.conv.weight"),
-            "encoder.conv.weight"
-        );
+        assert_eq!(strip_module_prefix("module.encoder.module.conv.weight"), "encoder.conv.weight");
+        assert_eq!(strip_module_prefix("encoder.conv.weight"), "encoder.conv.weight");
     }
 }

@@ -43,18 +43,12 @@ impl Checkpoint {
     /// (PyTorch pickle, state dict chosen by [`PytorchSelection::Auto`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.ends_with(".safetensors.index.json") {
             safetensors::read_sharded(path)
         } else if name.ends_with(".safetensors") {
             safetensors::read_single(path)
-        } else if [".ckpt", ".pt", ".pth", ".bin"]
-            .iter()
-            .any(|e| name.ends_with(e))
-        {
+        } else if [".ckpt", ".pt", ".pth", ".bin"].iter().any(|e| name.ends_with(e)) {
             pytorch::read(path, &PytorchSelection::Auto)
         } else {
             Err(Error::checkpoint(
@@ -70,17 +64,9 @@ impl Checkpoint {
     }
 
     /// Builds a checkpoint from snapshots already named with official keys.
-    pub fn from_snapshots(
-        path: impl Into<PathBuf>,
-        source: impl Into<String>,
-        snapshots: Vec<TensorSnapshot>,
-    ) -> Self {
+    pub fn from_snapshots(path: impl Into<PathBuf>, source: impl Into<String>, snapshots: Vec<TensorSnapshot>) -> Self {
         let tensors = snapshots.into_iter().map(|s| (s.full_path(), s)).collect();
-        Checkpoint {
-            path: path.into(),
-            source: source.into(),
-            tensors,
-        }
+        Checkpoint { path: path.into(), source: source.into(), tensors }
     }
 
     /// The official names, sorted.
@@ -106,6 +92,11 @@ impl Checkpoint {
     /// Removes and returns the tensor stored under `name`.
     pub fn remove(&mut self, name: &str) -> Option<TensorSnapshot> {
         self.tensors.remove(name)
+    }
+
+    /// Every tensor with its official name, sorted by name.
+    pub(crate) fn snapshots(&self) -> impl Iterator<Item = (&String, &TensorSnapshot)> {
+        self.tensors.iter()
     }
 
     /// Inserts (or replaces) a tensor under its official name.

@@ -20,6 +20,11 @@ pub enum ForwardModel {
     WfvaeEncode,
     /// WFVAE decoder: input `z` [b,latent,t,h,w] -> `sample` [b,3,4t-3,8h,8w].
     WfvaeDecode,
+    /// OpenSoraT2V v1.3 DiT: `hidden_states`, `timestep`, `encoder_hidden_states` (+ optional
+    /// `attention_mask`, `encoder_attention_mask`) -> `sample`.
+    Dit,
+    /// mT5 encoder: `input_ids` (+ optional `attention_mask`) -> `last_hidden_state`.
+    Mt5,
 }
 
 #[derive(Debug, Args)]
@@ -66,18 +71,25 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
 }
 
 fn run_on<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Result<()> {
+    let options = LoadOptions { allow_partial: args.allow_partial };
+    match args.model {
+        ForwardModel::WfvaeEncode | ForwardModel::WfvaeDecode => run_wfvae::<B>(args, device),
+        ForwardModel::Dit => {
+            super::forward_dit::run_on::<B>(&args.config, &args.weights, &args.inputs, &args.out, options, device)
+        }
+        ForwardModel::Mt5 => {
+            super::forward_mt5::run_on::<B>(&args.config, &args.weights, &args.inputs, &args.out, options, device)
+        }
+    }
+}
+
+fn run_wfvae<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Result<()> {
     let config = WFVAEModelConfig::from_json_file(&args.config)?;
-    let mut model = config
-        .init::<B>(device)
-        .with_context(|| format!("building the model of {}", args.config.display()))?;
+    let mut model =
+        config.init::<B>(device).with_context(|| format!("building the model of {}", args.config.display()))?;
     let checkpoint = Checkpoint::open(&args.weights)?;
     let report = model
-        .load_official(
-            &checkpoint,
-            LoadOptions {
-                allow_partial: args.allow_partial,
-            },
-        )
+        .load_official(&checkpoint, LoadOptions { allow_partial: args.allow_partial })
         .with_context(|| format!("loading {}", args.weights.display()))?;
     if args.allow_partial {
         eprint!("{report}");
@@ -86,31 +98,20 @@ fn run_on<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Result<
     let outputs = match args.model {
         ForwardModel::WfvaeEncode => {
             let x = take_tensor::<B, 5>(&inputs, "x", device)?;
-            let posterior = if args.chunked {
-                model.encode_chunked(x, args.t_chunk_enc)?
-            } else {
-                model.encode(x)?
-            };
-            vec![
-                ("mean".to_string(), posterior.mean.into_data()),
-                ("logvar".to_string(), posterior.logvar.into_data()),
-            ]
+            let posterior = if args.chunked { model.encode_chunked(x, args.t_chunk_enc)? } else { model.encode(x)? };
+            vec![("mean".to_string(), posterior.mean.into_data()), ("logvar".to_string(), posterior.logvar.into_data())]
         }
         ForwardModel::WfvaeDecode => {
             let z = take_tensor::<B, 5>(&inputs, "z", device)?;
-            let sample = if args.chunked {
-                model.decode_chunked(z, args.t_chunk_dec)?
-            } else {
-                model.decode(z)?
-            };
+            let sample = if args.chunked { model.decode_chunked(z, args.t_chunk_dec)? } else { model.decode(z)? };
             vec![("sample".to_string(), sample.into_data())]
         }
+        ForwardModel::Dit | ForwardModel::Mt5 => unreachable!("dispatched in run_on"),
     };
     if outputs.is_empty() {
         bail!("no outputs produced");
     }
-    write_tensors(&args.out, &outputs)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    write_tensors(&args.out, &outputs).with_context(|| format!("writing {}", args.out.display()))?;
     tracing::info!(out = %args.out.display(), "wrote outputs");
     Ok(())
 }

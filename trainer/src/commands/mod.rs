@@ -1,6 +1,8 @@
 //! Subcommands of `osp-train`.
 
 mod forward;
+mod forward_dit;
+mod forward_mt5;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
