@@ -1,6 +1,7 @@
 //! `osp-export`: writes ONNX bundles for osp models.
 //!
 //! `osp-export transformer-block --config block.json --seed 0 --out /tmp/block.bundle`
+//! `osp-export dit --config config.json --weights diffusion_pytorch_model.safetensors.index.json --out dit.bundle`
 
 mod commands;
 

@@ -1,4 +1,5 @@
 //! One lowering file per model.
 
 pub mod big_linear;
+pub mod opensora_v1_3;
 pub mod transformer_block;
