@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 /// The model a bundle holds, with its full config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "config", rename_all = "snake_case")]
+// One value per manifest: the size of the largest config does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum ModelSpec {
     /// One pre-norm transformer block (self-attention + GELU MLP), the smallest model that exercises
     /// every piece of the export -> bundle -> runtime chain.
