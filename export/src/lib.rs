@@ -7,7 +7,8 @@
 //! - [`bundle::BundleWriter`]: writes a bundle directory (graphs, external data, `manifest.json`) atomically.
 //! - [`models`]: one lowering file per model.
 //!
-//! Example: `osp-export transformer-block --config block.json --seed 0 --out /tmp/block.bundle`.
+//! Example: `osp-export transformer-block --config block.json --seed 0 --out /tmp/block.bundle`,
+//! `osp-export dit --config config.json --weights diffusion_pytorch_model.safetensors.index.json --out dit.bundle`.
 
 pub mod builder;
 pub mod bundle;
@@ -28,6 +29,7 @@ pub use bundle::BundleWriter;
 pub use error::{Error, Result};
 pub use graph::OnnxGraph;
 pub use models::big_linear::export_big_linear;
+pub use models::opensora_v1_3::{export_opensora_t2v, DitWeights};
 pub use models::transformer_block::{export_transformer_block, ExportOptions, TransformerBlockWeights};
 pub use tensor::{HostTensor, Weights};
 

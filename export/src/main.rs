@@ -2,6 +2,7 @@
 //!
 //! `osp-export transformer-block --config block.json --seed 0 --out /tmp/block.bundle`
 //! `osp-export wfvae --config vae/config.json --weights vae/diffusion_pytorch_model.safetensors --out /tmp/wfvae.bundle`
+//! `osp-export dit --config config.json --weights diffusion_pytorch_model.safetensors.index.json --out dit.bundle`
 
 mod commands;
 

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 /// The model a bundle holds, with its full config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "config", rename_all = "snake_case")]
+// One value per manifest: the size of the largest config does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum ModelSpec {
     /// One pre-norm transformer block (self-attention + GELU MLP), the smallest model that exercises
     /// every piece of the export -> bundle -> runtime chain.
@@ -17,6 +19,9 @@ pub enum ModelSpec {
     Linear(LinearConfig),
     /// The WFVAE video autoencoder (`WFVAEModel`, Open-Sora-Plan v1.3).
     Wfvae(WfvaeConfig),
+    /// The Open-Sora-Plan v1.3 diffusion transformer (`OpenSoraT2V_v1_3`), with its upstream `config.json`.
+    #[serde(rename = "opensora_t2v_v1_3")]
+    OpenSoraT2V(OpenSoraT2VConfig),
 }
 
 impl ModelSpec {
@@ -25,6 +30,7 @@ impl ModelSpec {
             ModelSpec::TransformerBlock(_) => "transformer_block",
             ModelSpec::Linear(_) => "linear",
             ModelSpec::Wfvae(_) => "wfvae",
+            ModelSpec::OpenSoraT2V(_) => "opensora_t2v_v1_3",
         }
     }
 }
@@ -113,4 +119,78 @@ pub struct StreamProtocol {
     pub drop_leading_frames_after_first: usize,
     /// Every state tensor, in graph input order.
     pub state: Vec<StatePair>,
+}
+
+/// `sample_size_{t,h,w}`: the release `config.json` stores `[h, w]` lists, the upstream constructor
+/// types them as ints. Neither affects the weights or the forward pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SampleSize {
+    Scalar(usize),
+    List(Vec<usize>),
+}
+
+/// The keys of the upstream `OpenSoraT2V_v1_3` `config.json` (`OpenSoraT2V_v1_3.__init__`), as the
+/// bundle records them. Missing keys take the upstream constructor defaults.
+// https://github.com/PKU-YuanGroup/Open-Sora-Plan/blob/9fa322fbbb276e2bbe40b2f439e3d610af3d7690/opensora/models/diffusion/opensora_v1_3/modeling_opensora.py#L30-L57
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OpenSoraT2VConfig {
+    pub num_attention_heads: usize,
+    pub attention_head_dim: usize,
+    pub in_channels: Option<usize>,
+    pub out_channels: Option<usize>,
+    pub num_layers: usize,
+    pub dropout: f64,
+    pub cross_attention_dim: Option<usize>,
+    pub attention_bias: bool,
+    pub sample_size_h: Option<SampleSize>,
+    pub sample_size_w: Option<SampleSize>,
+    pub sample_size_t: Option<SampleSize>,
+    pub patch_size: Option<usize>,
+    pub patch_size_t: Option<usize>,
+    pub activation_fn: String,
+    pub only_cross_attention: bool,
+    pub double_self_attention: bool,
+    pub upcast_attention: bool,
+    pub norm_elementwise_affine: bool,
+    pub norm_eps: f64,
+    pub caption_channels: Option<usize>,
+    pub interpolation_scale_h: f64,
+    pub interpolation_scale_w: f64,
+    pub interpolation_scale_t: f64,
+    pub sparse1d: bool,
+    pub sparse_n: usize,
+}
+
+impl Default for OpenSoraT2VConfig {
+    fn default() -> Self {
+        Self {
+            num_attention_heads: 16,
+            attention_head_dim: 88,
+            in_channels: None,
+            out_channels: None,
+            num_layers: 1,
+            dropout: 0.0,
+            cross_attention_dim: None,
+            attention_bias: true,
+            sample_size_h: None,
+            sample_size_w: None,
+            sample_size_t: None,
+            patch_size: None,
+            patch_size_t: None,
+            activation_fn: "geglu".into(),
+            only_cross_attention: false,
+            double_self_attention: false,
+            upcast_attention: false,
+            norm_elementwise_affine: false,
+            norm_eps: 1e-6,
+            caption_channels: None,
+            interpolation_scale_h: 1.0,
+            interpolation_scale_w: 1.0,
+            interpolation_scale_t: 1.0,
+            sparse1d: false,
+            sparse_n: 2,
+        }
+    }
 }

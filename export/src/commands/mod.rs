@@ -1,6 +1,7 @@
 //! Subcommands of `osp-export`.
 
 mod big_linear;
+mod dit;
 mod transformer_block;
 mod wfvae;
 
@@ -20,6 +21,8 @@ pub struct Args {
 pub enum Command {
     /// Export one transformer block (the proof model) from a config and weights.
     TransformerBlock(transformer_block::TransformerBlockArgs),
+    /// Export the Open-Sora-Plan v1.3 diffusion transformer (OpenSoraT2V_v1_3) from its config.json and checkpoint.
+    Dit(dit::DitArgs),
     /// Export a bias-free linear layer with streamed random weights (the >2 GiB external-data check).
     BigLinear(big_linear::BigLinearArgs),
     /// Export WFVAE: encoder, whole decoder and the streaming decoder graphs.
@@ -72,5 +75,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::TransformerBlock(a) => transformer_block::run(a),
         Command::BigLinear(a) => big_linear::run(a),
         Command::Wfvae(a) => wfvae::run(a),
+        Command::Dit(a) => dit::run(a),
     }
 }

@@ -1,5 +1,6 @@
 //! One lowering file per model.
 
 pub mod big_linear;
+pub mod opensora_v1_3;
 pub mod transformer_block;
 pub mod wfvae;
