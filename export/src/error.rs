@@ -24,6 +24,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Manifest(#[from] osp_graphs::Error),
+    /// Reading a checkpoint or a model config through `osp-trainer`.
+    #[error(transparent)]
+    Trainer(#[from] osp_trainer::Error),
     #[error("weights: missing tensor `{key}` (expected shape {expected:?})")]
     MissingTensor { key: String, expected: Vec<usize> },
     #[error("weights: unexpected tensor(s) {keys:?} (the model has no such parameter)")]

@@ -1,6 +1,7 @@
 //! Subcommands of `osp-export`.
 
 mod big_linear;
+mod mt5;
 mod transformer_block;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -21,6 +22,8 @@ pub enum Command {
     TransformerBlock(transformer_block::TransformerBlockArgs),
     /// Export a bias-free linear layer with streamed random weights (the >2 GiB external-data check).
     BigLinear(big_linear::BigLinearArgs),
+    /// Export the mT5 text encoder (graph `text_encoder`) from a config and a checkpoint or a seed.
+    Mt5(mt5::Mt5Args),
 }
 
 /// How attention is expressed in the graph.
@@ -71,5 +74,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::TransformerBlock(a) => transformer_block::run(a),
         Command::BigLinear(a) => big_linear::run(a),
+        Command::Mt5(a) => mt5::run(a),
     }
 }
