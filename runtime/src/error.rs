@@ -86,6 +86,16 @@ pub enum Error {
     SafetensorsRead { path: PathBuf, why: String },
     #[error("writing tensors to {path}: {why}")]
     SafetensorsWrite { path: PathBuf, why: String },
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error("text encoder bundle {bundle}: {why}")]
+    TextEncoder { bundle: PathBuf, why: String },
+    #[error("{name}: {rule}")]
+    InvalidInput { name: String, rule: String },
+    #[error("annotations {path}: {why}")]
+    Annotations { path: PathBuf, why: String },
+    #[error("npz file {path}: {why}")]
+    Npz { path: PathBuf, why: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

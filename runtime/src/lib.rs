@@ -23,6 +23,7 @@ pub mod io;
 pub mod ort_lib;
 pub mod session;
 pub mod tensor;
+pub mod text;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -10,8 +10,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+pub mod encode_text;
+pub mod extract_text_embeds;
 pub mod inspect;
 pub mod run_graph;
+pub mod tokenize;
 
 /// Run exported Open-Sora-Plan bundles with ONNX Runtime or tract.
 #[derive(Debug, Parser)]
@@ -65,6 +68,12 @@ pub enum Command {
     RunGraph(run_graph::RunGraphArgs),
     /// Print a bundle's manifest: model, graphs with their I/O specs, precision, attention, provenance.
     Inspect(inspect::InspectArgs),
+    /// Print a prompt's token ids and attention mask as JSON.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Encode prompts with a bundle's text encoder (through the embedding cache) into a safetensors file.
+    EncodeText(encode_text::EncodeTextArgs),
+    /// Write one text-embedding .npz per caption of an annotation JSON (training cache; resumable).
+    ExtractTextEmbeds(extract_text_embeds::ExtractTextEmbedsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -72,6 +81,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::RunGraph(args) => run_graph::run(args, &cli.backend),
         Command::Inspect(args) => inspect::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
+        Command::EncodeText(args) => encode_text::run(args, &cli.backend),
+        Command::ExtractTextEmbeds(args) => extract_text_embeds::run(args, &cli.backend),
     }
 }
 
