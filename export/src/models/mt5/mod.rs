@@ -29,7 +29,7 @@ use std::sync::Arc;
 use osp_graphs::config::Mt5EncoderConfig;
 use osp_graphs::{AttentionKind, BundleManifest, DType, Dim, ModelSpec, Precision, TensorSpec};
 use osp_trainer::checkpoint::Checkpoint;
-use osp_trainer::models::mt5::MT5Config;
+pub use osp_trainer::models::mt5::MT5Config;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
