@@ -104,7 +104,10 @@ fn encode_text_matches_the_graph_and_reuses_the_cache() {
         let row = &e.to_f32_vec()[i * 128..(i + 1) * 128];
         let c = Approx::Close.compare(row, &y);
         assert!(c.ok(), "prompt {i}: {c}");
-        assert_eq!(m.to_f32_vec()[i * 16..(i + 1) * 16], enc.attention_mask.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        assert_eq!(
+            m.to_f32_vec()[i * 16..(i + 1) * 16],
+            enc.attention_mask.iter().map(|&v| v as f32).collect::<Vec<_>>()
+        );
     }
 
     let second = run("16", &[]);
@@ -122,7 +125,13 @@ fn bad_prompts_and_vocabulary_mismatch_are_clear_errors() {
     let b = bundle(tmp.path(), 32128);
     let cache = tmp.path().join("cache");
     let emb = tmp.path().join("emb.safetensors");
-    let out = osp(&cache).args(["encode-text", "--prompt", "  ", "--out"]).arg(&emb).arg("--bundle").arg(&b).output().unwrap();
+    let out = osp(&cache)
+        .args(["encode-text", "--prompt", "  ", "--out"])
+        .arg(&emb)
+        .arg("--bundle")
+        .arg(&b)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("prompt: must contain at least one non-whitespace character"), "{}", text(&out));
 
@@ -139,10 +148,19 @@ fn bad_prompts_and_vocabulary_mismatch_are_clear_errors() {
     assert_eq!(read_safetensors(&emb).unwrap()["prompt_attention_mask"].to_f32_vec(), vec![1.0; 8]);
 
     let small = bundle(tmp.path(), 128);
-    let out = osp(&cache).args(["encode-text", "--prompt", "a cat", "--out"]).arg(&emb).arg("--bundle").arg(&small).output().unwrap();
+    let out = osp(&cache)
+        .args(["encode-text", "--prompt", "a cat", "--out"])
+        .arg(&emb)
+        .arg("--bundle")
+        .arg(&small)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let msg = text(&out);
-    assert!(msg.contains("tokenizer vocabulary has 32100 tokens but the text encoder's embedding table has 128 rows"), "{msg}");
+    assert!(
+        msg.contains("tokenizer vocabulary has 32100 tokens but the text encoder's embedding table has 128 rows"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -115,7 +115,12 @@ fn half_precision_bundles_run_on_ort_cpu() -> Result<()> {
         let (_, ids, mask, expected) = cases(&io).remove(0);
         match run(&bundle, &Backend::OrtCpu, &ids, &mask) {
             Ok(got) => {
-                let c = check_close(&format!("{precision} on ort-cpu"), &got, &expected.to_f32_vec(), Approx::VeryApproximate)?;
+                let c = check_close(
+                    &format!("{precision} on ort-cpu"),
+                    &got,
+                    &expected.to_f32_vec(),
+                    Approx::VeryApproximate,
+                )?;
                 eprintln!("{precision} on ort-cpu: {c}");
             }
             // ONNX Runtime's CPU provider has no kernels for some bf16 ops; the bundle targets GPUs.
@@ -186,21 +191,24 @@ fn xxl_export_streams_a_valid_bundle() -> Result<()> {
     let mut end = 0u64;
     for init in inits.iter().filter(|i| !i.external_data.is_empty()) {
         let name = init.name.clone().unwrap_or_default();
-        let entry = |k: &str| {
-            init.external_data.iter().find(|e| e.key.as_deref() == Some(k)).and_then(|e| e.value.clone())
-        };
+        let entry =
+            |k: &str| init.external_data.iter().find(|e| e.key.as_deref() == Some(k)).and_then(|e| e.value.clone());
         let offset: u64 = entry("offset").context("offset")?.parse()?;
         let length: u64 = entry("length").context("length")?.parse()?;
         let shape = shapes.get(&name).with_context(|| format!("external tensor `{name}` is not a parameter"))?;
         let numel: u64 = shape.iter().map(|&d| d as u64).product();
         ensure!(init.dims == shape.iter().map(|&d| d as i64).collect::<Vec<_>>(), "{name} dims");
-        ensure!(length == 4 * numel && offset % 64 == 0 && offset + length <= data_len, "{name} location");
+        ensure!(length == 4 * numel && offset.is_multiple_of(64) && offset + length <= data_len, "{name} location");
         params += numel;
         end = end.max(offset + length);
     }
     ensure!(end == data_len, "the data file ends with the last tensor");
     let inline: u64 = shapes.values().map(|s| s.iter().map(|&d| d as u64).product::<u64>()).sum::<u64>() - params;
     ensure!(params + inline == 5_655_173_120 && inline == 0, "external {params} + inline {inline} parameters");
-    eprintln!("mt5-xxl f32 export: {secs:.0} s, {:.2} GB external data, {} tensors", data_len as f64 / 1e9, shapes.len());
+    eprintln!(
+        "mt5-xxl f32 export: {secs:.0} s, {:.2} GB external data, {} tensors",
+        data_len as f64 / 1e9,
+        shapes.len()
+    );
     Ok(())
 }

@@ -75,7 +75,8 @@ struct Bar(Option<indicatif::ProgressBar>);
 impl ExtractProgress for Bar {
     fn start(&mut self, total: usize, skipped: usize) {
         let bar = indicatif::ProgressBar::new(total as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} captions [{elapsed} < {eta}]") {
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} captions [{elapsed} < {eta}]")
+        {
             bar.set_style(style);
         }
         bar.set_position(skipped as u64);

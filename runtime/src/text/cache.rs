@@ -67,7 +67,8 @@ impl EmbeddingCache {
             }
         };
         let l = mask.len();
-        let (Some(Tensor::F32(emb)), Some(Tensor::I64(m))) = (entry.get("prompt_embeds"), entry.get("prompt_attention_mask"))
+        let (Some(Tensor::F32(emb)), Some(Tensor::I64(m))) =
+            (entry.get("prompt_embeds"), entry.get("prompt_attention_mask"))
         else {
             tracing::warn!(path = %path.display(), "text cache entry lacks its tensors; recomputing");
             return None;

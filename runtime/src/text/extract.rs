@@ -137,7 +137,8 @@ pub fn extract_text_embeds(
                 std::fs::create_dir_all(parent).map_err(|source| Error::Io { path: parent.to_path_buf(), source })?;
             }
             let text_emb = NpyArray::f32(vec![max_len, d], &emb[j * max_len * d..(j + 1) * max_len * d]);
-            let m = NpyArray::u8(vec![max_len], mask[j * max_len..(j + 1) * max_len].iter().map(|&v| v as u8).collect());
+            let m =
+                NpyArray::u8(vec![max_len], mask[j * max_len..(j + 1) * max_len].iter().map(|&v| v as u8).collect());
             write_npz(file, &[("mask", &m), ("text_emb", &text_emb)])?;
         }
         progress.advance(chunk.len());
@@ -165,8 +166,11 @@ mod tests {
     fn annotations_accept_one_or_many_captions() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("a.json");
-        std::fs::write(&f, r#"[{"path": "v/a.mp4", "cap": "one", "frame_idx": "0:65"}, {"path": "b.jpg", "cap": ["x", "y"]}]"#)
-            .unwrap();
+        std::fs::write(
+            &f,
+            r#"[{"path": "v/a.mp4", "cap": "one", "frame_idx": "0:65"}, {"path": "b.jpg", "cap": ["x", "y"]}]"#,
+        )
+        .unwrap();
         let a = read_annotations(&f).unwrap();
         assert_eq!(a[0], Annotation { path: "v/a.mp4".into(), captions: vec!["one".into()] });
         assert_eq!(a[1].captions, vec!["x".to_string(), "y".to_string()]);

@@ -18,29 +18,17 @@ pub struct NpyArray {
 
 impl NpyArray {
     pub fn f32(shape: Vec<usize>, values: &[f32]) -> Self {
-        Self {
-            descr: "<f4".into(),
-            shape,
-            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
+        Self { descr: "<f4".into(), shape, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
     }
 
     pub fn u8(shape: Vec<usize>, values: Vec<u8>) -> Self {
-        Self {
-            descr: "|u1".into(),
-            shape,
-            data: values,
-        }
+        Self { descr: "|u1".into(), shape, data: values }
     }
 
     /// The elements as f32, for `<f4` arrays.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
-        (self.descr == "<f4").then(|| {
-            self.data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        })
+        (self.descr == "<f4")
+            .then(|| self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 }
 
@@ -64,10 +52,7 @@ fn crc32(data: &[u8]) -> u32 {
 fn npy_bytes(a: &NpyArray) -> Vec<u8> {
     let shape = match a.shape.len() {
         1 => format!("({},)", a.shape[0]),
-        _ => format!(
-            "({})",
-            a.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-        ),
+        _ => format!("({})", a.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     };
     let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", a.descr);
     let unpadded = 10 + header.len() + 1;
@@ -195,11 +180,7 @@ fn parse_npy(b: &[u8]) -> std::result::Result<NpyArray, String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry `{s}`")))
         .collect::<std::result::Result<_, _>>()?;
-    Ok(NpyArray {
-        descr: descr.to_string(),
-        shape,
-        data: b[start + header_len..].to_vec(),
-    })
+    Ok(NpyArray { descr: descr.to_string(), shape, data: b[start + header_len..].to_vec() })
 }
 
 /// Reads every array of a stored (uncompressed) `.npz` archive, keyed by name without `.npy`.

@@ -141,29 +141,16 @@ impl Mt5Weights {
         let expected = parameter_shapes(cfg);
         let mut out = Weights::new();
         for (key, shape) in &expected {
-            let t = weights.remove(key).ok_or_else(|| Error::MissingTensor {
-                key: key.clone(),
-                expected: shape.clone(),
-            })?;
+            let t = weights
+                .remove(key)
+                .ok_or_else(|| Error::MissingTensor { key: key.clone(), expected: shape.clone() })?;
             if t.shape() != shape.as_slice() {
-                return Err(Error::Shape {
-                    key: key.clone(),
-                    expected: shape.clone(),
-                    got: t.shape().to_vec(),
-                });
+                return Err(Error::Shape { key: key.clone(), expected: shape.clone(), got: t.shape().to_vec() });
             }
             if !t.dtype().is_float() {
-                return Err(Error::TensorDType {
-                    key: key.clone(),
-                    expected: DType::F32,
-                    got: t.dtype(),
-                });
+                return Err(Error::TensorDType { key: key.clone(), expected: DType::F32, got: t.dtype() });
             }
-            let t = if t.dtype() == DType::F32 {
-                t
-            } else {
-                t.cast_float(DType::F32)?
-            };
+            let t = if t.dtype() == DType::F32 { t } else { t.cast_float(DType::F32)? };
             out.insert(key.clone(), t);
         }
         let unexpected: Vec<String> = weights
@@ -189,13 +176,10 @@ impl Mt5Weights {
                 message: format!("reading `{name}`: {e:?}"),
             })?;
             let shape = data.shape.to_vec();
-            let values = data
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| Error::Safetensors {
-                    path: path.to_path_buf(),
-                    message: format!("tensor `{name}` is not a float tensor: {e:?}"),
-                })?;
+            let values = data.convert::<f32>().to_vec::<f32>().map_err(|e| Error::Safetensors {
+                path: path.to_path_buf(),
+                message: format!("tensor `{name}` is not a float tensor: {e:?}"),
+            })?;
             weights.insert(name, HostTensor::from_f32(shape, &values)?);
         }
         Self::from_weights(cfg, weights)
@@ -212,9 +196,7 @@ impl Mt5Weights {
     fn initializer(&self, b: &mut GraphBuilder, key: &str, shape: &[usize]) -> Result<Value> {
         match self {
             Mt5Weights::Host(w) => {
-                let t = w
-                    .get(key)
-                    .expect("validated weights should hold every parameter");
+                let t = w.get(key).expect("validated weights should hold every parameter");
                 b.initializer(key, t)
             }
             Mt5Weights::Random { seed } => {
@@ -237,9 +219,7 @@ fn splitmix64(state: &mut u64) -> u64 {
 /// `U(-1/sqrt(in), 1/sqrt(in))` (PyTorch's `nn.Linear` bound, so activations stay O(1)), the
 /// embedding and the bias table `U(-1, 1)`. Generated chunk by chunk.
 fn random_generator(seed: u64, key: &str, shape: &[usize]) -> Generator {
-    let key_hash = key
-        .bytes()
-        .fold(0xCBF2_9CE4_8422_2325u64, |h, c| (h ^ c as u64).wrapping_mul(0x0100_0000_01B3));
+    let key_hash = key.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, c| (h ^ c as u64).wrapping_mul(0x0100_0000_01B3));
     let numel: usize = shape.iter().product();
     let (offset, bound) = if key.ends_with("layer_norm.weight") {
         (1.0f32, 0.1f32)
@@ -327,9 +307,7 @@ pub fn build_graph(
     }
     let shapes: BTreeMap<String, Vec<usize>> = parameter_shapes(cfg).into_iter().collect();
     let p = |b: &mut GraphBuilder, key: &str| -> Result<Value> {
-        let shape = shapes
-            .get(key)
-            .expect("the lowering should only name listed parameters");
+        let shape = shapes.get(key).expect("the lowering should only name listed parameters");
         weights.initializer(b, key, shape)
     };
     let mut b = GraphBuilder::new(GRAPH);
@@ -358,11 +336,7 @@ pub fn build_graph(
 
     let embed = p(&mut b, SHARED)?;
     let mut hidden = b.gather(&embed, &input_ids, 0)?; // [b, l, d]
-    let spec = AttentionSpec {
-        kind: attention,
-        num_heads: cfg.num_heads,
-        scale: 1.0,
-    };
+    let spec = AttentionSpec { kind: attention, num_heads: cfg.num_heads, scale: 1.0 };
     for i in 0..cfg.num_layers {
         let attn = format!("encoder.block.{i}.layer.0");
         let attn_out = b.scoped(&attn, |b| {
@@ -398,24 +372,14 @@ pub fn build_graph(
     let out = b.rms_norm(&hidden, &w, eps)?;
     b.output(
         &out,
-        TensorSpec::new(
-            "last_hidden_state",
-            DType::F32,
-            [Dim::sym("b"), Dim::sym("l"), Dim::Fixed(cfg.d_model)],
-        ),
+        TensorSpec::new("last_hidden_state", DType::F32, [Dim::sym("b"), Dim::sym("l"), Dim::Fixed(cfg.d_model)]),
     )?;
     b.finish()
 }
 
 /// Precision casting (keep-f32 marks honoured), then pruning.
 pub fn optimize(graph: &mut OnnxGraph, precision: Precision) -> Result<()> {
-    let edit = passes::cast_precision(
-        graph,
-        &CastPrecision {
-            target: precision,
-            ..Default::default()
-        },
-    )?;
+    let edit = passes::cast_precision(graph, &CastPrecision { target: precision, ..Default::default() })?;
     passes::apply(graph, edit)?;
     let edit = passes::prune_unused(graph);
     passes::apply(graph, edit)
@@ -456,12 +420,8 @@ pub fn export_mt5(
     let mut graph = build_graph(cfg, weights, opts.attention, opts.precision)?;
     optimize(&mut graph, opts.precision)?;
     let prov = provenance(opts.source.as_deref())?;
-    let mut writer = BundleWriter::create(
-        out,
-        ModelSpec::Mt5Encoder(graph_config(cfg)),
-        prov,
-        opts.external_data_threshold_bytes,
-    )?;
+    let mut writer =
+        BundleWriter::create(out, ModelSpec::Mt5Encoder(graph_config(cfg)), prov, opts.external_data_threshold_bytes)?;
     let mut meta = BTreeMap::new();
     if let Some(seed) = weights.seed() {
         meta.insert(WEIGHT_SEED_KEY.to_string(), serde_json::json!(seed));
@@ -472,10 +432,7 @@ pub fn export_mt5(
         let dest = writer.staging_dir().join(&name);
         std::fs::write(&dest, &bytes).map_err(|e| Error::io(&dest, e))?;
         meta.insert(TOKENIZER_KEY.to_string(), serde_json::json!(name));
-        meta.insert(
-            TOKENIZER_SHA256_KEY.to_string(),
-            serde_json::json!(hex::encode(Sha256::digest(&bytes))),
-        );
+        meta.insert(TOKENIZER_SHA256_KEY.to_string(), serde_json::json!(hex::encode(Sha256::digest(&bytes))));
     }
     writer.add_graph(GRAPH, &graph, opts.attention, meta)?;
     let manifest = writer.finish()?;
@@ -490,10 +447,7 @@ fn tokenizer_file_name(path: &Path) -> Result<String> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| Error::Config(format!("tokenizer path {} names no file", path.display())))?;
-    let is_json = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let is_json = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("json"));
     if is_json {
         return Ok("tokenizer.json".to_string());
     }

@@ -1,15 +1,7 @@
 use super::*;
 
 fn tiny() -> MT5Config {
-    MT5Config {
-        vocab_size: 40,
-        d_model: 16,
-        d_kv: 4,
-        d_ff: 24,
-        num_layers: 2,
-        num_heads: 4,
-        ..MT5Config::default()
-    }
+    MT5Config { vocab_size: 40, d_model: 16, d_kv: 4, d_ff: 24, num_layers: 2, num_heads: 4, ..MT5Config::default() }
 }
 
 fn host_weights(cfg: &MT5Config) -> Weights {
@@ -25,10 +17,7 @@ fn host_weights(cfg: &MT5Config) -> Weights {
 #[test]
 fn xxl_has_the_official_parameter_count() {
     // 5,655,173,120 parameters with the tied embedding counted once (trainer's manifest test).
-    let total: usize = parameter_shapes(&MT5Config::mt5_xxl())
-        .iter()
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
+    let total: usize = parameter_shapes(&MT5Config::mt5_xxl()).iter().map(|(_, s)| s.iter().product::<usize>()).sum();
     assert_eq!(total, 5_655_173_120);
     assert_eq!(parameter_shapes(&MT5Config::mt5_xxl()).len(), 219);
 }
