@@ -22,6 +22,8 @@ pub enum ModelSpec {
     /// The Open-Sora-Plan v1.3 diffusion transformer (`OpenSoraT2V_v1_3`), with its upstream `config.json`.
     #[serde(rename = "opensora_t2v_v1_3")]
     OpenSoraT2V(OpenSoraT2VConfig),
+    /// The mT5 text encoder (`MT5EncoderModel`, google/mt5-xxl upstream).
+    Mt5Encoder(Mt5EncoderConfig),
 }
 
 impl ModelSpec {
@@ -31,6 +33,7 @@ impl ModelSpec {
             ModelSpec::Linear(_) => "linear",
             ModelSpec::Wfvae(_) => "wfvae",
             ModelSpec::OpenSoraT2V(_) => "opensora_t2v_v1_3",
+            ModelSpec::Mt5Encoder(_) => "mt5_encoder",
         }
     }
 }
@@ -193,4 +196,30 @@ impl Default for OpenSoraT2VConfig {
             sparse_n: 2,
         }
     }
+}
+
+/// The encoder keys of a Hugging Face mT5 `config.json` (`MT5Config`, transformers 4.44.2). Only
+/// `feed_forward_proj = "gated-gelu"` exists in the exported graph.
+// https://huggingface.co/google/mt5-xxl/blob/e07c395916dfbc315d4e5e48b4a54a1e8821b5c0/config.json
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mt5EncoderConfig {
+    /// Rows of the token embedding (`shared.weight`); mT5-xxl pads its 250100 pieces to 250112.
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub relative_attention_num_buckets: usize,
+    pub relative_attention_max_distance: usize,
+    pub layer_norm_epsilon: f64,
+    pub feed_forward_proj: String,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default = "default_eos_token_id")]
+    pub eos_token_id: usize,
+}
+
+fn default_eos_token_id() -> usize {
+    1
 }

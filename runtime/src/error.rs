@@ -79,6 +79,16 @@ pub enum Error {
     MissingSchedulerNoise { method: String, step: usize },
     #[error("{method} step: {why}")]
     SchedulerStep { method: String, why: String },
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error("text encoder bundle {bundle}: {why}")]
+    TextEncoder { bundle: PathBuf, why: String },
+    #[error("{name}: {rule}")]
+    InvalidInput { name: String, rule: String },
+    #[error("annotations {path}: {why}")]
+    Annotations { path: PathBuf, why: String },
+    #[error("npz file {path}: {why}")]
+    Npz { path: PathBuf, why: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

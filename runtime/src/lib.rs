@@ -25,6 +25,7 @@ pub mod ort_lib;
 pub mod scheduler;
 pub mod session;
 pub mod tensor;
+pub mod text;
 pub mod tokenizer;
 pub mod vae;
 pub mod video;

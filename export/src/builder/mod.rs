@@ -457,6 +457,43 @@ impl GraphBuilder {
         self.unary_float("Erf", x)
     }
 
+    /// Natural logarithm.
+    pub fn log(&mut self, x: &Value) -> Result<Value> {
+        self.unary_float("Log", x)
+    }
+
+    pub fn abs(&mut self, x: &Value) -> Result<Value> {
+        Ok(self.op1("Abs", &[x], vec![], x.dtype, x.rank))
+    }
+
+    /// `a < b` (bool).
+    pub fn less(&mut self, a: &Value, b: &Value) -> Result<Value> {
+        Self::same_dtype("Less", a, b)?;
+        let rank = Self::broadcast_rank(a, b);
+        Ok(self.op1("Less", &[a, b], vec![], DType::Bool, rank))
+    }
+
+    /// `a > b` (bool).
+    pub fn greater(&mut self, a: &Value, b: &Value) -> Result<Value> {
+        Self::same_dtype("Greater", a, b)?;
+        let rank = Self::broadcast_rank(a, b);
+        Ok(self.op1("Greater", &[a, b], vec![], DType::Bool, rank))
+    }
+
+    /// A 0-D i64 constant.
+    pub fn scalar_i64(&mut self, v: i64) -> Value {
+        let t = HostTensor::from_i64(vec![], &[v]).expect("one i64 should fill a 0-D tensor");
+        self.constant(&t)
+    }
+
+    /// `Range(start, limit, delta)` on 0-D values of one dtype -> 1-D.
+    pub fn range(&mut self, start: &Value, limit: &Value, delta: &Value) -> Result<Value> {
+        for v in [limit, delta] {
+            Self::same_dtype("Range", start, v)?;
+        }
+        Ok(self.op1("Range", &[start, limit, delta], vec![], start.dtype, Some(1)))
+    }
+
     pub fn cos(&mut self, x: &Value) -> Result<Value> {
         self.unary_float("Cos", x)
     }

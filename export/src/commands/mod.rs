@@ -2,6 +2,7 @@
 
 mod big_linear;
 mod dit;
+mod mt5;
 mod transformer_block;
 mod wfvae;
 
@@ -27,6 +28,8 @@ pub enum Command {
     BigLinear(big_linear::BigLinearArgs),
     /// Export WFVAE: encoder, whole decoder and the streaming decoder graphs.
     Wfvae(wfvae::WfvaeArgs),
+    /// Export the mT5 text encoder (graph `text_encoder`) from a config and a checkpoint or a seed.
+    Mt5(mt5::Mt5Args),
 }
 
 /// How attention is expressed in the graph.
@@ -76,5 +79,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::BigLinear(a) => big_linear::run(a),
         Command::Wfvae(a) => wfvae::run(a),
         Command::Dit(a) => dit::run(a),
+        Command::Mt5(a) => mt5::run(a),
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod big_linear;
 pub mod opensora_v1_3;
+pub mod mt5;
 pub mod transformer_block;
 pub mod wfvae;

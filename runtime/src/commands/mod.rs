@@ -11,10 +11,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 pub mod eval;
+pub mod encode_text;
+pub mod extract_text_embeds;
 pub mod inspect;
 pub mod reconstruct;
 pub mod run_graph;
 pub mod schedule;
+pub mod tokenize;
 
 /// Run exported Open-Sora-Plan bundles with ONNX Runtime or tract.
 #[derive(Debug, Parser)]
@@ -72,6 +75,12 @@ pub enum Command {
     Reconstruct(reconstruct::ReconstructArgs),
     /// PSNR and SSIM between a folder of real videos and a folder of generated ones.
     Eval(eval::EvalArgs),
+    /// Print a prompt's token ids and attention mask as JSON.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Encode prompts with a bundle's text encoder (through the embedding cache) into a safetensors file.
+    EncodeText(encode_text::EncodeTextArgs),
+    /// Write one text-embedding .npz per caption of an annotation JSON (training cache; resumable).
+    ExtractTextEmbeds(extract_text_embeds::ExtractTextEmbedsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -82,6 +91,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schedule(args) => schedule::run(args),
         Command::Reconstruct(args) => reconstruct::run(args, &cli.backend),
         Command::Eval(args) => eval::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
+        Command::EncodeText(args) => encode_text::run(args, &cli.backend),
+        Command::ExtractTextEmbeds(args) => extract_text_embeds::run(args, &cli.backend),
     }
 }
 
