@@ -13,18 +13,10 @@ pub enum Error {
     UnexpectedTensor { path: String },
     /// A checkpoint tensor has another shape than the model parameter.
     #[error("tensor `{path}`: the model expects shape {expected:?}, the checkpoint has {found:?}")]
-    ShapeMismatch {
-        path: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { path: String, expected: Vec<usize>, found: Vec<usize> },
     /// A checkpoint tensor has another dtype than the model parameter (no silent casts).
     #[error("tensor `{path}`: the model expects dtype {expected}, the checkpoint has {found}")]
-    DTypeMismatch {
-        path: String,
-        expected: String,
-        found: String,
-    },
+    DTypeMismatch { path: String, expected: String, found: String },
     /// A fixed (non-trainable, built-in) tensor in the checkpoint differs from the built-in value.
     #[error("fixed tensor `{path}` differs from its built-in value (max abs diff {max_abs:e})")]
     FixedTensorMismatch { path: String, max_abs: f64 },
@@ -57,33 +49,20 @@ pub enum Error {
 }
 
 fn list(problems: &[Error]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  - {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
 }
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub(crate) fn checkpoint(path: impl Into<PathBuf>, why: impl Into<String>) -> Self {
-        Error::Checkpoint {
-            path: path.into(),
-            why: why.into(),
-        }
+        Error::Checkpoint { path: path.into(), why: why.into() }
     }
 
     pub(crate) fn input(name: impl Into<String>, rule: impl Into<String>) -> Self {
-        Error::InvalidInput {
-            name: name.into(),
-            rule: rule.into(),
-        }
+        Error::InvalidInput { name: name.into(), rule: rule.into() }
     }
 }
 

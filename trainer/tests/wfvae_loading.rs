@@ -21,56 +21,32 @@ fn checkpoint() -> Checkpoint {
 }
 
 fn snapshot(values: Vec<f32>, shape: Vec<usize>) -> TensorSnapshot {
-    TensorSnapshot::from_data(
-        TensorData::new(values, shape),
-        vec![],
-        vec![],
-        ParamId::new(),
-    )
+    TensorSnapshot::from_data(TensorData::new(values, shape), vec![], vec![], ParamId::new())
 }
 
 #[test]
 fn missing_tensor_is_named() {
     let mut ckpt = checkpoint();
     ckpt.remove("decoder.conv_in.conv.bias").unwrap();
-    let err = model()
-        .load_official(&ckpt, LoadOptions::default())
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::MissingTensor { path } if path == "decoder.conv_in.conv.bias"),
-        "{err}"
-    );
+    let err = model().load_official(&ckpt, LoadOptions::default()).unwrap_err();
+    assert!(matches!(&err, Error::MissingTensor { path } if path == "decoder.conv_in.conv.bias"), "{err}");
 }
 
 #[test]
 fn unexpected_tensor_is_named() {
     let mut ckpt = checkpoint();
     ckpt.insert("decoder.extra.weight", snapshot(vec![0.0; 4], vec![4]));
-    let err = model()
-        .load_official(&ckpt, LoadOptions::default())
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::UnexpectedTensor { path } if path == "decoder.extra.weight"),
-        "{err}"
-    );
+    let err = model().load_official(&ckpt, LoadOptions::default()).unwrap_err();
+    assert!(matches!(&err, Error::UnexpectedTensor { path } if path == "decoder.extra.weight"), "{err}");
 }
 
 #[test]
 fn wrong_shape_is_named() {
     let mut ckpt = checkpoint();
-    ckpt.insert(
-        "encoder.norm_out.norm.weight",
-        snapshot(vec![1.0; 3], vec![3]),
-    );
-    let err = model()
-        .load_official(&ckpt, LoadOptions::default())
-        .unwrap_err();
+    ckpt.insert("encoder.norm_out.norm.weight", snapshot(vec![1.0; 3], vec![3]));
+    let err = model().load_official(&ckpt, LoadOptions::default()).unwrap_err();
     match &err {
-        Error::ShapeMismatch {
-            path,
-            expected,
-            found,
-        } => {
+        Error::ShapeMismatch { path, expected, found } => {
             assert_eq!(path, "encoder.norm_out.norm.weight");
             assert_eq!(expected, &vec![64]);
             assert_eq!(found, &vec![3]);
@@ -84,15 +60,10 @@ fn several_problems_are_all_listed() {
     let mut ckpt = checkpoint();
     ckpt.remove("encoder.conv_out.conv.weight").unwrap();
     ckpt.insert("bogus", snapshot(vec![0.0], vec![1]));
-    let err = model()
-        .load_official(&ckpt, LoadOptions::default())
-        .unwrap_err();
+    let err = model().load_official(&ckpt, LoadOptions::default()).unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::Incompatible { .. }));
-    assert!(
-        text.contains("encoder.conv_out.conv.weight") && text.contains("bogus"),
-        "{text}"
-    );
+    assert!(text.contains("encoder.conv_out.conv.weight") && text.contains("bogus"), "{text}");
 }
 
 #[test]
@@ -100,18 +71,8 @@ fn allow_partial_reports_instead_of_failing() {
     let mut ckpt = checkpoint();
     ckpt.remove("encoder.conv_out.conv.weight").unwrap();
     ckpt.insert("bogus", snapshot(vec![0.0], vec![1]));
-    let report = model()
-        .load_official(
-            &ckpt,
-            LoadOptions {
-                allow_partial: true,
-            },
-        )
-        .unwrap();
-    assert_eq!(
-        report.missing,
-        vec!["encoder.conv_out.conv.weight".to_string()]
-    );
+    let report = model().load_official(&ckpt, LoadOptions { allow_partial: true }).unwrap();
+    assert_eq!(report.missing, vec!["encoder.conv_out.conv.weight".to_string()]);
     assert_eq!(report.unused, vec!["bogus".to_string()]);
 }
 
@@ -124,19 +85,12 @@ fn haar_kernels_may_be_absent_but_must_match() {
     for name in &fixed {
         ckpt.remove(name).unwrap();
     }
-    let report = model()
-        .load_official(&ckpt, LoadOptions::default())
-        .unwrap();
+    let report = model().load_official(&ckpt, LoadOptions::default()).unwrap();
     assert_eq!(report.builtin.len(), fixed.len());
 
     let mut ckpt = checkpoint();
-    ckpt.insert(
-        "decoder.inverse_wavelet_transform_out.g",
-        snapshot(vec![0.5; 8], vec![1, 1, 2, 2, 2]),
-    );
-    let err = model()
-        .load_official(&ckpt, LoadOptions::default())
-        .unwrap_err();
+    ckpt.insert("decoder.inverse_wavelet_transform_out.g", snapshot(vec![0.5; 8], vec![1, 1, 2, 2, 2]));
+    let err = model().load_official(&ckpt, LoadOptions::default()).unwrap_err();
     assert!(
         matches!(&err, Error::FixedTensorMismatch { path, .. } if path == "decoder.inverse_wavelet_transform_out.g"),
         "{err}"
@@ -147,17 +101,9 @@ fn haar_kernels_may_be_absent_but_must_match() {
 fn wrong_dtype_is_named() {
     let mut ckpt = checkpoint();
     let data = TensorData::new(vec![1.0f64; 64], vec![64]);
-    ckpt.insert(
-        "encoder.norm_out.norm.bias",
-        TensorSnapshot::from_data(data, vec![], vec![], ParamId::new()),
-    );
-    let err = model()
-        .load_official(&ckpt, LoadOptions::default())
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::DTypeMismatch { path, .. } if path == "encoder.norm_out.norm.bias"),
-        "{err}"
-    );
+    ckpt.insert("encoder.norm_out.norm.bias", TensorSnapshot::from_data(data, vec![], vec![], ParamId::new()));
+    let err = model().load_official(&ckpt, LoadOptions::default()).unwrap_err();
+    assert!(matches!(&err, Error::DTypeMismatch { path, .. } if path == "encoder.norm_out.norm.bias"), "{err}");
 }
 
 /// The PyTorch pickle reader returns the same names, shapes and values as the safetensors copy
@@ -168,10 +114,7 @@ fn pytorch_pickle_and_safetensors_agree() {
     let pth = Checkpoint::open(assets.join("lpips_v0.1_vgg.pth")).unwrap();
     let st = Checkpoint::open(assets.join("lpips_v0.1_vgg.safetensors")).unwrap();
     assert!(!pth.is_empty());
-    assert_eq!(
-        pth.names().collect::<Vec<_>>(),
-        st.names().collect::<Vec<_>>()
-    );
+    assert_eq!(pth.names().collect::<Vec<_>>(), st.names().collect::<Vec<_>>());
     for name in st.names() {
         let (a, b) = (pth.get(name).unwrap(), st.get(name).unwrap());
         assert_eq!(a.shape, b.shape, "{name}");

@@ -20,9 +20,7 @@ fn setup() -> (WFVAEModel<B>, BTreeMap<String, TensorData>) {
     let config = WFVAEModelConfig::from_json_file(dir.join("config.json")).expect("tiny config");
     let mut model = config.init::<B>(&device).expect("valid config");
     let checkpoint = Checkpoint::open(dir.join("weights.safetensors")).expect("tiny weights");
-    let report = model
-        .load_official(&checkpoint, LoadOptions::default())
-        .expect("strict load");
+    let report = model.load_official(&checkpoint, LoadOptions::default()).expect("strict load");
     assert!(report.missing.is_empty() && report.unused.is_empty());
     let io = read_tensors(dir.join("io.safetensors")).expect("io fixture");
     (model, io)
@@ -37,12 +35,7 @@ fn encode_matches_official() {
     let (model, io) = setup();
     let posterior = model.encode(input(&io, "input.x")).unwrap();
     assert_matches(&posterior.mean, &io, "output.mean", Approx::Approximate);
-    assert_matches(
-        &posterior.logvar,
-        &io,
-        "output.logvar_clamped",
-        Approx::Approximate,
-    );
+    assert_matches(&posterior.logvar, &io, "output.logvar_clamped", Approx::Approximate);
 }
 
 #[test]
@@ -56,23 +49,11 @@ fn decode_matches_official() {
 fn single_frame_image_matches_official() {
     let (model, io) = setup();
     let posterior = model.encode(input(&io, "input.x_image")).unwrap();
-    assert_matches(
-        &posterior.mean,
-        &io,
-        "output.mean_image",
-        Approx::Approximate,
-    );
+    assert_matches(&posterior.mean, &io, "output.mean_image", Approx::Approximate);
     let video = model.decode(input(&io, "output.mean_image")).unwrap();
     assert_matches(&video, &io, "output.decode_image", Approx::Approximate);
-    let chunked = model
-        .decode_chunked(input(&io, "output.mean_image"), 2)
-        .unwrap();
-    assert_same(
-        &chunked,
-        &video,
-        "chunked decode of 1 latent",
-        Approx::Close,
-    );
+    let chunked = model.decode_chunked(input(&io, "output.mean_image"), 2).unwrap();
+    assert_same(&chunked, &video, "chunked decode of 1 latent", Approx::Close);
 }
 
 #[test]
@@ -83,18 +64,8 @@ fn chunked_encode_matches_official_and_whole() {
     for t_chunk in [8, 4, 16] {
         let chunked = model.encode_chunked(x.clone(), t_chunk).unwrap();
         assert_matches(&chunked.mean, &io, "output.mean_tiled", Approx::Approximate);
-        assert_same(
-            &chunked.mean,
-            &whole.mean,
-            &format!("encode mean, t_chunk {t_chunk}"),
-            Approx::Close,
-        );
-        assert_same(
-            &chunked.logvar,
-            &whole.logvar,
-            &format!("encode logvar, t_chunk {t_chunk}"),
-            Approx::Close,
-        );
+        assert_same(&chunked.mean, &whole.mean, &format!("encode mean, t_chunk {t_chunk}"), Approx::Close);
+        assert_same(&chunked.logvar, &whole.logvar, &format!("encode logvar, t_chunk {t_chunk}"), Approx::Close);
     }
 }
 
@@ -105,20 +76,10 @@ fn chunked_decode_odd_latents_equals_whole_and_official() {
     let whole = model.decode(z.clone()).unwrap();
     for t_chunk in [2, 3] {
         let chunked = model.decode_chunked(z.clone(), t_chunk).unwrap();
-        assert_same(
-            &chunked,
-            &whole,
-            &format!("decode of 5 latents, t_chunk {t_chunk}"),
-            Approx::Close,
-        );
+        assert_same(&chunked, &whole, &format!("decode of 5 latents, t_chunk {t_chunk}"), Approx::Close);
     }
     let chunked = model.decode_chunked(z, 2).unwrap();
-    assert_matches(
-        &chunked,
-        &io,
-        "output.decode_of_mean_tiled",
-        Approx::Approximate,
-    );
+    assert_matches(&chunked, &io, "output.decode_of_mean_tiled", Approx::Approximate);
 }
 
 #[test]
@@ -129,37 +90,17 @@ fn chunked_decode_even_latents_is_correct_not_the_official_bug() {
     assert_matches(&whole, &io, "output.decode_even6_full", Approx::Approximate);
     for t_chunk in [2, 1, 4] {
         let chunked = model.decode_chunked(z.clone(), t_chunk).unwrap();
-        assert_same(
-            &chunked,
-            &whole,
-            &format!("decode of 6 latents, t_chunk {t_chunk}"),
-            Approx::Close,
-        );
+        assert_same(&chunked, &whole, &format!("decode of 6 latents, t_chunk {t_chunk}"), Approx::Close);
     }
     let chunked = model.decode_chunked(z.clone(), 2).unwrap();
-    assert_matches(
-        &chunked,
-        &io,
-        "output.decode_even6_full",
-        Approx::Approximate,
-    );
-    let official_tiled = io["output.decode_even6_official_tiled"]
-        .to_vec::<f32>()
-        .unwrap();
+    assert_matches(&chunked, &io, "output.decode_even6_full", Approx::Approximate);
+    let official_tiled = io["output.decode_even6_official_tiled"].to_vec::<f32>().unwrap();
     let c = Approx::Approximate.compare(&values(&chunked), &official_tiled);
-    assert!(
-        c.max_abs > 0.1,
-        "our chunked decode reproduces the official even-length tiling bug: {c}"
-    );
+    assert!(c.max_abs > 0.1, "our chunked decode reproduces the official even-length tiling bug: {c}");
     // Two latents crash upstream; here they decode like the whole clip.
     let z2 = z.narrow(2, 0, 2);
     let whole2 = model.decode(z2.clone()).unwrap();
-    assert_same(
-        &model.decode_chunked(z2, 2).unwrap(),
-        &whole2,
-        "decode of 2 latents",
-        Approx::Close,
-    );
+    assert_same(&model.decode_chunked(z2, 2).unwrap(), &whole2, "decode of 2 latents", Approx::Close);
 }
 
 #[test]
@@ -170,19 +111,12 @@ fn streaming_decode_chunks_have_the_documented_frame_counts() {
     let mut counts = Vec::new();
     for (start, len) in [(0, 1), (1, 2), (3, 2), (5, 1)] {
         let last = start + len == 6;
-        let chunk = model
-            .decode_chunk(z.clone().narrow(2, start, len), &mut cache, last)
-            .unwrap();
+        let chunk = model.decode_chunk(z.clone().narrow(2, start, len), &mut cache, last).unwrap();
         counts.push(chunk.dims()[2]);
     }
     assert_eq!(counts, vec![1, 6, 8, 6]);
     assert_eq!(counts.iter().sum::<usize>(), 4 * 6 - 3);
-    assert_eq!(
-        cache.cached_frames(),
-        0,
-        "a closed stream keeps no pending frames: {:?}",
-        cache.tails.keys()
-    );
+    assert_eq!(cache.cached_frames(), 0, "a closed stream keeps no pending frames: {:?}", cache.tails.keys());
 }
 
 #[test]

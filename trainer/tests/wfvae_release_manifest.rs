@@ -9,19 +9,13 @@ use osp_trainer::models::wfvae::WFVAEModelConfig;
 #[test]
 fn release_preset_matches_manifest() {
     let path = reference_dir().join("manifests/wfvae_d8_4x8x8.json");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut expected: Vec<(String, Vec<usize>)> = manifest["tensors"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| {
-            let shape = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
+            let shape = t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
             (t["name"].as_str().unwrap().to_string(), shape)
         })
         .collect();
@@ -36,12 +30,6 @@ fn release_preset_matches_manifest() {
     actual.sort();
     expected.sort();
     assert_eq!(actual, expected);
-    let total: usize = actual
-        .iter()
-        .map(|(_, s)| s.iter().product::<usize>())
-        .sum();
-    assert_eq!(
-        total as u64,
-        manifest["total_state_dict_numel_unique"].as_u64().unwrap()
-    );
+    let total: usize = actual.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+    assert_eq!(total as u64, manifest["total_state_dict_numel_unique"].as_u64().unwrap());
 }

@@ -10,8 +10,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-pub mod eval;
 pub mod encode_text;
+pub mod eval;
 pub mod extract_text_embeds;
 pub mod inspect;
 pub mod reconstruct;

@@ -66,11 +66,7 @@ pub fn load_module<B: Backend, M: ModuleSnapshot<B>>(
     options: LoadOptions,
 ) -> Result<LoadReport> {
     let expected: BTreeMap<String, TensorSnapshot> = module
-        .collect(
-            None,
-            Some(remap::burn_to_official()),
-            remap::SKIP_ENUM_VARIANTS,
-        )
+        .collect(None, Some(remap::burn_to_official()), remap::SKIP_ENUM_VARIANTS)
         .into_iter()
         .map(|s| (s.full_path(), s))
         .collect();
@@ -106,10 +102,7 @@ pub fn load_module<B: Backend, M: ModuleSnapshot<B>>(
         if fixed.contains(name) {
             match max_abs_diff(name, checkpoint, have, want) {
                 Ok(0.0) => report.builtin.push(name.clone()),
-                Ok(max_abs) => problems.push(Error::FixedTensorMismatch {
-                    path: name.clone(),
-                    max_abs,
-                }),
+                Ok(max_abs) => problems.push(Error::FixedTensorMismatch { path: name.clone(), max_abs }),
                 Err(e) => problems.push(e),
             }
             continue;
@@ -117,47 +110,20 @@ pub fn load_module<B: Backend, M: ModuleSnapshot<B>>(
         report.applied.push(name.clone());
         to_apply.push(have.clone());
     }
-    report.unused = checkpoint
-        .names()
-        .filter(|n| !expected.contains_key(*n))
-        .map(str::to_string)
-        .collect();
+    report.unused = checkpoint.names().filter(|n| !expected.contains_key(*n)).map(str::to_string).collect();
     if !options.allow_partial {
-        problems.extend(
-            report
-                .missing
-                .iter()
-                .map(|p| Error::MissingTensor { path: p.clone() }),
-        );
-        problems.extend(
-            report
-                .unused
-                .iter()
-                .map(|p| Error::UnexpectedTensor { path: p.clone() }),
-        );
+        problems.extend(report.missing.iter().map(|p| Error::MissingTensor { path: p.clone() }));
+        problems.extend(report.unused.iter().map(|p| Error::UnexpectedTensor { path: p.clone() }));
     }
     match problems.len() {
         0 => {}
         1 => return Err(problems.remove(0)),
-        _ => {
-            return Err(Error::Incompatible {
-                path: checkpoint.path.clone(),
-                problems,
-            })
-        }
+        _ => return Err(Error::Incompatible { path: checkpoint.path.clone(), problems }),
     }
 
-    let result = module.apply(
-        to_apply,
-        None,
-        Some(remap::official_to_burn()),
-        remap::SKIP_ENUM_VARIANTS,
-    );
+    let result = module.apply(to_apply, None, Some(remap::official_to_burn()), remap::SKIP_ENUM_VARIANTS);
     if let Some(e) = result.errors.first() {
-        return Err(Error::checkpoint(
-            &checkpoint.path,
-            format!("applying tensors failed: {e}"),
-        ));
+        return Err(Error::checkpoint(&checkpoint.path, format!("applying tensors failed: {e}")));
     }
     if result.applied.len() != report.applied.len() {
         return Err(Error::checkpoint(
@@ -173,23 +139,12 @@ pub fn load_module<B: Backend, M: ModuleSnapshot<B>>(
     Ok(report)
 }
 
-fn max_abs_diff(
-    name: &str,
-    checkpoint: &Checkpoint,
-    have: &TensorSnapshot,
-    want: &TensorSnapshot,
-) -> Result<f64> {
+fn max_abs_diff(name: &str, checkpoint: &Checkpoint, have: &TensorSnapshot, want: &TensorSnapshot) -> Result<f64> {
     let load = |s: &TensorSnapshot| -> Result<Vec<f64>> {
-        let data = s
-            .to_data()
-            .map_err(|e| Error::checkpoint(&checkpoint.path, format!("reading `{name}`: {e:?}")))?;
+        let data = s.to_data().map_err(|e| Error::checkpoint(&checkpoint.path, format!("reading `{name}`: {e:?}")))?;
         let data = data.convert::<f64>();
-        data.to_vec::<f64>()
-            .map_err(|e| Error::checkpoint(&checkpoint.path, format!("reading `{name}`: {e:?}")))
+        data.to_vec::<f64>().map_err(|e| Error::checkpoint(&checkpoint.path, format!("reading `{name}`: {e:?}")))
     };
     let (a, b) = (load(have)?, load(want)?);
-    Ok(a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max))
+    Ok(a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max))
 }

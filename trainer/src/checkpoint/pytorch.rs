@@ -34,27 +34,15 @@ pub(super) fn read(path: &Path, selection: &PytorchSelection) -> Result<Checkpoi
     let all: BTreeMap<String, TensorSnapshot> = reader.into_tensors().into_iter().collect();
     let (source, tensors) = select(all, selection);
     if tensors.is_empty() {
-        return Err(Error::checkpoint(
-            path,
-            format!("no tensors under `{source}`"),
-        ));
+        return Err(Error::checkpoint(path, format!("no tensors under `{source}`")));
     }
     tracing::info!(path = %path.display(), source = %source, tensors = tensors.len(), "read PyTorch checkpoint");
-    Ok(Checkpoint {
-        path: path.to_path_buf(),
-        source,
-        tensors,
-    })
+    Ok(Checkpoint { path: path.to_path_buf(), source, tensors })
 }
 
 fn under(all: &BTreeMap<String, TensorSnapshot>, prefix: &str) -> BTreeMap<String, TensorSnapshot> {
     let dotted = format!("{prefix}.");
-    all.iter()
-        .filter_map(|(k, s)| {
-            k.strip_prefix(&dotted)
-                .map(|rest| (rest.to_string(), s.clone()))
-        })
-        .collect()
+    all.iter().filter_map(|(k, s)| k.strip_prefix(&dotted).map(|rest| (rest.to_string(), s.clone()))).collect()
 }
 
 fn select(
@@ -67,10 +55,7 @@ fn select(
         PytorchSelection::Auto => {
             let ema = under(&all, "ema_state_dict");
             if !ema.is_empty() {
-                let stripped = ema
-                    .into_iter()
-                    .map(|(k, s)| (remap::strip_module_prefix(&k), s))
-                    .collect();
+                let stripped = ema.into_iter().map(|(k, s)| (remap::strip_module_prefix(&k), s)).collect();
                 ("ema_state_dict".to_string(), stripped)
             } else {
                 let gen = under(&all, "state_dict.gen_model");

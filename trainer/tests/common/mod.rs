@@ -17,12 +17,7 @@ pub type B = NdArray<f32>;
 pub fn reference_dir() -> PathBuf {
     std::env::var_os("OSP_REFERENCE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/reference"
-            ))
-        })
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference")))
 }
 
 pub fn wfvae_tiny_dir() -> PathBuf {
@@ -30,27 +25,13 @@ pub fn wfvae_tiny_dir() -> PathBuf {
 }
 
 pub fn values(t: &Tensor<B, 5>) -> Vec<f32> {
-    t.to_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32 tensor")
+    t.to_data().convert::<f32>().to_vec::<f32>().expect("f32 tensor")
 }
 
 /// Asserts `actual` matches fixture tensor `name` at `level` (shape and values).
-pub fn assert_matches(
-    actual: &Tensor<B, 5>,
-    io: &BTreeMap<String, TensorData>,
-    name: &str,
-    level: Approx,
-) {
-    let expected = io
-        .get(name)
-        .unwrap_or_else(|| panic!("fixture has no `{name}`"));
-    assert_eq!(
-        actual.dims().to_vec(),
-        expected.shape.to_vec(),
-        "shape of `{name}`"
-    );
+pub fn assert_matches(actual: &Tensor<B, 5>, io: &BTreeMap<String, TensorData>, name: &str, level: Approx) {
+    let expected = io.get(name).unwrap_or_else(|| panic!("fixture has no `{name}`"));
+    assert_eq!(actual.dims().to_vec(), expected.shape.to_vec(), "shape of `{name}`");
     let e = expected.to_vec::<f32>().expect("f32 fixture");
     let c = level.compare(&values(actual), &e);
     assert!(c.ok(), "`{name}` vs official at {level}: {c}");

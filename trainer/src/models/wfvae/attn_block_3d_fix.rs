@@ -23,13 +23,7 @@ pub struct AttnBlock3DFix<B: Backend> {
 impl<B: Backend> AttnBlock3DFix<B> {
     pub fn new(in_channels: usize, device: &B::Device) -> Self {
         let conv = || CausalConv3d::new([in_channels, in_channels], 1, 1, 0, true, device);
-        AttnBlock3DFix {
-            norm: LayerNorm::new(in_channels, device),
-            q: conv(),
-            k: conv(),
-            v: conv(),
-            proj_out: conv(),
-        }
+        AttnBlock3DFix { norm: LayerNorm::new(in_channels, device), q: conv(), k: conv(), v: conv(), proj_out: conv() }
     }
 
     /// `[b, c, t, h, w]` -> `[b, c, t, h, w]`.

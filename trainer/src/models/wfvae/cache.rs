@@ -46,11 +46,7 @@ impl<B: Backend> Default for TemporalCache<B> {
 impl<B: Backend> TemporalCache<B> {
     /// An empty cache for the first chunk of a clip.
     pub fn new() -> Self {
-        TemporalCache {
-            tails: BTreeMap::new(),
-            chunks_done: 0,
-            closing: false,
-        }
+        TemporalCache { tails: BTreeMap::new(), chunks_done: 0, closing: false }
     }
 
     /// True while the first chunk is being processed.
@@ -93,10 +89,7 @@ impl<B: Backend> TemporalCache<B> {
         debug_assert!(n >= kt, "causal window `{key}` needs {kt} frames, has {n}");
         let next_start = ((n - kt) / st + 1) * st;
         if next_start < n {
-            self.tails.insert(
-                key.to_string(),
-                padded.clone().narrow(2, next_start, n - next_start),
-            );
+            self.tails.insert(key.to_string(), padded.clone().narrow(2, next_start, n - next_start));
         }
         padded
     }

@@ -23,39 +23,22 @@ pub struct CausalConv3d<B: Backend> {
 
 impl<B: Backend> CausalConv3d<B> {
     /// Cubic kernel `k`, the same `stride` on every axis, spatial zero padding `padding`.
-    pub fn new(
-        channels: [usize; 2],
-        k: usize,
-        stride: usize,
-        padding: usize,
-        bias: bool,
-        device: &B::Device,
-    ) -> Self {
+    pub fn new(channels: [usize; 2], k: usize, stride: usize, padding: usize, bias: bool, device: &B::Device) -> Self {
         let conv = Conv3dConfig::new(channels, [k, k, k])
             .with_stride([stride; 3])
             .with_padding(PaddingConfig3d::Explicit(0, padding, padding))
             .with_bias(bias)
             .init(device);
-        CausalConv3d {
-            conv,
-            time_kernel_size: k,
-            time_stride: stride,
-        }
+        CausalConv3d { conv, time_kernel_size: k, time_stride: stride }
     }
 
     /// `[b, c, t, h, w]` -> `[b, c', (t - 1) / s + 1, h', w']` (whole clip).
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.conv
-            .forward(replicate_first(x, self.time_kernel_size - 1))
+        self.conv.forward(replicate_first(x, self.time_kernel_size - 1))
     }
 
     /// One temporal chunk; `path` (official module path) keys the cached tail frames.
-    pub fn forward_cached(
-        &self,
-        x: Tensor<B, 5>,
-        path: &str,
-        cache: &mut TemporalCache<B>,
-    ) -> Tensor<B, 5> {
+    pub fn forward_cached(&self, x: Tensor<B, 5>, path: &str, cache: &mut TemporalCache<B>) -> Tensor<B, 5> {
         let k = self.time_kernel_size;
         let padded = cache.causal_window(path, x, k - 1, k, self.time_stride);
         self.conv.forward(padded)

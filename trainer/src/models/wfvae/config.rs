@@ -86,10 +86,7 @@ impl WFVAEModelConfig {
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            source: e,
-        })
+        serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })
     }
 
     /// Checks that the configuration names the blocks this port implements.
@@ -98,42 +95,14 @@ impl WFVAEModelConfig {
             ("attention_type", &self.attention_type, "AttnBlock3DFix"),
             ("norm_type", &self.norm_type, "layernorm"),
             ("t_interpolation", &self.t_interpolation, "trilinear"),
-            (
-                "l1_dowmsample_block",
-                &self.l1_dowmsample_block,
-                "Downsample",
-            ),
-            (
-                "l1_downsample_wavelet",
-                &self.l1_downsample_wavelet,
-                "HaarWaveletTransform2D",
-            ),
-            (
-                "l2_dowmsample_block",
-                &self.l2_dowmsample_block,
-                "Spatial2xTime2x3DDownsample",
-            ),
-            (
-                "l2_downsample_wavelet",
-                &self.l2_downsample_wavelet,
-                "HaarWaveletTransform3D",
-            ),
+            ("l1_dowmsample_block", &self.l1_dowmsample_block, "Downsample"),
+            ("l1_downsample_wavelet", &self.l1_downsample_wavelet, "HaarWaveletTransform2D"),
+            ("l2_dowmsample_block", &self.l2_dowmsample_block, "Spatial2xTime2x3DDownsample"),
+            ("l2_downsample_wavelet", &self.l2_downsample_wavelet, "HaarWaveletTransform3D"),
             ("l1_upsample_block", &self.l1_upsample_block, "Upsample"),
-            (
-                "l1_upsample_wavelet",
-                &self.l1_upsample_wavelet,
-                "InverseHaarWaveletTransform2D",
-            ),
-            (
-                "l2_upsample_block",
-                &self.l2_upsample_block,
-                "Spatial2xTime2x3DUpsample",
-            ),
-            (
-                "l2_upsample_wavelet",
-                &self.l2_upsample_wavelet,
-                "InverseHaarWaveletTransform3D",
-            ),
+            ("l1_upsample_wavelet", &self.l1_upsample_wavelet, "InverseHaarWaveletTransform2D"),
+            ("l2_upsample_block", &self.l2_upsample_block, "Spatial2xTime2x3DUpsample"),
+            ("l2_upsample_wavelet", &self.l2_upsample_wavelet, "InverseHaarWaveletTransform3D"),
         ];
         for (key, value, supported) in fixed {
             if value != supported {
@@ -145,14 +114,8 @@ impl WFVAEModelConfig {
         let positive = [
             ("latent_dim", self.latent_dim),
             ("base_channels", self.base_channels),
-            (
-                "encoder_energy_flow_hidden_size",
-                self.encoder_energy_flow_hidden_size,
-            ),
-            (
-                "decoder_energy_flow_hidden_size",
-                self.decoder_energy_flow_hidden_size,
-            ),
+            ("encoder_energy_flow_hidden_size", self.encoder_energy_flow_hidden_size),
+            ("decoder_energy_flow_hidden_size", self.decoder_energy_flow_hidden_size),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -160,10 +123,7 @@ impl WFVAEModelConfig {
             }
         }
         if self.dropout != 0.0 {
-            return Err(Error::Config(format!(
-                "`dropout` = {} is not supported (inference port: 0.0)",
-                self.dropout
-            )));
+            return Err(Error::Config(format!("`dropout` = {} is not supported (inference port: 0.0)", self.dropout)));
         }
         for (key, v) in [("scale", &self.scale), ("shift", &self.shift)] {
             if v.len() != self.latent_dim {

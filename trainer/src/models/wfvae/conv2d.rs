@@ -24,32 +24,18 @@ pub struct Conv2d<B: Backend> {
 
 impl<B: Backend> Conv2d<B> {
     /// Square kernel `k`, `stride`, symmetric zero `padding`, with bias.
-    pub fn new(
-        channels: [usize; 2],
-        k: usize,
-        stride: usize,
-        padding: usize,
-        device: &B::Device,
-    ) -> Self {
+    pub fn new(channels: [usize; 2], k: usize, stride: usize, padding: usize, device: &B::Device) -> Self {
         let conv = Conv2dConfig::new(channels, [k, k])
             .with_stride([stride, stride])
-            .with_padding(PaddingConfig2d::Explicit(
-                padding, padding, padding, padding,
-            ))
+            .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
             .init::<B>(device);
         let bias = conv.bias.expect("Conv2dConfig has bias enabled by default");
-        Conv2d {
-            weight: conv.weight,
-            bias,
-            stride,
-            padding,
-        }
+        Conv2d { weight: conv.weight, bias, stride, padding }
     }
 
     /// `[n, c, h, w]` -> `[n, c', h', w']`.
     pub fn forward_image(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let options =
-            burn::tensor::ops::ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        let options = burn::tensor::ops::ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
         burn::tensor::module::conv2d(x, self.weight.val(), Some(self.bias.val()), options)
     }
 

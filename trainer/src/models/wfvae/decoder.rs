@@ -11,9 +11,8 @@ use super::cache::TemporalCache;
 use super::layer::{sequential, sequential_cached, Layer};
 use super::ops::{frames, nonlinearity};
 use super::{
-    AttnBlock3DFix, CausalConv3d, Conv2d, InverseHaarWaveletTransform2D,
-    InverseHaarWaveletTransform3D, LayerNorm, ResnetBlock3D, Spatial2xTime2x3DUpsample, Upsample,
-    WFVAEModelConfig,
+    AttnBlock3DFix, CausalConv3d, Conv2d, InverseHaarWaveletTransform2D, InverseHaarWaveletTransform3D, LayerNorm,
+    ResnetBlock3D, Spatial2xTime2x3DUpsample, Upsample, WFVAEModelConfig,
 };
 
 /// Cache key of the energy-flow frames that wait for the (one frame delayed) main path.
@@ -50,20 +49,14 @@ impl<B: Backend> Decoder<B> {
         }
         mid.push(res(4 * c, 4 * c + e));
         let mut up2: Vec<_> = (0..nr).map(|_| res(4 * c, 4 * c)).collect();
-        up2.push(Layer::Spatial2xTime2x3DUpsample(
-            Spatial2xTime2x3DUpsample::new(4 * c, 4 * c, device),
-        ));
+        up2.push(Layer::Spatial2xTime2x3DUpsample(Spatial2xTime2x3DUpsample::new(4 * c, 4 * c, device)));
         up2.push(res(4 * c, 4 * c + e));
-        let mut up1: Vec<_> = (0..nr)
-            .map(|i| res(if i == 0 { 4 * c } else { 2 * c }, 2 * c))
-            .collect();
+        let mut up1: Vec<_> = (0..nr).map(|i| res(if i == 0 { 4 * c } else { 2 * c }, 2 * c)).collect();
         up1.push(Layer::Upsample(Upsample::new(2 * c, 2 * c, device)));
         up1.push(res(2 * c, 2 * c));
         let layer = vec![res(2 * c, c), res(c, c)];
         let connect = |out: usize| {
-            let mut v: Vec<_> = (0..config.connect_res_layer_num)
-                .map(|_| res(e, e))
-                .collect();
+            let mut v: Vec<_> = (0..config.connect_res_layer_num).map(|_| res(e, e)).collect();
             v.push(Layer::Conv2d(Conv2d::new([e, out], 3, 1, 1, device)));
             v
         };
@@ -103,18 +96,13 @@ impl<B: Backend> Decoder<B> {
     pub fn forward(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
         let h = sequential(&self.mid, self.conv_in.forward(z));
         let (h, energy) = self.split_energy(h);
-        let l2 = self
-            .inverse_wavelet_transform_l2
-            .forward(sequential(&self.connect_l2, energy), true);
+        let l2 = self.inverse_wavelet_transform_l2.forward(sequential(&self.connect_l2, energy), true);
         let (h, energy) = self.split_energy(sequential(&self.up2, h));
         let l1_coeffs = Self::add_to_first3(sequential(&self.connect_l1, energy), l2);
         let l1 = self.inverse_wavelet_transform_l1.forward(l1_coeffs);
         let h = sequential(&self.layer, sequential(&self.up1, h));
-        let h = self
-            .conv_out
-            .forward(nonlinearity(self.norm_out.forward(h)));
-        self.inverse_wavelet_transform_out
-            .forward(Self::add_to_first3(h, l1), true)
+        let h = self.conv_out.forward(nonlinearity(self.norm_out.forward(h)));
+        self.inverse_wavelet_transform_out.forward(Self::add_to_first3(h, l1), true)
     }
 
     /// One temporal chunk of latents; see [`super::WFVAEModel::decode_chunk`].
@@ -134,19 +122,13 @@ impl<B: Backend> Decoder<B> {
         // The time upsampling in `up2` runs one frame behind the energy flow: keep the surplus.
         let (n, available) = (frames(&l1_coeffs), frames(&l2));
         if available > n {
-            cache.tails.insert(
-                L2_PENDING.to_string(),
-                l2.clone().narrow(2, n, available - n),
-            );
+            cache.tails.insert(L2_PENDING.to_string(), l2.clone().narrow(2, n, available - n));
         }
         let l1_coeffs = Self::add_to_first3(l1_coeffs, l2.narrow(2, 0, n));
         let l1 = self.inverse_wavelet_transform_l1.forward(l1_coeffs);
         let h = sequential_cached(&self.up1, h, "decoder.up1", cache);
         let h = sequential_cached(&self.layer, h, "decoder.layer", cache);
-        let h = self
-            .conv_out
-            .forward(nonlinearity(self.norm_out.forward(h)));
-        self.inverse_wavelet_transform_out
-            .forward(Self::add_to_first3(h, l1), first)
+        let h = self.conv_out.forward(nonlinearity(self.norm_out.forward(h)));
+        self.inverse_wavelet_transform_out.forward(Self::add_to_first3(h, l1), first)
     }
 }

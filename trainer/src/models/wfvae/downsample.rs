@@ -17,14 +17,11 @@ pub struct Downsample<B: Backend> {
 
 impl<B: Backend> Downsample<B> {
     pub fn new(in_channels: usize, out_channels: usize, device: &B::Device) -> Self {
-        Downsample {
-            conv: Conv2d::new([in_channels, out_channels], 3, 2, 0, device),
-        }
+        Downsample { conv: Conv2d::new([in_channels, out_channels], 3, 2, 0, device) }
     }
 
     /// `[b, c, t, h, w]` -> `[b, c', t, h/2, w/2]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.conv
-            .forward(x.pad((0, 1, 0, 1), PadMode::Constant(0.0)))
+        self.conv.forward(x.pad((0, 1, 0, 1), PadMode::Constant(0.0)))
     }
 }

@@ -11,9 +11,8 @@ use super::cache::TemporalCache;
 use super::layer::{sequential, sequential_cached, Layer};
 use super::ops::nonlinearity;
 use super::{
-    AttnBlock3DFix, CausalConv3d, Conv2d, Downsample, HaarWaveletTransform2D,
-    HaarWaveletTransform3D, LayerNorm, ResnetBlock2D, ResnetBlock3D, Spatial2xTime2x3DDownsample,
-    WFVAEModelConfig,
+    AttnBlock3DFix, CausalConv3d, Conv2d, Downsample, HaarWaveletTransform2D, HaarWaveletTransform3D, LayerNorm,
+    ResnetBlock2D, ResnetBlock3D, Spatial2xTime2x3DDownsample, WFVAEModelConfig,
 };
 
 #[derive(Module, Debug)]
@@ -39,25 +38,13 @@ impl<B: Backend> Encoder<B> {
         down1.extend((0..nr).map(|_| Layer::ResnetBlock2D(ResnetBlock2D::new(c, c, device))));
         down1.push(Layer::Downsample(Downsample::new(c, c, device)));
         let mut down2 = vec![Layer::Conv2d(Conv2d::new([c + e, 2 * c], 3, 1, 1, device))];
-        down2.extend(
-            (0..nr).map(|_| Layer::ResnetBlock3D(ResnetBlock3D::new(2 * c, 2 * c, device))),
-        );
-        down2.push(Layer::Spatial2xTime2x3DDownsample(
-            Spatial2xTime2x3DDownsample::new(2 * c, 2 * c, device),
-        ));
-        let mut mid = vec![Layer::ResnetBlock3D(ResnetBlock3D::new(
-            2 * c + e,
-            4 * c,
-            device,
-        ))];
+        down2.extend((0..nr).map(|_| Layer::ResnetBlock3D(ResnetBlock3D::new(2 * c, 2 * c, device))));
+        down2.push(Layer::Spatial2xTime2x3DDownsample(Spatial2xTime2x3DDownsample::new(2 * c, 2 * c, device)));
+        let mut mid = vec![Layer::ResnetBlock3D(ResnetBlock3D::new(2 * c + e, 4 * c, device))];
         if config.use_attention {
             mid.push(Layer::AttnBlock3DFix(AttnBlock3DFix::new(4 * c, device)));
         }
-        mid.push(Layer::ResnetBlock3D(ResnetBlock3D::new(
-            4 * c,
-            4 * c,
-            device,
-        )));
+        mid.push(Layer::ResnetBlock3D(ResnetBlock3D::new(4 * c, 4 * c, device)));
         Encoder {
             down1,
             down2,
@@ -76,47 +63,26 @@ impl<B: Backend> Encoder<B> {
     /// Video `[b, 3, t, h, w]` -> `[b, 2*latent, (t-1)/4 + 1, h/8, w/8]` (`[mean | logvar]`, unclamped).
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let coeffs = self.wavelet_transform_in.forward(x);
-        let l1_coeffs = self
-            .wavelet_transform_l1
-            .forward(coeffs.clone().narrow(1, 0, 3));
+        let l1_coeffs = self.wavelet_transform_l1.forward(coeffs.clone().narrow(1, 0, 3));
         let l1 = self.connect_l1.forward(l1_coeffs.clone());
-        let l2 = self
-            .connect_l2
-            .forward(self.wavelet_transform_l2.forward(l1_coeffs.narrow(1, 0, 3)));
+        let l2 = self.connect_l2.forward(self.wavelet_transform_l2.forward(l1_coeffs.narrow(1, 0, 3)));
         let h = sequential(&self.down1, coeffs);
         let h = sequential(&self.down2, Tensor::cat(vec![h, l1], 1));
         let h = sequential(&self.mid, Tensor::cat(vec![h, l2], 1));
-        self.conv_out
-            .forward(nonlinearity(self.norm_out.forward(h)))
+        self.conv_out.forward(nonlinearity(self.norm_out.forward(h)))
     }
 
     /// One temporal chunk (the first chunk 1 frame, later chunks multiples of 4 frames).
     pub fn forward_cached(&self, x: Tensor<B, 5>, cache: &mut TemporalCache<B>) -> Tensor<B, 5> {
-        let coeffs =
-            self.wavelet_transform_in
-                .forward_cached(x, "encoder.wavelet_transform_in", cache);
-        let l1_coeffs = self
-            .wavelet_transform_l1
-            .forward(coeffs.clone().narrow(1, 0, 3));
+        let coeffs = self.wavelet_transform_in.forward_cached(x, "encoder.wavelet_transform_in", cache);
+        let l1_coeffs = self.wavelet_transform_l1.forward(coeffs.clone().narrow(1, 0, 3));
         let l1 = self.connect_l1.forward(l1_coeffs.clone());
-        let l2_coeffs = self.wavelet_transform_l2.forward_cached(
-            l1_coeffs.narrow(1, 0, 3),
-            "encoder.wavelet_transform_l2",
-            cache,
-        );
+        let l2_coeffs =
+            self.wavelet_transform_l2.forward_cached(l1_coeffs.narrow(1, 0, 3), "encoder.wavelet_transform_l2", cache);
         let l2 = self.connect_l2.forward(l2_coeffs);
         let h = sequential_cached(&self.down1, coeffs, "encoder.down1", cache);
-        let h = sequential_cached(
-            &self.down2,
-            Tensor::cat(vec![h, l1], 1),
-            "encoder.down2",
-            cache,
-        );
+        let h = sequential_cached(&self.down2, Tensor::cat(vec![h, l1], 1), "encoder.down2", cache);
         let h = sequential_cached(&self.mid, Tensor::cat(vec![h, l2], 1), "encoder.mid", cache);
-        self.conv_out.forward_cached(
-            nonlinearity(self.norm_out.forward(h)),
-            "encoder.conv_out",
-            cache,
-        )
+        self.conv_out.forward_cached(nonlinearity(self.norm_out.forward(h)), "encoder.conv_out", cache)
     }
 }

@@ -42,12 +42,7 @@ impl<B: Backend> Layer<B> {
     }
 
     /// One temporal chunk; `path` is the official path of this entry (e.g. `decoder.mid.0`).
-    pub fn forward_cached(
-        &self,
-        x: Tensor<B, 5>,
-        path: &str,
-        cache: &mut TemporalCache<B>,
-    ) -> Tensor<B, 5> {
+    pub fn forward_cached(&self, x: Tensor<B, 5>, path: &str, cache: &mut TemporalCache<B>) -> Tensor<B, 5> {
         match self {
             Layer::ResnetBlock3D(m) => m.forward_cached(x, path, cache),
             Layer::Spatial2xTime2x3DDownsample(m) => m.forward_cached(x, path, cache),
@@ -70,7 +65,5 @@ pub(crate) fn sequential_cached<B: Backend>(
     path: &str,
     cache: &mut TemporalCache<B>,
 ) -> Tensor<B, 5> {
-    layers.iter().enumerate().fold(x, |h, (i, l)| {
-        l.forward_cached(h, &format!("{path}.{i}"), cache)
-    })
+    layers.iter().enumerate().fold(x, |h, (i, l)| l.forward_cached(h, &format!("{path}.{i}"), cache))
 }

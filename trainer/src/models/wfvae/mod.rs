@@ -42,6 +42,5 @@ pub use spatial2x_time2x_3d_downsample::Spatial2xTime2x3DDownsample;
 pub use spatial2x_time2x_3d_upsample::Spatial2xTime2x3DUpsample;
 pub use upsample::Upsample;
 pub use wavelet::{
-    HaarWaveletTransform2D, HaarWaveletTransform3D, InverseHaarWaveletTransform2D,
-    InverseHaarWaveletTransform3D,
+    HaarWaveletTransform2D, HaarWaveletTransform3D, InverseHaarWaveletTransform2D, InverseHaarWaveletTransform3D,
 };

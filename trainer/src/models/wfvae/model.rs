@@ -78,31 +78,19 @@ impl<B: Backend> WFVAEModel<B> {
 
     /// Official names of the built-in, non-trainable Haar kernels (a checkpoint may omit them).
     pub fn fixed_tensor_names(&self) -> BTreeSet<String> {
-        self.official_tensors()
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| n.contains("wavelet_transform"))
-            .collect()
+        self.official_tensors().into_iter().map(|(n, _)| n).filter(|n| n.contains("wavelet_transform")).collect()
     }
 
     /// Every tensor of the model as `(official name, shape)`, in module order.
     pub fn official_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        self.collect(
-            None,
-            Some(remap::burn_to_official()),
-            remap::SKIP_ENUM_VARIANTS,
-        )
-        .into_iter()
-        .map(|s| (s.full_path(), s.shape.to_vec()))
-        .collect()
+        self.collect(None, Some(remap::burn_to_official()), remap::SKIP_ENUM_VARIANTS)
+            .into_iter()
+            .map(|s| (s.full_path(), s.shape.to_vec()))
+            .collect()
     }
 
     /// Loads official weights strictly (see [`crate::checkpoint::load_module`]).
-    pub fn load_official(
-        &mut self,
-        checkpoint: &Checkpoint,
-        options: LoadOptions,
-    ) -> Result<LoadReport> {
+    pub fn load_official(&mut self, checkpoint: &Checkpoint, options: LoadOptions) -> Result<LoadReport> {
         let fixed = self.fixed_tensor_names();
         load_module(self, checkpoint, &fixed, options)
     }
@@ -110,25 +98,13 @@ impl<B: Backend> WFVAEModel<B> {
     fn check_video(x: &Tensor<B, 5>) -> Result<()> {
         let [_, c, t, h, w] = x.dims();
         if c != 3 {
-            return Err(Error::input(
-                "x",
-                format!(
-                    "must have 3 channels [b, 3, t, h, w], found shape {:?}",
-                    x.dims()
-                ),
-            ));
+            return Err(Error::input("x", format!("must have 3 channels [b, 3, t, h, w], found shape {:?}", x.dims())));
         }
         if t % 4 != 1 {
-            return Err(Error::input(
-                "x",
-                format!("frame count must be 4n+1 (1, 5, 9, ...), found {t}"),
-            ));
+            return Err(Error::input("x", format!("frame count must be 4n+1 (1, 5, 9, ...), found {t}")));
         }
         if h % 8 != 0 || w % 8 != 0 || h == 0 || w == 0 {
-            return Err(Error::input(
-                "x",
-                format!("height and width must be positive multiples of 8, found {h}x{w}"),
-            ));
+            return Err(Error::input("x", format!("height and width must be positive multiples of 8, found {h}x{w}")));
         }
         Ok(())
     }
@@ -138,11 +114,7 @@ impl<B: Backend> WFVAEModel<B> {
         if c != self.latent_dim {
             return Err(Error::input(
                 "z",
-                format!(
-                    "must have {} channels, found shape {:?}",
-                    self.latent_dim,
-                    z.dims()
-                ),
+                format!("must have {} channels, found shape {:?}", self.latent_dim, z.dims()),
             ));
         }
         if t == 0 {
@@ -159,24 +131,14 @@ impl<B: Backend> WFVAEModel<B> {
 
     /// Encodes one temporal chunk, returning the raw moments `[mean | logvar]` of its latents.
     /// The first chunk must be frame 0 alone; later chunks a positive multiple of 4 frames.
-    pub fn encode_chunk(
-        &self,
-        x: Tensor<B, 5>,
-        cache: &mut TemporalCache<B>,
-    ) -> Result<Tensor<B, 5>> {
+    pub fn encode_chunk(&self, x: Tensor<B, 5>, cache: &mut TemporalCache<B>) -> Result<Tensor<B, 5>> {
         let t = frames(&x);
-        let ok = if cache.is_first() {
-            t == FIRST_CHUNK
-        } else {
-            t > 0 && t.is_multiple_of(4)
-        };
+        let ok = if cache.is_first() { t == FIRST_CHUNK } else { t > 0 && t.is_multiple_of(4) };
         if !ok {
             let rule = if cache.is_first() {
                 "the first chunk must be frame 0 alone".to_string()
             } else {
-                format!(
-                    "chunks after the first must hold a positive multiple of 4 frames, found {t}"
-                )
+                format!("chunks after the first must hold a positive multiple of 4 frames, found {t}")
             };
             return Err(Error::input("x", rule));
         }
@@ -190,21 +152,14 @@ impl<B: Backend> WFVAEModel<B> {
     pub fn encode_chunked(&self, x: Tensor<B, 5>, t_chunk: usize) -> Result<Posterior<B>> {
         Self::check_video(&x)?;
         if t_chunk == 0 || !t_chunk.is_multiple_of(4) {
-            return Err(Error::input(
-                "t_chunk",
-                format!("must be a positive multiple of 4, found {t_chunk}"),
-            ));
+            return Err(Error::input("t_chunk", format!("must be a positive multiple of 4, found {t_chunk}")));
         }
         let t = frames(&x);
         let mut cache = TemporalCache::new();
         let mut outs = Vec::new();
         let mut start = 0;
         while start < t {
-            let len = if start == 0 {
-                FIRST_CHUNK
-            } else {
-                t_chunk.min(t - start)
-            };
+            let len = if start == 0 { FIRST_CHUNK } else { t_chunk.min(t - start) };
             let _span = tracing::trace_span!("wfvae_encode_chunk", start, len).entered();
             outs.push(self.encode_chunk(x.clone().narrow(2, start, len), &mut cache)?);
             start += len;
@@ -224,12 +179,7 @@ impl<B: Backend> WFVAEModel<B> {
     /// for chunks of `n` latents the frame counts are: latent 0 alone -> 1; the first chunk
     /// holding latents after 0 -> `4n - 2`; later chunks -> `4n`; the last chunk 2 more (its
     /// flush). Concatenated, the chunks equal [`Self::decode`]. The last chunk clears the cache.
-    pub fn decode_chunk(
-        &self,
-        z: Tensor<B, 5>,
-        cache: &mut TemporalCache<B>,
-        last: bool,
-    ) -> Result<Tensor<B, 5>> {
+    pub fn decode_chunk(&self, z: Tensor<B, 5>, cache: &mut TemporalCache<B>, last: bool) -> Result<Tensor<B, 5>> {
         self.check_latent(&z)?;
         cache.closing = last;
         let video = self.decoder.forward_cached(z, cache);
@@ -254,17 +204,9 @@ impl<B: Backend> WFVAEModel<B> {
         let mut outs = Vec::new();
         let mut start = 0;
         while start < t {
-            let len = if start == 0 {
-                1
-            } else {
-                t_chunk.min(t - start)
-            };
+            let len = if start == 0 { 1 } else { t_chunk.min(t - start) };
             let _span = tracing::trace_span!("wfvae_decode_chunk", start, len).entered();
-            outs.push(self.decode_chunk(
-                z.clone().narrow(2, start, len),
-                &mut cache,
-                start + len == t,
-            )?);
+            outs.push(self.decode_chunk(z.clone().narrow(2, start, len), &mut cache, start + len == t)?);
             start += len;
         }
         Ok(Tensor::cat(outs, 2))

@@ -16,17 +16,11 @@ pub struct LayerNorm<B: Backend> {
 
 impl<B: Backend> LayerNorm<B> {
     pub fn new(num_channels: usize, device: &B::Device) -> Self {
-        LayerNorm {
-            norm: LayerNormConfig::new(num_channels)
-                .with_epsilon(1e-6)
-                .init(device),
-        }
+        LayerNorm { norm: LayerNormConfig::new(num_channels).with_epsilon(1e-6).init(device) }
     }
 
     /// `[b, c, t, h, w]`, normalised over `c` at every position.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.norm
-            .forward(x.permute([0, 2, 3, 4, 1]))
-            .permute([0, 4, 1, 2, 3])
+        self.norm.forward(x.permute([0, 2, 3, 4, 1])).permute([0, 4, 1, 2, 3])
     }
 }

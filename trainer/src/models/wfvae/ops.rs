@@ -26,10 +26,7 @@ pub(crate) fn replicate_first<B: Backend>(x: Tensor<B, 5>, n: usize) -> Tensor<B
 }
 
 /// Runs a 2-D op on every frame: `[b, c, t, h, w]` -> `[b*t, c, h, w]` -> op -> `[b, c', t, h', w']`.
-pub(crate) fn per_frame<B: Backend>(
-    x: Tensor<B, 5>,
-    op: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>,
-) -> Tensor<B, 5> {
+pub(crate) fn per_frame<B: Backend>(x: Tensor<B, 5>, op: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>) -> Tensor<B, 5> {
     let [b, c, t, h, w] = x.dims();
     let y = op(x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]));
     let [_, c2, h2, w2] = y.dims();
@@ -41,21 +38,12 @@ pub(crate) fn per_frame<B: Backend>(
 pub(crate) fn upsample_linear_2x<B: Backend>(x: Tensor<B, 5>, dim: usize) -> Tensor<B, 5> {
     let n = x.dims()[dim];
     let prev = if n > 1 {
-        Tensor::cat(
-            vec![x.clone().narrow(dim, 0, 1), x.clone().narrow(dim, 0, n - 1)],
-            dim,
-        )
+        Tensor::cat(vec![x.clone().narrow(dim, 0, 1), x.clone().narrow(dim, 0, n - 1)], dim)
     } else {
         x.clone()
     };
     let next = if n > 1 {
-        Tensor::cat(
-            vec![
-                x.clone().narrow(dim, 1, n - 1),
-                x.clone().narrow(dim, n - 1, 1),
-            ],
-            dim,
-        )
+        Tensor::cat(vec![x.clone().narrow(dim, 1, n - 1), x.clone().narrow(dim, n - 1, 1)], dim)
     } else {
         x.clone()
     };
@@ -67,10 +55,7 @@ pub(crate) fn upsample_linear_2x<B: Backend>(x: Tensor<B, 5>, dim: usize) -> Ten
 /// `[.., n, ..]` x2 -> `[.., 2n, ..]` with `a[i]` at `2i` and `b[i]` at `2i+1` along `dim`.
 pub(crate) fn interleave<B: Backend>(a: Tensor<B, 5>, b: Tensor<B, 5>, dim: usize) -> Tensor<B, 5> {
     let mut dims = a.dims();
-    let stacked: Tensor<B, 6> = Tensor::cat(
-        vec![a.unsqueeze_dim(dim + 1), b.unsqueeze_dim(dim + 1)],
-        dim + 1,
-    );
+    let stacked: Tensor<B, 6> = Tensor::cat(vec![a.unsqueeze_dim(dim + 1), b.unsqueeze_dim(dim + 1)], dim + 1);
     dims[dim] *= 2;
     stacked.reshape(dims)
 }

@@ -33,9 +33,7 @@ impl<B: Backend> ResnetBlock2D<B> {
 
     /// `[b, c, t, h, w]` -> `[b, c', t, h, w]`, every frame independently.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let h = self
-            .conv1
-            .forward(nonlinearity(self.norm1.forward(x.clone())));
+        let h = self.conv1.forward(nonlinearity(self.norm1.forward(x.clone())));
         let h = self.conv2.forward(nonlinearity(self.norm2.forward(h)));
         let x = match &self.nin_shortcut {
             Some(conv) => conv.forward(x),

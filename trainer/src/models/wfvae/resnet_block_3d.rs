@@ -34,9 +34,7 @@ impl<B: Backend> ResnetBlock3D<B> {
 
     /// `[b, c, t, h, w]` -> `[b, c', t, h, w]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let h = self
-            .conv1
-            .forward(nonlinearity(self.norm1.forward(x.clone())));
+        let h = self.conv1.forward(nonlinearity(self.norm1.forward(x.clone())));
         let h = self.conv2.forward(nonlinearity(self.norm2.forward(h)));
         let x = match &self.nin_shortcut {
             Some(conv) => conv.forward(x),
@@ -46,20 +44,11 @@ impl<B: Backend> ResnetBlock3D<B> {
     }
 
     /// One temporal chunk; caches under `<path>.conv1` and `<path>.conv2`.
-    pub fn forward_cached(
-        &self,
-        x: Tensor<B, 5>,
-        path: &str,
-        cache: &mut TemporalCache<B>,
-    ) -> Tensor<B, 5> {
+    pub fn forward_cached(&self, x: Tensor<B, 5>, path: &str, cache: &mut TemporalCache<B>) -> Tensor<B, 5> {
         let h = nonlinearity(self.norm1.forward(x.clone()));
-        let h = self
-            .conv1
-            .forward_cached(h, &format!("{path}.conv1"), cache);
+        let h = self.conv1.forward_cached(h, &format!("{path}.conv1"), cache);
         let h = nonlinearity(self.norm2.forward(h));
-        let h = self
-            .conv2
-            .forward_cached(h, &format!("{path}.conv2"), cache);
+        let h = self.conv2.forward_cached(h, &format!("{path}.conv2"), cache);
         let x = match &self.nin_shortcut {
             Some(conv) => conv.forward(x),
             None => x,

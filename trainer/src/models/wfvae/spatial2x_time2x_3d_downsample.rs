@@ -19,28 +19,16 @@ pub struct Spatial2xTime2x3DDownsample<B: Backend> {
 
 impl<B: Backend> Spatial2xTime2x3DDownsample<B> {
     pub fn new(in_channels: usize, out_channels: usize, device: &B::Device) -> Self {
-        Spatial2xTime2x3DDownsample {
-            conv: CausalConv3d::new([in_channels, out_channels], 3, 2, 0, true, device),
-        }
+        Spatial2xTime2x3DDownsample { conv: CausalConv3d::new([in_channels, out_channels], 3, 2, 0, true, device) }
     }
 
     /// `[b, c, t, h, w]` -> `[b, c', (t - 1)/2 + 1, h/2, w/2]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.conv
-            .forward(x.pad((0, 1, 0, 1), PadMode::Constant(0.0)))
+        self.conv.forward(x.pad((0, 1, 0, 1), PadMode::Constant(0.0)))
     }
 
     /// One temporal chunk; caches under `<path>.conv`.
-    pub fn forward_cached(
-        &self,
-        x: Tensor<B, 5>,
-        path: &str,
-        cache: &mut TemporalCache<B>,
-    ) -> Tensor<B, 5> {
-        self.conv.forward_cached(
-            x.pad((0, 1, 0, 1), PadMode::Constant(0.0)),
-            &format!("{path}.conv"),
-            cache,
-        )
+    pub fn forward_cached(&self, x: Tensor<B, 5>, path: &str, cache: &mut TemporalCache<B>) -> Tensor<B, 5> {
+        self.conv.forward_cached(x.pad((0, 1, 0, 1), PadMode::Constant(0.0)), &format!("{path}.conv"), cache)
     }
 }

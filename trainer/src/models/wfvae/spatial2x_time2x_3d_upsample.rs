@@ -19,9 +19,7 @@ pub struct Spatial2xTime2x3DUpsample<B: Backend> {
 
 impl<B: Backend> Spatial2xTime2x3DUpsample<B> {
     pub fn new(in_channels: usize, out_channels: usize, device: &B::Device) -> Self {
-        Spatial2xTime2x3DUpsample {
-            conv: CausalConv3d::new([in_channels, out_channels], 3, 1, 1, true, device),
-        }
+        Spatial2xTime2x3DUpsample { conv: CausalConv3d::new([in_channels, out_channels], 3, 1, 1, true, device) }
     }
 
     /// `[b, c, t, h, w]` -> `[b, c', 2t - 1, 2h, 2w]`.
@@ -44,12 +42,7 @@ impl<B: Backend> Spatial2xTime2x3DUpsample<B> {
     /// under `<path>.interpolation`), and the last chunk flushes it with the edge clamp. Output
     /// frames per chunk of `n` input frames: first chunk `2n - 1` (`1` when `n == 1`), later chunks
     /// `2n`, plus `1` on the last chunk when it is not the first.
-    pub fn forward_cached(
-        &self,
-        x: Tensor<B, 5>,
-        path: &str,
-        cache: &mut TemporalCache<B>,
-    ) -> Tensor<B, 5> {
+    pub fn forward_cached(&self, x: Tensor<B, 5>, path: &str, cache: &mut TemporalCache<B>) -> Tensor<B, 5> {
         let key = format!("{path}.interpolation");
         let mut parts = Vec::new();
         let mut rest = Some(x);
@@ -65,10 +58,7 @@ impl<B: Backend> Spatial2xTime2x3DUpsample<B> {
             let n = frames(&x);
             let (window, has_prev) = match cache.tails.remove(&key) {
                 Some(prev) => (Tensor::cat(vec![prev, x.clone()], 2), true),
-                None => (
-                    Tensor::cat(vec![x.clone().narrow(2, 0, 1), x.clone()], 2),
-                    false,
-                ),
+                None => (Tensor::cat(vec![x.clone().narrow(2, 0, 1), x.clone()], 2), false),
             };
             let before = window.clone().narrow(2, 0, n);
             let after = window.narrow(2, 1, n);

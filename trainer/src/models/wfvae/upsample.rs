@@ -17,9 +17,7 @@ pub struct Upsample<B: Backend> {
 
 impl<B: Backend> Upsample<B> {
     pub fn new(in_channels: usize, out_channels: usize, device: &B::Device) -> Self {
-        Upsample {
-            conv: Conv2d::new([in_channels, out_channels], 3, 1, 1, device),
-        }
+        Upsample { conv: Conv2d::new([in_channels, out_channels], 3, 1, 1, device) }
     }
 
     /// `[b, c, t, h, w]` -> `[b, c', t, 2h, 2w]`.

@@ -29,12 +29,7 @@ pub(crate) const HAAR3D_BANDS: [(&str, [u8; 3]); 8] = [
 ];
 
 /// Band names of the 2-D transform in channel order, with their (h, w) sign bits.
-pub(crate) const HAAR2D_BANDS: [(&str, [u8; 2]); 4] = [
-    ("aa", [0, 0]),
-    ("ad", [1, 0]),
-    ("da", [0, 1]),
-    ("dd", [1, 1]),
-];
+pub(crate) const HAAR2D_BANDS: [(&str, [u8; 2]); 4] = [("aa", [0, 0]), ("ad", [1, 0]), ("da", [0, 1]), ("dd", [1, 1])];
 
 /// The upstream 3-D coefficient (not 1/(2*sqrt 2)).
 const HAAR3D_COEFF: f32 = 0.3536;
@@ -59,11 +54,7 @@ fn haar3d_kernel<B: Backend>(bits: [u8; 3], device: &B::Device) -> Param<Tensor<
             }
         }
     }
-    Param::from_tensor(Tensor::from_data(
-        TensorData::new(values, [1, 1, 2, 2, 2]),
-        device,
-    ))
-    .set_require_grad(false)
+    Param::from_tensor(Tensor::from_data(TensorData::new(values, [1, 1, 2, 2, 2]), device)).set_require_grad(false)
 }
 
 /// Kernel `[1, 1, 2, 2]`: `k[y][x] = 0.5 * (-1)^(y*bh + x*bw)`.
@@ -75,11 +66,7 @@ fn haar2d_kernel<B: Backend>(bits: [u8; 2], device: &B::Device) -> Param<Tensor<
             values.push(HAAR2D_COEFF * sign(y * bh + x * bw));
         }
     }
-    Param::from_tensor(Tensor::from_data(
-        TensorData::new(values, [1, 1, 2, 2]),
-        device,
-    ))
-    .set_require_grad(false)
+    Param::from_tensor(Tensor::from_data(TensorData::new(values, [1, 1, 2, 2]), device)).set_require_grad(false)
 }
 
 fn haar3d_conv<B: Backend>(bits: [u8; 3], device: &B::Device) -> CausalConv3d<B> {
@@ -152,12 +139,7 @@ impl<B: Backend> HaarWaveletTransform3D<B> {
     }
 
     /// One temporal chunk; left-over frames (odd chunk lengths) are cached under `path`.
-    pub fn forward_cached(
-        &self,
-        x: Tensor<B, 5>,
-        path: &str,
-        cache: &mut TemporalCache<B>,
-    ) -> Tensor<B, 5> {
+    pub fn forward_cached(&self, x: Tensor<B, 5>, path: &str, cache: &mut TemporalCache<B>) -> Tensor<B, 5> {
         let padded = cache.causal_window(path, x, 1, 2, 2);
         let t = padded.dims()[2];
         // An odd window leaves its last frame in the cache; only complete pairs are transformed.
@@ -200,22 +182,13 @@ impl<B: Backend> InverseHaarWaveletTransform3D<B> {
     pub fn forward(&self, x: Tensor<B, 5>, drop_first: bool) -> Tensor<B, 5> {
         let [b, c8, t, h, w] = x.dims();
         let c = c8 / 8;
-        let kernels = [
-            &self.h, &self.g, &self.hh, &self.gh, &self.h_v, &self.g_v, &self.hh_v, &self.gh_v,
-        ];
+        let kernels = [&self.h, &self.g, &self.hh, &self.gh, &self.h_v, &self.g_v, &self.hh_v, &self.gh_v];
         let options = ConvTransposeOptions::new([2; 3], [0; 3], [0; 3], [1; 3], 1);
         let out = x
             .chunk(8, 1)
             .into_iter()
             .zip(kernels)
-            .map(|(band, k)| {
-                conv_transpose3d(
-                    band.reshape([b * c, 1, t, h, w]),
-                    k.val(),
-                    None,
-                    options.clone(),
-                )
-            })
+            .map(|(band, k)| conv_transpose3d(band.reshape([b * c, 1, t, h, w]), k.val(), None, options.clone()))
             .reduce(|a, z| a + z)
             .expect("8 bands");
         let out = out.reshape([b, c, 2 * t, 2 * h, 2 * w]);
@@ -239,12 +212,7 @@ pub struct HaarWaveletTransform2D<B: Backend> {
 impl<B: Backend> HaarWaveletTransform2D<B> {
     pub fn new(device: &B::Device) -> Self {
         let k = |i: usize| haar2d_kernel(HAAR2D_BANDS[i].1, device);
-        HaarWaveletTransform2D {
-            aa: k(0),
-            ad: k(1),
-            da: k(2),
-            dd: k(3),
-        }
+        HaarWaveletTransform2D { aa: k(0), ad: k(1), da: k(2), dd: k(3) }
     }
 
     /// `[b, c, t, h, w]` -> `[b, 4c, t, h/2, w/2]`.
@@ -255,9 +223,7 @@ impl<B: Backend> HaarWaveletTransform2D<B> {
             let z = z.reshape([n * c, 1, h, w]);
             let outs = [&self.aa, &self.ad, &self.da, &self.dd]
                 .into_iter()
-                .map(|k| {
-                    conv2d(z.clone(), k.val(), None, options.clone()).reshape([n, c, h / 2, w / 2])
-                })
+                .map(|k| conv2d(z.clone(), k.val(), None, options.clone()).reshape([n, c, h / 2, w / 2]))
                 .collect();
             Tensor::cat(outs, 1)
         })
@@ -276,12 +242,7 @@ pub struct InverseHaarWaveletTransform2D<B: Backend> {
 impl<B: Backend> InverseHaarWaveletTransform2D<B> {
     pub fn new(device: &B::Device) -> Self {
         let k = |i: usize| haar2d_kernel(HAAR2D_BANDS[i].1, device);
-        InverseHaarWaveletTransform2D {
-            aa: k(0),
-            ad: k(1),
-            da: k(2),
-            dd: k(3),
-        }
+        InverseHaarWaveletTransform2D { aa: k(0), ad: k(1), da: k(2), dd: k(3) }
     }
 
     /// `[b, 4c, t, h, w]` -> `[b, c, t, 2h, 2w]`.
@@ -293,14 +254,7 @@ impl<B: Backend> InverseHaarWaveletTransform2D<B> {
             z.chunk(4, 1)
                 .into_iter()
                 .zip([&self.aa, &self.ad, &self.da, &self.dd])
-                .map(|(band, k)| {
-                    conv_transpose2d(
-                        band.reshape([n * c, 1, h, w]),
-                        k.val(),
-                        None,
-                        options.clone(),
-                    )
-                })
+                .map(|(band, k)| conv_transpose2d(band.reshape([n * c, 1, h, w]), k.val(), None, options.clone()))
                 .reduce(|a, y| a + y)
                 .expect("4 bands")
                 .reshape([n, c, 2 * h, 2 * w])
