@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use anyhow::Result;
-use osp_export::models::transformer_block::{export_transformer_block, ExportOptions, TransformerBlockWeights};
+use osp_export::models::transformer_block::{export_transformer_block, TransformerBlockWeights};
+use osp_export::ExportOptions;
 use osp_graphs::config::TransformerBlockConfig;
 use osp_graphs::AttentionKind;
 use osp_runtime::Bundle;

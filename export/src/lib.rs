@@ -15,6 +15,7 @@ pub mod bundle;
 pub mod error;
 pub mod graph;
 pub mod models;
+pub mod options;
 pub mod passes;
 pub mod tensor;
 
@@ -30,7 +31,8 @@ pub use error::{Error, Result};
 pub use graph::OnnxGraph;
 pub use models::big_linear::export_big_linear;
 pub use models::opensora_v1_3::{export_opensora_t2v, DitWeights};
-pub use models::transformer_block::{export_transformer_block, ExportOptions, TransformerBlockWeights};
+pub use models::transformer_block::{export_transformer_block, TransformerBlockWeights};
+pub use options::ExportOptions;
 pub use tensor::{HostTensor, Weights};
 
 /// `osp-export <version>`, recorded in every manifest's provenance.

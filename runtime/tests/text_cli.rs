@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use osp_export::models::mt5::{export_mt5, MT5Config, Mt5ExportOptions, Mt5Weights};
-use osp_graphs::{Approx, AttentionKind};
+use osp_graphs::Approx;
 use osp_runtime::read_safetensors;
 use osp_runtime::text::npz::read_npz;
 use osp_runtime::{Bundle, SessionOptions, Tensor};
@@ -22,11 +22,7 @@ fn cfg(vocab_size: usize) -> MT5Config {
 /// A random-weight bundle with the tokenizer copied in.
 fn bundle(dir: &Path, vocab_size: usize) -> PathBuf {
     let out = dir.join(format!("mt5-{vocab_size}.bundle"));
-    let opts = Mt5ExportOptions {
-        attention: AttentionKind::OnnxAttention,
-        tokenizer: Some(tokenizer()),
-        ..Mt5ExportOptions::default()
-    };
+    let opts = Mt5ExportOptions { tokenizer: Some(tokenizer()), ..Mt5ExportOptions::default() };
     export_mt5(&cfg(vocab_size), &Mt5Weights::Random { seed: 5 }, &opts, &out).expect("export should succeed");
     out
 }

@@ -8,7 +8,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use ndarray::{ArrayD, IxDyn};
-use osp_export::models::transformer_block::{export_transformer_block, ExportOptions, TransformerBlockWeights};
+use osp_export::models::transformer_block::{export_transformer_block, TransformerBlockWeights};
+use osp_export::ExportOptions;
 use osp_graphs::config::TransformerBlockConfig;
 use osp_runtime::session::Backend;
 use osp_runtime::{Bundle, SessionOptions, Tensor};

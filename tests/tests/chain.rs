@@ -9,7 +9,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use ndarray::{Array2, Array3, ArrayD, Axis, IxDyn};
-use osp_export::models::transformer_block::{export_transformer_block, ExportOptions, TransformerBlockWeights};
+use osp_export::models::transformer_block::{export_transformer_block, TransformerBlockWeights};
+use osp_export::ExportOptions;
 use osp_graphs::config::TransformerBlockConfig;
 use osp_graphs::{Approx, AttentionKind, BundleManifest, DType, Precision};
 use osp_runtime::session::Backend;

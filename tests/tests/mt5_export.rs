@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use ndarray::{ArrayD, IxDyn};
 use osp_export::models::mt5::{export_mt5, parameter_shapes, Mt5ExportOptions, Mt5Weights, GRAPH};
+use osp_export::ExportOptions;
 use osp_graphs::{Approx, AttentionKind, BundleManifest, DType, Precision};
 use osp_runtime::session::Backend;
 use osp_runtime::text::{EmbeddingCache, TextEncoder};
@@ -35,13 +36,13 @@ fn io() -> Result<BTreeMap<String, Tensor>> {
 fn export(dir: &Path, attention: AttentionKind, precision: Precision, tokenizer: Option<PathBuf>) -> Result<Bundle> {
     let cfg = config()?;
     let weights = Mt5Weights::load(&cfg, &fixture().join("weights.safetensors"))?;
-    let opts = Mt5ExportOptions {
+    let graph = ExportOptions {
         attention,
         precision,
         external_data_threshold_bytes: 1024,
         source: Some(fixture().join("weights.safetensors")),
-        tokenizer,
     };
+    let opts = Mt5ExportOptions { graph, tokenizer };
     export_mt5(&cfg, &weights, &opts, dir).with_context(|| format!("exporting {attention} {precision}"))?;
     Ok(Bundle::open(dir)?)
 }

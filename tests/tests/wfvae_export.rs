@@ -14,11 +14,11 @@ use std::sync::OnceLock;
 
 use anyhow::{ensure, Context, Result};
 use ndarray::{ArrayD, Axis, Slice};
-use osp_export::models::transformer_block::ExportOptions;
 use osp_export::models::wfvae::{
     build_graphs, export_wfvae, load_weights, WFVAEModelConfig, CACHE_IN, CACHE_OUT, DECODER, DECODER_FIRST,
     DECODER_LAST, DECODER_STEP, ENCODER,
 };
+use osp_export::ExportOptions;
 use osp_graphs::config::{StreamProtocol, StreamRole, STREAM_METADATA_KEY};
 use osp_graphs::{Approx, AttentionKind, ModelSpec, Precision};
 use osp_runtime::session::Backend;

@@ -5,12 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use osp_export::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD;
 use osp_export::models::opensora_v1_3::{export_opensora_t2v, DitWeights};
-use osp_export::ExportOptions;
 use osp_trainer::models::opensora_v1_3::OpenSoraT2V_v1_3Config;
 
-use super::{AttentionArg, PrecisionArg};
+use super::GraphOpts;
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["weights", "seed"])))]
@@ -28,15 +26,8 @@ pub struct DitArgs {
     /// Output bundle directory (replaced atomically if it already holds a bundle).
     #[arg(long)]
     out: PathBuf,
-    /// Attention form in the graph (`ms` runs on ONNX Runtime only: tract rejects its bias input).
-    #[arg(long, value_enum, default_value = "onnx")]
-    attention: AttentionArg,
-    /// Precision of weights and interior arithmetic (graph I/O stay f32).
-    #[arg(long, value_enum, default_value = "f32")]
-    precision: PrecisionArg,
-    /// Initializers larger than this many bytes go to the external-data file.
-    #[arg(long, default_value_t = DEFAULT_EXTERNAL_DATA_THRESHOLD)]
-    external_data_threshold: usize,
+    #[command(flatten)]
+    graph: GraphOpts,
 }
 
 pub fn run(args: DitArgs) -> anyhow::Result<()> {
@@ -47,12 +38,7 @@ pub fn run(args: DitArgs) -> anyhow::Result<()> {
         (None, Some(seed)) => DitWeights::random(&config, seed)?,
         (None, None) => anyhow::bail!("one of --weights or --seed is required"),
     };
-    let opts = ExportOptions {
-        attention: args.attention.into(),
-        precision: args.precision.into(),
-        external_data_threshold_bytes: args.external_data_threshold,
-        source: args.weights.clone(),
-    };
+    let opts = args.graph.export_options(args.weights.clone());
     export_opensora_t2v(&config, &weights, &opts, &args.out)
         .with_context(|| format!("exporting to {}", args.out.display()))?;
     Ok(())

@@ -6,7 +6,11 @@ mod mt5;
 mod transformer_block;
 mod wfvae;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand, ValueEnum};
+use osp_export::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD;
+use osp_export::ExportOptions;
 use osp_graphs::{AttentionKind, Precision};
 use tracing_subscriber::EnvFilter;
 
@@ -67,6 +71,32 @@ impl From<PrecisionArg> for Precision {
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::F16 => Precision::F16,
             PrecisionArg::Bf16 => Precision::Bf16,
+        }
+    }
+}
+
+/// Graph options every model export takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GraphOpts {
+    /// Attention form in the graphs (`ms` runs on ONNX Runtime only: tract rejects its bias input).
+    #[arg(long, value_enum, default_value = "onnx")]
+    pub attention: AttentionArg,
+    /// Precision of weights and interior arithmetic (graph I/O keep their manifest dtypes).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
+    /// Initializers larger than this many bytes go to the external-data file.
+    #[arg(long, default_value_t = DEFAULT_EXTERNAL_DATA_THRESHOLD)]
+    pub external_data_threshold: usize,
+}
+
+impl GraphOpts {
+    /// The export options, recording `source` (the checkpoint read) in the provenance.
+    pub fn export_options(&self, source: Option<PathBuf>) -> ExportOptions {
+        ExportOptions {
+            attention: self.attention.into(),
+            precision: self.precision.into(),
+            external_data_threshold_bytes: self.external_data_threshold,
+            source,
         }
     }
 }

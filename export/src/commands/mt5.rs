@@ -4,11 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use osp_export::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD;
 use osp_export::models::mt5::{export_mt5, Mt5ExportOptions, Mt5Weights};
 use osp_trainer::models::mt5::MT5Config;
 
-use super::{AttentionArg, PrecisionArg};
+use super::GraphOpts;
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["weights", "seed"])))]
@@ -33,16 +32,9 @@ pub struct Mt5Args {
     /// Output bundle directory (replaced atomically if it already holds a bundle).
     #[arg(long)]
     out: PathBuf,
-    /// Attention form in the graph (`ms` runs on ONNX Runtime only).
-    #[arg(long, value_enum, default_value = "onnx")]
-    attention: AttentionArg,
-    /// Precision of weights and interior arithmetic; f16/bf16 keep `DenseReluDense.wo`, the norms
-    /// and the residual stream in f32.
-    #[arg(long, value_enum, default_value = "f32")]
-    precision: PrecisionArg,
-    /// Initializers larger than this many bytes go to the external-data file.
-    #[arg(long, default_value_t = DEFAULT_EXTERNAL_DATA_THRESHOLD)]
-    external_data_threshold: usize,
+    /// f16/bf16 keep `DenseReluDense.wo`, the norms and the residual stream in f32.
+    #[command(flatten)]
+    graph: GraphOpts,
 }
 
 pub fn run(args: Mt5Args) -> anyhow::Result<()> {
@@ -55,13 +47,8 @@ pub fn run(args: Mt5Args) -> anyhow::Result<()> {
         (None, Some(seed)) => Mt5Weights::Random { seed },
         (None, None) => anyhow::bail!("one of --weights or --seed is required"),
     };
-    let opts = Mt5ExportOptions {
-        attention: args.attention.into(),
-        precision: args.precision.into(),
-        external_data_threshold_bytes: args.external_data_threshold,
-        source: args.weights.clone(),
-        tokenizer: args.tokenizer.clone(),
-    };
+    let opts =
+        Mt5ExportOptions { graph: args.graph.export_options(args.weights.clone()), tokenizer: args.tokenizer.clone() };
     export_mt5(&cfg, &weights, &opts, &args.out).with_context(|| format!("exporting to {}", args.out.display()))?;
     Ok(())
 }

@@ -4,13 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use osp_export::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD;
-use osp_export::models::transformer_block::{
-    example_inputs, export_transformer_block, ExportOptions, TransformerBlockWeights,
-};
+use osp_export::models::transformer_block::{example_inputs, export_transformer_block, TransformerBlockWeights};
 use osp_graphs::config::TransformerBlockConfig;
 
-use super::{AttentionArg, PrecisionArg};
+use super::GraphOpts;
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["weights", "seed"])))]
@@ -27,15 +24,8 @@ pub struct TransformerBlockArgs {
     /// Output bundle directory (replaced atomically if it already holds a bundle).
     #[arg(long)]
     out: PathBuf,
-    /// Attention form in the graph.
-    #[arg(long, value_enum, default_value = "onnx")]
-    attention: AttentionArg,
-    /// Precision of weights and interior arithmetic (graph I/O stay f32).
-    #[arg(long, value_enum, default_value = "f32")]
-    precision: PrecisionArg,
-    /// Initializers larger than this many bytes go to the external-data file.
-    #[arg(long, default_value_t = DEFAULT_EXTERNAL_DATA_THRESHOLD)]
-    external_data_threshold: usize,
+    #[command(flatten)]
+    graph: GraphOpts,
     /// Also write the weights used (e.g. the random ones) to this safetensors file.
     #[arg(long)]
     save_weights: Option<PathBuf>,
@@ -67,12 +57,7 @@ pub fn run(args: TransformerBlockArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.save_weights {
         weights.save(path).with_context(|| format!("writing {}", path.display()))?;
     }
-    let opts = ExportOptions {
-        attention: args.attention.into(),
-        precision: args.precision.into(),
-        external_data_threshold_bytes: args.external_data_threshold,
-        source: args.weights.clone(),
-    };
+    let opts = args.graph.export_options(args.weights.clone());
     export_transformer_block(&cfg, weights.weights(), &opts, &args.out)
         .with_context(|| format!("exporting to {}", args.out.display()))?;
     if let Some(path) = &args.example_inputs {

@@ -9,46 +9,25 @@
 //! `osp-export transformer-block --config block.json --seed 0 --out /tmp/block.bundle`
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use osp_graphs::config::TransformerBlockConfig;
-use osp_graphs::{AttentionKind, BundleManifest, DType, Dim, ModelSpec, Precision, TensorSpec};
+use osp_graphs::{AttentionKind, BundleManifest, DType, Dim, ModelSpec, TensorSpec};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::Normal;
 use tracing::info;
 
 use crate::builder::{AttentionSpec, GraphBuilder, Value};
-use crate::bundle::{provenance, BundleWriter, DEFAULT_EXTERNAL_DATA_THRESHOLD};
+use crate::bundle::{provenance, BundleWriter};
 use crate::error::{Error, Result};
 use crate::graph::OnnxGraph;
-use crate::passes::{self, CastPrecision};
+use crate::options::ExportOptions;
+use crate::passes;
 use crate::tensor::{HostTensor, Weights};
 
 /// The additive bias given to masked keys.
 pub const MASKED_BIAS: f64 = -10000.0;
-
-/// How to export a model.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExportOptions {
-    pub attention: AttentionKind,
-    pub precision: Precision,
-    /// Initializers larger than this many bytes go to the `.onnx.data` file.
-    pub external_data_threshold_bytes: usize,
-    /// The checkpoint the weights were read from (recorded with its SHA-256 in the manifest).
-    pub source: Option<PathBuf>,
-}
-
-impl Default for ExportOptions {
-    fn default() -> Self {
-        Self {
-            attention: AttentionKind::OnnxAttention,
-            precision: Precision::F32,
-            external_data_threshold_bytes: DEFAULT_EXTERNAL_DATA_THRESHOLD,
-            source: None,
-        }
-    }
-}
 
 fn check_config(cfg: &TransformerBlockConfig) -> Result<()> {
     let fields = [
@@ -213,14 +192,6 @@ pub fn build_graph(
     b.finish()
 }
 
-/// Applies the standard pass pipeline: precision casting, then pruning.
-pub fn optimize(graph: &mut OnnxGraph, precision: Precision) -> Result<()> {
-    let edit = passes::cast_precision(graph, &CastPrecision { target: precision, ..Default::default() })?;
-    passes::apply(graph, edit)?;
-    let edit = passes::prune_unused(graph);
-    passes::apply(graph, edit)
-}
-
 /// Exports the block as a bundle at `out` with one graph, `block`.
 pub fn export_transformer_block(
     cfg: &TransformerBlockConfig,
@@ -230,7 +201,7 @@ pub fn export_transformer_block(
 ) -> Result<BundleManifest> {
     let w = TransformerBlockWeights::from_weights(cfg, weights.clone())?;
     let mut graph = build_graph(cfg, &w, opts.attention)?;
-    optimize(&mut graph, opts.precision)?;
+    passes::optimize(&mut graph, opts.precision)?;
     let prov = provenance(opts.source.as_deref())?;
     let mut writer =
         BundleWriter::create(out, ModelSpec::TransformerBlock(cfg.clone()), prov, opts.external_data_threshold_bytes)?;

@@ -183,5 +183,13 @@ impl<'a> Uses<'a> {
     }
 }
 
+/// The standard pipeline every model export runs: cast to the target precision, then prune.
+pub fn optimize(graph: &mut OnnxGraph, precision: Precision) -> Result<()> {
+    let edit = cast_precision(graph, &CastPrecision { target: precision, ..Default::default() })?;
+    apply(graph, edit)?;
+    let edit = prune_unused(graph);
+    apply(graph, edit)
+}
+
 #[cfg(test)]
 mod tests;

@@ -34,10 +34,11 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::builder::{AttentionSpec, GraphBuilder, Value};
-use crate::bundle::{provenance, BundleWriter, DEFAULT_EXTERNAL_DATA_THRESHOLD};
+use crate::bundle::{provenance, BundleWriter};
 use crate::error::{Error, Result};
 use crate::graph::{Generator, OnnxGraph};
-use crate::passes::{self, CastPrecision};
+use crate::options::ExportOptions;
+use crate::passes;
 use crate::tensor::{HostTensor, Weights};
 
 /// The graph's name in the bundle.
@@ -377,37 +378,12 @@ pub fn build_graph(
     b.finish()
 }
 
-/// Precision casting (keep-f32 marks honoured), then pruning.
-pub fn optimize(graph: &mut OnnxGraph, precision: Precision) -> Result<()> {
-    let edit = passes::cast_precision(graph, &CastPrecision { target: precision, ..Default::default() })?;
-    passes::apply(graph, edit)?;
-    let edit = passes::prune_unused(graph);
-    passes::apply(graph, edit)
-}
-
-/// How to export the encoder.
-#[derive(Debug, Clone, PartialEq)]
+/// How to export the encoder: the graph options every model takes, plus the tokenizer to ship.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Mt5ExportOptions {
-    pub attention: AttentionKind,
-    pub precision: Precision,
-    /// Initializers larger than this many bytes go to `text_encoder.onnx.data`.
-    pub external_data_threshold_bytes: usize,
-    /// The checkpoint the weights were read from (recorded with its SHA-256).
-    pub source: Option<PathBuf>,
+    pub graph: ExportOptions,
     /// A `tokenizer.json` or `spiece.model` copied into the bundle and named in the graph metadata.
     pub tokenizer: Option<PathBuf>,
-}
-
-impl Default for Mt5ExportOptions {
-    fn default() -> Self {
-        Self {
-            attention: AttentionKind::OnnxAttention,
-            precision: Precision::F32,
-            external_data_threshold_bytes: DEFAULT_EXTERNAL_DATA_THRESHOLD,
-            source: None,
-            tokenizer: None,
-        }
-    }
 }
 
 /// Exports the encoder as a bundle at `out` with one graph, [`GRAPH`].
@@ -417,11 +393,15 @@ pub fn export_mt5(
     opts: &Mt5ExportOptions,
     out: &Path,
 ) -> Result<BundleManifest> {
-    let mut graph = build_graph(cfg, weights, opts.attention, opts.precision)?;
-    optimize(&mut graph, opts.precision)?;
-    let prov = provenance(opts.source.as_deref())?;
-    let mut writer =
-        BundleWriter::create(out, ModelSpec::Mt5Encoder(graph_config(cfg)), prov, opts.external_data_threshold_bytes)?;
+    let mut graph = build_graph(cfg, weights, opts.graph.attention, opts.graph.precision)?;
+    passes::optimize(&mut graph, opts.graph.precision)?;
+    let prov = provenance(opts.graph.source.as_deref())?;
+    let mut writer = BundleWriter::create(
+        out,
+        ModelSpec::Mt5Encoder(graph_config(cfg)),
+        prov,
+        opts.graph.external_data_threshold_bytes,
+    )?;
     let mut meta = BTreeMap::new();
     if let Some(seed) = weights.seed() {
         meta.insert(WEIGHT_SEED_KEY.to_string(), serde_json::json!(seed));
@@ -434,9 +414,9 @@ pub fn export_mt5(
         meta.insert(TOKENIZER_KEY.to_string(), serde_json::json!(name));
         meta.insert(TOKENIZER_SHA256_KEY.to_string(), serde_json::json!(hex::encode(Sha256::digest(&bytes))));
     }
-    writer.add_graph(GRAPH, &graph, opts.attention, meta)?;
+    writer.add_graph(GRAPH, &graph, opts.graph.attention, meta)?;
     let manifest = writer.finish()?;
-    info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, "exported mT5 encoder");
+    info!(bundle = %out.display(), attention = %opts.graph.attention, precision = %opts.graph.precision, "exported mT5 encoder");
     Ok(manifest)
 }
 

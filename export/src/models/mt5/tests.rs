@@ -65,7 +65,7 @@ fn half_precision_keeps_wo_norms_and_buckets_in_f32() {
             _ => DType::Bf16,
         };
         let mut g = build_graph(&cfg, &w, AttentionKind::OnnxAttention, precision).unwrap();
-        optimize(&mut g, precision).unwrap();
+        crate::passes::optimize(&mut g, precision).unwrap();
         let dtype = |k: &str| g.initializer(k).unwrap_or_else(|| panic!("no initializer {k}")).dtype;
         for i in 0..cfg.num_layers {
             assert_eq!(dtype(&format!("encoder.block.{i}.layer.1.DenseReluDense.wo.weight")), DType::F32);

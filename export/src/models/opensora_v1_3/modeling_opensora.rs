@@ -27,7 +27,8 @@ use crate::builder::GraphBuilder;
 use crate::bundle::{provenance, BundleWriter};
 use crate::error::{Error, Result};
 use crate::graph::OnnxGraph;
-use crate::models::transformer_block::{optimize, ExportOptions};
+use crate::options::ExportOptions;
+use crate::passes;
 
 use super::ada_layer_norm_single::adaln_single;
 use super::attn_processor::SkiparseGrid;
@@ -170,7 +171,7 @@ pub fn export_opensora_t2v(
     out: &Path,
 ) -> Result<BundleManifest> {
     let mut graph = build_graph(config, weights, opts.attention)?;
-    optimize(&mut graph, opts.precision)?;
+    passes::optimize(&mut graph, opts.precision)?;
     let prov = provenance(opts.source.as_deref())?;
     let model = ModelSpec::OpenSoraT2V(manifest_config(config)?);
     let mut writer = BundleWriter::create(out, model, prov, opts.external_data_threshold_bytes)?;

@@ -3,6 +3,7 @@ use prost::Message;
 
 use super::*;
 use crate::onnx;
+use crate::options::ExportOptions;
 
 fn cfg() -> TransformerBlockConfig {
     TransformerBlockConfig {

@@ -8,58 +8,9 @@
 //!
 //! Upstream: <https://github.com/PKU-YuanGroup/Open-Sora-Plan/blob/9fa322fbbb276e2bbe40b2f439e3d610af3d7690/opensora/models/causalvideovae/model/modules/wavelet.py>
 
+use osp_trainer::models::wfvae::wavelet::{haar2d_kernel_values, haar3d_kernel_values, HAAR2D_BANDS, HAAR3D_BANDS};
+
 use crate::tensor::HostTensor;
-
-/// 3-D bands in channel order with their `(t, h, w)` sign bits.
-const BANDS_3D: [(&str, [u32; 3]); 8] = [
-    ("h", [0, 0, 0]),
-    ("g", [0, 0, 1]),
-    ("hh", [0, 1, 0]),
-    ("gh", [0, 1, 1]),
-    ("h_v", [1, 0, 0]),
-    ("g_v", [1, 0, 1]),
-    ("hh_v", [1, 1, 0]),
-    ("gh_v", [1, 1, 1]),
-];
-
-/// 2-D bands in channel order with their `(h, w)` sign bits.
-const BANDS_2D: [(&str, [u32; 2]); 4] = [("aa", [0, 0]), ("ad", [1, 0]), ("da", [0, 1]), ("dd", [1, 1])];
-
-/// The upstream 3-D coefficient (not `1 / (2 sqrt 2)`).
-const COEFF_3D: f32 = 0.3536;
-const COEFF_2D: f32 = 0.5;
-
-fn sign(bits: u32) -> f32 {
-    if bits.is_multiple_of(2) {
-        1.0
-    } else {
-        -1.0
-    }
-}
-
-/// `k[t][y][x] = 0.3536 (-1)^(t bt + y bh + x bw)`, row-major `[2, 2, 2]`.
-fn kernel_3d([bt, bh, bw]: [u32; 3]) -> Vec<f32> {
-    let mut k = Vec::with_capacity(8);
-    for t in 0..2 {
-        for y in 0..2 {
-            for x in 0..2 {
-                k.push(COEFF_3D * sign(t * bt + y * bh + x * bw));
-            }
-        }
-    }
-    k
-}
-
-/// `k[y][x] = 0.5 (-1)^(y bh + x bw)`, row-major `[2, 2]`.
-fn kernel_2d([bh, bw]: [u32; 2]) -> Vec<f32> {
-    let mut k = Vec::with_capacity(4);
-    for y in 0..2 {
-        for x in 0..2 {
-            k.push(COEFF_2D * sign(y * bh + x * bw));
-        }
-    }
-    k
-}
 
 fn dense(kernels: &[Vec<f32>], channels: usize, kt: usize) -> HostTensor {
     let per = kernels[0].len();
@@ -78,13 +29,13 @@ fn dense(kernels: &[Vec<f32>], channels: usize, kt: usize) -> HostTensor {
 
 /// `[8C, C, 2, 2, 2]`: the 3-D transform over `C` channels (forward `Conv`, inverse `ConvTranspose`).
 pub(crate) fn dense_3d(channels: usize) -> HostTensor {
-    let kernels: Vec<Vec<f32>> = BANDS_3D.iter().map(|(_, b)| kernel_3d(*b)).collect();
+    let kernels: Vec<Vec<f32>> = HAAR3D_BANDS.iter().map(|(_, b)| haar3d_kernel_values(*b)).collect();
     dense(&kernels, channels, 2)
 }
 
 /// `[4C, C, 1, 2, 2]`: the per-frame 2-D transform over `C` channels.
 pub(crate) fn dense_2d(channels: usize) -> HostTensor {
-    let kernels: Vec<Vec<f32>> = BANDS_2D.iter().map(|(_, b)| kernel_2d(*b)).collect();
+    let kernels: Vec<Vec<f32>> = HAAR2D_BANDS.iter().map(|(_, b)| haar2d_kernel_values(*b)).collect();
     dense(&kernels, channels, 1)
 }
 
@@ -99,15 +50,17 @@ pub(crate) fn official_fixed_tensor(name: &str) -> Option<HostTensor> {
         [conv, "conv", "weight"] => conv.strip_suffix("_conv")?,
         _ => return None,
     };
-    if let Some((_, bits)) = BANDS_3D.iter().find(|(n, _)| *n == band) {
-        return HostTensor::from_f32(vec![1, 1, 2, 2, 2], &kernel_3d(*bits)).ok();
+    if let Some((_, bits)) = HAAR3D_BANDS.iter().find(|(n, _)| *n == band) {
+        return HostTensor::from_f32(vec![1, 1, 2, 2, 2], &haar3d_kernel_values(*bits)).ok();
     }
-    let (_, bits) = BANDS_2D.iter().find(|(n, _)| *n == band)?;
-    HostTensor::from_f32(vec![1, 1, 2, 2], &kernel_2d(*bits)).ok()
+    let (_, bits) = HAAR2D_BANDS.iter().find(|(n, _)| *n == band)?;
+    HostTensor::from_f32(vec![1, 1, 2, 2], &haar2d_kernel_values(*bits)).ok()
 }
 
 #[cfg(test)]
 mod tests {
+    use osp_trainer::models::wfvae::wavelet::HAAR3D_COEFF;
+
     use super::*;
 
     #[test]
@@ -116,10 +69,10 @@ mod tests {
         // output channel `band * 3 + c` reads input channel `c` only
         let per = 8;
         let at = |o: usize, i: usize| &w[(o * 3 + i) * per..(o * 3 + i + 1) * per];
-        assert!(at(3 + 2, 2).iter().all(|v| v.abs() == COEFF_3D));
+        assert!(at(3 + 2, 2).iter().all(|v| v.abs() == HAAR3D_COEFF));
         assert!(at(3 + 2, 1).iter().all(|v| *v == 0.0));
         // band `g` (w-sign): k[0][0][1] is negative
-        assert_eq!(at(3, 0)[1], -COEFF_3D);
+        assert_eq!(at(3, 0)[1], -HAAR3D_COEFF);
         assert!(official_fixed_tensor("decoder.inverse_wavelet_transform_l2.gh_v").is_some());
         assert!(official_fixed_tensor("encoder.wavelet_transform_in.h_conv.conv.weight").is_some());
         assert!(official_fixed_tensor("encoder.wavelet_transform_l1.dd").is_some());

@@ -48,7 +48,8 @@ use self::lower::{video_dims, CacheEntry, Lower, Mode, V};
 use crate::bundle::{provenance, BundleWriter};
 use crate::error::{Error, Result};
 use crate::graph::OnnxGraph;
-use crate::models::transformer_block::{optimize, ExportOptions};
+use crate::options::ExportOptions;
+use crate::passes;
 
 pub const ENCODER: &str = "encoder";
 pub const DECODER: &str = "decoder";
@@ -211,7 +212,7 @@ pub fn export_wfvae(
     let prov = provenance(opts.source.as_deref())?;
     let mut writer = BundleWriter::create(out, model, prov, opts.external_data_threshold_bytes)?;
     for mut g in graphs {
-        optimize(&mut g.graph, opts.precision)?;
+        passes::optimize(&mut g.graph, opts.precision)?;
         writer.add_graph(g.name, &g.graph, g.attention, g.metadata)?;
     }
     let manifest = writer.finish()?;

@@ -23,7 +23,7 @@ mod resnet_block_3d;
 mod spatial2x_time2x_3d_downsample;
 mod spatial2x_time2x_3d_upsample;
 mod upsample;
-mod wavelet;
+pub mod wavelet;
 
 pub use attn_block_3d_fix::AttnBlock3DFix;
 pub use cache::{DecoderCache, EncoderCache, TemporalCache};

@@ -17,7 +17,7 @@ use super::ops::per_frame;
 use super::CausalConv3d;
 
 /// Band names of the 3-D transform in channel order, with their (t, h, w) sign bits.
-pub(crate) const HAAR3D_BANDS: [(&str, [u8; 3]); 8] = [
+pub const HAAR3D_BANDS: [(&str, [u8; 3]); 8] = [
     ("h", [0, 0, 0]),
     ("g", [0, 0, 1]),
     ("hh", [0, 1, 0]),
@@ -29,10 +29,10 @@ pub(crate) const HAAR3D_BANDS: [(&str, [u8; 3]); 8] = [
 ];
 
 /// Band names of the 2-D transform in channel order, with their (h, w) sign bits.
-pub(crate) const HAAR2D_BANDS: [(&str, [u8; 2]); 4] = [("aa", [0, 0]), ("ad", [1, 0]), ("da", [0, 1]), ("dd", [1, 1])];
+pub const HAAR2D_BANDS: [(&str, [u8; 2]); 4] = [("aa", [0, 0]), ("ad", [1, 0]), ("da", [0, 1]), ("dd", [1, 1])];
 
 /// The upstream 3-D coefficient (not 1/(2*sqrt 2)).
-const HAAR3D_COEFF: f32 = 0.3536;
+pub const HAAR3D_COEFF: f32 = 0.3536;
 const HAAR2D_COEFF: f32 = 0.5;
 
 fn sign(bits: u32) -> f32 {
@@ -43,8 +43,8 @@ fn sign(bits: u32) -> f32 {
     }
 }
 
-/// Kernel `[1, 1, 2, 2, 2]`: `k[t][y][x] = 0.3536 * (-1)^(t*bt + y*bh + x*bw)`.
-fn haar3d_kernel<B: Backend>(bits: [u8; 3], device: &B::Device) -> Param<Tensor<B, 5>> {
+/// Values of a 3-D band kernel, row-major `[2, 2, 2]`: `k[t][y][x] = 0.3536 * (-1)^(t*bt + y*bh + x*bw)`.
+pub fn haar3d_kernel_values(bits: [u8; 3]) -> Vec<f32> {
     let [bt, bh, bw] = bits.map(u32::from);
     let mut values = Vec::with_capacity(8);
     for t in 0..2 {
@@ -54,11 +54,11 @@ fn haar3d_kernel<B: Backend>(bits: [u8; 3], device: &B::Device) -> Param<Tensor<
             }
         }
     }
-    Param::from_tensor(Tensor::from_data(TensorData::new(values, [1, 1, 2, 2, 2]), device)).set_require_grad(false)
+    values
 }
 
-/// Kernel `[1, 1, 2, 2]`: `k[y][x] = 0.5 * (-1)^(y*bh + x*bw)`.
-fn haar2d_kernel<B: Backend>(bits: [u8; 2], device: &B::Device) -> Param<Tensor<B, 4>> {
+/// Values of a 2-D band kernel, row-major `[2, 2]`: `k[y][x] = 0.5 * (-1)^(y*bh + x*bw)`.
+pub fn haar2d_kernel_values(bits: [u8; 2]) -> Vec<f32> {
     let [bh, bw] = bits.map(u32::from);
     let mut values = Vec::with_capacity(4);
     for y in 0..2 {
@@ -66,6 +66,18 @@ fn haar2d_kernel<B: Backend>(bits: [u8; 2], device: &B::Device) -> Param<Tensor<
             values.push(HAAR2D_COEFF * sign(y * bh + x * bw));
         }
     }
+    values
+}
+
+/// Kernel `[1, 1, 2, 2, 2]` of a 3-D band, non-trainable.
+fn haar3d_kernel<B: Backend>(bits: [u8; 3], device: &B::Device) -> Param<Tensor<B, 5>> {
+    let values = haar3d_kernel_values(bits);
+    Param::from_tensor(Tensor::from_data(TensorData::new(values, [1, 1, 2, 2, 2]), device)).set_require_grad(false)
+}
+
+/// Kernel `[1, 1, 2, 2]` of a 2-D band, non-trainable.
+fn haar2d_kernel<B: Backend>(bits: [u8; 2], device: &B::Device) -> Param<Tensor<B, 4>> {
+    let values = haar2d_kernel_values(bits);
     Param::from_tensor(Tensor::from_data(TensorData::new(values, [1, 1, 2, 2]), device)).set_require_grad(false)
 }
 
