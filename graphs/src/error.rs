@@ -38,4 +38,6 @@ pub enum Error {
     Dim { graph: String, input: String, axis: usize, expected: String, got: usize, shape: Vec<usize> },
     #[error("invalid manifest: {0}")]
     Invalid(String),
+    #[error("inconsistent pipeline bundle: {0}")]
+    Pipeline(String),
 }

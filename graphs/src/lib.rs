@@ -10,6 +10,7 @@
 pub mod config;
 pub mod error;
 pub mod manifest;
+pub mod pipeline;
 pub mod tolerance;
 
 pub use config::ModelSpec;
@@ -18,4 +19,5 @@ pub use manifest::{
     AttentionKind, BundleManifest, DType, Dim, GraphSpec, Precision, Provenance, SymbolBindings, TensorSpec,
     FORMAT_VERSION, MANIFEST_FILE,
 };
+pub use pipeline::{check_components, check_models, PipelineDefaults, PipelineDims, PipelineManifest, PIPELINE_FILE};
 pub use tolerance::{Approx, Comparison};

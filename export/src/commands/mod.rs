@@ -3,6 +3,7 @@
 mod big_linear;
 mod dit;
 mod mt5;
+mod pipeline;
 mod transformer_block;
 mod wfvae;
 
@@ -34,6 +35,9 @@ pub enum Command {
     Wfvae(wfvae::WfvaeArgs),
     /// Export the mT5 text encoder (graph `text_encoder`) from a config and a checkpoint or a seed.
     Mt5(mt5::Mt5Args),
+    /// Export a complete text-to-video pipeline bundle (text encoder + tokenizer, transformer, VAE,
+    /// scheduler config, sampling defaults) from component files.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 /// How attention is expressed in the graph.
@@ -110,5 +114,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Wfvae(a) => wfvae::run(a),
         Command::Dit(a) => dit::run(a),
         Command::Mt5(a) => mt5::run(a),
+        Command::Pipeline(a) => pipeline::run(a),
     }
 }
