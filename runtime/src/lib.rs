@@ -22,6 +22,7 @@ pub mod error;
 pub mod io;
 pub mod metrics;
 pub mod ort_lib;
+pub mod pipeline;
 pub mod scheduler;
 pub mod session;
 pub mod tensor;

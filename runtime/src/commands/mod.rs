@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 pub mod encode_text;
 pub mod eval;
 pub mod extract_text_embeds;
+pub mod generate;
 pub mod inspect;
 pub mod reconstruct;
 pub mod run_graph;
@@ -81,6 +82,8 @@ pub enum Command {
     EncodeText(encode_text::EncodeTextArgs),
     /// Write one text-embedding .npz per caption of an annotation JSON (training cache; resumable).
     ExtractTextEmbeds(extract_text_embeds::ExtractTextEmbedsArgs),
+    /// Generate videos from text prompts with a pipeline bundle (upstream sample.py flags).
+    Generate(Box<generate::GenerateArgs>),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokenize(args) => tokenize::run(args),
         Command::EncodeText(args) => encode_text::run(args, &cli.backend),
         Command::ExtractTextEmbeds(args) => extract_text_embeds::run(args, &cli.backend),
+        Command::Generate(args) => generate::run(args, &cli.backend),
     }
 }
 

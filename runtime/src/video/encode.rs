@@ -36,6 +36,10 @@ pub enum OutputKind {
     H264(&'static str),
     /// `frame_00000.png`, ... in a folder (a destination ending in `/` or without an extension).
     PngFrames,
+    /// An animated GIF (FFmpeg's `gif` encoder, 3-3-2 RGB palette).
+    Gif,
+    /// One image (`.png`); the clip must have exactly one frame.
+    Png,
 }
 
 impl OutputKind {
@@ -48,10 +52,12 @@ impl OutputKind {
             "mp4" => Ok(OutputKind::H264("mp4")),
             "mkv" => Ok(OutputKind::H264("matroska")),
             "mov" => Ok(OutputKind::H264("mov")),
+            "gif" => Ok(OutputKind::Gif),
+            "png" => Ok(OutputKind::Png),
             other => Err(Error::VideoEncode {
                 path: path.to_path_buf(),
                 why: format!(
-                    "unsupported output extension `.{other}` (use .mp4, .mkv, .mov, or a folder path for PNG frames)"
+                    "unsupported output extension `.{other}` (use .mp4, .mkv, .mov, .gif, .png for one frame, or a folder path for PNG frames)"
                 ),
             }),
         }
@@ -78,6 +84,8 @@ pub fn write_video(path: &Path, frames: ArrayView4<u8>, fps: f64, opts: &EncodeO
     let written = match kind {
         OutputKind::H264(muxer) => write_h264(&tmp, muxer, frames, fps, opts).map_err(err),
         OutputKind::PngFrames => write_pngs(&tmp, frames).map_err(err),
+        OutputKind::Gif => write_gif(&tmp, frames, fps).map_err(err),
+        OutputKind::Png => write_png(&tmp, frames).map_err(err),
     };
     if let Err(e) = written {
         remove_any(&tmp);
@@ -196,10 +204,73 @@ fn fill_rgb(rgb: &mut ffmpeg::frame::Video, frame: ArrayView3<u8>) {
     }
 }
 
-fn write_pngs(dir: &Path, frames: ArrayView4<u8>) -> std::result::Result<(), String> {
+/// One PNG image from a one-frame clip.
+fn write_png(path: &Path, frames: ArrayView4<u8>) -> std::result::Result<(), String> {
+    if frames.shape()[0] != 1 {
+        return Err(format!("a .png file holds one frame, the clip has {} (use .mp4, .gif or a folder)", frames.shape()[0]));
+    }
+    let bytes = encode_pngs(frames)?.pop().ok_or("the PNG encoder produced nothing")?;
+    std::fs::write(path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn write_gif(path: &Path, frames: ArrayView4<u8>, fps: f64) -> std::result::Result<(), String> {
     init().map_err(|e| e.to_string())?;
     let (_, h, w, _) = frames.dim();
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let fferr = |what: &'static str| move |e: ffmpeg::Error| format!("{what}: {e}");
+    let mut octx = ffmpeg::format::output_as(path, "gif").map_err(fferr("opening the output"))?;
+    let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::GIF).ok_or("this FFmpeg build has no GIF encoder")?;
+    let rate = ffmpeg::Rational::from(fps);
+    let time_base = rate.invert();
+    let mut encoder = ffmpeg::codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .video()
+        .map_err(fferr("creating the GIF encoder"))?;
+    encoder.set_width(w as u32);
+    encoder.set_height(h as u32);
+    encoder.set_format(Pixel::RGB8);
+    encoder.set_time_base(time_base);
+    encoder.set_frame_rate(Some(rate));
+    let mut encoder = encoder.open_with(ffmpeg::Dictionary::new()).map_err(fferr("opening the GIF encoder"))?;
+    {
+        let mut ost = octx.add_stream(codec).map_err(fferr("adding the stream"))?;
+        ost.set_parameters(&encoder);
+        ost.set_time_base(time_base);
+    }
+    octx.write_header().map_err(fferr("writing the header"))?;
+    let ost_time_base = octx.stream(0).map(|s| s.time_base()).ok_or("the output lost its stream")?;
+    let mut scaler =
+        scaling::Context::get(Pixel::RGB24, w as u32, h as u32, Pixel::RGB8, w as u32, h as u32, scaling::Flags::BILINEAR)
+            .map_err(fferr("creating the palette converter"))?;
+    let mut rgb = ffmpeg::frame::Video::new(Pixel::RGB24, w as u32, h as u32);
+    let mut pal = ffmpeg::frame::Video::empty();
+    let drain = |encoder: &mut ffmpeg::encoder::Video,
+                 octx: &mut ffmpeg::format::context::Output|
+     -> std::result::Result<(), String> {
+        let mut packet = ffmpeg::Packet::empty();
+        while encoder.receive_packet(&mut packet).is_ok() {
+            packet.set_stream(0);
+            packet.rescale_ts(time_base, ost_time_base);
+            packet.write_interleaved(octx).map_err(fferr("writing a packet"))?;
+        }
+        Ok(())
+    };
+    for (i, frame) in frames.axis_iter(Axis(0)).enumerate() {
+        fill_rgb(&mut rgb, frame);
+        scaler.run(&rgb, &mut pal).map_err(fferr("converting to the GIF palette"))?;
+        pal.set_pts(Some(i as i64));
+        encoder.send_frame(&pal).map_err(fferr("encoding a frame"))?;
+        drain(&mut encoder, &mut octx)?;
+    }
+    encoder.send_eof().map_err(fferr("flushing the encoder"))?;
+    drain(&mut encoder, &mut octx)?;
+    octx.write_trailer().map_err(fferr("writing the trailer"))?;
+    Ok(())
+}
+
+/// Each frame encoded as PNG bytes.
+fn encode_pngs(frames: ArrayView4<u8>) -> std::result::Result<Vec<Vec<u8>>, String> {
+    init().map_err(|e| e.to_string())?;
+    let (_, h, w, _) = frames.dim();
     let fferr = |what: &'static str| move |e: ffmpeg::Error| format!("{what}: {e}");
     let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::PNG).ok_or("this FFmpeg build has no PNG encoder")?;
     let mut encoder = ffmpeg::codec::context::Context::new_with_codec(codec)
@@ -213,12 +284,21 @@ fn write_pngs(dir: &Path, frames: ArrayView4<u8>) -> std::result::Result<(), Str
     let mut encoder = encoder.open_with(ffmpeg::Dictionary::new()).map_err(fferr("opening the PNG encoder"))?;
     let mut rgb = ffmpeg::frame::Video::new(Pixel::RGB24, w as u32, h as u32);
     let mut packet = ffmpeg::Packet::empty();
+    let mut out = Vec::new();
     for (i, frame) in frames.axis_iter(Axis(0)).enumerate() {
         fill_rgb(&mut rgb, frame);
         rgb.set_pts(Some(i as i64));
         encoder.send_frame(&rgb).map_err(fferr("encoding a PNG"))?;
         encoder.receive_packet(&mut packet).map_err(fferr("receiving a PNG"))?;
-        let bytes = packet.data().ok_or("the PNG encoder returned an empty packet")?;
+        out.push(packet.data().ok_or("the PNG encoder returned an empty packet")?.to_vec());
+    }
+    Ok(out)
+}
+
+fn write_pngs(dir: &Path, frames: ArrayView4<u8>) -> std::result::Result<(), String> {
+    let images = encode_pngs(frames)?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    for (i, bytes) in images.iter().enumerate() {
         let file = dir.join(format!("frame_{i:05}.png"));
         std::fs::write(&file, bytes).map_err(|e| format!("writing {}: {e}", file.display()))?;
     }

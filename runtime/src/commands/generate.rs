@@ -1,0 +1,369 @@
+//! `osp generate`: text to video with a pipeline bundle, taking upstream `sample.py`'s flags
+//! (snake_case as upstream, kebab-case too).
+//!
+//! `osp generate --bundle B --text_prompt "A cat." --num_frames 9 --height 64 --width 96 --seed 1234`
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use osp_runtime::pipeline::noise::{NoiseSource, ReplayNoise, SeededNoise};
+use osp_runtime::pipeline::{DecodeOptions, GenerateObserver, GenerateRequest, Pipeline, PipelineSpec, StepRecord};
+use osp_runtime::scheduler::SampleMethod;
+use osp_runtime::text::cache::{default_cache_dir, CACHE_DIR_ENV};
+use osp_runtime::text::EmbeddingCache;
+use osp_runtime::vae::TilingConfig;
+use osp_runtime::video;
+use osp_runtime::{read_safetensors, write_safetensors, Tensor};
+
+use super::extract_text_embeds::ProgressArg;
+use super::reconstruct::EncodeOpts;
+use super::BackendOpts;
+
+/// Container of the written videos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// H.264 in mp4.
+    Mp4,
+    /// Animated GIF.
+    Gif,
+    /// A folder of PNG frames per video.
+    Png,
+}
+
+/// The sampling flags shared by `osp generate` and `osp bench`; unset ones come from the
+/// bundle's `pipeline.json` defaults.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingOpts {
+    /// The pipeline bundle (`osp-export pipeline`).
+    #[arg(long, env = "OSP_PIPELINE_BUNDLE")]
+    pub bundle: PathBuf,
+    /// Prompts, or one `.txt` file with a prompt per line (blank lines skipped).
+    #[arg(long, alias = "text_prompt", num_args = 1.., required = true)]
+    pub text_prompt: Vec<String>,
+    /// Frames per video (4n + 1).
+    #[arg(long, alias = "num_frames")]
+    pub num_frames: Option<usize>,
+    /// Height in pixels (a multiple of the bundle's spatial_multiple, 32 for the release).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Width in pixels (a multiple of the bundle's spatial_multiple).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Denoising steps.
+    #[arg(long, alias = "num_sampling_steps")]
+    pub num_sampling_steps: Option<usize>,
+    /// Classifier-free guidance scale (>= 1; 1 turns guidance off).
+    #[arg(long, alias = "guidance_scale")]
+    pub guidance_scale: Option<f32>,
+    /// diffusers' guidance rescale factor in [0, 1] (0 = off, as upstream sample.py).
+    #[arg(long, alias = "guidance_rescale", default_value_t = 0.0)]
+    pub guidance_rescale: f32,
+    /// Sampler (upstream names).
+    #[arg(long, alias = "sample_method", value_enum)]
+    pub sample_method: Option<SampleMethod>,
+    /// Videos per prompt.
+    #[arg(long, alias = "num_samples_per_prompt", default_value_t = 1)]
+    pub num_samples_per_prompt: usize,
+    /// Text length in tokens (`</s>` included); longer prompts are truncated with a warning.
+    #[arg(long, alias = "max_sequence_length")]
+    pub max_sequence_length: Option<usize>,
+    /// Negative prompt (default: upstream's nsfw/lowres/... list).
+    #[arg(long, alias = "negative_prompt", conflicts_with = "no_negative_prompt")]
+    pub negative_prompt: Option<String>,
+    /// Use an empty negative prompt (upstream OpenSoraPipeline's own default).
+    #[arg(long)]
+    pub no_negative_prompt: bool,
+    /// Prompt template (`{}` is the prompt; default: upstream's "high quality, high aesthetic, {}").
+    #[arg(long, conflicts_with = "no_prompt_template")]
+    pub prompt_template: Option<String>,
+    /// Encode the prompts as given, without the template.
+    #[arg(long)]
+    pub no_prompt_template: bool,
+    /// Decode with the streaming VAE graphs, this many latent frames per call (bounded memory).
+    #[arg(long)]
+    pub stream_chunk: Option<usize>,
+    /// Decode tile by tile (upstream --enable_tiling); see --tile-size and --tile-overlap.
+    #[arg(long, alias = "enable_tiling")]
+    pub enable_tiling: bool,
+    /// Latent tile height and width with --enable-tiling (x8 output pixels).
+    #[arg(long, default_value_t = TilingConfig::default().tile_size)]
+    pub tile_size: usize,
+    /// Latent pixels shared by neighbouring tiles, blended linearly.
+    #[arg(long, default_value_t = TilingConfig::default().overlap)]
+    pub tile_overlap: usize,
+    /// Embedding cache directory (default: ~/.cache/osp/text).
+    #[arg(long, env = CACHE_DIR_ENV)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not read or write the text-embedding cache.
+    #[arg(long)]
+    pub no_text_cache: bool,
+    /// Replace the computed schedule by `scheduler.timesteps` and `scheduler.sigmas` from this
+    /// safetensors file (exact replay of a recorded run).
+    #[arg(long)]
+    pub recorded_schedule: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub sampling: SamplingOpts,
+    /// Seed of the noise (xoshiro256++ + Box-Muller, one stream per prompt; identical output for
+    /// a seed on one machine and backend).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Frames per second of the written videos.
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Output folder; files are named like upstream: `{sample_method}_{index}_gs{g}_s{steps}[_i{k}].mp4`.
+    #[arg(long, alias = "save_img_path", default_value = "./sample_videos/t2v")]
+    pub save_img_path: PathBuf,
+    /// Container for videos (one-frame results are always written as .png images).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Mp4)]
+    pub output_format: OutputFormat,
+    /// Initial latents: a safetensors file with `p{i}.latents.init_randn` (standard normal, scaled
+    /// by init_noise_sigma here) or `p{i}.latents.init` (already scaled), per prompt i.
+    #[arg(long)]
+    pub init_latents: Option<PathBuf>,
+    /// Per-step ancestral noise: a safetensors file with `p{i}.step{k}.noise` (standard normal).
+    #[arg(long)]
+    pub step_noise: Option<PathBuf>,
+    /// Write every step's tensors (`p{i}.step{k}.{latents,dit_out,guided,noise,prev_sample}`),
+    /// `p{i}.latents.final`, `p{i}.vae.decoded` and `p{i}.video.final` to this safetensors file.
+    #[arg(long)]
+    pub dump_latents: Option<PathBuf>,
+    /// Progress display over the denoising steps.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Bar)]
+    pub progress: ProgressArg,
+    #[command(flatten)]
+    pub encode: EncodeOpts,
+}
+
+impl SamplingOpts {
+    /// The prompts: the strings given, or the lines of a single `.txt` argument.
+    pub fn prompts(&self) -> anyhow::Result<Vec<String>> {
+        if let [one] = self.text_prompt.as_slice() {
+            if one.ends_with(".txt") && Path::new(one).is_file() {
+                let text = std::fs::read_to_string(one).with_context(|| format!("reading --text_prompt {one}"))?;
+                let prompts: Vec<String> =
+                    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+                anyhow::ensure!(!prompts.is_empty(), "--text_prompt {one}: the file holds no prompt");
+                return Ok(prompts);
+            }
+        }
+        Ok(self.text_prompt.clone())
+    }
+
+    /// The request, with the bundle's defaults for unset flags.
+    pub fn request(&self, pipeline: &PipelineSpec) -> anyhow::Result<GenerateRequest> {
+        let d = &pipeline.manifest().defaults;
+        let default_method: SampleMethod = <SampleMethod as ValueEnum>::from_str(&d.sample_method, false)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("pipeline.json: unknown default sample_method `{}`", d.sample_method))?;
+        let recorded_schedule = match &self.recorded_schedule {
+            None => None,
+            Some(path) => {
+                let t = read_safetensors(path)?;
+                let get = |k: &str| -> anyhow::Result<Vec<f32>> {
+                    match t.get(k) {
+                        Some(Tensor::F32(a)) => Ok(a.iter().copied().collect()),
+                        _ => anyhow::bail!("--recorded-schedule {}: needs f32 `{k}`", path.display()),
+                    }
+                };
+                Some((get("scheduler.timesteps")?, get("scheduler.sigmas")?))
+            }
+        };
+        Ok(GenerateRequest {
+            prompts: self.prompts()?,
+            prompt_template: if self.no_prompt_template {
+                None
+            } else {
+                Some(self.prompt_template.clone().unwrap_or_else(|| d.positive_prompt_template.clone()))
+            },
+            negative_prompt: if self.no_negative_prompt {
+                String::new()
+            } else {
+                self.negative_prompt.clone().unwrap_or_else(|| d.negative_prompt.clone())
+            },
+            num_frames: self.num_frames.unwrap_or(d.num_frames),
+            height: self.height.unwrap_or(d.height),
+            width: self.width.unwrap_or(d.width),
+            num_sampling_steps: self.num_sampling_steps.unwrap_or(d.num_sampling_steps),
+            guidance_scale: self.guidance_scale.unwrap_or(d.guidance_scale as f32),
+            guidance_rescale: self.guidance_rescale,
+            sample_method: self.sample_method.unwrap_or(default_method),
+            num_samples_per_prompt: self.num_samples_per_prompt,
+            max_sequence_length: self.max_sequence_length.unwrap_or(d.max_sequence_length),
+            decode: DecodeOptions {
+                stream_chunk: self.stream_chunk,
+                tiling: self
+                    .enable_tiling
+                    .then_some(TilingConfig { tile_size: self.tile_size, overlap: self.tile_overlap }),
+            },
+            recorded_schedule,
+        })
+    }
+
+    /// Reads the bundle's manifests and checks them (no model is loaded).
+    pub fn spec(&self) -> anyhow::Result<PipelineSpec> {
+        PipelineSpec::open(&self.bundle).with_context(|| format!("opening the pipeline bundle {}", self.bundle.display()))
+    }
+
+    /// Loads the pipeline's models with the text cache the flags ask for.
+    pub fn load(&self, spec: PipelineSpec, backend: &BackendOpts) -> anyhow::Result<Pipeline> {
+        let cache = if self.no_text_cache {
+            None
+        } else {
+            let dir = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
+            Some(EmbeddingCache::new(&dir).with_context(|| format!("text cache {}", dir.display()))?)
+        };
+        Pipeline::load(spec, &backend.session_options()?, cache)
+            .with_context(|| format!("loading the pipeline bundle {}", self.bundle.display()))
+    }
+}
+
+/// Python's `str(float)` for the file names (`7.5`, `7.0`).
+fn py_float(v: f32) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e16 {
+        format!("{v:.1}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Progress over steps and the optional per-step dump.
+struct Observer {
+    bar: Box<dyn StepProgress>,
+    dump: Option<BTreeMap<String, Tensor>>,
+}
+
+trait StepProgress {
+    fn step(&mut self, prompt: usize, step: usize, total: usize);
+}
+
+struct Quiet;
+impl StepProgress for Quiet {
+    fn step(&mut self, _: usize, _: usize, _: usize) {}
+}
+
+struct JsonLines;
+impl StepProgress for JsonLines {
+    fn step(&mut self, prompt: usize, step: usize, total: usize) {
+        eprintln!("{}", serde_json::json!({"prompt": prompt, "step": step + 1, "total": total}));
+    }
+}
+
+#[cfg(feature = "progress")]
+struct Bar(Option<(usize, indicatif::ProgressBar)>);
+
+#[cfg(feature = "progress")]
+impl StepProgress for Bar {
+    fn step(&mut self, prompt: usize, step: usize, total: usize) {
+        if self.0.as_ref().is_none_or(|(p, _)| *p != prompt) {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} steps [{elapsed} < {eta}]") {
+                bar.set_style(style);
+            }
+            bar.set_message(format!("prompt {prompt}"));
+            self.0 = Some((prompt, bar));
+        }
+        if let Some((_, bar)) = &self.0 {
+            bar.inc(1);
+            if step + 1 == total {
+                bar.finish();
+            }
+        }
+    }
+}
+
+fn progress(arg: ProgressArg) -> Box<dyn StepProgress> {
+    match arg {
+        #[cfg(feature = "progress")]
+        ProgressArg::Bar => Box::new(Bar(None)),
+        #[cfg(not(feature = "progress"))]
+        ProgressArg::Bar => Box::new(JsonLines),
+        ProgressArg::Jsonl => Box::new(JsonLines),
+        ProgressArg::Off => Box::new(Quiet),
+    }
+}
+
+impl GenerateObserver for Observer {
+    fn step(&mut self, prompt: usize, step: usize, total: usize, r: &StepRecord<'_>) {
+        self.bar.step(prompt, step, total);
+        if let Some(dump) = &mut self.dump {
+            let key = |name: &str| format!("p{prompt}.step{step}.{name}");
+            dump.insert(key("latents"), Tensor::F32(r.latents.clone()));
+            dump.insert(key("dit_out"), Tensor::F32(r.dit_out.clone()));
+            dump.insert(key("guided"), Tensor::F32(r.guided.clone()));
+            if let Some(n) = r.noise {
+                dump.insert(key("noise"), Tensor::F32(n.clone()));
+            }
+            dump.insert(key("prev_sample"), Tensor::F32(r.prev_sample.clone()));
+        }
+    }
+}
+
+pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
+    if let Some(fps) = args.fps {
+        anyhow::ensure!(fps.is_finite() && fps > 0.0, "--fps must be a positive number, got {fps}");
+    }
+    let spec = args.sampling.spec()?;
+    let req = args.sampling.request(&spec)?;
+    spec.validate(&req)?;
+    let fps = args.fps.unwrap_or(spec.manifest().defaults.fps);
+    let shape = spec.latent_shape(&req);
+    let steps = spec.scheduler(&req)?.timesteps().len();
+    let seeded = SeededNoise::new(args.seed);
+    let mut noise: Box<dyn NoiseSource> = if args.init_latents.is_some() || args.step_noise.is_some() {
+        let replay = ReplayNoise::open(args.init_latents.as_deref(), args.step_noise.as_deref(), seeded)?;
+        replay.check(req.prompts.len(), steps, &shape)?;
+        Box::new(replay)
+    } else {
+        Box::new(seeded)
+    };
+    let mut pipeline = args.sampling.load(spec, backend)?;
+    let encode = args.encode.options();
+    std::fs::create_dir_all(&args.save_img_path)
+        .with_context(|| format!("creating --save_img_path {}", args.save_img_path.display()))?;
+    let mut observer = Observer { bar: progress(args.progress), dump: args.dump_latents.as_ref().map(|_| BTreeMap::new()) };
+    for index in 0..req.prompts.len() {
+        let out = pipeline.generate_prompt(&req, index, noise.as_mut(), &mut observer)?;
+        if let Some(dump) = &mut observer.dump {
+            dump.insert(format!("p{index}.latents.final"), Tensor::F32(out.latents.clone()));
+            dump.insert(format!("p{index}.vae.decoded"), Tensor::F32(out.decoded.clone().into_dyn()));
+        }
+        let n = out.frames.len();
+        let mut finals = Vec::new();
+        for (k, frames) in out.frames.iter().enumerate() {
+            let stem = format!(
+                "{}_{index}_gs{}_s{}{}",
+                req.sample_method.name(),
+                py_float(req.guidance_scale),
+                req.num_sampling_steps,
+                if n > 1 { format!("_i{k}") } else { String::new() }
+            );
+            let ext = match (frames.shape()[0], args.output_format) {
+                (1, _) => ".png",
+                (_, OutputFormat::Mp4) => ".mp4",
+                (_, OutputFormat::Gif) => ".gif",
+                (_, OutputFormat::Png) => "",
+            };
+            let path = args.save_img_path.join(format!("{stem}{ext}"));
+            video::write_video(&path, frames.view(), fps, &encode)
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("{}", path.display());
+            finals.push(frames.view().insert_axis(ndarray::Axis(0)));
+        }
+        if let Some(dump) = &mut observer.dump {
+            let all = ndarray::concatenate(ndarray::Axis(0), &finals)?;
+            dump.insert(format!("p{index}.video.final"), Tensor::U8(all.into_dyn()));
+        }
+    }
+    if let (Some(path), Some(dump)) = (&args.dump_latents, &observer.dump) {
+        write_safetensors(path, dump.iter().map(|(k, t)| (k.as_str(), t)))
+            .with_context(|| format!("writing --dump-latents {}", path.display()))?;
+        tracing::info!(path = %path.display(), tensors = dump.len(), "wrote the step dump");
+    }
+    Ok(())
+}

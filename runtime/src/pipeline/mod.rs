@@ -1,0 +1,621 @@
+//! Text-to-video generation over a pipeline bundle (`osp_graphs::pipeline`), exactly as upstream
+//! `sample.py` runs `OpenSoraPipeline`: prompt template and negative prompt, mT5 (through the
+//! embedding cache), classifier-free guidance with the batch `[negative] * n + [positive] * n`,
+//! initial noise times `init_noise_sigma`, the scheduler loop, un-normalised latents
+//! `z / scale + shift`, WFVAE decoding (whole, streamed in latent chunks, and/or spatially tiled),
+//! and frames to uint8 by `((x / 2 + 0.5).clamp(0, 1) * 255)` truncated, cropped to the request.
+//!
+//! Upstream: `opensora/sample/pipeline_opensora.py` (`__call__`, `encode_prompt`,
+//! `prepare_latents`, `decode_latents`) and `opensora/utils/sample_utils.py`
+//! (`run_model_and_save_samples`) at
+//! <https://github.com/PKU-YuanGroup/Open-Sora-Plan/tree/9fa322fbbb276e2bbe40b2f439e3d610af3d7690>.
+//! Differences: each prompt is run on its own (as `sample.py` does), so upstream's pairing bug of
+//! lists of prompts with `num_samples_per_prompt > 1` cannot occur; the noise comes from a
+//! [`noise::NoiseSource`] rather than torch's global RNG.
+//!
+//! `osp generate --bundle e2e.pipeline --text_prompt "A cat." --num_frames 9 --height 64 --width 96`
+
+pub mod noise;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::{concatenate, s, Array4, Array5, ArrayD, Axis, Ix5, IxDyn, Zip};
+use osp_graphs::config::{StreamProtocol, STREAM_METADATA_KEY};
+use osp_graphs::{ModelSpec, PipelineDims, PipelineManifest};
+
+use crate::error::{Error, Result};
+use crate::scheduler::{SampleMethod, Scheduler, SchedulerConfig};
+use crate::session::{Bundle, GraphSession, SessionOptions};
+use crate::tensor::Tensor;
+use crate::text::{EmbeddingCache, TextEmbeddings, TextEncoder};
+use crate::vae::streaming::StreamingDecoder;
+use crate::vae::{decode_tiled, TilingConfig, DECODER_GRAPH, DECODER_INPUT, DECODER_OUTPUT};
+
+use self::noise::{InitLatents, NoiseSource};
+
+/// The transformer graph and its I/O names.
+pub const TRANSFORMER_GRAPH: &str = "transformer";
+const DIT_OUTPUT: &str = "sample";
+
+/// How latents are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecodeOptions {
+    /// Decode with the streaming graphs, this many latent frames per call.
+    pub stream_chunk: Option<usize>,
+    /// Decode tile by tile (each tile whole or streamed).
+    pub tiling: Option<TilingConfig>,
+}
+
+/// One generation request (the upstream `sample.py` arguments).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateRequest {
+    /// User prompts; each is run on its own.
+    pub prompts: Vec<String>,
+    /// Applied to each prompt (`{}` marks the prompt); `None` uses the prompt as is.
+    pub prompt_template: Option<String>,
+    /// The unconditional text; `""` is upstream's pipeline default (no negative prompt).
+    pub negative_prompt: String,
+    pub num_frames: usize,
+    pub height: usize,
+    pub width: usize,
+    pub num_sampling_steps: usize,
+    /// `> 1` runs classifier-free guidance; `1` runs the positive branch only (as upstream).
+    pub guidance_scale: f32,
+    /// diffusers' `guidance_rescale` (0 = off, upstream `sample.py` does not expose it).
+    pub guidance_rescale: f32,
+    pub sample_method: SampleMethod,
+    pub num_samples_per_prompt: usize,
+    pub max_sequence_length: usize,
+    pub decode: DecodeOptions,
+    /// Replaces the computed schedule (`timesteps`, `sigmas`), see
+    /// [`Scheduler::set_recorded_schedule`].
+    pub recorded_schedule: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// Stage timings and per-step records, reported while a prompt runs.
+pub trait GenerateObserver {
+    /// A stage (`text_encode`, `denoise_step`, `vae_decode`) finished after `seconds`.
+    fn stage(&mut self, _prompt: usize, _stage: &'static str, _seconds: f64) {}
+    /// Step `step` of `total` finished.
+    fn step(&mut self, _prompt: usize, _step: usize, _total: usize, _record: &StepRecord<'_>) {}
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+impl GenerateObserver for NoObserver {}
+
+/// The tensors of one denoising step (names as in the e2e recording).
+pub struct StepRecord<'a> {
+    /// Latents entering the step, `[n, c, t, h, w]`.
+    pub latents: &'a ArrayD<f32>,
+    pub timestep: f32,
+    /// The transformer output for the CFG batch `[2n, ...]` (or `[n, ...]` without guidance).
+    pub dit_out: &'a ArrayD<f32>,
+    /// What the scheduler receives.
+    pub guided: &'a ArrayD<f32>,
+    pub noise: Option<&'a ArrayD<f32>>,
+    /// Latents leaving the step.
+    pub prev_sample: &'a ArrayD<f32>,
+}
+
+/// Everything one prompt produced.
+#[derive(Debug, Clone)]
+pub struct PromptOutput {
+    /// The text actually encoded (template applied).
+    pub prompt: String,
+    pub positive: TextEmbeddings,
+    /// `None` without guidance.
+    pub negative: Option<TextEmbeddings>,
+    /// Final latents `[n, c, t, h, w]` (before un-normalisation).
+    pub latents: ArrayD<f32>,
+    /// VAE output `[n, 3, f, H, W]` in `[-1, 1]` (before cropping).
+    pub decoded: Array5<f32>,
+    /// Per sample, `[num_frames, height, width, 3]` uint8 frames.
+    pub frames: Vec<Array4<u8>>,
+}
+
+/// A pipeline bundle's manifests, read and checked without loading any model: enough to
+/// validate a request before the slow part starts.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    dir: PathBuf,
+    manifest: PipelineManifest,
+    dims: PipelineDims,
+    scheduler_config: SchedulerConfig,
+    vae_scale: Vec<f32>,
+    vae_shift: Vec<f32>,
+    stream_protocol: Option<StreamProtocol>,
+}
+
+/// A loaded pipeline bundle: its [`PipelineSpec`] (through `Deref`) and the model sessions.
+pub struct Pipeline {
+    spec: PipelineSpec,
+    text: TextEncoder,
+    transformer: GraphSession,
+    vae: Bundle,
+    session_options: SessionOptions,
+    decoder: Option<GraphSession>,
+    streaming: Option<StreamingDecoder>,
+}
+
+impl std::ops::Deref for Pipeline {
+    type Target = PipelineSpec;
+    fn deref(&self) -> &PipelineSpec {
+        &self.spec
+    }
+}
+
+fn invalid(name: &str, rule: String) -> Error {
+    Error::InvalidInput { name: name.to_string(), rule }
+}
+
+impl Pipeline {
+    /// [`PipelineSpec::open`] then [`Pipeline::load`].
+    pub fn open(dir: impl AsRef<Path>, opts: &SessionOptions, cache: Option<EmbeddingCache>) -> Result<Self> {
+        Self::load(PipelineSpec::open(dir)?, opts, cache)
+    }
+
+    /// Loads the text encoder (with `cache` if given) and the transformer; VAE graphs load on
+    /// first decode.
+    pub fn load(spec: PipelineSpec, opts: &SessionOptions, cache: Option<EmbeddingCache>) -> Result<Self> {
+        let c = &spec.manifest.components;
+        let text_bundle = Bundle::open(spec.dir.join(&c.text_encoder))?;
+        let mut text = TextEncoder::open(&text_bundle, opts, None)?;
+        if let Some(cache) = cache {
+            text = text.with_cache(cache);
+        }
+        let transformer = Bundle::open(spec.dir.join(&c.transformer))?.session(TRANSFORMER_GRAPH, opts)?;
+        let vae = Bundle::open(spec.dir.join(&c.vae))?;
+        tracing::info!(bundle = %spec.dir.display(), latent_channels = spec.dims.latent_channels, "pipeline loaded");
+        Ok(Self {
+            spec,
+            text,
+            transformer,
+            vae,
+            session_options: opts.clone(),
+            decoder: None,
+            streaming: None,
+        })
+    }
+
+    pub fn spec(&self) -> &PipelineSpec {
+        &self.spec
+    }
+
+    pub fn text_encoder(&self) -> &TextEncoder {
+        &self.text
+    }
+}
+
+impl PipelineSpec {
+    /// Reads `pipeline.json` and the component manifests and checks them against each other.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        let manifest = PipelineManifest::load(&dir)?;
+        let (_, _, vae_manifest, dims) = manifest.load_components(&dir)?;
+        let scheduler_config: SchedulerConfig = serde_json::to_value(&manifest.scheduler)
+            .and_then(serde_json::from_value)
+            .map_err(|e| Error::InvalidSchedulerConfig { key: "pipeline.json: scheduler".into(), why: e.to_string() })?;
+        scheduler_config.sample_method()?;
+        let ModelSpec::Wfvae(vae_cfg) = &vae_manifest.model else {
+            return Err(Error::Graph(osp_graphs::Error::Pipeline("the VAE must be a wfvae bundle".into())));
+        };
+        let vae_scale = vae_cfg.scale.iter().map(|&v| v as f32).collect();
+        let vae_shift = vae_cfg.shift.iter().map(|&v| v as f32).collect();
+        let stream_protocol = vae_manifest
+            .graphs
+            .values()
+            .find_map(|g| g.metadata.get(STREAM_METADATA_KEY))
+            .map(|v| serde_json::from_value::<StreamProtocol>(v.clone()))
+            .transpose()
+            .map_err(|e| Error::Graph(osp_graphs::Error::Pipeline(format!("VAE stream protocol: {e}"))))?;
+        Ok(Self { dir, manifest, dims, scheduler_config, vae_scale, vae_shift, stream_protocol })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn manifest(&self) -> &PipelineManifest {
+        &self.manifest
+    }
+
+    pub fn dims(&self) -> &PipelineDims {
+        &self.dims
+    }
+
+    /// The bundle's scheduler config adapted to `method` the way upstream `get_scheduler` builds
+    /// each class from the same flags: DDIM without sample clipping, PNDM without zero-SNR.
+    pub fn scheduler_config(&self, method: SampleMethod) -> SchedulerConfig {
+        let base = &self.scheduler_config;
+        if base.sample_method().ok().flatten() == Some(method) {
+            return base.clone();
+        }
+        let mut c = SchedulerConfig::open_sora_plan_v13(method);
+        c.num_train_timesteps = base.num_train_timesteps;
+        c.beta_start = base.beta_start;
+        c.beta_end = base.beta_end;
+        c.beta_schedule = base.beta_schedule;
+        c.trained_betas = base.trained_betas.clone();
+        c.prediction_type = base.prediction_type;
+        if method != SampleMethod::Pndm {
+            c.rescale_betas_zero_snr = base.rescale_betas_zero_snr;
+            c.timestep_spacing = base.timestep_spacing;
+        }
+        c
+    }
+
+    /// A scheduler for the request, with its timesteps set.
+    pub fn scheduler(&self, req: &GenerateRequest) -> Result<Box<dyn Scheduler>> {
+        let mut scheduler = req.sample_method.build(&self.scheduler_config(req.sample_method))?;
+        scheduler.set_timesteps(req.num_sampling_steps)?;
+        if let Some((timesteps, sigmas)) = &req.recorded_schedule {
+            scheduler.set_recorded_schedule(timesteps, sigmas)?;
+        }
+        Ok(scheduler)
+    }
+
+    /// The latent shape `[n, c, t, h, w]` of the request.
+    pub fn latent_shape(&self, req: &GenerateRequest) -> [usize; 5] {
+        let d = &self.dims;
+        [
+            req.num_samples_per_prompt,
+            d.latent_channels,
+            (req.num_frames - 1) / d.vae_temporal + 1,
+            req.height / d.vae_spatial,
+            req.width / d.vae_spatial,
+        ]
+    }
+
+    /// Checks the request before any model runs; each error names the flag and its rule.
+    pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
+        if req.prompts.is_empty() {
+            return Err(invalid("--text_prompt", "at least one prompt is required".into()));
+        }
+        if let Some(i) = req.prompts.iter().position(|p| p.trim().is_empty()) {
+            return Err(invalid("--text_prompt", format!("prompt {i} is empty; every prompt needs some text")));
+        }
+        if let Some(t) = &req.prompt_template {
+            if !t.contains("{}") {
+                return Err(invalid("--prompt-template", format!("must contain `{{}}` where the prompt goes, got {t:?}")));
+            }
+        }
+        let vt = self.dims.vae_temporal;
+        if req.num_frames == 0 || !(req.num_frames - 1).is_multiple_of(vt) {
+            return Err(invalid(
+                "--num_frames",
+                format!("must be {vt}n + 1 (1, 5, 9, ..., 93, ...) for the VAE's {vt}x time compression, got {}", req.num_frames),
+            ));
+        }
+        let m = self.manifest.defaults.spatial_multiple;
+        for (flag, v) in [("--height", req.height), ("--width", req.width)] {
+            if v == 0 || !v.is_multiple_of(m) {
+                return Err(invalid(
+                    flag,
+                    format!(
+                        "must be a positive multiple of {m} (VAE {}x x DiT patch {} and the bundle's spatial_multiple), got {v}",
+                        self.dims.vae_spatial, self.dims.patch_size
+                    ),
+                ));
+            }
+        }
+        if req.num_sampling_steps == 0 {
+            return Err(invalid("--num_sampling_steps", "must be at least 1".into()));
+        }
+        if !(req.guidance_scale.is_finite() && req.guidance_scale >= 1.0) {
+            return Err(invalid(
+                "--guidance_scale",
+                format!("must be >= 1 (1 turns classifier-free guidance off), got {}", req.guidance_scale),
+            ));
+        }
+        if !(0.0..=1.0).contains(&req.guidance_rescale) {
+            return Err(invalid("--guidance-rescale", format!("must be in [0, 1], got {}", req.guidance_rescale)));
+        }
+        if req.num_samples_per_prompt == 0 {
+            return Err(invalid("--num_samples_per_prompt", "must be at least 1".into()));
+        }
+        if req.max_sequence_length < 2 {
+            return Err(invalid(
+                "--max_sequence_length",
+                format!("must be at least 2 (text and `</s>`), got {}", req.max_sequence_length),
+            ));
+        }
+        if let Some(t) = &req.decode.tiling {
+            t.validate()?;
+        }
+        if let Some(chunk) = req.decode.stream_chunk {
+            let Some(p) = &self.stream_protocol else {
+                return Err(invalid("--stream-chunk", "the VAE bundle has no streaming decoder graphs".into()));
+            };
+            if chunk == 0 || chunk > p.max_chunk_latents {
+                return Err(invalid(
+                    "--stream-chunk",
+                    format!("must be 1..={} latent frames per call, got {chunk}", p.max_chunk_latents),
+                ));
+            }
+        }
+        let scheduler = self.scheduler(req)?;
+        if scheduler.timesteps().is_empty() {
+            return Err(invalid("--num_sampling_steps", "the scheduler produced no timesteps".into()));
+        }
+        Ok(())
+    }
+
+    /// The text encoded for `prompt`.
+    pub fn templated(&self, req: &GenerateRequest, prompt: &str) -> String {
+        match &req.prompt_template {
+            Some(t) => t.replacen("{}", prompt, 1),
+            None => prompt.to_string(),
+        }
+    }
+
+}
+
+impl Pipeline {
+    /// Runs prompt `index` of `req` (call [`Pipeline::validate`] first).
+    pub fn generate_prompt(
+        &mut self,
+        req: &GenerateRequest,
+        index: usize,
+        noise: &mut dyn NoiseSource,
+        observer: &mut dyn GenerateObserver,
+    ) -> Result<PromptOutput> {
+        let _span = tracing::info_span!("generate", prompt = index).entered();
+        let user = req.prompts.get(index).ok_or_else(|| invalid("prompt index", format!("{index} is out of range")))?;
+        let prompt = self.templated(req, user);
+        let n = req.num_samples_per_prompt;
+        let cfg = req.guidance_scale > 1.0;
+        let l = req.max_sequence_length;
+
+        let started = Instant::now();
+        let positive = self.text.encode(&[prompt.as_str()], l)?;
+        let negative = if cfg { Some(self.text.encode_allow_empty(&[req.negative_prompt.as_str()], l)?) } else { None };
+        observer.stage(index, "text_encode", started.elapsed().as_secs_f64());
+
+        // CFG batch: [negative] * n + [positive] * n.
+        let mut rows: Vec<&TextEmbeddings> = Vec::new();
+        if let Some(neg) = &negative {
+            rows.extend(std::iter::repeat_n(neg, n));
+        }
+        rows.extend(std::iter::repeat_n(&positive, n));
+        let (states, mask) = dit_text_inputs(&rows, l, self.dims.caption_channels)?;
+        let batch = rows.len();
+
+        let mut scheduler = self.scheduler(req)?;
+        let shape = self.latent_shape(req);
+        let mut latents = match noise.init_latents(index, &shape)? {
+            InitLatents::StandardNormal(x) => {
+                let sigma = scheduler.init_noise_sigma();
+                x.mapv(|v| v * sigma)
+            }
+            InitLatents::Scaled(x) => x,
+        };
+        let timesteps = scheduler.timesteps().to_vec();
+        let total = timesteps.len();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let _step = tracing::trace_span!("denoise_step", step = i).entered();
+            let started = Instant::now();
+            let scaled = scheduler.scale_model_input(&latents, i)?;
+            let model_input = if cfg { cat0(&[&scaled, &scaled])? } else { scaled };
+            let timestep = Tensor::F32(ArrayD::from_elem(IxDyn(&[batch]), t));
+            let hidden = Tensor::F32(model_input);
+            let mut out = self.transformer.run(&[
+                ("hidden_states", &hidden),
+                ("timestep", &timestep),
+                ("encoder_hidden_states", &states),
+                ("encoder_attention_mask", &mask),
+            ])?;
+            let dit_out = take_f32(&mut out, TRANSFORMER_GRAPH, DIT_OUTPUT)?;
+            let guided = if cfg {
+                let uncond = dit_out.slice_axis(Axis(0), (0..n).into()).to_owned();
+                let text = dit_out.slice_axis(Axis(0), (n..2 * n).into()).to_owned();
+                let g = req.guidance_scale;
+                let guided = Zip::from(&uncond).and(&text).map_collect(|&u, &c| u + g * (c - u));
+                if req.guidance_rescale > 0.0 {
+                    rescale_noise_cfg(&guided, &text, req.guidance_rescale)
+                } else {
+                    guided
+                }
+            } else {
+                dit_out.clone()
+            };
+            let step_noise =
+                if scheduler.needs_noise() { Some(noise.step_noise(index, i, latents.shape())?) } else { None };
+            let prev = scheduler.step(&guided, i, &latents, step_noise.as_ref())?;
+            observer.stage(index, "denoise_step", started.elapsed().as_secs_f64());
+            observer.step(
+                index,
+                i,
+                total,
+                &StepRecord {
+                    latents: &latents,
+                    timestep: t,
+                    dit_out: &dit_out,
+                    guided: &guided,
+                    noise: step_noise.as_ref(),
+                    prev_sample: &prev,
+                },
+            );
+            latents = prev;
+        }
+
+        let started = Instant::now();
+        let decoded = self.decode_latents(&latents, &req.decode)?;
+        observer.stage(index, "vae_decode", started.elapsed().as_secs_f64());
+        let frames = (0..n).map(|b| to_uint8_frames(&decoded, b, req.num_frames, req.height, req.width)).collect::<Result<_>>()?;
+        Ok(PromptOutput { prompt, positive, negative, latents, decoded, frames })
+    }
+
+    /// `z = latents / scale + shift` per channel (`WFVAEModelWrapper.decode`), in f32.
+    pub fn unnormalize(&self, latents: &ArrayD<f32>) -> Result<Array5<f32>> {
+        let mut z = latents
+            .clone()
+            .into_dimensionality::<Ix5>()
+            .map_err(|_| invalid("latents", format!("must be [n, c, t, h, w], got {:?}", latents.shape())))?;
+        if z.shape()[1] != self.vae_scale.len() {
+            return Err(invalid("latents", format!("must have {} channels, got {:?}", self.vae_scale.len(), z.shape())));
+        }
+        for (c, mut plane) in z.axis_iter_mut(Axis(1)).enumerate() {
+            let (scale, shift) = (self.vae_scale[c], self.vae_shift[c]);
+            plane.mapv_inplace(|v| v / scale + shift);
+        }
+        Ok(z)
+    }
+
+    /// Un-normalises and decodes latents `[n, c, t, h, w]` to video `[n, 3, f, H, W]`.
+    pub fn decode_latents(&mut self, latents: &ArrayD<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
+        let _span = tracing::info_span!("vae_decode", shape = ?latents.shape()).entered();
+        let z = self.unnormalize(latents)?;
+        let mut run_tile = self.tile_decoder(opts.stream_chunk)?;
+        match &opts.tiling {
+            Some(t) => decode_tiled(z.view(), t, |tile| run_tile(tile.to_owned())),
+            None => run_tile(z),
+        }
+    }
+
+    /// A closure decoding one latent tile with the whole or the streaming decoder.
+    fn tile_decoder(&mut self, stream_chunk: Option<usize>) -> Result<Box<dyn FnMut(Array5<f32>) -> Result<Array5<f32>> + '_>> {
+        match stream_chunk {
+            Some(chunk) => {
+                if self.streaming.is_none() {
+                    self.streaming = Some(StreamingDecoder::load(&self.vae, &self.session_options)?);
+                }
+                let dec = self.streaming.as_mut().expect("the streaming decoder was just loaded");
+                Ok(Box::new(move |z: Array5<f32>| {
+                    let out = dec.decode(&Tensor::F32(z.into_dyn()), chunk)?;
+                    into_5d(out, "decoder_step")
+                }))
+            }
+            None => {
+                if self.decoder.is_none() {
+                    self.decoder = Some(self.vae.session(DECODER_GRAPH, &self.session_options)?);
+                }
+                let dec = self.decoder.as_mut().expect("the decoder was just loaded");
+                Ok(Box::new(move |z: Array5<f32>| {
+                    let input = Tensor::F32(z.into_dyn());
+                    let mut out = dec.run(&[(DECODER_INPUT, &input)])?;
+                    let y = take_f32(&mut out, DECODER_GRAPH, DECODER_OUTPUT)?;
+                    into_5d(Tensor::F32(y), DECODER_GRAPH)
+                }))
+            }
+        }
+    }
+}
+
+fn into_5d(t: Tensor, graph: &str) -> Result<Array5<f32>> {
+    let described = t.describe();
+    match t {
+        Tensor::F32(a) => a.into_dimensionality::<Ix5>().map_err(|_| Error::OutputMismatch {
+            graph: graph.into(),
+            output: DECODER_OUTPUT.into(),
+            expected: "[n, 3, f, H, W]".into(),
+            got: described,
+        }),
+        other => Err(Error::unsupported(format!("{graph} output"), other.dtype())),
+    }
+}
+
+fn take_f32(out: &mut std::collections::BTreeMap<String, Tensor>, graph: &str, name: &str) -> Result<ArrayD<f32>> {
+    let produced = out.keys().cloned().collect::<Vec<_>>().join(", ");
+    match out.remove(name) {
+        Some(Tensor::F32(a)) => Ok(a),
+        Some(other) => Err(Error::OutputMismatch {
+            graph: graph.into(),
+            output: name.into(),
+            expected: "f32".into(),
+            got: other.describe(),
+        }),
+        None => Err(Error::MissingOutput { graph: graph.into(), output: name.into(), produced }),
+    }
+}
+
+fn cat0(parts: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
+    let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
+    concatenate(Axis(0), &views).map_err(|e| Error::Tensor { name: "cfg batch".into(), why: e.to_string() })
+}
+
+/// `encoder_hidden_states` `[b, 1, l, d]` and `encoder_attention_mask` f32 `[b, 1, l]` from one
+/// `[1, l, d]` embedding per batch row.
+fn dit_text_inputs(rows: &[&TextEmbeddings], l: usize, d: usize) -> Result<(Tensor, Tensor)> {
+    let b = rows.len();
+    let mut states = Vec::with_capacity(b * l * d);
+    let mut mask = Vec::with_capacity(b * l);
+    for r in rows {
+        let (Tensor::F32(e), Tensor::I64(m)) = (&r.embeddings, &r.mask) else {
+            return Err(Error::Tensor { name: "prompt_embeds".into(), why: "must be f32 with an i64 mask".into() });
+        };
+        if e.shape() != [1, l, d] || m.shape() != [1, l] {
+            return Err(Error::Tensor {
+                name: "prompt_embeds".into(),
+                why: format!("must be [1, {l}, {d}] with a [1, {l}] mask, got {:?} and {:?}", e.shape(), m.shape()),
+            });
+        }
+        states.extend(e.iter().copied());
+        mask.extend(m.iter().map(|&v| v as f32));
+    }
+    let shaped = |e: ndarray::ShapeError| Error::Tensor { name: "encoder_hidden_states".into(), why: e.to_string() };
+    Ok((
+        Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[b, 1, l, d]), states).map_err(shaped)?),
+        Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[b, 1, l]), mask).map_err(shaped)?),
+    ))
+}
+
+/// diffusers `rescale_noise_cfg` (arXiv:2305.08891 §3.4): rescales the guided prediction to the
+/// per-sample standard deviation (unbiased, over all but the batch axis) of the text prediction,
+/// mixed by `phi`.
+pub fn rescale_noise_cfg(guided: &ArrayD<f32>, text: &ArrayD<f32>, phi: f32) -> ArrayD<f32> {
+    let std = |a: ndarray::ArrayViewD<f32>| -> f32 {
+        let n = a.len() as f64;
+        let mean = a.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = a.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        var.sqrt() as f32
+    };
+    let mut out = guided.clone();
+    for (b, mut row) in out.axis_iter_mut(Axis(0)).enumerate() {
+        let s_text = std(text.index_axis(Axis(0), b));
+        let s_cfg = std(guided.index_axis(Axis(0), b));
+        let factor = if s_cfg > 0.0 { s_text / s_cfg } else { 1.0 };
+        row.mapv_inplace(|v| phi * (v * factor) + (1.0 - phi) * v);
+    }
+    out
+}
+
+/// Sample `b` of a decoded video `[n, 3, f, H, W]` as upstream `decode_latents` + `__call__`
+/// crop: `((x / 2 + 0.5).clamp(0, 1) * 255)` truncated to uint8, `[f, H, W, 3]`, cropped to
+/// `[:num_frames, :height, :width]`.
+pub fn to_uint8_frames(video: &Array5<f32>, b: usize, num_frames: usize, height: usize, width: usize) -> Result<Array4<u8>> {
+    let (n, c, f, h, w) = video.dim();
+    if b >= n || c != 3 || f < num_frames || h < height || w < width {
+        return Err(Error::VideoArg {
+            what: format!("decoded video {:?}", video.shape()),
+            rule: format!("must be [n > {b}, 3, >= {num_frames}, >= {height}, >= {width}]"),
+        });
+    }
+    let v = video.slice(s![b, .., ..num_frames, ..height, ..width]);
+    Ok(v.permuted_axes([1, 2, 3, 0]).mapv(|x| ((x / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0) as u8).as_standard_layout().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uint8_truncates_like_upstream() {
+        // x = 0.0 -> 0.5 * 255 = 127.5 -> 127 (truncation, not 128); -1 -> 0; 1 -> 255; 3 -> 255; -0.999 -> 0.
+        let v = Array5::from_shape_vec((1, 3, 1, 1, 2), vec![0.0, -1.0, 1.0, 3.0, -0.999, 0.9999]).unwrap();
+        let f = to_uint8_frames(&v, 0, 1, 1, 2).unwrap();
+        assert_eq!(f.shape(), [1, 1, 2, 3]);
+        assert_eq!(f.iter().copied().collect::<Vec<_>>(), vec![127, 255, 0, 0, 255, 254]);
+        assert!(to_uint8_frames(&v, 1, 1, 1, 2).is_err());
+    }
+
+    #[test]
+    fn rescale_matches_the_formula() {
+        let guided = ArrayD::from_shape_vec(IxDyn(&[1, 4]), vec![0.0, 2.0, 4.0, 6.0]).unwrap();
+        let text = ArrayD::from_shape_vec(IxDyn(&[1, 4]), vec![0.0, 1.0, 2.0, 3.0]).unwrap();
+        // std ratio 0.5: phi = 1 halves, phi = 0 keeps.
+        assert_eq!(rescale_noise_cfg(&guided, &text, 1.0).iter().copied().collect::<Vec<_>>(), vec![0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(rescale_noise_cfg(&guided, &text, 0.0), guided);
+    }
+}
