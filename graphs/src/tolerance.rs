@@ -17,6 +17,9 @@ pub enum Approx {
     Approximate,
     /// Half precision (f16/bf16) against an f32 reference: atol 5e-2, rtol 1e-2, 0.1% outliers.
     VeryApproximate,
+    /// 8-bit frames made by truncating float video: within one level (a float an ulp either side
+    /// of an integer boundary truncates to neighbouring levels).
+    OneLevel,
     /// End-to-end latents or frames: cosine similarity at least this value.
     Cosine(f64),
 }
@@ -29,6 +32,7 @@ impl Approx {
             Approx::Close => Some((1e-5, 0.0, 0.0)),
             Approx::Approximate => Some((1e-4, 0.0, 0.0)),
             Approx::VeryApproximate => Some((5e-2, 1e-2, 1e-3)),
+            Approx::OneLevel => Some((1.0, 0.0, 0.0)),
             Approx::Cosine(_) => None,
         }
     }

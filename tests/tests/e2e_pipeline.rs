@@ -1,0 +1,276 @@
+//! End-to-end parity (issue 5): the pipeline bundle exported from the official run's components
+//! (`../shared/reference/e2e/`) replays that run (its initial latents, per-step ancestral noise and
+//! float32 schedule) and must reproduce, prompt by prompt, the text embeddings, every step's
+//! latents and model outputs, the decoded video and the uint8 frames in `io.safetensors`, on every
+//! CPU backend. The streaming decoder must give the whole decoder's video.
+//!
+//! `cargo test --release -p osp-tests --test e2e_pipeline -- --nocapture` (prints the max diffs).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{ensure, Context, Result};
+use ndarray::ArrayD;
+use osp_export::models::pipeline::{export_pipeline, PipelineExportOptions, PipelineSources};
+use osp_export::ExportOptions;
+use osp_graphs::pipeline::PipelineDefaults;
+use osp_graphs::{Approx, Comparison};
+use osp_runtime::pipeline::noise::{ReplayNoise, SeededNoise};
+use osp_runtime::pipeline::{DecodeOptions, GenerateObserver, GenerateRequest, Pipeline, StepRecord};
+use osp_runtime::scheduler::SampleMethod;
+use osp_runtime::session::Backend;
+use osp_runtime::{read_safetensors, SessionOptions, Tensor};
+use osp_tests::{check_close, cpu_backends, shared_reference};
+
+fn e2e_dir() -> PathBuf {
+    shared_reference().join("e2e")
+}
+
+fn recording() -> &'static BTreeMap<String, Tensor> {
+    static IO: OnceLock<BTreeMap<String, Tensor>> = OnceLock::new();
+    IO.get_or_init(|| read_safetensors(&e2e_dir().join("io.safetensors")).expect("the e2e recording should be readable"))
+}
+
+fn meta() -> Result<serde_json::Value> {
+    let path = e2e_dir().join("meta.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn rec_f32(key: &str) -> Result<Vec<f32>> {
+    match recording().get(key) {
+        Some(Tensor::F32(a)) => Ok(a.iter().copied().collect()),
+        Some(other) => anyhow::bail!("`{key}` is {}", other.describe()),
+        None => anyhow::bail!("the recording has no `{key}`"),
+    }
+}
+
+fn rec_u8(key: &str) -> Result<Vec<u8>> {
+    match recording().get(key) {
+        Some(Tensor::U8(a)) => Ok(a.iter().copied().collect()),
+        _ => anyhow::bail!("the recording has no u8 `{key}`"),
+    }
+}
+
+/// The pipeline bundle, exported once per test binary.
+fn bundle() -> Result<&'static Path> {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    if DIR.get().is_none() {
+        let dir = tempfile::tempdir()?;
+        let out = dir.path().join("e2e.pipeline");
+        let sources = PipelineSources::from_dir(&e2e_dir())?;
+        let opts = PipelineExportOptions {
+            graph: ExportOptions::default(),
+            text_encoder_precision: None,
+            defaults: PipelineDefaults::open_sora_plan_v13(),
+        };
+        export_pipeline(&sources, &opts, &out)?;
+        let _ = DIR.set((dir, out));
+    }
+    Ok(&DIR.get().expect("the bundle was just exported").1)
+}
+
+/// The recorded run's request (meta.json `settings`), replaying its schedule.
+fn request(meta: &serde_json::Value, defaults: &PipelineDefaults) -> Result<GenerateRequest> {
+    let s = &meta["settings"];
+    let num = |k: &str| s[k].as_u64().map(|v| v as usize).with_context(|| format!("settings.{k}"));
+    let prompts = s["prompts"]
+        .as_array()
+        .context("settings.prompts")?
+        .iter()
+        .map(|p| p.as_str().map(str::to_string).context("a prompt"))
+        .collect::<Result<_>>()?;
+    Ok(GenerateRequest {
+        prompts,
+        prompt_template: Some(defaults.positive_prompt_template.clone()),
+        negative_prompt: defaults.negative_prompt.clone(),
+        num_frames: num("num_frames")?,
+        height: num("height")?,
+        width: num("width")?,
+        num_sampling_steps: num("num_sampling_steps")?,
+        guidance_scale: s["guidance_scale"].as_f64().context("guidance_scale")? as f32,
+        guidance_rescale: 0.0,
+        sample_method: SampleMethod::EulerAncestralDiscrete,
+        num_samples_per_prompt: num("num_samples_per_prompt")?,
+        max_sequence_length: num("max_sequence_length")?,
+        decode: DecodeOptions::default(),
+        recorded_schedule: Some((rec_f32("scheduler.timesteps")?, rec_f32("scheduler.sigmas")?)),
+    })
+}
+
+/// Compares `actual` with `expected` after dividing both by the largest `|expected|`.
+fn check_scaled(what: &str, actual: &[f32], expected: &[f32]) -> Result<Comparison> {
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let a: Vec<f32> = actual.iter().map(|v| v / scale).collect();
+    let e: Vec<f32> = expected.iter().map(|v| v / scale).collect();
+    check_close(&format!("{what} (divided by its scale {scale})"), &a, &e, Approx::Approximate)
+}
+
+#[derive(Default)]
+struct Steps(BTreeMap<(usize, usize), [ArrayD<f32>; 4]>);
+
+impl GenerateObserver for Steps {
+    fn step(&mut self, prompt: usize, step: usize, _total: usize, r: &StepRecord<'_>) {
+        let parts = [r.latents.clone(), r.dit_out.clone(), r.guided.clone(), r.prev_sample.clone()];
+        self.0.insert((prompt, step), parts);
+    }
+}
+
+/// The largest scaled diff of each kind, for the report.
+#[derive(Default, Debug)]
+struct Worst {
+    text: f64,
+    latents: f64,
+    dit_out: f64,
+    decoded: f64,
+    frames: f64,
+    /// uint8 values that differ from the recording (by one level), of all compared.
+    frames_differing: (usize, usize),
+}
+
+fn replay(backend: Backend) -> Result<Worst> {
+    let meta = meta()?;
+    let opts = SessionOptions::new(backend).with_threads(2);
+    let mut pipeline = Pipeline::open(bundle()?, &opts, None)?;
+    let req = request(&meta, &pipeline.manifest().defaults)?;
+    pipeline.validate(&req)?;
+    let io = e2e_dir().join("io.safetensors");
+    let mut noise = ReplayNoise::open(Some(&io), Some(&io), SeededNoise::new(0))?;
+    let steps = pipeline.scheduler(&req)?.timesteps().len();
+    noise.check(req.prompts.len(), steps, &pipeline.latent_shape(&req))?;
+    let mut worst = Worst::default();
+    for p in 0..req.prompts.len() {
+        let detail = &meta["prompts_detail"][p];
+        ensure!(pipeline.templated(&req, &req.prompts[p]) == detail["templated_prompt"].as_str().unwrap_or_default());
+        ensure!(req.negative_prompt == detail["negative_prompt"].as_str().unwrap_or_default());
+        let mut observer = Steps::default();
+        let out = pipeline.generate_prompt(&req, p, &mut noise, &mut observer)?;
+
+        for (side, emb) in [("pos", Some(&out.positive)), ("neg", out.negative.as_ref())] {
+            let emb = emb.context("guidance > 1 encodes the negative prompt")?;
+            let Tensor::I64(mask) = &emb.mask else { anyhow::bail!("mask dtype") };
+            let want = match recording().get(&format!("p{p}.text.{side}.attention_mask")) {
+                Some(Tensor::I64(m)) => m.iter().copied().collect::<Vec<_>>(),
+                _ => anyhow::bail!("no recorded mask"),
+            };
+            ensure!(mask.iter().copied().collect::<Vec<_>>() == want, "p{p} {side} attention mask");
+            let c = check_close(
+                &format!("p{p}.text.{side}.embeds"),
+                &emb.embeddings.to_f32_vec(),
+                &rec_f32(&format!("p{p}.text.{side}.embeds"))?,
+                Approx::Approximate,
+            )?;
+            worst.text = worst.text.max(c.max_abs);
+        }
+        for i in 0..steps {
+            let parts = observer.0.get(&(p, i)).with_context(|| format!("step {i} not observed"))?;
+            for (k, (name, actual)) in ["latents", "dit_out", "guided", "prev_sample"].iter().zip(parts).enumerate() {
+                let key = format!("p{p}.step{i}.{name}");
+                let c = check_scaled(&key, &actual.iter().copied().collect::<Vec<_>>(), &rec_f32(&key)?)?;
+                if k == 1 {
+                    worst.dit_out = worst.dit_out.max(c.max_abs);
+                } else {
+                    worst.latents = worst.latents.max(c.max_abs);
+                }
+            }
+        }
+        let key = format!("p{p}.latents.final");
+        check_scaled(&key, &out.latents.iter().copied().collect::<Vec<_>>(), &rec_f32(&key)?)?;
+        let key = format!("p{p}.vae.decoded");
+        let c = check_close(&key, &out.decoded.iter().copied().collect::<Vec<_>>(), &rec_f32(&key)?, Approx::Approximate)?;
+        worst.decoded = worst.decoded.max(c.max_abs);
+        ensure!(out.frames.len() == 1, "one sample per prompt");
+        let key = format!("p{p}.video.final");
+        let frames: Vec<f32> = out.frames[0].iter().map(|&v| f32::from(v)).collect();
+        let want: Vec<f32> = rec_u8(&key)?.into_iter().map(f32::from).collect();
+        let c = check_close(&key, &frames, &want, Approx::OneLevel)?;
+        worst.frames = worst.frames.max(c.max_abs);
+        let exact = Approx::Exact.compare(&frames, &want);
+        worst.frames_differing.0 += exact.outliers;
+        worst.frames_differing.1 += exact.len;
+    }
+    Ok(worst)
+}
+
+#[test]
+fn official_run_is_replayed_on_every_cpu_backend() -> Result<()> {
+    for backend in cpu_backends() {
+        let worst = replay(backend.clone()).with_context(|| format!("backend {}", backend.name()))?;
+        println!("e2e replay on {}: max scaled diffs {worst:?}", backend.name());
+    }
+    Ok(())
+}
+
+#[test]
+fn streaming_decode_equals_whole_decode_of_the_recorded_latents() -> Result<()> {
+    let opts = SessionOptions::new(Backend::OrtCpu).with_threads(2);
+    let mut pipeline = Pipeline::open(bundle()?, &opts, None)?;
+    let latents = match recording().get("p0.latents.final") {
+        Some(Tensor::F32(a)) => a.clone(),
+        _ => anyhow::bail!("no recorded final latents"),
+    };
+    let whole = pipeline.decode_latents(&latents, &DecodeOptions::default())?;
+    check_close("whole decode vs recording", &whole.iter().copied().collect::<Vec<_>>(), &rec_f32("p0.vae.decoded")?, Approx::Approximate)?;
+    for chunk in [1, 2, 3] {
+        let streamed = pipeline.decode_latents(&latents, &DecodeOptions { stream_chunk: Some(chunk), tiling: None })?;
+        check_close(
+            &format!("streamed (chunk {chunk}) vs whole"),
+            &streamed.iter().copied().collect::<Vec<_>>(),
+            &whole.iter().copied().collect::<Vec<_>>(),
+            Approx::Close,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn inconsistent_components_are_refused_at_export_and_at_load() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A DiT whose caption_channels disagree with the text encoder's d_model.
+    let src = e2e_dir();
+    for f in std::fs::read_dir(&src)? {
+        let f = f?;
+        if f.path().is_file() {
+            std::fs::copy(f.path(), dir.path().join(f.file_name()))?;
+        }
+    }
+    let cfg_path = dir.path().join("transformer_config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path)?)?;
+    cfg["caption_channels"] = serde_json::json!(48);
+    std::fs::write(&cfg_path, serde_json::to_string(&cfg)?)?;
+    let opts = PipelineExportOptions {
+        graph: ExportOptions::default(),
+        text_encoder_precision: None,
+        defaults: PipelineDefaults::open_sora_plan_v13(),
+    };
+    let out = dir.path().join("bad.pipeline");
+    let err = export_pipeline(&PipelineSources::from_dir(dir.path())?, &opts, &out).unwrap_err().to_string();
+    ensure!(err.contains("caption_channels (48)") && err.contains("d_model (32)"), "{err}");
+    ensure!(!out.exists(), "nothing is written when the check fails");
+
+    // At load: a valid bundle whose pipeline.json asks for a spatial multiple the DiT cannot patch.
+    let copy = dir.path().join("copy.pipeline");
+    copy_dir(bundle()?, &copy)?;
+    let json = copy.join("pipeline.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+    m["defaults"]["spatial_multiple"] = serde_json::json!(24);
+    std::fs::write(&json, serde_json::to_string(&m)?)?;
+    let err = osp_runtime::pipeline::PipelineSpec::open(&copy).unwrap_err().to_string();
+    ensure!(err.contains("spatial_multiple (24)"), "{err}");
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), dest)?;
+        }
+    }
+    Ok(())
+}
