@@ -347,7 +347,8 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
                 (1, _) => ".png",
                 (_, OutputFormat::Mp4) => ".mp4",
                 (_, OutputFormat::Gif) => ".gif",
-                (_, OutputFormat::Png) => "",
+                // A trailing `/` makes the writer treat the dotted stem (`gs7.5`) as a folder.
+                (_, OutputFormat::Png) => "/",
             };
             let path = args.save_img_path.join(format!("{stem}{ext}"));
             video::write_video(&path, frames.view(), fps, &encode)

@@ -335,7 +335,10 @@ impl PipelineSpec {
                 ));
             }
         }
-        let scheduler = self.scheduler(req)?;
+        let scheduler = self.scheduler(req).map_err(|e| match e {
+            Error::InvalidSamplingSteps { .. } => invalid("--num_sampling_steps", e.to_string()),
+            other => other,
+        })?;
         if scheduler.timesteps().is_empty() {
             return Err(invalid("--num_sampling_steps", "the scheduler produced no timesteps".into()));
         }

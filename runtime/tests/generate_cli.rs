@@ -1,0 +1,186 @@
+//! `osp generate` end to end on the pipeline bundle exported from the tiny official components in
+//! `../shared/reference/e2e/`: each bad input is refused with an error naming its flag and rule,
+//! a seed gives identical files and another seed different ones, mp4 / gif / png are written,
+//! and a replay of the recorded noise reproduces the official frames.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use osp_export::models::pipeline::{export_pipeline, PipelineExportOptions, PipelineSources};
+use osp_export::ExportOptions;
+use osp_graphs::pipeline::PipelineDefaults;
+use osp_graphs::Approx;
+use osp_runtime::{read_safetensors, Tensor};
+
+fn e2e() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/e2e")
+}
+
+/// The pipeline bundle (exported once per test binary), with small defaults: 9 x 64 x 96, 3 steps,
+/// 32 tokens.
+fn bundle() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir should be creatable");
+        let out = dir.path().join("e2e.pipeline");
+        let defaults = PipelineDefaults {
+            num_frames: 9,
+            height: 64,
+            width: 96,
+            num_sampling_steps: 3,
+            max_sequence_length: 32,
+            ..PipelineDefaults::open_sora_plan_v13()
+        };
+        let opts = PipelineExportOptions { graph: ExportOptions::default(), text_encoder_precision: None, defaults };
+        let sources = PipelineSources::from_dir(&e2e()).expect("the e2e folder should hold every component");
+        export_pipeline(&sources, &opts, &out).expect("the pipeline should export");
+        (dir, out)
+    })
+    .1
+}
+
+fn osp(cache: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_osp"));
+    for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_TEXT_CACHE", "OSP_PIPELINE_BUNDLE"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("OSP_TEXT_CACHE", cache).args(["--threads", "2", "generate", "--progress", "off", "--bundle"]).arg(bundle());
+    cmd
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn generate(tmp: &Path, out_dir: &str, extra: &[&str]) -> Output {
+    osp(&tmp.join("cache"))
+        .args(["--text_prompt", "A cat.", "--save_img_path"])
+        .arg(tmp.join(out_dir))
+        .args(extra)
+        .output()
+        .expect("osp should run")
+}
+
+#[test]
+fn bad_inputs_name_the_flag_and_the_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--num_frames", "8"], &["--num_frames", "4n + 1", "got 8"]),
+        (&["--num-frames", "0"], &["--num_frames", "4n + 1"]),
+        (&["--height", "48"], &["--height", "multiple of 32", "got 48"]),
+        (&["--width", "100"], &["--width", "multiple of 32", "got 100"]),
+        (&["--num_sampling_steps", "0"], &["--num_sampling_steps", "at least 1"]),
+        (&["--num_sampling_steps", "1001"], &["1001"]),
+        (&["--guidance_scale", "0.5"], &["--guidance_scale", ">= 1"]),
+        (&["--guidance-rescale", "1.5"], &["--guidance-rescale", "[0, 1]"]),
+        (&["--num_samples_per_prompt", "0"], &["--num_samples_per_prompt", "at least 1"]),
+        (&["--max_sequence_length", "1"], &["--max_sequence_length", "at least 2"]),
+        (&["--prompt-template", "no slot"], &["--prompt-template", "{}"]),
+        (&["--stream-chunk", "0"], &["--stream-chunk"]),
+    ];
+    for (args, needles) in cases {
+        let out = generate(tmp.path(), "bad", args);
+        let msg = text(&out);
+        assert!(!out.status.success(), "{args:?} should fail");
+        for n in *needles {
+            assert!(msg.contains(n), "{args:?}: `{n}` not in:\n{msg}");
+        }
+        assert!(!msg.contains("graph loaded"), "{args:?} must fail before any model loads:\n{msg}");
+    }
+    let out = osp(&tmp.path().join("cache")).args(["--text_prompt", "  "]).output().unwrap();
+    assert!(!out.status.success() && text(&out).contains("--text_prompt"), "{}", text(&out));
+    let missing = tmp.path().join("none.safetensors");
+    std::fs::write(&missing, b"").unwrap();
+    let out = generate(tmp.path(), "bad", &["--init-latents", missing.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("none.safetensors"), "{}", text(&out));
+}
+
+fn file_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_seed_gives_identical_files_and_another_seed_different_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["--output-format", "gif", "--seed", "7", "--num_samples_per_prompt", "2"];
+    let a = generate(tmp.path(), "a", &args);
+    assert!(a.status.success(), "{}", text(&a));
+    let b = generate(tmp.path(), "b", &args);
+    assert!(b.status.success(), "{}", text(&b));
+    let (fa, fb) = (file_bytes(&tmp.path().join("a")), file_bytes(&tmp.path().join("b")));
+    let names: Vec<&str> = fa.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["EulerAncestralDiscrete_0_gs7.5_s3_i0.gif", "EulerAncestralDiscrete_0_gs7.5_s3_i1.gif"]);
+    assert_eq!(fa, fb, "the same seed must give identical files");
+    assert_ne!(fa[0].1, fa[1].1, "two samples of one prompt differ");
+    let c = generate(tmp.path(), "c", &["--output-format", "gif", "--seed", "8", "--num_samples_per_prompt", "2"]);
+    assert!(c.status.success(), "{}", text(&c));
+    let fc = file_bytes(&tmp.path().join("c"));
+    assert_ne!(fa[0].1, fc[0].1, "another seed must give another video");
+    assert!(fa[0].1.starts_with(b"GIF89a"), "a GIF file");
+}
+
+#[test]
+fn mp4_png_frames_and_single_images_are_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = generate(tmp.path(), "mp4", &["--text_prompt", "A dog.", "--sample_method", "DDIM", "--fps", "12"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for i in 0..2 {
+        let p = tmp.path().join(format!("mp4/DDIM_{i}_gs7.5_s3.mp4"));
+        let info = osp_runtime::video::probe(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!((info.width, info.height), (96, 64));
+    }
+    let out = generate(tmp.path(), "png", &["--output-format", "png", "--stream-chunk", "2", "--enable-tiling", "--tile-size", "8", "--tile-overlap", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let frames = std::fs::read_dir(tmp.path().join("png/EulerAncestralDiscrete_0_gs7.5_s3")).unwrap().count();
+    assert_eq!(frames, 9);
+    let out = generate(tmp.path(), "img", &["--num_frames", "1", "--guidance_scale", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let png = std::fs::read(tmp.path().join("img/EulerAncestralDiscrete_0_gs1.0_s3.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG image");
+}
+
+#[test]
+fn replaying_the_recorded_noise_reproduces_the_official_frames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let io = e2e().join("io.safetensors");
+    let dump = tmp.path().join("dump.safetensors");
+    let prompt0 = "A serene lake surrounded by snow-capped mountains at sunrise, with mist rising from the water and a \
+                   lone wooden boat drifting slowly.";
+    let out = osp(&tmp.path().join("cache"))
+        .args(["--text_prompt", prompt0, "A cat.", "--num-sampling-steps", "4", "--save_img_path"])
+        .arg(tmp.path().join("out"))
+        .arg("--init-latents")
+        .arg(&io)
+        .arg("--step-noise")
+        .arg(&io)
+        .arg("--recorded-schedule")
+        .arg(&io)
+        .arg("--dump-latents")
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let got = read_safetensors(&dump).unwrap();
+    let want = read_safetensors(&io).unwrap();
+    for p in 0..2 {
+        let key = format!("p{p}.video.final");
+        let (Some(Tensor::U8(a)), Some(Tensor::U8(b))) = (got.get(&key), want.get(&key)) else {
+            panic!("`{key}` missing");
+        };
+        let (a, b): (Vec<f32>, Vec<f32>) = (a.iter().map(|&v| v.into()).collect(), b.iter().map(|&v| v.into()).collect());
+        let c = Approx::OneLevel.compare(&a, &b);
+        assert!(c.ok(), "{key}: {c}");
+        for i in 0..4 {
+            assert!(got.contains_key(&format!("p{p}.step{i}.latents")), "step {i} dumped");
+        }
+    }
+}
