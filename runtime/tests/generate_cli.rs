@@ -184,3 +184,32 @@ fn replaying_the_recorded_noise_reproduces_the_official_frames() {
         }
     }
 }
+
+#[test]
+fn bench_prints_every_stage_and_writes_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("bench.json");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_osp"));
+    for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_TEXT_CACHE", "OSP_PIPELINE_BUNDLE"] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .args(["--threads", "2", "bench", "--warmup", "0", "--repeats", "2", "--text_prompt", "A cat.", "--bundle"])
+        .arg(bundle())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for stage in ["tokenize", "text_encode", "denoise_step", "vae_decode", "write"] {
+        assert!(table.contains(stage), "{stage} missing from:\n{table}");
+        let samples = report["samples_s"][stage].as_array().unwrap_or_else(|| panic!("{stage} samples"));
+        let want = if stage == "denoise_step" { 2 * 3 } else { 2 };
+        assert_eq!(samples.len(), want, "{stage}");
+        assert!(samples.iter().all(|s| s.as_f64().is_some_and(|v| v > 0.0)), "{stage}: {samples:?}");
+    }
+    assert_eq!(report["backend"], "ort-cpu");
+    assert_eq!(report["cfg_batch"], 2);
+}

@@ -10,6 +10,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+pub mod bench;
 pub mod encode_text;
 pub mod eval;
 pub mod extract_text_embeds;
@@ -84,6 +85,9 @@ pub enum Command {
     ExtractTextEmbeds(extract_text_embeds::ExtractTextEmbedsArgs),
     /// Generate videos from text prompts with a pipeline bundle (upstream sample.py flags).
     Generate(Box<generate::GenerateArgs>),
+    /// Per-stage latency of a pipeline bundle (tokenise, text encode, denoising steps, VAE decode,
+    /// write): a table on stdout and JSON with --json.
+    Bench(Box<bench::BenchArgs>),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -98,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::EncodeText(args) => encode_text::run(args, &cli.backend),
         Command::ExtractTextEmbeds(args) => extract_text_embeds::run(args, &cli.backend),
         Command::Generate(args) => generate::run(args, &cli.backend),
+        Command::Bench(args) => bench::run(args, &cli.backend),
     }
 }
 
