@@ -274,3 +274,62 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn released_folder_layout_exports_the_same_pipeline() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let src = e2e_dir();
+    let layout = [
+        ("transformer", "transformer_config.json", "config.json"),
+        ("transformer", "transformer.safetensors", "diffusion_pytorch_model.safetensors"),
+        ("vae", "vae_config.json", "config.json"),
+        ("vae", "vae.safetensors", "merged.safetensors"),
+        ("mt5", "text_encoder_config.json", "config.json"),
+        ("mt5", "text_encoder.safetensors", "model.safetensors"),
+        ("mt5", "tokenizer.json", "tokenizer.json"),
+    ];
+    for (sub, from, to) in layout {
+        std::fs::create_dir_all(dir.path().join(sub))?;
+        std::fs::copy(src.join(from), dir.path().join(sub).join(to))?;
+    }
+    let sources = PipelineSources::from_released(
+        &dir.path().join("transformer"),
+        &dir.path().join("vae"),
+        &dir.path().join("mt5"),
+        None,
+    )?;
+    let opts = PipelineExportOptions {
+        graph: ExportOptions::default(),
+        text_encoder_precision: None,
+        defaults: PipelineDefaults::open_sora_plan_v13(),
+    };
+    let out = dir.path().join("released.pipeline");
+    export_pipeline(&sources, &opts, &out)?;
+    // The default scheduler (upstream's release flags) equals the recorded run's scheduler_config.json.
+    let released = osp_runtime::pipeline::PipelineSpec::open(&out)?;
+    let flat = osp_runtime::pipeline::PipelineSpec::open(bundle()?)?;
+    for method in [SampleMethod::EulerAncestralDiscrete, SampleMethod::Ddim, SampleMethod::Pndm] {
+        ensure!(released.scheduler_config(method) == flat.scheduler_config(method), "{method}");
+    }
+    for sub in ["text_encoder", "transformer", "vae"] {
+        // Same graphs and weights (source_sha256); only the checkpoint's file name differs.
+        let mut a = osp_graphs::BundleManifest::load(&out.join(sub))?;
+        let mut b = osp_graphs::BundleManifest::load(&bundle()?.join(sub))?;
+        ensure!(a.provenance.source_sha256.is_some(), "{sub}: the checkpoint hash is recorded");
+        a.provenance.source = None;
+        b.provenance.source = None;
+        ensure!(a == b, "{sub} manifests differ between layouts");
+    }
+    // A second checkpoint in a folder is ambiguous.
+    std::fs::copy(src.join("vae.safetensors"), dir.path().join("vae/other.safetensors"))?;
+    let err = PipelineSources::from_released(
+        &dir.path().join("transformer"),
+        &dir.path().join("vae"),
+        &dir.path().join("mt5"),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    ensure!(err.contains("several"), "{err}");
+    Ok(())
+}

@@ -126,6 +126,8 @@ pub struct PipelineSpec {
     vae_scale: Vec<f32>,
     vae_shift: Vec<f32>,
     stream_protocol: Option<StreamProtocol>,
+    /// Longest latent clip the whole decoder graph takes (its `max_latent_frames` metadata).
+    max_latent_frames: Option<usize>,
 }
 
 /// A loaded pipeline bundle: its [`PipelineSpec`] (through `Deref`) and the model sessions.
@@ -210,7 +212,13 @@ impl PipelineSpec {
             .map(|v| serde_json::from_value::<StreamProtocol>(v.clone()))
             .transpose()
             .map_err(|e| Error::Graph(osp_graphs::Error::Pipeline(format!("VAE stream protocol: {e}"))))?;
-        Ok(Self { dir, manifest, dims, scheduler_config, vae_scale, vae_shift, stream_protocol })
+        let max_latent_frames = vae_manifest
+            .graphs
+            .get(DECODER_GRAPH)
+            .and_then(|g| g.metadata.get("max_latent_frames"))
+            .and_then(|v| v.as_u64())
+            .map(|v| v as usize);
+        Ok(Self { dir, manifest, dims, scheduler_config, vae_scale, vae_shift, stream_protocol, max_latent_frames })
     }
 
     pub fn dir(&self) -> &Path {
@@ -322,7 +330,20 @@ impl PipelineSpec {
             ));
         }
         if let Some(t) = &req.decode.tiling {
-            t.validate()?;
+            t.validate().map_err(|e| invalid("--tile-size / --tile-overlap", e.to_string()))?;
+        }
+        let latent_frames = (req.num_frames - 1) / vt + 1;
+        if let (None, Some(max)) = (req.decode.stream_chunk, self.max_latent_frames) {
+            if latent_frames > max {
+                return Err(invalid(
+                    "--num_frames",
+                    format!(
+                        "{} frames are {latent_frames} latent frames, more than the whole VAE decoder takes ({max}); \
+                         decode in chunks with --stream-chunk",
+                        req.num_frames
+                    ),
+                ));
+            }
         }
         if let Some(chunk) = req.decode.stream_chunk {
             let Some(p) = &self.stream_protocol else {
@@ -611,6 +632,38 @@ mod tests {
         assert_eq!(f.shape(), [1, 1, 2, 3]);
         assert_eq!(f.iter().copied().collect::<Vec<_>>(), vec![127, 255, 0, 0, 255, 254]);
         assert!(to_uint8_frames(&v, 1, 1, 1, 2).is_err());
+    }
+
+    #[test]
+    fn other_samplers_get_upstream_get_scheduler_flags() {
+        let base = SchedulerConfig::open_sora_plan_v13(SampleMethod::EulerAncestralDiscrete);
+        let spec = PipelineSpec {
+            dir: PathBuf::new(),
+            manifest: PipelineManifest {
+                format_version: osp_graphs::pipeline::PIPELINE_FORMAT_VERSION,
+                components: Default::default(),
+                scheduler: Default::default(),
+                defaults: osp_graphs::PipelineDefaults::open_sora_plan_v13(),
+                provenance: Default::default(),
+            },
+            dims: PipelineDims {
+                latent_channels: 8,
+                caption_channels: 32,
+                patch_size: 2,
+                patch_size_t: 1,
+                vae_temporal: 4,
+                vae_spatial: 8,
+            },
+            scheduler_config: base.clone(),
+            vae_scale: vec![],
+            vae_shift: vec![],
+            stream_protocol: None,
+            max_latent_frames: None,
+        };
+        assert_eq!(spec.scheduler_config(SampleMethod::EulerAncestralDiscrete), base);
+        for m in [SampleMethod::Ddim, SampleMethod::EulerDiscrete, SampleMethod::DpmSolverMultistep, SampleMethod::Pndm] {
+            assert_eq!(spec.scheduler_config(m), SchedulerConfig::open_sora_plan_v13(m), "{m}");
+        }
     }
 
     #[test]
