@@ -1,4 +1,5 @@
-//! `osp inspect`: a readable summary of a bundle's manifest.
+//! `osp inspect`: a readable summary of a bundle's manifest, or of a pipeline bundle
+//! (`pipeline.json`, checked for consistency, then each component bundle).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -10,11 +11,32 @@ use osp_runtime::Bundle;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Bundle directory (holding manifest.json).
+    /// Bundle directory (holding manifest.json, or pipeline.json for a pipeline bundle).
     pub bundle: PathBuf,
 }
 
 pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
+    if args.bundle.join(osp_graphs::PIPELINE_FILE).is_file() {
+        let spec = osp_runtime::pipeline::PipelineSpec::open(&args.bundle)
+            .with_context(|| format!("opening pipeline bundle {}", args.bundle.display()))?;
+        let m = spec.manifest();
+        let d = spec.dims();
+        println!("pipeline bundle: {} (format {})", args.bundle.display(), m.format_version);
+        println!(
+            "  latent channels {}, caption channels {}, patch {}x{}, VAE compression {}x{}x{}",
+            d.latent_channels, d.caption_channels, d.patch_size_t, d.patch_size, d.vae_temporal, d.vae_spatial, d.vae_spatial
+        );
+        println!("  scheduler: {}", serde_json::to_string(&m.scheduler)?);
+        println!("  defaults: {}", serde_json::to_string(&m.defaults)?);
+        let c = &m.components;
+        for (role, sub) in [("text_encoder", &c.text_encoder), ("transformer", &c.transformer), ("vae", &c.vae)] {
+            let dir = args.bundle.join(sub);
+            let bundle = Bundle::open(&dir).with_context(|| format!("opening component {}", dir.display()))?;
+            println!("component {role}:");
+            print!("{}", summary(&dir, bundle.manifest())?);
+        }
+        return Ok(());
+    }
     let bundle = Bundle::open(&args.bundle).with_context(|| format!("opening bundle {}", args.bundle.display()))?;
     print!("{}", summary(&args.bundle, bundle.manifest())?);
     Ok(())
