@@ -138,7 +138,7 @@ fn mp4_png_frames_and_single_images_are_written() {
         let info = osp_runtime::video::probe(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert_eq!((info.width, info.height), (96, 64));
     }
-    let out = generate(tmp.path(), "png", &["--output-format", "png", "--stream-chunk", "2", "--enable-tiling", "--tile-size", "8", "--tile-overlap", "2"]);
+    let out = generate(tmp.path(), "png", &["--output-format", "png", "--enable_tiling", "--spatial-tiling", "--tile-size", "8", "--tile-overlap", "2"]);
     assert!(out.status.success(), "{}", text(&out));
     let frames = std::fs::read_dir(tmp.path().join("png/EulerAncestralDiscrete_0_gs7.5_s3")).unwrap().count();
     assert_eq!(frames, 9);
@@ -181,6 +181,14 @@ fn replaying_the_recorded_noise_reproduces_the_official_frames() {
         assert!(c.ok(), "{key}: {c}");
         for i in 0..4 {
             assert!(got.contains_key(&format!("p{p}.step{i}.latents")), "step {i} dumped");
+        }
+        for side in ["pos", "neg"] {
+            let key = format!("p{p}.text.{side}.attention_mask");
+            assert_eq!(got.get(&key), want.get(&key), "{key}");
+            let key = format!("p{p}.text.{side}.embeds");
+            let (a, b) = (got[&key].to_f32_vec(), want[&key].to_f32_vec());
+            let c = Approx::Approximate.compare(&a, &b);
+            assert!(c.ok(), "{key}: {c}");
         }
     }
 }

@@ -84,10 +84,14 @@ pub struct SamplingOpts {
     /// Decode with the streaming VAE graphs, this many latent frames per call (bounded memory).
     #[arg(long)]
     pub stream_chunk: Option<usize>,
-    /// Decode tile by tile (upstream --enable_tiling); see --tile-size and --tile-overlap.
+    /// Upstream's flag: decode in temporal chunks (the streaming graphs, upstream `t_chunk_dec` = 2
+    /// latents per call unless --stream-chunk); exact for every latent count, unlike upstream.
     #[arg(long, alias = "enable_tiling")]
     pub enable_tiling: bool,
-    /// Latent tile height and width with --enable-tiling (x8 output pixels).
+    /// Decode spatial tiles blended linearly (see --tile-size and --tile-overlap).
+    #[arg(long)]
+    pub spatial_tiling: bool,
+    /// Latent tile height and width with --spatial-tiling (x8 output pixels).
     #[arg(long, default_value_t = TilingConfig::default().tile_size)]
     pub tile_size: usize,
     /// Latent pixels shared by neighbouring tiles, blended linearly.
@@ -129,8 +133,9 @@ pub struct GenerateArgs {
     /// Per-step ancestral noise: a safetensors file with `p{i}.step{k}.noise` (standard normal).
     #[arg(long)]
     pub step_noise: Option<PathBuf>,
-    /// Write every step's tensors (`p{i}.step{k}.{latents,dit_out,guided,noise,prev_sample}`),
-    /// `p{i}.latents.final`, `p{i}.vae.decoded` and `p{i}.video.final` to this safetensors file.
+    /// Write every step's tensors (`p{i}.step{k}.{latents,dit_out,guided,noise,prev_sample}`), the text
+    /// embeddings and masks (`p{i}.text.{pos,neg}.*`), `p{i}.latents.final`, `p{i}.vae.decoded` and
+    /// `p{i}.video.final` to this safetensors file (the e2e recording's key names).
     #[arg(long)]
     pub dump_latents: Option<PathBuf>,
     /// Progress display over the denoising steps.
@@ -196,9 +201,15 @@ impl SamplingOpts {
             num_samples_per_prompt: self.num_samples_per_prompt,
             max_sequence_length: self.max_sequence_length.unwrap_or(d.max_sequence_length),
             decode: DecodeOptions {
-                stream_chunk: self.stream_chunk,
+                stream_chunk: match (self.stream_chunk, self.enable_tiling) {
+                    (Some(chunk), _) => Some(chunk),
+                    (None, true) => Some(pipeline.default_stream_chunk().context(
+                        "--enable_tiling: the VAE bundle has no streaming decoder graphs (re-export it with osp-export)",
+                    )?),
+                    (None, false) => None,
+                },
                 tiling: self
-                    .enable_tiling
+                    .spatial_tiling
                     .then_some(TilingConfig { tile_size: self.tile_size, overlap: self.tile_overlap }),
             },
             recorded_schedule,
@@ -331,6 +342,12 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         let out = pipeline.generate_prompt(&req, index, noise.as_mut(), &mut observer)?;
         if let Some(dump) = &mut observer.dump {
             dump.insert(format!("p{index}.latents.final"), Tensor::F32(out.latents.clone()));
+            for (side, emb) in [("pos", Some(&out.positive)), ("neg", out.negative.as_ref())] {
+                if let Some(emb) = emb {
+                    dump.insert(format!("p{index}.text.{side}.embeds"), emb.embeddings.clone());
+                    dump.insert(format!("p{index}.text.{side}.attention_mask"), emb.mask.clone());
+                }
+            }
             dump.insert(format!("p{index}.vae.decoded"), Tensor::F32(out.decoded.clone().into_dyn()));
         }
         let n = out.frames.len();

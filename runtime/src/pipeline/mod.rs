@@ -233,6 +233,11 @@ impl PipelineSpec {
         &self.dims
     }
 
+    /// The streaming decoder's default latents per call (upstream `t_chunk_dec`), if it has one.
+    pub fn default_stream_chunk(&self) -> Option<usize> {
+        self.stream_protocol.as_ref().map(|p| p.default_chunk_latents)
+    }
+
     /// The bundle's scheduler config adapted to `method` the way upstream `get_scheduler` builds
     /// each class from the same flags: DDIM without sample clipping, PNDM without zero-SNR.
     pub fn scheduler_config(&self, method: SampleMethod) -> SchedulerConfig {
@@ -499,7 +504,7 @@ impl Pipeline {
     }
 
     /// A closure decoding one latent tile with the whole or the streaming decoder.
-    fn tile_decoder(&mut self, stream_chunk: Option<usize>) -> Result<Box<dyn FnMut(Array5<f32>) -> Result<Array5<f32>> + '_>> {
+    fn tile_decoder(&mut self, stream_chunk: Option<usize>) -> Result<TileDecoder<'_>> {
         match stream_chunk {
             Some(chunk) => {
                 if self.streaming.is_none() {
@@ -526,6 +531,9 @@ impl Pipeline {
         }
     }
 }
+
+/// Decodes one latent tile `[n, c, t, h, w]` to video `[n, 3, f, H, W]`.
+type TileDecoder<'a> = Box<dyn FnMut(Array5<f32>) -> Result<Array5<f32>> + 'a>;
 
 fn into_5d(t: Tensor, graph: &str) -> Result<Array5<f32>> {
     let described = t.describe();
