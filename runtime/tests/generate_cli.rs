@@ -131,13 +131,16 @@ fn a_seed_gives_identical_files_and_another_seed_different_ones() {
 #[test]
 fn mp4_png_frames_and_single_images_are_written() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = generate(tmp.path(), "mp4", &["--text_prompt", "A dog.", "--sample_method", "DDIM", "--fps", "12"]);
+    let out = generate(tmp.path(), "mp4", &["--text_prompt", "A dog.", "--sample_method", "DDIM", "--fps", "12", "--grid"]);
     assert!(out.status.success(), "{}", text(&out));
     for i in 0..2 {
         let p = tmp.path().join(format!("mp4/DDIM_{i}_gs7.5_s3.mp4"));
         let info = osp_runtime::video::probe(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert_eq!((info.width, info.height), (96, 64));
     }
+    // Upstream's grid of both prompts: 2 rows x 1 column, 1 px padding, made even for H.264.
+    let info = osp_runtime::video::probe(&tmp.path().join("mp4/DDIM_gs7.5_s3.mp4")).unwrap();
+    assert_eq!((info.width, info.height), (98, 132));
     let out = generate(tmp.path(), "png", &["--output-format", "png", "--enable_tiling", "--spatial-tiling", "--tile-size", "8", "--tile-overlap", "2"]);
     assert!(out.status.success(), "{}", text(&out));
     let frames = std::fs::read_dir(tmp.path().join("png/EulerAncestralDiscrete_0_gs7.5_s3")).unwrap().count();

@@ -138,6 +138,10 @@ pub struct GenerateArgs {
     /// `p{i}.video.final` to this safetensors file (the e2e recording's key names).
     #[arg(long)]
     pub dump_latents: Option<PathBuf>,
+    /// Also write upstream's grids: per prompt of its samples (with --num_samples_per_prompt > 1),
+    /// and of all prompts, `{sample_method}_gs{g}_s{steps}.mp4` (1 px black padding).
+    #[arg(long)]
+    pub grid: bool,
     /// Progress display over the denoising steps.
     #[arg(long, value_enum, default_value_t = ProgressArg::Bar)]
     pub progress: ProgressArg,
@@ -243,6 +247,34 @@ fn py_float(v: f32) -> String {
     }
 }
 
+/// Upstream's file names: `{sample_method}[_{index}]_gs{g}_s{steps}[_i{sample}]` with `.mp4` / `.gif`,
+/// a folder of PNG frames, or `.png` for a one-frame result (upstream writes `.jpg`).
+fn output_path(
+    dir: &Path,
+    req: &GenerateRequest,
+    format: OutputFormat,
+    index: Option<usize>,
+    sample: Option<usize>,
+    frames: usize,
+) -> PathBuf {
+    let stem = format!(
+        "{}{}_gs{}_s{}{}",
+        req.sample_method.name(),
+        index.map(|i| format!("_{i}")).unwrap_or_default(),
+        py_float(req.guidance_scale),
+        req.num_sampling_steps,
+        sample.map(|k| format!("_i{k}")).unwrap_or_default()
+    );
+    let ext = match (frames, format) {
+        (1, _) => ".png",
+        (_, OutputFormat::Mp4) => ".mp4",
+        (_, OutputFormat::Gif) => ".gif",
+        // A trailing `/` makes the writer treat the dotted stem (`gs7.5`) as a folder.
+        (_, OutputFormat::Png) => "/",
+    };
+    dir.join(format!("{stem}{ext}"))
+}
+
 /// Progress over steps and the optional per-step dump.
 struct Observer {
     bar: Box<dyn StepProgress>,
@@ -338,6 +370,7 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.save_img_path)
         .with_context(|| format!("creating --save_img_path {}", args.save_img_path.display()))?;
     let mut observer = Observer { bar: progress(args.progress), dump: args.dump_latents.as_ref().map(|_| BTreeMap::new()) };
+    let mut grids: Vec<ndarray::Array4<u8>> = Vec::new();
     for index in 0..req.prompts.len() {
         let out = pipeline.generate_prompt(&req, index, noise.as_mut(), &mut observer)?;
         if let Some(dump) = &mut observer.dump {
@@ -351,32 +384,38 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
             dump.insert(format!("p{index}.vae.decoded"), Tensor::F32(out.decoded.clone().into_dyn()));
         }
         let n = out.frames.len();
-        let mut finals = Vec::new();
-        for (k, frames) in out.frames.iter().enumerate() {
-            let stem = format!(
-                "{}_{index}_gs{}_s{}{}",
-                req.sample_method.name(),
-                py_float(req.guidance_scale),
-                req.num_sampling_steps,
-                if n > 1 { format!("_i{k}") } else { String::new() }
-            );
-            let ext = match (frames.shape()[0], args.output_format) {
-                (1, _) => ".png",
-                (_, OutputFormat::Mp4) => ".mp4",
-                (_, OutputFormat::Gif) => ".gif",
-                // A trailing `/` makes the writer treat the dotted stem (`gs7.5`) as a folder.
-                (_, OutputFormat::Png) => "/",
-            };
-            let path = args.save_img_path.join(format!("{stem}{ext}"));
-            video::write_video(&path, frames.view(), fps, &encode)
-                .with_context(|| format!("writing {}", path.display()))?;
+        let name = |sample: Option<usize>, index: Option<usize>, frames: usize| {
+            output_path(&args.save_img_path, &req, args.output_format, index, sample, frames)
+        };
+        let write = |path: &Path, frames: ndarray::ArrayView4<u8>| -> anyhow::Result<()> {
+            video::write_video(path, frames, fps, &encode).with_context(|| format!("writing {}", path.display()))?;
             println!("{}", path.display());
-            finals.push(frames.view().insert_axis(ndarray::Axis(0)));
+            Ok(())
+        };
+        for (k, frames) in out.frames.iter().enumerate() {
+            write(&name((n > 1).then_some(k), Some(index), frames.shape()[0]), frames.view())?;
+        }
+        let views: Vec<_> = out.frames.iter().map(|f| f.view()).collect();
+        if args.grid {
+            let prompt_video = if n > 1 { video::video_grid(&views, false)? } else { out.frames[0].clone() };
+            if n > 1 {
+                let even = video::video_grid(&views, true)?;
+                write(&name(None, Some(index), even.shape()[0]), even.view())?;
+            }
+            grids.push(prompt_video);
         }
         if let Some(dump) = &mut observer.dump {
+            let finals: Vec<_> = views.iter().map(|v| v.insert_axis(ndarray::Axis(0))).collect();
             let all = ndarray::concatenate(ndarray::Axis(0), &finals)?;
             dump.insert(format!("p{index}.video.final"), Tensor::U8(all.into_dyn()));
         }
+    }
+    if args.grid {
+        let views: Vec<_> = grids.iter().map(|g| g.view()).collect();
+        let grid = video::video_grid(&views, true)?;
+        let path = output_path(&args.save_img_path, &req, args.output_format, None, None, grid.shape()[0]);
+        video::write_video(&path, grid.view(), fps, &encode).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
     }
     if let (Some(path), Some(dump)) = (&args.dump_latents, &observer.dump) {
         write_safetensors(path, dump.iter().map(|(k, t)| (k.as_str(), t)))

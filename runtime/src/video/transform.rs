@@ -202,6 +202,38 @@ pub fn side_by_side(left: ArrayView4<u8>, right: ArrayView4<u8>) -> Result<Array
         .map_err(|e| Error::VideoArg { what: "grid".to_string(), rule: e.to_string() })
 }
 
+/// Upstream `save_video_grid`: `b` videos `[t, h, w, 3]` on a black canvas of `ceil(sqrt(b))` rows,
+/// `ceil(b / rows)` columns, 1 pixel of padding around and between them, `[t, rows * (h + 1) + 1,
+/// cols * (w + 1) + 1, 3]`. With `even`, an odd canvas side gets one more black row or column (H.264
+/// with 4:2:0 chroma needs even sides; upstream's imageio resizes instead).
+// https://github.com/PKU-YuanGroup/Open-Sora-Plan/blob/9fa322fbbb276e2bbe40b2f439e3d610af3d7690/opensora/utils/sample_utils.py#L195-L219
+pub fn video_grid(videos: &[ArrayView4<u8>], even: bool) -> Result<Array4<u8>> {
+    let first = videos.first().ok_or_else(|| Error::VideoArg { what: "grid".into(), rule: "needs a video".into() })?;
+    let (t, h, w, c) = first.dim();
+    if let Some(v) = videos.iter().find(|v| v.dim() != (t, h, w, c)) {
+        return Err(Error::VideoArg {
+            what: format!("grid of {:?} and {:?} videos", first.shape(), v.shape()),
+            rule: "every video needs the same shape".into(),
+        });
+    }
+    let b = videos.len();
+    let rows = (b as f64).sqrt().ceil() as usize;
+    let cols = b.div_ceil(rows);
+    let pad = 1;
+    let (mut gh, mut gw) = ((pad + h) * rows + pad, (pad + w) * cols + pad);
+    if even {
+        gh += gh % 2;
+        gw += gw % 2;
+    }
+    let mut grid = Array4::<u8>::zeros((t, gh, gw, c));
+    for (i, v) in videos.iter().enumerate() {
+        let (r, col) = (i / cols, i % cols);
+        let (top, left) = ((pad + h) * r, (pad + w) * col);
+        grid.slice_mut(ndarray::s![.., top..top + h, left..left + w, ..]).assign(v);
+    }
+    Ok(grid)
+}
+
 /// Evaluation frames: optional short-side resize to `resolution`, optional centre `crop`,
 /// values in `[0, 1]` (`[t, h, w, 3]`). With neither, the frames are only scaled by 1/255.
 pub fn eval_transform(frames: ArrayView4<u8>, resolution: Option<usize>, crop: Option<usize>) -> Result<Array4<f32>> {
@@ -242,6 +274,23 @@ mod tests {
     use osp_graphs::Approx;
 
     use super::*;
+
+    #[test]
+    fn video_grid_places_videos_like_upstream() {
+        let v: Vec<Array4<u8>> = (1..=3u8).map(|k| Array4::from_elem((2, 2, 3, 3), k)).collect();
+        let views: Vec<_> = v.iter().map(|a| a.view()).collect();
+        // 3 videos: 2 rows x 2 columns, canvas (1 + 2) * 2 + 1 = 7 by (1 + 3) * 2 + 1 = 9.
+        let g = video_grid(&views, false).unwrap();
+        assert_eq!(g.shape(), [2, 7, 9, 3]);
+        // upstream starts each cell at (pad + h) * r (no leading pad offset).
+        assert_eq!(g[[0, 0, 0, 0]], 1);
+        assert_eq!(g[[0, 0, 4, 0]], 2);
+        assert_eq!(g[[1, 3, 0, 0]], 3);
+        assert_eq!(g[[0, 2, 0, 0]], 0, "padding row");
+        assert_eq!(g[[0, 4, 5, 0]], 0, "empty cell");
+        assert_eq!(video_grid(&views, true).unwrap().shape(), [2, 8, 10, 3]);
+        assert!(video_grid(&[], false).is_err());
+    }
 
     fn pattern() -> Array4<u8> {
         Array4::from_shape_fn((2, 20, 30, 3), |(t, y, x, c)| {
