@@ -96,6 +96,8 @@ fn request(meta: &serde_json::Value, defaults: &PipelineDefaults) -> Result<Gene
         max_sequence_length: num("max_sequence_length")?,
         decode: DecodeOptions::default(),
         recorded_schedule: Some((rec_f32("scheduler.timesteps")?, rec_f32("scheduler.sigmas")?)),
+        prediction_type: None,
+        rescale_betas_zero_snr: false,
     })
 }
 

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use osp_runtime::pipeline::noise::{NoiseSource, ReplayNoise, SeededNoise};
 use osp_runtime::pipeline::{DecodeOptions, GenerateObserver, GenerateRequest, Pipeline, PipelineSpec, StepRecord};
-use osp_runtime::scheduler::SampleMethod;
+use osp_runtime::scheduler::{PredictionType, SampleMethod};
 use osp_runtime::text::cache::{default_cache_dir, CACHE_DIR_ENV};
 use osp_runtime::text::EmbeddingCache;
 use osp_runtime::vae::TilingConfig;
@@ -103,6 +103,14 @@ pub struct SamplingOpts {
     /// Do not read or write the text-embedding cache.
     #[arg(long)]
     pub no_text_cache: bool,
+    /// Override the bundle's scheduler: what the model predicts (epsilon, v_prediction, sample).
+    #[arg(long, alias = "prediction_type", value_parser = parse_prediction_type)]
+    pub prediction_type: Option<PredictionType>,
+    /// Override the bundle's scheduler: zero-terminal-SNR betas with trailing timesteps.
+    #[arg(long, alias = "rescale_betas_zero_snr")]
+    pub rescale_betas_zero_snr: bool,
+    #[command(flatten)]
+    pub upstream: UpstreamOnly,
     /// Replace the computed schedule by `scheduler.timesteps` and `scheduler.sigmas` from this
     /// safetensors file (exact replay of a recorded run).
     #[arg(long)]
@@ -147,6 +155,67 @@ pub struct GenerateArgs {
     pub progress: ProgressArg,
     #[command(flatten)]
     pub encode: EncodeOpts,
+}
+
+/// Upstream `sample.py` flags that locate or place the models; the pipeline bundle already holds
+/// the models, so they are accepted (a pasted upstream command runs) and ignored with a warning.
+#[derive(Debug, Clone, Args)]
+pub struct UpstreamOnly {
+    #[arg(id = "upstream_model_path", long = "model_path", hide = true)]
+    pub model_path: Option<String>,
+    #[arg(id = "upstream_version", long = "version", hide = true)]
+    pub version: Option<String>,
+    #[arg(id = "upstream_model_type", long = "model_type", hide = true)]
+    pub model_type: Option<String>,
+    #[arg(id = "upstream_ae", long = "ae", hide = true)]
+    pub ae: Option<String>,
+    #[arg(id = "upstream_ae_path", long = "ae_path", hide = true)]
+    pub ae_path: Option<String>,
+    #[arg(id = "upstream_text_encoder_name_1", long = "text_encoder_name_1", hide = true)]
+    pub text_encoder_name_1: Option<String>,
+    #[arg(id = "upstream_cache_dir", long = "cache_dir", hide = true)]
+    pub cache_dir: Option<String>,
+    #[arg(id = "upstream_local_rank", long = "local_rank", hide = true, allow_hyphen_values = true)]
+    pub local_rank: Option<String>,
+    #[arg(id = "upstream_world_size", long = "world_size", hide = true)]
+    pub world_size: Option<String>,
+    #[arg(id = "upstream_save_memory", long = "save_memory", hide = true)]
+    pub save_memory: bool,
+    #[arg(id = "upstream_compile", long = "compile", hide = true)]
+    pub compile: bool,
+}
+
+impl UpstreamOnly {
+    fn warn(&self) {
+        let given: Vec<&str> = [
+            ("--model_path", self.model_path.is_some()),
+            ("--version", self.version.is_some()),
+            ("--model_type", self.model_type.is_some()),
+            ("--ae", self.ae.is_some()),
+            ("--ae_path", self.ae_path.is_some()),
+            ("--text_encoder_name_1", self.text_encoder_name_1.is_some()),
+            ("--cache_dir", self.cache_dir.is_some()),
+            ("--local_rank", self.local_rank.is_some()),
+            ("--world_size", self.world_size.is_some()),
+            ("--save_memory", self.save_memory),
+            ("--compile", self.compile),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect();
+        if !given.is_empty() {
+            tracing::warn!(
+                flags = %given.join(" "),
+                "ignored: the pipeline bundle holds the models (export it with osp-export pipeline); use --backend, \
+                 --device and --threads for placement"
+            );
+        }
+    }
+}
+
+fn parse_prediction_type(s: &str) -> Result<PredictionType, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("`{s}` is not one of epsilon, v_prediction, sample"))
 }
 
 impl SamplingOpts {
@@ -217,11 +286,14 @@ impl SamplingOpts {
                     .then_some(TilingConfig { tile_size: self.tile_size, overlap: self.tile_overlap }),
             },
             recorded_schedule,
+            prediction_type: self.prediction_type,
+            rescale_betas_zero_snr: self.rescale_betas_zero_snr,
         })
     }
 
     /// Reads the bundle's manifests and checks them (no model is loaded).
     pub fn spec(&self) -> anyhow::Result<PipelineSpec> {
+        self.upstream.warn();
         PipelineSpec::open(&self.bundle).with_context(|| format!("opening the pipeline bundle {}", self.bundle.display()))
     }
 

@@ -123,3 +123,38 @@ fn init_tracing(cli: &Cli) -> anyhow::Result<Option<tracing_chrome::FlushGuard>>
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    /// The official e2e run's `sample.py` argv (`reference/e2e/meta.json`), after `osp generate --bundle B`.
+    #[test]
+    fn an_upstream_sample_py_command_line_parses() {
+        let argv = [
+            "osp", "generate", "--bundle", "b", "--model_path", "m/transformer", "--version", "v1_3", "--model_type",
+            "t2v", "--num_frames", "9", "--height", "64", "--width", "96", "--cache_dir", "e2e/video/_cache",
+            "--text_encoder_name_1", "m/mt5", "--text_prompt", "A lake.", "A cat.", "--ae", "WFVAEModel_D8_4x8x8",
+            "--ae_path", "m/vae", "--save_img_path", "e2e/video", "--fps", "18", "--guidance_scale", "7.5",
+            "--num_sampling_steps", "4", "--max_sequence_length", "32", "--sample_method", "EulerAncestralDiscrete",
+            "--seed", "1234", "--num_samples_per_prompt", "1", "--rescale_betas_zero_snr", "--prediction_type",
+            "v_prediction", "--local_rank", "-1",
+        ];
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Generate(g) = cli.command else { panic!("not generate") };
+        let s = &g.sampling;
+        assert_eq!(s.text_prompt, ["A lake.", "A cat."]);
+        assert_eq!((s.num_frames, s.height, s.width, s.num_sampling_steps), (Some(9), Some(64), Some(96), Some(4)));
+        assert_eq!((s.guidance_scale, s.max_sequence_length, g.seed, g.fps), (Some(7.5), Some(32), 1234, Some(18.0)));
+        assert!(s.rescale_betas_zero_snr && s.prediction_type.is_some());
+        // Upstream's HF --cache_dir is not the text-embedding cache.
+        assert_eq!(s.upstream.cache_dir.as_deref(), Some("e2e/video/_cache"));
+        assert!(s.cache_dir.is_none());
+        assert_eq!(s.upstream.local_rank.as_deref(), Some("-1"));
+        // kebab-case works too.
+        let cli = Cli::try_parse_from(["osp", "generate", "--bundle", "b", "--text-prompt", "x", "--num-frames", "5"]);
+        assert!(cli.is_ok());
+    }
+}

@@ -25,7 +25,7 @@ use osp_graphs::config::{StreamProtocol, STREAM_METADATA_KEY};
 use osp_graphs::{ModelSpec, PipelineDims, PipelineManifest};
 
 use crate::error::{Error, Result};
-use crate::scheduler::{SampleMethod, Scheduler, SchedulerConfig};
+use crate::scheduler::{PredictionType, SampleMethod, Scheduler, SchedulerConfig, TimestepSpacing};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
 use crate::text::{EmbeddingCache, TextEmbeddings, TextEncoder};
@@ -71,6 +71,11 @@ pub struct GenerateRequest {
     /// Replaces the computed schedule (`timesteps`, `sigmas`), see
     /// [`Scheduler::set_recorded_schedule`].
     pub recorded_schedule: Option<(Vec<f32>, Vec<f32>)>,
+    /// Upstream `--prediction_type`, overriding the bundle's scheduler config.
+    pub prediction_type: Option<PredictionType>,
+    /// Upstream `--rescale_betas_zero_snr` (zero-SNR betas with trailing spacing; PNDM ignores it
+    /// as upstream drops it), overriding the bundle's scheduler config when `true`.
+    pub rescale_betas_zero_snr: bool,
 }
 
 /// Stage timings and per-step records, reported while a prompt runs.
@@ -261,7 +266,15 @@ impl PipelineSpec {
 
     /// A scheduler for the request, with its timesteps set.
     pub fn scheduler(&self, req: &GenerateRequest) -> Result<Box<dyn Scheduler>> {
-        let mut scheduler = req.sample_method.build(&self.scheduler_config(req.sample_method))?;
+        let mut config = self.scheduler_config(req.sample_method);
+        if let Some(p) = req.prediction_type {
+            config.prediction_type = p;
+        }
+        if req.rescale_betas_zero_snr && req.sample_method != SampleMethod::Pndm {
+            config.rescale_betas_zero_snr = true;
+            config.timestep_spacing = Some(TimestepSpacing::Trailing);
+        }
+        let mut scheduler = req.sample_method.build(&config)?;
         scheduler.set_timesteps(req.num_sampling_steps)?;
         if let Some((timesteps, sigmas)) = &req.recorded_schedule {
             scheduler.set_recorded_schedule(timesteps, sigmas)?;
