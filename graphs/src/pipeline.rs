@@ -40,7 +40,8 @@ pub const VAE_SPATIAL_COMPRESSION: usize = 8;
 pub const POSITIVE_PROMPT_TEMPLATE: &str = "\n    high quality, high aesthetic, {}\n    ";
 /// The negative prompt of upstream `run_model_and_save_samples`.
 // https://github.com/PKU-YuanGroup/Open-Sora-Plan/blob/9fa322fbbb276e2bbe40b2f439e3d610af3d7690/opensora/utils/sample_utils.py#L250-L253
-pub const NEGATIVE_PROMPT: &str = "\n    nsfw, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, \
+pub const NEGATIVE_PROMPT: &str =
+    "\n    nsfw, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, \
 fewer digits, cropped, worst quality, \n    low quality, normal quality, jpeg artifacts, signature, watermark, \
 username, blurry.\n    ";
 
@@ -250,7 +251,10 @@ impl PipelineManifest {
     }
 
     /// Loads the three component manifests under `dir` and checks them with [`check_components`].
-    pub fn load_components(&self, dir: &Path) -> Result<(BundleManifest, BundleManifest, BundleManifest, PipelineDims)> {
+    pub fn load_components(
+        &self,
+        dir: &Path,
+    ) -> Result<(BundleManifest, BundleManifest, BundleManifest, PipelineDims)> {
         let c = &self.components;
         let text = BundleManifest::load(&dir.join(&c.text_encoder))?;
         let transformer = BundleManifest::load(&dir.join(&c.transformer))?;
@@ -381,6 +385,9 @@ mod tests {
              cropped, worst quality, \n    low quality, normal quality, jpeg artifacts, signature, watermark, \
              username, blurry.\n    "
         );
-        assert_eq!(POSITIVE_PROMPT_TEMPLATE.replace("{}", "A cat."), "\n    high quality, high aesthetic, A cat.\n    ");
+        assert_eq!(
+            POSITIVE_PROMPT_TEMPLATE.replace("{}", "A cat."),
+            "\n    high quality, high aesthetic, A cat.\n    "
+        );
     }
 }

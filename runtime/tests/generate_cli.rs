@@ -45,7 +45,9 @@ fn osp(cache: &Path) -> Command {
     for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_TEXT_CACHE", "OSP_PIPELINE_BUNDLE"] {
         cmd.env_remove(var);
     }
-    cmd.env("OSP_TEXT_CACHE", cache).args(["--threads", "2", "generate", "--progress", "off", "--bundle"]).arg(bundle());
+    cmd.env("OSP_TEXT_CACHE", cache)
+        .args(["--threads", "2", "generate", "--progress", "off", "--bundle"])
+        .arg(bundle());
     cmd
 }
 
@@ -131,7 +133,8 @@ fn a_seed_gives_identical_files_and_another_seed_different_ones() {
 #[test]
 fn mp4_png_frames_and_single_images_are_written() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = generate(tmp.path(), "mp4", &["--text_prompt", "A dog.", "--sample_method", "DDIM", "--fps", "12", "--grid"]);
+    let out =
+        generate(tmp.path(), "mp4", &["--text_prompt", "A dog.", "--sample_method", "DDIM", "--fps", "12", "--grid"]);
     assert!(out.status.success(), "{}", text(&out));
     for i in 0..2 {
         let p = tmp.path().join(format!("mp4/DDIM_{i}_gs7.5_s3.mp4"));
@@ -141,7 +144,11 @@ fn mp4_png_frames_and_single_images_are_written() {
     // Upstream's grid of both prompts: 2 rows x 1 column, 1 px padding, made even for H.264.
     let info = osp_runtime::video::probe(&tmp.path().join("mp4/DDIM_gs7.5_s3.mp4")).unwrap();
     assert_eq!((info.width, info.height), (98, 132));
-    let out = generate(tmp.path(), "png", &["--output-format", "png", "--enable_tiling", "--spatial-tiling", "--tile-size", "8", "--tile-overlap", "2"]);
+    let out = generate(
+        tmp.path(),
+        "png",
+        &["--output-format", "png", "--enable_tiling", "--spatial-tiling", "--tile-size", "8", "--tile-overlap", "2"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let frames = std::fs::read_dir(tmp.path().join("png/EulerAncestralDiscrete_0_gs7.5_s3")).unwrap().count();
     assert_eq!(frames, 9);
@@ -156,7 +163,8 @@ fn replaying_the_recorded_noise_reproduces_the_official_frames() {
     let tmp = tempfile::tempdir().unwrap();
     let io = e2e().join("io.safetensors");
     let dump = tmp.path().join("dump.safetensors");
-    let prompt0 = "A serene lake surrounded by snow-capped mountains at sunrise, with mist rising from the water and a \
+    let prompt0 =
+        "A serene lake surrounded by snow-capped mountains at sunrise, with mist rising from the water and a \
                    lone wooden boat drifting slowly.";
     let out = osp(&tmp.path().join("cache"))
         .args(["--text_prompt", prompt0, "A cat.", "--num-sampling-steps", "4", "--save_img_path"])
@@ -179,7 +187,8 @@ fn replaying_the_recorded_noise_reproduces_the_official_frames() {
         let (Some(Tensor::U8(a)), Some(Tensor::U8(b))) = (got.get(&key), want.get(&key)) else {
             panic!("`{key}` missing");
         };
-        let (a, b): (Vec<f32>, Vec<f32>) = (a.iter().map(|&v| v.into()).collect(), b.iter().map(|&v| v.into()).collect());
+        let (a, b): (Vec<f32>, Vec<f32>) =
+            (a.iter().map(|&v| v.into()).collect(), b.iter().map(|&v| v.into()).collect());
         let c = Approx::OneLevel.compare(&a, &b);
         assert!(c.ok(), "{key}: {c}");
         for i in 0..4 {

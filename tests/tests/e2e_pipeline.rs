@@ -29,7 +29,9 @@ fn e2e_dir() -> PathBuf {
 
 fn recording() -> &'static BTreeMap<String, Tensor> {
     static IO: OnceLock<BTreeMap<String, Tensor>> = OnceLock::new();
-    IO.get_or_init(|| read_safetensors(&e2e_dir().join("io.safetensors")).expect("the e2e recording should be readable"))
+    IO.get_or_init(|| {
+        read_safetensors(&e2e_dir().join("io.safetensors")).expect("the e2e recording should be readable")
+    })
 }
 
 fn meta() -> Result<serde_json::Value> {
@@ -180,7 +182,8 @@ fn replay(backend: Backend) -> Result<Worst> {
         let key = format!("p{p}.latents.final");
         check_scaled(&key, &out.latents.iter().copied().collect::<Vec<_>>(), &rec_f32(&key)?)?;
         let key = format!("p{p}.vae.decoded");
-        let c = check_close(&key, &out.decoded.iter().copied().collect::<Vec<_>>(), &rec_f32(&key)?, Approx::Approximate)?;
+        let c =
+            check_close(&key, &out.decoded.iter().copied().collect::<Vec<_>>(), &rec_f32(&key)?, Approx::Approximate)?;
         worst.decoded = worst.decoded.max(c.max_abs);
         ensure!(out.frames.len() == 1, "one sample per prompt");
         let key = format!("p{p}.video.final");
@@ -213,7 +216,12 @@ fn streaming_decode_equals_whole_decode_of_the_recorded_latents() -> Result<()> 
         _ => anyhow::bail!("no recorded final latents"),
     };
     let whole = pipeline.decode_latents(&latents, &DecodeOptions::default())?;
-    check_close("whole decode vs recording", &whole.iter().copied().collect::<Vec<_>>(), &rec_f32("p0.vae.decoded")?, Approx::Approximate)?;
+    check_close(
+        "whole decode vs recording",
+        &whole.iter().copied().collect::<Vec<_>>(),
+        &rec_f32("p0.vae.decoded")?,
+        Approx::Approximate,
+    )?;
     for chunk in [1, 2, 3] {
         let streamed = pipeline.decode_latents(&latents, &DecodeOptions { stream_chunk: Some(chunk), tiling: None })?;
         check_close(

@@ -74,8 +74,10 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
             }
             s
         }
-        (None, Some(t), Some(v), Some(te)) => PipelineSources::from_released(t, v, te, args.scheduler_config.as_deref())
-            .context("locating the released component files")?,
+        (None, Some(t), Some(v), Some(te)) => {
+            PipelineSources::from_released(t, v, te, args.scheduler_config.as_deref())
+                .context("locating the released component files")?
+        }
         _ => anyhow::bail!("give --from-dir DIR, or all of --transformer, --vae and --text-encoder"),
     };
     let d = &args.defaults;

@@ -59,9 +59,11 @@ fn need_file(path: PathBuf, what: &str) -> Result<PathBuf> {
 
 /// The first of `names` present in `dir`.
 fn first_present(dir: &Path, names: &[&str], what: &str) -> Result<PathBuf> {
-    names.iter().map(|n| dir.join(n)).find(|p| p.is_file()).ok_or_else(|| {
-        Error::Config(format!("{what}: {} holds none of {}", dir.display(), names.join(", ")))
-    })
+    names
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::Config(format!("{what}: {} holds none of {}", dir.display(), names.join(", "))))
 }
 
 /// The only file in `dir` ending with one of `suffixes` (in order of preference).
@@ -135,9 +137,7 @@ impl PipelineSources {
             transformer_weights,
             vae_config: need_file(vae.join("config.json"), "VAE config")?,
             vae_weights,
-            scheduler_config: scheduler_config
-                .map(|p| need_file(p.to_path_buf(), "scheduler config"))
-                .transpose()?,
+            scheduler_config: scheduler_config.map(|p| need_file(p.to_path_buf(), "scheduler config")).transpose()?,
         })
     }
 }
@@ -180,7 +180,10 @@ fn read_scheduler(path: Option<&Path>) -> Result<BTreeMap<String, serde_json::Va
     let map: BTreeMap<String, serde_json::Value> =
         serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })?;
     if !map.get("_class_name").is_some_and(|v| v.is_string()) {
-        return Err(Error::Config(format!("scheduler config {}: `_class_name` must name the scheduler", path.display())));
+        return Err(Error::Config(format!(
+            "scheduler config {}: `_class_name` must name the scheduler",
+            path.display()
+        )));
     }
     Ok(map)
 }

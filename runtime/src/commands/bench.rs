@@ -156,8 +156,7 @@ pub fn run(args: &BenchArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         tracing::info!(run, timed = t.timed, "bench run done");
     }
     let order = ["load", "tokenize", "text_encode", "denoise_step", "vae_decode", "write", "total_generate"];
-    let stages: Vec<StageStats> =
-        order.iter().filter_map(|s| t.samples.get(*s).map(|v| stats(s, v))).collect();
+    let stages: Vec<StageStats> = order.iter().filter_map(|s| t.samples.get(*s).map(|v| stats(s, v))).collect();
     let cfg_batch = if req.guidance_scale > 1.0 { 2 } else { 1 } * req.num_samples_per_prompt;
     let report = BenchReport {
         bundle: args.sampling.bundle.display().to_string(),
@@ -190,7 +189,10 @@ pub fn run(args: &BenchArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         report.denoising_steps,
         report.sample_method
     );
-    println!("{:<15} {:>7} {:>11} {:>11} {:>11} {:>11} {:>11}", "stage", "samples", "mean ms", "p50 ms", "p90 ms", "min ms", "max ms");
+    println!(
+        "{:<15} {:>7} {:>11} {:>11} {:>11} {:>11} {:>11}",
+        "stage", "samples", "mean ms", "p50 ms", "p90 ms", "min ms", "max ms"
+    );
     for s in &report.stages {
         println!(
             "{:<15} {:>7} {:>11.2} {:>11.2} {:>11.2} {:>11.2} {:>11.2}",

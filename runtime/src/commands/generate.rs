@@ -294,7 +294,8 @@ impl SamplingOpts {
     /// Reads the bundle's manifests and checks them (no model is loaded).
     pub fn spec(&self) -> anyhow::Result<PipelineSpec> {
         self.upstream.warn();
-        PipelineSpec::open(&self.bundle).with_context(|| format!("opening the pipeline bundle {}", self.bundle.display()))
+        PipelineSpec::open(&self.bundle)
+            .with_context(|| format!("opening the pipeline bundle {}", self.bundle.display()))
     }
 
     /// Loads the pipeline's models with the text cache the flags ask for.
@@ -377,7 +378,9 @@ impl StepProgress for Bar {
     fn step(&mut self, prompt: usize, step: usize, total: usize) {
         if self.0.as_ref().is_none_or(|(p, _)| *p != prompt) {
             let bar = indicatif::ProgressBar::new(total as u64);
-            if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} steps [{elapsed} < {eta}]") {
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} steps [{elapsed} < {eta}]")
+            {
                 bar.set_style(style);
             }
             bar.set_message(format!("prompt {prompt}"));
@@ -441,7 +444,8 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let encode = args.encode.options();
     std::fs::create_dir_all(&args.save_img_path)
         .with_context(|| format!("creating --save_img_path {}", args.save_img_path.display()))?;
-    let mut observer = Observer { bar: progress(args.progress), dump: args.dump_latents.as_ref().map(|_| BTreeMap::new()) };
+    let mut observer =
+        Observer { bar: progress(args.progress), dump: args.dump_latents.as_ref().map(|_| BTreeMap::new()) };
     let mut grids: Vec<ndarray::Array4<u8>> = Vec::new();
     for index in 0..req.prompts.len() {
         let out = pipeline.generate_prompt(&req, index, noise.as_mut(), &mut observer)?;

@@ -24,7 +24,13 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         println!("pipeline bundle: {} (format {})", args.bundle.display(), m.format_version);
         println!(
             "  latent channels {}, caption channels {}, patch {}x{}, VAE compression {}x{}x{}",
-            d.latent_channels, d.caption_channels, d.patch_size_t, d.patch_size, d.vae_temporal, d.vae_spatial, d.vae_spatial
+            d.latent_channels,
+            d.caption_channels,
+            d.patch_size_t,
+            d.patch_size,
+            d.vae_temporal,
+            d.vae_spatial,
+            d.vae_spatial
         );
         println!("  scheduler: {}", serde_json::to_string(&m.scheduler)?);
         println!("  defaults: {}", serde_json::to_string(&m.defaults)?);

@@ -175,15 +175,7 @@ impl Pipeline {
         let transformer = Bundle::open(spec.dir.join(&c.transformer))?.session(TRANSFORMER_GRAPH, opts)?;
         let vae = Bundle::open(spec.dir.join(&c.vae))?;
         tracing::info!(bundle = %spec.dir.display(), latent_channels = spec.dims.latent_channels, "pipeline loaded");
-        Ok(Self {
-            spec,
-            text,
-            transformer,
-            vae,
-            session_options: opts.clone(),
-            decoder: None,
-            streaming: None,
-        })
+        Ok(Self { spec, text, transformer, vae, session_options: opts.clone(), decoder: None, streaming: None })
     }
 
     pub fn spec(&self) -> &PipelineSpec {
@@ -201,9 +193,10 @@ impl PipelineSpec {
         let dir = dir.as_ref().to_path_buf();
         let manifest = PipelineManifest::load(&dir)?;
         let (_, _, vae_manifest, dims) = manifest.load_components(&dir)?;
-        let scheduler_config: SchedulerConfig = serde_json::to_value(&manifest.scheduler)
-            .and_then(serde_json::from_value)
-            .map_err(|e| Error::InvalidSchedulerConfig { key: "pipeline.json: scheduler".into(), why: e.to_string() })?;
+        let scheduler_config: SchedulerConfig =
+            serde_json::to_value(&manifest.scheduler).and_then(serde_json::from_value).map_err(|e| {
+                Error::InvalidSchedulerConfig { key: "pipeline.json: scheduler".into(), why: e.to_string() }
+            })?;
         scheduler_config.sample_method()?;
         let ModelSpec::Wfvae(vae_cfg) = &vae_manifest.model else {
             return Err(Error::Graph(osp_graphs::Error::Pipeline("the VAE must be a wfvae bundle".into())));
@@ -304,14 +297,20 @@ impl PipelineSpec {
         }
         if let Some(t) = &req.prompt_template {
             if !t.contains("{}") {
-                return Err(invalid("--prompt-template", format!("must contain `{{}}` where the prompt goes, got {t:?}")));
+                return Err(invalid(
+                    "--prompt-template",
+                    format!("must contain `{{}}` where the prompt goes, got {t:?}"),
+                ));
             }
         }
         let vt = self.dims.vae_temporal;
         if req.num_frames == 0 || !(req.num_frames - 1).is_multiple_of(vt) {
             return Err(invalid(
                 "--num_frames",
-                format!("must be {vt}n + 1 (1, 5, 9, ..., 93, ...) for the VAE's {vt}x time compression, got {}", req.num_frames),
+                format!(
+                    "must be {vt}n + 1 (1, 5, 9, ..., 93, ...) for the VAE's {vt}x time compression, got {}",
+                    req.num_frames
+                ),
             ));
         }
         let m = self.manifest.defaults.spatial_multiple;
@@ -391,7 +390,6 @@ impl PipelineSpec {
             None => prompt.to_string(),
         }
     }
-
 }
 
 impl Pipeline {
@@ -485,7 +483,9 @@ impl Pipeline {
         let started = Instant::now();
         let decoded = self.decode_latents(&latents, &req.decode)?;
         observer.stage(index, "vae_decode", started.elapsed().as_secs_f64());
-        let frames = (0..n).map(|b| to_uint8_frames(&decoded, b, req.num_frames, req.height, req.width)).collect::<Result<_>>()?;
+        let frames = (0..n)
+            .map(|b| to_uint8_frames(&decoded, b, req.num_frames, req.height, req.width))
+            .collect::<Result<_>>()?;
         Ok(PromptOutput { prompt, positive, negative, latents, decoded, frames })
     }
 
@@ -496,7 +496,10 @@ impl Pipeline {
             .into_dimensionality::<Ix5>()
             .map_err(|_| invalid("latents", format!("must be [n, c, t, h, w], got {:?}", latents.shape())))?;
         if z.shape()[1] != self.vae_scale.len() {
-            return Err(invalid("latents", format!("must have {} channels, got {:?}", self.vae_scale.len(), z.shape())));
+            return Err(invalid(
+                "latents",
+                format!("must have {} channels, got {:?}", self.vae_scale.len(), z.shape()),
+            ));
         }
         for (c, mut plane) in z.axis_iter_mut(Axis(1)).enumerate() {
             let (scale, shift) = (self.vae_scale[c], self.vae_shift[c]);
@@ -629,7 +632,13 @@ pub fn rescale_noise_cfg(guided: &ArrayD<f32>, text: &ArrayD<f32>, phi: f32) -> 
 /// Sample `b` of a decoded video `[n, 3, f, H, W]` as upstream `decode_latents` + `__call__`
 /// crop: `((x / 2 + 0.5).clamp(0, 1) * 255)` truncated to uint8, `[f, H, W, 3]`, cropped to
 /// `[:num_frames, :height, :width]`.
-pub fn to_uint8_frames(video: &Array5<f32>, b: usize, num_frames: usize, height: usize, width: usize) -> Result<Array4<u8>> {
+pub fn to_uint8_frames(
+    video: &Array5<f32>,
+    b: usize,
+    num_frames: usize,
+    height: usize,
+    width: usize,
+) -> Result<Array4<u8>> {
     let (n, c, f, h, w) = video.dim();
     if b >= n || c != 3 || f < num_frames || h < height || w < width {
         return Err(Error::VideoArg {
@@ -638,7 +647,10 @@ pub fn to_uint8_frames(video: &Array5<f32>, b: usize, num_frames: usize, height:
         });
     }
     let v = video.slice(s![b, .., ..num_frames, ..height, ..width]);
-    Ok(v.permuted_axes([1, 2, 3, 0]).mapv(|x| ((x / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0) as u8).as_standard_layout().into_owned())
+    Ok(v.permuted_axes([1, 2, 3, 0])
+        .mapv(|x| ((x / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0) as u8)
+        .as_standard_layout()
+        .into_owned())
 }
 
 #[cfg(test)]
@@ -682,7 +694,8 @@ mod tests {
             max_latent_frames: None,
         };
         assert_eq!(spec.scheduler_config(SampleMethod::EulerAncestralDiscrete), base);
-        for m in [SampleMethod::Ddim, SampleMethod::EulerDiscrete, SampleMethod::DpmSolverMultistep, SampleMethod::Pndm] {
+        for m in [SampleMethod::Ddim, SampleMethod::EulerDiscrete, SampleMethod::DpmSolverMultistep, SampleMethod::Pndm]
+        {
             assert_eq!(spec.scheduler_config(m), SchedulerConfig::open_sora_plan_v13(m), "{m}");
         }
     }
@@ -692,7 +705,10 @@ mod tests {
         let guided = ArrayD::from_shape_vec(IxDyn(&[1, 4]), vec![0.0, 2.0, 4.0, 6.0]).unwrap();
         let text = ArrayD::from_shape_vec(IxDyn(&[1, 4]), vec![0.0, 1.0, 2.0, 3.0]).unwrap();
         // std ratio 0.5: phi = 1 halves, phi = 0 keeps.
-        assert_eq!(rescale_noise_cfg(&guided, &text, 1.0).iter().copied().collect::<Vec<_>>(), vec![0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(
+            rescale_noise_cfg(&guided, &text, 1.0).iter().copied().collect::<Vec<_>>(),
+            vec![0.0, 1.0, 2.0, 3.0]
+        );
         assert_eq!(rescale_noise_cfg(&guided, &text, 0.0), guided);
     }
 }

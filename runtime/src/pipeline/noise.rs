@@ -243,6 +243,9 @@ mod tests {
         assert_eq!(b.step_noise(0, 0, &[4]).unwrap(), s1);
         // Another prompt has another stream; another seed another everything.
         assert_ne!(b.init_latents(1, &[4]).unwrap(), SeededNoise::new(7).init_latents(0, &[4]).unwrap());
-        assert_ne!(SeededNoise::new(8).init_latents(0, &[4]).unwrap(), SeededNoise::new(7).init_latents(0, &[4]).unwrap());
+        assert_ne!(
+            SeededNoise::new(8).init_latents(0, &[4]).unwrap(),
+            SeededNoise::new(7).init_latents(0, &[4]).unwrap()
+        );
     }
 }

@@ -207,7 +207,10 @@ fn fill_rgb(rgb: &mut ffmpeg::frame::Video, frame: ArrayView3<u8>) {
 /// One PNG image from a one-frame clip.
 fn write_png(path: &Path, frames: ArrayView4<u8>) -> std::result::Result<(), String> {
     if frames.shape()[0] != 1 {
-        return Err(format!("a .png file holds one frame, the clip has {} (use .mp4, .gif or a folder)", frames.shape()[0]));
+        return Err(format!(
+            "a .png file holds one frame, the clip has {} (use .mp4, .gif or a folder)",
+            frames.shape()[0]
+        ));
     }
     let bytes = encode_pngs(frames)?.pop().ok_or("the PNG encoder produced nothing")?;
     std::fs::write(path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))
@@ -238,9 +241,16 @@ fn write_gif(path: &Path, frames: ArrayView4<u8>, fps: f64) -> std::result::Resu
     }
     octx.write_header().map_err(fferr("writing the header"))?;
     let ost_time_base = octx.stream(0).map(|s| s.time_base()).ok_or("the output lost its stream")?;
-    let mut scaler =
-        scaling::Context::get(Pixel::RGB24, w as u32, h as u32, Pixel::RGB8, w as u32, h as u32, scaling::Flags::BILINEAR)
-            .map_err(fferr("creating the palette converter"))?;
+    let mut scaler = scaling::Context::get(
+        Pixel::RGB24,
+        w as u32,
+        h as u32,
+        Pixel::RGB8,
+        w as u32,
+        h as u32,
+        scaling::Flags::BILINEAR,
+    )
+    .map_err(fferr("creating the palette converter"))?;
     let mut rgb = ffmpeg::frame::Video::new(Pixel::RGB24, w as u32, h as u32);
     let mut pal = ffmpeg::frame::Video::empty();
     let drain = |encoder: &mut ffmpeg::encoder::Video,
