@@ -343,3 +343,55 @@ fn released_folder_layout_exports_the_same_pipeline() -> Result<()> {
     ensure!(err.contains("several"), "{err}");
     Ok(())
 }
+
+/// Noise for `n` samples of prompt 0: the recorded prompt-0 tensors repeated `n` times.
+struct Repeated {
+    n: usize,
+}
+
+impl Repeated {
+    fn tile(&self, key: &str, shape: &[usize]) -> osp_runtime::Result<ArrayD<f32>> {
+        let one =
+            rec_f32(key).map_err(|e| osp_runtime::Error::InvalidInput { name: key.into(), rule: e.to_string() })?;
+        let all: Vec<f32> = (0..self.n).flat_map(|_| one.iter().copied()).collect();
+        ArrayD::from_shape_vec(ndarray::IxDyn(shape), all)
+            .map_err(|e| osp_runtime::Error::InvalidInput { name: key.into(), rule: e.to_string() })
+    }
+}
+
+impl osp_runtime::pipeline::noise::NoiseSource for Repeated {
+    fn init_latents(
+        &mut self,
+        _prompt: usize,
+        shape: &[usize],
+    ) -> osp_runtime::Result<osp_runtime::pipeline::noise::InitLatents> {
+        Ok(osp_runtime::pipeline::noise::InitLatents::StandardNormal(self.tile("p0.latents.init_randn", shape)?))
+    }
+
+    fn step_noise(&mut self, _prompt: usize, step: usize, shape: &[usize]) -> osp_runtime::Result<ArrayD<f32>> {
+        self.tile(&format!("p0.step{step}.noise"), shape)
+    }
+}
+
+/// Several samples per prompt run as one CFG batch `[neg, neg, pos, pos]`; with the same noise in
+/// every sample, each must equal the single-sample run (upstream pairs masks with the wrong
+/// prompts here; each prompt runs on its own in osp, and the batch order is checked).
+#[test]
+fn samples_of_one_prompt_batch_like_single_runs() -> Result<()> {
+    let meta = meta()?;
+    let mut pipeline = Pipeline::open(bundle()?, &SessionOptions::new(Backend::OrtCpu).with_threads(2), None)?;
+    let mut req = request(&meta, &pipeline.manifest().defaults)?;
+    req.prompts.truncate(1);
+    req.num_samples_per_prompt = 2;
+    pipeline.validate(&req)?;
+    let out = pipeline.generate_prompt(&req, 0, &mut Repeated { n: 2 }, &mut Steps::default())?;
+    let want = rec_f32("p0.latents.final")?;
+    let half = want.len();
+    let got: Vec<f32> = out.latents.iter().copied().collect();
+    for k in 0..2 {
+        let c = check_scaled(&format!("sample {k} of 2"), &got[k * half..(k + 1) * half], &want)?;
+        println!("batch of 2, sample {k}: max scaled diff {:.3e}", c.max_abs);
+    }
+    ensure!(out.frames.len() == 2 && out.frames[0] == out.frames[1], "both samples give the same frames");
+    Ok(())
+}
