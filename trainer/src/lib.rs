@@ -9,5 +9,6 @@ pub mod error;
 pub mod io;
 pub mod models;
 pub mod remap;
+pub mod train;
 
 pub use error::{Error, Result};
