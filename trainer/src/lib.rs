@@ -5,9 +5,11 @@
 //! [`checkpoint`]; the few unavoidable PyTorch <-> Burn renames in [`remap`].
 
 pub mod checkpoint;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod models;
+pub mod npz;
 pub mod remap;
 pub mod train;
 
