@@ -112,3 +112,121 @@ impl DitObjective {
         Ok(weighted_mse(pred, targets.target, &targets.weights))
     }
 }
+
+/// Cached text-encoder states of one caption: `text_emb` `[l, d]` and `mask` `[l]`, as
+/// `osp extract-text-embeds` (and `osp-train embed`) write them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextEmbedding {
+    pub values: Vec<f32>,
+    pub mask: Vec<f32>,
+    pub len: usize,
+    pub dim: usize,
+}
+
+impl TextEmbedding {
+    /// Reads a cache file (`text_emb` f32 `[l, d]`, `mask` u8 or f32 `[l]`).
+    pub fn read_npz(path: &std::path::Path) -> Result<Self> {
+        let arrays = crate::npz::read_npz(path)?;
+        let get = |name: &str| {
+            arrays.iter().find(|(n, _)| n == name).map(|(_, a)| a).ok_or_else(|| {
+                Error::input(path.display().to_string(), format!("text-embedding file has no `{name}` array"))
+            })
+        };
+        let emb = get("text_emb")?;
+        let mask = get("mask")?;
+        let values = emb.to_f32().ok_or_else(|| Error::input(path.display().to_string(), "`text_emb` must be float32"))?;
+        let (len, dim) = match emb.shape.as_slice() {
+            [l, d] => (*l, *d),
+            [1, l, d] => (*l, *d),
+            other => {
+                return Err(Error::input(path.display().to_string(), format!("`text_emb` must be [l, d], found {other:?}")))
+            }
+        };
+        let mask: Vec<f32> = match mask.descr.as_str() {
+            "|u1" | "|b1" => mask.data.iter().map(|&b| f32::from(b)).collect(),
+            _ => mask.to_f32().ok_or_else(|| Error::input(path.display().to_string(), "`mask` must be uint8 or float32"))?,
+        };
+        if mask.len() != len {
+            return Err(Error::input(path.display().to_string(), format!("`mask` has {} values for {len} tokens", mask.len())));
+        }
+        Ok(TextEmbedding { values, mask, len, dim })
+    }
+}
+
+/// What turns planned data items into DiT batches: the frozen VAE encoder (latents sampled from
+/// the posterior and normalised `(z - shift) * scale`, as upstream's `WFVAEModelWrapper.encode`),
+/// the text cache, and CFG text dropout (`--cfg`: the caption replaced by the empty caption's
+/// embedding, as upstream replaces the text by `""` before encoding).
+pub struct DitBatcher<'a, B: Backend> {
+    pub dataset: &'a crate::data::Dataset,
+    pub vae: &'a crate::models::wfvae::WFVAEModel<B>,
+    /// Per latent channel.
+    pub vae_scale: Vec<f32>,
+    pub vae_shift: Vec<f32>,
+    /// The empty caption's embedding (needed when `cfg > 0`).
+    pub null_text: Option<TextEmbedding>,
+    pub cfg: f64,
+    pub schedule: &'a DdpmSchedule,
+    pub device: B::Device,
+}
+
+impl<B: Backend> DitBatcher<'_, B> {
+    /// Loads `indices` (bad files replaced, see [`crate::data::Dataset::load_batch`]), encodes them
+    /// and draws captions, CFG dropout, posterior noise, diffusion noise and timesteps from `rng`.
+    pub fn batch(
+        &self,
+        indices: &[usize],
+        bad: &mut std::collections::BTreeSet<usize>,
+        rng: &mut Rng,
+    ) -> Result<DitBatch> {
+        let loaded = self.dataset.load_batch(indices, bad)?;
+        let b = loaded.len();
+        let (t, h, w) = self.dataset.samples[loaded[0].0].shape();
+        let mut pixels = Vec::with_capacity(b * 3 * t * h * w);
+        let mut texts = Vec::with_capacity(b);
+        for (index, p) in &loaded {
+            let sample = &self.dataset.samples[*index];
+            pixels.extend_from_slice(p);
+            let caption = rng.below(sample.captions.len() as u64) as usize;
+            let drop = rng.uniform() < self.cfg;
+            let text = if drop {
+                self.null_text.clone().ok_or_else(|| {
+                    Error::input("--null_text_embed", "is required with --cfg > 0 (the empty caption's cached embedding)")
+                })?
+            } else {
+                let path = sample.text_embed_path(caption).ok_or_else(|| {
+                    Error::input(
+                        sample.rel_path.clone(),
+                        "its --data line has 2 items (no text-embedding cache); write the cache with `osp extract-text-embeds` or `osp-train embed` and use MEDIA_ROOT,TEXT_EMBED_ROOT,ANNOTATION lines",
+                    )
+                })?;
+                TextEmbedding::read_npz(&path)?
+            };
+            texts.push(text);
+        }
+        let (l, d) = (texts[0].len, texts[0].dim);
+        if let Some(bad_text) = texts.iter().find(|e| e.len != l || e.dim != d) {
+            return Err(Error::input(
+                "text embeddings",
+                format!("a batch mixes [{l}, {d}] and [{}, {}] embeddings; extract all with one max length", bad_text.len, bad_text.dim),
+            ));
+        }
+        let x = Tensor::<B, 5>::from_data(TensorData::new(pixels, [b, 3, t, h, w]), &self.device);
+        let posterior = self.vae.encode(x)?;
+        let [_, c, lt, lh, lw] = posterior.mean.dims();
+        if self.vae_scale.len() != c || self.vae_shift.len() != c {
+            return Err(Error::Config(format!(
+                "the VAE config has {} scale and {} shift values for {c} latent channels",
+                self.vae_scale.len(),
+                self.vae_shift.len()
+            )));
+        }
+        let eps = Tensor::<B, 5>::from_data(TensorData::new(rng.normals(b * c * lt * lh * lw), [b, c, lt, lh, lw]), &self.device);
+        let z = posterior.mean.clone() + posterior.std() * eps;
+        let per_channel = |v: &[f32]| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [c]), &self.device).reshape([1, c, 1, 1, 1]);
+        let latents = ((z - per_channel(&self.vae_shift)) * per_channel(&self.vae_scale)).into_data();
+        let text = TensorData::new(texts.iter().flat_map(|e| e.values.iter().copied()).collect::<Vec<f32>>(), [b, 1, l, d]);
+        let mask = TensorData::new(texts.iter().flat_map(|e| e.mask.iter().copied()).collect::<Vec<f32>>(), [b, 1, l]);
+        DitBatch::new(self.schedule, rng, latents, text, mask)
+    }
+}

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 /// `--lr_scheduler`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum LrSchedulerKind {
     /// The base rate throughout (warm-up steps ignored, as diffusers does).
     Constant,
