@@ -11,6 +11,7 @@ pub mod io;
 pub mod models;
 pub mod npz;
 pub mod remap;
+pub mod text;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -59,7 +59,8 @@ fn setup() -> Setup {
         "1".into(),
     ]);
     let anno: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(shapes.join("annotation.json")).expect("annotation")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(shapes.join("annotation.json")).expect("annotation"))
+            .expect("json");
     assert_eq!(anno.len(), 8);
     let emb = root.join("emb");
     let mut rng = Rng::new(9);
@@ -70,7 +71,8 @@ fn setup() -> Setup {
     let null = root.join("null.npz");
     write_embedding(&null, &mut rng);
     let data = root.join("data.txt");
-    std::fs::write(&data, format!("{},{},{}\n", s(&shapes), s(&emb), s(&shapes.join("annotation.json")))).expect("data");
+    std::fs::write(&data, format!("{},{},{}\n", s(&shapes), s(&emb), s(&shapes.join("annotation.json"))))
+        .expect("data");
 
     let ae = root.join("vae");
     std::fs::create_dir_all(&ae).expect("mkdir");
@@ -165,7 +167,11 @@ fn dit_training_resumes_exactly_and_writes_official_checkpoints() {
     run(&train_args(&st, &split, 2, false));
     run(&train_args(&st, &split, 4, true));
 
-    for file in ["model/diffusion_pytorch_model.safetensors", "model_ema/diffusion_pytorch_model.safetensors", "optimizer.safetensors"] {
+    for file in [
+        "model/diffusion_pytorch_model.safetensors",
+        "model_ema/diffusion_pytorch_model.safetensors",
+        "optimizer.safetensors",
+    ] {
         let a = std::fs::read(straight.join("checkpoint-4").join(file)).expect("straight checkpoint");
         let b = std::fs::read(split.join("checkpoint-4").join(file)).expect("resumed checkpoint");
         assert!(a == b, "{file}: the resumed run differs from the uninterrupted one");
@@ -177,14 +183,77 @@ fn dit_training_resumes_exactly_and_writes_official_checkpoints() {
     assert_eq!(state["step"], 4);
     assert_eq!(state["data_position"]["batch"], 4);
 
-    let config = OpenSoraT2V_v1_3Config::from_json_file(straight.join("checkpoint-4/model/config.json")).expect("config");
+    let config =
+        OpenSoraT2V_v1_3Config::from_json_file(straight.join("checkpoint-4/model/config.json")).expect("config");
     let mut model = config.init::<common::B>(&Default::default()).expect("model");
-    let ckpt = Checkpoint::open(straight.join("checkpoint-4/model_ema/diffusion_pytorch_model.safetensors")).expect("open");
+    let ckpt =
+        Checkpoint::open(straight.join("checkpoint-4/model_ema/diffusion_pytorch_model.safetensors")).expect("open");
     model.load_official(&ckpt, LoadOptions::default()).expect("strict load of our checkpoint");
 
     let metrics = std::fs::read_to_string(straight.join("metrics.jsonl")).expect("metrics");
-    let records: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let records: Vec<serde_json::Value> =
+        metrics.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
     assert_eq!(records.iter().filter(|r| r.get("loss").is_some()).count(), 4);
     assert_eq!(records.iter().filter(|r| r.get("val_loss").is_some()).count(), 2);
-    assert!(records.iter().all(|r| r.get("loss").or(r.get("val_loss")).and_then(|v| v.as_f64()).is_some_and(f64::is_finite)));
+    assert!(records.iter().all(|r| r
+        .get("loss")
+        .or(r.get("val_loss"))
+        .and_then(|v| v.as_f64())
+        .is_some_and(f64::is_finite)));
+}
+
+#[test]
+fn embed_writes_the_text_cache_that_dit_trains_on() {
+    let st = setup();
+    let mut mt5: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::reference_dir().join("parity/mt5_tiny/config.json")).expect("mt5 config"),
+    )
+    .expect("json");
+    mt5["vocab_size"] = 32128.into();
+    let mt5_config = st.root.join("mt5_config.json");
+    std::fs::write(&mt5_config, mt5.to_string()).expect("write");
+    let emb = st.root.join("emb_mt5");
+    let embed = |seed: &str| {
+        run(&[
+            "embed".into(),
+            "--config".into(),
+            s(&mt5_config),
+            "--tokenizer".into(),
+            s(&common::reference_dir().join("assets/t5_v1_1_tokenizer.json")),
+            "--annotation".into(),
+            s(&st.root.join("shapes/annotation.json")),
+            "--out".into(),
+            s(&emb),
+            "--model_max_length".into(),
+            "8".into(),
+            "--seed".into(),
+            seed.into(),
+        ])
+    };
+    embed("3");
+    let first = emb.join("videos/00000-0.npz");
+    let arrays = osp_trainer::npz::read_npz(&first).expect("cache file");
+    let text = arrays.iter().find(|(n, _)| n == "text_emb").expect("text_emb");
+    assert_eq!(text.1.shape, vec![8, 32]);
+    let null = osp_trainer::train::dit::TextEmbedding::read_npz(&emb.join("null.npz")).expect("null embedding");
+    assert_eq!(null.mask, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "the empty caption is just </s>");
+    let before = std::fs::read(&first).expect("read");
+    embed("4");
+    assert_eq!(std::fs::read(&first).expect("read"), before, "existing cache files are kept");
+
+    let data = st.root.join("data_mt5.txt");
+    let shapes = st.root.join("shapes");
+    std::fs::write(&data, format!("{},{},{}\n", s(&shapes), s(&emb), s(&shapes.join("annotation.json"))))
+        .expect("data");
+    let out = st.root.join("run_mt5");
+    let mut args = train_args(&st, &out, 1, false);
+    let at = |flag: &str, args: &Vec<String>| args.iter().position(|a| a == flag).expect("flag") + 1;
+    let i = at("--data", &args);
+    args[i] = s(&data);
+    let i = at("--val_data", &args);
+    args[i] = s(&data);
+    let i = at("--null_text_embed", &args);
+    args[i] = s(&emb.join("null.npz"));
+    run(&args);
+    assert!(out.join("checkpoint-1/model/diffusion_pytorch_model.safetensors").is_file());
 }

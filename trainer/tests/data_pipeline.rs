@@ -29,7 +29,8 @@ fn config(seed: u64) -> DataConfig {
 fn shapes_data_plans_loads_and_skips_bad_files() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("shapes");
-    let items = generate(&out, &ShapesConfig { count: 6, num_frames: 9, height: 32, width: 32, seed: 3 }).expect("generate");
+    let items =
+        generate(&out, &ShapesConfig { count: 6, num_frames: 9, height: 32, width: 32, seed: 3 }).expect("generate");
     let again = tempfile::tempdir().expect("temp dir");
     let items2 =
         generate(&again.path().join("s"), &ShapesConfig { count: 6, num_frames: 9, height: 32, width: 32, seed: 3 })
@@ -94,7 +95,10 @@ fn shapes_data_plans_loads_and_skips_bad_files() {
         let centroid = |f: usize| {
             let pts: Vec<usize> = (0..1024).filter(|&i| (0..3).any(|c| plane(c, f)[i] > -0.5)).collect();
             let n = pts.len() as f32;
-            (pts.iter().map(|&i| (i % 32) as f32).sum::<f32>() / n, pts.iter().map(|&i| (i / 32) as f32).sum::<f32>() / n)
+            (
+                pts.iter().map(|&i| (i % 32) as f32).sum::<f32>() / n,
+                pts.iter().map(|&i| (i / 32) as f32).sum::<f32>() / n,
+            )
         };
         let (a, b) = (centroid(0), centroid(8));
         let (vx, vy) = item.direction.vector();

@@ -79,7 +79,9 @@ fn loss_fn<B: AutodiffBackend>(
     move |m, b| objective.loss(m, b)
 }
 
-fn weights<B: AutodiffBackend<InnerBackend = Inner>>(t: &Trainer<B, OpenSoraT2V_v1_3<B>>) -> BTreeMap<String, Vec<f32>> {
+fn weights<B: AutodiffBackend<InnerBackend = Inner>>(
+    t: &Trainer<B, OpenSoraT2V_v1_3<B>>,
+) -> BTreeMap<String, Vec<f32>> {
     let mut out: BTreeMap<String, Vec<f32>> = official_tensors::<Inner, _>(&t.model.valid())
         .expect("tensors")
         .into_iter()
@@ -152,8 +154,7 @@ fn two_replicas_and_accumulation_equal_one_device_with_the_whole_batch() {
     let mut dp = trainer::<AB>(2, false);
     let (g_dp, l_dp) = dp.gradients(&[shards.clone()], &loss).expect("grads");
     let mut acc = trainer::<AB>(1, false);
-    let (g_acc, l_acc) =
-        acc.gradients(&[vec![shards[0].clone()], vec![shards[1].clone()]], &loss).expect("grads");
+    let (g_acc, l_acc) = acc.gradients(&[vec![shards[0].clone()], vec![shards[1].clone()]], &loss).expect("grads");
     assert!(Approx::Close.compare(&[l_dp as f32], &[l_one as f32]).ok(), "loss {l_dp} vs {l_one}");
     assert!(Approx::Close.compare(&[l_acc as f32], &[l_one as f32]).ok(), "loss {l_acc} vs {l_one}");
 
@@ -186,7 +187,9 @@ fn checkpoints_load_through_the_strict_official_loader() {
     for _ in 0..3 {
         let b = batch(&mut rng, 9, 2);
         t.step(&[vec![b]], &loss).expect("step");
-        saved.push(t.save(dir.path(), &layout(), &rng, serde_json::json!(null), serde_json::json!({}), Some(2)).expect("save"));
+        saved.push(
+            t.save(dir.path(), &layout(), &rng, serde_json::json!(null), serde_json::json!({}), Some(2)).expect("save"),
+        );
     }
     let left: Vec<usize> = osp_trainer::train::checkpoint::list_checkpoints(dir.path())
         .expect("list")

@@ -194,10 +194,13 @@ pub fn run(args: DitArgs) -> anyhow::Result<()> {
     use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::{Autodiff, NdArray};
     match (args.device, args.gradient_checkpointing) {
-        (DeviceKind::Cpu, false) => train::<Autodiff<NdArray<f32>>>(&args, vec![Default::default(); args.dp_replicas.max(1)]),
-        (DeviceKind::Cpu, true) => {
-            train::<Autodiff<NdArray<f32>, BalancedCheckpointing>>(&args, vec![Default::default(); args.dp_replicas.max(1)])
+        (DeviceKind::Cpu, false) => {
+            train::<Autodiff<NdArray<f32>>>(&args, vec![Default::default(); args.dp_replicas.max(1)])
         }
+        (DeviceKind::Cpu, true) => train::<Autodiff<NdArray<f32>, BalancedCheckpointing>>(
+            &args,
+            vec![Default::default(); args.dp_replicas.max(1)],
+        ),
         #[cfg(feature = "cuda")]
         (DeviceKind::Cuda, ck) => {
             use burn::backend::cuda::CudaDevice;
@@ -277,12 +280,15 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
     osp_trainer::train::checkpoint::write_json(&args.output_dir.join("run_config.json"), &run_config)?;
 
     let model_json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&args.model_config).with_context(|| format!("reading {}", args.model_config.display()))?,
+        &std::fs::read_to_string(&args.model_config)
+            .with_context(|| format!("reading {}", args.model_config.display()))?,
     )?;
     let dit_config = OpenSoraT2V_v1_3Config::from_json_file(&args.model_config)?;
     let mut inner = dit_config.init::<B::InnerBackend>(&device)?;
     if let Some(p) = &args.pretrained {
-        inner.load_official(&Checkpoint::open(p)?, LoadOptions::default()).with_context(|| format!("loading {}", p.display()))?;
+        inner
+            .load_official(&Checkpoint::open(p)?, LoadOptions::default())
+            .with_context(|| format!("loading {}", p.display()))?;
     }
     let (vae, vae_config) = load_vae::<B::InnerBackend>(&args.ae_path, &device)?;
     let dims = inner.dims();
@@ -372,7 +378,16 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
         }
         if let Some(val) = &val {
             if stats.step % args.validation_steps.max(1) == 0 {
-                let (val_loss, n) = validation_loss(&trainer.model.valid(), val, args, &vae_config, &vae, &schedule, &objective, &device)?;
+                let (val_loss, n) = validation_loss(
+                    &trainer.model.valid(),
+                    val,
+                    args,
+                    &vae_config,
+                    &vae,
+                    &schedule,
+                    &objective,
+                    &device,
+                )?;
                 metrics.log(&ValRecord { step: stats.step, val_loss, val_batches: n })?;
                 progress.message(&format!("step {} val_loss {val_loss:.5}", stats.step));
             }

@@ -1,6 +1,7 @@
 //! Subcommands of `osp-train`.
 
 mod dit;
+mod embed;
 mod forward;
 mod forward_dit;
 mod forward_mt5;
@@ -26,6 +27,8 @@ pub enum Command {
     Forward(forward::ForwardArgs),
     /// Train the OpenSoraT2V v1.3 DiT (upstream train_t2v_diffusers.py flags).
     Dit(Box<dit::DitArgs>),
+    /// Encode every caption of an annotation JSON with the trainer's mT5 into the text cache.
+    Embed(embed::EmbedArgs),
     /// Write the procedural coloured-shapes text-to-video data set.
     Shapes(shapes::ShapesArgs),
 }
@@ -48,5 +51,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Forward(args) => forward::run(args),
         Command::Dit(args) => dit::run(*args),
         Command::Shapes(args) => shapes::run(args),
+        Command::Embed(args) => embed::run(args),
     }
 }

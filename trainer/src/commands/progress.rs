@@ -45,7 +45,8 @@ impl Progress {
 
     pub fn step(&mut self, stats: &StepStats) {
         match self.kind {
-            ProgressKind::Bar => {
+            ProgressKind::Bar =>
+            {
                 #[cfg(feature = "progress")]
                 if let Some(bar) = &self.bar {
                     bar.set_position(stats.step as u64);

@@ -30,9 +30,19 @@ pub struct ShapesArgs {
 }
 
 pub fn run(args: ShapesArgs) -> anyhow::Result<()> {
-    let config =
-        ShapesConfig { count: args.count, num_frames: args.num_frames, height: args.height, width: args.width, seed: args.seed };
+    let config = ShapesConfig {
+        count: args.count,
+        num_frames: args.num_frames,
+        height: args.height,
+        width: args.width,
+        seed: args.seed,
+    };
     let items = generate(&args.out, &config)?;
-    println!("wrote {} clips to {} (data file: {})", items.len(), args.out.display(), args.out.join("data.txt").display());
+    println!(
+        "wrote {} clips to {} (data file: {})",
+        items.len(),
+        args.out.display(),
+        args.out.join("data.txt").display()
+    );
     Ok(())
 }

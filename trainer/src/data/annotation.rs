@@ -49,7 +49,10 @@ pub fn read_data_file(path: &Path) -> Result<Vec<DataSource>> {
         if !source.annotation.to_string_lossy().ends_with(".json") {
             return Err(Error::input(
                 format!("{} line {}", path.display(), i + 1),
-                format!("annotation `{}` must be a .json file (upstream's .pkl is not supported)", source.annotation.display()),
+                format!(
+                    "annotation `{}` must be a .json file (upstream's .pkl is not supported)",
+                    source.annotation.display()
+                ),
             ));
         }
         out.push(source);

@@ -149,10 +149,15 @@ impl Dataset {
                 format!("must be {}n+1 (the VAE's temporal stride), got {}", config.ae_stride_t, config.num_frames),
             ));
         }
-        if config.force_resolution && (config.max_height % config.hw_stride != 0 || config.max_width % config.hw_stride != 0) {
+        if config.force_resolution
+            && (config.max_height % config.hw_stride != 0 || config.max_width % config.hw_stride != 0)
+        {
             return Err(Error::input(
                 "--max_height/--max_width",
-                format!("must be multiples of --hw_stride {}, got {}x{}", config.hw_stride, config.max_height, config.max_width),
+                format!(
+                    "must be multiples of --hw_stride {}, got {}x{}",
+                    config.hw_stride, config.max_height, config.max_width
+                ),
             ));
         }
         if !config.force_resolution && config.max_hxw.is_none() {
@@ -187,7 +192,9 @@ impl Dataset {
         if samples.is_empty() {
             return Err(Error::input(
                 "--data",
-                format!("no usable item after filtering ({stats:?}); check paths, --num_frames and the resolution flags"),
+                format!(
+                    "no usable item after filtering ({stats:?}); check paths, --num_frames and the resolution flags"
+                ),
             ));
         }
         Ok(Dataset { config, samples, stats, buckets })

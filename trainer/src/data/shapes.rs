@@ -156,8 +156,10 @@ pub fn render(
     let travel_y = 0.4 * height as f32;
     // Centre path: from centre - travel/2 to centre + travel/2 along the motion, jittered.
     let jitter = |span: f32, rng: &mut Rng| (rng.uniform() as f32 - 0.5) * span;
-    let cx0 = width as f32 / 2.0 - dx * travel_x / 2.0 + if dx == 0.0 { jitter(width as f32 - 2.0 * r - 2.0, rng) } else { jitter(0.1 * width as f32, rng) };
-    let cy0 = height as f32 / 2.0 - dy * travel_y / 2.0 + if dy == 0.0 { jitter(height as f32 - 2.0 * r - 2.0, rng) } else { jitter(0.1 * height as f32, rng) };
+    let cx0 = width as f32 / 2.0 - dx * travel_x / 2.0
+        + if dx == 0.0 { jitter(width as f32 - 2.0 * r - 2.0, rng) } else { jitter(0.1 * width as f32, rng) };
+    let cy0 = height as f32 / 2.0 - dy * travel_y / 2.0
+        + if dy == 0.0 { jitter(height as f32 - 2.0 * r - 2.0, rng) } else { jitter(0.1 * height as f32, rng) };
     let fg = color.rgb();
     let mut data = Vec::with_capacity(num_frames * height * width * 3);
     for f in 0..num_frames {

@@ -81,7 +81,8 @@ impl Reader {
         }
         let input = ffmpeg::format::input(path)
             .map_err(|e| media_err(path, format!("not a readable media file, or truncated ({e})")))?;
-        let stream = input.streams().best(ffmpeg::media::Type::Video).ok_or_else(|| media_err(path, "no video stream"))?;
+        let stream =
+            input.streams().best(ffmpeg::media::Type::Video).ok_or_else(|| media_err(path, "no video stream"))?;
         let index = stream.index();
         let rate = stream.avg_frame_rate();
         let fps = (rate.numerator() > 0 && rate.denominator() > 0).then(|| f64::from(rate));
@@ -97,7 +98,12 @@ impl Reader {
     }
 
     /// Decodes frames in order until `limit` frames or the end, handing each RGB24 frame to `visit`.
-    fn for_each_frame(&mut self, path: &Path, limit: usize, mut visit: impl FnMut(usize, &ffmpeg::frame::Video)) -> Result<usize> {
+    fn for_each_frame(
+        &mut self,
+        path: &Path,
+        limit: usize,
+        mut visit: impl FnMut(usize, &ffmpeg::frame::Video),
+    ) -> Result<usize> {
         let derr = |what: &str, e: ffmpeg::Error| media_err(path, format!("{what}: {e}"));
         let mut count = 0usize;
         let mut scaler: Option<(scaling::Context, Pixel)> = None;
@@ -225,8 +231,10 @@ fn encode(path: &Path, frames: &Frames, fps: f64, crf: u8) -> std::result::Resul
     let global_header = octx.format().flags().contains(ffmpeg::format::Flags::GLOBAL_HEADER);
     let rate = ffmpeg::Rational::from(fps);
     let time_base = rate.invert();
-    let mut encoder =
-        ffmpeg::codec::context::Context::new_with_codec(codec).encoder().video().map_err(fferr("creating the encoder"))?;
+    let mut encoder = ffmpeg::codec::context::Context::new_with_codec(codec)
+        .encoder()
+        .video()
+        .map_err(fferr("creating the encoder"))?;
     encoder.set_width(w as u32);
     encoder.set_height(h as u32);
     encoder.set_format(Pixel::YUV420P);
@@ -247,9 +255,16 @@ fn encode(path: &Path, frames: &Frames, fps: f64, crf: u8) -> std::result::Resul
     }
     octx.write_header().map_err(fferr("writing the header"))?;
     let ost_time_base = octx.stream(0).map(|s| s.time_base()).ok_or("the output lost its stream")?;
-    let mut scaler =
-        scaling::Context::get(Pixel::RGB24, w as u32, h as u32, Pixel::YUV420P, w as u32, h as u32, scaling::Flags::BILINEAR)
-            .map_err(fferr("creating the YUV converter"))?;
+    let mut scaler = scaling::Context::get(
+        Pixel::RGB24,
+        w as u32,
+        h as u32,
+        Pixel::YUV420P,
+        w as u32,
+        h as u32,
+        scaling::Flags::BILINEAR,
+    )
+    .map_err(fferr("creating the YUV converter"))?;
     let mut rgb = ffmpeg::frame::Video::new(Pixel::RGB24, w as u32, h as u32);
     let mut yuv = ffmpeg::frame::Video::empty();
     let drain = |encoder: &mut ffmpeg::encoder::Video, octx: &mut ffmpeg::format::context::Output| {

@@ -79,8 +79,7 @@ pub fn list_checkpoints(output_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     for entry in std::fs::read_dir(output_dir).map_err(|e| Error::io(output_dir, e))? {
         let entry = entry.map_err(|e| Error::io(output_dir, e))?;
         let name = entry.file_name();
-        let Some(step) = name.to_str().and_then(|n| n.strip_prefix("checkpoint-")).and_then(|s| s.parse().ok())
-        else {
+        let Some(step) = name.to_str().and_then(|n| n.strip_prefix("checkpoint-")).and_then(|s| s.parse().ok()) else {
             continue;
         };
         if entry.path().join("training_state.json").is_file() {
@@ -110,7 +109,11 @@ pub fn resolve_resume(output_dir: &Path, spec: &str) -> Result<Option<PathBuf>> 
 
 /// Writes `checkpoint-<step>` atomically, first removing the oldest checkpoints so that at most
 /// `total_limit` remain afterwards. Returns the checkpoint folder.
-pub fn save_checkpoint(output_dir: &Path, contents: &CheckpointContents<'_>, total_limit: Option<usize>) -> Result<PathBuf> {
+pub fn save_checkpoint(
+    output_dir: &Path,
+    contents: &CheckpointContents<'_>,
+    total_limit: Option<usize>,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
     let step = contents.state.step;
     let final_dir = output_dir.join(format!("checkpoint-{step}"));

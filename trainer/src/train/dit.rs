@@ -51,7 +51,10 @@ impl DitBatch {
         if text.shape.len() != 4 || text.shape[0] != b || text_mask.shape.to_vec() != [b, 1, text.shape[2]] {
             return Err(Error::input(
                 "encoder_hidden_states",
-                format!("must be [{b}, 1, l, d] with a [{b}, 1, l] mask, found {:?} and {:?}", text.shape, text_mask.shape),
+                format!(
+                    "must be [{b}, 1, l, d] with a [{b}, 1, l] mask, found {:?} and {:?}",
+                    text.shape, text_mask.shape
+                ),
             ));
         }
         let n = latents.shape.iter().product();
@@ -134,20 +137,29 @@ impl TextEmbedding {
         };
         let emb = get("text_emb")?;
         let mask = get("mask")?;
-        let values = emb.to_f32().ok_or_else(|| Error::input(path.display().to_string(), "`text_emb` must be float32"))?;
+        let values =
+            emb.to_f32().ok_or_else(|| Error::input(path.display().to_string(), "`text_emb` must be float32"))?;
         let (len, dim) = match emb.shape.as_slice() {
             [l, d] => (*l, *d),
             [1, l, d] => (*l, *d),
             other => {
-                return Err(Error::input(path.display().to_string(), format!("`text_emb` must be [l, d], found {other:?}")))
+                return Err(Error::input(
+                    path.display().to_string(),
+                    format!("`text_emb` must be [l, d], found {other:?}"),
+                ))
             }
         };
         let mask: Vec<f32> = match mask.descr.as_str() {
             "|u1" | "|b1" => mask.data.iter().map(|&b| f32::from(b)).collect(),
-            _ => mask.to_f32().ok_or_else(|| Error::input(path.display().to_string(), "`mask` must be uint8 or float32"))?,
+            _ => mask
+                .to_f32()
+                .ok_or_else(|| Error::input(path.display().to_string(), "`mask` must be uint8 or float32"))?,
         };
         if mask.len() != len {
-            return Err(Error::input(path.display().to_string(), format!("`mask` has {} values for {len} tokens", mask.len())));
+            return Err(Error::input(
+                path.display().to_string(),
+                format!("`mask` has {} values for {len} tokens", mask.len()),
+            ));
         }
         Ok(TextEmbedding { values, mask, len, dim })
     }
@@ -191,7 +203,10 @@ impl<B: Backend> DitBatcher<'_, B> {
             let drop = rng.uniform() < self.cfg;
             let text = if drop {
                 self.null_text.clone().ok_or_else(|| {
-                    Error::input("--null_text_embed", "is required with --cfg > 0 (the empty caption's cached embedding)")
+                    Error::input(
+                        "--null_text_embed",
+                        "is required with --cfg > 0 (the empty caption's cached embedding)",
+                    )
                 })?
             } else {
                 let path = sample.text_embed_path(caption).ok_or_else(|| {
@@ -208,7 +223,10 @@ impl<B: Backend> DitBatcher<'_, B> {
         if let Some(bad_text) = texts.iter().find(|e| e.len != l || e.dim != d) {
             return Err(Error::input(
                 "text embeddings",
-                format!("a batch mixes [{l}, {d}] and [{}, {}] embeddings; extract all with one max length", bad_text.len, bad_text.dim),
+                format!(
+                    "a batch mixes [{l}, {d}] and [{}, {}] embeddings; extract all with one max length",
+                    bad_text.len, bad_text.dim
+                ),
             ));
         }
         let x = Tensor::<B, 5>::from_data(TensorData::new(pixels, [b, 3, t, h, w]), &self.device);
@@ -221,11 +239,17 @@ impl<B: Backend> DitBatcher<'_, B> {
                 self.vae_shift.len()
             )));
         }
-        let eps = Tensor::<B, 5>::from_data(TensorData::new(rng.normals(b * c * lt * lh * lw), [b, c, lt, lh, lw]), &self.device);
+        let eps = Tensor::<B, 5>::from_data(
+            TensorData::new(rng.normals(b * c * lt * lh * lw), [b, c, lt, lh, lw]),
+            &self.device,
+        );
         let z = posterior.mean.clone() + posterior.std() * eps;
-        let per_channel = |v: &[f32]| Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [c]), &self.device).reshape([1, c, 1, 1, 1]);
+        let per_channel = |v: &[f32]| {
+            Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [c]), &self.device).reshape([1, c, 1, 1, 1])
+        };
         let latents = ((z - per_channel(&self.vae_shift)) * per_channel(&self.vae_scale)).into_data();
-        let text = TensorData::new(texts.iter().flat_map(|e| e.values.iter().copied()).collect::<Vec<f32>>(), [b, 1, l, d]);
+        let text =
+            TensorData::new(texts.iter().flat_map(|e| e.values.iter().copied()).collect::<Vec<f32>>(), [b, 1, l, d]);
         let mask = TensorData::new(texts.iter().flat_map(|e| e.mask.iter().copied()).collect::<Vec<f32>>(), [b, 1, l]);
         DitBatch::new(self.schedule, rng, latents, text, mask)
     }

@@ -27,7 +27,14 @@ pub struct EmaConfig {
 
 impl Default for EmaConfig {
     fn default() -> Self {
-        EmaConfig { decay: 0.9999, update_after_step: 0, min_decay: 0.0, use_ema_warmup: false, inv_gamma: 1.0, power: 2.0 / 3.0 }
+        EmaConfig {
+            decay: 0.9999,
+            update_after_step: 0,
+            min_decay: 0.0,
+            use_ema_warmup: false,
+            inv_gamma: 1.0,
+            power: 2.0 / 3.0,
+        }
     }
 }
 

@@ -63,8 +63,7 @@ impl LrSchedule {
                 (left / (self.total_steps - self.warmup_steps).max(1) as f64).max(0.0)
             }),
             LrSchedulerKind::Cosine => warm(step).unwrap_or_else(|| {
-                let progress =
-                    (step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps).max(1) as f64;
+                let progress = (step - self.warmup_steps) as f64 / (self.total_steps - self.warmup_steps).max(1) as f64;
                 (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
             }),
         };
@@ -78,9 +77,9 @@ mod tests {
 
     #[test]
     fn constant_with_warmup_ramps_linearly_from_zero() {
-        let s = LrSchedule::new(LrSchedulerKind::ConstantWithWarmup, 1e-4, 4, 0).expect("valid");
+        let s = LrSchedule::new(LrSchedulerKind::ConstantWithWarmup, 2.0, 4, 0).expect("valid");
         let lrs: Vec<f64> = (0..6).map(|i| s.lr(i)).collect();
-        assert_eq!(lrs, vec![0.0, 0.25e-4, 0.5e-4, 0.75e-4, 1e-4, 1e-4]);
+        assert_eq!(lrs, vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.0]);
         let c = LrSchedule::new(LrSchedulerKind::Constant, 1e-4, 4, 0).expect("valid");
         assert_eq!(c.lr(0), 1e-4);
     }

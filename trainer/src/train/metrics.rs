@@ -27,8 +27,7 @@ impl MetricsLog {
 
     /// Writes one record (a JSON object) as a line.
     pub fn log<T: Serialize>(&mut self, record: &T) -> Result<()> {
-        let mut line =
-            serde_json::to_string(record).map_err(|e| Error::Json { path: self.path.clone(), source: e })?;
+        let mut line = serde_json::to_string(record).map_err(|e| Error::Json { path: self.path.clone(), source: e })?;
         line.push('\n');
         self.file.write_all(line.as_bytes()).map_err(|e| Error::io(&self.path, e))?;
         self.file.flush().map_err(|e| Error::io(&self.path, e))

@@ -117,7 +117,8 @@ impl<B: Backend> AdamW<B> {
         let params = param_paths::<B, M>(module);
         let mut moments = BTreeMap::new();
         for (name, data) in tensors {
-            let (kind, path) = name.split_once('.').ok_or_else(|| Error::input(name, "unknown optimizer state entry"))?;
+            let (kind, path) =
+                name.split_once('.').ok_or_else(|| Error::input(name, "unknown optimizer state entry"))?;
             if kind != "exp_avg" && kind != "exp_avg_sq" {
                 return Err(Error::input(name, "optimizer state entries are exp_avg.<path> or exp_avg_sq.<path>"));
             }

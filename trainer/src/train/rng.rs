@@ -93,7 +93,10 @@ mod tests {
     fn same_seed_same_stream_and_state_round_trips() {
         let mut a = Rng::new(7);
         let mut b = Rng::new(7);
-        assert_eq!((0..10).map(|_| a.next_u64()).collect::<Vec<_>>(), (0..10).map(|_| b.next_u64()).collect::<Vec<_>>());
+        assert_eq!(
+            (0..10).map(|_| a.next_u64()).collect::<Vec<_>>(),
+            (0..10).map(|_| b.next_u64()).collect::<Vec<_>>()
+        );
         let saved = serde_json::to_string(&a).expect("state serialises");
         let mut c: Rng = serde_json::from_str(&saved).expect("state parses");
         assert_eq!(a.normal(), c.normal());

@@ -97,7 +97,12 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
     }
 
     /// A trainer that keeps the parameters whose Burn path contains one of `frozen` fixed.
-    pub fn new_with_frozen(model: M, config: OptimConfig, devices: Vec<B::Device>, frozen: Vec<String>) -> Result<Self> {
+    pub fn new_with_frozen(
+        model: M,
+        config: OptimConfig,
+        devices: Vec<B::Device>,
+        frozen: Vec<String>,
+    ) -> Result<Self> {
         if devices.is_empty() {
             return Err(Error::Config("the trainer needs at least one device".into()));
         }
@@ -244,7 +249,11 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
 
     /// Restores model, EMA, optimizer and step from a checkpoint folder (strict official-name
     /// loading); returns its [`super::checkpoint::TrainingState`] for the caller's RNG and data.
-    pub fn resume(&mut self, dir: &std::path::Path, layout: &WeightsLayout) -> Result<super::checkpoint::TrainingState> {
+    pub fn resume(
+        &mut self,
+        dir: &std::path::Path,
+        layout: &WeightsLayout,
+    ) -> Result<super::checkpoint::TrainingState> {
         use crate::checkpoint::{load_module, Checkpoint, LoadOptions};
         let state = super::checkpoint::read_state(dir)?;
         let mut inner = self.model.valid();
