@@ -5,9 +5,13 @@
 //! [`checkpoint`]; the few unavoidable PyTorch <-> Burn renames in [`remap`].
 
 pub mod checkpoint;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod models;
+pub mod npz;
 pub mod remap;
+pub mod text;
+pub mod train;
 
 pub use error::{Error, Result};

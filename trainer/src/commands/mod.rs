@@ -1,8 +1,12 @@
 //! Subcommands of `osp-train`.
 
+mod dit;
+mod embed;
 mod forward;
 mod forward_dit;
 mod forward_mt5;
+mod progress;
+mod shapes;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -21,10 +25,16 @@ pub struct Cli {
 pub enum Command {
     /// Run one model forward pass on named tensors from a safetensors file.
     Forward(forward::ForwardArgs),
+    /// Train the OpenSoraT2V v1.3 DiT (upstream train_t2v_diffusers.py flags).
+    Dit(Box<dit::DitArgs>),
+    /// Encode every caption of an annotation JSON with the trainer's mT5 into the text cache.
+    Embed(embed::EmbedArgs),
+    /// Write the procedural coloured-shapes text-to-video data set.
+    Shapes(shapes::ShapesArgs),
 }
 
 /// Compute device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 pub enum DeviceKind {
     /// CPU (Burn ndarray backend, f32).
     Cpu,
@@ -39,5 +49,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Forward(args) => forward::run(args),
+        Command::Dit(args) => dit::run(*args),
+        Command::Shapes(args) => shapes::run(args),
+        Command::Embed(args) => embed::run(args),
     }
 }

@@ -1,0 +1,508 @@
+//! The training data set as upstream builds it (`T2V_dataset.define_frame_index` and
+//! `LengthGroupedSampler` in `opensora/dataset/t2v_datasets.py`, `opensora/utils/dataset_utils.py`
+//! at 9fa322fb): per item a frame-index plan (resampled to `--train_fps`, randomly cropped to
+//! `--num_frames`, cut to the largest `4n+1`) and a sample size (`--force_resolution` or
+//! `--max_hxw`/`--min_hxw`/`--hw_stride`); items grouped into shape buckets `T x H x W`, batches
+//! drawn from one bucket, the order fixed by `--seed` and the epoch.
+//!
+//! Differences from upstream, each deliberate:
+//! - missing media files are logged and skipped while planning; unreadable ones when loaded (the
+//!   loader substitutes the next item of the same bucket, as upstream's `__getitem__` retries);
+//! - a missing `resolution`, `num_frames` or `fps` is read from the file instead of dropping the item;
+//! - the shortest accepted clip is `min(29, --num_frames)` frames (upstream hard-codes 29, which
+//!   forbids small-frame training runs);
+//! - `--train_fps 0` samples every `--sample_rate`-th frame instead of resampling by fps.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::annotation::{is_image, read_annotation, text_embed_file, DataSource};
+use super::video::{self, Frames};
+use crate::error::{Error, Result};
+use crate::train::Rng;
+
+/// Data flags (upstream names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataConfig {
+    /// `--num_frames`.
+    pub num_frames: usize,
+    /// `--train_fps` (0: use `--sample_rate`).
+    pub train_fps: f64,
+    /// `--sample_rate`: frame stride when `--train_fps` is 0.
+    pub sample_rate: usize,
+    /// `--max_height`, `--max_width` (the size with `--force_resolution`).
+    pub max_height: usize,
+    pub max_width: usize,
+    /// `--max_hxw`, `--min_hxw` (without `--force_resolution`).
+    pub max_hxw: Option<usize>,
+    pub min_hxw: Option<usize>,
+    /// `--force_resolution`.
+    pub force_resolution: bool,
+    /// `--hw_stride`.
+    pub hw_stride: usize,
+    /// The VAE's temporal stride (clips must be `stride * n + 1` frames).
+    pub ae_stride_t: usize,
+    /// Items per optimizer update (all replicas and accumulation steps).
+    pub total_batch_size: usize,
+    /// Buckets with fewer than this many items are dropped (upstream: 4 x total batch size).
+    pub min_bucket_items: usize,
+    /// `--seed`: planning and shuffling.
+    pub seed: u64,
+}
+
+/// Upstream's aspect filter threshold (`hw_aspect_thr`).
+const HW_ASPECT_THR: f64 = 2.0;
+/// Upstream's `too_long_factor`.
+const TOO_LONG_FACTOR: f64 = 5.0;
+
+/// One usable item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub media: PathBuf,
+    /// `path` as the annotation gives it (names the text-embedding file).
+    pub rel_path: String,
+    pub captions: Vec<String>,
+    pub text_embed_root: Option<PathBuf>,
+    pub image: bool,
+    pub frame_indices: Vec<usize>,
+    /// Sample size `(height, width)`.
+    pub size: (usize, usize),
+    /// `crop` `[x0, x1, y0, y1]` applied before resizing.
+    pub crop: Option<[usize; 4]>,
+}
+
+impl Sample {
+    /// Shape bucket `(frames, height, width)`.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        (self.frame_indices.len(), self.size.0, self.size.1)
+    }
+
+    /// The cached text embedding of caption `index`, when the source has a cache.
+    pub fn text_embed_path(&self, index: usize) -> Option<PathBuf> {
+        self.text_embed_root.as_ref().map(|r| r.join(text_embed_file(&self.rel_path, index)))
+    }
+}
+
+/// Counts of what planning dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStats {
+    pub items: usize,
+    pub missing_file: usize,
+    pub unreadable: usize,
+    pub no_caption: usize,
+    pub bad_resolution: usize,
+    pub too_long: usize,
+    pub too_short: usize,
+    pub small_bucket: usize,
+    pub kept: usize,
+}
+
+/// Where a run stands in the data: epoch and the next batch of that epoch's order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPosition {
+    pub epoch: usize,
+    pub batch: usize,
+}
+
+/// The planned data set.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub config: DataConfig,
+    pub samples: Vec<Sample>,
+    pub stats: PlanStats,
+    buckets: BTreeMap<(usize, usize, usize), Vec<usize>>,
+}
+
+/// `maxhwresize`: area-preserving downscale to at most `max_hxw` pixels.
+pub fn maxhwresize(h: usize, w: usize, max_hxw: usize) -> (usize, usize) {
+    if h * w > max_hxw {
+        let s = (max_hxw as f64 / (h * w) as f64).sqrt();
+        ((h as f64 * s) as usize, (w as f64 * s) as usize)
+    } else {
+        (h, w)
+    }
+}
+
+fn aspect_ok(h: f64, w: f64, max_ratio: f64, min_ratio: f64) -> bool {
+    let r = h / w;
+    r <= max_ratio && r >= min_ratio
+}
+
+/// The largest `y <= x` with `(y - 1) % stride == 0` and `y >= min`, as upstream's `find_closest_y`.
+fn closest_frames(x: usize, stride: usize, min: usize) -> Option<usize> {
+    (min.max(1)..=x).rev().find(|y| (y - 1) % stride == 0)
+}
+
+impl Dataset {
+    /// Plans every item of `sources` (reads the annotations, probes files lacking metadata).
+    pub fn build(sources: &[DataSource], config: DataConfig) -> Result<Self> {
+        if config.num_frames == 0 || config.hw_stride == 0 || config.ae_stride_t == 0 || config.total_batch_size == 0 {
+            return Err(Error::Config(
+                "--num_frames, --hw_stride, the VAE stride and the batch size must all be at least 1".into(),
+            ));
+        }
+        if (config.num_frames - 1) % config.ae_stride_t != 0 {
+            return Err(Error::input(
+                "--num_frames",
+                format!("must be {}n+1 (the VAE's temporal stride), got {}", config.ae_stride_t, config.num_frames),
+            ));
+        }
+        if config.force_resolution
+            && (config.max_height % config.hw_stride != 0 || config.max_width % config.hw_stride != 0)
+        {
+            return Err(Error::input(
+                "--max_height/--max_width",
+                format!(
+                    "must be multiples of --hw_stride {}, got {}x{}",
+                    config.hw_stride, config.max_height, config.max_width
+                ),
+            ));
+        }
+        if !config.force_resolution && config.max_hxw.is_none() {
+            return Err(Error::input("--max_hxw", "is required without --force_resolution"));
+        }
+        let mut rng = Rng::derive(config.seed, 0x5EED_0F_DA7A);
+        let mut stats = PlanStats::default();
+        let mut samples = Vec::new();
+        for source in sources {
+            let items = read_annotation(&source.annotation)?;
+            tracing::info!(annotation = %source.annotation.display(), items = items.len(), "planning data");
+            for item in items {
+                stats.items += 1;
+                if let Some(s) = plan_item(source, item, &config, &mut rng, &mut stats) {
+                    samples.push(s);
+                }
+            }
+        }
+        let mut counts: BTreeMap<(usize, usize, usize), usize> = BTreeMap::new();
+        for s in &samples {
+            *counts.entry(s.shape()).or_default() += 1;
+        }
+        let before = samples.len();
+        samples.retain(|s| counts[&s.shape()] >= config.min_bucket_items);
+        stats.small_bucket = before - samples.len();
+        stats.kept = samples.len();
+        let mut buckets: BTreeMap<_, Vec<usize>> = BTreeMap::new();
+        for (i, s) in samples.iter().enumerate() {
+            buckets.entry(s.shape()).or_default().push(i);
+        }
+        tracing::info!(?stats, buckets = ?buckets.iter().map(|(k, v)| (format!("{}x{}x{}", k.0, k.1, k.2), v.len())).collect::<Vec<_>>(), "data planned");
+        if samples.is_empty() {
+            return Err(Error::input(
+                "--data",
+                format!(
+                    "no usable item after filtering ({stats:?}); check paths, --num_frames and the resolution flags"
+                ),
+            ));
+        }
+        Ok(Dataset { config, samples, stats, buckets })
+    }
+
+    /// The batches of `epoch`: each bucket shuffled (seeded by `--seed` and the epoch) and cut into
+    /// full batches, then the batches shuffled.
+    pub fn epoch_batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let mut rng = Rng::derive(self.config.seed, epoch as u64 + 1);
+        let b = self.config.total_batch_size;
+        let mut batches = Vec::new();
+        for items in self.buckets.values() {
+            let mut items = items.clone();
+            rng.shuffle(&mut items);
+            batches.extend(items.chunks_exact(b).map(<[usize]>::to_vec));
+        }
+        rng.shuffle(&mut batches);
+        batches
+    }
+
+    /// The batch at `position` and the position after it (moving to the next epoch at the end).
+    pub fn batch_at(&self, position: DataPosition) -> Result<(Vec<usize>, DataPosition)> {
+        let mut pos = position;
+        for _ in 0..2 {
+            let batches = self.epoch_batches(pos.epoch);
+            if batches.is_empty() {
+                return Err(Error::input(
+                    "--train_batch_size",
+                    format!("no bucket holds {} items; lower the batch size", self.config.total_batch_size),
+                ));
+            }
+            if let Some(batch) = batches.get(pos.batch) {
+                return Ok((batch.clone(), DataPosition { epoch: pos.epoch, batch: pos.batch + 1 }));
+            }
+            pos = DataPosition { epoch: pos.epoch + 1, batch: 0 };
+        }
+        Err(Error::input("data position", format!("{position:?} is past the data")))
+    }
+
+    /// Other items of `index`'s bucket, in bucket order after it (substitutes for a bad file).
+    pub fn bucket_neighbours(&self, index: usize) -> Vec<usize> {
+        let shape = self.samples[index].shape();
+        let items = &self.buckets[&shape];
+        let at = items.iter().position(|&i| i == index).unwrap_or(0);
+        items.iter().cycle().skip(at + 1).take(items.len().saturating_sub(1)).copied().collect()
+    }
+
+    /// Loads the items of a batch; an item that fails to decode is logged, remembered in `bad`
+    /// and replaced by the next loadable item of its bucket. Returns `(item, pixels)` pairs.
+    pub fn load_batch(
+        &self,
+        indices: &[usize],
+        bad: &mut std::collections::BTreeSet<usize>,
+    ) -> Result<Vec<(usize, Vec<f32>)>> {
+        let mut out = Vec::with_capacity(indices.len());
+        for &index in indices {
+            let mut loaded = None;
+            for candidate in std::iter::once(index).chain(self.bucket_neighbours(index)) {
+                if bad.contains(&candidate) {
+                    continue;
+                }
+                match self.load_pixels(candidate) {
+                    Ok(p) => {
+                        loaded = Some((candidate, p));
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %self.samples[candidate].media.display(), error = %e, "unreadable media: skipped");
+                        bad.insert(candidate);
+                    }
+                }
+            }
+            out.push(loaded.ok_or_else(|| {
+                Error::input(
+                    self.samples[index].media.display().to_string(),
+                    "neither this file nor any other of its shape bucket could be decoded",
+                )
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Decodes and transforms item `index` to `[3, t, h, w]` values in `[-1, 1]`.
+    pub fn load_pixels(&self, index: usize) -> Result<Vec<f32>> {
+        let s = &self.samples[index];
+        let frames = video::read_frames(&s.media, &s.frame_indices)?;
+        Ok(transform(&frames, s, self.config.force_resolution, self.config.max_hxw, self.config.hw_stride))
+    }
+}
+
+fn plan_item(
+    source: &DataSource,
+    item: super::annotation::AnnotationItem,
+    config: &DataConfig,
+    rng: &mut Rng,
+    stats: &mut PlanStats,
+) -> Option<Sample> {
+    let media = source.media_root.join(&item.path);
+    if !media.is_file() {
+        tracing::warn!(path = %media.display(), "media file missing: skipped");
+        stats.missing_file += 1;
+        return None;
+    }
+    let captions = match &item.cap {
+        Some(c) if !c.all().is_empty() => c.all(),
+        _ => {
+            stats.no_caption += 1;
+            return None;
+        }
+    };
+    let image = is_image(&item.path);
+    let needs_probe = item.resolution.is_none() || (!image && (item.num_frames.is_none() || item.fps.is_none()));
+    let info = if needs_probe {
+        match video::probe(&media) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable media file: skipped");
+                stats.unreadable += 1;
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    let (mut height, mut width) = match (item.resolution, &info) {
+        (Some(r), _) => (r.height, r.width),
+        (None, Some(i)) => (i.height, i.width),
+        (None, None) => unreachable!("probed when the resolution is missing"),
+    };
+    if let Some([x0, x1, y0, y1]) = item.crop {
+        if x1 <= x0 || y1 <= y0 || x1 > width || y1 > height {
+            stats.bad_resolution += 1;
+            return None;
+        }
+        (height, width) = (y1 - y0, x1 - x0);
+    }
+    if height == 0 || width == 0 {
+        stats.bad_resolution += 1;
+        return None;
+    }
+    let size = if config.force_resolution {
+        let aspect = config.max_height as f64 / config.max_width as f64;
+        if !aspect_ok(height as f64, width as f64, HW_ASPECT_THR * aspect, aspect / HW_ASPECT_THR) {
+            stats.bad_resolution += 1;
+            return None;
+        }
+        (config.max_height, config.max_width)
+    } else {
+        let (th, tw) = maxhwresize(height, width, config.max_hxw.unwrap_or(usize::MAX));
+        let (sh, sw) = (th / config.hw_stride * config.hw_stride, tw / config.hw_stride * config.hw_stride);
+        let too_small = config.min_hxw.is_some_and(|m| sh * sw < m);
+        if sh == 0 || sw == 0 || too_small || !aspect_ok(sh as f64, sw as f64, HW_ASPECT_THR, 1.0 / HW_ASPECT_THR) {
+            stats.bad_resolution += 1;
+            return None;
+        }
+        (sh, sw)
+    };
+    let frame_indices = if image {
+        vec![0]
+    } else {
+        let fps = item.fps.or(info.as_ref().and_then(|i| i.fps)).unwrap_or(24.0);
+        let total = item.num_frames.or(info.as_ref().map(|i| i.frames)).unwrap_or(0);
+        let start = item.cut.map_or(0, |c| c[0]);
+        let total = match item.cut {
+            Some([a, b]) if b > a => total.min(b - a),
+            _ => total,
+        };
+        let interval = if config.train_fps > 0.0 {
+            if (fps - config.train_fps).abs() < 0.1 {
+                1.0
+            } else {
+                fps / config.train_fps
+            }
+        } else {
+            config.sample_rate.max(1) as f64
+        };
+        let wanted_span = config.num_frames as f64 * interval;
+        if total as f64 > TOO_LONG_FACTOR * wanted_span {
+            stats.too_long += 1;
+            return None;
+        }
+        // np.arange(start, start + total, interval).astype(int), kept below start + total.
+        let mut idx: Vec<usize> = (0..)
+            .map(|k| start as f64 + k as f64 * interval)
+            .take_while(|&v| v < (start + total) as f64)
+            .map(|v| v as usize)
+            .collect();
+        if idx.len() > config.num_frames {
+            // TemporalRandomCrop: begin in [0, len - size - 1].
+            let rand_end = idx.len().saturating_sub(config.num_frames + 1);
+            let begin = rng.below(rand_end as u64 + 1) as usize;
+            idx = idx[begin..(begin + config.num_frames).min(idx.len())].to_vec();
+        }
+        match closest_frames(idx.len(), config.ae_stride_t, config.num_frames.min(29)) {
+            Some(n) => idx.truncate(n),
+            None => {
+                stats.too_short += 1;
+                return None;
+            }
+        }
+        idx
+    };
+    Some(Sample {
+        media,
+        rel_path: item.path.clone(),
+        captions,
+        text_embed_root: source.text_embed_root.clone(),
+        image,
+        frame_indices,
+        size,
+        crop: item.crop,
+    })
+}
+
+/// A crop window `(top, left, height, width)`.
+type Window = (usize, usize, usize, usize);
+
+/// `center_crop_th_tw`: the largest centred window with the aspect of `th x tw`.
+fn center_crop_th_tw(h: usize, w: usize, th: usize, tw: usize) -> Window {
+    let tr = th as f64 / tw as f64;
+    let (nh, nw) = if h as f64 / w as f64 > tr { ((w as f64 * tr) as usize, w) } else { (h, (h as f64 / tr) as usize) };
+    let top = ((h - nh) as f64 / 2.0).round() as usize;
+    let left = ((w - nw) as f64 / 2.0).round() as usize;
+    (top, left, nh.max(1), nw.max(1))
+}
+
+/// Bilinear resize (`F.interpolate(mode="bilinear", align_corners=False)`, no antialias) of the
+/// `window` of each frame to `oh x ow`, as `[3, t, oh, ow]` in `[-1, 1]`.
+fn resize_window(frames: &Frames, window: Window, oh: usize, ow: usize) -> Vec<f32> {
+    let (top, left, wh, ww) = window;
+    let coords = |out: usize, len: usize| -> Vec<(usize, usize, f32)> {
+        let scale = len as f64 / out as f64;
+        (0..out)
+            .map(|o| {
+                let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(len - 1);
+                let i1 = (i0 + 1).min(len - 1);
+                (i0, i1, (src - i0 as f64) as f32)
+            })
+            .collect()
+    };
+    let (ys, xs) = (coords(oh, wh), coords(ow, ww));
+    let t = frames.t;
+    let mut out = vec![0f32; 3 * t * oh * ow];
+    for f in 0..t {
+        let px = frames.frame(f);
+        let at = |y: usize, x: usize, c: usize| f32::from(px[((top + y) * frames.w + left + x) * 3 + c]);
+        for (oy, &(y0, y1, ly)) in ys.iter().enumerate() {
+            for (ox, &(x0, x1, lx)) in xs.iter().enumerate() {
+                for c in 0..3 {
+                    let top_v = at(y0, x0, c) * (1.0 - lx) + at(y0, x1, c) * lx;
+                    let bot_v = at(y1, x0, c) * (1.0 - lx) + at(y1, x1, c) * lx;
+                    let v = top_v * (1.0 - ly) + bot_v * ly;
+                    out[((c * t + f) * oh + oy) * ow + ox] = v / 127.5 - 1.0;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Upstream's training transform: with `--force_resolution` `CenterCropResizeVideo(size)`, else
+/// `MaxHWResizeVideo(max_hxw)` then `SpatialStrideCropVideo(hw_stride)`; then `x / 127.5 - 1`.
+fn transform(frames: &Frames, s: &Sample, force: bool, max_hxw: Option<usize>, stride: usize) -> Vec<f32> {
+    let base: Window = match s.crop {
+        Some([x0, x1, y0, y1]) => (y0, x0, y1 - y0, x1 - x0),
+        None => (0, 0, frames.h, frames.w),
+    };
+    let (oh, ow) = s.size;
+    if force {
+        let (t, l, h, w) = center_crop_th_tw(base.2, base.3, oh, ow);
+        return resize_window(frames, (base.0 + t, base.1 + l, h, w), oh, ow);
+    }
+    let (rh, rw) = maxhwresize(base.2, base.3, max_hxw.unwrap_or(usize::MAX));
+    let resized = resize_window(frames, base, rh, rw);
+    // SpatialStrideCropVideo: centre crop to multiples of the stride (= the planned size).
+    let (th, tw) = (rh / stride * stride, rw / stride * stride);
+    let (i, j) = ((rh - th) / 2, (rw - tw) / 2);
+    let t = frames.t;
+    let mut out = Vec::with_capacity(3 * t * th * tw);
+    for c in 0..3 {
+        for f in 0..t {
+            for y in 0..th {
+                let row = ((c * t + f) * rh + i + y) * rw + j;
+                out.extend_from_slice(&resized[row..row + tw]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_count_rules() {
+        assert_eq!(closest_frames(30, 4, 29), Some(29));
+        assert_eq!(closest_frames(28, 4, 29), None);
+        assert_eq!(closest_frames(12, 4, 9), Some(9));
+        assert_eq!(maxhwresize(720, 1280, 640 * 360), (360, 640));
+        assert_eq!(center_crop_th_tw(720, 1280, 480, 640), (0, 160, 720, 960));
+    }
+
+    #[test]
+    fn resize_keeps_a_constant_image_and_maps_to_unit_range() {
+        let frames = Frames::new(1, 4, 6, vec![255; 4 * 6 * 3]).expect("valid frames");
+        let out = resize_window(&frames, (0, 0, 4, 6), 2, 3);
+        assert!(out.iter().all(|&v| v == 1.0));
+    }
+}

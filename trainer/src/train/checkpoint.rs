@@ -1,0 +1,174 @@
+//! Training checkpoints: `<output_dir>/checkpoint-<step>/`, written into a temporary folder and
+//! renamed into place, so a crash never leaves a half-written checkpoint under a valid name.
+//!
+//! Layout (model weights in the official parameter names, loadable by the strict loader and
+//! `osp-export`):
+//!
+//! ```text
+//! checkpoint-<step>/
+//!   model/<weights file>        official names (e.g. diffusion_pytorch_model.safetensors) + config.json
+//!   model_ema/<weights file>    the EMA weights, same names (when EMA is on; the sample script loads these)
+//!   optimizer.safetensors       AdamW moments `exp_avg.<burn path>`, `exp_avg_sq.<burn path>`
+//!   training_state.json         step, optimizer and EMA counters, RNG state, data position, run config
+//! ```
+//!
+//! `--checkpoints_total_limit` keeps at most that many checkpoints: older ones are removed before
+//! a new one is written, as upstream does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::store::ModuleSnapshot;
+use burn::tensor::backend::Backend;
+use burn::tensor::TensorData;
+use serde::{Deserialize, Serialize};
+
+use super::rng::Rng;
+use crate::error::{Error, Result};
+use crate::io::write_tensors;
+use crate::remap;
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingState {
+    /// Optimizer updates done (`global_step`).
+    pub step: usize,
+    /// AdamW update count (equals `step` unless the optimizer was reset).
+    pub optimizer_steps: usize,
+    /// EMA update count, when EMA is on.
+    pub ema_steps: Option<usize>,
+    /// The training random generator after `step` updates.
+    pub rng: Rng,
+    /// Where the data loader stands (owned by the data pipeline).
+    pub data_position: serde_json::Value,
+    /// The run's settings, for the record.
+    pub run_config: serde_json::Value,
+}
+
+/// What one checkpoint holds, ready to write.
+pub struct CheckpointContents<'a> {
+    /// File name of the weights inside `model/` and `model_ema/`.
+    pub weights_file: &'a str,
+    /// The model's upstream `config.json`, written next to the weights.
+    pub model_config: Option<&'a serde_json::Value>,
+    pub model: Vec<(String, TensorData)>,
+    pub ema: Option<Vec<(String, TensorData)>>,
+    pub optimizer: Vec<(String, TensorData)>,
+    pub state: &'a TrainingState,
+}
+
+/// A module's tensors under their official (PyTorch) names, laid out as the official checkpoint.
+pub fn official_tensors<B: Backend, M: ModuleSnapshot<B>>(module: &M) -> Result<Vec<(String, TensorData)>> {
+    module
+        .collect(None, Some(remap::burn_to_official()), remap::SKIP_ENUM_VARIANTS)
+        .into_iter()
+        .map(|s| {
+            let name = s.full_path();
+            let data = s.to_data().map_err(|e| Error::input(&name, format!("reading the tensor failed: {e:?}")))?;
+            Ok((name, data))
+        })
+        .collect()
+}
+
+/// `checkpoint-<step>` folders of `output_dir`, sorted by step.
+pub fn list_checkpoints(output_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    if !output_dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(output_dir).map_err(|e| Error::io(output_dir, e))? {
+        let entry = entry.map_err(|e| Error::io(output_dir, e))?;
+        let name = entry.file_name();
+        let Some(step) = name.to_str().and_then(|n| n.strip_prefix("checkpoint-")).and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if entry.path().join("training_state.json").is_file() {
+            out.push((step, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `--resume_from_checkpoint`: `latest` (the newest checkpoint of `output_dir`, or none yet) or a
+/// checkpoint folder (which must exist).
+pub fn resolve_resume(output_dir: &Path, spec: &str) -> Result<Option<PathBuf>> {
+    if spec == "latest" {
+        return Ok(list_checkpoints(output_dir)?.pop().map(|(_, p)| p));
+    }
+    let path = PathBuf::from(spec);
+    let path = if path.is_dir() { path } else { output_dir.join(spec) };
+    if !path.join("training_state.json").is_file() {
+        return Err(Error::input(
+            "--resume_from_checkpoint",
+            format!("`{spec}` is not a checkpoint folder (no training_state.json); use `latest` or a checkpoint-<step> path"),
+        ));
+    }
+    Ok(Some(path))
+}
+
+/// Writes `checkpoint-<step>` atomically, first removing the oldest checkpoints so that at most
+/// `total_limit` remain afterwards. Returns the checkpoint folder.
+pub fn save_checkpoint(
+    output_dir: &Path,
+    contents: &CheckpointContents<'_>,
+    total_limit: Option<usize>,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
+    let step = contents.state.step;
+    let final_dir = output_dir.join(format!("checkpoint-{step}"));
+    if let Some(limit) = total_limit {
+        let existing: Vec<_> = list_checkpoints(output_dir)?.into_iter().filter(|(s, _)| *s != step).collect();
+        let remove = (existing.len() + 1).saturating_sub(limit.max(1));
+        for (_, dir) in existing.iter().take(remove) {
+            tracing::info!(dir = %dir.display(), "removing old checkpoint (--checkpoints_total_limit)");
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+    }
+    let tmp = output_dir.join(format!(".checkpoint-{step}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    let write_model = |sub: &str, tensors: &[(String, TensorData)]| -> Result<()> {
+        let dir = tmp.join(sub);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        write_tensors(dir.join(contents.weights_file), tensors)?;
+        if let Some(config) = contents.model_config {
+            write_json(&dir.join("config.json"), config)?;
+        }
+        Ok(())
+    };
+    write_model("model", &contents.model)?;
+    if let Some(ema) = &contents.ema {
+        write_model("model_ema", ema)?;
+    }
+    write_tensors(tmp.join("optimizer.safetensors"), &contents.optimizer)?;
+    write_json(&tmp.join("training_state.json"), contents.state)?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    tracing::info!(dir = %final_dir.display(), step, "saved checkpoint");
+    Ok(final_dir)
+}
+
+/// Reads `training_state.json` of a checkpoint folder.
+pub fn read_state(dir: &Path) -> Result<TrainingState> {
+    let path = dir.join("training_state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Json { path, source: e })
+}
+
+/// Reads `optimizer.safetensors` of a checkpoint folder.
+pub fn read_optimizer(dir: &Path) -> Result<BTreeMap<String, TensorData>> {
+    crate::io::read_tensors(dir.join("optimizer.safetensors"))
+}
+
+/// Writes `value` as pretty JSON to `path` atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })?;
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out.json");
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,256 @@
+//! The DiT training objective: a batch of normalised latents with their text states, noised on
+//! the host, run through `OpenSoraT2V_v1_3`, scored with the (min-SNR weighted) MSE.
+//! Upstream: `train_t2v_diffusers.py` `run()` at commit 9fa322fb.
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use super::diffusion::{weighted_mse, DdpmSchedule, NoisedBatch};
+use super::rng::Rng;
+use crate::error::{Error, Result};
+use crate::models::opensora_v1_3::OpenSoraT2V_v1_3;
+
+/// One (shard of a) DiT training batch.
+#[derive(Debug, Clone)]
+pub struct DitBatch {
+    pub noised: NoisedBatch,
+    /// `[b, 1, l, caption_channels]` text-encoder states.
+    pub text: TensorData,
+    /// `[b, 1, l]` 0/1 text mask.
+    pub text_mask: TensorData,
+}
+
+/// Splits a tensor along axis 0 into `n` equal parts.
+fn split_rows(data: &TensorData, n: usize, name: &str) -> Result<Vec<TensorData>> {
+    let b = data.shape[0];
+    if n == 0 || b % n != 0 {
+        return Err(Error::input(name, format!("batch of {b} cannot be split into {n} equal shards")));
+    }
+    let values = data.clone().convert::<f32>().to_vec::<f32>().map_err(|e| Error::input(name, format!("{e:?}")))?;
+    let per = values.len() / n;
+    let mut shape = data.shape.clone();
+    shape[0] = b / n;
+    Ok(values.chunks(per).map(|c| TensorData::new(c.to_vec(), shape.clone())).collect())
+}
+
+impl DitBatch {
+    /// Draws noise and timesteps for `latents` `[b, c, t, h, w]` from `rng` (rank `rank` of `ranks`
+    /// for the stratified timesteps).
+    pub fn new(
+        schedule: &DdpmSchedule,
+        rng: &mut Rng,
+        latents: TensorData,
+        text: TensorData,
+        text_mask: TensorData,
+    ) -> Result<Self> {
+        if latents.shape.len() != 5 {
+            return Err(Error::input("latents", format!("must be [b, c, t, h, w], found {:?}", latents.shape)));
+        }
+        let b = latents.shape[0];
+        if text.shape.len() != 4 || text.shape[0] != b || text_mask.shape.to_vec() != [b, 1, text.shape[2]] {
+            return Err(Error::input(
+                "encoder_hidden_states",
+                format!(
+                    "must be [{b}, 1, l, d] with a [{b}, 1, l] mask, found {:?} and {:?}",
+                    text.shape, text_mask.shape
+                ),
+            ));
+        }
+        let n = latents.shape.iter().product();
+        let noise = TensorData::new(rng.normals(n), latents.shape.clone());
+        let timesteps = schedule.sample_timesteps(rng, b, 1, 0);
+        Ok(DitBatch { noised: NoisedBatch { latents, noise, timesteps }, text, text_mask })
+    }
+
+    pub fn len(&self) -> usize {
+        self.noised.timesteps.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `n` equal shards along the batch (for data-parallel replicas).
+    pub fn shards(&self, n: usize) -> Result<Vec<DitBatch>> {
+        let lat = split_rows(&self.noised.latents, n, "latents")?;
+        let noise = split_rows(&self.noised.noise, n, "noise")?;
+        let text = split_rows(&self.text, n, "encoder_hidden_states")?;
+        let mask = split_rows(&self.text_mask, n, "encoder_attention_mask")?;
+        let per = self.len() / n;
+        Ok((0..n)
+            .map(|i| DitBatch {
+                noised: NoisedBatch {
+                    latents: lat[i].clone(),
+                    noise: noise[i].clone(),
+                    timesteps: self.noised.timesteps[i * per..(i + 1) * per].to_vec(),
+                },
+                text: text[i].clone(),
+                text_mask: mask[i].clone(),
+            })
+            .collect())
+    }
+}
+
+/// The loss of upstream's `run()`.
+#[derive(Debug, Clone)]
+pub struct DitObjective {
+    pub schedule: DdpmSchedule,
+    /// `--snr_gamma`.
+    pub snr_gamma: Option<f32>,
+}
+
+impl DitObjective {
+    /// The scalar training loss of `batch` (on the model's device).
+    pub fn loss<B: Backend>(&self, model: &OpenSoraT2V_v1_3<B>, batch: &DitBatch) -> Result<Tensor<B, 1>> {
+        let device = model.devices().first().cloned().unwrap_or_default();
+        let targets = self.schedule.targets::<B>(&batch.noised, self.snr_gamma, &device)?;
+        let timestep = Tensor::<B, 1>::from_data(
+            TensorData::new(batch.noised.timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(), [batch.len()]),
+            &device,
+        );
+        let text = Tensor::<B, 4>::from_data(batch.text.clone().convert::<f32>(), &device);
+        let mask = Tensor::<B, 3>::from_data(batch.text_mask.clone().convert::<f32>(), &device);
+        let pred = model.forward(targets.noisy, timestep, text, None, Some(mask))?;
+        Ok(weighted_mse(pred, targets.target, &targets.weights))
+    }
+}
+
+/// Cached text-encoder states of one caption: `text_emb` `[l, d]` and `mask` `[l]`, as
+/// `osp extract-text-embeds` (and `osp-train embed`) write them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextEmbedding {
+    pub values: Vec<f32>,
+    pub mask: Vec<f32>,
+    pub len: usize,
+    pub dim: usize,
+}
+
+impl TextEmbedding {
+    /// Reads a cache file (`text_emb` f32 `[l, d]`, `mask` u8 or f32 `[l]`).
+    pub fn read_npz(path: &std::path::Path) -> Result<Self> {
+        let arrays = crate::npz::read_npz(path)?;
+        let get = |name: &str| {
+            arrays.iter().find(|(n, _)| n == name).map(|(_, a)| a).ok_or_else(|| {
+                Error::input(path.display().to_string(), format!("text-embedding file has no `{name}` array"))
+            })
+        };
+        let emb = get("text_emb")?;
+        let mask = get("mask")?;
+        let values =
+            emb.to_f32().ok_or_else(|| Error::input(path.display().to_string(), "`text_emb` must be float32"))?;
+        let (len, dim) = match emb.shape.as_slice() {
+            [l, d] => (*l, *d),
+            [1, l, d] => (*l, *d),
+            other => {
+                return Err(Error::input(
+                    path.display().to_string(),
+                    format!("`text_emb` must be [l, d], found {other:?}"),
+                ))
+            }
+        };
+        let mask: Vec<f32> = match mask.descr.as_str() {
+            "|u1" | "|b1" => mask.data.iter().map(|&b| f32::from(b)).collect(),
+            _ => mask
+                .to_f32()
+                .ok_or_else(|| Error::input(path.display().to_string(), "`mask` must be uint8 or float32"))?,
+        };
+        if mask.len() != len {
+            return Err(Error::input(
+                path.display().to_string(),
+                format!("`mask` has {} values for {len} tokens", mask.len()),
+            ));
+        }
+        Ok(TextEmbedding { values, mask, len, dim })
+    }
+}
+
+/// What turns planned data items into DiT batches: the frozen VAE encoder (latents sampled from
+/// the posterior and normalised `(z - shift) * scale`, as upstream's `WFVAEModelWrapper.encode`),
+/// the text cache, and CFG text dropout (`--cfg`: the caption replaced by the empty caption's
+/// embedding, as upstream replaces the text by `""` before encoding).
+pub struct DitBatcher<'a, B: Backend> {
+    pub dataset: &'a crate::data::Dataset,
+    pub vae: &'a crate::models::wfvae::WFVAEModel<B>,
+    /// Per latent channel.
+    pub vae_scale: Vec<f32>,
+    pub vae_shift: Vec<f32>,
+    /// The empty caption's embedding (needed when `cfg > 0`).
+    pub null_text: Option<TextEmbedding>,
+    pub cfg: f64,
+    pub schedule: &'a DdpmSchedule,
+    pub device: B::Device,
+}
+
+impl<B: Backend> DitBatcher<'_, B> {
+    /// Loads `indices` (bad files replaced, see [`crate::data::Dataset::load_batch`]), encodes them
+    /// and draws captions, CFG dropout, posterior noise, diffusion noise and timesteps from `rng`.
+    pub fn batch(
+        &self,
+        indices: &[usize],
+        bad: &mut std::collections::BTreeSet<usize>,
+        rng: &mut Rng,
+    ) -> Result<DitBatch> {
+        let loaded = self.dataset.load_batch(indices, bad)?;
+        let b = loaded.len();
+        let (t, h, w) = self.dataset.samples[loaded[0].0].shape();
+        let mut pixels = Vec::with_capacity(b * 3 * t * h * w);
+        let mut texts = Vec::with_capacity(b);
+        for (index, p) in &loaded {
+            let sample = &self.dataset.samples[*index];
+            pixels.extend_from_slice(p);
+            let caption = rng.below(sample.captions.len() as u64) as usize;
+            let drop = rng.uniform() < self.cfg;
+            let text = if drop {
+                self.null_text.clone().ok_or_else(|| {
+                    Error::input(
+                        "--null_text_embed",
+                        "is required with --cfg > 0 (the empty caption's cached embedding)",
+                    )
+                })?
+            } else {
+                let path = sample.text_embed_path(caption).ok_or_else(|| {
+                    Error::input(
+                        sample.rel_path.clone(),
+                        "its --data line has 2 items (no text-embedding cache); write the cache with `osp extract-text-embeds` or `osp-train embed` and use MEDIA_ROOT,TEXT_EMBED_ROOT,ANNOTATION lines",
+                    )
+                })?;
+                TextEmbedding::read_npz(&path)?
+            };
+            texts.push(text);
+        }
+        let (l, d) = (texts[0].len, texts[0].dim);
+        if let Some(bad_text) = texts.iter().find(|e| e.len != l || e.dim != d) {
+            return Err(Error::input(
+                "text embeddings",
+                format!(
+                    "a batch mixes [{l}, {d}] and [{}, {}] embeddings; extract all with one max length",
+                    bad_text.len, bad_text.dim
+                ),
+            ));
+        }
+        let x = Tensor::<B, 5>::from_data(TensorData::new(pixels, [b, 3, t, h, w]), &self.device);
+        let posterior = self.vae.encode(x)?;
+        let [_, c, lt, lh, lw] = posterior.mean.dims();
+        if self.vae_scale.len() != c || self.vae_shift.len() != c {
+            return Err(Error::Config(format!(
+                "the VAE config has {} scale and {} shift values for {c} latent channels",
+                self.vae_scale.len(),
+                self.vae_shift.len()
+            )));
+        }
+        let eps = Tensor::<B, 5>::from_data(
+            TensorData::new(rng.normals(b * c * lt * lh * lw), [b, c, lt, lh, lw]),
+            &self.device,
+        );
+        let z = posterior.mean.clone() + posterior.std() * eps;
+        let per_channel = |v: &[f32]| {
+            Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [c]), &self.device).reshape([1, c, 1, 1, 1])
+        };
+        let latents = ((z - per_channel(&self.vae_shift)) * per_channel(&self.vae_scale)).into_data();
+        let text =
+            TensorData::new(texts.iter().flat_map(|e| e.values.iter().copied()).collect::<Vec<f32>>(), [b, 1, l, d]);
+        let mask = TensorData::new(texts.iter().flat_map(|e| e.mask.iter().copied()).collect::<Vec<f32>>(), [b, 1, l]);
+        DitBatch::new(self.schedule, rng, latents, text, mask)
+    }
+}

@@ -1,0 +1,285 @@
+//! One optimizer update of any Burn model: gradient accumulation over micro-batches, data
+//! parallelism over model replicas, global-norm clipping, AdamW, learning-rate schedule and EMA.
+//!
+//! Data parallelism: each shard of a micro-batch runs on its own replica (`model.fork(device)`,
+//! one thread per shard, devices taken round-robin from [`Trainer::devices`]); the gradients are
+//! moved to the first device and averaged there, and one update is applied. On CPU (Burn's ndarray
+//! backend has no all-reduce) this is the whole mechanism; on CUDA the replicas sit on different
+//! GPUs and the averaging crosses devices through Burn's tensor transfers.
+//!
+//! Every shard's loss must be a mean over its own items, and shards should be equally sized: the
+//! update then equals one step on the whole batch (each shard gradient is weighted
+//! `1 / (accumulation steps x shards)`).
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::ema::{Ema, EmaConfig};
+use super::grads;
+use super::lr::LrSchedule;
+use super::optim::{AdamW, AdamWConfig};
+use crate::error::{Error, Result};
+
+/// The optimisation settings of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OptimConfig {
+    pub adamw: AdamWConfig,
+    pub lr: LrSchedule,
+    /// `--max_grad_norm` (global L2 norm; `None` disables clipping).
+    pub max_grad_norm: Option<f64>,
+    /// `--use_ema` with its settings.
+    pub ema: Option<EmaConfig>,
+}
+
+/// What one update did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// The update number just done (1-based, upstream's `global_step`).
+    pub step: usize,
+    /// Mean of the shard losses.
+    pub loss: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// The model under training with its optimizer, EMA and update counter.
+pub struct Trainer<B: AutodiffBackend, M: AutodiffModule<B>> {
+    pub model: M,
+    pub optimizer: AdamW<B::InnerBackend>,
+    pub ema: Option<Ema<B::InnerBackend, M::InnerModule>>,
+    pub config: OptimConfig,
+    /// Updates done.
+    pub step: usize,
+    /// Replica devices; the first holds the model.
+    pub devices: Vec<B::Device>,
+    /// Burn-path fragments of parameters kept frozen (e.g. `wavelet_transform` for the WFVAE's
+    /// built-in Haar kernels); every other float parameter is trained.
+    frozen: Vec<String>,
+}
+
+/// Marks every float parameter of `module` trainable (`require_grad`) unless its Burn module path
+/// contains one of `frozen`. Weights loaded into a module of the inner backend come back from
+/// `from_inner` without `require_grad`, so this runs after every load.
+pub fn set_trainable<B: AutodiffBackend, M: AutodiffModule<B>>(module: M, frozen: &[String]) -> M {
+    struct Mark<'a> {
+        frozen: &'a [String],
+        path: Vec<String>,
+    }
+    impl<B: AutodiffBackend> burn::module::ModuleMapper<B> for Mark<'_> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(
+            &mut self,
+            param: burn::module::Param<Tensor<B, D>>,
+        ) -> burn::module::Param<Tensor<B, D>> {
+            let path = self.path.join(".");
+            let trainable = !self.frozen.iter().any(|f| path.contains(f.as_str()));
+            let (id, tensor, mapper) = param.consume();
+            burn::module::Param::from_mapped_value(id, tensor.set_require_grad(trainable), mapper)
+        }
+    }
+    module.map(&mut Mark { frozen, path: Vec::new() })
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
+    /// A trainer of `model` (all float parameters trained; see [`Self::new_with_frozen`]).
+    pub fn new(model: M, config: OptimConfig, devices: Vec<B::Device>) -> Result<Self> {
+        Self::new_with_frozen(model, config, devices, Vec::new())
+    }
+
+    /// A trainer that keeps the parameters whose Burn path contains one of `frozen` fixed.
+    pub fn new_with_frozen(
+        model: M,
+        config: OptimConfig,
+        devices: Vec<B::Device>,
+        frozen: Vec<String>,
+    ) -> Result<Self> {
+        if devices.is_empty() {
+            return Err(Error::Config("the trainer needs at least one device".into()));
+        }
+        if let Some(max) = config.max_grad_norm {
+            if !(max > 0.0) {
+                return Err(Error::Config(format!("--max_grad_norm must be > 0, got {max}")));
+            }
+        }
+        let model = set_trainable(model, &frozen);
+        let ema = config.ema.map(|c| Ema::new(c, model.valid()));
+        Ok(Trainer { model, optimizer: AdamW::new(config.adamw)?, ema, config, step: 0, devices, frozen })
+    }
+
+    /// Gradients of the mean loss over `micro_batches[accumulation][shard]`, without updating.
+    /// Returns them with the mean loss.
+    pub fn gradients<S, F>(&self, micro_batches: &[Vec<S>], loss_fn: &F) -> Result<(GradientsParams, f64)>
+    where
+        S: Sync,
+        F: Fn(&M, &S) -> Result<Tensor<B, 1>> + Sync,
+    {
+        let shards: usize = micro_batches.iter().map(Vec::len).sum();
+        if shards == 0 {
+            return Err(Error::input("batch", "a training step needs at least one shard"));
+        }
+        let weight = 1.0 / shards as f64;
+        let main = &self.devices[0];
+        let mut total = GradientsParams::new();
+        let mut loss_sum = 0.0;
+        for micro in micro_batches {
+            let results: Vec<Result<(GradientsParams, f64)>> = if micro.len() == 1 {
+                vec![shard_gradients(&self.model, &micro[0], loss_fn)]
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = micro
+                        .iter()
+                        .enumerate()
+                        .map(|(i, shard)| {
+                            let device = self.devices[i % self.devices.len()].clone();
+                            let replica = self.model.clone().fork(&device);
+                            scope.spawn(move || shard_gradients(&replica, shard, loss_fn))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|_| Err(Error::Config("a replica thread panicked".into()))))
+                        .collect()
+                })
+            };
+            for result in results {
+                let (g, loss) = result?;
+                let g = if micro.len() > 1 { g.to_device(main, &self.model) } else { g };
+                grads::accumulate::<B, M>(&self.model, &mut total, g, weight);
+                loss_sum += loss;
+            }
+        }
+        Ok((total, loss_sum * weight))
+    }
+
+    /// One optimizer update from the mean loss over `micro_batches[accumulation][shard]`.
+    pub fn step<S, F>(&mut self, micro_batches: &[Vec<S>], loss_fn: &F) -> Result<StepStats>
+    where
+        S: Sync,
+        F: Fn(&M, &S) -> Result<Tensor<B, 1>> + Sync,
+    {
+        let (mut g, loss) = self.gradients(micro_batches, loss_fn)?;
+        if !loss.is_finite() {
+            return Err(Error::InvalidInput {
+                name: "loss".into(),
+                rule: format!("is {loss} at update {}; lower --learning_rate or check the data", self.step + 1),
+            });
+        }
+        let grad_norm = match self.config.max_grad_norm {
+            Some(max) => grads::clip_global_norm::<B, M>(&self.model, &mut g, max),
+            None => grads::global_norm::<B, M>(&self.model, &g),
+        };
+        let lr = self.config.lr.lr(self.step);
+        let model = self.model.clone();
+        self.model = self.optimizer.step::<B, M>(model, &mut g, lr);
+        if let Some(ema) = &mut self.ema {
+            ema.update::<B, M>(&self.model);
+        }
+        self.step += 1;
+        Ok(StepStats { step: self.step, loss, grad_norm, lr })
+    }
+}
+
+fn shard_gradients<B, M, S, F>(model: &M, shard: &S, loss_fn: &F) -> Result<(GradientsParams, f64)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    F: Fn(&M, &S) -> Result<Tensor<B, 1>>,
+{
+    let loss = loss_fn(model, shard)?;
+    let value = loss.clone().into_scalar().elem::<f64>();
+    let g = loss.backward();
+    Ok((GradientsParams::from_grads(g, model), value))
+}
+
+/// How a model's weights are named and checked in a checkpoint folder.
+#[derive(Debug, Clone)]
+pub struct WeightsLayout {
+    /// File name inside `model/` and `model_ema/` (e.g. `diffusion_pytorch_model.safetensors`).
+    pub file: String,
+    /// Upstream `config.json` written next to the weights.
+    pub config: Option<serde_json::Value>,
+    /// Official names of the model's built-in constant tensors (see [`crate::checkpoint::load_module`]).
+    pub fixed: std::collections::BTreeSet<String>,
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
+    /// Writes `checkpoint-<step>` (see [`super::checkpoint`]) with `rng` and `data_position`.
+    pub fn save(
+        &self,
+        output_dir: &std::path::Path,
+        layout: &WeightsLayout,
+        rng: &super::rng::Rng,
+        data_position: serde_json::Value,
+        run_config: serde_json::Value,
+        total_limit: Option<usize>,
+    ) -> Result<std::path::PathBuf> {
+        let state = super::checkpoint::TrainingState {
+            step: self.step,
+            optimizer_steps: self.optimizer.steps(),
+            ema_steps: self.ema.as_ref().map(|e| e.optimization_step),
+            rng: rng.clone(),
+            data_position,
+            run_config,
+        };
+        let model = super::checkpoint::official_tensors::<B::InnerBackend, _>(&self.model.valid())?;
+        let ema = match &self.ema {
+            Some(e) => Some(super::checkpoint::official_tensors::<B::InnerBackend, _>(&e.module)?),
+            None => None,
+        };
+        let contents = super::checkpoint::CheckpointContents {
+            weights_file: &layout.file,
+            model_config: layout.config.as_ref(),
+            model,
+            ema,
+            optimizer: self.optimizer.state_tensors(),
+            state: &state,
+        };
+        super::checkpoint::save_checkpoint(output_dir, &contents, total_limit)
+    }
+
+    /// Restores model, EMA, optimizer and step from a checkpoint folder (strict official-name
+    /// loading); returns its [`super::checkpoint::TrainingState`] for the caller's RNG and data.
+    pub fn resume(
+        &mut self,
+        dir: &std::path::Path,
+        layout: &WeightsLayout,
+    ) -> Result<super::checkpoint::TrainingState> {
+        use crate::checkpoint::{load_module, Checkpoint, LoadOptions};
+        let state = super::checkpoint::read_state(dir)?;
+        let mut inner = self.model.valid();
+        let ckpt = Checkpoint::open(dir.join("model").join(&layout.file))?;
+        load_module::<B::InnerBackend, _>(&mut inner, &ckpt, &layout.fixed, LoadOptions::default())?;
+        self.model = set_trainable(M::from_inner(inner), &self.frozen);
+        match (&mut self.ema, state.ema_steps) {
+            (Some(ema), Some(steps)) => {
+                let ckpt = Checkpoint::open(dir.join("model_ema").join(&layout.file))?;
+                let mut module = self.model.valid();
+                load_module::<B::InnerBackend, _>(&mut module, &ckpt, &layout.fixed, LoadOptions::default())?;
+                ema.module = module;
+                ema.optimization_step = steps;
+            }
+            (Some(ema), None) => {
+                tracing::warn!(dir = %dir.display(), "the checkpoint has no EMA weights; EMA restarts from the model");
+                ema.module = self.model.valid();
+                ema.optimization_step = 0;
+            }
+            (None, _) => {}
+        }
+        let inner_device = self.devices[0].clone();
+        let opt = super::checkpoint::read_optimizer(dir)?;
+        self.optimizer.load_state(&self.model.valid(), state.optimizer_steps, &opt, &inner_device)?;
+        self.step = state.step;
+        tracing::info!(dir = %dir.display(), step = self.step, "resumed from checkpoint");
+        Ok(state)
+    }
+}

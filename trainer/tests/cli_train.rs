@@ -1,0 +1,259 @@
+//! `osp-train shapes` + `osp-train dit` end to end on CPU with tiny models: a generated data set
+//! with a text-embedding cache, the tiny official WFVAE as the frozen encoder, a tiny random DiT.
+//! Checks that 4 updates straight equal 2 updates, a new process resuming from `latest`, and 2
+//! more (checkpoint bytes identical), that checkpoints load through the strict official-name
+//! loader, and that metrics (train and validation) are written.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
+use osp_trainer::models::opensora_v1_3::OpenSoraT2V_v1_3Config;
+use osp_trainer::npz::{write_npz, NpyArray};
+use osp_trainer::train::Rng;
+
+fn run(args: &[String]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_osp-train")).args(args).output().expect("spawn osp-train");
+    assert!(out.status.success(), "osp-train {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+fn write_embedding(path: &Path, rng: &mut Rng) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let emb = NpyArray::f32(vec![4, 32], &rng.normals(4 * 32));
+    let mask = NpyArray::u8(vec![4], vec![1, 1, 1, 0]);
+    write_npz(path, &[("mask", &mask), ("text_emb", &emb)]).expect("npz");
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    data: PathBuf,
+    ae: PathBuf,
+    config: PathBuf,
+    null: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().to_path_buf();
+    let shapes = root.join("shapes");
+    run(&[
+        "shapes".into(),
+        "--out".into(),
+        s(&shapes),
+        "--count".into(),
+        "8".into(),
+        "--num-frames".into(),
+        "9".into(),
+        "--height".into(),
+        "32".into(),
+        "--width".into(),
+        "32".into(),
+        "--seed".into(),
+        "1".into(),
+    ]);
+    let anno: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(shapes.join("annotation.json")).expect("annotation"))
+            .expect("json");
+    assert_eq!(anno.len(), 8);
+    let emb = root.join("emb");
+    let mut rng = Rng::new(9);
+    for item in &anno {
+        let rel = item["path"].as_str().expect("path").replace(".mp4", "-0.npz");
+        write_embedding(&emb.join(rel), &mut rng);
+    }
+    let null = root.join("null.npz");
+    write_embedding(&null, &mut rng);
+    let data = root.join("data.txt");
+    std::fs::write(&data, format!("{},{},{}\n", s(&shapes), s(&emb), s(&shapes.join("annotation.json"))))
+        .expect("data");
+
+    let ae = root.join("vae");
+    std::fs::create_dir_all(&ae).expect("mkdir");
+    let tiny = common::wfvae_tiny_dir();
+    std::fs::copy(tiny.join("config.json"), ae.join("config.json")).expect("copy");
+    std::fs::copy(tiny.join("weights.safetensors"), ae.join("weights.safetensors")).expect("copy");
+
+    let mut dit: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::reference_dir().join("parity/dit_tiny/config.json")).expect("dit config"),
+    )
+    .expect("json");
+    dit["in_channels"] = 4.into();
+    dit["out_channels"] = 4.into();
+    let config = root.join("dit_config.json");
+    std::fs::write(&config, dit.to_string()).expect("write");
+    Setup { _dir: dir, root, data, ae, config, null }
+}
+
+fn train_args(st: &Setup, out: &Path, steps: usize, resume: bool) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "dit",
+        "--model_config",
+        &s(&st.config),
+        "--ae_path",
+        &s(&st.ae),
+        "--data",
+        &s(&st.data),
+        "--val_data",
+        &s(&st.data),
+        "--validation_steps",
+        "2",
+        "--max_val_batches",
+        "1",
+        "--output_dir",
+        &s(out),
+        "--num_frames",
+        "9",
+        "--train_fps",
+        "16",
+        "--force_resolution",
+        "--max_height",
+        "32",
+        "--max_width",
+        "32",
+        "--hw_stride",
+        "16",
+        "--train_batch_size",
+        "1",
+        "--dp_replicas",
+        "2",
+        "--max_train_steps",
+        &steps.to_string(),
+        "--learning_rate",
+        "1e-3",
+        "--lr_scheduler",
+        "constant_with_warmup",
+        "--lr_warmup_steps",
+        "1",
+        "--use_ema",
+        "--ema_decay",
+        "0.9",
+        "--checkpointing_steps",
+        "2",
+        "--checkpoints_total_limit",
+        "3",
+        "--snr_gamma",
+        "5.0",
+        "--cfg",
+        "0.3",
+        "--null_text_embed",
+        &s(&st.null),
+        "--seed",
+        "7",
+        "--progress",
+        "off",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    if resume {
+        a.extend(["--resume_from_checkpoint".to_string(), "latest".to_string()]);
+    }
+    a
+}
+
+#[test]
+fn dit_training_resumes_exactly_and_writes_official_checkpoints() {
+    let st = setup();
+    let straight = st.root.join("run_straight");
+    run(&train_args(&st, &straight, 4, false));
+    let split = st.root.join("run_split");
+    run(&train_args(&st, &split, 2, false));
+    run(&train_args(&st, &split, 4, true));
+
+    for file in [
+        "model/diffusion_pytorch_model.safetensors",
+        "model_ema/diffusion_pytorch_model.safetensors",
+        "optimizer.safetensors",
+    ] {
+        let a = std::fs::read(straight.join("checkpoint-4").join(file)).expect("straight checkpoint");
+        let b = std::fs::read(split.join("checkpoint-4").join(file)).expect("resumed checkpoint");
+        assert!(a == b, "{file}: the resumed run differs from the uninterrupted one");
+    }
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(straight.join("checkpoint-4/training_state.json")).expect("state"),
+    )
+    .expect("json");
+    assert_eq!(state["step"], 4);
+    assert_eq!(state["data_position"]["batch"], 4);
+
+    let config =
+        OpenSoraT2V_v1_3Config::from_json_file(straight.join("checkpoint-4/model/config.json")).expect("config");
+    let mut model = config.init::<common::B>(&Default::default()).expect("model");
+    let ckpt =
+        Checkpoint::open(straight.join("checkpoint-4/model_ema/diffusion_pytorch_model.safetensors")).expect("open");
+    model.load_official(&ckpt, LoadOptions::default()).expect("strict load of our checkpoint");
+
+    let metrics = std::fs::read_to_string(straight.join("metrics.jsonl")).expect("metrics");
+    let records: Vec<serde_json::Value> =
+        metrics.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    assert_eq!(records.iter().filter(|r| r.get("loss").is_some()).count(), 4);
+    assert_eq!(records.iter().filter(|r| r.get("val_loss").is_some()).count(), 2);
+    assert!(records.iter().all(|r| r
+        .get("loss")
+        .or(r.get("val_loss"))
+        .and_then(|v| v.as_f64())
+        .is_some_and(f64::is_finite)));
+}
+
+#[test]
+fn embed_writes_the_text_cache_that_dit_trains_on() {
+    let st = setup();
+    let mut mt5: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::reference_dir().join("parity/mt5_tiny/config.json")).expect("mt5 config"),
+    )
+    .expect("json");
+    mt5["vocab_size"] = 32128.into();
+    let mt5_config = st.root.join("mt5_config.json");
+    std::fs::write(&mt5_config, mt5.to_string()).expect("write");
+    let emb = st.root.join("emb_mt5");
+    let embed = |seed: &str| {
+        run(&[
+            "embed".into(),
+            "--config".into(),
+            s(&mt5_config),
+            "--tokenizer".into(),
+            s(&common::reference_dir().join("assets/t5_v1_1_tokenizer.json")),
+            "--annotation".into(),
+            s(&st.root.join("shapes/annotation.json")),
+            "--out".into(),
+            s(&emb),
+            "--model_max_length".into(),
+            "8".into(),
+            "--seed".into(),
+            seed.into(),
+        ])
+    };
+    embed("3");
+    let first = emb.join("videos/00000-0.npz");
+    let arrays = osp_trainer::npz::read_npz(&first).expect("cache file");
+    let text = arrays.iter().find(|(n, _)| n == "text_emb").expect("text_emb");
+    assert_eq!(text.1.shape, vec![8, 32]);
+    let null = osp_trainer::train::dit::TextEmbedding::read_npz(&emb.join("null.npz")).expect("null embedding");
+    assert_eq!(null.mask, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "the empty caption is just </s>");
+    let before = std::fs::read(&first).expect("read");
+    embed("4");
+    assert_eq!(std::fs::read(&first).expect("read"), before, "existing cache files are kept");
+
+    let data = st.root.join("data_mt5.txt");
+    let shapes = st.root.join("shapes");
+    std::fs::write(&data, format!("{},{},{}\n", s(&shapes), s(&emb), s(&shapes.join("annotation.json"))))
+        .expect("data");
+    let out = st.root.join("run_mt5");
+    let mut args = train_args(&st, &out, 1, false);
+    let at = |flag: &str, args: &Vec<String>| args.iter().position(|a| a == flag).expect("flag") + 1;
+    let i = at("--data", &args);
+    args[i] = s(&data);
+    let i = at("--val_data", &args);
+    args[i] = s(&data);
+    let i = at("--null_text_embed", &args);
+    args[i] = s(&emb.join("null.npz"));
+    run(&args);
+    assert!(out.join("checkpoint-1/model/diffusion_pytorch_model.safetensors").is_file());
+}
