@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod error;
 pub mod io;
+pub mod losses;
 pub mod models;
 pub mod remap;
 
