@@ -327,3 +327,222 @@ pub fn frames_as_images<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 4> {
     let [b, c, t, h, w] = x.dims();
     x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::tensor::Distribution;
+    use osp_graphs::Approx;
+
+    type B = NdArray<f32>;
+
+    const TINY: [usize; 5] = [4, 8, 8, 16, 16];
+
+    fn vec_of<const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+        t.into_data().convert::<f64>().to_vec::<f64>().unwrap()
+    }
+
+    /// Plain-f64 feature map `[c][h][w]` of one image.
+    type Map = Vec<Vec<Vec<f64>>>;
+
+    fn conv3x3(x: &Map, w: &[f64], b: &[f64]) -> Map {
+        let (c_in, h, wd) = (x.len(), x[0].len(), x[0][0].len());
+        let c_out = b.len();
+        let mut y = vec![vec![vec![0.0; wd]; h]; c_out];
+        for o in 0..c_out {
+            for i in 0..h {
+                for j in 0..wd {
+                    let mut acc = b[o];
+                    for c in 0..c_in {
+                        for di in 0..3 {
+                            for dj in 0..3 {
+                                let (ii, jj) = (i as isize + di as isize - 1, j as isize + dj as isize - 1);
+                                if ii >= 0 && jj >= 0 && (ii as usize) < h && (jj as usize) < wd {
+                                    acc += w[((o * c_in + c) * 3 + di) * 3 + dj] * x[c][ii as usize][jj as usize];
+                                }
+                            }
+                        }
+                    }
+                    y[o][i][j] = acc.max(0.0); // every VGG conv is followed by a ReLU
+                }
+            }
+        }
+        y
+    }
+
+    fn maxpool2(x: &Map) -> Map {
+        x.iter()
+            .map(|ch| {
+                (0..ch.len() / 2)
+                    .map(|i| {
+                        (0..ch[0].len() / 2)
+                            .map(|j| {
+                                ch[2 * i][2 * j].max(ch[2 * i][2 * j + 1]).max(ch[2 * i + 1][2 * j]).max(ch[2 * i + 1][2 * j + 1])
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// LPIPS of one image pair, written from the formula in the module doc.
+    fn reference(model: &LPIPS<B>, a: &Map, b: &Map) -> f64 {
+        let convs: Vec<(Vec<f64>, Vec<f64>)> = model
+            .net
+            .features
+            .iter()
+            .filter_map(|l| match l {
+                VggLayer::Conv2d(c) => Some((vec_of(c.weight.val()), vec_of(c.bias.as_ref().unwrap().val()))),
+                _ => None,
+            })
+            .collect();
+        let lins: Vec<Vec<f64>> = [&model.lin0, &model.lin1, &model.lin2, &model.lin3, &model.lin4]
+            .iter()
+            .map(|l| match &l.model[1] {
+                LinEntry::Conv2d(c) => vec_of(c.weight.val()),
+                LinEntry::Dropout(_) => unreachable!("model.1 is the conv"),
+            })
+            .collect();
+        let taps = |img: &Map| -> Vec<Map> {
+            let mut h: Map = img
+                .iter()
+                .enumerate()
+                .map(|(c, ch)| {
+                    ch.iter().map(|row| row.iter().map(|v| (v - SHIFT[c] as f64) / SCALE[c] as f64).collect()).collect()
+                })
+                .collect();
+            let mut outs = Vec::new();
+            let mut k = 0;
+            for (stage, convs_in_stage) in [2, 2, 3, 3, 3].into_iter().enumerate() {
+                if stage > 0 {
+                    h = maxpool2(&h);
+                }
+                for _ in 0..convs_in_stage {
+                    h = conv3x3(&h, &convs[k].0, &convs[k].1);
+                    k += 1;
+                }
+                outs.push(h.clone());
+            }
+            outs
+        };
+        let normalize = |m: &Map| -> Map {
+            let (c, h, w) = (m.len(), m[0].len(), m[0][0].len());
+            let mut out = m.clone();
+            for i in 0..h {
+                for j in 0..w {
+                    let norm = (0..c).map(|k| m[k][i][j] * m[k][i][j]).sum::<f64>().sqrt() + 1e-10;
+                    for k in 0..c {
+                        out[k][i][j] = m[k][i][j] / norm;
+                    }
+                }
+            }
+            out
+        };
+        let (fa, fb) = (taps(a), taps(b));
+        let mut total = 0.0;
+        for k in 0..5 {
+            let (na, nb) = (normalize(&fa[k]), normalize(&fb[k]));
+            let (c, h, w) = (na.len(), na[0].len(), na[0][0].len());
+            let mut sum = 0.0;
+            for i in 0..h {
+                for j in 0..w {
+                    sum += (0..c).map(|ch| lins[k][ch] * (na[ch][i][j] - nb[ch][i][j]).powi(2)).sum::<f64>();
+                }
+            }
+            total += sum / (h * w) as f64;
+        }
+        total
+    }
+
+    fn image_maps(x: &Tensor<B, 4>) -> Vec<Map> {
+        let [n, c, h, w] = x.dims();
+        let v = vec_of(x.clone());
+        (0..n)
+            .map(|i| {
+                (0..c)
+                    .map(|k| (0..h).map(|y| (0..w).map(|z| v[((i * c + k) * h + y) * w + z]).collect()).collect())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_an_independent_f64_reference() {
+        let device = Default::default();
+        let model = LPIPSConfig { chns: TINY }.init::<B>(&device).unwrap();
+        let a = Tensor::<B, 4>::random([2, 3, 16, 16], Distribution::Uniform(-1.0, 1.0), &device);
+        let b = Tensor::<B, 4>::random([2, 3, 16, 16], Distribution::Uniform(-1.0, 1.0), &device);
+        let ours = model.lpips(a.clone(), b.clone()).unwrap();
+        let (ma, mb) = (image_maps(&a), image_maps(&b));
+        let want: Vec<f64> = (0..2).map(|i| reference(&model, &ma[i], &mb[i])).collect();
+        assert!(want.iter().all(|v| *v > 0.0), "{want:?}");
+        let c = Approx::Approximate.compare(&ours, &want);
+        assert!(c.ok(), "LPIPS vs f64 reference: {c} ({ours:?} vs {want:?})");
+    }
+
+    #[test]
+    fn identical_inputs_give_zero_and_the_distance_is_symmetric() {
+        let device = Default::default();
+        let model = LPIPSConfig { chns: TINY }.init::<B>(&device).unwrap();
+        let a = Tensor::<B, 4>::random([3, 3, 16, 24], Distribution::Uniform(-1.0, 1.0), &device);
+        let b = Tensor::<B, 4>::random([3, 3, 16, 24], Distribution::Uniform(-1.0, 1.0), &device);
+        assert_eq!(model.lpips(a.clone(), a.clone()).unwrap(), vec![0.0; 3]);
+        let ab = model.lpips(a.clone(), b.clone()).unwrap();
+        assert_eq!(ab, model.lpips(b, a).unwrap());
+        assert!(ab.iter().all(|v| *v > 0.0));
+    }
+
+    #[test]
+    fn video_api_folds_frames_into_the_batch() {
+        let device = Default::default();
+        let model = LPIPSConfig { chns: TINY }.init::<B>(&device).unwrap();
+        let a = Tensor::<B, 5>::random([2, 3, 3, 16, 16], Distribution::Uniform(-1.0, 1.0), &device);
+        let b = Tensor::<B, 5>::random([2, 3, 3, 16, 16], Distribution::Uniform(-1.0, 1.0), &device);
+        let per_frame = model.lpips_video(a.clone(), b.clone()).unwrap();
+        assert_eq!(per_frame.len(), 6);
+        // (batch 1, frame 2) is the 6th value.
+        let single = model.lpips(a.narrow(0, 1, 1).narrow(2, 2, 1).squeeze_dim(2), b.narrow(0, 1, 1).narrow(2, 2, 1).squeeze_dim(2)).unwrap();
+        let c = Approx::Close.compare(&per_frame[5..], &single);
+        assert!(c.ok(), "{c}");
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        let device = Default::default();
+        let model = LPIPSConfig { chns: TINY }.init::<B>(&device).unwrap();
+        let small = Tensor::<B, 4>::zeros([1, 3, 8, 8], &device);
+        let err = model.lpips(small.clone(), small).unwrap_err();
+        assert!(err.to_string().contains("at least 16x16"), "{err}");
+        let a = Tensor::<B, 4>::zeros([1, 3, 16, 16], &device);
+        let err = model.lpips(a.clone(), Tensor::zeros([1, 3, 16, 32], &device)).unwrap_err();
+        assert!(matches!(&err, Error::InvalidInput { name, .. } if name == "b"), "{err}");
+        let gray = Tensor::<B, 4>::zeros([1, 1, 16, 16], &device);
+        assert!(model.lpips(gray.clone(), gray).is_err());
+    }
+
+    #[test]
+    fn upstream_slice_names_map_to_features() {
+        assert_eq!(official_to_port_name("net.slice1.0.weight"), "net.features.0.weight");
+        assert_eq!(official_to_port_name("net.slice5.28.bias"), "net.features.28.bias");
+        assert_eq!(official_to_port_name("lin0.model.1.weight"), "lin0.model.1.weight");
+        assert_eq!(official_to_port_name("scaling_layer.shift"), "scaling_layer.shift");
+    }
+
+    #[test]
+    fn layout_is_torchvision_vgg16() {
+        let model = LPIPSConfig::default().init::<B>(&Default::default()).unwrap();
+        let names = model.official_tensors();
+        let conv_idx = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28];
+        for i in conv_idx {
+            assert!(names.iter().any(|(n, _)| n == &format!("net.features.{i}.weight")), "features.{i}");
+        }
+        let get = |n: &str| names.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone());
+        assert_eq!(get("net.features.28.weight"), Some(vec![512, 512, 3, 3]));
+        assert_eq!(get("lin2.model.1.weight"), Some(vec![1, 256, 1, 1]));
+        assert_eq!(get("scaling_layer.shift"), Some(vec![1, 3, 1, 1]));
+        // 13 convs x 2 + 5 lins + 2 buffers.
+        assert_eq!(names.len(), 26 + 5 + 2);
+    }
+}
