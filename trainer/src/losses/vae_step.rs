@@ -275,8 +275,26 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
         Ok(())
     }
 
-    /// The generator update (upstream `optimizer_idx == 0`).
+    /// The generator update (upstream `optimizer_idx == 0`): [`Self::generator_grads`], encoder
+    /// gradients dropped with `freeze_encoder`, joint-norm clipping, AdamW.
     pub fn generator_step(&mut self, x: Tensor<B, 5>, global_step: u64) -> Result<GeneratorLog> {
+        let (mut grads, mut log) = self.generator_grads(x, global_step)?;
+        if self.optim.freeze_encoder {
+            self.model.encoder.visit(&mut DropGrads { grads: &mut grads });
+        }
+        let grad_norm = clip_grad_norm::<B, _>(&self.model, &mut grads, self.optim.clip_grad_norm);
+        if !grad_norm.is_finite() {
+            return Err(Error::input("x", format!("generator gradient norm is {grad_norm} at step {global_step}")));
+        }
+        self.model = self.gen_optimizer.step(self.optim.lr, self.model.clone(), grads);
+        log.grad_norm = grad_norm;
+        Ok(log)
+    }
+
+    /// The gradients of the upstream generator loss w.r.t. every WFVAE parameter (before
+    /// clipping) and the step's log record (`grad_norm` is filled in by [`Self::generator_step`]).
+    /// The posterior sample uses the backend's random generator.
+    pub fn generator_grads(&self, x: Tensor<B, 5>, global_step: u64) -> Result<(GradientsParams, GeneratorLog)> {
         self.check_input(&x)?;
         let _span = tracing::trace_span!("wfvae_generator_step", global_step).entered();
         let config = self.loss.config.clone();
@@ -344,20 +362,13 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
             0.0
         };
         let mut grads = GradientsParams::from_grads(surrogate.backward(), &self.model);
+        // conv_out is not in the trunk graph: its gradient comes from the heads alone.
         let conv_out = &self.model.decoder.conv_out;
         grads.register::<B::InnerBackend, 4>(conv_out.weight.id, w_grad);
         grads.register::<B::InnerBackend, 1>(conv_out.bias.id, b_grad);
-        if self.optim.freeze_encoder {
-            self.model.encoder.visit(&mut DropGrads { grads: &mut grads });
-        }
-        let grad_norm = clip_grad_norm::<B, _>(&self.model, &mut grads, self.optim.clip_grad_norm);
-        if !grad_norm.is_finite() {
-            return Err(Error::input("x", format!("generator gradient norm is {grad_norm} at step {global_step}")));
-        }
-        self.model = self.gen_optimizer.step(self.optim.lr, self.model.clone(), grads);
 
         let total_loss = nll_value + config.kl_weight * kl_value + coef * g_value + config.wavelet_weight * wl_value;
-        Ok(GeneratorLog {
+        let log = GeneratorLog {
             step: global_step,
             total_loss,
             logvar: self.loss.logvar_value(),
@@ -371,8 +382,9 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
             disc_factor,
             g_loss: g_value,
             latents_std,
-            grad_norm,
-        })
+            grad_norm: 0.0,
+        };
+        Ok((grads, log))
     }
 
     /// The discriminator update (upstream `optimizer_idx == 1`): the generator runs without
