@@ -154,9 +154,11 @@ impl<B: Backend> LPIPSWithDiscriminator3D<B> {
         NllLoss { nll: nll.sum().div_scalar(frames as f64), pixel, perceptual }
     }
 
-    /// Generator adversarial loss `g = -mean(D(x̂))`.
+    /// Generator adversarial loss `g = -mean(D(x̂))`, differentiable w.r.t. `x̂` only: the
+    /// discriminator runs as a frozen copy (its gradient would be discarded anyway; BatchNorm
+    /// still uses batch statistics and updates the shared running ones, as upstream).
     pub fn g_loss(&self, reconstructions: Tensor<B, 5>) -> Tensor<B, 1> {
-        -self.discriminator.forward(reconstructions).mean()
+        -self.discriminator.clone().no_grad().forward(reconstructions).mean()
     }
 
     /// Discriminator loss `disc_factor(step) * d_loss(D(x), D(x̂))` (inputs treated as constants;
