@@ -134,6 +134,7 @@ impl<B: Backend> Vgg16<B> {
 
 /// One entry of `NetLinLayer.model` (`[Dropout, Conv2d]`).
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum LinEntry<B: Backend> {
     Dropout(Dropout),
     Conv2d(Conv2d<B>),
@@ -329,6 +330,8 @@ pub fn frames_as_images<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 4> {
 }
 
 #[cfg(test)]
+// The f64 reference indexes like the formulas it checks.
+#[allow(clippy::needless_range_loop)]
 mod tests {
     use super::*;
     use burn::backend::NdArray;
