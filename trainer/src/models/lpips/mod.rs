@@ -147,8 +147,14 @@ pub struct NetLinLayer<B: Backend> {
 }
 
 impl<B: Backend> NetLinLayer<B> {
+    /// Random weights are drawn non-negative, as LPIPS training keeps them (`clamp_weights`), so
+    /// that an untrained LPIPS is still a (pseudo-)distance.
     fn new(channels: usize, device: &B::Device) -> Self {
-        let conv = Conv2dConfig::new([channels, 1], [1, 1]).with_bias(false).init(device);
+        let bound = 1.0 / (channels as f64).sqrt();
+        let conv = Conv2dConfig::new([channels, 1], [1, 1])
+            .with_bias(false)
+            .with_initializer(burn::module::Initializer::Uniform { min: 0.0, max: bound })
+            .init(device);
         NetLinLayer { model: vec![LinEntry::Dropout(DropoutConfig::new(0.5).init()), LinEntry::Conv2d(conv)] }
     }
 
