@@ -1,13 +1,15 @@
 //! osp-trainer: Burn models of Open-Sora-Plan v1.3 with the official PyTorch parameter names,
-//! checkpoint reading/loading, and (later) losses, data and training.
+//! checkpoint reading/loading, losses and training.
 //!
 //! Models live under [`models`], one file per upstream class; checkpoint I/O under
-//! [`checkpoint`]; the few unavoidable PyTorch <-> Burn renames in [`remap`].
+//! [`checkpoint`]; the few unavoidable PyTorch <-> Burn renames in [`remap`]; the WFVAE training
+//! losses and step under [`losses`].
 
 pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod io;
+pub mod losses;
 pub mod models;
 pub mod npz;
 pub mod remap;

@@ -12,11 +12,18 @@
 //! | `module.<key>` (DDP/EMA training dicts)   | `<key>`                                | every `module.` is removed, as upstream `init_from_ckpt` does |
 //! | mT5 `encoder.embed_tokens.weight`         | `shared.weight`                        | tied to `shared.weight` upstream (`_tied_weights_keys`); held once |
 //! | mT5 `decoder.*`, `lm_head.weight`         | (none: dropped)                        | the decoder half of a full mT5 release; `MT5EncoderModel` ignores it |
+//! | LPIPS `net.slice{k}.N.*`                  | `net.features.N.*`                     | held flat as torchvision `vgg16.features` (slices start at N = 0, 4, 9, 16, 23) |
+//! | torchvision `features.N.*`, `classifier.*`| `net.features.N.*`, (none: dropped)    | LPIPS backbone file; the classifier head is not used |
+//! | BatchNorm `<bn>.num_batches_tracked`      | (none: dropped)                        | Burn's BatchNorm has no step counter (fixed momentum 0.1) |
+//! | loss `logvar` (shape `[]`)                | `logvar` (shape `[1]`)                 | Burn has no rank-0 tensors; applied apart |
 //!
 //! The first three rows are applied by burn-store's [`PyTorchToBurnAdapter`] (loading) and
 //! [`BurnToPyTorchAdapter`] (naming the model's tensors with official keys), both keyed on the
 //! Burn module type, so no regex table is needed. WFVAE uses only the LayerNorm rows
-//! (`...norm1.norm.weight` -> `...norm1.norm.gamma`).
+//! (`...norm1.norm.weight` -> `...norm1.norm.gamma`). The LPIPS, BatchNorm-counter and `logvar` rows
+//! are applied on load by [`crate::models::lpips::official_to_port_name`] and the `load_official`
+//! methods of [`crate::models::discriminator::NLayerDiscriminator3D`] and
+//! [`crate::losses::LPIPSWithDiscriminator3D`].
 //!
 //! The mT5 tie is strict (`MT5EncoderModel::load_official`): with only one of the two keys that
 //! tensor is `shared.weight`; with both they must be byte-identical (shape, dtype, values), else

@@ -99,6 +99,24 @@ impl Checkpoint {
         self.tensors.iter()
     }
 
+    /// A copy with every name passed through `rename` (`None` drops the tensor); tensor data
+    /// stays lazy. Two names mapped onto one is an error naming both.
+    pub fn map_names(&self, rename: impl Fn(&str) -> Option<String>) -> Result<Checkpoint> {
+        let mut tensors: BTreeMap<String, TensorSnapshot> = BTreeMap::new();
+        let mut origin: BTreeMap<String, &str> = BTreeMap::new();
+        for (name, snapshot) in &self.tensors {
+            let Some(new) = rename(name) else { continue };
+            if let Some(first) = origin.insert(new.clone(), name) {
+                return Err(Error::checkpoint(
+                    &self.path,
+                    format!("tensors `{first}` and `{name}` both map to `{new}`"),
+                ));
+            }
+            tensors.insert(new.clone(), renamed(snapshot.clone(), &new));
+        }
+        Ok(Checkpoint { path: self.path.clone(), source: self.source.clone(), tensors })
+    }
+
     /// Inserts (or replaces) a tensor under its official name.
     pub fn insert(&mut self, name: impl Into<String>, snapshot: TensorSnapshot) {
         let name = name.into();

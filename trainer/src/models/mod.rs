@@ -1,5 +1,7 @@
 //! Burn ports of the Open-Sora-Plan v1.3 models, one file per upstream class.
 
+pub mod discriminator;
+pub mod lpips;
 pub mod mt5;
 pub mod opensora_v1_3;
 pub mod wfvae;

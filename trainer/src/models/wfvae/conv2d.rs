@@ -43,4 +43,11 @@ impl<B: Backend> Conv2d<B> {
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         per_frame(x, |x| self.forward_image(x))
     }
+
+    /// [`Self::forward`] with this layer's stride and padding but the given `weight` `[c', c, k, k]`
+    /// and `bias` `[c']` (e.g. detached copies for a gradient w.r.t. the last layer alone).
+    pub fn forward_with(&self, x: Tensor<B, 5>, weight: Tensor<B, 4>, bias: Tensor<B, 1>) -> Tensor<B, 5> {
+        let options = burn::tensor::ops::ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], 1);
+        per_frame(x, |x| burn::tensor::module::conv2d(x, weight, Some(bias), options))
+    }
 }

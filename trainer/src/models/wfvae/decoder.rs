@@ -18,6 +18,19 @@ use super::{
 /// Cache key of the energy-flow frames that wait for the (one frame delayed) main path.
 const L2_PENDING: &str = "decoder.inverse_wavelet_transform_l2.pending";
 
+/// The decoder up to its last layer (see [`Decoder::forward_trunk`]).
+#[derive(Debug, Clone)]
+pub struct DecoderTrunk<B: Backend> {
+    /// Input of `conv_out`: `[b, base_channels, 2t - 1, 4h, 4w]` (after `norm_out` and SiLU).
+    pub hidden: Tensor<B, 5>,
+    /// Inverse 2-D Haar of `l1_coeffs`, added to the first 3 output channels of `conv_out`.
+    pub l1: Tensor<B, 5>,
+    /// Predicted level-1 coefficients (after the in-place `+ l2`), `[b, 12, 2t - 1, 4h, 4w]`.
+    pub l1_coeffs: Tensor<B, 5>,
+    /// Predicted level-2 coefficients, `[b, 24, t, h, w]`.
+    pub l2_coeffs: Tensor<B, 5>,
+}
+
 #[derive(Module, Debug)]
 pub struct Decoder<B: Backend> {
     pub conv_in: CausalConv3d<B>,
@@ -94,14 +107,36 @@ impl<B: Backend> Decoder<B> {
 
     /// Latent `[b, latent, t, h, w]` -> video `[b, 3, 4t - 3, 8h, 8w]`.
     pub fn forward(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
+        let parts = self.forward_trunk(z);
+        self.forward_head(parts.hidden, parts.l1, self.conv_out.weight.val(), self.conv_out.bias.val())
+    }
+
+    /// Everything before the last layer (`conv_out`, upstream `get_last_layer()`), plus the
+    /// energy-flow coefficients upstream `Decoder.forward` returns. [`Self::forward_head`] of the
+    /// parts with `conv_out`'s own parameters equals [`Self::forward`].
+    pub fn forward_trunk(&self, z: Tensor<B, 5>) -> DecoderTrunk<B> {
         let h = sequential(&self.mid, self.conv_in.forward(z));
         let (h, energy) = self.split_energy(h);
-        let l2 = self.inverse_wavelet_transform_l2.forward(sequential(&self.connect_l2, energy), true);
+        let l2_coeffs = sequential(&self.connect_l2, energy);
+        let l2 = self.inverse_wavelet_transform_l2.forward(l2_coeffs.clone(), true);
         let (h, energy) = self.split_energy(sequential(&self.up2, h));
         let l1_coeffs = Self::add_to_first3(sequential(&self.connect_l1, energy), l2);
-        let l1 = self.inverse_wavelet_transform_l1.forward(l1_coeffs);
+        let l1 = self.inverse_wavelet_transform_l1.forward(l1_coeffs.clone());
         let h = sequential(&self.layer, sequential(&self.up1, h));
-        let h = self.conv_out.forward(nonlinearity(self.norm_out.forward(h)));
+        let hidden = nonlinearity(self.norm_out.forward(h));
+        DecoderTrunk { hidden, l1, l1_coeffs, l2_coeffs }
+    }
+
+    /// The last layer and the output transform: `IWT3D(conv_out(hidden; weight, bias) + [l1, 0])`.
+    /// `weight`/`bias` are passed in so that a trainer can take gradients w.r.t. them alone.
+    pub fn forward_head(
+        &self,
+        hidden: Tensor<B, 5>,
+        l1: Tensor<B, 5>,
+        weight: Tensor<B, 4>,
+        bias: Tensor<B, 1>,
+    ) -> Tensor<B, 5> {
+        let h = self.conv_out.forward_with(hidden, weight, bias);
         self.inverse_wavelet_transform_out.forward(Self::add_to_first3(h, l1), true)
     }
 

@@ -62,14 +62,22 @@ impl<B: Backend> Encoder<B> {
 
     /// Video `[b, 3, t, h, w]` -> `[b, 2*latent, (t-1)/4 + 1, h/8, w/8]` (`[mean | logvar]`, unclamped).
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.forward_with_coeffs(x).0
+    }
+
+    /// [`Self::forward`] plus the energy-flow wavelet coefficients `(l1_coeffs, l2_coeffs)`, as
+    /// upstream `Encoder.forward` returns them: `l1_coeffs` `[b, 12, (t+1)/2, h/4, w/4]` (2-D Haar
+    /// of the input's LLL band), `l2_coeffs` `[b, 24, (t-1)/4 + 1, h/8, w/8]` (3-D Haar of its LL band).
+    pub fn forward_with_coeffs(&self, x: Tensor<B, 5>) -> (Tensor<B, 5>, (Tensor<B, 5>, Tensor<B, 5>)) {
         let coeffs = self.wavelet_transform_in.forward(x);
         let l1_coeffs = self.wavelet_transform_l1.forward(coeffs.clone().narrow(1, 0, 3));
         let l1 = self.connect_l1.forward(l1_coeffs.clone());
-        let l2 = self.connect_l2.forward(self.wavelet_transform_l2.forward(l1_coeffs.narrow(1, 0, 3)));
+        let l2_coeffs = self.wavelet_transform_l2.forward(l1_coeffs.clone().narrow(1, 0, 3));
+        let l2 = self.connect_l2.forward(l2_coeffs.clone());
         let h = sequential(&self.down1, coeffs);
         let h = sequential(&self.down2, Tensor::cat(vec![h, l1], 1));
         let h = sequential(&self.mid, Tensor::cat(vec![h, l2], 1));
-        self.conv_out.forward(nonlinearity(self.norm_out.forward(h)))
+        (self.conv_out.forward(nonlinearity(self.norm_out.forward(h))), (l1_coeffs, l2_coeffs))
     }
 
     /// One temporal chunk (the first chunk 1 frame, later chunks multiples of 4 frames).

@@ -30,7 +30,7 @@ pub use cache::{DecoderCache, EncoderCache, TemporalCache};
 pub use causal_conv3d::CausalConv3d;
 pub use config::WFVAEModelConfig;
 pub use conv2d::Conv2d;
-pub use decoder::Decoder;
+pub use decoder::{Decoder, DecoderTrunk};
 pub use downsample::Downsample;
 pub use encoder::Encoder;
 pub use layer::Layer;
