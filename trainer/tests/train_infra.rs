@@ -152,7 +152,7 @@ fn two_replicas_and_accumulation_equal_one_device_with_the_whole_batch() {
     let mut one = trainer::<AB>(1, false);
     let (g_one, l_one) = one.gradients(&[vec![whole.clone()]], &loss).expect("grads");
     let mut dp = trainer::<AB>(2, false);
-    let (g_dp, l_dp) = dp.gradients(&[shards.clone()], &loss).expect("grads");
+    let (g_dp, l_dp) = dp.gradients(std::slice::from_ref(&shards), &loss).expect("grads");
     let mut acc = trainer::<AB>(1, false);
     let (g_acc, l_acc) = acc.gradients(&[vec![shards[0].clone()], vec![shards[1].clone()]], &loss).expect("grads");
     assert!(Approx::Close.compare(&[l_dp as f32], &[l_one as f32]).ok(), "loss {l_dp} vs {l_one}");
@@ -167,7 +167,7 @@ fn two_replicas_and_accumulation_equal_one_device_with_the_whole_batch() {
     assert!(Approx::Close.compare(&[norm(&acc, &g_acc)], &[n_one]).ok());
 
     one.step(&[vec![whole]], &loss).expect("step");
-    dp.step(&[shards.clone()], &loss).expect("step");
+    dp.step(std::slice::from_ref(&shards), &loss).expect("step");
     acc.step(&[vec![shards[0].clone()], vec![shards[1].clone()]], &loss).expect("step");
     assert_all(&weights(&dp), &weights(&one), Approx::Close, "2 replicas vs 1 device");
     assert_all(&weights(&acc), &weights(&one), Approx::Close, "2 accumulation steps vs 1 device");

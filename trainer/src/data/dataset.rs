@@ -143,14 +143,15 @@ impl Dataset {
                 "--num_frames, --hw_stride, the VAE stride and the batch size must all be at least 1".into(),
             ));
         }
-        if (config.num_frames - 1) % config.ae_stride_t != 0 {
+        if !(config.num_frames - 1).is_multiple_of(config.ae_stride_t) {
             return Err(Error::input(
                 "--num_frames",
                 format!("must be {}n+1 (the VAE's temporal stride), got {}", config.ae_stride_t, config.num_frames),
             ));
         }
         if config.force_resolution
-            && (config.max_height % config.hw_stride != 0 || config.max_width % config.hw_stride != 0)
+            && (!config.max_height.is_multiple_of(config.hw_stride)
+                || !config.max_width.is_multiple_of(config.hw_stride))
         {
             return Err(Error::input(
                 "--max_height/--max_width",
@@ -163,7 +164,7 @@ impl Dataset {
         if !config.force_resolution && config.max_hxw.is_none() {
             return Err(Error::input("--max_hxw", "is required without --force_resolution"));
         }
-        let mut rng = Rng::derive(config.seed, 0x5EED_0F_DA7A);
+        let mut rng = Rng::derive(config.seed, 0x005E_ED0F_DA7A);
         let mut stats = PlanStats::default();
         let mut samples = Vec::new();
         for source in sources {

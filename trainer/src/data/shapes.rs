@@ -182,7 +182,7 @@ pub fn generate(out: &Path, config: &ShapesConfig) -> Result<Vec<ShapesItem>> {
     if config.count == 0 || config.num_frames == 0 {
         return Err(Error::input("--count/--num-frames", "must be at least 1"));
     }
-    if config.height % 2 != 0 || config.width % 2 != 0 || config.height < 16 || config.width < 16 {
+    if !config.height.is_multiple_of(2) || !config.width.is_multiple_of(2) || config.height < 16 || config.width < 16 {
         return Err(Error::input(
             "--height/--width",
             format!("must be even and at least 16 (H.264 4:2:0), got {}x{}", config.height, config.width),

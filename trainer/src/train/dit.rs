@@ -24,7 +24,7 @@ pub struct DitBatch {
 /// Splits a tensor along axis 0 into `n` equal parts.
 fn split_rows(data: &TensorData, n: usize, name: &str) -> Result<Vec<TensorData>> {
     let b = data.shape[0];
-    if n == 0 || b % n != 0 {
+    if n == 0 || !b.is_multiple_of(n) {
         return Err(Error::input(name, format!("batch of {b} cannot be split into {n} equal shards")));
     }
     let values = data.clone().convert::<f32>().to_vec::<f32>().map_err(|e| Error::input(name, format!("{e:?}")))?;

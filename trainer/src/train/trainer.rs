@@ -107,7 +107,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             return Err(Error::Config("the trainer needs at least one device".into()));
         }
         if let Some(max) = config.max_grad_norm {
-            if !(max > 0.0) {
+            if max.is_nan() || max <= 0.0 {
                 return Err(Error::Config(format!("--max_grad_norm must be > 0, got {max}")));
             }
         }
