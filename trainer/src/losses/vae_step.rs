@@ -266,6 +266,7 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
         if h == 0 || w == 0 || h % 8 != 0 || w % 8 != 0 {
             return Err(Error::input("x", format!("height and width must be positive multiples of 8, found {h}x{w}")));
         }
+        self.loss.discriminator.check_input(x.dims())?;
         if self.loss.config.perceptual_weight > 0.0 && (h < MIN_SIZE || w < MIN_SIZE) {
             return Err(Error::input(
                 "x",
