@@ -40,8 +40,8 @@ use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    adaptive_weight, adopt_weight, clip_grad_norm, kl_loss, scalar, wavelet_loss, LPIPSWithDiscriminator3D,
-    LossConfig, WaveletCoeffs,
+    adaptive_weight, adopt_weight, clip_grad_norm, kl_loss, scalar, wavelet_loss, LPIPSWithDiscriminator3D, LossConfig,
+    WaveletCoeffs,
 };
 use crate::error::{Error, Result};
 use crate::models::discriminator::NLayerDiscriminator3D;
@@ -258,7 +258,10 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
     fn check_input(&self, x: &Tensor<B, 5>) -> Result<()> {
         let [b, c, t, h, w] = x.dims();
         if b == 0 || c != 3 {
-            return Err(Error::input("x", format!("must be a non-empty video batch [b, 3, t, h, w], found {:?}", x.dims())));
+            return Err(Error::input(
+                "x",
+                format!("must be a non-empty video batch [b, 3, t, h, w], found {:?}", x.dims()),
+            ));
         }
         if t % 4 != 1 {
             return Err(Error::input("x", format!("frame count must be 4n+1 (1, 5, 9, ...), found {t}")));

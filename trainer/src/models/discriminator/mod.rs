@@ -107,7 +107,8 @@ impl NLayerDiscriminator3DConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<NLayerDiscriminator3D<B>> {
         self.validate()?;
         let ndf = self.ndf;
-        let mut main = vec![DiscriminatorLayer::Conv3d(conv3d([self.input_nc, ndf], [2, 2, 2], true, device)), leaky_relu()];
+        let mut main =
+            vec![DiscriminatorLayer::Conv3d(conv3d([self.input_nc, ndf], [2, 2, 2], true, device)), leaky_relu()];
         let mut nf_mult = 1;
         for n in 1..self.n_layers {
             let nf_mult_prev = nf_mult;
@@ -233,7 +234,8 @@ mod tests {
 
     #[test]
     fn batches_too_small_for_batch_norm_are_rejected() {
-        let d = NLayerDiscriminator3DConfig { input_nc: 3, ndf: 2, n_layers: 4 }.init::<B>(&Default::default()).unwrap();
+        let d =
+            NLayerDiscriminator3DConfig { input_nc: 3, ndf: 2, n_layers: 4 }.init::<B>(&Default::default()).unwrap();
         // One 16x16 frame reaches 1x1x1 before the last BatchNorm.
         let err = d.check_input([1, 3, 1, 16, 16]).unwrap_err();
         assert!(err.to_string().contains("more than one value per channel"), "{err}");
