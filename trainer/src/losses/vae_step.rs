@@ -40,8 +40,8 @@ use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    adaptive_weight, adopt_weight, clip_grad_norm, kl_loss, scalar, wavelet_loss, LPIPSWithDiscriminator3D,
-    LossConfig, WaveletCoeffs,
+    adaptive_weight, adopt_weight, clip_grad_norm, kl_loss, scalar, wavelet_loss, LPIPSWithDiscriminator3D, LossConfig,
+    WaveletCoeffs,
 };
 use crate::error::{Error, Result};
 use crate::models::discriminator::NLayerDiscriminator3D;
@@ -258,7 +258,10 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
     fn check_input(&self, x: &Tensor<B, 5>) -> Result<()> {
         let [b, c, t, h, w] = x.dims();
         if b == 0 || c != 3 {
-            return Err(Error::input("x", format!("must be a non-empty video batch [b, 3, t, h, w], found {:?}", x.dims())));
+            return Err(Error::input(
+                "x",
+                format!("must be a non-empty video batch [b, 3, t, h, w], found {:?}", x.dims()),
+            ));
         }
         if t % 4 != 1 {
             return Err(Error::input("x", format!("frame count must be 4n+1 (1, 5, 9, ...), found {t}")));
@@ -266,6 +269,7 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
         if h == 0 || w == 0 || h % 8 != 0 || w % 8 != 0 {
             return Err(Error::input("x", format!("height and width must be positive multiples of 8, found {h}x{w}")));
         }
+        self.loss.discriminator.check_input(x.dims())?;
         if self.loss.config.perceptual_weight > 0.0 && (h < MIN_SIZE || w < MIN_SIZE) {
             return Err(Error::input(
                 "x",

@@ -107,7 +107,8 @@ impl NLayerDiscriminator3DConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<NLayerDiscriminator3D<B>> {
         self.validate()?;
         let ndf = self.ndf;
-        let mut main = vec![DiscriminatorLayer::Conv3d(conv3d([self.input_nc, ndf], [2, 2, 2], true, device)), leaky_relu()];
+        let mut main =
+            vec![DiscriminatorLayer::Conv3d(conv3d([self.input_nc, ndf], [2, 2, 2], true, device)), leaky_relu()];
         let mut nf_mult = 1;
         for n in 1..self.n_layers {
             let nf_mult_prev = nf_mult;
@@ -137,6 +138,32 @@ impl<B: Backend> NLayerDiscriminator3D<B> {
     /// statistics (and updates its running ones) on an autodiff backend, running statistics otherwise.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         self.main.iter().fold(x, |h, layer| layer.forward(h))
+    }
+
+    /// Checks that a video of shape `[b, c, t, h, w]` gives every BatchNorm more than one value per
+    /// channel (PyTorch refuses such a batch in training; here it would silently zero the output).
+    pub fn check_input(&self, dims: [usize; 5]) -> Result<()> {
+        let [b, _, mut t, mut h, mut w] = dims;
+        for layer in &self.main {
+            match layer {
+                DiscriminatorLayer::Conv3d(conv) => {
+                    let [st, sh, sw] = conv.stride;
+                    let out = |n: usize, s: usize| (n + 2).saturating_sub(3) / s + 1;
+                    (t, h, w) = (out(t, st), out(h, sh), out(w, sw));
+                }
+                DiscriminatorLayer::BatchNorm3d(_) if b * t * h * w < 2 => {
+                    return Err(Error::input(
+                        "x",
+                        format!(
+                            "the discriminator's BatchNorm needs more than one value per channel: shape {dims:?} \
+                             reaches [{b}, _, {t}, {h}, {w}]; use a larger batch, clip or frame size"
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Loads an official `NLayerDiscriminator3D` state dict strictly (keys `main.*`);
@@ -203,6 +230,17 @@ mod tests {
         let gm = g.iter().map(|&v| v as f64).sum::<f64>() / g.len() as f64;
         assert!((gm - 1.0).abs() < 0.01, "BatchNorm weight N(1, 0.02): mean {gm}");
         assert!(bn.beta.val().into_data().to_vec::<f32>().unwrap().iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn batches_too_small_for_batch_norm_are_rejected() {
+        let d =
+            NLayerDiscriminator3DConfig { input_nc: 3, ndf: 2, n_layers: 4 }.init::<B>(&Default::default()).unwrap();
+        // One 16x16 frame reaches 1x1x1 before the last BatchNorm.
+        let err = d.check_input([1, 3, 1, 16, 16]).unwrap_err();
+        assert!(err.to_string().contains("more than one value per channel"), "{err}");
+        assert!(d.check_input([2, 3, 1, 16, 16]).is_ok());
+        assert!(d.check_input([1, 3, 5, 32, 32]).is_ok());
     }
 
     #[test]
