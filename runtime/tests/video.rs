@@ -301,7 +301,7 @@ fn folder_reconstruction_then_eval_against_the_origins() {
 #[test]
 fn tiled_decoding_through_the_bundle_equals_whole_decoding() {
     use osp_graphs::Approx;
-    use osp_runtime::vae::{TilingConfig, Vae};
+    use osp_runtime::vae::{DecodeOptions, TilingConfig, Vae};
     use osp_runtime::{Bundle, SessionOptions};
 
     let bundle = Bundle::open(vae_bundle()).unwrap();
@@ -309,10 +309,11 @@ fn tiled_decoding_through_the_bundle_equals_whole_decoding() {
     let z = ndarray::Array5::from_shape_fn((1, 4, 3, 10, 14), |(_, c, t, y, x)| {
         ((c * 37 + t * 11 + y * 7 + x * 3) % 19) as f32 / 9.5 - 1.0
     });
-    let whole = vae.decode(z.view(), None).unwrap();
+    let whole = vae.decode(z.view(), &DecodeOptions::whole()).unwrap();
     assert_eq!(whole.shape(), &[1, 3, 9, 80, 112]);
     for (tile_size, overlap) in [(4, 2), (6, 1), (16, 8)] {
-        let tiled = vae.decode(z.view(), Some(&TilingConfig { tile_size, overlap })).unwrap();
+        let opts = DecodeOptions { chunk: None, tiling: Some(TilingConfig { tile_size, overlap }) };
+        let tiled = vae.decode(z.view(), &opts).unwrap();
         let c = Approx::Exact.compare(tiled.as_slice().unwrap(), whole.as_slice().unwrap());
         assert!(c.ok(), "tile {tile_size} overlap {overlap}: {c:?}");
     }
