@@ -319,3 +319,88 @@ fn is_replaceable(dir: &Path) -> bool {
         && (dir.join(MANIFEST_FILE).is_file()
             || std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use osp_graphs::config::LinearConfig;
+    use osp_graphs::{DType, Dim, TensorSpec};
+
+    use super::*;
+    use crate::builder::GraphBuilder;
+    use crate::tensor::HostTensor;
+
+    /// `y = (x w^T) g^T` with `w` `[32, 16]` from host bytes and `g` `[16, 32]` generated.
+    fn graph(name: &str, w_values: &[f32], g_seed: u8) -> OnnxGraph {
+        let mut b = GraphBuilder::new(name);
+        let x = b.input(TensorSpec::new("x", DType::F32, [Dim::sym("b"), Dim::Fixed(16)])).unwrap();
+        let w = b.initializer("w", &HostTensor::from_f32(vec![32, 16], w_values).unwrap()).unwrap();
+        let generator: crate::graph::Generator = Arc::new(move |sink| {
+            let bytes: Vec<u8> = (0..16 * 32).flat_map(|i| ((i as f32) * 0.01 + g_seed as f32).to_le_bytes()).collect();
+            sink(&bytes[..1000])?;
+            sink(&bytes[1000..])
+        });
+        let g = b.generated_initializer("g", DType::F32, vec![16, 32], generator).unwrap();
+        let h = b.linear(&x, &w, None).unwrap();
+        let y = b.linear(&h, &g, None).unwrap();
+        b.output(&y, TensorSpec::new("y", DType::F32, [Dim::sym("b"), Dim::Fixed(16)])).unwrap();
+        b.finish().unwrap()
+    }
+
+    fn locations(path: &Path) -> Vec<(String, String, u64)> {
+        let model = onnx::ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+        let graph = model.graph.unwrap();
+        graph
+            .initializer
+            .iter()
+            .map(|t| {
+                let get = |k: &str| {
+                    t.external_data.iter().find(|e| e.key.as_deref() == Some(k)).unwrap().value.clone().unwrap()
+                };
+                (t.name.clone().unwrap(), get("location"), get("offset").parse().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn equal_initializers_are_written_once_per_bundle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("bundle");
+        let w: Vec<f32> = (0..512).map(|i| i as f32 * 0.5).collect();
+        let w_other: Vec<f32> = (0..512).map(|i| i as f32 * -0.5).collect();
+        let model = ModelSpec::Linear(LinearConfig { in_features: 16, out_features: 16 });
+        let mut writer = BundleWriter::create(&out, model, provenance(None).unwrap(), 1024).unwrap();
+        for (name, values, seed) in [("a", &w, 1), ("b", &w, 1), ("c", &w_other, 1), ("d", &w, 2)] {
+            writer.add_graph(name, &graph(name, values, seed), AttentionKind::None, BTreeMap::new()).unwrap();
+        }
+        let m = writer.finish().unwrap();
+        // `a` writes both tensors; `b` shares both (no file of its own); `c` has its own `w`
+        // (same name, other bytes) and shares `g`; `d` shares `w` and has its own `g`.
+        let expected_files = BTreeMap::from([
+            ("a.onnx.data".to_string(), 64 * 32 + 2048),
+            ("c.onnx.data".to_string(), 2048),
+            ("d.onnx.data".to_string(), 2048),
+        ]);
+        assert_eq!(m.data_files, expected_files);
+        for (file, len) in &expected_files {
+            assert_eq!(std::fs::metadata(out.join(file)).unwrap().len(), *len, "{file}");
+        }
+        assert!(!out.join("b.onnx.data").exists());
+        assert_eq!(m.graphs["a"].external_data, ["a.onnx.data"]);
+        assert_eq!(m.graphs["b"].external_data, ["a.onnx.data"]);
+        assert_eq!(m.graphs["c"].external_data, ["c.onnx.data", "a.onnx.data"]);
+        assert_eq!(m.graphs["d"].external_data, ["a.onnx.data", "d.onnx.data"]);
+        let a = locations(&out.join("a.onnx"));
+        assert_eq!(a, [("w".into(), "a.onnx.data".into(), 0), ("g".into(), "a.onnx.data".into(), 2048)]);
+        assert_eq!(locations(&out.join("b.onnx")), a);
+        assert_eq!(locations(&out.join("c.onnx"))[0], ("w".into(), "c.onnx.data".into(), 0));
+        assert_eq!(locations(&out.join("d.onnx"))[1], ("g".into(), "d.onnx.data".into(), 0));
+        // The bytes each graph points at are its own tensors' bytes.
+        let data = std::fs::read(out.join("a.onnx.data")).unwrap();
+        assert_eq!(&data[..4], &0.0f32.to_le_bytes());
+        assert_eq!(&data[2048..2052], &1.0f32.to_le_bytes());
+        let data = std::fs::read(out.join("d.onnx.data")).unwrap();
+        assert_eq!(&data[..4], &2.0f32.to_le_bytes());
+    }
+}
