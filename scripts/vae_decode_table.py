@@ -114,6 +114,8 @@ def main():
     ap.add_argument("--only", action="append", default=[], help="sizes to run, as FRAMESxH or FRAMESxHxW (repeatable)")
     ap.add_argument("--modes", default="whole,chunked,chunked+tiled,tract", help="comma-separated modes to run")
     ap.add_argument("--json", type=Path, default=None, help="results file (default: <work>/results.json)")
+    ap.add_argument("--not-run", metavar="REASON", default=None,
+                    help="record the selected rows as not run for REASON (e.g. the time left) instead of running")
     ap.add_argument("--tiling-diff", action="store_true",
                     help="instead of the table: tiled vs untiled difference at 480x640 (5 frames, default tiles)")
     args = ap.parse_args()
@@ -180,6 +182,8 @@ def main():
         elif estimate is not None and estimate > cap:
             row.update(status=f"not run: estimated {estimate / 2**30:.1f} GiB > cap {args.cap_gib:g} GiB",
                        wall_s=None, decode_s=None, peak_rss_bytes=None)
+        elif args.not_run:
+            row.update(status=f"not run: {args.not_run}", wall_s=None, decode_s=None, peak_rss_bytes=None)
         else:
             cmd = [str(osp), "--backend", backend, "--threads", str(args.threads), "decode", "--bundle", str(bundle),
                    "--latents", str(lat)] + flags
