@@ -151,7 +151,9 @@ fn vae_shape_rules_are_checked() {
 
 fn osp() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_osp"));
-    for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_VAE_BUNDLE", "OSP_VAE_TILE_SIZE", "OSP_VAE_TILE_OVERLAP", "OSP_VAE_CHUNK"] {
+    for var in
+        ["OSP_BACKEND", "OSP_THREADS", "OSP_VAE_BUNDLE", "OSP_VAE_TILE_SIZE", "OSP_VAE_TILE_OVERLAP", "OSP_VAE_CHUNK"]
+    {
         cmd.env_remove(var);
     }
     cmd.arg("--threads").arg("2");
@@ -327,7 +329,8 @@ fn decode_writes_the_video_and_reports_the_decode() {
 
     let dir = tempfile::tempdir().unwrap();
     let latents = dir.path().join("z.safetensors");
-    let z = ndarray::ArrayD::from_shape_fn(vec![1, 4, 3, 6, 10], |i| ((i[1] * 5 + i[3] * 3 + i[4]) % 7) as f32 / 3.5 - 1.0);
+    let z =
+        ndarray::ArrayD::from_shape_fn(vec![1, 4, 3, 6, 10], |i| ((i[1] * 5 + i[3] * 3 + i[4]) % 7) as f32 / 3.5 - 1.0);
     write_safetensors(&latents, [("z", &Tensor::F32(z))]).unwrap();
     let out = dir.path().join("clip.mp4");
     let sample = dir.path().join("sample.safetensors");

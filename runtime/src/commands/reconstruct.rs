@@ -112,8 +112,7 @@ pub fn run(args: &ReconstructArgs, backend: &BackendOpts) -> anyhow::Result<()> 
         (None, Some(dir)) => {
             let out_dir =
                 args.generated_video_dir.as_ref().context("--generated-video-dir is required with --real-video-dir")?;
-            let job =
-                Job { args, decode: &decode, encode: &encode, fps: args.sample_fps / args.sample_rate as f64 };
+            let job = Job { args, decode: &decode, encode: &encode, fps: args.sample_fps / args.sample_rate as f64 };
             run_folder(&job, &mut vae, dir, out_dir)
         }
         (None, None) => anyhow::bail!("give --video-path (one video) or --real-video-dir (a folder)"),

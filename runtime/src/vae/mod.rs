@@ -89,20 +89,15 @@ impl Vae {
         let manifest = bundle.manifest();
         manifest.graph(ENCODER_GRAPH)?;
         manifest.graph(DECODER_GRAPH)?;
-        let protocol = match manifest.graphs.iter().find_map(|(name, g)| {
-            g.metadata.get(STREAM_METADATA_KEY).map(|value| (name, value))
-        }) {
+        let protocol = match manifest
+            .graphs
+            .iter()
+            .find_map(|(name, g)| g.metadata.get(STREAM_METADATA_KEY).map(|value| (name, value)))
+        {
             Some((name, value)) => Some(streaming::parse_protocol(name, value)?),
             None => None,
         };
-        Ok(Self {
-            bundle: bundle.clone(),
-            opts: opts.clone(),
-            protocol,
-            encoder: None,
-            decoder: None,
-            streaming: None,
-        })
+        Ok(Self { bundle: bundle.clone(), opts: opts.clone(), protocol, encoder: None, decoder: None, streaming: None })
     }
 
     /// The streaming protocol, when the bundle has streaming decoder graphs.
@@ -130,8 +125,8 @@ impl Vae {
     /// Decodes latents `z` (`[b, c, t, h, w]`) into `[b, 3, frames, h * 8, w * 8]` as `opts`
     /// says: whole or streamed in time, whole or tiled in space (each tile streamed through time).
     pub fn decode(&mut self, z: ArrayView5<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
-        let _span = tracing::info_span!("vae_decode", shape = ?z.shape(), chunk = ?opts.chunk, tiling = ?opts.tiling)
-            .entered();
+        let _span =
+            tracing::info_span!("vae_decode", shape = ?z.shape(), chunk = ?opts.chunk, tiling = ?opts.tiling).entered();
         let mut decoder = self.decoder_for(opts.chunk)?;
         let mut run = |tile: ArrayView5<f32>| decoder.decode(tile);
         match &opts.tiling {

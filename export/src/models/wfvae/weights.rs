@@ -80,7 +80,8 @@ impl WfvaeWeights {
             let values: Vec<f32> = if shape.len() == 1 && name.contains("norm") && name.ends_with(".weight") {
                 vec![1.0; numel]
             } else {
-                let std = if shape.len() >= 2 { 1.0 / (shape[1..].iter().product::<usize>() as f32).sqrt() } else { 0.02 };
+                let std =
+                    if shape.len() >= 2 { 1.0 / (shape[1..].iter().product::<usize>() as f32).sqrt() } else { 0.02 };
                 let dist = Normal::new(0.0f32, std).expect("a positive std should make a valid normal distribution");
                 (0..numel).map(|_| rng.sample(dist)).collect()
             };
