@@ -172,5 +172,5 @@ pub fn read_latents(path: &Path, name: Option<&str>) -> anyhow::Result<ndarray::
         path.display()
     );
     let a = ndarray::ArrayD::from_shape_vec(shape, values).context("latent values should match their shape")?;
-    Ok(a.into_dimensionality::<Ix5>().context("a 5-D shape was checked")?)
+    a.into_dimensionality::<Ix5>().context("a 5-D shape was checked")
 }
