@@ -1,12 +1,18 @@
 //! Writes a bundle directory: `<graph>.onnx` per graph, large initializers in `<graph>.onnx.data`
 //! (ONNX external data, 64-byte aligned offsets), and `manifest.json`.
 //!
+//! External data is shared across the graphs of a bundle: an initializer with the same name and
+//! the same bytes (SHA-256) as one an earlier graph already wrote is not written again; the later
+//! graph's tensor proto points into the earlier graph's `.onnx.data` file (so a WFVAE bundle
+//! holds the decoder weights once for its four decoder graphs). A graph's manifest entry lists
+//! every data file it reads, and the manifest's `data_files` records each file's length.
+//!
 //! Everything goes into `<out>.partial-<pid>` first and is renamed to `<out>` by
 //! [`BundleWriter::finish`]; an existing bundle at `<out>` is replaced only then. Initializers are
 //! streamed to disk one by one, so the writer holds no second copy of the weights.
 
-use std::collections::BTreeMap;
-use std::io::{BufWriter, Read, Write};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use osp_graphs::{AttentionKind, BundleManifest, GraphSpec, ModelSpec, Provenance, MANIFEST_FILE};
@@ -58,7 +64,70 @@ pub struct BundleWriter {
     tmp: PathBuf,
     manifest: BundleManifest,
     threshold: usize,
+    /// External initializers written so far: (name, byte length, SHA-256) -> (file, offset).
+    written: HashMap<(String, u64, [u8; 32]), (String, u64)>,
     finished: bool,
+}
+
+/// The open `.onnx.data` file of the graph being written.
+struct DataFile {
+    path: PathBuf,
+    writer: BufWriter<std::fs::File>,
+    len: u64,
+}
+
+impl DataFile {
+    fn io(&self, e: std::io::Error) -> Error {
+        Error::io(&self.path, e)
+    }
+
+    /// Pads to the alignment; returns the offset the next tensor starts at.
+    fn align(&mut self) -> Result<u64> {
+        let pad = (EXTERNAL_DATA_ALIGNMENT - self.len % EXTERNAL_DATA_ALIGNMENT) % EXTERNAL_DATA_ALIGNMENT;
+        self.writer.write_all(&vec![0u8; pad as usize]).map_err(|e| self.io(e))?;
+        self.len += pad;
+        Ok(self.len)
+    }
+
+    /// Appends `init`'s bytes at the (aligned) end, hashing them; returns (offset, SHA-256).
+    fn append(&mut self, init: &crate::graph::Initializer) -> Result<(u64, [u8; 32])> {
+        let offset = self.align()?;
+        let mut hasher = Sha256::new();
+        let w = &mut self.writer;
+        init.write_chunks(&mut |c: &[u8]| {
+            hasher.update(c);
+            w.write_all(c)
+        })
+        .map_err(|e| Error::io(&self.path, e))?;
+        self.len += init.byte_len() as u64;
+        Ok((offset, hasher.finalize().into()))
+    }
+
+    /// Drops everything after `len` bytes (a tensor appended by mistake).
+    fn truncate(&mut self, len: u64) -> Result<()> {
+        self.writer.flush().map_err(|e| self.io(e))?;
+        let f = self.writer.get_mut();
+        f.set_len(len).map_err(|e| Error::io(&self.path, e))?;
+        f.seek(SeekFrom::Start(len)).map_err(|e| Error::io(&self.path, e))?;
+        self.len = len;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<u64> {
+        let path = self.path;
+        let f = self.writer.into_inner().map_err(|e| Error::io(&path, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io(&path, e))?;
+        Ok(self.len)
+    }
+}
+
+fn sha256_of(init: &crate::graph::Initializer) -> std::io::Result<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    init.write_chunks(&mut |c: &[u8]| {
+        hasher.update(c);
+        Ok(())
+    })?;
+    Ok(hasher.finalize().into())
 }
 
 impl BundleWriter {
@@ -89,6 +158,7 @@ impl BundleWriter {
             tmp,
             manifest: BundleManifest::new(model, provenance),
             threshold: external_data_threshold_bytes,
+            written: HashMap::new(),
             finished: false,
         })
     }
@@ -118,43 +188,77 @@ impl BundleWriter {
         graph.check_wiring()?;
         let file = format!("{name}.onnx");
         let data_file = format!("{file}.data");
-        let data_path = self.tmp.join(&data_file);
-        let mut data: Option<BufWriter<std::fs::File>> = None;
-        let mut offset: u64 = 0;
+        let mut data: Option<DataFile> = None;
+        // Data files this graph reads, in order of first use.
+        let mut reads: Vec<String> = Vec::new();
+        let (mut new_bytes, mut shared_bytes) = (0u64, 0u64);
         let mut protos = Vec::with_capacity(graph.initializers.len());
         for init in &graph.initializers {
             if init.byte_len() <= self.threshold {
                 protos.push(init.inline_proto()?);
                 continue;
             }
-            if data.is_none() {
-                let f = std::fs::File::create(&data_path).map_err(|e| Error::io(&data_path, e))?;
-                data = Some(BufWriter::with_capacity(1 << 22, f));
-            }
-            let w = data.as_mut().expect("the data file should be open");
-            let pad = (EXTERNAL_DATA_ALIGNMENT - offset % EXTERNAL_DATA_ALIGNMENT) % EXTERNAL_DATA_ALIGNMENT;
-            w.write_all(&vec![0u8; pad as usize]).map_err(|e| Error::io(&data_path, e))?;
-            offset += pad;
-            init.write_chunks(&mut |c: &[u8]| w.write_all(c)).map_err(|e| Error::io(&data_path, e))?;
             let length = init.byte_len() as u64;
+            let maybe_shared = self.written.keys().any(|(n, l, _)| n == &init.name && *l == length);
+            let known = |hash: [u8; 32]| self.written.get(&(init.name.clone(), length, hash)).cloned();
+            let graph_err = |e: std::io::Error| Error::Graph { graph: name.to_string(), message: e.to_string() };
+            let shared = match &init.data {
+                // Host bytes are hashed in memory first, so a shared tensor is never written twice.
+                crate::graph::TensorData::Host(_) if maybe_shared => known(sha256_of(init).map_err(graph_err)?),
+                _ => None,
+            };
+            let (location, offset) = match shared {
+                Some(found) => {
+                    shared_bytes += length;
+                    found
+                }
+                None => {
+                    if data.is_none() {
+                        let path = self.tmp.join(&data_file);
+                        let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+                        data = Some(DataFile { path, writer: BufWriter::with_capacity(1 << 22, f), len: 0 });
+                    }
+                    let d = data.as_mut().expect("the data file should be open");
+                    let before = d.len;
+                    // Generated bytes are hashed while written (one pass); a duplicate is cut off again.
+                    let (offset, hash) = d.append(init)?;
+                    match known(hash) {
+                        Some(found) => {
+                            d.truncate(before)?;
+                            shared_bytes += length;
+                            found
+                        }
+                        None => {
+                            new_bytes += length;
+                            self.written.insert((init.name.clone(), length, hash), (data_file.clone(), offset));
+                            (data_file.clone(), offset)
+                        }
+                    }
+                }
+            };
+            if !reads.contains(&location) {
+                reads.push(location.clone());
+            }
             let entry = |k: &str, v: String| onnx::StringStringEntryProto { key: Some(k.to_string()), value: Some(v) };
             protos.push(onnx::TensorProto {
                 data_location: Some(onnx::tensor_proto::DataLocation::External as i32),
                 external_data: vec![
-                    entry("location", data_file.clone()),
+                    entry("location", location),
                     entry("offset", offset.to_string()),
                     entry("length", length.to_string()),
                 ],
                 ..init.header_proto()
             });
-            offset += length;
         }
-        if let Some(mut w) = data {
-            w.flush().map_err(|e| Error::io(&data_path, e))?;
-            w.into_inner()
-                .map_err(|e| Error::io(&data_path, e.into_error()))?
-                .sync_all()
-                .map_err(|e| Error::io(&data_path, e))?;
+        if let Some(d) = data {
+            let len = d.finish()?;
+            if len > 0 {
+                self.manifest.data_files.insert(data_file.clone(), len);
+            } else {
+                // Every tensor was shared: drop the empty file.
+                let path = self.tmp.join(&data_file);
+                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
         }
         let proto = graph.model_proto_with(protos);
         let onnx_path = self.tmp.join(&file);
@@ -166,10 +270,10 @@ impl BundleWriter {
             });
         }
         std::fs::write(&onnx_path, proto.encode_to_vec()).map_err(|e| Error::io(&onnx_path, e))?;
-        info!(graph = name, nodes = graph.nodes.len(), proto_bytes = len, external_bytes = offset, "wrote graph");
+        info!(graph = name, nodes = graph.nodes.len(), proto_bytes = len, new_bytes, shared_bytes, "wrote graph");
         let spec = GraphSpec {
             file,
-            external_data: if offset > 0 { vec![data_file] } else { vec![] },
+            external_data: reads,
             inputs: graph.inputs.clone(),
             outputs: graph.outputs.clone(),
             attention,
@@ -214,4 +318,89 @@ fn is_replaceable(dir: &Path) -> bool {
     dir.is_dir()
         && (dir.join(MANIFEST_FILE).is_file()
             || std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use osp_graphs::config::LinearConfig;
+    use osp_graphs::{DType, Dim, TensorSpec};
+
+    use super::*;
+    use crate::builder::GraphBuilder;
+    use crate::tensor::HostTensor;
+
+    /// `y = (x w^T) g^T` with `w` `[32, 16]` from host bytes and `g` `[16, 32]` generated.
+    fn graph(name: &str, w_values: &[f32], g_seed: u8) -> OnnxGraph {
+        let mut b = GraphBuilder::new(name);
+        let x = b.input(TensorSpec::new("x", DType::F32, [Dim::sym("b"), Dim::Fixed(16)])).unwrap();
+        let w = b.initializer("w", &HostTensor::from_f32(vec![32, 16], w_values).unwrap()).unwrap();
+        let generator: crate::graph::Generator = Arc::new(move |sink| {
+            let bytes: Vec<u8> = (0..16 * 32).flat_map(|i| ((i as f32) * 0.01 + g_seed as f32).to_le_bytes()).collect();
+            sink(&bytes[..1000])?;
+            sink(&bytes[1000..])
+        });
+        let g = b.generated_initializer("g", DType::F32, vec![16, 32], generator).unwrap();
+        let h = b.linear(&x, &w, None).unwrap();
+        let y = b.linear(&h, &g, None).unwrap();
+        b.output(&y, TensorSpec::new("y", DType::F32, [Dim::sym("b"), Dim::Fixed(16)])).unwrap();
+        b.finish().unwrap()
+    }
+
+    fn locations(path: &Path) -> Vec<(String, String, u64)> {
+        let model = onnx::ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+        let graph = model.graph.unwrap();
+        graph
+            .initializer
+            .iter()
+            .map(|t| {
+                let get = |k: &str| {
+                    t.external_data.iter().find(|e| e.key.as_deref() == Some(k)).unwrap().value.clone().unwrap()
+                };
+                (t.name.clone().unwrap(), get("location"), get("offset").parse().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn equal_initializers_are_written_once_per_bundle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("bundle");
+        let w: Vec<f32> = (0..512).map(|i| i as f32 * 0.5).collect();
+        let w_other: Vec<f32> = (0..512).map(|i| i as f32 * -0.5).collect();
+        let model = ModelSpec::Linear(LinearConfig { in_features: 16, out_features: 16 });
+        let mut writer = BundleWriter::create(&out, model, provenance(None).unwrap(), 1024).unwrap();
+        for (name, values, seed) in [("a", &w, 1), ("b", &w, 1), ("c", &w_other, 1), ("d", &w, 2)] {
+            writer.add_graph(name, &graph(name, values, seed), AttentionKind::None, BTreeMap::new()).unwrap();
+        }
+        let m = writer.finish().unwrap();
+        // `a` writes both tensors; `b` shares both (no file of its own); `c` has its own `w`
+        // (same name, other bytes) and shares `g`; `d` shares `w` and has its own `g`.
+        let expected_files = BTreeMap::from([
+            ("a.onnx.data".to_string(), 64 * 32 + 2048),
+            ("c.onnx.data".to_string(), 2048),
+            ("d.onnx.data".to_string(), 2048),
+        ]);
+        assert_eq!(m.data_files, expected_files);
+        for (file, len) in &expected_files {
+            assert_eq!(std::fs::metadata(out.join(file)).unwrap().len(), *len, "{file}");
+        }
+        assert!(!out.join("b.onnx.data").exists());
+        assert_eq!(m.graphs["a"].external_data, ["a.onnx.data"]);
+        assert_eq!(m.graphs["b"].external_data, ["a.onnx.data"]);
+        assert_eq!(m.graphs["c"].external_data, ["c.onnx.data", "a.onnx.data"]);
+        assert_eq!(m.graphs["d"].external_data, ["a.onnx.data", "d.onnx.data"]);
+        let a = locations(&out.join("a.onnx"));
+        assert_eq!(a, [("w".into(), "a.onnx.data".into(), 0), ("g".into(), "a.onnx.data".into(), 2048)]);
+        assert_eq!(locations(&out.join("b.onnx")), a);
+        assert_eq!(locations(&out.join("c.onnx"))[0], ("w".into(), "c.onnx.data".into(), 0));
+        assert_eq!(locations(&out.join("d.onnx"))[1], ("g".into(), "d.onnx.data".into(), 0));
+        // The bytes each graph points at are its own tensors' bytes.
+        let data = std::fs::read(out.join("a.onnx.data")).unwrap();
+        assert_eq!(&data[..4], &0.0f32.to_le_bytes());
+        assert_eq!(&data[2048..2052], &1.0f32.to_le_bytes());
+        let data = std::fs::read(out.join("d.onnx.data")).unwrap();
+        assert_eq!(&data[..4], &2.0f32.to_le_bytes());
+    }
 }

@@ -22,6 +22,11 @@ pub enum Error {
     FormatVersion { path: PathBuf, found: u32, supported: u32 },
     #[error("bundle {bundle}: graph `{graph}` names file `{file}`, which does not exist")]
     MissingFile { bundle: PathBuf, graph: String, file: String },
+    #[error(
+        "bundle {bundle}: external-data file `{file}` (weights of graphs {graphs}) is {found} bytes, the manifest \
+         records {expected}: the file is truncated or was replaced; copy or export the bundle again"
+    )]
+    DataFileSize { bundle: PathBuf, file: String, graphs: String, expected: u64, found: u64 },
     #[error("bundle {bundle}: graph `{graph}` file `{file}` must be a plain name inside the bundle directory")]
     UnsafeFileName { bundle: PathBuf, graph: String, file: String },
     #[error("bundle has no graph named `{name}` (graphs: {available})")]

@@ -317,11 +317,16 @@ pub struct BundleManifest {
     pub model: ModelSpec,
     pub graphs: BTreeMap<String, GraphSpec>,
     pub provenance: Provenance,
+    /// Byte length of every external-data file, which several graphs may share (each weight is
+    /// stored once per bundle); checked when the bundle is opened, so a truncated or replaced
+    /// file is named before any backend reads it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data_files: BTreeMap<String, u64>,
 }
 
 impl BundleManifest {
     pub fn new(model: ModelSpec, provenance: Provenance) -> Self {
-        Self { format_version: FORMAT_VERSION, model, graphs: BTreeMap::new(), provenance }
+        Self { format_version: FORMAT_VERSION, model, graphs: BTreeMap::new(), provenance, data_files: BTreeMap::new() }
     }
 
     pub fn graph(&self, name: &str) -> Result<&GraphSpec> {
@@ -369,7 +374,8 @@ impl BundleManifest {
         Ok(())
     }
 
-    /// Checks that every graph file and external-data file exists in `dir` and is a plain name.
+    /// Checks that every graph file and external-data file exists in `dir` and is a plain name,
+    /// and that every external-data file has the length recorded in `data_files`.
     pub fn check_files(&self, dir: &Path) -> Result<()> {
         for (name, g) in &self.graphs {
             for file in std::iter::once(&g.file).chain(&g.external_data) {
@@ -388,6 +394,33 @@ impl BundleManifest {
                         file: file.clone(),
                     });
                 }
+            }
+        }
+        for (file, &expected) in &self.data_files {
+            let graph = || {
+                self.graphs
+                    .iter()
+                    .filter(|(_, g)| g.external_data.contains(file))
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let plain = Path::new(file).file_name().map(|f| f == file.as_str()).unwrap_or(false);
+            if !plain || file == ".." || file == "." {
+                return Err(Error::UnsafeFileName { bundle: dir.to_path_buf(), graph: graph(), file: file.clone() });
+            }
+            let path = dir.join(file);
+            let found = std::fs::metadata(&path)
+                .map_err(|_| Error::MissingFile { bundle: dir.to_path_buf(), graph: graph(), file: file.clone() })?
+                .len();
+            if found != expected {
+                return Err(Error::DataFileSize {
+                    bundle: dir.to_path_buf(),
+                    file: file.clone(),
+                    graphs: graph(),
+                    expected,
+                    found,
+                });
             }
         }
         Ok(())

@@ -151,7 +151,9 @@ fn vae_shape_rules_are_checked() {
 
 fn osp() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_osp"));
-    for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_VAE_BUNDLE", "OSP_VAE_TILE_SIZE", "OSP_VAE_TILE_OVERLAP"] {
+    for var in
+        ["OSP_BACKEND", "OSP_THREADS", "OSP_VAE_BUNDLE", "OSP_VAE_TILE_SIZE", "OSP_VAE_TILE_OVERLAP", "OSP_VAE_CHUNK"]
+    {
         cmd.env_remove(var);
     }
     cmd.arg("--threads").arg("2");
@@ -301,7 +303,7 @@ fn folder_reconstruction_then_eval_against_the_origins() {
 #[test]
 fn tiled_decoding_through_the_bundle_equals_whole_decoding() {
     use osp_graphs::Approx;
-    use osp_runtime::vae::{TilingConfig, Vae};
+    use osp_runtime::vae::{DecodeOptions, TilingConfig, Vae};
     use osp_runtime::{Bundle, SessionOptions};
 
     let bundle = Bundle::open(vae_bundle()).unwrap();
@@ -309,11 +311,60 @@ fn tiled_decoding_through_the_bundle_equals_whole_decoding() {
     let z = ndarray::Array5::from_shape_fn((1, 4, 3, 10, 14), |(_, c, t, y, x)| {
         ((c * 37 + t * 11 + y * 7 + x * 3) % 19) as f32 / 9.5 - 1.0
     });
-    let whole = vae.decode(z.view(), None).unwrap();
+    let whole = vae.decode(z.view(), &DecodeOptions::whole()).unwrap();
     assert_eq!(whole.shape(), &[1, 3, 9, 80, 112]);
     for (tile_size, overlap) in [(4, 2), (6, 1), (16, 8)] {
-        let tiled = vae.decode(z.view(), Some(&TilingConfig { tile_size, overlap })).unwrap();
+        let opts = DecodeOptions { chunk: None, tiling: Some(TilingConfig { tile_size, overlap }) };
+        let tiled = vae.decode(z.view(), &opts).unwrap();
         let c = Approx::Exact.compare(tiled.as_slice().unwrap(), whole.as_slice().unwrap());
         assert!(c.ok(), "tile {tile_size} overlap {overlap}: {c:?}");
     }
+}
+
+/// `osp decode`: latents from safetensors to an mp4 (tiled by default), the sample tensor saved
+/// alongside, one JSON report line; `--chunk` on a bundle without streaming graphs is an error.
+#[test]
+fn decode_writes_the_video_and_reports_the_decode() {
+    use osp_runtime::{read_safetensors, write_safetensors, Tensor};
+
+    let dir = tempfile::tempdir().unwrap();
+    let latents = dir.path().join("z.safetensors");
+    let z =
+        ndarray::ArrayD::from_shape_fn(vec![1, 4, 3, 6, 10], |i| ((i[1] * 5 + i[3] * 3 + i[4]) % 7) as f32 / 3.5 - 1.0);
+    write_safetensors(&latents, [("z", &Tensor::F32(z))]).unwrap();
+    let out = dir.path().join("clip.mp4");
+    let sample = dir.path().join("sample.safetensors");
+    let stdout = run_ok(
+        osp()
+            .arg("decode")
+            .arg("--bundle")
+            .arg(vae_bundle())
+            .arg("--latents")
+            .arg(&latents)
+            .arg("--out")
+            .arg(&out)
+            .arg("--save-sample")
+            .arg(&sample)
+            .args(["--tile-size", "4", "--tile-overlap", "1", "--fps", "12", "--preset", "ultrafast"]),
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["sample"], serde_json::json!([1, 3, 9, 48, 80]), "{report}");
+    assert_eq!(report["chunk"], serde_json::Value::Null, "the stand-in bundle has no streaming graphs");
+    assert_eq!(report["tiling"]["tile_size"], 4);
+    let info = video::probe(&out).unwrap();
+    assert_eq!((info.width, info.height, info.declared_frames), (80, 48, 9));
+    assert_eq!(read_safetensors(&sample).unwrap()["sample"].shape(), &[1, 3, 9, 48, 80]);
+
+    let err = osp()
+        .arg("decode")
+        .arg("--bundle")
+        .arg(vae_bundle())
+        .arg("--latents")
+        .arg(&latents)
+        .args(["--chunk", "2"])
+        .output()
+        .unwrap();
+    assert!(!err.status.success());
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(stderr.contains("--chunk needs a bundle with streaming decoder graphs"), "{stderr}");
 }

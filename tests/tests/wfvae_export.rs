@@ -6,6 +6,10 @@
 //! Fixture: `../shared/reference/parity/wfvae_tiny/` (config, official weights, `io.safetensors`
 //! with the PyTorch outputs; generator `../shared/reference/generators/`).
 //!
+//! Also: streaming inside spatial tiles (`Vae::decode` with a chunk and a tiling) against tiled
+//! whole-clip decoding, a proof that tiles really are decoded one by one, and the bundle's shared
+//! external data (the decoder weights stored once for the four decoder graphs).
+//!
 //! `cargo test --release -p osp-tests --test wfvae_export`
 
 use std::collections::BTreeMap;
@@ -23,6 +27,7 @@ use osp_graphs::config::{StreamProtocol, StreamRole, STREAM_METADATA_KEY};
 use osp_graphs::{Approx, AttentionKind, ModelSpec, Precision};
 use osp_runtime::session::Backend;
 use osp_runtime::vae::streaming::StreamingDecoder;
+use osp_runtime::vae::{DecodeOptions, TilingConfig, Vae};
 use osp_runtime::{read_safetensors, Bundle, SessionOptions, Tensor};
 use osp_tests::{check_close, cpu_backends, shared_reference};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -268,4 +273,144 @@ fn f16_export_matches_on_ort_cpu() -> Result<()> {
     }
     check_encoder(&bundle, &Backend::OrtCpu, Approx::VeryApproximate)?;
     check_decoder(&bundle, &Backend::OrtCpu, Approx::VeryApproximate)
+}
+
+/// `[1, 4, t, h, w]` standard-normal latents.
+fn latents_hw(t: usize, h: usize, w: usize, seed: u64) -> ndarray::Array5<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    ndarray::Array5::from_shape_simple_fn((1, 4, t, h, w), || rng.sample(StandardNormal))
+}
+
+fn compare5(what: &str, actual: &ndarray::Array5<f32>, expected: &ndarray::Array5<f32>, level: Approx) -> Result<()> {
+    ensure!(actual.shape() == expected.shape(), "{what}: shape {:?}, expected {:?}", actual.shape(), expected.shape());
+    let a: Vec<f32> = actual.iter().copied().collect();
+    let e: Vec<f32> = expected.iter().copied().collect();
+    check_close(what, &a, &e, level)?;
+    Ok(())
+}
+
+/// Streaming inside every tile equals the whole-clip decoder on every tile (the blend is the
+/// same), for odd and even latent counts and several chunk sizes.
+#[test]
+fn streaming_inside_tiles_equals_tiled_whole_decoding() -> Result<()> {
+    let bundle = Bundle::open(bundle(Precision::F32)?)?;
+    let tiling = Some(TilingConfig { tile_size: 4, overlap: 1 });
+    for backend in cpu_backends() {
+        let mut vae = Vae::load(&bundle, &opts(&backend))?;
+        assert_eq!(vae.default_chunk(), Some(2));
+        for t in [2, 5] {
+            let z = latents_hw(t, 7, 10, 7 + t as u64);
+            let tiled_whole = vae.decode(z.view(), &DecodeOptions { chunk: None, tiling })?;
+            assert_eq!(tiled_whole.shape(), &[1, 3, 4 * t - 3, 56, 80]);
+            for chunk in [1, 2, 3] {
+                let streamed = vae.decode(z.view(), &DecodeOptions { chunk: Some(chunk), tiling })?;
+                compare5(
+                    &format!("{backend}: {t} latents, tiles streamed in chunks of {chunk} vs tiled whole"),
+                    &streamed,
+                    &tiled_whole,
+                    Approx::Close,
+                )?;
+            }
+            let whole = vae.decode(z.view(), &DecodeOptions::whole())?;
+            let streamed = vae.decode(z.view(), &DecodeOptions { chunk: Some(2), tiling: None })?;
+            compare5(&format!("{backend}: {t} latents streamed vs whole"), &streamed, &whole, Approx::Close)?;
+            // Tiles are blended, not exact: the seams differ from the untiled decode, a little.
+            let diff = tiled_whole.iter().zip(whole.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            ensure!(diff > 0.0, "{backend}: tiling changed nothing: tiles were not decoded separately");
+        }
+    }
+    Ok(())
+}
+
+/// A copy of `src` whose decoder graphs accept only `tile` x `tile` latents (the manifest's `z`
+/// spec, which the runtime checks before every call).
+fn tile_only_bundle(src: &Path, dst: &Path, tile: usize) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), dst.join(entry.file_name()))?;
+    }
+    let path = dst.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    for graph in [DECODER, DECODER_FIRST, DECODER_STEP, DECODER_LAST] {
+        let inputs = m["graphs"][graph]["inputs"].as_array_mut().context("graph inputs")?;
+        let z = inputs.iter_mut().find(|i| i["name"] == "z").context("input z")?;
+        z["dims"][3] = serde_json::json!(tile);
+        z["dims"][4] = serde_json::json!(tile);
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&m)?)?;
+    Ok(())
+}
+
+/// Tiled decoding really hands the decoder one tile at a time: with decoder graphs that accept
+/// only 4 x 4 latents, a 7 x 10 latent decodes tiled (tiles of 4 with overlap 1 cover it exactly)
+/// and equals the unrestricted bundle, and fails untiled.
+#[test]
+fn tiled_decoding_calls_the_decoder_per_tile() -> Result<()> {
+    let src = bundle(Precision::F32)?;
+    let tmp = tempfile::tempdir()?;
+    let dst = tmp.path().join("tile4");
+    tile_only_bundle(src, &dst, 4)?;
+    let (full, restricted) = (Bundle::open(src)?, Bundle::open(&dst)?);
+    let tiling = Some(TilingConfig { tile_size: 4, overlap: 1 });
+    let z = latents_hw(3, 7, 10, 42);
+    for backend in cpu_backends() {
+        let mut reference = Vae::load(&full, &opts(&backend))?;
+        let mut vae = Vae::load(&restricted, &opts(&backend))?;
+        for chunk in [None, Some(1), Some(2)] {
+            let expected = reference.decode(z.view(), &DecodeOptions { chunk, tiling })?;
+            let tiled = vae.decode(z.view(), &DecodeOptions { chunk, tiling })?;
+            compare5(&format!("{backend} chunk {chunk:?}: tile-only bundle"), &tiled, &expected, Approx::Exact)?;
+            let err = match vae.decode(z.view(), &DecodeOptions { chunk, tiling: None }) {
+                Ok(_) => anyhow::bail!("{backend} chunk {chunk:?}: an untiled 7x10 latent passed a 4x4-only graph"),
+                Err(e) => e.to_string(),
+            };
+            ensure!(err.contains("`z`"), "{backend} chunk {chunk:?}: {err}");
+        }
+    }
+    Ok(())
+}
+
+/// The four decoder graphs share one copy of the decoder weights (`decoder.onnx.data`); every
+/// data file has the length the manifest records, and a truncated shared file is named, with
+/// the graphs that read it, when the bundle is opened.
+#[test]
+fn decoder_graphs_share_one_copy_of_the_weights() -> Result<()> {
+    let dir = bundle(Precision::F32)?;
+    let b = Bundle::open(dir)?;
+    let m = b.manifest();
+    for graph in [DECODER, DECODER_FIRST, DECODER_STEP, DECODER_LAST] {
+        let reads = &m.graph(graph)?.external_data;
+        ensure!(reads.first().map(String::as_str) == Some("decoder.onnx.data"), "{graph} reads {reads:?}");
+    }
+    ensure!(m.graph(ENCODER)?.external_data == ["encoder.onnx.data"], "{:?}", m.graph(ENCODER)?.external_data);
+    let mut total = 0;
+    for (file, &len) in &m.data_files {
+        ensure!(std::fs::metadata(dir.join(file))?.len() == len, "{file}: length differs from the manifest");
+        total += len;
+    }
+    let decoder = m.data_files["decoder.onnx.data"];
+    // Unshared, the decoder weights would be stored four times. What the streaming graphs add on
+    // their own (their small frame tables) stays far below one copy.
+    let own: u64 = [DECODER_FIRST, DECODER_STEP, DECODER_LAST]
+        .iter()
+        .filter_map(|g| m.data_files.get(&format!("{g}.onnx.data")))
+        .sum();
+    ensure!(own * 10 < decoder, "streaming graphs store {own} bytes of their own next to {decoder}");
+    ensure!(total == m.data_files["encoder.onnx.data"] + decoder + own, "unexpected data files {:?}", m.data_files);
+
+    let tmp = tempfile::tempdir()?;
+    let broken = tmp.path().join("broken");
+    tile_only_bundle(dir, &broken, 4)?;
+    let data = broken.join("decoder.onnx.data");
+    let bytes = std::fs::read(&data)?;
+    std::fs::write(&data, &bytes[..bytes.len() - 64])?;
+    let err = match Bundle::open(&broken) {
+        Ok(_) => anyhow::bail!("a truncated decoder.onnx.data was accepted"),
+        Err(e) => e.to_string(),
+    };
+    for want in ["decoder.onnx.data", "decoder, decoder_first, decoder_last, decoder_step", "truncated"] {
+        ensure!(err.contains(want), "`{err}` should contain `{want}`");
+    }
+    Ok(())
 }

@@ -4,19 +4,23 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use osp_export::models::wfvae::{export_wfvae, load_weights};
+use osp_export::models::wfvae::{export_wfvae, load_weights, WfvaeWeights};
 use osp_trainer::models::wfvae::WFVAEModelConfig;
 
 use super::GraphOpts;
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["weights", "seed"])))]
 pub struct WfvaeArgs {
     /// Upstream WFVAE `config.json` (e.g. the release `vae/config.json`).
     #[arg(long)]
     config: PathBuf,
     /// Weights by official name: `.safetensors`, `*.safetensors.index.json`, or a PyTorch `.ckpt`/`.pt` (strict).
     #[arg(long)]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
+    /// Seed for deterministic random weights (instead of --weights), for size, memory and speed checks.
+    #[arg(long)]
+    seed: Option<u64>,
     /// Output bundle directory (replaced atomically if it already holds a bundle).
     #[arg(long)]
     out: PathBuf,
@@ -27,8 +31,12 @@ pub struct WfvaeArgs {
 pub fn run(args: WfvaeArgs) -> anyhow::Result<()> {
     let cfg =
         WFVAEModelConfig::from_json_file(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-    let weights = load_weights(&args.weights).with_context(|| format!("loading {}", args.weights.display()))?;
-    let opts = args.graph.export_options(Some(args.weights.clone()));
+    let weights = match (&args.weights, args.seed) {
+        (Some(path), _) => load_weights(path).with_context(|| format!("loading {}", path.display()))?,
+        (None, Some(seed)) => WfvaeWeights::random(&cfg, seed)?,
+        (None, None) => anyhow::bail!("one of --weights or --seed is required"),
+    };
+    let opts = args.graph.export_options(args.weights.clone());
     export_wfvae(&cfg, &weights, &opts, &args.out).with_context(|| format!("exporting to {}", args.out.display()))?;
     Ok(())
 }

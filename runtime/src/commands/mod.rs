@@ -11,6 +11,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 pub mod bench;
+pub mod decode;
 pub mod encode_text;
 pub mod eval;
 pub mod extract_text_embeds;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Reconstruct a video (or a folder of videos) through a VAE bundle: decode, resize and crop,
     /// encode, decode, write H.264.
     Reconstruct(reconstruct::ReconstructArgs),
+    /// Decode latents (safetensors `[b, c, t, h, w]`) into a video through a VAE bundle: whole,
+    /// streamed in time (--chunk), tiled in space (--tile-size), or both; prints the decode time.
+    Decode(decode::DecodeArgs),
     /// PSNR and SSIM between a folder of real videos and a folder of generated ones.
     Eval(eval::EvalArgs),
     /// Print a prompt's token ids and attention mask as JSON.
@@ -97,6 +101,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Reconstruct(args) => reconstruct::run(args, &cli.backend),
+        Command::Decode(args) => decode::run(args, &cli.backend),
         Command::Eval(args) => eval::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::EncodeText(args) => encode_text::run(args, &cli.backend),

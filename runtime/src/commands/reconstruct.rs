@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use ndarray::Axis;
-use osp_runtime::vae::{TilingConfig, Vae};
+use osp_runtime::vae::{DecodeOptions, Vae};
 use osp_runtime::video::{self, EncodeOptions};
 use osp_runtime::Bundle;
 
+use super::decode::DecodeOpts;
 use super::BackendOpts;
 
 /// Video file extensions the folder modes pick up (upstream `video_exts` plus mkv and mov).
@@ -66,38 +67,9 @@ pub struct ReconstructArgs {
     #[arg(long, alias = "sample_fps", default_value_t = 30.0)]
     pub sample_fps: f64,
     #[command(flatten)]
-    pub tiling: TilingOpts,
+    pub decode: DecodeOpts,
     #[command(flatten)]
     pub encode: EncodeOpts,
-}
-
-/// Spatial tiling of the VAE decoding.
-#[derive(Debug, Clone, Args)]
-pub struct TilingOpts {
-    /// Latent tile height and width for decoding (x8 output pixels); latents no larger than one
-    /// tile are decoded whole. Smaller tiles use less memory.
-    #[arg(long, env = "OSP_VAE_TILE_SIZE", default_value_t = TilingConfig::default().tile_size)]
-    pub tile_size: usize,
-    /// Latent pixels shared by neighbouring tiles and blended linearly (x8 output pixels).
-    #[arg(long, env = "OSP_VAE_TILE_OVERLAP", default_value_t = TilingConfig::default().overlap)]
-    pub tile_overlap: usize,
-    /// Decode the whole latent at once (memory grows with height x width).
-    #[arg(long)]
-    pub no_tiling: bool,
-    /// Accepted for upstream compatibility; tiling is on unless --no-tiling.
-    #[arg(long, alias = "enable_tiling", hide = true)]
-    pub enable_tiling: bool,
-}
-
-impl TilingOpts {
-    pub fn config(&self) -> anyhow::Result<Option<TilingConfig>> {
-        if self.no_tiling {
-            return Ok(None);
-        }
-        let cfg = TilingConfig { tile_size: self.tile_size, overlap: self.tile_overlap };
-        cfg.validate().context("--tile-size / --tile-overlap")?;
-        Ok(Some(cfg))
-    }
 }
 
 /// H.264 encoder settings.
@@ -122,17 +94,17 @@ pub fn run(args: &ReconstructArgs, backend: &BackendOpts) -> anyhow::Result<()> 
     if args.sample_rate == 0 {
         anyhow::bail!("--sample-rate must be at least 1");
     }
-    let tiling = args.tiling.config()?;
     let encode = args.encode.options();
     let bundle =
         Bundle::open(&args.bundle).with_context(|| format!("opening the VAE bundle {}", args.bundle.display()))?;
     let mut vae = Vae::load(&bundle, &backend.session_options()?)
         .with_context(|| format!("loading the VAE graphs of {}", args.bundle.display()))?;
+    let decode = args.decode.options(&vae)?;
 
     match (&args.video_path, &args.real_video_dir) {
         (Some(input), _) => {
             let output = args.rec_path.as_ref().context("--rec-path is required with --video-path")?;
-            let job = Job { args, tiling: tiling.as_ref(), encode: &encode, fps: args.fps };
+            let job = Job { args, decode: &decode, encode: &encode, fps: args.fps };
             job.reconstruct(&mut vae, input, output, None)?;
             println!("{}", output.display());
             Ok(())
@@ -140,8 +112,7 @@ pub fn run(args: &ReconstructArgs, backend: &BackendOpts) -> anyhow::Result<()> 
         (None, Some(dir)) => {
             let out_dir =
                 args.generated_video_dir.as_ref().context("--generated-video-dir is required with --real-video-dir")?;
-            let job =
-                Job { args, tiling: tiling.as_ref(), encode: &encode, fps: args.sample_fps / args.sample_rate as f64 };
+            let job = Job { args, decode: &decode, encode: &encode, fps: args.sample_fps / args.sample_rate as f64 };
             run_folder(&job, &mut vae, dir, out_dir)
         }
         (None, None) => anyhow::bail!("give --video-path (one video) or --real-video-dir (a folder)"),
@@ -150,7 +121,7 @@ pub fn run(args: &ReconstructArgs, backend: &BackendOpts) -> anyhow::Result<()> 
 
 struct Job<'a> {
     args: &'a ReconstructArgs,
-    tiling: Option<&'a TilingConfig>,
+    decode: &'a DecodeOptions,
     encode: &'a EncodeOptions,
     fps: f64,
 }
@@ -163,7 +134,7 @@ impl Job<'_> {
         let frames = video::read_video(input, a.num_frames, a.sample_rate)?;
         let x = video::preprocess(frames.view(), a.height, a.width);
         let z = vae.encode(x.view()).with_context(|| format!("encoding {}", input.display()))?;
-        let sample = vae.decode(z.view(), self.tiling).with_context(|| format!("decoding {}", input.display()))?;
+        let sample = vae.decode(z.view(), self.decode).with_context(|| format!("decoding {}", input.display()))?;
         let want = [1, 3, a.num_frames, a.height, a.width];
         anyhow::ensure!(
             sample.shape() == want,

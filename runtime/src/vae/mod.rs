@@ -1,10 +1,32 @@
 //! The video VAE stage: a bundle's `encoder` graph (`x` `[b, 3, t, h, w]` f32 in `[-1, 1]` ->
-//! `mean`, `logvar` `[b, c, t', h / 8, w / 8]`) and `decoder` graph (`z` -> `sample`
-//! `[b, 3, t, h, w]`), with optional spatial tiling of the decoding ([`tiling`]).
+//! `mean`, `logvar` `[b, c, t', h / 8, w / 8]`) and its decoders: the whole-clip `decoder` graph
+//! (`z` -> `sample` `[b, 3, t, h, w]`) and, when the bundle has them, the streaming decoder graphs
+//! ([`streaming`]). [`Vae::decode`] is the one entry point for decoding; [`DecodeOptions`] picks
+//! temporal chunking (the streaming graphs) and spatial tiling ([`tiling`]), alone or combined.
+//!
+//! Combined, every spatial tile is streamed through time: peak memory is one tile's causal state
+//! and one chunk's activations, plus the output video itself. Chunking is exact (the streamed
+//! frames equal the whole-clip decoder's); tiling is approximate near tile borders (a blend).
+//!
+//! Sessions load on first use, so a decode-only caller never loads the encoder, and the whole-clip
+//! and streaming decoders are only loaded when asked for.
 //!
 //! Reconstruction uses the posterior mean. Upstream `rec_video.py` draws `.sample()` from the
 //! posterior and applies WFVAE's latent `shift`/`scale` on encode and its inverse on decode; the
 //! two cancel, and the mean makes the reconstruction deterministic.
+//!
+//! ```no_run
+//! # fn main() -> osp_runtime::Result<()> {
+//! use osp_runtime::vae::{DecodeOptions, TilingConfig, Vae};
+//! use osp_runtime::{Bundle, SessionOptions};
+//! let bundle = Bundle::open("bundles/wfvae")?;
+//! let mut vae = Vae::load(&bundle, &SessionOptions::default())?;
+//! let z = ndarray::Array5::<f32>::zeros((1, 8, 5, 32, 32));
+//! let opts = DecodeOptions { chunk: vae.default_chunk(), tiling: Some(TilingConfig::default()) };
+//! let video = vae.decode(z.view(), &opts)?; // [1, 3, 17, 256, 256]
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod streaming;
 pub mod tiling;
@@ -12,10 +34,12 @@ pub mod tiling;
 use std::collections::BTreeMap;
 
 use ndarray::{Array5, ArrayView5, Ix5};
+use osp_graphs::config::{StreamProtocol, STREAM_METADATA_KEY};
 
 use crate::error::{Error, Result};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
+pub use streaming::StreamingDecoder;
 pub use tiling::{decode_tiled, TilingConfig};
 
 /// Graph and I/O names a VAE bundle provides.
@@ -26,37 +50,138 @@ pub const ENCODER_MEAN: &str = "mean";
 pub const DECODER_INPUT: &str = "z";
 pub const DECODER_OUTPUT: &str = "sample";
 
-/// Loaded encoder and decoder sessions of a VAE bundle.
+/// How [`Vae::decode`] runs the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecodeOptions {
+    /// Stream the clip through the streaming decoder graphs, this many latent frames per call
+    /// after the first (exact; memory bounded in time). `None` runs the whole-clip `decoder` graph.
+    pub chunk: Option<usize>,
+    /// Decode overlapping spatial tiles and blend them (memory bounded in height and width).
+    pub tiling: Option<TilingConfig>,
+}
+
+impl DecodeOptions {
+    /// The whole-clip decoder on the whole latent (the reference; memory grows with t x h x w).
+    pub fn whole() -> Self {
+        Self::default()
+    }
+
+    /// Streaming in chunks of `chunk` latents inside default-sized tiles: bounded memory.
+    pub fn bounded(chunk: usize) -> Self {
+        Self { chunk: Some(chunk), tiling: Some(TilingConfig::default()) }
+    }
+}
+
+/// A VAE bundle's graphs, loaded on first use.
 pub struct Vae {
-    encoder: GraphSession,
-    decoder: GraphSession,
+    bundle: Bundle,
+    opts: SessionOptions,
+    protocol: Option<StreamProtocol>,
+    encoder: Option<GraphSession>,
+    decoder: Option<GraphSession>,
+    streaming: Option<StreamingDecoder>,
 }
 
 impl Vae {
+    /// Checks that `bundle` has the `encoder` and `decoder` graphs (and reads the streaming
+    /// protocol if it has streaming graphs); sessions are created on first use with `opts`.
     pub fn load(bundle: &Bundle, opts: &SessionOptions) -> Result<Self> {
-        Ok(Self { encoder: bundle.session(ENCODER_GRAPH, opts)?, decoder: bundle.session(DECODER_GRAPH, opts)? })
+        let manifest = bundle.manifest();
+        manifest.graph(ENCODER_GRAPH)?;
+        manifest.graph(DECODER_GRAPH)?;
+        let protocol = match manifest
+            .graphs
+            .iter()
+            .find_map(|(name, g)| g.metadata.get(STREAM_METADATA_KEY).map(|value| (name, value)))
+        {
+            Some((name, value)) => Some(streaming::parse_protocol(name, value)?),
+            None => None,
+        };
+        Ok(Self { bundle: bundle.clone(), opts: opts.clone(), protocol, encoder: None, decoder: None, streaming: None })
+    }
+
+    /// The streaming protocol, when the bundle has streaming decoder graphs.
+    pub fn streaming_protocol(&self) -> Option<&StreamProtocol> {
+        self.protocol.as_ref()
+    }
+
+    /// The bundle's recommended streaming chunk (latent frames per call), when it can stream.
+    pub fn default_chunk(&self) -> Option<usize> {
+        self.protocol.as_ref().map(|p| p.default_chunk_latents)
     }
 
     /// The posterior mean of `x` (`[b, 3, t, h, w]` in `[-1, 1]`).
     pub fn encode(&mut self, x: ArrayView5<f32>) -> Result<Array5<f32>> {
         let _span = tracing::info_span!("vae_encode", shape = ?x.shape()).entered();
+        if self.encoder.is_none() {
+            self.encoder = Some(self.bundle.session(ENCODER_GRAPH, &self.opts)?);
+        }
+        let encoder = self.encoder.as_mut().expect("the encoder session was just loaded");
         let input = Tensor::F32(x.to_owned().into_dyn());
-        let out = self.encoder.run(&[(ENCODER_INPUT, &input)])?;
+        let out = encoder.run(&[(ENCODER_INPUT, &input)])?;
         take_f32_5d(ENCODER_GRAPH, ENCODER_MEAN, out)
     }
 
-    /// Decodes latents `z` whole, or tile by tile when `tiling` is given.
-    pub fn decode(&mut self, z: ArrayView5<f32>, tiling: Option<&TilingConfig>) -> Result<Array5<f32>> {
-        let _span = tracing::info_span!("vae_decode", shape = ?z.shape()).entered();
-        let decoder = &mut self.decoder;
-        let mut run = |tile: ArrayView5<f32>| -> Result<Array5<f32>> {
-            let input = Tensor::F32(tile.to_owned().into_dyn());
-            let out = decoder.run(&[(DECODER_INPUT, &input)])?;
-            take_f32_5d(DECODER_GRAPH, DECODER_OUTPUT, out)
-        };
-        match tiling {
+    /// Decodes latents `z` (`[b, c, t, h, w]`) into `[b, 3, frames, h * 8, w * 8]` as `opts`
+    /// says: whole or streamed in time, whole or tiled in space (each tile streamed through time).
+    pub fn decode(&mut self, z: ArrayView5<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
+        let _span =
+            tracing::info_span!("vae_decode", shape = ?z.shape(), chunk = ?opts.chunk, tiling = ?opts.tiling).entered();
+        let mut decoder = self.decoder_for(opts.chunk)?;
+        let mut run = |tile: ArrayView5<f32>| decoder.decode(tile);
+        match &opts.tiling {
             Some(cfg) => decode_tiled(z, cfg, run),
             None => run(z),
+        }
+    }
+
+    /// Loads (once) and borrows the decoder `chunk` asks for.
+    fn decoder_for(&mut self, chunk: Option<usize>) -> Result<TileDecoder<'_>> {
+        match chunk {
+            None => {
+                if self.decoder.is_none() {
+                    self.decoder = Some(self.bundle.session(DECODER_GRAPH, &self.opts)?);
+                }
+                Ok(TileDecoder::Whole(self.decoder.as_mut().expect("the decoder session was just loaded")))
+            }
+            Some(chunk) => {
+                if self.protocol.is_none() {
+                    return Err(Error::Graph(osp_graphs::Error::Invalid(format!(
+                        "bundle {} has no streaming decoder graphs: decode without a chunk size (whole clip) \
+                         or re-export the bundle",
+                        self.bundle.dir().display()
+                    ))));
+                }
+                if self.streaming.is_none() {
+                    self.streaming = Some(StreamingDecoder::load(&self.bundle, &self.opts)?);
+                }
+                let streaming = self.streaming.as_mut().expect("the streaming decoder was just loaded");
+                Ok(TileDecoder::Stream(streaming, chunk))
+            }
+        }
+    }
+}
+
+/// The decoder one latent (tile) goes through.
+enum TileDecoder<'a> {
+    Whole(&'a mut GraphSession),
+    Stream(&'a mut StreamingDecoder, usize),
+}
+
+impl TileDecoder<'_> {
+    fn decode(&mut self, z: ArrayView5<f32>) -> Result<Array5<f32>> {
+        let input = Tensor::F32(z.to_owned().into_dyn());
+        match self {
+            TileDecoder::Whole(session) => {
+                let out = session.run(&[(DECODER_INPUT, &input)])?;
+                take_f32_5d(DECODER_GRAPH, DECODER_OUTPUT, out)
+            }
+            TileDecoder::Stream(streaming, chunk) => {
+                let name = streaming.protocol().output.clone();
+                let frames = streaming.decode(&input, *chunk)?;
+                let graph = streaming.protocol().step_graph.clone();
+                take_f32_5d(&graph, &name, BTreeMap::from([(name.clone(), frames)]))
+            }
         }
     }
 }

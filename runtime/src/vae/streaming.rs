@@ -24,7 +24,7 @@ fn invalid(why: String) -> Error {
     Error::Graph(osp_graphs::Error::Invalid(why))
 }
 
-fn parse_protocol(graph: &str, value: &serde_json::Value) -> Result<StreamProtocol> {
+pub(crate) fn parse_protocol(graph: &str, value: &serde_json::Value) -> Result<StreamProtocol> {
     serde_json::from_value(value.clone())
         .map_err(|e| invalid(format!("graph `{graph}`: `{STREAM_METADATA_KEY}` metadata: {e}")))
 }

@@ -8,7 +8,12 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
+use burn::backend::NdArray;
 use osp_trainer::checkpoint::Checkpoint;
+use osp_trainer::models::wfvae::WFVAEModelConfig;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::Normal;
 
 use super::haar;
 use crate::error::{Error, Result};
@@ -55,6 +60,32 @@ impl WfvaeWeights {
                 continue;
             }
             tensors.insert(name.to_string(), HostTensor::from_f32(shape, &values)?);
+        }
+        Ok(Self { tensors, used: RefCell::new(BTreeSet::new()) })
+    }
+
+    /// Deterministic random weights for every official tensor of the model `cfg` builds (the
+    /// built-in Haar kernels aside), for size, memory and speed checks of real-size configs.
+    /// Kernels are `N(0, 1 / fan_in)` so activations keep their scale through the layers; norm
+    /// weights are 1, other vectors `N(0, 0.02^2)`.
+    pub fn random(cfg: &WFVAEModelConfig, seed: u64) -> Result<Self> {
+        let model = cfg.init::<NdArray<f32>>(&Default::default())?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut tensors = BTreeMap::new();
+        for (name, shape) in model.official_tensors() {
+            if haar::official_fixed_tensor(&name).is_some() {
+                continue;
+            }
+            let numel = shape.iter().product::<usize>();
+            let values: Vec<f32> = if shape.len() == 1 && name.contains("norm") && name.ends_with(".weight") {
+                vec![1.0; numel]
+            } else {
+                let std =
+                    if shape.len() >= 2 { 1.0 / (shape[1..].iter().product::<usize>() as f32).sqrt() } else { 0.02 };
+                let dist = Normal::new(0.0f32, std).expect("a positive std should make a valid normal distribution");
+                (0..numel).map(|_| rng.sample(dist)).collect()
+            };
+            tensors.insert(name, HostTensor::from_f32(shape, &values)?);
         }
         Ok(Self { tensors, used: RefCell::new(BTreeSet::new()) })
     }
