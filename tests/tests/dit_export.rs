@@ -321,8 +321,9 @@ fn strict_weights_name_the_offending_tensor() -> Result<()> {
 }
 
 /// The release geometry (hidden 2304 = 24 heads x 96, caption 4096, FFN 9216) with 2 layers and
-/// random weights, one forward at 1280 tokens (t=5, 32x64 latent pixels -> 5x16x16 patches), fused
-/// vs decomposed, on ort-cpu and tract. Prints seconds per forward. Takes a few minutes.
+/// random weights, one forward at 1280 tokens (t=5, 32x32 latent pixels -> 5x16x16 patches) and at
+/// 4096 tokens (t=4, 64x64 -> 4x32x32), fused vs decomposed, on ort-cpu and tract. Prints seconds per
+/// forward. Takes several minutes.
 #[test]
 #[ignore = "heavy (0.9 GB of weights, minutes on 2 cores): run before closing the DiT export issue with --ignored --nocapture"]
 fn release_geometry_two_layers_timing() -> Result<()> {
@@ -331,12 +332,23 @@ fn release_geometry_two_layers_timing() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut rng = StdRng::seed_from_u64(1);
     let mut normal = |shape: &[usize]| ArrayD::from_shape_fn(IxDyn(shape), |_| rng.sample::<f32, _>(StandardNormal));
-    let call = Call {
-        hidden_states: normal(&[1, 8, 5, 32, 32 * 2]),
-        timestep: ArrayD::from_elem(IxDyn(&[1]), 999.0),
-        encoder_hidden_states: normal(&[1, 1, 64, 4096]),
-        encoder_attention_mask: ArrayD::from_shape_fn(IxDyn(&[1, 1, 64]), |ix| if ix[2] < 20 { 1.0 } else { 0.0 }),
-    };
+    let (pt, p) = (config.patch_size_t.context("patch_size_t")?, config.patch_size.context("patch_size")?);
+    let geometries = [[5usize, 32, 32], [4, 64, 64]];
+    let calls: Vec<(usize, Call)> = geometries
+        .iter()
+        .map(|&[t, lh, lw]| {
+            let call = Call {
+                hidden_states: normal(&[1, 8, t, lh, lw]),
+                timestep: ArrayD::from_elem(IxDyn(&[1]), 999.0),
+                encoder_hidden_states: normal(&[1, 1, 64, 4096]),
+                encoder_attention_mask: ArrayD::from_shape_fn(
+                    IxDyn(&[1, 1, 64]),
+                    |ix| if ix[2] < 20 { 1.0 } else { 0.0 },
+                ),
+            };
+            ((t / pt) * (lh / p) * (lw / p), call)
+        })
+        .collect();
     let mut outputs = BTreeMap::new();
     for form in [AttentionKind::OnnxAttention, AttentionKind::Decomposed] {
         let started = Instant::now();
@@ -346,20 +358,24 @@ fn release_geometry_two_layers_timing() -> Result<()> {
             let started = Instant::now();
             let mut session = bundle.session(GRAPH_NAME, &SessionOptions::new(backend.clone()).with_threads(2))?;
             let load = started.elapsed().as_secs_f64();
-            // the first run warms up (tract plans, ORT allocates); the second is timed
-            run_in(&mut session, &call)?;
-            let started = Instant::now();
-            let y = run_in(&mut session, &call)?;
-            let secs = started.elapsed().as_secs_f64();
-            eprintln!("forward {form:>16} on {backend:<8} (1280 tokens, 2 layers, 2 threads): {secs:.2} s (session load {load:.1} s)");
-            ensure!(y.iter().all(|v| v.is_finite()), "non-finite output");
-            outputs.insert((form, backend.name()), y);
+            for (tokens, call) in &calls {
+                // the first run warms up (tract plans, ORT allocates); the second is timed
+                run_in(&mut session, call)?;
+                let started = Instant::now();
+                let y = run_in(&mut session, call)?;
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "forward {form:>16} on {backend:<8} ({tokens} tokens, 2 layers, 2 threads): {secs:.2} s (session load {load:.1} s)"
+                );
+                ensure!(y.iter().all(|v| v.is_finite()), "non-finite output");
+                outputs.insert((*tokens, form, backend.name()), y);
+            }
         }
     }
-    let reference = &outputs[&(AttentionKind::Decomposed, "ort-cpu")];
-    for ((form, backend), y) in &outputs {
+    for ((tokens, form, backend), y) in &outputs {
+        let reference = &outputs[&(*tokens, AttentionKind::Decomposed, "ort-cpu")];
         check_close(
-            &format!("{form} on {backend} vs decomposed on ort-cpu"),
+            &format!("{form} on {backend} vs decomposed on ort-cpu at {tokens} tokens"),
             y.as_slice().context("standard layout")?,
             reference.as_slice().context("standard layout")?,
             Approx::Approximate,

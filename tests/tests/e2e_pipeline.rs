@@ -223,7 +223,7 @@ fn streaming_decode_equals_whole_decode_of_the_recorded_latents() -> Result<()> 
         Approx::Approximate,
     )?;
     for chunk in [1, 2, 3] {
-        let streamed = pipeline.decode_latents(&latents, &DecodeOptions { stream_chunk: Some(chunk), tiling: None })?;
+        let streamed = pipeline.decode_latents(&latents, &DecodeOptions { chunk: Some(chunk), tiling: None })?;
         check_close(
             &format!("streamed (chunk {chunk}) vs whole"),
             &streamed.iter().copied().collect::<Vec<_>>(),

@@ -274,7 +274,7 @@ impl SamplingOpts {
             num_samples_per_prompt: self.num_samples_per_prompt,
             max_sequence_length: self.max_sequence_length.unwrap_or(d.max_sequence_length),
             decode: DecodeOptions {
-                stream_chunk: match (self.stream_chunk, self.enable_tiling) {
+                chunk: match (self.stream_chunk, self.enable_tiling) {
                     (Some(chunk), _) => Some(chunk),
                     (None, true) => Some(pipeline.default_stream_chunk().context(
                         "--enable_tiling: the VAE bundle has no streaming decoder graphs (re-export it with osp-export)",

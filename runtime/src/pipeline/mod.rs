@@ -29,8 +29,7 @@ use crate::scheduler::{PredictionType, SampleMethod, Scheduler, SchedulerConfig,
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
 use crate::text::{EmbeddingCache, TextEmbeddings, TextEncoder};
-use crate::vae::streaming::StreamingDecoder;
-use crate::vae::{decode_tiled, TilingConfig, DECODER_GRAPH, DECODER_INPUT, DECODER_OUTPUT};
+use crate::vae::{Vae, DECODER_GRAPH};
 
 use self::noise::{InitLatents, NoiseSource};
 
@@ -38,14 +37,7 @@ use self::noise::{InitLatents, NoiseSource};
 pub const TRANSFORMER_GRAPH: &str = "transformer";
 const DIT_OUTPUT: &str = "sample";
 
-/// How latents are decoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DecodeOptions {
-    /// Decode with the streaming graphs, this many latent frames per call.
-    pub stream_chunk: Option<usize>,
-    /// Decode tile by tile (each tile whole or streamed).
-    pub tiling: Option<TilingConfig>,
-}
+pub use crate::vae::DecodeOptions;
 
 /// One generation request (the upstream `sample.py` arguments).
 #[derive(Debug, Clone, PartialEq)]
@@ -140,10 +132,7 @@ pub struct Pipeline {
     spec: PipelineSpec,
     text: TextEncoder,
     transformer: GraphSession,
-    vae: Bundle,
-    session_options: SessionOptions,
-    decoder: Option<GraphSession>,
-    streaming: Option<StreamingDecoder>,
+    vae: Vae,
 }
 
 impl std::ops::Deref for Pipeline {
@@ -173,9 +162,9 @@ impl Pipeline {
             text = text.with_cache(cache);
         }
         let transformer = Bundle::open(spec.dir.join(&c.transformer))?.session(TRANSFORMER_GRAPH, opts)?;
-        let vae = Bundle::open(spec.dir.join(&c.vae))?;
+        let vae = Vae::load(&Bundle::open(spec.dir.join(&c.vae))?, opts)?;
         tracing::info!(bundle = %spec.dir.display(), latent_channels = spec.dims.latent_channels, "pipeline loaded");
-        Ok(Self { spec, text, transformer, vae, session_options: opts.clone(), decoder: None, streaming: None })
+        Ok(Self { spec, text, transformer, vae })
     }
 
     pub fn spec(&self) -> &PipelineSpec {
@@ -350,7 +339,7 @@ impl PipelineSpec {
             t.validate().map_err(|e| invalid("--tile-size / --tile-overlap", e.to_string()))?;
         }
         let latent_frames = (req.num_frames - 1) / vt + 1;
-        if let (None, Some(max)) = (req.decode.stream_chunk, self.max_latent_frames) {
+        if let (None, Some(max)) = (req.decode.chunk, self.max_latent_frames) {
             if latent_frames > max {
                 return Err(invalid(
                     "--num_frames",
@@ -362,7 +351,7 @@ impl PipelineSpec {
                 ));
             }
         }
-        if let Some(chunk) = req.decode.stream_chunk {
+        if let Some(chunk) = req.decode.chunk {
             let Some(p) = &self.stream_protocol else {
                 return Err(invalid("--stream-chunk", "the VAE bundle has no streaming decoder graphs".into()));
             };
@@ -510,57 +499,8 @@ impl Pipeline {
 
     /// Un-normalises and decodes latents `[n, c, t, h, w]` to video `[n, 3, f, H, W]`.
     pub fn decode_latents(&mut self, latents: &ArrayD<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
-        let _span = tracing::info_span!("vae_decode", shape = ?latents.shape()).entered();
         let z = self.unnormalize(latents)?;
-        let mut run_tile = self.tile_decoder(opts.stream_chunk)?;
-        match &opts.tiling {
-            Some(t) => decode_tiled(z.view(), t, |tile| run_tile(tile.to_owned())),
-            None => run_tile(z),
-        }
-    }
-
-    /// A closure decoding one latent tile with the whole or the streaming decoder.
-    fn tile_decoder(&mut self, stream_chunk: Option<usize>) -> Result<TileDecoder<'_>> {
-        match stream_chunk {
-            Some(chunk) => {
-                if self.streaming.is_none() {
-                    self.streaming = Some(StreamingDecoder::load(&self.vae, &self.session_options)?);
-                }
-                let dec = self.streaming.as_mut().expect("the streaming decoder was just loaded");
-                Ok(Box::new(move |z: Array5<f32>| {
-                    let out = dec.decode(&Tensor::F32(z.into_dyn()), chunk)?;
-                    into_5d(out, "decoder_step")
-                }))
-            }
-            None => {
-                if self.decoder.is_none() {
-                    self.decoder = Some(self.vae.session(DECODER_GRAPH, &self.session_options)?);
-                }
-                let dec = self.decoder.as_mut().expect("the decoder was just loaded");
-                Ok(Box::new(move |z: Array5<f32>| {
-                    let input = Tensor::F32(z.into_dyn());
-                    let mut out = dec.run(&[(DECODER_INPUT, &input)])?;
-                    let y = take_f32(&mut out, DECODER_GRAPH, DECODER_OUTPUT)?;
-                    into_5d(Tensor::F32(y), DECODER_GRAPH)
-                }))
-            }
-        }
-    }
-}
-
-/// Decodes one latent tile `[n, c, t, h, w]` to video `[n, 3, f, H, W]`.
-type TileDecoder<'a> = Box<dyn FnMut(Array5<f32>) -> Result<Array5<f32>> + 'a>;
-
-fn into_5d(t: Tensor, graph: &str) -> Result<Array5<f32>> {
-    let described = t.describe();
-    match t {
-        Tensor::F32(a) => a.into_dimensionality::<Ix5>().map_err(|_| Error::OutputMismatch {
-            graph: graph.into(),
-            output: DECODER_OUTPUT.into(),
-            expected: "[n, 3, f, H, W]".into(),
-            got: described,
-        }),
-        other => Err(Error::unsupported(format!("{graph} output"), other.dtype())),
+        self.vae.decode(z.view(), opts)
     }
 }
 
