@@ -361,11 +361,13 @@ fn release_geometry_two_layers_timing() -> Result<()> {
             for (tokens, call) in &calls {
                 // the first run warms up (tract plans, ORT allocates); the second is timed
                 run_in(&mut session, call)?;
-                let started = Instant::now();
+                let (started, cpu_started) = (Instant::now(), process_cpu_secs()?);
                 let y = run_in(&mut session, call)?;
                 let secs = started.elapsed().as_secs_f64();
+                let cpu = process_cpu_secs()? - cpu_started;
                 eprintln!(
-                    "forward {form:>16} on {backend:<8} ({tokens} tokens, 2 layers, 2 threads): {secs:.2} s (session load {load:.1} s)"
+                    "forward {form:>16} on {backend:<8} ({tokens} tokens, 2 layers, 2 threads): {secs:.2} s wall, \
+                     {cpu:.2} CPU s (session load {load:.1} s)"
                 );
                 ensure!(y.iter().all(|v| v.is_finite()), "non-finite output");
                 outputs.insert((*tokens, form, backend.name()), y);
@@ -382,4 +384,16 @@ fn release_geometry_two_layers_timing() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// User + system CPU seconds of this process so far (`/proc/self/stat` fields 14 and 15), which
+/// stays meaningful when other jobs share the cores and inflate wall time.
+fn process_cpu_secs() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // the command name (field 2) may contain spaces; the fields after it start past the last ')'
+    let rest = stat.rsplit_once(')').context("/proc/self/stat has no ')'")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("/proc/self/stat is short")?.parse::<f64>()?) };
+    // fields[0] is field 3 (state), so utime (14) and stime (15) are at 11 and 12; USER_HZ is 100 on Linux
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
