@@ -14,7 +14,7 @@ use clap::Args;
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
 use osp_trainer::data::annotation::{read_annotation, text_embed_file};
 use osp_trainer::models::mt5::MT5Config;
-use osp_trainer::npz::{write_npz, NpyArray};
+use osp_runtime::text::npz::{write_npz, NpyArray};
 use osp_trainer::text::CaptionTokenizer;
 
 use super::DeviceKind;
