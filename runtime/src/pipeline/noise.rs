@@ -295,7 +295,7 @@ mod tests {
             (0..10).map(|_| b.next_u64()).collect::<Vec<_>>()
         );
         let saved = serde_json::to_string(&a).expect("state serialises");
-        let mut c: Rng = serde_json::from_str(&saved).expect("state parses");
+        let mut c: Xoshiro256 = serde_json::from_str(&saved).expect("state parses");
         assert_eq!(a.normal(), c.normal());
         assert_ne!(Xoshiro256::new(7).next_u64(), Xoshiro256::new(8).next_u64());
     }
