@@ -30,7 +30,10 @@ pub fn osp_binary() -> Result<PathBuf> {
     };
     let osp = dir.join(format!("osp{}", std::env::consts::EXE_SUFFIX));
     if !osp.is_file() {
-        bail!("{} not built: run the tests with `--workspace` or build `-p osp-runtime --bin osp` first", osp.display());
+        bail!(
+            "{} not built: run the tests with `--workspace` or build `-p osp-runtime --bin osp` first",
+            osp.display()
+        );
     }
     Ok(osp)
 }

@@ -9,9 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use osp_runtime::text::npz::{write_npz, NpyArray};
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
 use osp_trainer::models::opensora_v1_3::OpenSoraT2V_v1_3Config;
-use osp_runtime::text::npz::{write_npz, NpyArray};
 use osp_trainer::train::Rng;
 
 fn run(args: &[String]) {

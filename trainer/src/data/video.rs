@@ -66,11 +66,8 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
 pub fn read_frames(path: &Path, indices: &[usize]) -> Result<Frames> {
     let frames = media::read_frames(path, indices)?;
     let (t, h, w, _) = frames.dim();
-    let data = if frames.is_standard_layout() {
-        frames.into_raw_vec_and_offset().0
-    } else {
-        frames.iter().copied().collect()
-    };
+    let data =
+        if frames.is_standard_layout() { frames.into_raw_vec_and_offset().0 } else { frames.iter().copied().collect() };
     Frames::new(t, h, w, data)
 }
 
