@@ -20,6 +20,24 @@ pub fn shared_reference() -> PathBuf {
     repo_root().join("../shared/reference")
 }
 
+/// The `osp` binary of the build that runs this test (`target/<profile>/osp`). Cargo builds it for
+/// `cargo test --workspace` (or `-p osp-runtime --bin osp` beside `-p osp-tests`), not for `-p osp-tests`
+/// alone, so a missing binary is an error that says how to build it.
+pub fn osp_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let Some(dir) = exe.parent().and_then(std::path::Path::parent) else {
+        bail!("test executable {} should sit in target/<profile>/deps", exe.display());
+    };
+    let osp = dir.join(format!("osp{}", std::env::consts::EXE_SUFFIX));
+    if !osp.is_file() {
+        bail!(
+            "{} not built: run the tests with `--workspace` or build `-p osp-runtime --bin osp` first",
+            osp.display()
+        );
+    }
+    Ok(osp)
+}
+
 /// Compares two f32 slices at a named level; the error carries the full comparison report.
 pub fn check_close(what: &str, actual: &[f32], expected: &[f32], level: Approx) -> Result<Comparison> {
     let c = level.compare(actual, expected);

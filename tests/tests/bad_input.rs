@@ -154,15 +154,6 @@ fn gpu_backends_never_fall_back_to_cpu() -> Result<()> {
     Ok(())
 }
 
-/// The `osp` binary built beside this test (target/<profile>/osp).
-fn osp_binary() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(Path::parent).context("test executable sits in target/<profile>/deps")?;
-    let osp = dir.join("osp");
-    anyhow::ensure!(osp.is_file(), "{} not built (cargo test --workspace builds it)", osp.display());
-    Ok(osp)
-}
-
 #[test]
 fn run_graph_cli_round_trip() -> Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -174,7 +165,7 @@ fn run_graph_cli_round_trip() -> Result<()> {
     // The CLI on other backends is covered by runtime/tests/cli.rs, where the binary's features are known.
     for backend in ["ort-cpu"] {
         let out = tmp.path().join(format!("out-{backend}.safetensors"));
-        let status = Command::new(osp_binary()?)
+        let status = Command::new(osp_tests::osp_binary()?)
             .args([
                 "run-graph",
                 bundle.to_str().unwrap(),

@@ -39,6 +39,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A shared data format, media file or schedule handled by the runtime library (npz text
+    /// cache, video decode/encode, DDPM tables) failed.
+    #[error(transparent)]
+    Runtime(#[from] osp_runtime::Error),
     /// A JSON file failed to parse.
     #[error("{}: {source}", path.display())]
     Json {

@@ -11,7 +11,6 @@ pub mod error;
 pub mod io;
 pub mod losses;
 pub mod models;
-pub mod npz;
 pub mod remap;
 pub mod text;
 pub mod train;

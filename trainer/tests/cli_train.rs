@@ -9,9 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use osp_runtime::text::npz::{write_npz, NpyArray};
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
 use osp_trainer::models::opensora_v1_3::OpenSoraT2V_v1_3Config;
-use osp_trainer::npz::{write_npz, NpyArray};
 use osp_trainer::train::Rng;
 
 fn run(args: &[String]) {
@@ -232,7 +232,7 @@ fn embed_writes_the_text_cache_that_dit_trains_on() {
     };
     embed("3");
     let first = emb.join("videos/00000-0.npz");
-    let arrays = osp_trainer::npz::read_npz(&first).expect("cache file");
+    let arrays = osp_runtime::text::npz::read_npz(&first).expect("cache file");
     let text = arrays.iter().find(|(n, _)| n == "text_emb").expect("text_emb");
     assert_eq!(text.1.shape, vec![8, 32]);
     let null = osp_trainer::train::dit::TextEmbedding::read_npz(&emb.join("null.npz")).expect("null embedding");

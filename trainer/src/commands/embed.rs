@@ -11,10 +11,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
 
+use osp_runtime::text::npz::{write_npz, NpyArray};
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
 use osp_trainer::data::annotation::{read_annotation, text_embed_file};
 use osp_trainer::models::mt5::MT5Config;
-use osp_trainer::npz::{write_npz, NpyArray};
 use osp_trainer::text::CaptionTokenizer;
 
 use super::DeviceKind;

@@ -3,13 +3,14 @@
 //! `alphas_cumprod[-1] == 0`), upstream's stratified timestep sampling, `add_noise`, the
 //! v-target and the min-SNR weighted MSE (`--snr_gamma`).
 //!
-//! The schedule arithmetic reproduces torch's float32 results (`torch.linspace` with FMA,
-//! `torch.cumprod` accumulated in float64); the runtime has the same tables for inference
-//! (`runtime/src/scheduler/schedule.rs`) and both are tested against the official table.
+//! The schedule tables (torch's float32 `linspace` with FMA, `cumprod` accumulated in float64) come
+//! from the runtime (`runtime/src/scheduler/{schedule,training}.rs`), so training and inference use
+//! the same numbers; this module adds the loss side on top.
 // https://github.com/PKU-YuanGroup/Open-Sora-Plan/blob/9fa322fbbb276e2bbe40b2f439e3d610af3d7690/opensora/train/train_t2v_diffusers.py#L669-L770
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use osp_runtime::scheduler::{BetaSchedule, PredictionType as RuntimePrediction, SchedulerConfig, TrainingSchedule};
 use serde::{Deserialize, Serialize};
 
 use super::rng::Rng;
@@ -25,49 +26,13 @@ pub enum PredictionType {
     VPrediction,
 }
 
-/// The training noise schedule.
+/// The training noise schedule: the runtime's [`TrainingSchedule`] (the one implementation of the
+/// betas, the zero-SNR rescale and `alphas_cumprod`, shared with inference) plus the loss side of
+/// training (timestep sampling, targets, min-SNR weights).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DdpmSchedule {
     pub prediction_type: PredictionType,
-    pub betas: Vec<f32>,
-    pub alphas_cumprod: Vec<f32>,
-}
-
-fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    if steps == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (steps - 1) as f32;
-    let halfway = steps / 2;
-    (0..steps)
-        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - i - 1) as f32, end) })
-        .collect()
-}
-
-fn cumprod_f32(values: &[f32]) -> Vec<f32> {
-    let mut acc = 1.0f64;
-    values
-        .iter()
-        .map(|&v| {
-            acc *= f64::from(v);
-            acc as f32
-        })
-        .collect()
-}
-
-/// arXiv:2305.08891 Algorithm 1 in float32 (the last beta becomes exactly 1).
-fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
-    let alphas: Vec<f32> = betas.iter().map(|&b| 1.0 - b).collect();
-    let mut sqrt_ac: Vec<f32> = cumprod_f32(&alphas).iter().map(|a| a.sqrt()).collect();
-    let (Some(&first), Some(&last)) = (sqrt_ac.first(), sqrt_ac.last()) else {
-        return Vec::new();
-    };
-    let scale = first / (first - last);
-    for v in &mut sqrt_ac {
-        *v = (*v - last) * scale;
-    }
-    let ac: Vec<f32> = sqrt_ac.iter().map(|v| v * v).collect();
-    (0..ac.len()).map(|i| 1.0 - if i == 0 { ac[0] } else { ac[i] / ac[i - 1] }).collect()
+    table: TrainingSchedule,
 }
 
 impl DdpmSchedule {
@@ -91,42 +56,46 @@ impl DdpmSchedule {
                 "DDPM schedule: need >= 2 steps and 0 < beta_start <= beta_end < 1, got {num_train_timesteps} steps, {beta_start}..{beta_end}"
             )));
         }
-        let mut betas = torch_linspace_f32(beta_start, beta_end, num_train_timesteps);
-        if rescale_betas_zero_snr {
-            betas = rescale_zero_terminal_snr(&betas);
-        }
-        let alphas: Vec<f32> = betas.iter().map(|&b| 1.0 - b).collect();
-        let alphas_cumprod = cumprod_f32(&alphas);
-        Ok(DdpmSchedule { prediction_type, betas, alphas_cumprod })
+        let config = SchedulerConfig {
+            num_train_timesteps,
+            beta_start: f64::from(beta_start),
+            beta_end: f64::from(beta_end),
+            beta_schedule: BetaSchedule::Linear,
+            prediction_type: match prediction_type {
+                PredictionType::Epsilon => RuntimePrediction::Epsilon,
+                PredictionType::VPrediction => RuntimePrediction::VPrediction,
+            },
+            rescale_betas_zero_snr,
+            ..SchedulerConfig::default()
+        };
+        Ok(DdpmSchedule { prediction_type, table: TrainingSchedule::new(&config)? })
     }
 
     pub fn num_train_timesteps(&self) -> usize {
-        self.alphas_cumprod.len()
+        self.table.num_train_timesteps()
+    }
+
+    pub fn betas(&self) -> &[f32] {
+        &self.table.betas
+    }
+
+    pub fn alphas_cumprod(&self) -> &[f32] {
+        &self.table.alphas_cumprod
     }
 
     /// `(sqrt(ac[t]), sqrt(1 - ac[t]))` in float32, as `add_noise` computes them.
     pub fn coefficients(&self, t: usize) -> Result<(f32, f32)> {
-        let a = *self.alphas_cumprod.get(t).ok_or_else(|| {
-            Error::input("timestep", format!("{t} is outside the training schedule 0..{}", self.alphas_cumprod.len()))
-        })?;
-        Ok((a.sqrt(), (1.0 - a).sqrt()))
+        Ok(self.table.coefficients(t)?)
     }
 
     /// `compute_snr`: `(sqrt(ac) / sqrt(1 - ac))^2`.
     pub fn snr(&self, t: usize) -> Result<f32> {
-        let (sa, sb) = self.coefficients(t)?;
-        let r = sa / sb;
-        Ok(r * r)
+        Ok(self.table.snr(t)?)
     }
 
     /// Min-SNR weight `min(snr, gamma) / (snr + 1)` (v-prediction) or `/ snr` (epsilon).
     pub fn min_snr_weight(&self, t: usize, gamma: f32) -> Result<f32> {
-        let snr = self.snr(t)?;
-        let clipped = snr.min(gamma);
-        Ok(match self.prediction_type {
-            PredictionType::VPrediction => clipped / (snr + 1.0),
-            PredictionType::Epsilon => clipped / snr,
-        })
+        Ok(self.table.min_snr_weight(t, gamma)?)
     }
 
     /// `explicit_uniform_sampling`: rank `rank` of `ranks` draws `round(U[T r/n - 0.5,
@@ -240,10 +209,10 @@ mod tests {
             .map(|v| v.as_f64().expect("a number") as f32)
             .collect();
         let s = DdpmSchedule::open_sora_plan_v13();
-        let c = Approx::Close.compare(&s.alphas_cumprod, &expected);
+        let c = Approx::Close.compare(s.alphas_cumprod(), &expected);
         assert!(c.ok(), "alphas_cumprod: {c}");
-        assert_eq!(s.alphas_cumprod[999], 0.0);
-        assert_eq!(s.betas[999], 1.0);
+        assert_eq!(s.alphas_cumprod()[999], 0.0);
+        assert_eq!(s.betas()[999], 1.0);
     }
 
     #[test]

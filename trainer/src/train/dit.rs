@@ -129,7 +129,7 @@ pub struct TextEmbedding {
 impl TextEmbedding {
     /// Reads a cache file (`text_emb` f32 `[l, d]`, `mask` u8 or f32 `[l]`).
     pub fn read_npz(path: &std::path::Path) -> Result<Self> {
-        let arrays = crate::npz::read_npz(path)?;
+        let arrays = osp_runtime::text::npz::read_npz(path)?;
         let get = |name: &str| {
             arrays.iter().find(|(n, _)| n == name).map(|(_, a)| a).ok_or_else(|| {
                 Error::input(path.display().to_string(), format!("text-embedding file has no `{name}` array"))

@@ -14,7 +14,7 @@ use osp_graphs::Approx;
 use osp_runtime::{read_safetensors, Tensor};
 
 fn e2e() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/e2e")
+    osp_tests::shared_reference().join("e2e")
 }
 
 /// The pipeline bundle (exported once per test binary), with small defaults: 9 x 64 x 96, 3 steps,
@@ -41,7 +41,7 @@ fn bundle() -> &'static Path {
 }
 
 fn osp(cache: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_osp"));
+    let mut cmd = Command::new(osp_tests::osp_binary().expect("the osp binary should be built"));
     for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_TEXT_CACHE", "OSP_PIPELINE_BUNDLE"] {
         cmd.env_remove(var);
     }
@@ -209,7 +209,7 @@ fn replaying_the_recorded_noise_reproduces_the_official_frames() {
 fn bench_prints_every_stage_and_writes_json() {
     let tmp = tempfile::tempdir().unwrap();
     let json = tmp.path().join("bench.json");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_osp"));
+    let mut cmd = Command::new(osp_tests::osp_binary().expect("the osp binary should be built"));
     for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_TEXT_CACHE", "OSP_PIPELINE_BUNDLE"] {
         cmd.env_remove(var);
     }

@@ -12,7 +12,7 @@ use osp_runtime::text::npz::read_npz;
 use osp_runtime::{Bundle, SessionOptions, Tensor};
 
 fn tokenizer() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/assets/t5_v1_1_tokenizer.json")
+    osp_tests::shared_reference().join("assets/t5_v1_1_tokenizer.json")
 }
 
 fn cfg(vocab_size: usize) -> MT5Config {
@@ -28,7 +28,7 @@ fn bundle(dir: &Path, vocab_size: usize) -> PathBuf {
 }
 
 fn osp(cache: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_osp"));
+    let mut cmd = Command::new(osp_tests::osp_binary().expect("the osp binary should be built"));
     for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_TEXT_CACHE"] {
         cmd.env_remove(var);
     }
