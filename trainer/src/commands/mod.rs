@@ -7,6 +7,7 @@ mod forward_dit;
 mod forward_mt5;
 mod progress;
 mod shapes;
+mod vae;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -29,6 +30,8 @@ pub enum Command {
     Dit(Box<dit::DitArgs>),
     /// Encode every caption of an annotation JSON with the trainer's mT5 into the text cache.
     Embed(embed::EmbedArgs),
+    /// Train the WFVAE (upstream train_causalvae.py flags).
+    Vae(Box<vae::VaeArgs>),
     /// Write the procedural coloured-shapes text-to-video data set.
     Shapes(shapes::ShapesArgs),
 }
@@ -52,5 +55,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dit(args) => dit::run(*args),
         Command::Shapes(args) => shapes::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Vae(args) => vae::run(*args),
     }
 }
