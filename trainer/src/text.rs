@@ -64,6 +64,79 @@ impl CaptionTokenizer {
     }
 }
 
+/// The special tokens of T5/mT5 vocabularies, in id order: `<pad>` 0, `</s>` 1, `<unk>` 2.
+pub const SPECIAL_TOKENS: [&str; 3] = [PAD_TOKEN, "</s>", "<unk>"];
+
+/// Trains a T5-convention Unigram `tokenizer.json` on `captions` (upstream T5 tokenizers are
+/// sentencepiece Unigram models): ids 0/1/2 are `<pad>`, `</s>`, `<unk>`; the normaliser is NFKC,
+/// lower-casing, right strip and runs of spaces collapsed (T5's precompiled charsmap cannot be
+/// rebuilt here, and a caption vocabulary is lower-case); Metaspace `▁` with prepend "always"
+/// pre-tokenisation and decoding; the post-processor appends `</s>` (`$A </s>`), which is what
+/// the runtime's tokenizer expects.
+pub fn train_caption_tokenizer(captions: &[String], vocab_size: usize) -> Result<tokenizers::Tokenizer> {
+    use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
+    use tokenizers::models::unigram::{Unigram, UnigramTrainer};
+    use tokenizers::models::{ModelWrapper, TrainerWrapper};
+    use tokenizers::normalizers::{Lowercase, Replace, Sequence, Strip, NFKC};
+    use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+    use tokenizers::processors::template::TemplateProcessing;
+    use tokenizers::AddedToken;
+
+    let min = SPECIAL_TOKENS.len() + 1;
+    if vocab_size < min {
+        return Err(Error::input("--vocab-size", format!("must be at least {min} (3 special tokens + pieces), got {vocab_size}")));
+    }
+    if captions.iter().all(|c| c.trim().is_empty()) {
+        return Err(Error::input("--captions", "holds no non-empty caption to train on"));
+    }
+    let err = |what: &str, e: tokenizers::Error| Error::Config(format!("tokenizer {what}: {e}"));
+    let specials: Vec<AddedToken> = SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect();
+    let trainer = UnigramTrainer::builder()
+        .show_progress(false)
+        .vocab_size(u32::try_from(vocab_size).map_err(|_| Error::input("--vocab-size", "is too large"))?)
+        .special_tokens(specials)
+        .unk_token(Some("<unk>".to_string()))
+        .build()
+        .map_err(|e| Error::Config(format!("tokenizer trainer: {e}")))?;
+    let mut tokenizer = tokenizers::Tokenizer::new(ModelWrapper::Unigram(Unigram::default()));
+    let normalizer = Sequence::new(vec![
+        NFKC.into(),
+        Lowercase.into(),
+        Strip::new(false, true).into(),
+        Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(" {2,}".into()), " ")
+            .map_err(|e| err("normaliser", e))?
+            .into(),
+    ]);
+    tokenizer.with_normalizer(Some(normalizer)).map_err(|e| err("normaliser", e))?;
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+    tokenizer.with_decoder(Some(MetaspaceDecoder::new('▁', PrependScheme::Always, true)));
+    let mut trainer = TrainerWrapper::UnigramTrainer(trainer);
+    tokenizer.train(&mut trainer, captions.iter().map(String::as_str)).map_err(|e| err("training", e))?;
+    for (id, token) in SPECIAL_TOKENS.iter().enumerate() {
+        if tokenizer.token_to_id(token) != Some(id as u32) {
+            return Err(Error::Config(format!("trained tokenizer: `{token}` did not get id {id}")));
+        }
+    }
+    let post = TemplateProcessing::builder()
+        .try_single("$A </s>")
+        .map_err(|e| Error::Config(format!("post-processor: {e}")))?
+        .special_tokens(vec![("</s>".to_string(), 1)])
+        .build()
+        .map_err(|e| Error::Config(format!("post-processor: {e}")))?;
+    tokenizer.with_post_processor(Some(post));
+    Ok(tokenizer)
+}
+
+/// Writes `tokenizer` as `tokenizer.json` at `path` (temporary name, then rename).
+pub fn save_tokenizer(tokenizer: &tokenizers::Tokenizer, path: &Path) -> Result<()> {
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tokenizer.json");
+    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    tokenizer
+        .save(&tmp, true)
+        .map_err(|e| Error::input(path.display().to_string(), format!("writing the tokenizer failed: {e}")))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,10 @@ mod embed;
 mod forward;
 mod forward_dit;
 mod forward_mt5;
+mod init;
 mod progress;
 mod shapes;
+mod tokenizer;
 mod vae;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -32,6 +34,10 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Train the WFVAE (upstream train_causalvae.py flags).
     Vae(Box<vae::VaeArgs>),
+    /// Train a T5-convention Unigram tokenizer.json on captions.
+    Tokenizer(tokenizer::TokenizerArgs),
+    /// Write a seeded initialisation of a model in its official names (+ its config).
+    Init(init::InitArgs),
     /// Write the procedural coloured-shapes text-to-video data set.
     Shapes(shapes::ShapesArgs),
 }
@@ -56,5 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shapes(args) => shapes::run(args),
         Command::Embed(args) => embed::run(args),
         Command::Vae(args) => vae::run(*args),
+        Command::Tokenizer(args) => tokenizer::run(args),
+        Command::Init(args) => init::run(args),
     }
 }
