@@ -117,7 +117,10 @@ pub fn train_caption_tokenizer(captions: &[String], vocab_size: usize) -> Result
     if vocab_size <= min {
         return Err(Error::input(
             "--vocab-size",
-            format!("must exceed {min} (3 special tokens + the captions' {} characters), got {vocab_size}", chars.len()),
+            format!(
+                "must exceed {min} (3 special tokens + the captions' {} characters), got {vocab_size}",
+                chars.len()
+            ),
         ));
     }
     let total: u64 = words.values().sum();
@@ -135,7 +138,9 @@ pub fn train_caption_tokenizer(captions: &[String], vocab_size: usize) -> Result
     tokenizer.with_normalizer(Some(normalizer)).map_err(|e| err("normaliser", e))?;
     tokenizer.with_pre_tokenizer(Some(Metaspace::new(META, PrependScheme::Always, true)));
     tokenizer.with_decoder(Some(MetaspaceDecoder::new(META, PrependScheme::Always, true)));
-    tokenizer.add_special_tokens(SPECIAL_TOKENS.map(|t| AddedToken::from(t, true))).map_err(|e| err("special tokens", e))?;
+    tokenizer
+        .add_special_tokens(SPECIAL_TOKENS.map(|t| AddedToken::from(t, true)))
+        .map_err(|e| err("special tokens", e))?;
     let post = TemplateProcessing::builder()
         .try_single("$A </s>")
         .map_err(|e| Error::Config(format!("post-processor: {e}")))?

@@ -29,7 +29,10 @@ fn torchvision_vgg() -> Checkpoint {
     let mut ckpt = Checkpoint::from_snapshots("vgg16.pth", "test", snapshots(&donor.net));
     for (name, shape) in [("classifier.6.weight", vec![1000, 4]), ("classifier.6.bias", vec![1000])] {
         let n = shape.iter().product();
-        ckpt.insert(name, TensorSnapshot::from_data(TensorData::new(vec![0f32; n], shape), vec![], vec![], ParamId::new()));
+        ckpt.insert(
+            name,
+            TensorSnapshot::from_data(TensorData::new(vec![0f32; n], shape), vec![], vec![], ParamId::new()),
+        );
     }
     ckpt
 }
@@ -59,7 +62,10 @@ fn real_lin_weights_load_strictly_from_safetensors_and_pth() {
         // The real v0.1 weights are non-negative (they are trained as a learned positive metric).
         assert!(file.iter().all(|v| *v >= 0.0) && file.iter().any(|v| *v > 0.0), "{name}");
     }
-    assert_eq!(values(&from_st, "net.features.28.weight"), vgg.get("features.28.weight").unwrap().to_data().unwrap().to_vec::<f32>().unwrap());
+    assert_eq!(
+        values(&from_st, "net.features.28.weight"),
+        vgg.get("features.28.weight").unwrap().to_data().unwrap().to_vec::<f32>().unwrap()
+    );
 }
 
 #[test]
@@ -107,7 +113,9 @@ fn upstream_dics_model_state_dict_loads_strictly() {
         ..LossConfig::default()
     };
     let donor = config.init::<B>(&device).unwrap();
-    let scalar = |v: Vec<f32>, shape: Vec<usize>| TensorSnapshot::from_data(TensorData::new(v, shape), vec![], vec![], ParamId::new());
+    let scalar = |v: Vec<f32>, shape: Vec<usize>| {
+        TensorSnapshot::from_data(TensorData::new(v, shape), vec![], vec![], ParamId::new())
+    };
     let mut ckpt = Checkpoint::from_snapshots("ckpt", "state_dict.dics_model", vec![]);
     for s in snapshots(&donor) {
         let name = s.full_path();
@@ -119,7 +127,12 @@ fn upstream_dics_model_state_dict_loads_strictly() {
     // Upstream extras: a rank-0 logvar and BatchNorm step counters.
     ckpt.insert("module.logvar", scalar(vec![0.25], vec![]));
     for i in [3, 6, 9, 12] {
-        let counter = TensorSnapshot::from_data(TensorData::new(vec![17i64], Vec::<usize>::new()), vec![], vec![], ParamId::new());
+        let counter = TensorSnapshot::from_data(
+            TensorData::new(vec![17i64], Vec::<usize>::new()),
+            vec![],
+            vec![],
+            ParamId::new(),
+        );
         ckpt.insert(format!("module.discriminator.main.{i}.num_batches_tracked"), counter);
     }
     assert!(ckpt.get("module.perceptual_loss.net.slice3.14.weight").is_some());
@@ -129,8 +142,14 @@ fn upstream_dics_model_state_dict_loads_strictly() {
     assert!(report.applied.contains(&"logvar".to_string()), "{report}");
     assert_eq!(model.logvar_value(), 0.25);
     assert_eq!(values(&model, "discriminator.main.14.weight"), values(&donor, "discriminator.main.14.weight"));
-    assert_eq!(values(&model, "discriminator.main.3.running_mean"), values(&donor, "discriminator.main.3.running_mean"));
-    assert_eq!(values(&model, "perceptual_loss.net.features.14.weight"), values(&donor, "perceptual_loss.net.features.14.weight"));
+    assert_eq!(
+        values(&model, "discriminator.main.3.running_mean"),
+        values(&donor, "discriminator.main.3.running_mean")
+    );
+    assert_eq!(
+        values(&model, "perceptual_loss.net.features.14.weight"),
+        values(&donor, "perceptual_loss.net.features.14.weight")
+    );
 
     // Strict: a missing discriminator tensor is named; so is a missing logvar.
     let mut broken = ckpt.map_names(|n| (n != "module.discriminator.main.5.weight").then(|| n.to_string())).unwrap();
@@ -147,7 +166,8 @@ fn discriminator_alone_loads_with_counters_dropped() {
     let config = NLayerDiscriminator3DConfig { input_nc: 3, ndf: 4, n_layers: 3 };
     let donor = config.init::<B>(&device).unwrap();
     let mut ckpt = Checkpoint::from_snapshots("disc.safetensors", "test", snapshots(&donor));
-    let counter = TensorSnapshot::from_data(TensorData::new(vec![3i64], Vec::<usize>::new()), vec![], vec![], ParamId::new());
+    let counter =
+        TensorSnapshot::from_data(TensorData::new(vec![3i64], Vec::<usize>::new()), vec![], vec![], ParamId::new());
     ckpt.insert("main.3.num_batches_tracked", counter);
     let mut model = config.init::<B>(&device).unwrap();
     let report = model.load_official(&ckpt, LoadOptions::default()).unwrap();

@@ -50,7 +50,9 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     let device = Default::default();
     B::seed(&device, args.seed);
     let tensors = match args.model {
-        InitModel::Wfvae => official_tensors::<B, _>(&WFVAEModelConfig::from_json_file(&args.config)?.init::<B>(&device)?)?,
+        InitModel::Wfvae => {
+            official_tensors::<B, _>(&WFVAEModelConfig::from_json_file(&args.config)?.init::<B>(&device)?)?
+        }
         InitModel::Dit => {
             official_tensors::<B, _>(&OpenSoraT2V_v1_3Config::from_json_file(&args.config)?.init::<B>(&device)?)?
         }
@@ -62,13 +64,19 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     write_tensors(&args.out, &tensors)?;
     let config_out = config_path(&args.out);
     if std::fs::canonicalize(&args.config).ok() != std::fs::canonicalize(&config_out).ok() {
-        let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
+        let text =
+            std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
         let tmp = config_out.with_extension("json.tmp");
         std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &config_out).with_context(|| format!("writing {}", config_out.display()))?;
     }
     let params: usize = tensors.iter().map(|(_, d)| d.num_elements()).sum();
-    println!("wrote {} tensors ({params} values) to {} and {}", tensors.len(), args.out.display(), config_out.display());
+    println!(
+        "wrote {} tensors ({params} values) to {} and {}",
+        tensors.len(),
+        args.out.display(),
+        config_out.display()
+    );
     Ok(())
 }
 

@@ -379,10 +379,8 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
         for (_, pixels) in &items {
             values.extend_from_slice(pixels);
         }
-        let x = Tensor::<B, 5>::from_data(
-            TensorData::new(values, [items.len(), 3, args.num_frames, res, res]),
-            &device,
-        );
+        let x =
+            Tensor::<B, 5>::from_data(TensorData::new(values, [items.len(), 3, args.num_frames, res, res]), &device);
         B::seed(&device, step_seed(args.seed, step));
         let log = trainer.step(x, step as u64)?;
         if let (Some(e), VaeStepLog::Generator(_)) = (&mut ema, &log) {

@@ -92,7 +92,11 @@ pub fn vanilla_d_loss<B: Backend, const D: usize>(
 
 impl DiscLossType {
     /// The discriminator loss of this kind.
-    pub fn apply<B: Backend, const D: usize>(self, logits_real: Tensor<B, D>, logits_fake: Tensor<B, D>) -> Tensor<B, 1> {
+    pub fn apply<B: Backend, const D: usize>(
+        self,
+        logits_real: Tensor<B, D>,
+        logits_fake: Tensor<B, D>,
+    ) -> Tensor<B, 1> {
         match self {
             DiscLossType::Hinge => hinge_d_loss(logits_real, logits_fake),
             DiscLossType::Vanilla => vanilla_d_loss(logits_real, logits_fake),
@@ -208,13 +212,15 @@ mod tests {
         let device = Default::default();
         // One batch item, 2 latents: (mean, logvar) = (1, 0) -> 0.5; (0, ln 2) -> 0.5 (2 - 1 - ln 2)
         let mean = Tensor::<B, 5>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 2, 1, 1, 1]), &device);
-        let logvar =
-            Tensor::<B, 5>::from_data(TensorData::new(vec![0.0f32, 2f32.ln()], [1, 2, 1, 1, 1]), &device);
+        let logvar = Tensor::<B, 5>::from_data(TensorData::new(vec![0.0f32, 2f32.ln()], [1, 2, 1, 1, 1]), &device);
         let kl = scalar(kl_loss(&Posterior { mean: mean.clone(), logvar: logvar.clone() }));
         let want = 0.5 + 0.5 * (1.0 - 2f64.ln());
         assert!((kl - want).abs() < 1e-6, "{kl} vs {want}");
         // Divided by the batch: two identical items give the same value.
-        let kl2 = scalar(kl_loss(&Posterior { mean: Tensor::cat(vec![mean.clone(), mean], 0), logvar: Tensor::cat(vec![logvar.clone(), logvar], 0) }));
+        let kl2 = scalar(kl_loss(&Posterior {
+            mean: Tensor::cat(vec![mean.clone(), mean], 0),
+            logvar: Tensor::cat(vec![logvar.clone(), logvar], 0),
+        }));
         assert!((kl2 - want).abs() < 1e-6);
     }
 

@@ -44,13 +44,13 @@ use super::{
     adaptive_weight, adopt_weight, kl_loss, scalar, wavelet_loss, LPIPSWithDiscriminator3D, LossConfig, WaveletCoeffs,
 };
 use crate::error::{Error, Result};
+use crate::models::discriminator::NLayerDiscriminator3D;
+use crate::models::lpips::MIN_SIZE;
+use crate::models::wfvae::{DecoderTrunk, Posterior, WFVAEModel};
 use crate::train::checkpoint::{self as ckpt, CheckpointContents, TrainingState};
 use crate::train::grads::clip_global_norm;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::trainer::set_trainable;
-use crate::models::discriminator::NLayerDiscriminator3D;
-use crate::models::lpips::MIN_SIZE;
-use crate::models::wfvae::{DecoderTrunk, Posterior, WFVAEModel};
 
 /// Optimiser flags of `train_causalvae.py` (argparse defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,7 +265,10 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
     fn check_input(&self, x: &Tensor<B, 5>) -> Result<()> {
         let [b, c, t, h, w] = x.dims();
         if b == 0 || c != 3 {
-            return Err(Error::input("x", format!("must be a non-empty video batch [b, 3, t, h, w], found {:?}", x.dims())));
+            return Err(Error::input(
+                "x",
+                format!("must be a non-empty video batch [b, 3, t, h, w], found {:?}", x.dims()),
+            ));
         }
         if t % 4 != 1 {
             return Err(Error::input("x", format!("frame count must be 4n+1 (1, 5, 9, ...), found {t}")));
@@ -408,8 +411,7 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
         let (d_loss, logits_real, logits_fake) = self.loss.discriminator_loss(x.detach(), recon, global_step);
         let disc_loss = scalar(d_loss.clone().detach());
         let mut grads = GradientsParams::from_grads(d_loss.backward(), &self.loss.discriminator);
-        let grad_norm =
-            clip_global_norm::<B, _>(&self.loss.discriminator, &mut grads, self.optim.disc_clip_grad_norm);
+        let grad_norm = clip_global_norm::<B, _>(&self.loss.discriminator, &mut grads, self.optim.disc_clip_grad_norm);
         if !grad_norm.is_finite() {
             return Err(Error::input("x", format!("discriminator gradient norm is {grad_norm} at step {global_step}")));
         }
@@ -499,14 +501,21 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
             LoadOptions::default(),
         )?;
         self.loss.discriminator = set_trainable(NLayerDiscriminator3D::from_inner(disc), &[]);
-        let device = self.model.valid().devices().into_iter().next().ok_or_else(|| {
-            Error::Config("the WFVAE has no parameters on any device".into())
-        })?;
+        let device = self
+            .model
+            .valid()
+            .devices()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Config("the WFVAE has no parameters on any device".into()))?;
         let gen_state = ckpt::read_optimizer(dir)?;
         self.gen_optimizer.load_state(&self.model.valid(), state.optimizer_steps, &gen_state, &device)?;
         let disc_state = crate::io::read_tensors(dir.join(DISCRIMINATOR_OPTIMIZER_FILE))?;
         let disc_steps = state.aux_optimizer_steps.ok_or_else(|| {
-            Error::input(dir.display().to_string(), "training_state.json has no discriminator optimizer count (not a WFVAE checkpoint?)")
+            Error::input(
+                dir.display().to_string(),
+                "training_state.json has no discriminator optimizer count (not a WFVAE checkpoint?)",
+            )
         })?;
         self.disc_optimizer.load_state(&self.loss.discriminator.valid(), disc_steps, &disc_state, &device)?;
         tracing::info!(dir = %dir.display(), step = state.step, "resumed WFVAE training");

@@ -107,7 +107,8 @@ impl NLayerDiscriminator3DConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<NLayerDiscriminator3D<B>> {
         self.validate()?;
         let ndf = self.ndf;
-        let mut main = vec![DiscriminatorLayer::Conv3d(conv3d([self.input_nc, ndf], [2, 2, 2], true, device)), leaky_relu()];
+        let mut main =
+            vec![DiscriminatorLayer::Conv3d(conv3d([self.input_nc, ndf], [2, 2, 2], true, device)), leaky_relu()];
         let mut nf_mult = 1;
         for n in 1..self.n_layers {
             let nf_mult_prev = nf_mult;

@@ -303,7 +303,10 @@ impl<B: Backend> LPIPS<B> {
                 Some(format!("<vgg file>.{n}"))
             }
         })?;
-        let lin = lin.map_names(|n| if n.starts_with("lin") { Some(n.to_string()) } else { Some(format!("<lin file>.{n}")) })?;
+        let lin =
+            lin.map_names(
+                |n| if n.starts_with("lin") { Some(n.to_string()) } else { Some(format!("<lin file>.{n}")) },
+            )?;
         for name in lin.names().map(str::to_string).collect::<Vec<_>>() {
             let snapshot = lin.get(&name).expect("name listed by the checkpoint").clone();
             combined.insert(name, snapshot);
@@ -387,7 +390,10 @@ mod tests {
                     .map(|i| {
                         (0..ch[0].len() / 2)
                             .map(|j| {
-                                ch[2 * i][2 * j].max(ch[2 * i][2 * j + 1]).max(ch[2 * i + 1][2 * j]).max(ch[2 * i + 1][2 * j + 1])
+                                ch[2 * i][2 * j]
+                                    .max(ch[2 * i][2 * j + 1])
+                                    .max(ch[2 * i + 1][2 * j])
+                                    .max(ch[2 * i + 1][2 * j + 1])
                             })
                             .collect()
                     })
@@ -512,7 +518,9 @@ mod tests {
         let per_frame = model.lpips_video(a.clone(), b.clone()).unwrap();
         assert_eq!(per_frame.len(), 6);
         // (batch 1, frame 2) is the 6th value.
-        let single = model.lpips(a.narrow(0, 1, 1).narrow(2, 2, 1).squeeze_dim(2), b.narrow(0, 1, 1).narrow(2, 2, 1).squeeze_dim(2)).unwrap();
+        let single = model
+            .lpips(a.narrow(0, 1, 1).narrow(2, 2, 1).squeeze_dim(2), b.narrow(0, 1, 1).narrow(2, 2, 1).squeeze_dim(2))
+            .unwrap();
         let c = Approx::Close.compare(&per_frame[5..], &single);
         assert!(c.ok(), "{c}");
     }
