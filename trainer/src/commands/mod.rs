@@ -5,8 +5,11 @@ mod embed;
 mod forward;
 mod forward_dit;
 mod forward_mt5;
+mod init;
 mod progress;
 mod shapes;
+mod tokenizer;
+mod vae;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -29,6 +32,12 @@ pub enum Command {
     Dit(Box<dit::DitArgs>),
     /// Encode every caption of an annotation JSON with the trainer's mT5 into the text cache.
     Embed(embed::EmbedArgs),
+    /// Train the WFVAE (upstream train_causalvae.py flags).
+    Vae(Box<vae::VaeArgs>),
+    /// Train a T5-convention Unigram tokenizer.json on captions.
+    Tokenizer(tokenizer::TokenizerArgs),
+    /// Write a seeded initialisation of a model in its official names (+ its config).
+    Init(init::InitArgs),
     /// Write the procedural coloured-shapes text-to-video data set.
     Shapes(shapes::ShapesArgs),
 }
@@ -52,5 +61,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dit(args) => dit::run(*args),
         Command::Shapes(args) => shapes::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Vae(args) => vae::run(*args),
+        Command::Tokenizer(args) => tokenizer::run(args),
+        Command::Init(args) => init::run(args),
     }
 }

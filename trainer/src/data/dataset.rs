@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::annotation::{is_image, read_annotation, text_embed_file, DataSource};
+use super::annotation::{is_image, read_annotation, text_embed_file, AnnotationItem, DataSource};
 use super::video::{self, Frames};
 use crate::error::{Error, Result};
 use crate::train::Rng;
@@ -138,6 +138,17 @@ fn closest_frames(x: usize, stride: usize, min: usize) -> Option<usize> {
 impl Dataset {
     /// Plans every item of `sources` (reads the annotations, probes files lacking metadata).
     pub fn build(sources: &[DataSource], config: DataConfig) -> Result<Self> {
+        let mut with_items = Vec::with_capacity(sources.len());
+        for source in sources {
+            let items = read_annotation(&source.annotation)?;
+            tracing::info!(annotation = %source.annotation.display(), items = items.len(), "planning data");
+            with_items.push((source.clone(), items));
+        }
+        Self::build_from_items(&with_items, config)
+    }
+
+    /// Plans the given items of each source (e.g. a folder listing instead of an annotation file).
+    pub fn build_from_items(sources: &[(DataSource, Vec<AnnotationItem>)], config: DataConfig) -> Result<Self> {
         if config.num_frames == 0 || config.hw_stride == 0 || config.ae_stride_t == 0 || config.total_batch_size == 0 {
             return Err(Error::Config(
                 "--num_frames, --hw_stride, the VAE stride and the batch size must all be at least 1".into(),
@@ -167,10 +178,8 @@ impl Dataset {
         let mut rng = Rng::derive(config.seed, 0x005E_ED0F_DA7A);
         let mut stats = PlanStats::default();
         let mut samples = Vec::new();
-        for source in sources {
-            let items = read_annotation(&source.annotation)?;
-            tracing::info!(annotation = %source.annotation.display(), items = items.len(), "planning data");
-            for item in items {
+        for (source, items) in sources {
+            for item in items.iter().cloned() {
                 stats.items += 1;
                 if let Some(s) = plan_item(source, item, &config, &mut rng, &mut stats) {
                     samples.push(s);

@@ -19,11 +19,9 @@
 //! decoder already compute ([`crate::models::wfvae::Encoder::forward_with_coeffs`],
 //! [`crate::models::wfvae::DecoderTrunk`]) and applies the term whenever `wavelet_loss` is set.
 
-mod clip;
 mod perceptual_loss;
 pub mod vae_step;
 
-pub use clip::{clip_grad_norm, grad_norm};
 pub use perceptual_loss::{LPIPSWithDiscriminator3D, LossConfig, NllLoss};
 
 use burn::tensor::backend::Backend;

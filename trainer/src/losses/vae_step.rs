@@ -32,21 +32,25 @@
 //! Per-stage values are not in the repository and are not invented here. Upstream trains in
 //! bf16 autocast with a GradScaler; this step runs in the backend's float type.
 
+use std::path::{Path, PathBuf};
+
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    adaptive_weight, adopt_weight, clip_grad_norm, kl_loss, scalar, wavelet_loss, LPIPSWithDiscriminator3D, LossConfig,
-    WaveletCoeffs,
+    adaptive_weight, adopt_weight, kl_loss, scalar, wavelet_loss, LPIPSWithDiscriminator3D, LossConfig, WaveletCoeffs,
 };
 use crate::error::{Error, Result};
 use crate::models::discriminator::NLayerDiscriminator3D;
 use crate::models::lpips::MIN_SIZE;
 use crate::models::wfvae::{DecoderTrunk, Posterior, WFVAEModel};
+use crate::train::checkpoint::{self as ckpt, CheckpointContents, TrainingState};
+use crate::train::grads::clip_global_norm;
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::trainer::set_trainable;
 
 /// Optimiser flags of `train_causalvae.py` (argparse defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,11 +110,12 @@ impl VaeOptimConfig {
     }
 
     fn adamw(&self, weight_decay: f32) -> AdamWConfig {
-        AdamWConfig::new()
-            .with_beta_1(self.betas.0)
-            .with_beta_2(self.betas.1)
-            .with_epsilon(self.eps)
-            .with_weight_decay(weight_decay)
+        AdamWConfig {
+            beta1: f64::from(self.betas.0),
+            beta2: f64::from(self.betas.1),
+            weight_decay: f64::from(weight_decay),
+            epsilon: f64::from(self.eps),
+        }
     }
 }
 
@@ -216,8 +221,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for DropGrads<'_> {
 pub struct VaeTrainer<B: AutodiffBackend> {
     pub model: WFVAEModel<B>,
     pub loss: LPIPSWithDiscriminator3D<B>,
-    pub gen_optimizer: OptimizerAdaptor<AdamW, WFVAEModel<B>, B>,
-    pub disc_optimizer: OptimizerAdaptor<AdamW, NLayerDiscriminator3D<B>, B>,
+    /// Generator AdamW (torch-exact, moments keyed by module path: checkpointable).
+    pub gen_optimizer: AdamW<B::InnerBackend>,
+    /// Discriminator AdamW.
+    pub disc_optimizer: AdamW<B::InnerBackend>,
     pub optim: VaeOptimConfig,
 }
 
@@ -227,8 +234,8 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
         optim.validate()?;
         loss.config.validate()?;
         Ok(VaeTrainer {
-            gen_optimizer: optim.adamw(optim.gen_weight_decay).init(),
-            disc_optimizer: optim.adamw(optim.disc_weight_decay).init(),
+            gen_optimizer: AdamW::new(optim.adamw(optim.gen_weight_decay))?,
+            disc_optimizer: AdamW::new(optim.adamw(optim.disc_weight_decay))?,
             model,
             loss,
             optim,
@@ -286,11 +293,11 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
         if self.optim.freeze_encoder {
             self.model.encoder.visit(&mut DropGrads { grads: &mut grads });
         }
-        let grad_norm = clip_grad_norm::<B, _>(&self.model, &mut grads, self.optim.clip_grad_norm);
+        let grad_norm = clip_global_norm::<B, _>(&self.model, &mut grads, self.optim.clip_grad_norm);
         if !grad_norm.is_finite() {
             return Err(Error::input("x", format!("generator gradient norm is {grad_norm} at step {global_step}")));
         }
-        self.model = self.gen_optimizer.step(self.optim.lr, self.model.clone(), grads);
+        self.model = self.gen_optimizer.step::<B, _>(self.model.clone(), &mut grads, self.optim.lr);
         log.grad_norm = grad_norm;
         Ok(log)
     }
@@ -405,12 +412,115 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
         let (d_loss, logits_real, logits_fake) = self.loss.discriminator_loss(x.detach(), recon, global_step);
         let disc_loss = scalar(d_loss.clone().detach());
         let mut grads = GradientsParams::from_grads(d_loss.backward(), &self.loss.discriminator);
-        let grad_norm = clip_grad_norm::<B, _>(&self.loss.discriminator, &mut grads, self.optim.disc_clip_grad_norm);
+        let grad_norm = clip_global_norm::<B, _>(&self.loss.discriminator, &mut grads, self.optim.disc_clip_grad_norm);
         if !grad_norm.is_finite() {
             return Err(Error::input("x", format!("discriminator gradient norm is {grad_norm} at step {global_step}")));
         }
-        self.loss.discriminator = self.disc_optimizer.step(self.optim.lr, self.loss.discriminator.clone(), grads);
+        self.loss.discriminator =
+            self.disc_optimizer.step::<B, _>(self.loss.discriminator.clone(), &mut grads, self.optim.lr);
         Ok(DiscriminatorLog { step: global_step, disc_loss, logits_real, logits_fake, grad_norm })
+    }
+}
+
+/// File of the WFVAE weights inside a checkpoint's `model/` and `model_ema/` (next to `config.json`).
+pub const VAE_WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
+/// The discriminator's weights (official `dics_model` names without the prefix).
+pub const DISCRIMINATOR_FILE: &str = "discriminator/discriminator.safetensors";
+/// The discriminator AdamW state.
+pub const DISCRIMINATOR_OPTIMIZER_FILE: &str = "discriminator_optimizer.safetensors";
+
+/// The Burn-path fragment of the WFVAE's built-in Haar kernels, never trained.
+pub const FROZEN_VAE_PARAMS: &str = "wavelet_transform";
+
+/// What a WFVAE run saves besides the trainer's own tensors.
+pub struct VaeCheckpoint<'a, B: Backend> {
+    /// Generator EMA weights (`--ema`) with their update count.
+    pub ema: Option<(&'a WFVAEModel<B>, usize)>,
+    /// The WFVAE `config.json` written next to the weights.
+    pub model_config: &'a serde_json::Value,
+    /// Global step, RNG, data position and run settings (optimizer counters are filled in).
+    pub state: TrainingState,
+}
+
+impl<B: AutodiffBackend> VaeTrainer<B> {
+    /// Writes `<output_dir>/checkpoint-<step>/` atomically: `model/` and `model_ema/` (official
+    /// WFVAE names + `config.json`), the discriminator, both optimizer states and
+    /// `training_state.json` (see [`crate::train::checkpoint`]).
+    pub fn save(
+        &self,
+        output_dir: &Path,
+        checkpoint: VaeCheckpoint<'_, B::InnerBackend>,
+        total_limit: Option<usize>,
+    ) -> Result<PathBuf> {
+        let mut state = checkpoint.state;
+        state.optimizer_steps = self.gen_optimizer.steps();
+        state.aux_optimizer_steps = Some(self.disc_optimizer.steps());
+        state.ema_steps = checkpoint.ema.map(|(_, n)| n);
+        let ema = checkpoint.ema.map(|(m, _)| ckpt::official_tensors::<B::InnerBackend, _>(m)).transpose()?;
+        let contents = CheckpointContents {
+            weights_file: VAE_WEIGHTS_FILE,
+            model_config: Some(checkpoint.model_config),
+            model: ckpt::official_tensors::<B::InnerBackend, _>(&self.model.valid())?,
+            ema,
+            optimizer: self.gen_optimizer.state_tensors(),
+            extra: vec![
+                (
+                    DISCRIMINATOR_FILE.to_string(),
+                    ckpt::official_tensors::<B::InnerBackend, _>(&self.loss.discriminator.valid())?,
+                ),
+                (DISCRIMINATOR_OPTIMIZER_FILE.to_string(), self.disc_optimizer.state_tensors()),
+            ],
+            state: &state,
+        };
+        ckpt::save_checkpoint(output_dir, &contents, total_limit)
+    }
+
+    /// Restores generator, discriminator and both optimizers from a checkpoint folder written by
+    /// [`Self::save`] (strict official-name loading). Returns the training state and, when the
+    /// checkpoint has them, the EMA weights.
+    pub fn resume(&mut self, dir: &Path) -> Result<(TrainingState, Option<WFVAEModel<B::InnerBackend>>)> {
+        use crate::checkpoint::{load_module, Checkpoint, LoadOptions};
+        let state = ckpt::read_state(dir)?;
+        let mut model = self.model.valid();
+        model.load_official(&Checkpoint::open(dir.join("model").join(VAE_WEIGHTS_FILE))?, LoadOptions::default())?;
+        self.model = set_trainable(WFVAEModel::from_inner(model), &[FROZEN_VAE_PARAMS.to_string()]);
+        let ema = match state.ema_steps {
+            Some(_) => {
+                let mut ema = self.model.valid();
+                let file = dir.join("model_ema").join(VAE_WEIGHTS_FILE);
+                ema.load_official(&Checkpoint::open(&file)?, LoadOptions::default())?;
+                Some(ema)
+            }
+            None => None,
+        };
+        let mut disc = self.loss.discriminator.valid();
+        let none = Default::default();
+        load_module::<B::InnerBackend, _>(
+            &mut disc,
+            &Checkpoint::open(dir.join(DISCRIMINATOR_FILE))?,
+            &none,
+            LoadOptions::default(),
+        )?;
+        self.loss.discriminator = set_trainable(NLayerDiscriminator3D::from_inner(disc), &[]);
+        let device = self
+            .model
+            .valid()
+            .devices()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Config("the WFVAE has no parameters on any device".into()))?;
+        let gen_state = ckpt::read_optimizer(dir)?;
+        self.gen_optimizer.load_state(&self.model.valid(), state.optimizer_steps, &gen_state, &device)?;
+        let disc_state = crate::io::read_tensors(dir.join(DISCRIMINATOR_OPTIMIZER_FILE))?;
+        let disc_steps = state.aux_optimizer_steps.ok_or_else(|| {
+            Error::input(
+                dir.display().to_string(),
+                "training_state.json has no discriminator optimizer count (not a WFVAE checkpoint?)",
+            )
+        })?;
+        self.disc_optimizer.load_state(&self.loss.discriminator.valid(), disc_steps, &disc_state, &device)?;
+        tracing::info!(dir = %dir.display(), step = state.step, "resumed WFVAE training");
+        Ok((state, ema))
     }
 }
 

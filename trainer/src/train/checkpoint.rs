@@ -43,6 +43,9 @@ pub struct TrainingState {
     pub data_position: serde_json::Value,
     /// The run's settings, for the record.
     pub run_config: serde_json::Value,
+    /// Update count of a second optimizer (the WFVAE discriminator's), when the run has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aux_optimizer_steps: Option<usize>,
 }
 
 /// What one checkpoint holds, ready to write.
@@ -54,6 +57,9 @@ pub struct CheckpointContents<'a> {
     pub model: Vec<(String, TensorData)>,
     pub ema: Option<Vec<(String, TensorData)>>,
     pub optimizer: Vec<(String, TensorData)>,
+    /// Further safetensors files `(path relative to the checkpoint folder, tensors)`, e.g. the
+    /// WFVAE discriminator and its optimizer.
+    pub extra: Vec<(String, Vec<(String, TensorData)>)>,
     pub state: &'a TrainingState,
 }
 
@@ -143,6 +149,13 @@ pub fn save_checkpoint(
         write_model("model_ema", ema)?;
     }
     write_tensors(tmp.join("optimizer.safetensors"), &contents.optimizer)?;
+    for (rel, tensors) in &contents.extra {
+        let path = tmp.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        write_tensors(path, tensors)?;
+    }
     write_json(&tmp.join("training_state.json"), contents.state)?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;

@@ -80,3 +80,42 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
 }
 
 use burn::tensor::ElementConversion as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::{Module, Param};
+    use burn::tensor::Tensor;
+    use burn::tensor::TensorData;
+
+    type A = Autodiff<NdArray<f32>>;
+
+    #[derive(Module, Debug)]
+    struct Two<B: burn::tensor::backend::Backend> {
+        a: Param<Tensor<B, 1>>,
+        b: Param<Tensor<B, 2>>,
+    }
+
+    #[test]
+    fn clips_the_joint_norm() {
+        let device = Default::default();
+        let m = Two::<A> {
+            a: Param::from_data(TensorData::new(vec![1.0f32, 1.0], [2]), &device),
+            b: Param::from_data(TensorData::new(vec![1.0f32], [1, 1]), &device),
+        };
+        // loss = 3 a0 + 0 a1 + 4 b -> grads (3, 0) and (4): joint norm 5.
+        let coef = Tensor::<A, 1>::from_data(TensorData::new(vec![3.0f32, 0.0], [2]), &device);
+        let loss = (m.a.val() * coef).sum() + m.b.val().sum().mul_scalar(4.0);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &m);
+        assert!((global_norm::<A, _>(&m, &grads) - 5.0).abs() < 1e-6);
+        let before = clip_global_norm::<A, _>(&m, &mut grads, 1.0);
+        assert!((before - 5.0).abs() < 1e-6);
+        assert!((global_norm::<A, _>(&m, &grads) - 1.0).abs() < 1e-5);
+        let a = grads.get::<NdArray<f32>, 1>(m.a.id).unwrap().into_data().to_vec::<f32>().unwrap();
+        assert!((a[0] - 0.6).abs() < 1e-5 && a[1] == 0.0, "{a:?}");
+        // Below the bound nothing changes.
+        assert!((clip_global_norm::<A, _>(&m, &mut grads, 10.0) - 1.0).abs() < 1e-5);
+        assert!((global_norm::<A, _>(&m, &grads) - 1.0).abs() < 1e-5);
+    }
+}

@@ -230,6 +230,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             rng: rng.clone(),
             data_position,
             run_config,
+            aux_optimizer_steps: None,
         };
         let model = super::checkpoint::official_tensors::<B::InnerBackend, _>(&self.model.valid())?;
         let ema = match &self.ema {
@@ -242,6 +243,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             model,
             ema,
             optimizer: self.optimizer.state_tensors(),
+            extra: Vec::new(),
             state: &state,
         };
         super::checkpoint::save_checkpoint(output_dir, &contents, total_limit)
