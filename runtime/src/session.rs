@@ -240,8 +240,7 @@ impl Bundle {
     pub fn session(&self, graph: &str, opts: &SessionOptions) -> Result<GraphSession> {
         let spec = self.manifest.graph(graph)?.clone();
         let path = self.dir.join(&spec.file);
-        let shared = (opts.share_weights && opts.backend == Backend::OrtCpu)
-            .then_some(&*self.weights);
+        let shared = (opts.share_weights && opts.backend == Backend::OrtCpu).then_some(&*self.weights);
         GraphSession::load_with(graph, spec, &path, opts, shared)
     }
 }
@@ -311,13 +310,7 @@ impl GraphSession {
             ms = start.elapsed().as_millis() as u64,
             "graph loaded"
         );
-        Ok(Self {
-            graph: graph.to_string(),
-            spec,
-            path: path.to_path_buf(),
-            backend: opts.backend.clone(),
-            inner,
-        })
+        Ok(Self { graph: graph.to_string(), spec, path: path.to_path_buf(), backend: opts.backend.clone(), inner })
     }
 
     pub fn spec(&self) -> &GraphSpec {

@@ -236,7 +236,11 @@ mod tests {
             for len in [13, 21] {
                 let starts = cfg.starts(len);
                 let tl = cfg.tile_len(len);
-                assert_eq!(starts.last().unwrap() + tl, len, "tile {tile_size} overlap {overlap}: last tile ends at the edge");
+                assert_eq!(
+                    starts.last().unwrap() + tl,
+                    len,
+                    "tile {tile_size} overlap {overlap}: last tile ends at the edge"
+                );
                 assert!(starts.windows(2).all(|p| p[0] < p[1] && p[1] - p[0] <= tl - overlap), "{starts:?} x {tl}");
             }
             assert_eq!(tiled.shape(), whole.shape());
