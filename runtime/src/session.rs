@@ -5,14 +5,22 @@
 //! the outputs against it afterwards, so a wrong tensor fails with its name and the rule it broke.
 //! ONNX Runtime execution providers are registered with `.error_on_failure()`: asking for CUDA or
 //! TensorRT never silently runs on the CPU.
+//!
+//! Weight sharing: the ONNX Runtime CPU sessions of one bundle share one prepacked-weights
+//! container (`CreateSessionWithPrepackedWeightsContainer`), so a kernel's prepacked copy of a
+//! weight that several graphs hold (the streaming decoder graphs) is made once. The raw
+//! initializers are still loaded per session: handing ORT one in-memory copy of the external-data
+//! file (`AddExternalInitializersFromMemory`) was measured to raise the peak (ORT copied the
+//! initializers out of it anyway, see docs/measurements). tract sessions share nothing.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
 use osp_graphs::{BundleManifest, Dim, GraphSpec, SymbolBindings};
 
@@ -141,22 +149,56 @@ pub struct SessionOptions {
     pub backend: Backend,
     /// Intra-op threads; `None` lets the backend choose (all cores).
     pub threads: Option<usize>,
+    /// Share prepacked weights between the ONNX Runtime CPU sessions of one bundle (on by
+    /// default; other backends ignore it).
+    pub share_weights: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { backend: Backend::OrtCpu, threads: None }
+        Self { backend: Backend::OrtCpu, threads: None, share_weights: true }
     }
 }
 
 impl SessionOptions {
     pub fn new(backend: Backend) -> Self {
-        Self { backend, threads: None }
+        Self { backend, ..Self::default() }
     }
 
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
         self
+    }
+
+    pub fn with_shared_weights(mut self, share: bool) -> Self {
+        self.share_weights = share;
+        self
+    }
+}
+
+/// What the ONNX Runtime CPU sessions of one bundle share: one prepacked-weights container,
+/// created with the first session. Clones of a [`Bundle`] share one pool.
+#[derive(Default)]
+pub struct SharedWeights {
+    prepacked: OnceLock<PrepackedWeights>,
+}
+
+impl fmt::Debug for SharedWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedWeights").field("prepacked", &self.prepacked.get().is_some()).finish()
+    }
+}
+
+impl SharedWeights {
+    /// Whether a session has used the pool yet.
+    pub fn in_use(&self) -> bool {
+        self.prepacked.get().is_some()
+    }
+
+    /// The shared prepacked-weights container, after loading ONNX Runtime (creating one needs it).
+    fn prepacked_after_init(&self) -> Result<&PrepackedWeights> {
+        crate::ort_lib::environment()?;
+        Ok(self.prepacked.get_or_init(PrepackedWeights::new))
     }
 }
 
@@ -165,6 +207,7 @@ impl SessionOptions {
 pub struct Bundle {
     dir: PathBuf,
     manifest: BundleManifest,
+    weights: Arc<SharedWeights>,
 }
 
 impl Bundle {
@@ -172,7 +215,12 @@ impl Bundle {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let manifest = BundleManifest::load(&dir)?;
-        Ok(Self { dir, manifest })
+        Ok(Self { dir, manifest, weights: Arc::default() })
+    }
+
+    /// The weight pool shared by this bundle's ONNX Runtime CPU sessions.
+    pub fn shared_weights(&self) -> &SharedWeights {
+        &self.weights
     }
 
     pub fn dir(&self) -> &Path {
@@ -192,7 +240,8 @@ impl Bundle {
     pub fn session(&self, graph: &str, opts: &SessionOptions) -> Result<GraphSession> {
         let spec = self.manifest.graph(graph)?.clone();
         let path = self.dir.join(&spec.file);
-        GraphSession::load(graph, spec, &path, opts)
+        let shared = (opts.share_weights && opts.backend == Backend::OrtCpu).then_some(&*self.weights);
+        GraphSession::load_with(graph, spec, &path, opts, shared)
     }
 }
 
@@ -225,11 +274,24 @@ impl fmt::Debug for GraphSession {
 impl GraphSession {
     /// Loads the model at `path`, described by `spec`, on `opts.backend`.
     pub fn load(graph: &str, spec: GraphSpec, path: &Path, opts: &SessionOptions) -> Result<Self> {
+        Self::load_with(graph, spec, path, opts, None)
+    }
+
+    fn load_with(
+        graph: &str,
+        spec: GraphSpec,
+        path: &Path,
+        opts: &SessionOptions,
+        shared: Option<&SharedWeights>,
+    ) -> Result<Self> {
         let _span = tracing::info_span!("load_graph", graph, backend = %opts.backend).entered();
         let start = Instant::now();
         let inner = match &opts.backend {
             Backend::Tract => load_tract(graph, path, opts)?,
-            ort_backend => Inner::Ort(Box::new(build_ort_session(graph, path, ort_backend, opts.threads)?)),
+            ort_backend => {
+                let prepacked = shared.map(SharedWeights::prepacked_after_init).transpose()?;
+                Inner::Ort(Box::new(build_ort_session(graph, path, ort_backend, opts.threads, prepacked)?))
+            }
         };
         let (inputs, outputs) = match &inner {
             Inner::Ort(s) => (
@@ -299,8 +361,15 @@ fn load_tract(_graph: &str, _path: &Path, _opts: &SessionOptions) -> Result<Inne
 }
 
 /// Builds an ONNX Runtime session: intra-op threads, optimization level 3, then the execution
-/// providers of `backend` (TensorRT before CUDA), each failing loudly.
-fn build_ort_session(graph: &str, path: &Path, backend: &Backend, threads: Option<usize>) -> Result<Session> {
+/// providers of `backend` (TensorRT before CUDA), each failing loudly. `prepacked` is a container
+/// shared with other sessions.
+fn build_ort_session(
+    graph: &str,
+    path: &Path,
+    backend: &Backend,
+    threads: Option<usize>,
+    prepacked: Option<&PrepackedWeights>,
+) -> Result<Session> {
     // The provider list is resolved first: a backend compiled out is reported before the library
     // is even looked for.
     let eps = match backend {
@@ -319,6 +388,9 @@ fn build_ort_session(graph: &str, path: &Path, backend: &Backend, threads: Optio
         builder = builder.with_intra_threads(n).map_err(|e| config(e.into()))?;
     }
     builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| config(e.into()))?;
+    if let Some(prepacked) = prepacked {
+        builder = builder.with_prepacked_weights(prepacked).map_err(|e| config(e.into()))?;
+    }
     for ep in eps {
         let name = ep.name();
         builder =

@@ -414,3 +414,25 @@ fn decoder_graphs_share_one_copy_of_the_weights() -> Result<()> {
     }
     Ok(())
 }
+
+/// ort-cpu sessions of one bundle share one prepacked-weights container (`SharedWeights`), and
+/// decoding is identical with and without it, whole and streamed inside tiles.
+#[test]
+fn shared_weights_decode_identically() -> Result<()> {
+    let dir = bundle(Precision::F32)?;
+    let shared = Bundle::open(dir)?;
+    let own = Bundle::open(dir)?;
+    let backend = Backend::OrtCpu;
+    let mut a = Vae::load(&shared, &opts(&backend))?;
+    let mut b = Vae::load(&own, &opts(&backend).with_shared_weights(false))?;
+    let tiling = Some(TilingConfig { tile_size: 4, overlap: 1 });
+    let z = latents_hw(5, 7, 10, 11);
+    for decode in [DecodeOptions::whole(), DecodeOptions { chunk: Some(2), tiling }] {
+        let x = a.decode(z.view(), &decode)?;
+        let y = b.decode(z.view(), &decode)?;
+        compare5(&format!("shared vs own prepacked weights, {decode:?}"), &x, &y, Approx::Exact)?;
+    }
+    ensure!(shared.shared_weights().in_use(), "the sharing bundle's sessions did not use its pool");
+    ensure!(!own.shared_weights().in_use(), "sharing was off, yet the pool was used");
+    Ok(())
+}

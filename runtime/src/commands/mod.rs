@@ -53,6 +53,10 @@ pub struct BackendOpts {
     /// TensorRT engine and timing cache directory (default: ~/.cache/osp/tensorrt).
     #[arg(long, env = "OSP_TRT_CACHE_DIR", global = true)]
     pub trt_cache_dir: Option<PathBuf>,
+    /// Give each ort-cpu graph session its own prepacked weights (default: the graphs of one
+    /// bundle share one prepacked-weights container).
+    #[arg(long, global = true)]
+    pub no_shared_weights: bool,
 }
 
 impl BackendOpts {
@@ -61,7 +65,7 @@ impl BackendOpts {
             anyhow::bail!("--threads must be at least 1 (leave it unset to use all cores)");
         }
         let backend = Backend::from_kind(self.backend, self.device, self.trt_cache_dir.clone());
-        Ok(SessionOptions { backend, threads: self.threads })
+        Ok(SessionOptions { backend, threads: self.threads, share_weights: !self.no_shared_weights })
     }
 }
 

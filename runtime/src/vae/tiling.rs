@@ -9,8 +9,14 @@
 //! tile as a running mean `out += (tile - out) * w / W`, where `W` is the weight gathered so far.
 //! Where two tiles meet this is diffusers' formula; where four tiles meet it stays continuous,
 //! whereas diffusers' in-place `blend_v` then `blend_h` leaves a step at the corners. Tiles start
-//! every `stride = tile_size - overlap` latent pixels only while the previous tile does not reach
-//! the edge, so no sliver tile smaller than the overlap is decoded.
+//! just enough tiles along each axis that neighbours overlap by at least `overlap` (`n = 1 +
+//! ceil((len - tile_size) / (tile_size - overlap))`), all of one length `ceil((len + (n - 1) *
+//! overlap) / n) <= tile_size`, spread evenly so the last ends exactly at the edge. No sliver tile
+//! is decoded, every tile of a decode has one shape (the backend reuses its buffers), and the
+//! decoded area is the minimum the overlaps need. Shifting full-size tiles back to the edge would
+//! cost more: a 60x80 latent with 32/8 tiles needs 3 x 3 tiles either way; full-size ones decode
+//! 96x96 latent pixels (1.92x the area), the balanced ones 26x32 each, 78x96 (1.56x; slivers gave
+//! 76x96). A latent axis no longer than one tile is one tile.
 //!
 //! A tile decoder that is exact per latent pixel (translation equivariant, no context) gives
 //! bit-identical results tiled and untiled (the running mean of equal values is exact); a real
@@ -53,14 +59,33 @@ impl TilingConfig {
         Ok(())
     }
 
-    /// Start offsets of the tiles along an axis of `len` latent pixels.
+    /// Start offsets of the tiles along an axis of `len` latent pixels; each tile is
+    /// [`Self::tile_len`] long and the last one ends at `len`.
     pub fn starts(&self, len: usize) -> Vec<usize> {
-        let stride = self.tile_size - self.overlap;
-        let mut starts = vec![0];
-        while starts[starts.len() - 1] + self.tile_size < len {
-            starts.push(starts[starts.len() - 1] + stride);
+        let n = self.tiles_along(len);
+        if n == 1 {
+            return vec![0];
         }
-        starts
+        let span = len - self.tile_len(len);
+        // Steps are floor or ceil of span / (n - 1) <= tile_len - overlap (see `tile_len`).
+        (0..n).map(|i| i * span / (n - 1)).collect()
+    }
+
+    /// The length of every tile along an axis of `len` latent pixels: `len` when one tile covers
+    /// it, else the shortest length at which the tiles overlap by at least `overlap`.
+    pub fn tile_len(&self, len: usize) -> usize {
+        let n = self.tiles_along(len);
+        if n == 1 {
+            return len;
+        }
+        (len + (n - 1) * self.overlap).div_ceil(n)
+    }
+
+    fn tiles_along(&self, len: usize) -> usize {
+        if len <= self.tile_size {
+            return 1;
+        }
+        1 + (len - self.tile_size).div_ceil(self.tile_size - self.overlap)
     }
 
     /// Number of tiles for a `[h, w]` latent.
@@ -95,8 +120,8 @@ where
     if h == 0 || w == 0 {
         return Err(Error::Tiling(format!("empty latent {:?}", z.shape())));
     }
-    let rows = cfg.starts(h);
-    let cols = cfg.starts(w);
+    let (rows, cols) = (cfg.starts(h), cfg.starts(w));
+    let (tile_h, tile_w) = (cfg.tile_len(h), cfg.tile_len(w));
     tracing::debug!(
         tiles = rows.len() * cols.len(),
         tile_size = cfg.tile_size,
@@ -108,7 +133,7 @@ where
     let mut scale = 0usize;
     for (ri, &y0) in rows.iter().enumerate() {
         for (ci, &x0) in cols.iter().enumerate() {
-            let (y1, x1) = ((y0 + cfg.tile_size).min(h), (x0 + cfg.tile_size).min(w));
+            let (y1, x1) = (y0 + tile_h, x0 + tile_w);
             let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
             let tile = decode(z.slice(s![.., .., .., y0..y1, x0..x1]))?;
             let (th, tw) = (tile.shape()[3], tile.shape()[4]);
@@ -199,6 +224,8 @@ mod tests {
             let cfg = TilingConfig { tile_size, overlap };
             let mut calls = 0;
             let tiled = decode_tiled(z.view(), &cfg, |t| {
+                // One shape for every tile, no larger than asked, no sliver.
+                assert_eq!((t.shape()[3], t.shape()[4]), (cfg.tile_len(13), cfg.tile_len(21)), "tile shape");
                 assert!(t.shape()[3] <= tile_size && t.shape()[4] <= tile_size);
                 assert!(t.shape()[3] > overlap && t.shape()[4] > overlap, "sliver tile {:?}", t.shape());
                 calls += 1;
@@ -206,6 +233,16 @@ mod tests {
             })
             .unwrap();
             assert_eq!(calls, cfg.tile_count(13, 21));
+            for len in [13, 21] {
+                let starts = cfg.starts(len);
+                let tl = cfg.tile_len(len);
+                assert_eq!(
+                    starts.last().unwrap() + tl,
+                    len,
+                    "tile {tile_size} overlap {overlap}: last tile ends at the edge"
+                );
+                assert!(starts.windows(2).all(|p| p[0] < p[1] && p[1] - p[0] <= tl - overlap), "{starts:?} x {tl}");
+            }
             assert_eq!(tiled.shape(), whole.shape());
             let c = Approx::Exact.compare(tiled.as_slice().unwrap(), whole.as_slice().unwrap());
             assert!(c.ok(), "tile {tile_size} overlap {overlap}: {c:?}");
@@ -215,11 +252,17 @@ mod tests {
     #[test]
     fn tile_starts_cover_the_axis_without_slivers() {
         let cfg = TilingConfig { tile_size: 8, overlap: 2 };
-        assert_eq!(cfg.starts(8), vec![0]);
-        assert_eq!(cfg.starts(9), vec![0, 6]);
-        assert_eq!(cfg.starts(14), vec![0, 6]);
-        assert_eq!(cfg.starts(15), vec![0, 6, 12]);
-        assert_eq!(cfg.starts(1), vec![0]);
+        assert_eq!((cfg.starts(8), cfg.tile_len(8)), (vec![0], 8));
+        assert_eq!((cfg.starts(9), cfg.tile_len(9)), (vec![0, 3], 6));
+        assert_eq!((cfg.starts(14), cfg.tile_len(14)), (vec![0, 6], 8));
+        assert_eq!((cfg.starts(15), cfg.tile_len(15)), (vec![0, 4, 8], 7));
+        assert_eq!((cfg.starts(1), cfg.tile_len(1)), (vec![0], 1));
+        // The release case: a 60x80 latent (480x640) with the default 32/8 tiles is 3 x 3 tiles of
+        // 26x32, 78x96 latent pixels decoded (before: 32, 32 and a 12-row sliver, 76x96).
+        let release = TilingConfig::default();
+        assert_eq!((release.starts(60), release.tile_len(60)), (vec![0, 17, 34], 26));
+        assert_eq!((release.starts(80), release.tile_len(80)), (vec![0, 24, 48], 32));
+        assert_eq!(release.tile_count(60, 80), 9);
     }
 
     /// A decoder with a per-tile bias (what a context-dependent VAE does at tile borders): the
