@@ -73,7 +73,8 @@ pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
 fn run_on<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Result<()> {
     let options = LoadOptions { allow_partial: args.allow_partial };
     match args.model {
-        ForwardModel::WfvaeEncode | ForwardModel::WfvaeDecode => run_wfvae::<B>(args, device),
+        ForwardModel::WfvaeEncode => run_wfvae::<B>(args, WfvaeDirection::Encode, device),
+        ForwardModel::WfvaeDecode => run_wfvae::<B>(args, WfvaeDirection::Decode, device),
         ForwardModel::Dit => {
             super::forward_dit::run_on::<B>(&args.config, &args.weights, &args.inputs, &args.out, options, device)
         }
@@ -83,7 +84,14 @@ fn run_on<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Result<
     }
 }
 
-fn run_wfvae<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Result<()> {
+/// The two WFVAE forward passes.
+#[derive(Debug, Clone, Copy)]
+enum WfvaeDirection {
+    Encode,
+    Decode,
+}
+
+fn run_wfvae<B: Backend>(args: &ForwardArgs, direction: WfvaeDirection, device: &B::Device) -> anyhow::Result<()> {
     let config = WFVAEModelConfig::from_json_file(&args.config)?;
     let mut model =
         config.init::<B>(device).with_context(|| format!("building the model of {}", args.config.display()))?;
@@ -95,18 +103,17 @@ fn run_wfvae<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Resu
         eprint!("{report}");
     }
     let inputs = read_tensors(&args.inputs)?;
-    let outputs = match args.model {
-        ForwardModel::WfvaeEncode => {
+    let outputs = match direction {
+        WfvaeDirection::Encode => {
             let x = take_tensor::<B, 5>(&inputs, "x", device)?;
             let posterior = if args.chunked { model.encode_chunked(x, args.t_chunk_enc)? } else { model.encode(x)? };
             vec![("mean".to_string(), posterior.mean.into_data()), ("logvar".to_string(), posterior.logvar.into_data())]
         }
-        ForwardModel::WfvaeDecode => {
+        WfvaeDirection::Decode => {
             let z = take_tensor::<B, 5>(&inputs, "z", device)?;
             let sample = if args.chunked { model.decode_chunked(z, args.t_chunk_dec)? } else { model.decode(z)? };
             vec![("sample".to_string(), sample.into_data())]
         }
-        ForwardModel::Dit | ForwardModel::Mt5 => unreachable!("dispatched in run_on"),
     };
     if outputs.is_empty() {
         bail!("no outputs produced");
