@@ -65,7 +65,7 @@ fn nearest_colour(rgb: [f32; 3]) -> Color {
 }
 
 #[test]
-#[ignore = "assets/default/ is not committed yet: run scripts/train_default.sh, then remove this ignore"]
+#[ignore = "needs assets/default/, not committed yet: after scripts/train_default.sh, run `cargo test --release -p osp-tests --test default_bundle -- --ignored`, then remove this ignore"]
 fn default_bundle_draws_the_named_colour_moving_the_named_way() -> Result<()> {
     let dir = bundle();
     ensure!(

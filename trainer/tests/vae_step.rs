@@ -246,7 +246,7 @@ fn bad_clips_are_rejected_with_the_rule() {
 /// 116 s, discriminator step 38 s, peak RSS 2.4 GB.
 /// Run: `cargo test --release -p osp-trainer --test vae_step -- --ignored --nocapture`.
 #[test]
-#[ignore = "release-size networks, ~2.5 min on 2 CPU cores: run before changing the training step"]
+#[ignore = "release-size networks, ~2.5 min on 2 CPU cores: before changing the training step run `cargo test --release -p osp-trainer --test vae_step -- --ignored --nocapture`"]
 fn release_size_generator_and_discriminator_steps() {
     let _lock = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
