@@ -123,7 +123,6 @@ fn write_h264(
     if h % 2 != 0 || w % 2 != 0 {
         return Err(format!("H.264 with YUV 4:2:0 needs an even frame size, got {w}x{h}"));
     }
-    let fferr = |what: &'static str| move |e: ffmpeg::Error| format!("{what}: {e}");
     let mut octx = ffmpeg::format::output_as(path, muxer).map_err(fferr("opening the output"))?;
     let codec = ffmpeg::encoder::find_by_name("libx264")
         .ok_or("this FFmpeg build has no libx264 encoder (install FFmpeg with libx264)")?;
@@ -145,7 +144,7 @@ fn write_h264(
     let mut dict = ffmpeg::Dictionary::new();
     dict.set("preset", &opts.preset);
     dict.set("crf", &opts.crf.to_string());
-    let mut encoder = encoder.open_with(dict).map_err(fferr("opening libx264 (check --preset and --crf)"))?;
+    let encoder = encoder.open_with(dict).map_err(fferr("opening libx264 (check --preset and --crf)"))?;
     {
         let mut ost = octx.add_stream(codec).map_err(fferr("adding the stream"))?;
         ost.set_parameters(&encoder);
@@ -155,7 +154,7 @@ fn write_h264(
     octx.write_header().map_err(fferr("writing the header"))?;
     let ost_time_base = octx.stream(0).map(|s| s.time_base()).ok_or("the output lost its stream")?;
 
-    let mut scaler = scaling::Context::get(
+    let scaler = scaling::Context::get(
         Pixel::RGB24,
         w as u32,
         h as u32,
@@ -165,30 +164,52 @@ fn write_h264(
         scaling::Flags::BILINEAR,
     )
     .map_err(fferr("creating the YUV converter"))?;
-    let mut rgb = ffmpeg::frame::Video::new(Pixel::RGB24, w as u32, h as u32);
-    let mut yuv = ffmpeg::frame::Video::empty();
-    let drain = |encoder: &mut ffmpeg::encoder::Video,
-                 octx: &mut ffmpeg::format::context::Output|
-     -> std::result::Result<(), String> {
+    let mut yuv_frames = FrameWriter { encoder, octx, scaler, time_base, ost_time_base };
+    yuv_frames.write_all(frames, "converting to YUV 4:2:0")
+}
+
+/// Maps an FFmpeg error to a message naming the step that failed.
+fn fferr(what: &'static str) -> impl Fn(ffmpeg::Error) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// An opened encoder, its one-stream output and the RGB24 -> encoder-format converter: writes
+/// `[t, h, w, 3]` frames with pts 0, 1, ... and finishes the file.
+struct FrameWriter {
+    encoder: ffmpeg::encoder::Video,
+    octx: ffmpeg::format::context::Output,
+    scaler: scaling::Context,
+    time_base: ffmpeg::Rational,
+    ost_time_base: ffmpeg::Rational,
+}
+
+impl FrameWriter {
+    fn write_all(&mut self, frames: ArrayView4<u8>, converting: &'static str) -> std::result::Result<(), String> {
+        let (_, h, w, _) = frames.dim();
+        let mut rgb = ffmpeg::frame::Video::new(Pixel::RGB24, w as u32, h as u32);
+        let mut converted = ffmpeg::frame::Video::empty();
+        for (i, frame) in frames.axis_iter(Axis(0)).enumerate() {
+            fill_rgb(&mut rgb, frame);
+            self.scaler.run(&rgb, &mut converted).map_err(fferr(converting))?;
+            converted.set_pts(Some(i as i64));
+            self.encoder.send_frame(&converted).map_err(fferr("encoding a frame"))?;
+            self.drain()?;
+        }
+        self.encoder.send_eof().map_err(fferr("flushing the encoder"))?;
+        self.drain()?;
+        self.octx.write_trailer().map_err(fferr("writing the trailer"))?;
+        Ok(())
+    }
+
+    fn drain(&mut self) -> std::result::Result<(), String> {
         let mut packet = ffmpeg::Packet::empty();
-        while encoder.receive_packet(&mut packet).is_ok() {
+        while self.encoder.receive_packet(&mut packet).is_ok() {
             packet.set_stream(0);
-            packet.rescale_ts(time_base, ost_time_base);
-            packet.write_interleaved(octx).map_err(fferr("writing a packet"))?;
+            packet.rescale_ts(self.time_base, self.ost_time_base);
+            packet.write_interleaved(&mut self.octx).map_err(fferr("writing a packet"))?;
         }
         Ok(())
-    };
-    for (i, frame) in frames.axis_iter(Axis(0)).enumerate() {
-        fill_rgb(&mut rgb, frame);
-        scaler.run(&rgb, &mut yuv).map_err(fferr("converting to YUV 4:2:0"))?;
-        yuv.set_pts(Some(i as i64));
-        encoder.send_frame(&yuv).map_err(fferr("encoding a frame"))?;
-        drain(&mut encoder, &mut octx)?;
     }
-    encoder.send_eof().map_err(fferr("flushing the encoder"))?;
-    drain(&mut encoder, &mut octx)?;
-    octx.write_trailer().map_err(fferr("writing the trailer"))?;
-    Ok(())
 }
 
 /// Copies one `[h, w, 3]` frame into an RGB24 frame whose rows are `stride` bytes apart.
@@ -219,7 +240,6 @@ fn write_png(path: &Path, frames: ArrayView4<u8>) -> std::result::Result<(), Str
 fn write_gif(path: &Path, frames: ArrayView4<u8>, fps: f64) -> std::result::Result<(), String> {
     init().map_err(|e| e.to_string())?;
     let (_, h, w, _) = frames.dim();
-    let fferr = |what: &'static str| move |e: ffmpeg::Error| format!("{what}: {e}");
     let mut octx = ffmpeg::format::output_as(path, "gif").map_err(fferr("opening the output"))?;
     let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::GIF).ok_or("this FFmpeg build has no GIF encoder")?;
     let rate = ffmpeg::Rational::from(fps);
@@ -233,7 +253,7 @@ fn write_gif(path: &Path, frames: ArrayView4<u8>, fps: f64) -> std::result::Resu
     encoder.set_format(Pixel::RGB8);
     encoder.set_time_base(time_base);
     encoder.set_frame_rate(Some(rate));
-    let mut encoder = encoder.open_with(ffmpeg::Dictionary::new()).map_err(fferr("opening the GIF encoder"))?;
+    let encoder = encoder.open_with(ffmpeg::Dictionary::new()).map_err(fferr("opening the GIF encoder"))?;
     {
         let mut ost = octx.add_stream(codec).map_err(fferr("adding the stream"))?;
         ost.set_parameters(&encoder);
@@ -241,7 +261,7 @@ fn write_gif(path: &Path, frames: ArrayView4<u8>, fps: f64) -> std::result::Resu
     }
     octx.write_header().map_err(fferr("writing the header"))?;
     let ost_time_base = octx.stream(0).map(|s| s.time_base()).ok_or("the output lost its stream")?;
-    let mut scaler = scaling::Context::get(
+    let scaler = scaling::Context::get(
         Pixel::RGB24,
         w as u32,
         h as u32,
@@ -251,37 +271,14 @@ fn write_gif(path: &Path, frames: ArrayView4<u8>, fps: f64) -> std::result::Resu
         scaling::Flags::BILINEAR,
     )
     .map_err(fferr("creating the palette converter"))?;
-    let mut rgb = ffmpeg::frame::Video::new(Pixel::RGB24, w as u32, h as u32);
-    let mut pal = ffmpeg::frame::Video::empty();
-    let drain = |encoder: &mut ffmpeg::encoder::Video,
-                 octx: &mut ffmpeg::format::context::Output|
-     -> std::result::Result<(), String> {
-        let mut packet = ffmpeg::Packet::empty();
-        while encoder.receive_packet(&mut packet).is_ok() {
-            packet.set_stream(0);
-            packet.rescale_ts(time_base, ost_time_base);
-            packet.write_interleaved(octx).map_err(fferr("writing a packet"))?;
-        }
-        Ok(())
-    };
-    for (i, frame) in frames.axis_iter(Axis(0)).enumerate() {
-        fill_rgb(&mut rgb, frame);
-        scaler.run(&rgb, &mut pal).map_err(fferr("converting to the GIF palette"))?;
-        pal.set_pts(Some(i as i64));
-        encoder.send_frame(&pal).map_err(fferr("encoding a frame"))?;
-        drain(&mut encoder, &mut octx)?;
-    }
-    encoder.send_eof().map_err(fferr("flushing the encoder"))?;
-    drain(&mut encoder, &mut octx)?;
-    octx.write_trailer().map_err(fferr("writing the trailer"))?;
-    Ok(())
+    let mut pal_frames = FrameWriter { encoder, octx, scaler, time_base, ost_time_base };
+    pal_frames.write_all(frames, "converting to the GIF palette")
 }
 
 /// Each frame encoded as PNG bytes.
 fn encode_pngs(frames: ArrayView4<u8>) -> std::result::Result<Vec<Vec<u8>>, String> {
     init().map_err(|e| e.to_string())?;
     let (_, h, w, _) = frames.dim();
-    let fferr = |what: &'static str| move |e: ffmpeg::Error| format!("{what}: {e}");
     let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::PNG).ok_or("this FFmpeg build has no PNG encoder")?;
     let mut encoder = ffmpeg::codec::context::Context::new_with_codec(codec)
         .encoder()
