@@ -52,7 +52,7 @@ pub enum DiscriminatorLayer<B: Backend> {
 impl<B: Backend> DiscriminatorLayer<B> {
     fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         match self {
-            DiscriminatorLayer::Conv3d(m) => m.forward(x),
+            DiscriminatorLayer::Conv3d(m) => crate::models::conv3d::forward(m, x),
             DiscriminatorLayer::BatchNorm3d(m) => m.forward(x),
             DiscriminatorLayer::LeakyReLU(m) => m.forward(x),
         }

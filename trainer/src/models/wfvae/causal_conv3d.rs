@@ -34,13 +34,13 @@ impl<B: Backend> CausalConv3d<B> {
 
     /// `[b, c, t, h, w]` -> `[b, c', (t - 1) / s + 1, h', w']` (whole clip).
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        self.conv.forward(replicate_first(x, self.time_kernel_size - 1))
+        crate::models::conv3d::forward(&self.conv, replicate_first(x, self.time_kernel_size - 1))
     }
 
     /// One temporal chunk; `path` (official module path) keys the cached tail frames.
     pub fn forward_cached(&self, x: Tensor<B, 5>, path: &str, cache: &mut TemporalCache<B>) -> Tensor<B, 5> {
         let k = self.time_kernel_size;
         let padded = cache.causal_window(path, x, k - 1, k, self.time_stride);
-        self.conv.forward(padded)
+        crate::models::conv3d::forward(&self.conv, padded)
     }
 }
