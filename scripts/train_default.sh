@@ -2,7 +2,7 @@
 # The recipe of the embedded default model (assets/default/): one command, CPU only.
 #
 #   shapes data set -> caption tokenizer -> mT5 encoder frozen at a seeded init -> small WFVAE
-#   -> text-embedding cache -> small OpenSoraT2V v1.3 DiT on the VAE latents -> flat e2e folder
+#   -> its latent shift/scale measured on the clips -> text-embedding cache -> small OpenSoraT2V v1.3 DiT on the VAE latents -> flat e2e folder
 #   -> osp-export pipeline -> assets/default/
 #
 # Every step is skipped when its output exists (delete $WORK/<step> to redo one); training steps
@@ -16,12 +16,12 @@ OUT="${OUT:-$repo/assets/default}"
 SEED="${SEED:-0}"
 FRAMES="${FRAMES:-9}"
 SIZE="${SIZE:-32}"
-CLIPS="${CLIPS:-480}"
+CLIPS="${CLIPS:-960}"
 VOCAB="${VOCAB:-64}"
 MAX_LEN="${MAX_LEN:-16}"
-VAE_STEPS="${VAE_STEPS:-300}"
+VAE_STEPS="${VAE_STEPS:-1200}"
 VAE_BATCH="${VAE_BATCH:-4}"
-DIT_STEPS="${DIT_STEPS:-2000}"
+DIT_STEPS="${DIT_STEPS:-3000}"
 DIT_BATCH="${DIT_BATCH:-16}"
 SAMPLING_STEPS="${SAMPLING_STEPS:-20}"
 GUIDANCE="${GUIDANCE:-4.0}"
@@ -85,7 +85,12 @@ step vae "$WORK/vae/checkpoint-$VAE_STEPS/training_state.json" \
   --perceptual_weight 0 --disc_start 1000000000 --kl_weight 1e-6 --wavelet_loss --wavelet_weight 0.1 \
   --ema --ema_decay 0.99 --save_ckpt_step 100 --checkpoints_total_limit 2 --resume_from_checkpoint latest \
   --seed "$SEED" --progress jsonl
-VAE_DIR="$WORK/vae/checkpoint-$VAE_STEPS/model_ema"
+
+# 4b. The latents' per-channel shift and scale (the DiT trains on unit-variance latents).
+step latent_stats "$WORK/vae_final/latent_stats.json" \
+  "$TRAIN" latent-stats --ae_path "$WORK/vae/checkpoint-$VAE_STEPS/model_ema" --video_path "$WORK/shapes/videos" \
+  --resolution "$SIZE" --num_frames "$FRAMES" --max_clips 512
+VAE_DIR="$WORK/vae_final"
 
 # 5. Text-embedding cache of every caption (+ null.npz for CFG dropout).
 step embed "$WORK/embeds/null.npz" \
@@ -93,10 +98,10 @@ step embed "$WORK/embeds/null.npz" \
   --tokenizer "$WORK/flat/tokenizer.json" --annotation "$WORK/shapes/annotation.json" --out "$WORK/embeds" \
   --model_max_length "$MAX_LEN" --batch_size 64
 
-# 6. DiT (OpenSoraT2V v1.3 architecture, 2 layers, hidden 48) on the VAE latents.
+# 6. DiT (OpenSoraT2V v1.3 architecture, 4 layers, hidden 96) on the normalised VAE latents.
 cat >"$WORK/transformer_config.json" <<'EOF'
-{"num_attention_heads": 2, "attention_head_dim": 24, "in_channels": 8, "out_channels": 8, "num_layers": 2,
- "dropout": 0.0, "cross_attention_dim": 48, "attention_bias": true, "sample_size_h": [4, 4],
+{"num_attention_heads": 4, "attention_head_dim": 24, "in_channels": 8, "out_channels": 8, "num_layers": 4,
+ "dropout": 0.0, "cross_attention_dim": 96, "attention_bias": true, "sample_size_h": [4, 4],
  "sample_size_w": [4, 4], "sample_size_t": 3, "patch_size": 2, "patch_size_t": 1,
  "activation_fn": "gelu-approximate", "only_cross_attention": false, "double_self_attention": false,
  "upcast_attention": false, "norm_elementwise_affine": false, "norm_eps": 1e-06, "caption_channels": 32,
@@ -110,12 +115,12 @@ step dit "$WORK/dit/checkpoint-$DIT_STEPS/training_state.json" \
   --max_height "$SIZE" --max_width "$SIZE" --hw_stride "$SIZE" --train_batch_size "$DIT_BATCH" \
   --max_train_steps "$DIT_STEPS" --learning_rate 1e-3 --lr_scheduler constant_with_warmup --lr_warmup_steps 100 \
   --adam_weight_decay 0 --snr_gamma 5.0 --cfg 0.1 --null_text_embed "$WORK/embeds/null.npz" \
-  --use_ema --ema_decay 0.995 --checkpointing_steps 500 --checkpoints_total_limit 2 \
+  --use_ema --ema_decay 0.995 --cache_latents --checkpointing_steps 500 --checkpoints_total_limit 2 \
   --resume_from_checkpoint latest --seed "$SEED" --progress jsonl
 
 # 7. The flat e2e layout, then the pipeline bundle.
 cp "$WORK/text_encoder_config.json" "$WORK/flat/text_encoder_config.json"
-cp "$WORK/vae_config.json" "$WORK/flat/vae_config.json"
+cp "$VAE_DIR/config.json" "$WORK/flat/vae_config.json"
 cp "$VAE_DIR/diffusion_pytorch_model.safetensors" "$WORK/flat/vae.safetensors"
 cp "$WORK/transformer_config.json" "$WORK/flat/transformer_config.json"
 cp "$WORK/dit/checkpoint-$DIT_STEPS/model_ema/diffusion_pytorch_model.safetensors" "$WORK/flat/transformer.safetensors"

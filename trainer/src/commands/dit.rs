@@ -22,7 +22,7 @@ use osp_trainer::data::{read_data_file, DataConfig, DataPosition, Dataset};
 use osp_trainer::models::opensora_v1_3::{OpenSoraT2V_v1_3, OpenSoraT2V_v1_3Config};
 use osp_trainer::models::wfvae::{WFVAEModel, WFVAEModelConfig};
 use osp_trainer::train::diffusion::{DdpmSchedule, PredictionType};
-use osp_trainer::train::dit::{DitBatch, DitBatcher, DitObjective, TextEmbedding};
+use osp_trainer::train::dit::{DitBatch, DitBatcher, DitObjective, LatentCache, TextEmbedding};
 use osp_trainer::train::{
     resolve_resume, AdamWConfig, EmaConfig, LrSchedule, LrSchedulerKind, MetricsLog, OptimConfig, Rng, StepStats,
     Trainer, WeightsLayout,
@@ -167,6 +167,13 @@ pub struct DitArgs {
     /// Cached embedding (`text_emb`, `mask` npz) of the empty caption, used by --cfg.
     #[arg(long = "null_text_embed")]
     pub null_text_embed: Option<PathBuf>,
+    /// Keep each clip's VAE posterior and each caption's text states in memory after first use
+    /// (the clip is then not decoded or encoded again; batches are unchanged).
+    #[arg(long = "cache_latents")]
+    pub cache_latents: bool,
+    /// Memory bound of --cache_latents in MiB; past it, items are encoded every step.
+    #[arg(long = "latent_cache_max_mb", default_value_t = 2048)]
+    pub latent_cache_max_mb: usize,
     /// Recompute activations in the backward pass (Burn's balanced checkpointing).
     #[arg(long = "gradient_checkpointing")]
     pub gradient_checkpointing: bool,
@@ -216,9 +223,8 @@ pub fn run(args: DitArgs) -> anyhow::Result<()> {
     }
 }
 
-fn load_vae<B: Backend>(dir: &Path, device: &B::Device) -> anyhow::Result<(WFVAEModel<B>, WFVAEModelConfig)> {
-    let config = WFVAEModelConfig::from_json_file(dir.join("config.json"))
-        .with_context(|| format!("--ae_path {}: reading config.json", dir.display()))?;
+/// The weights file of a WFVAE folder (the last `*.safetensors` / `*.ckpt` by name).
+pub(super) fn vae_weights_file(dir: &Path) -> anyhow::Result<PathBuf> {
     let mut weights: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("--ae_path {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -228,9 +234,16 @@ fn load_vae<B: Backend>(dir: &Path, device: &B::Device) -> anyhow::Result<(WFVAE
         })
         .collect();
     weights.sort();
-    let Some(file) = weights.pop() else {
-        bail!("--ae_path {}: no *.safetensors or *.ckpt weights file", dir.display());
-    };
+    weights.pop().with_context(|| format!("--ae_path {}: no *.safetensors or *.ckpt weights file", dir.display()))
+}
+
+pub(super) fn load_vae<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> anyhow::Result<(WFVAEModel<B>, WFVAEModelConfig)> {
+    let config = WFVAEModelConfig::from_json_file(dir.join("config.json"))
+        .with_context(|| format!("--ae_path {}: reading config.json", dir.display()))?;
+    let file = vae_weights_file(dir)?;
     let mut vae = config.init::<B>(device)?;
     vae.load_official(&Checkpoint::open(&file)?, LoadOptions::default())
         .with_context(|| format!("loading the VAE weights {}", file.display()))?;
@@ -321,6 +334,7 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
         cfg: args.cfg,
         schedule: &schedule,
         device: device.clone(),
+        cache: args.cache_latents.then(|| std::sync::Mutex::new(LatentCache::new(args.latent_cache_max_mb << 20))),
     };
 
     let optim = OptimConfig {
@@ -398,6 +412,10 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
         trainer.save(&args.output_dir, &layout, &rng, pos, run_config, args.checkpoints_total_limit)?;
     }
     progress.finish();
+    if let Some(cache) = &batcher.cache {
+        let (hits, misses, bytes) = cache.lock().unwrap_or_else(|e| e.into_inner()).stats();
+        tracing::info!(hits, misses, mib = bytes >> 20, "latent cache");
+    }
     tracing::info!(steps = trainer.step, metrics = %metrics.path().display(), "training done");
     Ok(())
 }
@@ -424,6 +442,7 @@ fn validation_loss<B: Backend>(
         cfg: 0.0,
         schedule,
         device: device.clone(),
+        cache: None,
     };
     let mut rng = Rng::derive(args.seed, 0x7A1);
     let mut bad = BTreeSet::new();

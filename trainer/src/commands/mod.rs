@@ -6,6 +6,7 @@ mod forward;
 mod forward_dit;
 mod forward_mt5;
 mod init;
+mod latent_stats;
 mod progress;
 mod shapes;
 mod tokenizer;
@@ -40,6 +41,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Write the procedural coloured-shapes text-to-video data set.
     Shapes(shapes::ShapesArgs),
+    /// Measure a WFVAE's per-channel latent shift/scale on a data set; write a copy with them.
+    LatentStats(latent_stats::LatentStatsArgs),
 }
 
 /// Compute device.
@@ -64,5 +67,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vae(args) => vae::run(*args),
         Command::Tokenizer(args) => tokenizer::run(args),
         Command::Init(args) => init::run(args),
+        Command::LatentStats(args) => latent_stats::run(args),
     }
 }

@@ -188,8 +188,11 @@ fn model_source(args: &VaeArgs) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
 }
 
 /// The data sources: every video under --video_path (no captions needed), or the --data lines.
-fn sources(args: &VaeArgs) -> anyhow::Result<Vec<(DataSource, Vec<AnnotationItem>)>> {
-    match (&args.video_path, &args.data) {
+pub(super) fn sources(
+    video_path: &Option<PathBuf>,
+    data: &Option<PathBuf>,
+) -> anyhow::Result<Vec<(DataSource, Vec<AnnotationItem>)>> {
+    match (video_path, data) {
         (Some(dir), None) => {
             let mut files = Vec::new();
             collect_videos(dir, dir, &mut files)?;
@@ -333,7 +336,7 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
         min_bucket_items: args.batch_size,
         seed: args.seed,
     };
-    let dataset = Dataset::build_from_items(&sources(args)?, data_config)?;
+    let dataset = Dataset::build_from_items(&sources(&args.video_path, &args.data)?, data_config)?;
 
     std::fs::create_dir_all(&args.ckpt_dir).with_context(|| format!("creating {}", args.ckpt_dir.display()))?;
     let run_config = serde_json::to_value(args)?;

@@ -118,16 +118,10 @@ mod tests {
                 if let Some(b) = conv.bias.take() {
                     conv.bias = Some(Param::from_tensor(b.val().random_like(Distribution::Normal(0.0, 1.0))));
                 }
-                let x = Tensor::<B, 5>::random([2, cin, t, h, w], Distribution::Normal(0.0, 1.0), &device)
-                    .require_grad();
+                let x =
+                    Tensor::<B, 5>::random([2, cin, t, h, w], Distribution::Normal(0.0, 1.0), &device).require_grad();
                 let direct = conv.forward(x.clone());
-                let gemm = forward_gemm(
-                    x.clone(),
-                    conv.weight.val(),
-                    conv.bias.as_ref().map(|b| b.val()),
-                    stride,
-                    pad,
-                );
+                let gemm = forward_gemm(x.clone(), conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), stride, pad);
                 assert!(uses_gemm::<B>(&device));
                 assert_eq!(direct.dims(), gemm.dims(), "case {i}");
                 close(&format!("case {i} forward"), direct.clone().inner(), gemm.clone().inner());
@@ -149,7 +143,8 @@ mod tests {
                         b.val().grad(&gd).expect("bias should have a gradient"),
                         b.val().grad(&gg).expect("bias should have a gradient"),
                     );
-                    let cmp = Approx::Close.compare(&a.to_data().to_vec::<f32>().unwrap(), &g.to_data().to_vec::<f32>().unwrap());
+                    let cmp = Approx::Close
+                        .compare(&a.to_data().to_vec::<f32>().unwrap(), &g.to_data().to_vec::<f32>().unwrap());
                     assert!(cmp.ok(), "case {i} d/dbias: {cmp}");
                 }
             }

@@ -165,6 +165,40 @@ impl TextEmbedding {
     }
 }
 
+/// Posterior moments of clips and text states of captions kept in memory across epochs, so each
+/// clip is decoded and VAE-encoded once per run instead of once per step (`osp-train dit
+/// --cache_latents`). The frozen VAE's posterior is deterministic, so a cached item gives the
+/// same batch as a fresh one (the posterior noise is still drawn every step). Bounded: once
+/// `max_bytes` are held, further items are encoded every time.
+#[derive(Debug, Default)]
+pub struct LatentCache {
+    max_bytes: usize,
+    bytes: usize,
+    /// Data set index -> posterior `mean`, `std` of `[c, t, h, w]`.
+    latents: std::collections::HashMap<usize, std::sync::Arc<(Vec<f32>, Vec<f32>, [usize; 4])>>,
+    texts: std::collections::HashMap<std::path::PathBuf, TextEmbedding>,
+    hits: u64,
+    misses: u64,
+}
+
+impl LatentCache {
+    pub fn new(max_bytes: usize) -> Self {
+        Self { max_bytes, ..Default::default() }
+    }
+
+    /// `(hits, misses, bytes held)` of the clip latents.
+    pub fn stats(&self) -> (u64, u64, usize) {
+        (self.hits, self.misses, self.bytes)
+    }
+
+    fn fits(&self, bytes: usize) -> bool {
+        self.bytes + bytes <= self.max_bytes
+    }
+}
+
+/// One clip's posterior moments `[c, t, h, w]`.
+type Moments = std::sync::Arc<(Vec<f32>, Vec<f32>, [usize; 4])>;
+
 /// What turns planned data items into DiT batches: the frozen VAE encoder (latents sampled from
 /// the posterior and normalised `(z - shift) * scale`, as upstream's `WFVAEModelWrapper.encode`),
 /// the text cache, and CFG text dropout (`--cfg`: the caption replaced by the empty caption's
@@ -180,28 +214,44 @@ pub struct DitBatcher<'a, B: Backend> {
     pub cfg: f64,
     pub schedule: &'a DdpmSchedule,
     pub device: B::Device,
+    /// Keeps encoded clips and read captions in memory (`None`: encode every step).
+    pub cache: Option<std::sync::Mutex<LatentCache>>,
 }
 
 impl<B: Backend> DitBatcher<'_, B> {
     /// Loads `indices` (bad files replaced, see [`crate::data::Dataset::load_batch`]), encodes them
     /// and draws captions, CFG dropout, posterior noise, diffusion noise and timesteps from `rng`.
+    /// With a cache, cached clips are neither decoded nor encoded; the draws are the same.
     pub fn batch(
         &self,
         indices: &[usize],
         bad: &mut std::collections::BTreeSet<usize>,
         rng: &mut Rng,
     ) -> Result<DitBatch> {
-        let loaded = self.dataset.load_batch(indices, bad)?;
-        let b = loaded.len();
-        let (t, h, w) = self.dataset.samples[loaded[0].0].shape();
-        let mut pixels = Vec::with_capacity(b * 3 * t * h * w);
-        let mut texts = Vec::with_capacity(b);
-        for (index, p) in &loaded {
+        let mut cache = self.cache.as_ref().map(|c| c.lock().unwrap_or_else(|e| e.into_inner()));
+        // Each position: its data set item and, when cached, its moments.
+        let mut items: Vec<(usize, Option<Moments>)> =
+            indices.iter().map(|&i| (i, cache.as_ref().and_then(|c| c.latents.get(&i).cloned()))).collect();
+        let missing: Vec<usize> = (0..items.len()).filter(|&p| items[p].1.is_none()).collect();
+        if let Some(c) = cache.as_mut() {
+            c.hits += (items.len() - missing.len()) as u64;
+            c.misses += missing.len() as u64;
+        }
+        let loaded = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.dataset.load_batch(&missing.iter().map(|&p| indices[p]).collect::<Vec<_>>(), bad)?
+        };
+        for (&p, (index, _)) in missing.iter().zip(&loaded) {
+            items[p].0 = *index;
+        }
+
+        let mut texts = Vec::with_capacity(items.len());
+        for (index, _) in &items {
             let sample = &self.dataset.samples[*index];
-            pixels.extend_from_slice(p);
             let caption = rng.below(sample.captions.len() as u64) as usize;
-            let drop = rng.uniform() < self.cfg;
-            let text = if drop {
+            let dropped = rng.uniform() < self.cfg;
+            let text = if dropped {
                 self.null_text.clone().ok_or_else(|| {
                     Error::input(
                         "--null_text_embed",
@@ -215,7 +265,21 @@ impl<B: Backend> DitBatcher<'_, B> {
                         "its --data line has 2 items (no text-embedding cache); write the cache with `osp extract-text-embeds` or `osp-train embed` and use MEDIA_ROOT,TEXT_EMBED_ROOT,ANNOTATION lines",
                     )
                 })?;
-                TextEmbedding::read_npz(&path)?
+                match cache.as_mut() {
+                    Some(c) => match c.texts.get(&path) {
+                        Some(t) => t.clone(),
+                        None => {
+                            let t = TextEmbedding::read_npz(&path)?;
+                            let bytes = 4 * (t.values.len() + t.mask.len());
+                            if c.fits(bytes) {
+                                c.bytes += bytes;
+                                c.texts.insert(path, t.clone());
+                            }
+                            t
+                        }
+                    },
+                    None => TextEmbedding::read_npz(&path)?,
+                }
             };
             texts.push(text);
         }
@@ -229,9 +293,45 @@ impl<B: Backend> DitBatcher<'_, B> {
                 ),
             ));
         }
-        let x = Tensor::<B, 5>::from_data(TensorData::new(pixels, [b, 3, t, h, w]), &self.device);
-        let posterior = self.vae.encode(x)?;
-        let [_, c, lt, lh, lw] = posterior.mean.dims();
+
+        if !loaded.is_empty() {
+            let (t, h, w) = self.dataset.samples[loaded[0].0].shape();
+            let pixels: Vec<f32> = loaded.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+            let x = Tensor::<B, 5>::from_data(TensorData::new(pixels, [loaded.len(), 3, t, h, w]), &self.device);
+            let posterior = self.vae.encode(x)?;
+            let [_, c, lt, lh, lw] = posterior.mean.dims();
+            let to_vec =
+                |t: Tensor<B, 5>| t.into_data().to_vec::<f32>().map_err(|e| Error::input("latents", format!("{e:?}")));
+            let std = to_vec(posterior.std())?;
+            let mean = to_vec(posterior.mean)?;
+            let per = c * lt * lh * lw;
+            for (k, &p) in missing.iter().enumerate() {
+                let m: Moments = std::sync::Arc::new((
+                    mean[k * per..(k + 1) * per].to_vec(),
+                    std[k * per..(k + 1) * per].to_vec(),
+                    [c, lt, lh, lw],
+                ));
+                if let Some(cache) = cache.as_mut() {
+                    if cache.fits(8 * per) && !cache.latents.contains_key(&items[p].0) {
+                        cache.bytes += 8 * per;
+                        cache.latents.insert(items[p].0, m.clone());
+                    }
+                }
+                items[p].1 = Some(m);
+            }
+        }
+        drop(cache);
+
+        let b = items.len();
+        let moments: Vec<Moments> =
+            items.into_iter().map(|(_, m)| m.expect("every item is cached or was just encoded")).collect();
+        let [c, lt, lh, lw] = moments[0].2;
+        if let Some(m) = moments.iter().find(|m| m.2 != [c, lt, lh, lw]) {
+            return Err(Error::input(
+                "latents",
+                format!("a batch mixes latent shapes {:?} and {:?}", [c, lt, lh, lw], m.2),
+            ));
+        }
         if self.vae_scale.len() != c || self.vae_shift.len() != c {
             return Err(Error::Config(format!(
                 "the VAE config has {} scale and {} shift values for {c} latent channels",
@@ -239,11 +339,17 @@ impl<B: Backend> DitBatcher<'_, B> {
                 self.vae_shift.len()
             )));
         }
-        let eps = Tensor::<B, 5>::from_data(
-            TensorData::new(rng.normals(b * c * lt * lh * lw), [b, c, lt, lh, lw]),
+        let shape = [b, c, lt, lh, lw];
+        let mean = Tensor::<B, 5>::from_data(
+            TensorData::new(moments.iter().flat_map(|m| m.0.iter().copied()).collect::<Vec<f32>>(), shape),
             &self.device,
         );
-        let z = posterior.mean.clone() + posterior.std() * eps;
+        let std = Tensor::<B, 5>::from_data(
+            TensorData::new(moments.iter().flat_map(|m| m.1.iter().copied()).collect::<Vec<f32>>(), shape),
+            &self.device,
+        );
+        let eps = Tensor::<B, 5>::from_data(TensorData::new(rng.normals(b * c * lt * lh * lw), shape), &self.device);
+        let z = mean + std * eps;
         let per_channel = |v: &[f32]| {
             Tensor::<B, 1>::from_data(TensorData::new(v.to_vec(), [c]), &self.device).reshape([1, c, 1, 1, 1])
         };

@@ -10,6 +10,7 @@ pub mod diffusion;
 pub mod dit;
 pub mod ema;
 pub mod grads;
+pub mod latent_stats;
 pub mod lr;
 pub mod metrics;
 pub mod optim;
