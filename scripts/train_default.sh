@@ -21,7 +21,7 @@ VOCAB="${VOCAB:-64}"
 MAX_LEN="${MAX_LEN:-16}"
 VAE_STEPS="${VAE_STEPS:-1200}"
 VAE_BATCH="${VAE_BATCH:-4}"
-DIT_STEPS="${DIT_STEPS:-3000}"
+DIT_STEPS="${DIT_STEPS:-12000}"
 DIT_BATCH="${DIT_BATCH:-16}"
 SAMPLING_STEPS="${SAMPLING_STEPS:-20}"
 GUIDANCE="${GUIDANCE:-4.0}"
@@ -89,7 +89,7 @@ step vae "$WORK/vae/checkpoint-$VAE_STEPS/training_state.json" \
 # 4b. The latents' per-channel shift and scale (the DiT trains on unit-variance latents).
 step latent_stats "$WORK/vae_final/latent_stats.json" \
   "$TRAIN" latent-stats --ae_path "$WORK/vae/checkpoint-$VAE_STEPS/model_ema" --video_path "$WORK/shapes/videos" \
-  --resolution "$SIZE" --num_frames "$FRAMES" --max_clips 512
+  --resolution "$SIZE" --num_frames "$FRAMES" --max_clips 512 --out "$WORK/vae_final"
 VAE_DIR="$WORK/vae_final"
 
 # 5. Text-embedding cache of every caption (+ null.npz for CFG dropout).
@@ -115,7 +115,7 @@ step dit "$WORK/dit/checkpoint-$DIT_STEPS/training_state.json" \
   --max_height "$SIZE" --max_width "$SIZE" --hw_stride "$SIZE" --train_batch_size "$DIT_BATCH" \
   --max_train_steps "$DIT_STEPS" --learning_rate 1e-3 --lr_scheduler constant_with_warmup --lr_warmup_steps 100 \
   --adam_weight_decay 0 --snr_gamma 5.0 --cfg 0.1 --null_text_embed "$WORK/embeds/null.npz" \
-  --use_ema --ema_decay 0.995 --cache_latents --checkpointing_steps 500 --checkpoints_total_limit 2 \
+  --use_ema --ema_decay 0.995 --cache_latents --checkpointing_steps 1000 --checkpoints_total_limit 2 \
   --resume_from_checkpoint latest --seed "$SEED" --progress jsonl
 
 # 7. The flat e2e layout, then the pipeline bundle.
