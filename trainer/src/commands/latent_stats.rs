@@ -12,12 +12,12 @@ use burn::backend::NdArray;
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 
-use osp_trainer::data::{DataConfig, Dataset};
+use osp_trainer::data::Dataset;
 use osp_trainer::train::checkpoint::write_json;
 use osp_trainer::train::latent_stats::LatentMoments;
 
 use super::dit::{load_vae, vae_weights_file};
-use super::vae::sources;
+use super::vae::{sources, square_clips};
 
 #[derive(Debug, Args)]
 pub struct LatentStatsArgs {
@@ -60,21 +60,7 @@ pub fn run(args: LatentStatsArgs) -> anyhow::Result<()> {
     }
     let device = Default::default();
     let (vae, config) = load_vae::<B>(&args.ae_path, &device)?;
-    let data_config = DataConfig {
-        num_frames: args.num_frames,
-        train_fps: 0.0,
-        sample_rate: args.sample_rate.max(1),
-        max_height: args.resolution,
-        max_width: args.resolution,
-        max_hxw: None,
-        min_hxw: None,
-        force_resolution: true,
-        hw_stride: 8,
-        ae_stride_t: 4,
-        total_batch_size: 1,
-        min_bucket_items: 1,
-        seed: 0,
-    };
+    let data_config = square_clips(args.resolution, args.num_frames, args.sample_rate, 1, 0);
     let dataset = Dataset::build_from_items(&sources(&args.video_path, &args.data)?, data_config)?;
     let n = dataset.samples.len().min(args.max_clips);
     if n == 0 {

@@ -187,6 +187,32 @@ fn model_source(args: &VaeArgs) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     }
 }
 
+/// `num_frames` frames every `sample_rate`-th, centre-cropped and resized to `resolution` squared,
+/// in batches of `batch`.
+pub(super) fn square_clips(
+    resolution: usize,
+    num_frames: usize,
+    sample_rate: usize,
+    batch: usize,
+    seed: u64,
+) -> DataConfig {
+    DataConfig {
+        num_frames,
+        train_fps: 0.0,
+        sample_rate: sample_rate.max(1),
+        max_height: resolution,
+        max_width: resolution,
+        max_hxw: None,
+        min_hxw: None,
+        force_resolution: true,
+        hw_stride: 8,
+        ae_stride_t: 4,
+        total_batch_size: batch,
+        min_bucket_items: batch,
+        seed,
+    }
+}
+
 /// The data sources: every video under --video_path (no captions needed), or the --data lines.
 pub(super) fn sources(
     video_path: &Option<PathBuf>,
@@ -321,21 +347,7 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
     let ema_config = EmaConfig { decay: args.ema_decay, ..Default::default() };
     let mut ema = args.ema.then(|| Ema::new(ema_config, trainer.model.valid()));
 
-    let data_config = DataConfig {
-        num_frames: args.num_frames,
-        train_fps: 0.0,
-        sample_rate: args.sample_rate.max(1),
-        max_height: args.resolution,
-        max_width: args.resolution,
-        max_hxw: None,
-        min_hxw: None,
-        force_resolution: true,
-        hw_stride: 8,
-        ae_stride_t: 4,
-        total_batch_size: args.batch_size,
-        min_bucket_items: args.batch_size,
-        seed: args.seed,
-    };
+    let data_config = square_clips(args.resolution, args.num_frames, args.sample_rate, args.batch_size, args.seed);
     let dataset = Dataset::build_from_items(&sources(&args.video_path, &args.data)?, data_config)?;
 
     std::fs::create_dir_all(&args.ckpt_dir).with_context(|| format!("creating {}", args.ckpt_dir.display()))?;
