@@ -32,6 +32,19 @@ fn write_embedding(path: &Path, rng: &mut Rng) {
     write_npz(path, &[("mask", &mask), ("text_emb", &emb)]).expect("npz");
 }
 
+/// The model, EMA and optimizer files of two checkpoints are byte-identical.
+fn assert_same_checkpoints(a: &Path, b: &Path, what: &str) {
+    for file in [
+        "model/diffusion_pytorch_model.safetensors",
+        "model_ema/diffusion_pytorch_model.safetensors",
+        "optimizer.safetensors",
+    ] {
+        let x = std::fs::read(a.join(file)).unwrap_or_else(|e| panic!("{}: {e}", a.join(file).display()));
+        let y = std::fs::read(b.join(file)).unwrap_or_else(|e| panic!("{}: {e}", b.join(file).display()));
+        assert!(x == y, "{file} differs ({what})");
+    }
+}
+
 struct Setup {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -169,15 +182,7 @@ fn dit_training_resumes_exactly_and_writes_official_checkpoints() {
     run(&train_args(&st, &split, 2, false));
     run(&train_args(&st, &split, 4, true));
 
-    for file in [
-        "model/diffusion_pytorch_model.safetensors",
-        "model_ema/diffusion_pytorch_model.safetensors",
-        "optimizer.safetensors",
-    ] {
-        let a = std::fs::read(straight.join("checkpoint-4").join(file)).expect("straight checkpoint");
-        let b = std::fs::read(split.join("checkpoint-4").join(file)).expect("resumed checkpoint");
-        assert!(a == b, "{file}: the resumed run differs from the uninterrupted one");
-    }
+    assert_same_checkpoints(&straight.join("checkpoint-4"), &split.join("checkpoint-4"), "resumed vs uninterrupted");
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(straight.join("checkpoint-4/training_state.json")).expect("state"),
     )
@@ -219,15 +224,11 @@ fn cached_latents_train_exactly_like_encoding_every_step() {
         parts.next().into_iter().chain(parts.map(|part| part.split_once('m').map_or(part, |(_, rest)| rest))).collect();
     // 6 steps of 2 clips over 8 clips: the first epoch encodes, the next steps hit the cache.
     assert!(log.contains("latent cache") && log.contains("hits=4") && log.contains("misses=8"), "{log}");
-    for file in [
-        "model/diffusion_pytorch_model.safetensors",
-        "model_ema/diffusion_pytorch_model.safetensors",
-        "optimizer.safetensors",
-    ] {
-        let a = std::fs::read(plain.join("checkpoint-6").join(file)).expect("plain checkpoint");
-        let b = std::fs::read(cached.join("checkpoint-6").join(file)).expect("cached checkpoint");
-        assert!(a == b, "{file}: training with cached latents differs from encoding every step");
-    }
+    assert_same_checkpoints(
+        &plain.join("checkpoint-6"),
+        &cached.join("checkpoint-6"),
+        "cached latents vs encoding every step",
+    );
 }
 
 #[test]

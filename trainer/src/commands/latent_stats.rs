@@ -17,7 +17,7 @@ use osp_trainer::train::checkpoint::write_json;
 use osp_trainer::train::latent_stats::LatentMoments;
 
 use super::dit::{load_vae, vae_weights_file};
-use super::vae::{sources, square_clips};
+use super::vae::{sources, ClipArgs};
 
 #[derive(Debug, Args)]
 pub struct LatentStatsArgs {
@@ -30,15 +30,8 @@ pub struct LatentStatsArgs {
     /// `--data` file instead of --video_path: lines `MEDIA_ROOT,...,ANNOTATION.json`.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Square clip size in pixels (a multiple of 8).
-    #[arg(long, default_value_t = 256)]
-    pub resolution: usize,
-    /// Frames per clip (4n+1).
-    #[arg(long = "num_frames", default_value_t = 25)]
-    pub num_frames: usize,
-    /// Take every this-many-th frame of a video.
-    #[arg(long = "sample_rate", default_value_t = 1)]
-    pub sample_rate: usize,
+    #[command(flatten)]
+    pub clips: ClipArgs,
     /// Clips encoded at once.
     #[arg(long = "batch_size", default_value_t = 8)]
     pub batch_size: usize,
@@ -52,19 +45,16 @@ pub struct LatentStatsArgs {
 
 pub fn run(args: LatentStatsArgs) -> anyhow::Result<()> {
     type B = NdArray<f32>;
-    if args.resolution == 0 || args.resolution % 8 != 0 {
-        bail!("--resolution must be a positive multiple of 8, got {}", args.resolution);
-    }
     if args.batch_size == 0 || args.max_clips == 0 {
         bail!("--batch_size and --max_clips must be at least 1");
     }
     let device = Default::default();
     let (vae, config) = load_vae::<B>(&args.ae_path, &device)?;
-    let data_config = square_clips(args.resolution, args.num_frames, args.sample_rate, 1, 0);
+    let data_config = args.clips.data_config(1, 0)?;
     let dataset = Dataset::build_from_items(&sources(&args.video_path, &args.data)?, data_config)?;
     let n = dataset.samples.len().min(args.max_clips);
     if n == 0 {
-        bail!("the data set has no usable clips of {} frames", args.num_frames);
+        bail!("the data set has no usable clips of {} frames", args.clips.num_frames);
     }
     let mut moments = LatentMoments::new(config.latent_dim);
     let mut bad = BTreeSet::new();

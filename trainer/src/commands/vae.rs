@@ -67,15 +67,9 @@ pub struct VaeArgs {
     /// Run folder: checkpoints, metrics.jsonl, run_config.json.
     #[arg(long = "ckpt_dir")]
     pub ckpt_dir: PathBuf,
-    /// Square training size in pixels (a multiple of 8).
-    #[arg(long, default_value_t = 256)]
-    pub resolution: usize,
-    /// Frames per clip (4n+1).
-    #[arg(long = "num_frames", default_value_t = 25)]
-    pub num_frames: usize,
-    /// Take every this-many-th frame of a video.
-    #[arg(long = "sample_rate", default_value_t = 1)]
-    pub sample_rate: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub clips: ClipArgs,
     /// Learning rate of both optimisers.
     #[arg(long, default_value_t = 1e-5)]
     pub lr: f64,
@@ -187,29 +181,42 @@ fn model_source(args: &VaeArgs) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     }
 }
 
-/// `num_frames` frames every `sample_rate`-th, centre-cropped and resized to `resolution` squared,
-/// in batches of `batch`.
-pub(super) fn square_clips(
-    resolution: usize,
-    num_frames: usize,
-    sample_rate: usize,
-    batch: usize,
-    seed: u64,
-) -> DataConfig {
-    DataConfig {
-        num_frames,
-        train_fps: 0.0,
-        sample_rate: sample_rate.max(1),
-        max_height: resolution,
-        max_width: resolution,
-        max_hxw: None,
-        min_hxw: None,
-        force_resolution: true,
-        hw_stride: 8,
-        ae_stride_t: 4,
-        total_batch_size: batch,
-        min_bucket_items: batch,
-        seed,
+/// The clips of `osp-train vae` and `latent-stats` (upstream `train_causalvae.py` flags).
+#[derive(Debug, Args, Serialize)]
+pub struct ClipArgs {
+    /// Square clip size in pixels (a multiple of 8).
+    #[arg(long, default_value_t = 256)]
+    pub resolution: usize,
+    /// Frames per clip (4n+1).
+    #[arg(long = "num_frames", default_value_t = 25)]
+    pub num_frames: usize,
+    /// Take every this-many-th frame of a video.
+    #[arg(long = "sample_rate", default_value_t = 1)]
+    pub sample_rate: usize,
+}
+
+impl ClipArgs {
+    /// `num_frames` frames every `sample_rate`-th, centre-cropped and resized to `resolution`
+    /// squared, in batches of `batch`.
+    pub(super) fn data_config(&self, batch: usize, seed: u64) -> anyhow::Result<DataConfig> {
+        if self.resolution == 0 || self.resolution % 8 != 0 {
+            bail!("--resolution must be a positive multiple of 8, got {}", self.resolution);
+        }
+        Ok(DataConfig {
+            num_frames: self.num_frames,
+            train_fps: 0.0,
+            sample_rate: self.sample_rate.max(1),
+            max_height: self.resolution,
+            max_width: self.resolution,
+            max_hxw: None,
+            min_hxw: None,
+            force_resolution: true,
+            hw_stride: 8,
+            ae_stride_t: 4,
+            total_batch_size: batch,
+            min_bucket_items: batch,
+            seed,
+        })
     }
 }
 
@@ -285,9 +292,6 @@ fn step_seed(seed: u64, step: usize) -> u64 {
 }
 
 fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Result<()> {
-    if args.resolution == 0 || args.resolution % 8 != 0 {
-        bail!("--resolution must be a positive multiple of 8, got {}", args.resolution);
-    }
     if args.batch_size == 0 || args.save_ckpt_step == 0 {
         bail!("--batch_size and --save_ckpt_step must be at least 1");
     }
@@ -347,7 +351,7 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
     let ema_config = EmaConfig { decay: args.ema_decay, ..Default::default() };
     let mut ema = args.ema.then(|| Ema::new(ema_config, trainer.model.valid()));
 
-    let data_config = square_clips(args.resolution, args.num_frames, args.sample_rate, args.batch_size, args.seed);
+    let data_config = args.clips.data_config(args.batch_size, args.seed)?;
     let dataset = Dataset::build_from_items(&sources(&args.video_path, &args.data)?, data_config)?;
 
     std::fs::create_dir_all(&args.ckpt_dir).with_context(|| format!("creating {}", args.ckpt_dir.display()))?;
@@ -383,19 +387,21 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
     let mut progress = Progress::new(args.progress, args.max_steps, step);
     let mut bad = BTreeSet::new();
     let mut last_saved = None;
-    let res = args.resolution;
+    let res = args.clips.resolution;
     while step < args.max_steps {
         let started = Instant::now();
         let (indices, next) = dataset.batch_at(position)?;
         let epoch = position.epoch;
         position = next;
         let items = dataset.load_batch(&indices, &mut bad)?;
-        let mut values = Vec::with_capacity(items.len() * 3 * args.num_frames * res * res);
+        let mut values = Vec::with_capacity(items.len() * 3 * args.clips.num_frames * res * res);
         for (_, pixels) in &items {
             values.extend_from_slice(pixels);
         }
-        let x =
-            Tensor::<B, 5>::from_data(TensorData::new(values, [items.len(), 3, args.num_frames, res, res]), &device);
+        let x = Tensor::<B, 5>::from_data(
+            TensorData::new(values, [items.len(), 3, args.clips.num_frames, res, res]),
+            &device,
+        );
         B::seed(&device, step_seed(args.seed, step));
         let log = trainer.step(x, step as u64)?;
         if let (Some(e), VaeStepLog::Generator(_)) = (&mut ema, &log) {
