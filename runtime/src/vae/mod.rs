@@ -4,8 +4,9 @@
 //! ([`streaming`]). [`Vae::decode`] is the one entry point for decoding; [`DecodeOptions`] picks
 //! temporal chunking (the streaming graphs) and spatial tiling ([`tiling`]), alone or combined.
 //!
-//! Combined, every spatial tile is streamed through time: peak memory is one tile's causal state
-//! and one chunk's activations, plus the output video itself. Chunking is exact (the streamed
+//! Combined, every spatial tile is streamed through time and each chunk of frames is blended
+//! straight into the output: peak memory is one tile's causal state and one chunk's activations,
+//! plus the output video itself. Chunking is exact (the streamed
 //! frames equal the whole-clip decoder's); tiling is approximate near tile borders (a blend).
 //!
 //! Sessions load on first use, so a decode-only caller never loads the encoder, and the whole-clip
@@ -40,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
 pub use streaming::StreamingDecoder;
-pub use tiling::{decode_tiled, TilingConfig};
+pub use tiling::{decode_tiled, decode_tiled_streamed, TilingConfig};
 
 /// Graph and I/O names a VAE bundle provides.
 pub const ENCODER_GRAPH: &str = "encoder";
@@ -128,10 +129,29 @@ impl Vae {
         let _span =
             tracing::info_span!("vae_decode", shape = ?z.shape(), chunk = ?opts.chunk, tiling = ?opts.tiling).entered();
         let mut decoder = self.decoder_for(opts.chunk)?;
-        let mut run = |tile: ArrayView5<f32>| decoder.decode(tile);
-        match &opts.tiling {
-            Some(cfg) => decode_tiled(z, cfg, run),
-            None => run(z),
+        match (&opts.tiling, &mut decoder) {
+            (Some(cfg), TileDecoder::Stream(streaming, chunk)) => {
+                // Each streamed chunk is blended into the output as it comes: no tile is held whole.
+                let chunk = *chunk;
+                let frames = streaming.output_frames(z.shape()[2], chunk)?;
+                let output = streaming.protocol().output.clone();
+                decode_tiled_streamed(z, cfg, frames, |tile, sink| {
+                    let input = Tensor::F32(tile.to_owned().into_dyn());
+                    streaming.decode_with(&input, chunk, |frames| match frames {
+                        Tensor::F32(a) => {
+                            let a = a.into_dimensionality::<Ix5>().map_err(|_| Error::Tensor {
+                                name: output.clone(),
+                                why: "streamed frames must be [b, c, t, h, w]".into(),
+                            })?;
+                            sink(a.view())
+                        }
+                        other => Err(Error::unsupported(format!("streamed `{output}`"), other.dtype())),
+                    })?;
+                    Ok(())
+                })
+            }
+            (Some(cfg), _) => decode_tiled(z, cfg, |tile| decoder.decode(tile)),
+            (None, _) => decoder.decode(z),
         }
     }
 

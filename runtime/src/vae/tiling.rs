@@ -115,79 +115,189 @@ pub fn decode_tiled<F>(z: ArrayView5<f32>, cfg: &TilingConfig, mut decode: F) ->
 where
     F: FnMut(ArrayView5<f32>) -> Result<Array5<f32>>,
 {
-    cfg.validate()?;
-    let (_, _, _, h, w) = z.dim();
-    if h == 0 || w == 0 {
-        return Err(Error::Tiling(format!("empty latent {:?}", z.shape())));
+    let mut blender = Blender::new(z, cfg)?;
+    for (ri, ci) in blender.tiles() {
+        let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
+        let decoded = decode(blender.latent_tile(z, ri, ci))?;
+        let frames = decoded.shape()[2];
+        let mut tile = blender.start_tile(ri, ci, decoded.shape(), frames)?;
+        blender.blend(&mut tile, decoded.view())?;
+        blender.finish_tile(tile)?;
     }
-    let (rows, cols) = (cfg.starts(h), cfg.starts(w));
-    let (tile_h, tile_w) = (cfg.tile_len(h), cfg.tile_len(w));
-    tracing::debug!(
-        tiles = rows.len() * cols.len(),
-        tile_size = cfg.tile_size,
-        overlap = cfg.overlap,
-        "spatial tiling plan"
-    );
+    blender.into_output()
+}
 
-    let mut out: Option<(Array5<f32>, Array2<f32>)> = None;
-    let mut scale = 0usize;
-    for (ri, &y0) in rows.iter().enumerate() {
-        for (ci, &x0) in cols.iter().enumerate() {
-            let (y1, x1) = (y0 + tile_h, x0 + tile_w);
-            let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
-            let tile = decode(z.slice(s![.., .., .., y0..y1, x0..x1]))?;
-            let (th, tw) = (tile.shape()[3], tile.shape()[4]);
-            let (out, weight) = match out.as_mut() {
-                Some(o) => o,
-                None => {
-                    let sy = th / (y1 - y0);
-                    if sy == 0 || th != sy * (y1 - y0) || tw != sy * (x1 - x0) {
-                        return Err(Error::Tiling(format!(
-                            "the decoder turned a {}x{} latent tile into {th}x{tw}, not one integer scale",
-                            y1 - y0,
-                            x1 - x0
-                        )));
-                    }
-                    scale = sy;
-                    let sh = tile.shape();
-                    out.insert((
-                        Array5::zeros((sh[0], sh[1], sh[2], h * scale, w * scale)),
-                        Array2::zeros((h * scale, w * scale)),
-                    ))
-                }
+/// [`decode_tiled`] for a decoder that yields each tile as consecutive chunks of frames (the
+/// streaming decoder): `decode(tile, sink)` hands every chunk `[b, c', tc, th * s, tw * s]` to
+/// `sink` in order, `frames` in all. Each chunk is blended straight into the output, so no tile is
+/// ever held whole: beyond the output and one `[h * s, w * s]` weight plane, memory is one chunk.
+/// The result is bit-identical to [`decode_tiled`] on the concatenated chunks.
+pub fn decode_tiled_streamed<F>(z: ArrayView5<f32>, cfg: &TilingConfig, frames: usize, mut decode: F) -> Result<Array5<f32>>
+where
+    F: FnMut(ArrayView5<f32>, &mut dyn FnMut(ArrayView5<f32>) -> Result<()>) -> Result<()>,
+{
+    let mut blender = Blender::new(z, cfg)?;
+    for (ri, ci) in blender.tiles() {
+        let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
+        let mut tile: Option<Tile> = None;
+        decode(blender.latent_tile(z, ri, ci), &mut |chunk| {
+            let t = match tile.as_mut() {
+                Some(t) => t,
+                None => tile.insert(blender.start_tile(ri, ci, chunk.shape(), frames)?),
             };
-            let want = [out.shape()[0], out.shape()[1], out.shape()[2], (y1 - y0) * scale, (x1 - x0) * scale];
-            if tile.shape() != want {
+            blender.blend(t, chunk)
+        })?;
+        let tile = tile.ok_or_else(|| Error::Tiling(format!("tile ({ri}, {ci}) decoded to no frames")))?;
+        blender.finish_tile(tile)?;
+    }
+    blender.into_output()
+}
+
+/// The running weighted mean of the tiles: the output, the weight gathered so far per pixel, and
+/// the tile plan.
+struct Blender {
+    cfg: TilingConfig,
+    h: usize,
+    w: usize,
+    rows: Vec<usize>,
+    cols: Vec<usize>,
+    tile_h: usize,
+    tile_w: usize,
+    /// The output `[b, c', t', h * s, w * s]` and the weight plane, from the first tile on.
+    out: Option<(Array5<f32>, Array2<f32>)>,
+    scale: usize,
+}
+
+/// One tile being blended: where it goes, its per-pixel share, and the frames blended so far.
+struct Tile {
+    ri: usize,
+    ci: usize,
+    oy: usize,
+    ox: usize,
+    /// The fraction of each pixel's final value this tile contributes so far.
+    frac: Array2<f32>,
+    next_frame: usize,
+}
+
+impl Blender {
+    fn new(z: ArrayView5<f32>, cfg: &TilingConfig) -> Result<Self> {
+        cfg.validate()?;
+        let (_, _, _, h, w) = z.dim();
+        if h == 0 || w == 0 {
+            return Err(Error::Tiling(format!("empty latent {:?}", z.shape())));
+        }
+        let (rows, cols) = (cfg.starts(h), cfg.starts(w));
+        tracing::debug!(
+            tiles = rows.len() * cols.len(),
+            tile_size = cfg.tile_size,
+            overlap = cfg.overlap,
+            "spatial tiling plan"
+        );
+        Ok(Self { cfg: *cfg, h, w, tile_h: cfg.tile_len(h), tile_w: cfg.tile_len(w), rows, cols, out: None, scale: 0 })
+    }
+
+    /// Tile indices in decoding order (row-major).
+    fn tiles(&self) -> Vec<(usize, usize)> {
+        (0..self.rows.len()).flat_map(|ri| (0..self.cols.len()).map(move |ci| (ri, ci))).collect()
+    }
+
+    fn latent_tile<'a>(&self, z: ArrayView5<'a, f32>, ri: usize, ci: usize) -> ArrayView5<'a, f32> {
+        let (y0, x0) = (self.rows[ri], self.cols[ci]);
+        z.slice_move(s![.., .., .., y0..y0 + self.tile_h, x0..x0 + self.tile_w])
+    }
+
+    /// Starts blending tile `(ri, ci)`, whose decoded frames have `shape` (`[b, c', _, th, tw]`)
+    /// and number `frames` in all: allocates the output with the first tile, checks the shape,
+    /// adds the tile's weights to the weight plane and returns its share of each pixel.
+    fn start_tile(&mut self, ri: usize, ci: usize, shape: &[usize], frames: usize) -> Result<Tile> {
+        let (tile_h, tile_w) = (self.tile_h, self.tile_w);
+        let (th, tw) = (shape[3], shape[4]);
+        if self.out.is_none() {
+            let sy = th / tile_h;
+            if sy == 0 || th != sy * tile_h || tw != sy * tile_w {
                 return Err(Error::Tiling(format!(
-                    "tile ({ri}, {ci}) decoded to {:?}, expected {want:?} (scale {scale})",
-                    tile.shape()
+                    "the decoder turned a {tile_h}x{tile_w} latent tile into {th}x{tw}, not one integer scale"
                 )));
             }
-            let e = cfg.overlap * scale;
-            let wy: Vec<f32> = (0..th).map(|p| ramp(p, th, e, ri == 0, ri + 1 == rows.len())).collect();
-            let wx: Vec<f32> = (0..tw).map(|p| ramp(p, tw, e, ci == 0, ci + 1 == cols.len())).collect();
-            let (oy, ox) = (y0 * scale, x0 * scale);
-            // The fraction of each pixel's final value this tile contributes so far.
-            let mut frac = Array2::<f32>::zeros((th, tw));
-            for y in 0..th {
-                for x in 0..tw {
-                    let wt = wy[y] * wx[x];
-                    let total = &mut weight[[oy + y, ox + x]];
-                    *total += wt;
-                    frac[[y, x]] = if *total > 0.0 { wt / *total } else { 0.0 };
-                }
+            self.scale = sy;
+            let (h, w) = (self.h * sy, self.w * sy);
+            self.out = Some((Array5::zeros((shape[0], shape[1], frames, h, w)), Array2::zeros((h, w))));
+        }
+        let scale = self.scale;
+        let (out, weight) = self.out.as_mut().expect("the output was allocated with the first tile");
+        let want = [out.shape()[0], out.shape()[1], out.shape()[2], tile_h * scale, tile_w * scale];
+        if shape[..2] != want[..2] || shape[3..] != want[3..] || frames != want[2] {
+            let mut got = shape.to_vec();
+            got[2] = frames;
+            return Err(Error::Tiling(format!(
+                "tile ({ri}, {ci}) decoded to {got:?}, expected {want:?} (scale {scale})"
+            )));
+        }
+        let e = self.cfg.overlap * scale;
+        let wy: Vec<f32> = (0..th).map(|p| ramp(p, th, e, ri == 0, ri + 1 == self.rows.len())).collect();
+        let wx: Vec<f32> = (0..tw).map(|p| ramp(p, tw, e, ci == 0, ci + 1 == self.cols.len())).collect();
+        let (oy, ox) = (self.rows[ri] * scale, self.cols[ci] * scale);
+        let mut frac = Array2::<f32>::zeros((th, tw));
+        for y in 0..th {
+            for x in 0..tw {
+                let wt = wy[y] * wx[x];
+                let total = &mut weight[[oy + y, ox + x]];
+                *total += wt;
+                frac[[y, x]] = if *total > 0.0 { wt / *total } else { 0.0 };
             }
-            let mut region = out.slice_mut(s![.., .., .., oy..oy + th, ox..ox + tw]);
-            for (mut dst, src) in region.outer_iter_mut().zip(tile.outer_iter()) {
+        }
+        Ok(Tile { ri, ci, oy, ox, frac, next_frame: 0 })
+    }
+
+    /// Blends the next frames `[b, c', tc, th, tw]` of `tile` into the output.
+    fn blend(&mut self, tile: &mut Tile, chunk: ArrayView5<f32>) -> Result<()> {
+        let (out, _) = self.out.as_mut().expect("start_tile allocated the output");
+        let (th, tw) = tile.frac.dim();
+        let (t0, tc) = (tile.next_frame, chunk.shape()[2]);
+        if chunk.shape()[..2] != out.shape()[..2] || chunk.shape()[3..] != [th, tw] || t0 + tc > out.shape()[2] {
+            return Err(Error::Tiling(format!(
+                "tile ({}, {}): frames {t0}..{} of shape {:?} do not fit the {:?} output",
+                tile.ri,
+                tile.ci,
+                t0 + tc,
+                chunk.shape(),
+                out.shape()
+            )));
+        }
+        let (oy, ox) = (tile.oy, tile.ox);
+        let mut region = out.slice_mut(s![.., .., t0..t0 + tc, oy..oy + th, ox..ox + tw]);
+        for (mut dst, src) in region.outer_iter_mut().zip(chunk.outer_iter()) {
+            for (mut dst, src) in dst.outer_iter_mut().zip(src.outer_iter()) {
                 for (mut dst, src) in dst.outer_iter_mut().zip(src.outer_iter()) {
-                    for (mut dst, src) in dst.outer_iter_mut().zip(src.outer_iter()) {
-                        ndarray::Zip::from(&mut dst).and(&src).and(&frac).for_each(|o, &v, &f| *o += (v - *o) * f);
-                    }
+                    ndarray::Zip::from(&mut dst).and(&src).and(&tile.frac).for_each(|o, &v, &f| *o += (v - *o) * f);
                 }
             }
         }
+        tile.next_frame += tc;
+        Ok(())
     }
-    Ok(out.expect("at least one tile is always decoded").0)
+
+    /// Checks that every frame of `tile` was blended.
+    fn finish_tile(&self, tile: Tile) -> Result<()> {
+        let frames = self.out.as_ref().map_or(0, |(o, _)| o.shape()[2]);
+        if tile.next_frame != frames {
+            return Err(Error::Tiling(format!(
+                "tile ({}, {}) decoded to {} frames, the first tile to {frames}",
+                tile.ri, tile.ci, tile.next_frame
+            )));
+        }
+        tracing::debug!(
+            row = tile.ri,
+            col = tile.ci,
+            mem = %crate::mem::usage_str(),
+            "tile blended"
+        );
+        Ok(())
+    }
+
+    fn into_output(self) -> Result<Array5<f32>> {
+        Ok(self.out.expect("at least one tile is always decoded").0)
+    }
 }
 
 #[cfg(test)]
