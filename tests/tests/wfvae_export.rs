@@ -311,6 +311,24 @@ fn streaming_inside_tiles_equals_tiled_whole_decoding() -> Result<()> {
                     Approx::Close,
                 )?;
             }
+            // Chunks blended into the output as they come are bit-identical to whole streamed
+            // tiles blended afterwards (the per-tile concatenation this path replaced).
+            let cfg = tiling.expect("tiling is set above");
+            let mut streaming = StreamingDecoder::load(&bundle, &opts(&backend))?;
+            let per_tile = osp_runtime::vae::decode_tiled(z.view(), &cfg, |tile| {
+                let frames = streaming.decode(&Tensor::F32(tile.to_owned().into_dyn()), 2)?;
+                match frames {
+                    Tensor::F32(a) => Ok(a.into_dimensionality().expect("streamed frames are 5-D")),
+                    other => panic!("streamed frames should be f32, got {}", other.describe()),
+                }
+            })?;
+            let blended = vae.decode(z.view(), &DecodeOptions { chunk: Some(2), tiling })?;
+            compare5(
+                &format!("{backend}: {t} latents, chunks blended as they come vs whole streamed tiles"),
+                &blended,
+                &per_tile,
+                Approx::Exact,
+            )?;
             let whole = vae.decode(z.view(), &DecodeOptions::whole())?;
             let streamed = vae.decode(z.view(), &DecodeOptions { chunk: Some(2), tiling: None })?;
             compare5(&format!("{backend}: {t} latents streamed vs whole"), &streamed, &whole, Approx::Close)?;

@@ -9,6 +9,10 @@
 //! plus the output video itself. Chunking is exact (the streamed
 //! frames equal the whole-clip decoder's); tiling is approximate near tile borders (a blend).
 //!
+//! Streaming decodes fix glibc's mmap threshold for the process ([`crate::mem::pin_mmap_threshold`])
+//! and give freed heap pages back after each call, so that later tiles peak no higher than the
+//! first.
+//!
 //! Sessions load on first use, so a decode-only caller never loads the encoder, and the whole-clip
 //! and streaming decoders are only loaded when asked for.
 //!
@@ -128,6 +132,11 @@ impl Vae {
     pub fn decode(&mut self, z: ArrayView5<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
         let _span =
             tracing::info_span!("vae_decode", shape = ?z.shape(), chunk = ?opts.chunk, tiling = ?opts.tiling).entered();
+        if opts.chunk.is_some() {
+            // The streaming graphs run once per chunk (and tile) with large short-lived
+            // intermediates: keep glibc from turning them into heap fragmentation.
+            crate::mem::pin_mmap_threshold();
+        }
         let mut decoder = self.decoder_for(opts.chunk)?;
         match (&opts.tiling, &mut decoder) {
             (Some(cfg), TileDecoder::Stream(streaming, chunk)) => {

@@ -411,6 +411,65 @@ mod tests {
         assert!(diff.iter().any(|v| v.abs() < 0.9));
     }
 
+    /// Hands `tile` decoded by `decoder` to `sink` in chunks of 1, 2, 3, ... frames.
+    fn in_chunks(
+        decoder: impl Fn(ArrayView5<f32>) -> Result<Array5<f32>>,
+        tile: ArrayView5<f32>,
+        sink: &mut dyn FnMut(ArrayView5<f32>) -> Result<()>,
+    ) -> Result<()> {
+        let whole = decoder(tile)?;
+        let (mut t0, mut n) = (0, 1);
+        while t0 < whole.shape()[2] {
+            let t1 = (t0 + n).min(whole.shape()[2]);
+            sink(whole.slice(s![.., .., t0..t1, .., ..]))?;
+            (t0, n) = (t1, n + 1);
+        }
+        Ok(())
+    }
+
+    /// Blending chunk by chunk is bit-identical to blending whole tiles, for a context-free and a
+    /// per-tile-biased decoder (whose seams do not cancel).
+    #[test]
+    fn streamed_tiles_blend_like_whole_tiles() {
+        let biased = |t: ArrayView5<f32>| -> Result<Array5<f32>> {
+            let bias = t.sum().sin();
+            Ok(pixel_decoder(t)?.mapv(|v| v + bias))
+        };
+        let z = Array5::from_shape_fn((1, 2, 7, 13, 21), |(_, c, t, y, x)| {
+            ((y * 31 + x * 17 + c * 7 + t * 3) % 23) as f32 * 0.1 - 1.0
+        });
+        for (tile_size, overlap) in [(4, 1), (8, 3), (6, 0), (32, 8)] {
+            let cfg = TilingConfig { tile_size, overlap };
+            for (name, decoder) in
+                [("pixel", &pixel_decoder as &dyn Fn(ArrayView5<f32>) -> Result<Array5<f32>>), ("biased", &biased)]
+            {
+                let whole_tiles = decode_tiled(z.view(), &cfg, decoder).unwrap();
+                let streamed = decode_tiled_streamed(z.view(), &cfg, 7, |t, sink| in_chunks(decoder, t, sink)).unwrap();
+                assert_eq!(streamed.shape(), whole_tiles.shape());
+                let c = Approx::Exact.compare(streamed.as_slice().unwrap(), whole_tiles.as_slice().unwrap());
+                assert!(c.ok(), "{name}, tile {tile_size} overlap {overlap}: {c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_tiles_with_the_wrong_frame_count_are_errors() {
+        let z = latent(10, 10);
+        let cfg = TilingConfig { tile_size: 6, overlap: 2 };
+        // The plan promises 4 frames, the decoder yields 3.
+        let e = decode_tiled_streamed(z.view(), &cfg, 4, |t, sink| in_chunks(pixel_decoder, t, sink))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decoded to 3 frames"), "{e}");
+        // More frames than promised.
+        let e = decode_tiled_streamed(z.view(), &cfg, 2, |t, sink| in_chunks(pixel_decoder, t, sink))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("do not fit"), "{e}");
+        let e = decode_tiled_streamed(z.view(), &cfg, 3, |_, _| Ok(())).unwrap_err().to_string();
+        assert!(e.contains("no frames"), "{e}");
+    }
+
     #[test]
     fn bad_configs_and_decoders_are_errors() {
         let z = latent(10, 10);
