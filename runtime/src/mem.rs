@@ -100,9 +100,10 @@ mod tests {
     fn resident_size_is_read_and_grows_with_a_touched_buffer() {
         let before = super::usage().expect("/proc/self/status should be readable on Linux");
         assert!(before.rss > 0 && before.peak >= before.rss && before.anon <= before.rss);
-        let buf = vec![1u8; 64 << 20];
+        let buf = std::hint::black_box(vec![1u8; 128 << 20]);
         let after = super::usage().expect("/proc/self/status should be readable on Linux");
-        assert!(after.anon >= before.anon + (32 << 20), "{before} -> {after}");
+        // Other tests of this process allocate and free concurrently: half the buffer is margin.
+        assert!(after.anon >= before.anon + (64 << 20), "{before} -> {after}");
         assert!(after.peak >= after.rss);
         drop(buf);
         super::release_free_heap();

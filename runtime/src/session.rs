@@ -341,6 +341,9 @@ pub struct GraphSession {
     path: PathBuf,
     backend: Backend,
     inner: Inner,
+    /// The in-memory external-data files ONNX Runtime reads its initializers from directly
+    /// (`use_external_initializer_file_buffers_directly`): they must outlive the session.
+    _weights: Vec<Arc<[u8]>>,
 }
 
 impl fmt::Debug for GraphSession {
@@ -393,7 +396,14 @@ impl GraphSession {
             ms = start.elapsed().as_millis() as u64,
             "graph loaded"
         );
-        Ok(Self { graph: graph.to_string(), spec, path: path.to_path_buf(), backend: opts.backend.clone(), inner })
+        Ok(Self {
+            graph: graph.to_string(),
+            spec,
+            path: path.to_path_buf(),
+            backend: opts.backend.clone(),
+            inner,
+            _weights: data.iter().map(|(_, bytes)| bytes.clone()).collect(),
+        })
     }
 
     pub fn spec(&self) -> &GraphSpec {

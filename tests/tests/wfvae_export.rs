@@ -433,8 +433,9 @@ fn decoder_graphs_share_one_copy_of_the_weights() -> Result<()> {
     Ok(())
 }
 
-/// ort-cpu sessions of one bundle share one prepacked-weights container (`SharedWeights`), and
-/// decoding is identical with and without it, whole and streamed inside tiles.
+/// ort-cpu sessions of one bundle share one prepacked-weights container and one in-memory copy
+/// of `decoder.onnx.data` (`SharedWeights`), and decoding is identical with and without them,
+/// whole and streamed inside tiles.
 #[test]
 fn shared_weights_decode_identically() -> Result<()> {
     let dir = bundle(Precision::F32)?;
@@ -452,5 +453,10 @@ fn shared_weights_decode_identically() -> Result<()> {
     }
     ensure!(shared.shared_weights().in_use(), "the sharing bundle's sessions did not use its pool");
     ensure!(!own.shared_weights().in_use(), "sharing was off, yet the pool was used");
+    // The four decoder graphs read one in-memory copy of their weights; the encoder's file is
+    // its own and stays memory-mapped.
+    let files = shared.shared_weights().shared_files();
+    ensure!(files == ["decoder.onnx.data"], "shared external-data files: {files:?}");
+    ensure!(own.shared_weights().shared_files().is_empty(), "sharing was off, yet files were read");
     Ok(())
 }

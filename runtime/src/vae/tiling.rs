@@ -24,7 +24,7 @@
 //!
 //! Memory: the output buffer, one `[h, w]` f32 weight plane, one latent tile and its decoded tile.
 
-use ndarray::{s, Array2, Array5, ArrayView5};
+use ndarray::{s, Array2, Array4, Array5, ArrayView5};
 
 use crate::error::{Error, Result};
 
@@ -153,6 +153,38 @@ where
     blender.into_output()
 }
 
+/// [`decode_tiled_streamed`] to uint8 frames: for each video of the batch, `[t', h * s, w * s, 3]`
+/// quantised as upstream `custom_to_video` ([`crate::video::to_u8_frames`]) from exactly the f32
+/// values [`decode_tiled_streamed`] returns. Only one row of tiles is held in f32 (the rows above
+/// the next tile row are final and quantised when it starts), so beyond the uint8 frames memory is
+/// one tile row's f32 strip and one chunk.
+pub fn decode_tiled_streamed_frames<F>(
+    z: ArrayView5<f32>,
+    cfg: &TilingConfig,
+    frames: usize,
+    mut decode: F,
+) -> Result<Vec<Array4<u8>>>
+where
+    F: FnMut(ArrayView5<f32>, &mut dyn FnMut(ArrayView5<f32>) -> Result<()>) -> Result<()>,
+{
+    let mut blender = Blender::new(z, cfg)?;
+    blender.frames = Some(Vec::new());
+    for (ri, ci) in blender.tiles() {
+        let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
+        let mut tile: Option<Tile> = None;
+        decode(blender.latent_tile(z, ri, ci), &mut |chunk| {
+            let t = match tile.as_mut() {
+                Some(t) => t,
+                None => tile.insert(blender.start_tile(ri, ci, chunk.shape(), frames)?),
+            };
+            blender.blend(t, chunk)
+        })?;
+        let tile = tile.ok_or_else(|| Error::Tiling(format!("tile ({ri}, {ci}) decoded to no frames")))?;
+        blender.finish_tile(tile)?;
+    }
+    blender.into_frames()
+}
+
 /// The running weighted mean of the tiles: the output, the weight gathered so far per pixel, and
 /// the tile plan.
 struct Blender {
@@ -163,8 +195,13 @@ struct Blender {
     cols: Vec<usize>,
     tile_h: usize,
     tile_w: usize,
-    /// The output `[b, c', t', h * s, w * s]` and the weight plane, from the first tile on.
+    /// The output `[b, c', t', rows, w * s]` holding output rows `base..base + rows` (all of them,
+    /// or one tile row's strip when quantising to `frames`) and the full weight plane, from the
+    /// first tile on.
     out: Option<(Array5<f32>, Array2<f32>)>,
+    base: usize,
+    /// The uint8 frames `[t', h * s, w * s, 3]` per video, when decoding to frames.
+    frames: Option<Vec<Array4<u8>>>,
     scale: usize,
 }
 
@@ -193,7 +230,19 @@ impl Blender {
             overlap = cfg.overlap,
             "spatial tiling plan"
         );
-        Ok(Self { cfg: *cfg, h, w, tile_h: cfg.tile_len(h), tile_w: cfg.tile_len(w), rows, cols, out: None, scale: 0 })
+        Ok(Self {
+            cfg: *cfg,
+            h,
+            w,
+            tile_h: cfg.tile_len(h),
+            tile_w: cfg.tile_len(w),
+            rows,
+            cols,
+            out: None,
+            base: 0,
+            frames: None,
+            scale: 0,
+        })
     }
 
     /// Tile indices in decoding order (row-major).
@@ -221,7 +270,22 @@ impl Blender {
             }
             self.scale = sy;
             let (h, w) = (self.h * sy, self.w * sy);
-            self.out = Some((Array5::zeros((shape[0], shape[1], frames, h, w)), Array2::zeros((h, w))));
+            let held = match self.frames.as_mut() {
+                Some(videos) => {
+                    if shape[1] != 3 {
+                        return Err(Error::Tiling(format!(
+                            "decoding to frames needs 3 channels, the decoder gave {:?}",
+                            shape
+                        )));
+                    }
+                    *videos = (0..shape[0]).map(|_| Array4::zeros((frames, h, w, 3))).collect();
+                    th
+                }
+                None => h,
+            };
+            self.out = Some((Array5::zeros((shape[0], shape[1], frames, held, w)), Array2::zeros((h, w))));
+        } else if self.frames.is_some() && ci == 0 {
+            self.advance_strip(self.rows[ri] * self.scale);
         }
         let scale = self.scale;
         let (out, weight) = self.out.as_mut().expect("the output was allocated with the first tile");
@@ -264,7 +328,7 @@ impl Blender {
                 out.shape()
             )));
         }
-        let (oy, ox) = (tile.oy, tile.ox);
+        let (oy, ox) = (tile.oy - self.base, tile.ox);
         let mut region = out.slice_mut(s![.., .., t0..t0 + tc, oy..oy + th, ox..ox + tw]);
         for (mut dst, src) in region.outer_iter_mut().zip(chunk.outer_iter()) {
             for (mut dst, src) in dst.outer_iter_mut().zip(src.outer_iter()) {
@@ -297,6 +361,48 @@ impl Blender {
 
     fn into_output(self) -> Result<Array5<f32>> {
         Ok(self.out.expect("at least one tile is always decoded").0)
+    }
+
+    /// Quantises the held rows `base..new_base` (final: no later tile reaches above `new_base`)
+    /// into the frames and moves the rest of the strip up so that it starts at `new_base`.
+    fn advance_strip(&mut self, new_base: usize) {
+        let (out, _) = self.out.as_mut().expect("the strip was allocated with the first tile");
+        let videos = self.frames.as_mut().expect("strips are only kept when decoding to frames");
+        let done = new_base - self.base;
+        quantise_rows(out, videos, self.base, done);
+        let held = out.shape()[3];
+        for mut plane in out.outer_iter_mut() {
+            for mut plane in plane.outer_iter_mut() {
+                for mut plane in plane.outer_iter_mut() {
+                    for y in 0..held - done {
+                        let (mut dst, src) = plane.view_mut().split_at(ndarray::Axis(0), y + done);
+                        dst.row_mut(y).assign(&src.row(0));
+                    }
+                    plane.slice_mut(s![held - done.., ..]).fill(0.0);
+                }
+            }
+        }
+        self.base = new_base;
+    }
+
+    /// Quantises the rows still held and returns the frames.
+    fn into_frames(mut self) -> Result<Vec<Array4<u8>>> {
+        let (out, _) = self.out.as_ref().expect("at least one tile is always decoded");
+        let rows = self.h * self.scale - self.base;
+        let mut videos = self.frames.take().expect("decode_tiled_streamed_frames sets the frames");
+        quantise_rows(out, &mut videos, self.base, rows);
+        Ok(videos)
+    }
+}
+
+/// Writes rows `0..rows` of `out` (`[b, 3, t, held, w]`, output rows from `base`) into `videos`
+/// (`[t, h, w, 3]` each) as upstream `custom_to_video` quantises.
+fn quantise_rows(out: &Array5<f32>, videos: &mut [Array4<u8>], base: usize, rows: usize) {
+    for (video, src) in videos.iter_mut().zip(out.outer_iter()) {
+        // [3, t, rows, w] -> [t, rows, w, 3]
+        let src = src.slice(s![.., .., ..rows, ..]);
+        let mut dst = video.slice_mut(s![.., base..base + rows, .., ..]);
+        ndarray::Zip::from(&mut dst).and(&src.permuted_axes([1, 2, 3, 0])).for_each(|d, &v| *d = crate::video::quantise(v));
     }
 }
 
@@ -450,6 +556,39 @@ mod tests {
                 assert!(c.ok(), "{name}, tile {tile_size} overlap {overlap}: {c:?}");
             }
         }
+    }
+
+    /// Frames quantised row of tiles by row of tiles equal the f32 decode quantised whole, for
+    /// one and several tile rows, a batch of two and a seam-biased decoder.
+    #[test]
+    fn streamed_frames_equal_the_quantised_f32_decode() {
+        let biased = |t: ArrayView5<f32>| -> Result<Array5<f32>> {
+            let bias = t.sum().sin() * 0.3;
+            Ok(pixel_decoder(t)?.mapv(|v| v * 1.2 + bias))
+        };
+        let z = Array5::from_shape_fn((2, 2, 4, 19, 13), |(b, c, t, y, x)| {
+            ((y * 31 + x * 17 + c * 7 + t * 3 + b * 5) % 23) as f32 * 0.1 - 1.0
+        });
+        for (tile_size, overlap) in [(4, 1), (8, 3), (6, 0), (7, 5), (32, 8)] {
+            let cfg = TilingConfig { tile_size, overlap };
+            let f32_video = decode_tiled_streamed(z.view(), &cfg, 4, |t, sink| in_chunks(biased, t, sink)).unwrap();
+            let frames =
+                decode_tiled_streamed_frames(z.view(), &cfg, 4, |t, sink| in_chunks(biased, t, sink)).unwrap();
+            assert_eq!(frames.len(), 2);
+            for (b, f) in frames.iter().enumerate() {
+                let want = crate::video::batch_to_u8_frames(f32_video.view(), b).unwrap();
+                assert_eq!(f.shape(), want.shape());
+                let diff = f.iter().zip(want.iter()).filter(|(a, b)| a != b).count();
+                assert_eq!(diff, 0, "tile {tile_size} overlap {overlap}, video {b}: {diff} values differ");
+            }
+        }
+        let e = decode_tiled_streamed_frames(z.view(), &TilingConfig { tile_size: 8, overlap: 2 }, 4, |t, sink| {
+            let v = pixel_decoder(t)?;
+            sink(v.slice(s![.., ..2, .., .., ..]))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("3 channels"), "{e}");
     }
 
     #[test]
