@@ -329,6 +329,10 @@ fn streaming_inside_tiles_equals_tiled_whole_decoding() -> Result<()> {
                 &per_tile,
                 Approx::Exact,
             )?;
+            // uint8 frames quantised one tile row at a time equal the quantised f32 decode.
+            let frames = vae.decode_frames(z.view(), &DecodeOptions { chunk: Some(2), tiling })?;
+            let want = osp_runtime::video::batch_to_u8_frames(blended.view(), 0)?;
+            ensure!(frames.len() == 1 && frames[0] == want, "{backend}: {t} latents: decode_frames differs");
             let whole = vae.decode(z.view(), &DecodeOptions::whole())?;
             let streamed = vae.decode(z.view(), &DecodeOptions { chunk: Some(2), tiling: None })?;
             compare5(&format!("{backend}: {t} latents streamed vs whole"), &streamed, &whole, Approx::Close)?;
