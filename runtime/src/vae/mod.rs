@@ -45,7 +45,7 @@ use crate::error::{Error, Result};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
 pub use streaming::StreamingDecoder;
-pub use tiling::{decode_tiled, decode_tiled_streamed, TilingConfig};
+pub use tiling::{decode_tiled, decode_tiled_streamed, decode_tiled_streamed_frames, FrameSink, TilingConfig};
 
 /// Graph and I/O names a VAE bundle provides.
 pub const ENCODER_GRAPH: &str = "encoder";
@@ -159,7 +159,7 @@ impl Vae {
             crate::mem::pin_mmap_threshold();
             let streaming = self.streaming_decoder()?;
             let frames = streaming.output_frames(z.shape()[2], chunk)?;
-            return tiling::decode_tiled_streamed_frames(z, cfg, frames, stream_tile(streaming, chunk));
+            return decode_tiled_streamed_frames(z, cfg, frames, stream_tile(streaming, chunk));
         }
         let video = self.decode(z, opts)?;
         (0..video.shape()[0]).map(|i| crate::video::batch_to_u8_frames(video.view(), i)).collect()
@@ -199,7 +199,7 @@ impl Vae {
 fn stream_tile<'a>(
     streaming: &'a mut StreamingDecoder,
     chunk: usize,
-) -> impl FnMut(ArrayView5<f32>, &mut dyn FnMut(ArrayView5<f32>) -> Result<()>) -> Result<()> + 'a {
+) -> impl FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()> + 'a {
     move |tile, sink| {
         let output = streaming.protocol().output.clone();
         let input = Tensor::F32(tile.to_owned().into_dyn());

@@ -28,6 +28,9 @@ use ndarray::{s, Array2, Array4, Array5, ArrayView5};
 
 use crate::error::{Error, Result};
 
+/// Where a streaming tile decoder hands each chunk of frames `[b, c', tc, th * s, tw * s]`.
+pub type FrameSink<'a> = dyn FnMut(ArrayView5<f32>) -> Result<()> + 'a;
+
 /// Tile size and overlap, in latent pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TilingConfig {
@@ -134,7 +137,7 @@ where
 /// The result is bit-identical to [`decode_tiled`] on the concatenated chunks.
 pub fn decode_tiled_streamed<F>(z: ArrayView5<f32>, cfg: &TilingConfig, frames: usize, mut decode: F) -> Result<Array5<f32>>
 where
-    F: FnMut(ArrayView5<f32>, &mut dyn FnMut(ArrayView5<f32>) -> Result<()>) -> Result<()>,
+    F: FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()>,
 {
     let mut blender = Blender::new(z, cfg)?;
     for (ri, ci) in blender.tiles() {
@@ -165,7 +168,7 @@ pub fn decode_tiled_streamed_frames<F>(
     mut decode: F,
 ) -> Result<Vec<Array4<u8>>>
 where
-    F: FnMut(ArrayView5<f32>, &mut dyn FnMut(ArrayView5<f32>) -> Result<()>) -> Result<()>,
+    F: FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()>,
 {
     let mut blender = Blender::new(z, cfg)?;
     blender.frames = Some(Vec::new());
@@ -521,7 +524,7 @@ mod tests {
     fn in_chunks(
         decoder: impl Fn(ArrayView5<f32>) -> Result<Array5<f32>>,
         tile: ArrayView5<f32>,
-        sink: &mut dyn FnMut(ArrayView5<f32>) -> Result<()>,
+        sink: &mut FrameSink<'_>,
     ) -> Result<()> {
         let whole = decoder(tile)?;
         let (mut t0, mut n) = (0, 1);
