@@ -225,6 +225,9 @@ impl SharedWeights {
     /// other graphs of `bundle` reference too, every file it references (the shared ones from the
     /// pool); else none (its files stay memory-mapped).
     fn data_for(&self, bundle: &Bundle, model: &Path) -> Result<Vec<(String, Arc<[u8]>)>> {
+        if bundle.manifest.data_files.is_empty() {
+            return Ok(Vec::new());
+        }
         let read = |path: &Path| std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source });
         let references = match self.references.get() {
             Some(r) => r,
@@ -252,7 +255,7 @@ impl SharedWeights {
         let mut data = Vec::new();
         for (name, count) in used {
             if count < 2 {
-                data.push((name.clone(), read(&bundle.dir.join(name))?.into()));
+                data.push((name.clone(), read_shared(&bundle.dir.join(name))?));
                 continue;
             }
             let mut files = self.data.lock().map_err(|_| Error::Io {
@@ -262,7 +265,7 @@ impl SharedWeights {
             let file = match files.get(name) {
                 Some(file) => file.clone(),
                 None => {
-                    let file: Arc<[u8]> = read(&bundle.dir.join(name))?.into();
+                    let file = read_shared(&bundle.dir.join(name))?;
                     tracing::debug!(file = %name, bytes = file.len(), "external data read once for the bundle's sessions");
                     files.insert(name.clone(), file.clone());
                     file
@@ -506,6 +509,23 @@ fn build_ort_session(
     builder
         .commit_from_file(path)
         .map_err(|source| Error::ModelLoad { path: path.to_path_buf(), source: Box::new(source) })
+}
+
+/// The bytes of the file at `path`, read straight into a shared buffer (no second copy of a
+/// weight file while it loads).
+fn read_shared(path: &Path) -> Result<Arc<[u8]>> {
+    use std::io::Read;
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = usize::try_from(file.metadata().map_err(io)?.len())
+        .map_err(|_| io(std::io::Error::other("the file does not fit in memory")))?;
+    let mut buf = Arc::<[u8]>::new_uninit_slice(len);
+    let slots = Arc::get_mut(&mut buf).expect("a buffer just created has one owner");
+    slots.fill(std::mem::MaybeUninit::new(0));
+    // SAFETY: every byte was initialised by the fill above.
+    let mut buf = unsafe { buf.assume_init() };
+    file.read_exact(Arc::get_mut(&mut buf).expect("a buffer just created has one owner")).map_err(io)?;
+    Ok(buf)
 }
 
 /// Whether the serialized ONNX model `model` names `file` as an initializer's external-data
