@@ -495,7 +495,8 @@ fn build_ort_session(
             .map_err(|e| config(e.into()))?;
     }
     for (name, bytes) in data {
-        builder = builder.with_external_initializer_file_in_memory(name, bytes.clone()).map_err(|e| config(e.into()))?;
+        builder =
+            builder.with_external_initializer_file_in_memory(name, bytes.clone()).map_err(|e| config(e.into()))?;
     }
     if let Some(prepacked) = prepacked {
         builder = builder.with_prepacked_weights(prepacked).map_err(|e| config(e.into()))?;

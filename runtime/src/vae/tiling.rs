@@ -135,7 +135,12 @@ where
 /// `sink` in order, `frames` in all. Each chunk is blended straight into the output, so no tile is
 /// ever held whole: beyond the output and one `[h * s, w * s]` weight plane, memory is one chunk.
 /// The result is bit-identical to [`decode_tiled`] on the concatenated chunks.
-pub fn decode_tiled_streamed<F>(z: ArrayView5<f32>, cfg: &TilingConfig, frames: usize, mut decode: F) -> Result<Array5<f32>>
+pub fn decode_tiled_streamed<F>(
+    z: ArrayView5<f32>,
+    cfg: &TilingConfig,
+    frames: usize,
+    mut decode: F,
+) -> Result<Array5<f32>>
 where
     F: FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()>,
 {
@@ -405,7 +410,9 @@ fn quantise_rows(out: &Array5<f32>, videos: &mut [Array4<u8>], base: usize, rows
         // [3, t, rows, w] -> [t, rows, w, 3]
         let src = src.slice(s![.., .., ..rows, ..]);
         let mut dst = video.slice_mut(s![.., base..base + rows, .., ..]);
-        ndarray::Zip::from(&mut dst).and(&src.permuted_axes([1, 2, 3, 0])).for_each(|d, &v| *d = crate::video::quantise(v));
+        ndarray::Zip::from(&mut dst)
+            .and(&src.permuted_axes([1, 2, 3, 0]))
+            .for_each(|d, &v| *d = crate::video::quantise(v));
     }
 }
 
@@ -575,8 +582,7 @@ mod tests {
         for (tile_size, overlap) in [(4, 1), (8, 3), (6, 0), (7, 5), (32, 8)] {
             let cfg = TilingConfig { tile_size, overlap };
             let f32_video = decode_tiled_streamed(z.view(), &cfg, 4, |t, sink| in_chunks(biased, t, sink)).unwrap();
-            let frames =
-                decode_tiled_streamed_frames(z.view(), &cfg, 4, |t, sink| in_chunks(biased, t, sink)).unwrap();
+            let frames = decode_tiled_streamed_frames(z.view(), &cfg, 4, |t, sink| in_chunks(biased, t, sink)).unwrap();
             assert_eq!(frames.len(), 2);
             for (b, f) in frames.iter().enumerate() {
                 let want = crate::video::batch_to_u8_frames(f32_video.view(), b).unwrap();
