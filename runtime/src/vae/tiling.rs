@@ -22,7 +22,10 @@
 //! bit-identical results tiled and untiled (the running mean of equal values is exact); a real
 //! VAE's receptive field makes tiles disagree slightly near their borders, which the ramps hide.
 //!
-//! Memory: the output buffer, one `[h, w]` f32 weight plane, one latent tile and its decoded tile.
+//! Memory: the output buffer, one `[h, w]` f32 weight plane, one latent tile and its decoded tile
+//! ([`decode_tiled`]) or one decoded chunk of it ([`decode_tiled_streamed`]); decoding to uint8
+//! frames ([`decode_tiled_streamed_frames`]) holds the frames and one tile row of f32 instead of the
+//! f32 output.
 
 use ndarray::{s, Array2, Array4, Array5, ArrayView5};
 
