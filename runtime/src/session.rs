@@ -8,16 +8,20 @@
 //!
 //! Weight sharing: the ONNX Runtime CPU sessions of one bundle share one prepacked-weights
 //! container (`CreateSessionWithPrepackedWeightsContainer`), so a kernel's prepacked copy of a
-//! weight that several graphs hold (the streaming decoder graphs) is made once. The raw
-//! initializers are still loaded per session: handing ORT one in-memory copy of the external-data
-//! file (`AddExternalInitializersFromMemory`) was measured to raise the peak (ORT copied the
-//! initializers out of it anyway, see docs/measurements). tract sessions share nothing.
+//! weight that several graphs hold (the streaming decoder graphs) is made once, and one in-memory
+//! copy of each external-data file that several graphs reference (`decoder.onnx.data` for the
+//! WFVAE decoders), handed to each session with `AddExternalInitializersFromMemory` and
+//! `session.use_external_initializer_file_buffers_directly = 1` so that ORT reads the weights
+//! from that buffer instead of copying them. Without sharing, each session memory-maps the file
+//! on its own and its pages are resident once per mapping (3 x 440 MB for the streaming WFVAE
+//! decoder); without the config entry ORT copies the buffer per session (both measured, see
+//! docs/measurements). tract sessions share nothing.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
@@ -152,11 +156,17 @@ pub struct SessionOptions {
     /// Share prepacked weights between the ONNX Runtime CPU sessions of one bundle (on by
     /// default; other backends ignore it).
     pub share_weights: bool,
+    /// ONNX Runtime's memory pattern (on by default; tract ignores it): after a run, ORT plans
+    /// one block for all of that input shape's intermediates and allocates it whole on the next
+    /// run of the shape. For graphs run many times with large, short-lived intermediates (the
+    /// streaming VAE decoder inside tiles) the block comes on top of what the allocator still
+    /// holds and raises the peak (measured +280 MB from the second tile on, docs/measurements).
+    pub memory_pattern: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { backend: Backend::OrtCpu, threads: None, share_weights: true }
+        Self { backend: Backend::OrtCpu, threads: None, share_weights: true, memory_pattern: true }
     }
 }
 
@@ -174,13 +184,24 @@ impl SessionOptions {
         self.share_weights = share;
         self
     }
+
+    pub fn with_memory_pattern(mut self, enable: bool) -> Self {
+        self.memory_pattern = enable;
+        self
+    }
 }
 
 /// What the ONNX Runtime CPU sessions of one bundle share: one prepacked-weights container,
-/// created with the first session. Clones of a [`Bundle`] share one pool.
+/// created with the first session, and one in-memory copy of each external-data file that
+/// several of the bundle's graphs reference, read when the first of them loads. Clones of a
+/// [`Bundle`] share one pool.
 #[derive(Default)]
 pub struct SharedWeights {
     prepacked: OnceLock<PrepackedWeights>,
+    /// How many of the bundle's graphs reference each external-data file.
+    references: OnceLock<BTreeMap<String, usize>>,
+    /// The shared external-data files read so far.
+    data: Mutex<BTreeMap<String, Arc<[u8]>>>,
 }
 
 impl fmt::Debug for SharedWeights {
@@ -193,6 +214,66 @@ impl SharedWeights {
     /// Whether a session has used the pool yet.
     pub fn in_use(&self) -> bool {
         self.prepacked.get().is_some()
+    }
+
+    /// The external-data files this pool has read into memory, by name.
+    pub fn shared_files(&self) -> Vec<String> {
+        self.data.lock().map(|d| d.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// The in-memory external-data files for the graph at `model`: when it references a file that
+    /// other graphs of `bundle` reference too, every file it references (the shared ones from the
+    /// pool); else none (its files stay memory-mapped).
+    fn data_for(&self, bundle: &Bundle, model: &Path) -> Result<Vec<(String, Arc<[u8]>)>> {
+        if bundle.manifest.data_files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let read = |path: &Path| std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source });
+        let references = match self.references.get() {
+            Some(r) => r,
+            None => {
+                let mut counts = BTreeMap::new();
+                for spec in bundle.manifest.graphs.values() {
+                    let bytes = read(&bundle.dir.join(&spec.file))?;
+                    for name in bundle.manifest.data_files.keys() {
+                        if references_data_file(&bytes, name) {
+                            *counts.entry(name.clone()).or_insert(0usize) += 1;
+                        }
+                    }
+                }
+                self.references.get_or_init(|| counts)
+            }
+        };
+        let bytes = read(model)?;
+        let used: Vec<(&String, usize)> =
+            references.iter().filter(|(name, _)| references_data_file(&bytes, name)).map(|(n, &c)| (n, c)).collect();
+        // ORT wants every external file of a model from memory once one is: a file only this
+        // graph uses is read for it alone.
+        if used.iter().all(|&(_, count)| count < 2) {
+            return Ok(Vec::new());
+        }
+        let mut data = Vec::new();
+        for (name, count) in used {
+            if count < 2 {
+                data.push((name.clone(), read_shared(&bundle.dir.join(name))?));
+                continue;
+            }
+            let mut files = self.data.lock().map_err(|_| Error::Io {
+                path: bundle.dir.join(name),
+                source: std::io::Error::other("a thread panicked while reading the shared weights"),
+            })?;
+            let file = match files.get(name) {
+                Some(file) => file.clone(),
+                None => {
+                    let file = read_shared(&bundle.dir.join(name))?;
+                    tracing::debug!(file = %name, bytes = file.len(), "external data read once for the bundle's sessions");
+                    files.insert(name.clone(), file.clone());
+                    file
+                }
+            };
+            data.push((name.clone(), file));
+        }
+        Ok(data)
     }
 
     /// The shared prepacked-weights container, after loading ONNX Runtime (creating one needs it).
@@ -241,7 +322,11 @@ impl Bundle {
         let spec = self.manifest.graph(graph)?.clone();
         let path = self.dir.join(&spec.file);
         let shared = (opts.share_weights && opts.backend == Backend::OrtCpu).then_some(&*self.weights);
-        GraphSession::load_with(graph, spec, &path, opts, shared)
+        let data = match shared {
+            Some(pool) => pool.data_for(self, &path)?,
+            None => Vec::new(),
+        };
+        GraphSession::load_with(graph, spec, &path, opts, shared, &data)
     }
 }
 
@@ -259,6 +344,9 @@ pub struct GraphSession {
     path: PathBuf,
     backend: Backend,
     inner: Inner,
+    /// The in-memory external-data files ONNX Runtime reads its initializers from directly
+    /// (`use_external_initializer_file_buffers_directly`): they must outlive the session.
+    _weights: Vec<Arc<[u8]>>,
 }
 
 impl fmt::Debug for GraphSession {
@@ -274,7 +362,7 @@ impl fmt::Debug for GraphSession {
 impl GraphSession {
     /// Loads the model at `path`, described by `spec`, on `opts.backend`.
     pub fn load(graph: &str, spec: GraphSpec, path: &Path, opts: &SessionOptions) -> Result<Self> {
-        Self::load_with(graph, spec, path, opts, None)
+        Self::load_with(graph, spec, path, opts, None, &[])
     }
 
     fn load_with(
@@ -283,6 +371,7 @@ impl GraphSession {
         path: &Path,
         opts: &SessionOptions,
         shared: Option<&SharedWeights>,
+        data: &[(String, Arc<[u8]>)],
     ) -> Result<Self> {
         let _span = tracing::info_span!("load_graph", graph, backend = %opts.backend).entered();
         let start = Instant::now();
@@ -290,7 +379,7 @@ impl GraphSession {
             Backend::Tract => load_tract(graph, path, opts)?,
             ort_backend => {
                 let prepacked = shared.map(SharedWeights::prepacked_after_init).transpose()?;
-                Inner::Ort(Box::new(build_ort_session(graph, path, ort_backend, opts.threads, prepacked)?))
+                Inner::Ort(Box::new(build_ort_session(graph, path, ort_backend, opts, prepacked, data)?))
             }
         };
         let (inputs, outputs) = match &inner {
@@ -310,7 +399,14 @@ impl GraphSession {
             ms = start.elapsed().as_millis() as u64,
             "graph loaded"
         );
-        Ok(Self { graph: graph.to_string(), spec, path: path.to_path_buf(), backend: opts.backend.clone(), inner })
+        Ok(Self {
+            graph: graph.to_string(),
+            spec,
+            path: path.to_path_buf(),
+            backend: opts.backend.clone(),
+            inner,
+            _weights: data.iter().map(|(_, bytes)| bytes.clone()).collect(),
+        })
     }
 
     pub fn spec(&self) -> &GraphSpec {
@@ -360,16 +456,18 @@ fn load_tract(_graph: &str, _path: &Path, _opts: &SessionOptions) -> Result<Inne
     })
 }
 
-/// Builds an ONNX Runtime session: intra-op threads, optimization level 3, then the execution
-/// providers of `backend` (TensorRT before CUDA), each failing loudly. `prepacked` is a container
-/// shared with other sessions.
+/// Builds an ONNX Runtime session: intra-op threads, optimization level 3, the memory pattern
+/// setting, then the execution providers of `backend` (TensorRT before CUDA), each failing
+/// loudly. `prepacked` is a container shared with other sessions.
 fn build_ort_session(
     graph: &str,
     path: &Path,
     backend: &Backend,
-    threads: Option<usize>,
+    opts: &SessionOptions,
     prepacked: Option<&PrepackedWeights>,
+    data: &[(String, Arc<[u8]>)],
 ) -> Result<Session> {
+    let SessionOptions { threads, memory_pattern, .. } = *opts;
     // The provider list is resolved first: a backend compiled out is reported before the library
     // is even looked for.
     let eps = match backend {
@@ -388,6 +486,18 @@ fn build_ort_session(
         builder = builder.with_intra_threads(n).map_err(|e| config(e.into()))?;
     }
     builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| config(e.into()))?;
+    if !memory_pattern {
+        builder = builder.with_memory_pattern(false).map_err(|e| config(e.into()))?;
+    }
+    if !data.is_empty() {
+        builder = builder
+            .with_config_entry("session.use_external_initializer_file_buffers_directly", "1")
+            .map_err(|e| config(e.into()))?;
+    }
+    for (name, bytes) in data {
+        builder =
+            builder.with_external_initializer_file_in_memory(name, bytes.clone()).map_err(|e| config(e.into()))?;
+    }
     if let Some(prepacked) = prepacked {
         builder = builder.with_prepacked_weights(prepacked).map_err(|e| config(e.into()))?;
     }
@@ -400,6 +510,39 @@ fn build_ort_session(
     builder
         .commit_from_file(path)
         .map_err(|source| Error::ModelLoad { path: path.to_path_buf(), source: Box::new(source) })
+}
+
+/// The bytes of the file at `path`, read straight into a shared buffer (no second copy of a
+/// weight file while it loads).
+fn read_shared(path: &Path) -> Result<Arc<[u8]>> {
+    use std::io::Read;
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = usize::try_from(file.metadata().map_err(io)?.len())
+        .map_err(|_| io(std::io::Error::other("the file does not fit in memory")))?;
+    let mut buf = Arc::<[u8]>::new_uninit_slice(len);
+    let slots = Arc::get_mut(&mut buf).expect("a buffer just created has one owner");
+    slots.fill(std::mem::MaybeUninit::new(0));
+    // SAFETY: every byte was initialised by the fill above.
+    let mut buf = unsafe { buf.assume_init() };
+    file.read_exact(Arc::get_mut(&mut buf).expect("a buffer just created has one owner")).map_err(io)?;
+    Ok(buf)
+}
+
+/// Whether the serialized ONNX model `model` names `file` as an initializer's external-data
+/// `location`: the entry's value is stored as protobuf field 2 (tag byte 0x12) followed by its
+/// length, then the name, so `file` is not matched inside a longer name.
+fn references_data_file(model: &[u8], file: &str) -> bool {
+    let name = file.as_bytes();
+    let mut needle = vec![0x12];
+    let mut len = name.len();
+    while len >= 0x80 {
+        needle.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    needle.push(len as u8);
+    needle.extend_from_slice(name);
+    model.windows(needle.len()).any(|w| w == needle.as_slice())
 }
 
 /// The model's own input and output names must match the manifest's.

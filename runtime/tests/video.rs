@@ -355,6 +355,23 @@ fn decode_writes_the_video_and_reports_the_decode() {
     assert_eq!((info.width, info.height, info.declared_frames), (80, 48, 9));
     assert_eq!(read_safetensors(&sample).unwrap()["sample"].shape(), &[1, 3, 9, 48, 80]);
 
+    // Without --save-sample the decode goes straight to uint8 frames: the same video.
+    let frames_only = dir.path().join("frames_only.mp4");
+    let stdout = run_ok(
+        osp()
+            .arg("decode")
+            .arg("--bundle")
+            .arg(vae_bundle())
+            .arg("--latents")
+            .arg(&latents)
+            .arg("--out")
+            .arg(&frames_only)
+            .args(["--tile-size", "4", "--tile-overlap", "1", "--fps", "12", "--preset", "ultrafast"]),
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["sample"], serde_json::json!([1, 3, 9, 48, 80]), "{report}");
+    assert_eq!(std::fs::read(&frames_only).unwrap(), std::fs::read(&out).unwrap(), "same frames, same H.264 bytes");
+
     let err = osp()
         .arg("decode")
         .arg("--bundle")

@@ -311,6 +311,28 @@ fn streaming_inside_tiles_equals_tiled_whole_decoding() -> Result<()> {
                     Approx::Close,
                 )?;
             }
+            // Chunks blended into the output as they come are bit-identical to whole streamed
+            // tiles blended afterwards (the per-tile concatenation this path replaced).
+            let cfg = tiling.expect("tiling is set above");
+            let mut streaming = StreamingDecoder::load(&bundle, &opts(&backend))?;
+            let per_tile = osp_runtime::vae::decode_tiled(z.view(), &cfg, |tile| {
+                let frames = streaming.decode(&Tensor::F32(tile.to_owned().into_dyn()), 2)?;
+                match frames {
+                    Tensor::F32(a) => Ok(a.into_dimensionality().expect("streamed frames are 5-D")),
+                    other => panic!("streamed frames should be f32, got {}", other.describe()),
+                }
+            })?;
+            let blended = vae.decode(z.view(), &DecodeOptions { chunk: Some(2), tiling })?;
+            compare5(
+                &format!("{backend}: {t} latents, chunks blended as they come vs whole streamed tiles"),
+                &blended,
+                &per_tile,
+                Approx::Exact,
+            )?;
+            // uint8 frames quantised one tile row at a time equal the quantised f32 decode.
+            let frames = vae.decode_frames(z.view(), &DecodeOptions { chunk: Some(2), tiling })?;
+            let want = osp_runtime::video::batch_to_u8_frames(blended.view(), 0)?;
+            ensure!(frames.len() == 1 && frames[0] == want, "{backend}: {t} latents: decode_frames differs");
             let whole = vae.decode(z.view(), &DecodeOptions::whole())?;
             let streamed = vae.decode(z.view(), &DecodeOptions { chunk: Some(2), tiling: None })?;
             compare5(&format!("{backend}: {t} latents streamed vs whole"), &streamed, &whole, Approx::Close)?;
@@ -415,8 +437,9 @@ fn decoder_graphs_share_one_copy_of_the_weights() -> Result<()> {
     Ok(())
 }
 
-/// ort-cpu sessions of one bundle share one prepacked-weights container (`SharedWeights`), and
-/// decoding is identical with and without it, whole and streamed inside tiles.
+/// ort-cpu sessions of one bundle share one prepacked-weights container and one in-memory copy
+/// of `decoder.onnx.data` (`SharedWeights`), and decoding is identical with and without them,
+/// whole and streamed inside tiles.
 #[test]
 fn shared_weights_decode_identically() -> Result<()> {
     let dir = bundle(Precision::F32)?;
@@ -434,5 +457,10 @@ fn shared_weights_decode_identically() -> Result<()> {
     }
     ensure!(shared.shared_weights().in_use(), "the sharing bundle's sessions did not use its pool");
     ensure!(!own.shared_weights().in_use(), "sharing was off, yet the pool was used");
+    // The four decoder graphs read one in-memory copy of their weights; the encoder's file is
+    // its own and stays memory-mapped.
+    let files = shared.shared_weights().shared_files();
+    ensure!(files == ["decoder.onnx.data"], "shared external-data files: {files:?}");
+    ensure!(own.shared_weights().shared_files().is_empty(), "sharing was off, yet files were read");
     Ok(())
 }

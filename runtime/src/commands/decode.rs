@@ -102,28 +102,49 @@ pub fn run(args: &DecodeArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         .with_context(|| format!("reading the VAE graphs of {}", args.bundle.display()))?;
     let opts = args.decode.options(&vae)?;
     let start = Instant::now();
-    let sample = vae.decode(z.view(), &opts).with_context(|| format!("decoding {}", args.latents.display()))?;
-    let decode_s = start.elapsed().as_secs_f64();
-    tracing::info!(decode_s, shape = ?sample.shape(), "decoded");
+    let context = || format!("decoding {}", args.latents.display());
+    // The f32 sample is only kept whole when it is saved; a video needs only uint8 frames, which
+    // a streamed, tiled decode produces without ever holding the f32 video.
+    let decode_s;
+    let (videos, sample_shape) = match &args.save_sample {
+        Some(path) => {
+            let sample = vae.decode(z.view(), &opts).with_context(context)?;
+            decode_s = start.elapsed().as_secs_f64();
+            let tensor = Tensor::F32(sample.into_dyn());
+            osp_runtime::write_safetensors(path, [("sample", &tensor)])
+                .with_context(|| format!("writing {}", path.display()))?;
+            let Tensor::F32(sample) = tensor else { anyhow::bail!("the sample tensor was built as f32 above") };
+            let sample = sample.into_dimensionality::<Ix5>().context("the decoded sample is 5-D")?;
+            let videos = match &args.out {
+                Some(_) => (0..sample.shape()[0])
+                    .map(|i| video::batch_to_u8_frames(sample.view(), i))
+                    .collect::<osp_runtime::Result<Vec<_>>>()?,
+                None => Vec::new(),
+            };
+            (videos, sample.shape().to_vec())
+        }
+        None => {
+            let videos = vae.decode_frames(z.view(), &opts).with_context(context)?;
+            decode_s = start.elapsed().as_secs_f64();
+            let (t, h, w, c) = videos.first().context("the batch holds at least one video")?.dim();
+            let shape = vec![videos.len(), c, t, h, w];
+            (videos, shape)
+        }
+    };
+    tracing::info!(decode_s, shape = ?sample_shape, "decoded");
 
-    if let Some(path) = &args.save_sample {
-        let tensor = Tensor::F32(sample.clone().into_dyn());
-        osp_runtime::write_safetensors(path, [("sample", &tensor)])
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
     let mut written = Vec::new();
     if let Some(out) = &args.out {
-        let b = sample.shape()[0];
-        for i in 0..b {
+        let b = videos.len();
+        for (i, frames) in videos.iter().enumerate() {
             let path = if b == 1 { out.clone() } else { numbered(out, i) };
-            let frames = video::batch_to_u8_frames(sample.view(), i)?;
             video::write_video(&path, frames.view(), args.fps, &args.encode.options())?;
             written.push(path.display().to_string());
         }
     }
     let report = serde_json::json!({
         "latents": z.shape(),
-        "sample": sample.shape(),
+        "sample": sample_shape,
         "chunk": opts.chunk,
         "tiling": opts.tiling.map(|t| serde_json::json!({"tile_size": t.tile_size, "overlap": t.overlap})),
         "decode_s": decode_s,

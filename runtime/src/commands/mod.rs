@@ -65,7 +65,12 @@ impl BackendOpts {
             anyhow::bail!("--threads must be at least 1 (leave it unset to use all cores)");
         }
         let backend = Backend::from_kind(self.backend, self.device, self.trt_cache_dir.clone());
-        Ok(SessionOptions { backend, threads: self.threads, share_weights: !self.no_shared_weights })
+        Ok(SessionOptions {
+            backend,
+            threads: self.threads,
+            share_weights: !self.no_shared_weights,
+            ..Default::default()
+        })
     }
 }
 

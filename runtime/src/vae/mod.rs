@@ -4,9 +4,14 @@
 //! ([`streaming`]). [`Vae::decode`] is the one entry point for decoding; [`DecodeOptions`] picks
 //! temporal chunking (the streaming graphs) and spatial tiling ([`tiling`]), alone or combined.
 //!
-//! Combined, every spatial tile is streamed through time: peak memory is one tile's causal state
-//! and one chunk's activations, plus the output video itself. Chunking is exact (the streamed
+//! Combined, every spatial tile is streamed through time and each chunk of frames is blended
+//! straight into the output: peak memory is one tile's causal state and one chunk's activations,
+//! plus the output video itself. Chunking is exact (the streamed
 //! frames equal the whole-clip decoder's); tiling is approximate near tile borders (a blend).
+//!
+//! Streaming decodes fix glibc's mmap threshold for the process ([`crate::mem::pin_mmap_threshold`])
+//! and give freed heap pages back after each call, so that later tiles peak no higher than the
+//! first.
 //!
 //! Sessions load on first use, so a decode-only caller never loads the encoder, and the whole-clip
 //! and streaming decoders are only loaded when asked for.
@@ -33,14 +38,14 @@ pub mod tiling;
 
 use std::collections::BTreeMap;
 
-use ndarray::{Array5, ArrayView5, Ix5};
+use ndarray::{Array4, Array5, ArrayView5, Ix5};
 use osp_graphs::config::{StreamProtocol, STREAM_METADATA_KEY};
 
 use crate::error::{Error, Result};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
 pub use streaming::StreamingDecoder;
-pub use tiling::{decode_tiled, TilingConfig};
+pub use tiling::{decode_tiled, decode_tiled_streamed, decode_tiled_streamed_frames, FrameSink, TilingConfig};
 
 /// Graph and I/O names a VAE bundle provides.
 pub const ENCODER_GRAPH: &str = "encoder";
@@ -127,12 +132,37 @@ impl Vae {
     pub fn decode(&mut self, z: ArrayView5<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
         let _span =
             tracing::info_span!("vae_decode", shape = ?z.shape(), chunk = ?opts.chunk, tiling = ?opts.tiling).entered();
-        let mut decoder = self.decoder_for(opts.chunk)?;
-        let mut run = |tile: ArrayView5<f32>| decoder.decode(tile);
-        match &opts.tiling {
-            Some(cfg) => decode_tiled(z, cfg, run),
-            None => run(z),
+        if opts.chunk.is_some() {
+            // The streaming graphs run once per chunk (and tile) with large short-lived
+            // intermediates: keep glibc from turning them into heap fragmentation.
+            crate::mem::pin_mmap_threshold();
         }
+        let mut decoder = self.decoder_for(opts.chunk)?;
+        match (&opts.tiling, &mut decoder) {
+            (Some(cfg), TileDecoder::Stream(streaming, chunk)) => {
+                // Each streamed chunk is blended into the output as it comes: no tile is held whole.
+                let frames = streaming.output_frames(z.shape()[2], *chunk)?;
+                decode_tiled_streamed(z, cfg, frames, stream_tile(streaming, *chunk))
+            }
+            (Some(cfg), _) => decode_tiled(z, cfg, |tile| decoder.decode(tile)),
+            (None, _) => decoder.decode(z),
+        }
+    }
+
+    /// [`Self::decode`] to uint8 frames, one `[frames, h * 8, w * 8, 3]` array per video of the
+    /// batch, quantised as upstream `custom_to_video` from the same f32 values. Streamed inside
+    /// tiles, the f32 video is never whole: only one row of tiles is (see
+    /// [`tiling::decode_tiled_streamed_frames`]); otherwise the f32 decode is converted.
+    pub fn decode_frames(&mut self, z: ArrayView5<f32>, opts: &DecodeOptions) -> Result<Vec<Array4<u8>>> {
+        if let (Some(cfg), Some(chunk)) = (&opts.tiling, opts.chunk) {
+            let _span = tracing::info_span!("vae_decode_frames", shape = ?z.shape(), chunk, tiling = ?cfg).entered();
+            crate::mem::pin_mmap_threshold();
+            let streaming = self.streaming_decoder()?;
+            let frames = streaming.output_frames(z.shape()[2], chunk)?;
+            return decode_tiled_streamed_frames(z, cfg, frames, stream_tile(streaming, chunk));
+        }
+        let video = self.decode(z, opts)?;
+        (0..video.shape()[0]).map(|i| crate::video::batch_to_u8_frames(video.view(), i)).collect()
     }
 
     /// Loads (once) and borrows the decoder `chunk` asks for.
@@ -144,21 +174,46 @@ impl Vae {
                 }
                 Ok(TileDecoder::Whole(self.decoder.as_mut().expect("the decoder session was just loaded")))
             }
-            Some(chunk) => {
-                if self.protocol.is_none() {
-                    return Err(Error::Graph(osp_graphs::Error::Invalid(format!(
-                        "bundle {} has no streaming decoder graphs: decode without a chunk size (whole clip) \
-                         or re-export the bundle",
-                        self.bundle.dir().display()
-                    ))));
-                }
-                if self.streaming.is_none() {
-                    self.streaming = Some(StreamingDecoder::load(&self.bundle, &self.opts)?);
-                }
-                let streaming = self.streaming.as_mut().expect("the streaming decoder was just loaded");
-                Ok(TileDecoder::Stream(streaming, chunk))
-            }
+            Some(chunk) => Ok(TileDecoder::Stream(self.streaming_decoder()?, chunk)),
         }
+    }
+
+    /// Loads (once) and borrows the streaming decoder; an error when the bundle has none.
+    fn streaming_decoder(&mut self) -> Result<&mut StreamingDecoder> {
+        if self.protocol.is_none() {
+            return Err(Error::Graph(osp_graphs::Error::Invalid(format!(
+                "bundle {} has no streaming decoder graphs: decode without a chunk size (whole clip) \
+                 or re-export the bundle",
+                self.bundle.dir().display()
+            ))));
+        }
+        if self.streaming.is_none() {
+            self.streaming = Some(StreamingDecoder::load(&self.bundle, &self.opts)?);
+        }
+        Ok(self.streaming.as_mut().expect("the streaming decoder was just loaded"))
+    }
+}
+
+/// Streams one latent tile through `streaming` in chunks of `chunk`, handing each chunk of
+/// frames to the tiling's sink.
+fn stream_tile<'a>(
+    streaming: &'a mut StreamingDecoder,
+    chunk: usize,
+) -> impl FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()> + 'a {
+    move |tile, sink| {
+        let output = streaming.protocol().output.clone();
+        let input = Tensor::F32(tile.to_owned().into_dyn());
+        streaming.decode_with(&input, chunk, |frames| match frames {
+            Tensor::F32(a) => {
+                let a = a.into_dimensionality::<Ix5>().map_err(|_| Error::Tensor {
+                    name: output.clone(),
+                    why: "streamed frames must be [b, c, t, h, w]".into(),
+                })?;
+                sink(a.view())
+            }
+            other => Err(Error::unsupported(format!("streamed `{output}`"), other.dtype())),
+        })?;
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use ndarray::{concatenate, ArrayD, Axis, Slice};
+use ndarray::{ArrayD, Axis, Slice};
 use osp_graphs::config::{StreamProtocol, StreamRole, STREAM_METADATA_KEY};
 
 use crate::error::{Error, Result};
@@ -78,7 +78,10 @@ impl StreamingDecoder {
             .find(|(_, g)| g.metadata.contains_key(STREAM_METADATA_KEY))
             .ok_or_else(|| invalid(format!("bundle {} has no streaming graphs", bundle.dir().display())))?;
         let protocol = parse_protocol(name, &spec.metadata[STREAM_METADATA_KEY])?;
-        let load = |graph: &str| bundle.session(graph, opts);
+        // Each graph runs once per chunk of every tile with the same shapes: ORT's memory pattern
+        // would allocate one whole-plan block per run on top of what the allocator still holds.
+        let opts = opts.clone().with_memory_pattern(false);
+        let load = |graph: &str| bundle.session(graph, &opts);
         Self::from_sessions(load(&protocol.first_graph)?, load(&protocol.step_graph)?, load(&protocol.last_graph)?)
     }
 
@@ -104,6 +107,21 @@ impl StreamingDecoder {
 
     pub fn protocol(&self) -> &StreamProtocol {
         &self.protocol
+    }
+
+    /// The number of frames [`Self::decode_with`] produces for `t` latents in chunks of `chunk`.
+    pub fn output_frames(&self, t: usize, chunk: usize) -> Result<usize> {
+        let p = &self.protocol;
+        let plan = chunk_plan(t, p.first_chunk_latents, chunk)?;
+        let mut frames = 0usize;
+        for (i, &(_, len, role)) in plan.iter().enumerate() {
+            let role = if plan.len() == 1 { StreamRole::First } else { role };
+            let offset = self.frames_offsets[role_index(role)];
+            let n = usize::try_from((p.frames_per_latent * len) as i64 + offset)
+                .map_err(|_| invalid(format!("the {role:?} graph yields a negative frame count for {len} latents")))?;
+            frames += if i == 1 { n - p.drop_leading_frames_after_first.min(n) } else { n };
+        }
+        Ok(frames)
     }
 
     /// Decodes `z` (`[b, c, t, h, w]` f32) in chunks of `chunk` latents, handing each call's new
@@ -137,10 +155,11 @@ impl StreamingDecoder {
         for (i, &(start, len, role)) in plan.iter().enumerate() {
             let _span = tracing::trace_span!("vae_stream_chunk", start, len).entered();
             let role = if plan.len() == 1 { StreamRole::First } else { role };
-            let (session, frames_offset) = match role {
-                StreamRole::First => (&mut self.first, self.frames_offsets[0]),
-                StreamRole::Step => (&mut self.step, self.frames_offsets[1]),
-                StreamRole::Last => (&mut self.last, self.frames_offsets[2]),
+            let frames_offset = self.frames_offsets[role_index(role)];
+            let session = match role {
+                StreamRole::First => &mut self.first,
+                StreamRole::Step => &mut self.step,
+                StreamRole::Last => &mut self.last,
             };
             let input = Tensor::F32(z.slice_axis(Axis(TIME), Slice::from(start..start + len)).to_owned());
             let mut inputs: Vec<(&str, &Tensor)> = vec![(p.input.as_str(), &input)];
@@ -171,27 +190,60 @@ impl StreamingDecoder {
             produced += frames.shape()[TIME];
             sink(frames)?;
             state = out;
+            // The call's intermediates are free now; glibc keeps such pages resident unless asked.
+            crate::mem::release_free_heap();
+            tracing::debug!(start, len, mem = %crate::mem::usage_str(), "streamed chunk decoded");
         }
         Ok(produced)
     }
 
-    /// Decodes `z` in chunks of `chunk` latents and concatenates the frames.
+    /// Decodes `z` in chunks of `chunk` latents into one preallocated `[b, c, frames, h, w]`
+    /// tensor, each chunk copied straight into place.
     pub fn decode(&mut self, z: &Tensor, chunk: usize) -> Result<Tensor> {
-        let mut parts: Vec<ArrayD<f32>> = Vec::new();
+        let t = z.shape().get(TIME).copied().unwrap_or(0);
+        let total = self.output_frames(t, chunk)?;
         let output = self.protocol.output.clone();
-        self.decode_with(z, chunk, |frames| match frames {
-            Tensor::F32(a) => {
-                parts.push(a);
-                Ok(())
+        let mut whole: Option<ArrayD<f32>> = None;
+        let mut next = 0;
+        self.decode_with(z, chunk, |frames| {
+            let Tensor::F32(a) = frames else {
+                return Err(Error::unsupported(format!("streamed `{output}`"), frames.dtype()));
+            };
+            let n = a.shape()[TIME];
+            let whole = whole.get_or_insert_with(|| {
+                let mut shape = a.shape().to_vec();
+                shape[TIME] = total;
+                ArrayD::zeros(shape)
+            });
+            let fits = next + n <= total
+                && a.shape().iter().zip(whole.shape()).enumerate().all(|(axis, (x, y))| axis == TIME || x == y);
+            if !fits {
+                return Err(Error::Tensor {
+                    name: output.clone(),
+                    why: format!("chunk {:?} at frame {next} does not fit the {:?} output", a.shape(), whole.shape()),
+                });
             }
-            other => Err(Error::unsupported(format!("streamed `{output}`"), other.dtype())),
+            whole.slice_axis_mut(Axis(TIME), Slice::from(next..next + n)).assign(&a);
+            next += n;
+            Ok(())
         })?;
-        let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
-        let whole = concatenate(Axis(TIME), &views).map_err(|e| Error::Tensor {
-            name: self.protocol.output.clone(),
-            why: format!("concatenating chunks: {e}"),
-        })?;
+        let whole = whole.expect("a streamed decode runs at least one call");
+        if next != total {
+            return Err(Error::Tensor {
+                name: output,
+                why: format!("the stream produced {next} frames, the protocol promised {total}"),
+            });
+        }
         Ok(Tensor::F32(whole))
+    }
+}
+
+/// The index of `role`'s graph in `frames_offsets`.
+fn role_index(role: StreamRole) -> usize {
+    match role {
+        StreamRole::First => 0,
+        StreamRole::Step => 1,
+        StreamRole::Last => 2,
     }
 }
 

@@ -22,11 +22,17 @@
 //! bit-identical results tiled and untiled (the running mean of equal values is exact); a real
 //! VAE's receptive field makes tiles disagree slightly near their borders, which the ramps hide.
 //!
-//! Memory: the output buffer, one `[h, w]` f32 weight plane, one latent tile and its decoded tile.
+//! Memory: the output buffer, one `[h, w]` f32 weight plane, one latent tile and its decoded tile
+//! ([`decode_tiled`]) or one decoded chunk of it ([`decode_tiled_streamed`]); decoding to uint8
+//! frames ([`decode_tiled_streamed_frames`]) holds the frames and one tile row of f32 instead of the
+//! f32 output.
 
-use ndarray::{s, Array2, Array5, ArrayView5};
+use ndarray::{s, Array2, Array4, Array5, ArrayView5};
 
 use crate::error::{Error, Result};
+
+/// Where a streaming tile decoder hands each chunk of frames `[b, c', tc, th * s, tw * s]`.
+pub type FrameSink<'a> = dyn FnMut(ArrayView5<f32>) -> Result<()> + 'a;
 
 /// Tile size and overlap, in latent pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,79 +121,302 @@ pub fn decode_tiled<F>(z: ArrayView5<f32>, cfg: &TilingConfig, mut decode: F) ->
 where
     F: FnMut(ArrayView5<f32>) -> Result<Array5<f32>>,
 {
-    cfg.validate()?;
-    let (_, _, _, h, w) = z.dim();
-    if h == 0 || w == 0 {
-        return Err(Error::Tiling(format!("empty latent {:?}", z.shape())));
+    let mut blender = Blender::new(z, cfg)?;
+    for (ri, ci) in blender.tiles() {
+        let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
+        let decoded = decode(blender.latent_tile(z, ri, ci))?;
+        let frames = decoded.shape()[2];
+        let mut tile = blender.start_tile(ri, ci, decoded.shape(), frames)?;
+        blender.blend(&mut tile, decoded.view())?;
+        blender.finish_tile(tile)?;
     }
-    let (rows, cols) = (cfg.starts(h), cfg.starts(w));
-    let (tile_h, tile_w) = (cfg.tile_len(h), cfg.tile_len(w));
-    tracing::debug!(
-        tiles = rows.len() * cols.len(),
-        tile_size = cfg.tile_size,
-        overlap = cfg.overlap,
-        "spatial tiling plan"
-    );
+    blender.into_output()
+}
 
-    let mut out: Option<(Array5<f32>, Array2<f32>)> = None;
-    let mut scale = 0usize;
-    for (ri, &y0) in rows.iter().enumerate() {
-        for (ci, &x0) in cols.iter().enumerate() {
-            let (y1, x1) = (y0 + tile_h, x0 + tile_w);
-            let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
-            let tile = decode(z.slice(s![.., .., .., y0..y1, x0..x1]))?;
-            let (th, tw) = (tile.shape()[3], tile.shape()[4]);
-            let (out, weight) = match out.as_mut() {
-                Some(o) => o,
-                None => {
-                    let sy = th / (y1 - y0);
-                    if sy == 0 || th != sy * (y1 - y0) || tw != sy * (x1 - x0) {
-                        return Err(Error::Tiling(format!(
-                            "the decoder turned a {}x{} latent tile into {th}x{tw}, not one integer scale",
-                            y1 - y0,
-                            x1 - x0
-                        )));
-                    }
-                    scale = sy;
-                    let sh = tile.shape();
-                    out.insert((
-                        Array5::zeros((sh[0], sh[1], sh[2], h * scale, w * scale)),
-                        Array2::zeros((h * scale, w * scale)),
-                    ))
-                }
+/// [`decode_tiled`] for a decoder that yields each tile as consecutive chunks of frames (the
+/// streaming decoder): `decode(tile, sink)` hands every chunk `[b, c', tc, th * s, tw * s]` to
+/// `sink` in order, `frames` in all. Each chunk is blended straight into the output, so no tile is
+/// ever held whole: beyond the output and one `[h * s, w * s]` weight plane, memory is one chunk.
+/// The result is bit-identical to [`decode_tiled`] on the concatenated chunks.
+pub fn decode_tiled_streamed<F>(
+    z: ArrayView5<f32>,
+    cfg: &TilingConfig,
+    frames: usize,
+    mut decode: F,
+) -> Result<Array5<f32>>
+where
+    F: FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()>,
+{
+    let mut blender = Blender::new(z, cfg)?;
+    for (ri, ci) in blender.tiles() {
+        let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
+        let mut tile: Option<Tile> = None;
+        decode(blender.latent_tile(z, ri, ci), &mut |chunk| {
+            let t = match tile.as_mut() {
+                Some(t) => t,
+                None => tile.insert(blender.start_tile(ri, ci, chunk.shape(), frames)?),
             };
-            let want = [out.shape()[0], out.shape()[1], out.shape()[2], (y1 - y0) * scale, (x1 - x0) * scale];
-            if tile.shape() != want {
+            blender.blend(t, chunk)
+        })?;
+        let tile = tile.ok_or_else(|| Error::Tiling(format!("tile ({ri}, {ci}) decoded to no frames")))?;
+        blender.finish_tile(tile)?;
+    }
+    blender.into_output()
+}
+
+/// [`decode_tiled_streamed`] to uint8 frames: for each video of the batch, `[t', h * s, w * s, 3]`
+/// quantised as upstream `custom_to_video` ([`crate::video::to_u8_frames`]) from exactly the f32
+/// values [`decode_tiled_streamed`] returns. Only one row of tiles is held in f32 (the rows above
+/// the next tile row are final and quantised when it starts), so beyond the uint8 frames memory is
+/// one tile row's f32 strip and one chunk.
+pub fn decode_tiled_streamed_frames<F>(
+    z: ArrayView5<f32>,
+    cfg: &TilingConfig,
+    frames: usize,
+    mut decode: F,
+) -> Result<Vec<Array4<u8>>>
+where
+    F: FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()>,
+{
+    let mut blender = Blender::new(z, cfg)?;
+    blender.frames = Some(Vec::new());
+    for (ri, ci) in blender.tiles() {
+        let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
+        let mut tile: Option<Tile> = None;
+        decode(blender.latent_tile(z, ri, ci), &mut |chunk| {
+            let t = match tile.as_mut() {
+                Some(t) => t,
+                None => tile.insert(blender.start_tile(ri, ci, chunk.shape(), frames)?),
+            };
+            blender.blend(t, chunk)
+        })?;
+        let tile = tile.ok_or_else(|| Error::Tiling(format!("tile ({ri}, {ci}) decoded to no frames")))?;
+        blender.finish_tile(tile)?;
+    }
+    blender.into_frames()
+}
+
+/// The running weighted mean of the tiles: the output, the weight gathered so far per pixel, and
+/// the tile plan.
+struct Blender {
+    cfg: TilingConfig,
+    h: usize,
+    w: usize,
+    rows: Vec<usize>,
+    cols: Vec<usize>,
+    tile_h: usize,
+    tile_w: usize,
+    /// The output `[b, c', t', rows, w * s]` holding output rows `base..base + rows` (all of them,
+    /// or one tile row's strip when quantising to `frames`) and the full weight plane, from the
+    /// first tile on.
+    out: Option<(Array5<f32>, Array2<f32>)>,
+    base: usize,
+    /// The uint8 frames `[t', h * s, w * s, 3]` per video, when decoding to frames.
+    frames: Option<Vec<Array4<u8>>>,
+    scale: usize,
+}
+
+/// One tile being blended: where it goes, its per-pixel share, and the frames blended so far.
+struct Tile {
+    ri: usize,
+    ci: usize,
+    oy: usize,
+    ox: usize,
+    /// The fraction of each pixel's final value this tile contributes so far.
+    frac: Array2<f32>,
+    next_frame: usize,
+}
+
+impl Blender {
+    fn new(z: ArrayView5<f32>, cfg: &TilingConfig) -> Result<Self> {
+        cfg.validate()?;
+        let (_, _, _, h, w) = z.dim();
+        if h == 0 || w == 0 {
+            return Err(Error::Tiling(format!("empty latent {:?}", z.shape())));
+        }
+        let (rows, cols) = (cfg.starts(h), cfg.starts(w));
+        tracing::debug!(
+            tiles = rows.len() * cols.len(),
+            tile_size = cfg.tile_size,
+            overlap = cfg.overlap,
+            "spatial tiling plan"
+        );
+        Ok(Self {
+            cfg: *cfg,
+            h,
+            w,
+            tile_h: cfg.tile_len(h),
+            tile_w: cfg.tile_len(w),
+            rows,
+            cols,
+            out: None,
+            base: 0,
+            frames: None,
+            scale: 0,
+        })
+    }
+
+    /// Tile indices in decoding order (row-major).
+    fn tiles(&self) -> Vec<(usize, usize)> {
+        (0..self.rows.len()).flat_map(|ri| (0..self.cols.len()).map(move |ci| (ri, ci))).collect()
+    }
+
+    fn latent_tile<'a>(&self, z: ArrayView5<'a, f32>, ri: usize, ci: usize) -> ArrayView5<'a, f32> {
+        let (y0, x0) = (self.rows[ri], self.cols[ci]);
+        z.slice_move(s![.., .., .., y0..y0 + self.tile_h, x0..x0 + self.tile_w])
+    }
+
+    /// Starts blending tile `(ri, ci)`, whose decoded frames have `shape` (`[b, c', _, th, tw]`)
+    /// and number `frames` in all: allocates the output with the first tile, checks the shape,
+    /// adds the tile's weights to the weight plane and returns its share of each pixel.
+    fn start_tile(&mut self, ri: usize, ci: usize, shape: &[usize], frames: usize) -> Result<Tile> {
+        let (tile_h, tile_w) = (self.tile_h, self.tile_w);
+        let (th, tw) = (shape[3], shape[4]);
+        if self.out.is_none() {
+            let sy = th / tile_h;
+            if sy == 0 || th != sy * tile_h || tw != sy * tile_w {
                 return Err(Error::Tiling(format!(
-                    "tile ({ri}, {ci}) decoded to {:?}, expected {want:?} (scale {scale})",
-                    tile.shape()
+                    "the decoder turned a {tile_h}x{tile_w} latent tile into {th}x{tw}, not one integer scale"
                 )));
             }
-            let e = cfg.overlap * scale;
-            let wy: Vec<f32> = (0..th).map(|p| ramp(p, th, e, ri == 0, ri + 1 == rows.len())).collect();
-            let wx: Vec<f32> = (0..tw).map(|p| ramp(p, tw, e, ci == 0, ci + 1 == cols.len())).collect();
-            let (oy, ox) = (y0 * scale, x0 * scale);
-            // The fraction of each pixel's final value this tile contributes so far.
-            let mut frac = Array2::<f32>::zeros((th, tw));
-            for y in 0..th {
-                for x in 0..tw {
-                    let wt = wy[y] * wx[x];
-                    let total = &mut weight[[oy + y, ox + x]];
-                    *total += wt;
-                    frac[[y, x]] = if *total > 0.0 { wt / *total } else { 0.0 };
-                }
-            }
-            let mut region = out.slice_mut(s![.., .., .., oy..oy + th, ox..ox + tw]);
-            for (mut dst, src) in region.outer_iter_mut().zip(tile.outer_iter()) {
-                for (mut dst, src) in dst.outer_iter_mut().zip(src.outer_iter()) {
-                    for (mut dst, src) in dst.outer_iter_mut().zip(src.outer_iter()) {
-                        ndarray::Zip::from(&mut dst).and(&src).and(&frac).for_each(|o, &v, &f| *o += (v - *o) * f);
+            self.scale = sy;
+            let (h, w) = (self.h * sy, self.w * sy);
+            let held = match self.frames.as_mut() {
+                Some(videos) => {
+                    if shape[1] != 3 {
+                        return Err(Error::Tiling(format!(
+                            "decoding to frames needs 3 channels, the decoder gave {:?}",
+                            shape
+                        )));
                     }
+                    *videos = (0..shape[0]).map(|_| Array4::zeros((frames, h, w, 3))).collect();
+                    th
+                }
+                None => h,
+            };
+            self.out = Some((Array5::zeros((shape[0], shape[1], frames, held, w)), Array2::zeros((h, w))));
+        } else if self.frames.is_some() && ci == 0 {
+            self.advance_strip(self.rows[ri] * self.scale);
+        }
+        let scale = self.scale;
+        let (out, weight) = self.out.as_mut().expect("the output was allocated with the first tile");
+        let want = [out.shape()[0], out.shape()[1], out.shape()[2], tile_h * scale, tile_w * scale];
+        if shape[..2] != want[..2] || shape[3..] != want[3..] || frames != want[2] {
+            let mut got = shape.to_vec();
+            got[2] = frames;
+            return Err(Error::Tiling(format!(
+                "tile ({ri}, {ci}) decoded to {got:?}, expected {want:?} (scale {scale})"
+            )));
+        }
+        let e = self.cfg.overlap * scale;
+        let wy: Vec<f32> = (0..th).map(|p| ramp(p, th, e, ri == 0, ri + 1 == self.rows.len())).collect();
+        let wx: Vec<f32> = (0..tw).map(|p| ramp(p, tw, e, ci == 0, ci + 1 == self.cols.len())).collect();
+        let (oy, ox) = (self.rows[ri] * scale, self.cols[ci] * scale);
+        let mut frac = Array2::<f32>::zeros((th, tw));
+        for y in 0..th {
+            for x in 0..tw {
+                let wt = wy[y] * wx[x];
+                let total = &mut weight[[oy + y, ox + x]];
+                *total += wt;
+                frac[[y, x]] = if *total > 0.0 { wt / *total } else { 0.0 };
+            }
+        }
+        Ok(Tile { ri, ci, oy, ox, frac, next_frame: 0 })
+    }
+
+    /// Blends the next frames `[b, c', tc, th, tw]` of `tile` into the output.
+    fn blend(&mut self, tile: &mut Tile, chunk: ArrayView5<f32>) -> Result<()> {
+        let (out, _) = self.out.as_mut().expect("start_tile allocated the output");
+        let (th, tw) = tile.frac.dim();
+        let (t0, tc) = (tile.next_frame, chunk.shape()[2]);
+        if chunk.shape()[..2] != out.shape()[..2] || chunk.shape()[3..] != [th, tw] || t0 + tc > out.shape()[2] {
+            return Err(Error::Tiling(format!(
+                "tile ({}, {}): frames {t0}..{} of shape {:?} do not fit the {:?} output",
+                tile.ri,
+                tile.ci,
+                t0 + tc,
+                chunk.shape(),
+                out.shape()
+            )));
+        }
+        let (oy, ox) = (tile.oy - self.base, tile.ox);
+        let mut region = out.slice_mut(s![.., .., t0..t0 + tc, oy..oy + th, ox..ox + tw]);
+        for (mut dst, src) in region.outer_iter_mut().zip(chunk.outer_iter()) {
+            for (mut dst, src) in dst.outer_iter_mut().zip(src.outer_iter()) {
+                for (mut dst, src) in dst.outer_iter_mut().zip(src.outer_iter()) {
+                    ndarray::Zip::from(&mut dst).and(&src).and(&tile.frac).for_each(|o, &v, &f| *o += (v - *o) * f);
                 }
             }
         }
+        tile.next_frame += tc;
+        Ok(())
     }
-    Ok(out.expect("at least one tile is always decoded").0)
+
+    /// Checks that every frame of `tile` was blended.
+    fn finish_tile(&self, tile: Tile) -> Result<()> {
+        let frames = self.out.as_ref().map_or(0, |(o, _)| o.shape()[2]);
+        if tile.next_frame != frames {
+            return Err(Error::Tiling(format!(
+                "tile ({}, {}) decoded to {} frames, the first tile to {frames}",
+                tile.ri, tile.ci, tile.next_frame
+            )));
+        }
+        tracing::debug!(
+            row = tile.ri,
+            col = tile.ci,
+            mem = %crate::mem::usage_str(),
+            "tile blended"
+        );
+        Ok(())
+    }
+
+    fn into_output(self) -> Result<Array5<f32>> {
+        Ok(self.out.expect("at least one tile is always decoded").0)
+    }
+
+    /// Quantises the held rows `base..new_base` (final: no later tile reaches above `new_base`)
+    /// into the frames and moves the rest of the strip up so that it starts at `new_base`.
+    fn advance_strip(&mut self, new_base: usize) {
+        let (out, _) = self.out.as_mut().expect("the strip was allocated with the first tile");
+        let videos = self.frames.as_mut().expect("strips are only kept when decoding to frames");
+        let done = new_base - self.base;
+        quantise_rows(out, videos, self.base, done);
+        let held = out.shape()[3];
+        for mut plane in out.outer_iter_mut() {
+            for mut plane in plane.outer_iter_mut() {
+                for mut plane in plane.outer_iter_mut() {
+                    for y in 0..held - done {
+                        let (mut dst, src) = plane.view_mut().split_at(ndarray::Axis(0), y + done);
+                        dst.row_mut(y).assign(&src.row(0));
+                    }
+                    plane.slice_mut(s![held - done.., ..]).fill(0.0);
+                }
+            }
+        }
+        self.base = new_base;
+    }
+
+    /// Quantises the rows still held and returns the frames.
+    fn into_frames(mut self) -> Result<Vec<Array4<u8>>> {
+        let (out, _) = self.out.as_ref().expect("at least one tile is always decoded");
+        let rows = self.h * self.scale - self.base;
+        let mut videos = self.frames.take().expect("decode_tiled_streamed_frames sets the frames");
+        quantise_rows(out, &mut videos, self.base, rows);
+        Ok(videos)
+    }
+}
+
+/// Writes rows `0..rows` of `out` (`[b, 3, t, held, w]`, output rows from `base`) into `videos`
+/// (`[t, h, w, 3]` each) as upstream `custom_to_video` quantises.
+fn quantise_rows(out: &Array5<f32>, videos: &mut [Array4<u8>], base: usize, rows: usize) {
+    for (video, src) in videos.iter_mut().zip(out.outer_iter()) {
+        // [3, t, rows, w] -> [t, rows, w, 3]
+        let src = src.slice(s![.., .., ..rows, ..]);
+        let mut dst = video.slice_mut(s![.., base..base + rows, .., ..]);
+        ndarray::Zip::from(&mut dst)
+            .and(&src.permuted_axes([1, 2, 3, 0]))
+            .for_each(|d, &v| *d = crate::video::quantise(v));
+    }
 }
 
 #[cfg(test)]
@@ -299,6 +528,97 @@ mod tests {
         }
         // Unblended, the seams would jump by 2: the ramp is really there.
         assert!(diff.iter().any(|v| v.abs() < 0.9));
+    }
+
+    /// Hands `tile` decoded by `decoder` to `sink` in chunks of 1, 2, 3, ... frames.
+    fn in_chunks(
+        decoder: impl Fn(ArrayView5<f32>) -> Result<Array5<f32>>,
+        tile: ArrayView5<f32>,
+        sink: &mut FrameSink<'_>,
+    ) -> Result<()> {
+        let whole = decoder(tile)?;
+        let (mut t0, mut n) = (0, 1);
+        while t0 < whole.shape()[2] {
+            let t1 = (t0 + n).min(whole.shape()[2]);
+            sink(whole.slice(s![.., .., t0..t1, .., ..]))?;
+            (t0, n) = (t1, n + 1);
+        }
+        Ok(())
+    }
+
+    /// Blending chunk by chunk is bit-identical to blending whole tiles, for a context-free and a
+    /// per-tile-biased decoder (whose seams do not cancel).
+    #[test]
+    fn streamed_tiles_blend_like_whole_tiles() {
+        let biased = |t: ArrayView5<f32>| -> Result<Array5<f32>> {
+            let bias = t.sum().sin();
+            Ok(pixel_decoder(t)?.mapv(|v| v + bias))
+        };
+        let z = Array5::from_shape_fn((1, 2, 7, 13, 21), |(_, c, t, y, x)| {
+            ((y * 31 + x * 17 + c * 7 + t * 3) % 23) as f32 * 0.1 - 1.0
+        });
+        for (tile_size, overlap) in [(4, 1), (8, 3), (6, 0), (32, 8)] {
+            let cfg = TilingConfig { tile_size, overlap };
+            for (name, decoder) in
+                [("pixel", &pixel_decoder as &dyn Fn(ArrayView5<f32>) -> Result<Array5<f32>>), ("biased", &biased)]
+            {
+                let whole_tiles = decode_tiled(z.view(), &cfg, decoder).unwrap();
+                let streamed = decode_tiled_streamed(z.view(), &cfg, 7, |t, sink| in_chunks(decoder, t, sink)).unwrap();
+                assert_eq!(streamed.shape(), whole_tiles.shape());
+                let c = Approx::Exact.compare(streamed.as_slice().unwrap(), whole_tiles.as_slice().unwrap());
+                assert!(c.ok(), "{name}, tile {tile_size} overlap {overlap}: {c:?}");
+            }
+        }
+    }
+
+    /// Frames quantised row of tiles by row of tiles equal the f32 decode quantised whole, for
+    /// one and several tile rows, a batch of two and a seam-biased decoder.
+    #[test]
+    fn streamed_frames_equal_the_quantised_f32_decode() {
+        let biased = |t: ArrayView5<f32>| -> Result<Array5<f32>> {
+            let bias = t.sum().sin() * 0.3;
+            Ok(pixel_decoder(t)?.mapv(|v| v * 1.2 + bias))
+        };
+        let z = Array5::from_shape_fn((2, 2, 4, 19, 13), |(b, c, t, y, x)| {
+            ((y * 31 + x * 17 + c * 7 + t * 3 + b * 5) % 23) as f32 * 0.1 - 1.0
+        });
+        for (tile_size, overlap) in [(4, 1), (8, 3), (6, 0), (7, 5), (32, 8)] {
+            let cfg = TilingConfig { tile_size, overlap };
+            let f32_video = decode_tiled_streamed(z.view(), &cfg, 4, |t, sink| in_chunks(biased, t, sink)).unwrap();
+            let frames = decode_tiled_streamed_frames(z.view(), &cfg, 4, |t, sink| in_chunks(biased, t, sink)).unwrap();
+            assert_eq!(frames.len(), 2);
+            for (b, f) in frames.iter().enumerate() {
+                let want = crate::video::batch_to_u8_frames(f32_video.view(), b).unwrap();
+                assert_eq!(f.shape(), want.shape());
+                let diff = f.iter().zip(want.iter()).filter(|(a, b)| a != b).count();
+                assert_eq!(diff, 0, "tile {tile_size} overlap {overlap}, video {b}: {diff} values differ");
+            }
+        }
+        let e = decode_tiled_streamed_frames(z.view(), &TilingConfig { tile_size: 8, overlap: 2 }, 4, |t, sink| {
+            let v = pixel_decoder(t)?;
+            sink(v.slice(s![.., ..2, .., .., ..]))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("3 channels"), "{e}");
+    }
+
+    #[test]
+    fn streamed_tiles_with_the_wrong_frame_count_are_errors() {
+        let z = latent(10, 10);
+        let cfg = TilingConfig { tile_size: 6, overlap: 2 };
+        // The plan promises 4 frames, the decoder yields 3.
+        let e = decode_tiled_streamed(z.view(), &cfg, 4, |t, sink| in_chunks(pixel_decoder, t, sink))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decoded to 3 frames"), "{e}");
+        // More frames than promised.
+        let e = decode_tiled_streamed(z.view(), &cfg, 2, |t, sink| in_chunks(pixel_decoder, t, sink))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("do not fit"), "{e}");
+        let e = decode_tiled_streamed(z.view(), &cfg, 3, |_, _| Ok(())).unwrap_err().to_string();
+        assert!(e.contains("no frames"), "{e}");
     }
 
     #[test]

@@ -171,11 +171,13 @@ pub fn preprocess(frames: ArrayView4<u8>, height: usize, width: usize) -> Array5
 /// Upstream `custom_to_video` on one video `[3, t, h, w]` in `[-1, 1]`: `[t, h, w, 3]` u8.
 pub fn to_u8_frames(video: ArrayView4<f32>) -> Array4<u8> {
     // [3, t, h, w] -> [t, h, w, 3]
-    video
-        .permuted_axes([1, 2, 3, 0])
-        .mapv(|v| (255.0 * ((v.clamp(-1.0, 1.0) + 1.0) / 2.0)) as u8)
-        .as_standard_layout()
-        .into_owned()
+    video.permuted_axes([1, 2, 3, 0]).mapv(quantise).as_standard_layout().into_owned()
+}
+
+/// One value in `[-1, 1]` to u8 as upstream `custom_to_video`: clamp, map to `[0, 255]`, truncate.
+#[inline]
+pub fn quantise(v: f32) -> u8 {
+    (255.0 * ((v.clamp(-1.0, 1.0) + 1.0) / 2.0)) as u8
 }
 
 /// The VAE input or output `[b, 3, t, h, w]`: video `index` as `[t, h, w, 3]` u8 frames.
