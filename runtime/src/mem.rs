@@ -98,14 +98,22 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn resident_size_is_read_and_grows_with_a_touched_buffer() {
-        let before = super::usage().expect("/proc/self/status should be readable on Linux");
-        assert!(before.rss > 0 && before.peak >= before.rss && before.anon <= before.rss);
-        let buf = std::hint::black_box(vec![1u8; 128 << 20]);
-        let after = super::usage().expect("/proc/self/status should be readable on Linux");
-        // Other tests of this process allocate and free concurrently: half the buffer is margin.
-        assert!(after.anon >= before.anon + (64 << 20), "{before} -> {after}");
-        assert!(after.peak >= after.rss);
-        drop(buf);
-        super::release_free_heap();
+        // Other tests of this process allocate and free concurrently, which can hide one
+        // buffer's growth: half the buffer is margin, and a few attempts are allowed.
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let before = super::usage().expect("/proc/self/status should be readable on Linux");
+            assert!(before.rss > 0 && before.peak >= before.rss && before.anon <= before.rss);
+            let buf = std::hint::black_box(vec![1u8; 128 << 20]);
+            let after = super::usage().expect("/proc/self/status should be readable on Linux");
+            assert!(after.peak >= after.rss);
+            drop(buf);
+            super::release_free_heap();
+            if after.anon >= before.anon + (64 << 20) {
+                return;
+            }
+            seen.push(format!("{before} -> {after}"));
+        }
+        panic!("a touched 128 MiB buffer never showed in RssAnon: {seen:?}");
     }
 }
