@@ -334,20 +334,17 @@ fn decode_writes_the_video_and_reports_the_decode() {
     write_safetensors(&latents, [("z", &Tensor::F32(z))]).unwrap();
     let out = dir.path().join("clip.mp4");
     let sample = dir.path().join("sample.safetensors");
-    let stdout = run_ok(
-        osp()
-            .arg("decode")
-            .arg("--bundle")
-            .arg(vae_bundle())
-            .arg("--latents")
-            .arg(&latents)
-            .arg("--out")
-            .arg(&out)
-            .arg("--save-sample")
-            .arg(&sample)
-            .args(["--tile-size", "4", "--tile-overlap", "1", "--fps", "12", "--preset", "ultrafast"]),
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // `osp decode` of `latents` to `out` (and the f32 sample to `sample`); its JSON report.
+    let decode = |out: &std::path::Path, sample: Option<&std::path::Path>| -> serde_json::Value {
+        let mut cmd = osp();
+        cmd.arg("decode").arg("--bundle").arg(vae_bundle()).arg("--latents").arg(&latents).arg("--out").arg(out);
+        if let Some(sample) = sample {
+            cmd.arg("--save-sample").arg(sample);
+        }
+        cmd.args(["--tile-size", "4", "--tile-overlap", "1", "--fps", "12", "--preset", "ultrafast"]);
+        serde_json::from_str(run_ok(&mut cmd).trim()).unwrap()
+    };
+    let report = decode(&out, Some(&sample));
     assert_eq!(report["sample"], serde_json::json!([1, 3, 9, 48, 80]), "{report}");
     assert_eq!(report["chunk"], serde_json::Value::Null, "the stand-in bundle has no streaming graphs");
     assert_eq!(report["tiling"]["tile_size"], 4);
@@ -357,18 +354,7 @@ fn decode_writes_the_video_and_reports_the_decode() {
 
     // Without --save-sample the decode goes straight to uint8 frames: the same video.
     let frames_only = dir.path().join("frames_only.mp4");
-    let stdout = run_ok(
-        osp()
-            .arg("decode")
-            .arg("--bundle")
-            .arg(vae_bundle())
-            .arg("--latents")
-            .arg(&latents)
-            .arg("--out")
-            .arg(&frames_only)
-            .args(["--tile-size", "4", "--tile-overlap", "1", "--fps", "12", "--preset", "ultrafast"]),
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let report = decode(&frames_only, None);
     assert_eq!(report["sample"], serde_json::json!([1, 3, 9, 48, 80]), "{report}");
     assert_eq!(std::fs::read(&frames_only).unwrap(), std::fs::read(&out).unwrap(), "same frames, same H.264 bytes");
 

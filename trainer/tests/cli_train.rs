@@ -7,23 +7,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use osp_runtime::text::npz::{write_npz, NpyArray};
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
 use osp_trainer::models::opensora_v1_3::OpenSoraT2V_v1_3Config;
 use osp_trainer::train::Rng;
 
-/// Runs osp-train; returns its stderr (the log).
-fn run(args: &[String]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_osp-train")).args(args).output().expect("spawn osp-train");
-    assert!(out.status.success(), "osp-train {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> String {
-    p.to_str().expect("utf-8 path").to_string()
-}
+use common::{arg as s, osp_train as run};
 
 fn write_embedding(path: &Path, rng: &mut Rng) {
     std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
@@ -58,21 +48,7 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().to_path_buf();
     let shapes = root.join("shapes");
-    run(&[
-        "shapes".into(),
-        "--out".into(),
-        s(&shapes),
-        "--count".into(),
-        "8".into(),
-        "--num-frames".into(),
-        "9".into(),
-        "--height".into(),
-        "32".into(),
-        "--width".into(),
-        "32".into(),
-        "--seed".into(),
-        "1".into(),
-    ]);
+    common::shapes(&shapes, 8, 9, 32, 1);
     let anno: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(shapes.join("annotation.json")).expect("annotation"))
             .expect("json");

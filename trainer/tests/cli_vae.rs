@@ -3,16 +3,10 @@
 //! GAN updates included), and the reconstruction loss falls over a short run.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn run(args: &[String]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_osp-train")).args(args).output().expect("spawn osp-train");
-    assert!(out.status.success(), "osp-train {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-}
+mod common;
 
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
+use common::{arg as s, osp_train as run};
 
 /// A tiny WFVAE config (8 latent channels, 8 base channels, no attention).
 fn tiny_config(path: &Path) {
@@ -27,21 +21,7 @@ fn tiny_config(path: &Path) {
 
 fn setup(root: &Path) -> (PathBuf, PathBuf) {
     let shapes = root.join("shapes");
-    run(&[
-        "shapes".into(),
-        "--out".into(),
-        s(&shapes),
-        "--count".into(),
-        "8".into(),
-        "--num-frames".into(),
-        "5".into(),
-        "--height".into(),
-        "16".into(),
-        "--width".into(),
-        "16".into(),
-        "--log".into(),
-        "error".into(),
-    ]);
+    common::shapes(&shapes, 8, 5, 16, 0);
     let config = root.join("vae_config.json");
     tiny_config(&config);
     (shapes, config)

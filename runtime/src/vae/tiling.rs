@@ -138,29 +138,12 @@ where
 /// `sink` in order, `frames` in all. Each chunk is blended straight into the output, so no tile is
 /// ever held whole: beyond the output and one `[h * s, w * s]` weight plane, memory is one chunk.
 /// The result is bit-identical to [`decode_tiled`] on the concatenated chunks.
-pub fn decode_tiled_streamed<F>(
-    z: ArrayView5<f32>,
-    cfg: &TilingConfig,
-    frames: usize,
-    mut decode: F,
-) -> Result<Array5<f32>>
+pub fn decode_tiled_streamed<F>(z: ArrayView5<f32>, cfg: &TilingConfig, frames: usize, decode: F) -> Result<Array5<f32>>
 where
     F: FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()>,
 {
     let mut blender = Blender::new(z, cfg)?;
-    for (ri, ci) in blender.tiles() {
-        let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
-        let mut tile: Option<Tile> = None;
-        decode(blender.latent_tile(z, ri, ci), &mut |chunk| {
-            let t = match tile.as_mut() {
-                Some(t) => t,
-                None => tile.insert(blender.start_tile(ri, ci, chunk.shape(), frames)?),
-            };
-            blender.blend(t, chunk)
-        })?;
-        let tile = tile.ok_or_else(|| Error::Tiling(format!("tile ({ri}, {ci}) decoded to no frames")))?;
-        blender.finish_tile(tile)?;
-    }
+    stream_tiles(&mut blender, z, frames, decode)?;
     blender.into_output()
 }
 
@@ -173,13 +156,22 @@ pub fn decode_tiled_streamed_frames<F>(
     z: ArrayView5<f32>,
     cfg: &TilingConfig,
     frames: usize,
-    mut decode: F,
+    decode: F,
 ) -> Result<Vec<Array4<u8>>>
 where
     F: FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()>,
 {
     let mut blender = Blender::new(z, cfg)?;
     blender.frames = Some(Vec::new());
+    stream_tiles(&mut blender, z, frames, decode)?;
+    blender.into_frames()
+}
+
+/// Decodes every tile of `blender`'s plan with `decode`, blending each chunk as it arrives.
+fn stream_tiles<F>(blender: &mut Blender, z: ArrayView5<f32>, frames: usize, mut decode: F) -> Result<()>
+where
+    F: FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()>,
+{
     for (ri, ci) in blender.tiles() {
         let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
         let mut tile: Option<Tile> = None;
@@ -193,7 +185,7 @@ where
         let tile = tile.ok_or_else(|| Error::Tiling(format!("tile ({ri}, {ci}) decoded to no frames")))?;
         blender.finish_tile(tile)?;
     }
-    blender.into_frames()
+    Ok(())
 }
 
 /// The running weighted mean of the tiles: the output, the weight gathered so far per pixel, and

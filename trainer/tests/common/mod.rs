@@ -1,4 +1,5 @@
-//! Shared helpers of the trainer integration tests: fixture paths and tensor comparison.
+//! Shared helpers of the trainer integration tests: fixture paths, tensor comparison and the
+//! `osp-train` binary.
 //!
 //! Fixtures come from `../shared/reference/parity/` (official PyTorch outputs, made by
 //! `../shared/reference/generators/parity.py`); `OSP_REFERENCE` overrides the directory.
@@ -6,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
 use burn::tensor::{Tensor, TensorData};
@@ -42,4 +43,27 @@ pub fn assert_same(actual: &Tensor<B, 5>, expected: &Tensor<B, 5>, what: &str, l
     assert_eq!(actual.dims(), expected.dims(), "shape of {what}");
     let c = level.compare(&values(actual), &values(expected));
     assert!(c.ok(), "{what} at {level}: {c}");
+}
+
+/// Runs `osp-train args`, failing the test with its log on error; returns its stderr (the log).
+pub fn osp_train(args: &[String]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_osp-train")).args(args).output().expect("spawn osp-train");
+    assert!(out.status.success(), "osp-train {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A path as a command-line argument.
+pub fn arg(p: &Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+/// `osp-train shapes`: `count` clips of `frames` frames, `size` x `size`, into `out`.
+pub fn shapes(out: &Path, count: usize, frames: usize, size: usize, seed: u64) {
+    let args = ["shapes", "--out", &arg(out), "--count", &count.to_string(), "--num-frames", &frames.to_string()];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    for (flag, v) in [("--height", size), ("--width", size)] {
+        args.extend([flag.to_string(), v.to_string()]);
+    }
+    args.extend(["--seed".to_string(), seed.to_string(), "--log".to_string(), "error".to_string()]);
+    osp_train(&args);
 }
