@@ -18,32 +18,23 @@ use burn::nn::{Linear, PaddingConfig2d};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::PaddedConvOptions;
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::{FloatDType, Tensor};
 
 /// The autocast compute dtype of a forward pass: `None` computes in float32.
 pub type ComputeDType = Option<FloatDType>;
-
-/// `tensor` in `dtype`, a no-op when it already is.
-fn to<B: Backend, const D: usize>(tensor: Tensor<B, D>, dtype: FloatDType) -> Tensor<B, D> {
-    tensor.cast(dtype)
-}
-
-fn float_dtype(dtype: DType) -> FloatDType {
-    dtype.into()
-}
 
 /// `layer.forward(x)` with `x`, weight and bias in `compute`; the output has `x`'s dtype.
 pub fn linear<B: Backend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>, compute: ComputeDType) -> Tensor<B, D> {
     let Some(c) = compute else {
         return layer.forward(x);
     };
-    let out_dtype = float_dtype(x.dtype());
+    let out_dtype: FloatDType = x.dtype().into();
     let y = burn::tensor::module::linear(
-        to(x, c),
-        to(layer.weight.val(), c),
-        layer.bias.as_ref().map(|b| to(b.val(), c)),
+        x.cast(c),
+        layer.weight.val().cast(c),
+        layer.bias.as_ref().map(|b| b.val().cast(c)),
     );
-    to(y, out_dtype)
+    y.cast(out_dtype)
 }
 
 /// `layer.forward(x)` (`[b, c, h, w]`) with `x`, weight and bias in `compute`; the output has
@@ -52,17 +43,17 @@ pub fn conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>, compute: ComputeDT
     let Some(c) = compute else {
         return layer.forward(x);
     };
-    let out_dtype = float_dtype(x.dtype());
+    let out_dtype: FloatDType = x.dtype().into();
     let [_, _, height, width] = x.dims();
     let ((top, bottom), (left, right)) = padding_2d(layer, height, width);
     let options = PaddedConvOptions::asymmetric(layer.stride, [top, left], [bottom, right], layer.dilation, layer.groups);
     let y = burn::tensor::module::conv2d(
-        to(x, c),
-        to(layer.weight.val(), c),
-        layer.bias.as_ref().map(|b| to(b.val(), c)),
+        x.cast(c),
+        layer.weight.val().cast(c),
+        layer.bias.as_ref().map(|b| b.val().cast(c)),
         options,
     );
-    to(y, out_dtype)
+    y.cast(out_dtype)
 }
 
 /// `((top, bottom), (left, right))` padding of `layer` on a `height x width` input, the rule of
@@ -93,10 +84,10 @@ pub fn attention<B: Backend>(
     scale: f64,
     compute: FloatDType,
 ) -> Tensor<B, 4> {
-    let out_dtype = float_dtype(q.dtype());
-    let scores = to(to(q, compute).matmul(to(k, compute).swap_dims(2, 3)), out_dtype);
+    let out_dtype: FloatDType = q.dtype().into();
+    let scores = q.cast(compute).matmul(k.cast(compute).swap_dims(2, 3)).cast(out_dtype);
     let probs = softmax(scores * scale + bias, 3);
-    to(to(probs, compute).matmul(to(v, compute)), out_dtype)
+    probs.cast(compute).matmul(v.cast(compute)).cast(out_dtype)
 }
 
 /// Whether `compute` can be used on `device`: `None` always, a dtype when the backend supports
@@ -111,7 +102,7 @@ mod tests {
     use burn::module::Module;
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::LinearConfig;
-    use burn::tensor::Distribution;
+    use burn::tensor::{DType, Distribution};
     use osp_graphs::Approx;
 
     use super::*;
