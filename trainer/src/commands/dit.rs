@@ -334,6 +334,7 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
             .with_context(|| format!("loading {}", p.display()))?;
     }
     let inner = inner.with_compute_dtype(compute, &device)?;
+    tracing::info!(backend = %B::name(&device), compute_dtype = ?compute, "DiT autocast (None: float32)");
     let (vae, vae_config) = load_vae::<B::InnerBackend>(&args.ae_path, &device)?;
     let dims = inner.dims();
     if dims.in_channels != vae_config.latent_dim {
