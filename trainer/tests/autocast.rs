@@ -77,11 +77,8 @@ fn autocast_step_gives_f32_gradients_for_every_parameter_close_to_the_f32_step()
     let mut cast = trainer(Some(FloatDType::F64));
     assert_eq!(cast.model.compute_dtype(), Some(FloatDType::F64));
 
-    let names: Vec<String> = official_tensors::<Inner, _>(&plain.model.valid())
-        .expect("tensors")
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let names: Vec<String> =
+        official_tensors::<Inner, _>(&plain.model.valid()).expect("tensors").into_iter().map(|(n, _)| n).collect();
     assert_eq!(names.len(), 99);
     let (g_plain, l_plain) = plain.gradients(&micro, &loss).expect("f32 gradients");
     let (g_cast, l_cast) = cast.gradients(&micro, &loss).expect("autocast gradients");
@@ -110,7 +107,8 @@ fn autocast_step_gives_f32_gradients_for_every_parameter_close_to_the_f32_step()
     let mut moved = 0;
     for (((name, b), (_, p)), (_, c)) in before.iter().zip(&after_plain).zip(&after_cast) {
         assert_eq!(c.dtype, DType::F32, "`{name}`");
-        let (b, p, c) = (b.to_vec::<f32>().expect("f32"), p.to_vec::<f32>().expect("f32"), c.to_vec::<f32>().expect("f32"));
+        let (b, p, c) =
+            (b.to_vec::<f32>().expect("f32"), p.to_vec::<f32>().expect("f32"), c.to_vec::<f32>().expect("f32"));
         let cmp = Approx::Approximate.compare(&c, &p);
         assert!(cmp.ok(), "`{name}` after one AdamW step, autocast f64 vs f32: {cmp}");
         moved += usize::from(b != c);

@@ -21,8 +21,8 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
-use osp_trainer::models::autocast;
 use osp_trainer::data::{read_data_file, DataConfig, DataPosition, Dataset};
+use osp_trainer::models::autocast;
 use osp_trainer::models::opensora_v1_3::{OpenSoraT2V_v1_3, OpenSoraT2V_v1_3Config};
 use osp_trainer::models::wfvae::{WFVAEModel, WFVAEModelConfig};
 use osp_trainer::train::diffusion::{DdpmSchedule, PredictionType};

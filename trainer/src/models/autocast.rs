@@ -46,7 +46,8 @@ pub fn conv2d<B: Backend>(layer: &Conv2d<B>, x: Tensor<B, 4>, compute: ComputeDT
     let out_dtype: FloatDType = x.dtype().into();
     let [_, _, height, width] = x.dims();
     let ((top, bottom), (left, right)) = padding_2d(layer, height, width);
-    let options = PaddedConvOptions::asymmetric(layer.stride, [top, left], [bottom, right], layer.dilation, layer.groups);
+    let options =
+        PaddedConvOptions::asymmetric(layer.stride, [top, left], [bottom, right], layer.dilation, layer.groups);
     let y = burn::tensor::module::conv2d(
         x.cast(c),
         layer.weight.val().cast(c),

@@ -10,8 +10,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::attn_processor::OpenSoraAttnProcessor2_0;
-use crate::models::autocast::{self, ComputeDType};
 use super::rope3d::RopeTables;
+use crate::models::autocast::{self, ComputeDType};
 
 /// An entry of `to_out` (`nn.ModuleList([Linear, Dropout])`); variant names are skipped in
 /// paths, so the projection is `to_out.0`.

@@ -107,12 +107,8 @@ impl<B: Backend> BasicTransformerBlock<B> {
 
         let norm_hidden_states = layer_norm(hidden_states.clone(), self.norm1.as_ref(), self.norm_eps);
         let norm_hidden_states = norm_hidden_states * (scale_msa + 1.0) + shift_msa;
-        let attn_output = self.attn1.forward_self(
-            norm_hidden_states,
-            inputs.attention_bias.clone(),
-            &inputs.rope,
-            inputs.compute,
-        );
+        let attn_output =
+            self.attn1.forward_self(norm_hidden_states, inputs.attention_bias.clone(), &inputs.rope, inputs.compute);
         let hidden_states = hidden_states + gate_msa * attn_output;
 
         let attn_output = self.attn2.forward_cross(

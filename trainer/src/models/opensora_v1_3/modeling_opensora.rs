@@ -21,8 +21,8 @@ use super::patch_embed_2d::PatchEmbed2D;
 use super::pixart_alpha_text_projection::PixArtAlphaTextProjection;
 use super::rope3d::RoPE3D;
 use crate::checkpoint::{load_module, Checkpoint, LoadOptions, LoadReport};
-use crate::models::autocast::{self, ComputeDType};
 use crate::error::{Error, Result};
+use crate::models::autocast::{self, ComputeDType};
 
 /// `norm_out` is built with a fixed eps, whatever `norm_eps` says.
 const NORM_OUT_EPS: f64 = 1e-6;
@@ -402,7 +402,8 @@ mod tests {
                 .expect("forward")
         };
         let plain = run(&tiny_model());
-        let model = tiny_model().with_compute_dtype(Some(FloatDType::F64), &Default::default()).expect("ndarray has f64");
+        let model =
+            tiny_model().with_compute_dtype(Some(FloatDType::F64), &Default::default()).expect("ndarray has f64");
         assert_eq!(model.compute_dtype(), Some(FloatDType::F64));
         let cast = run(&model);
         let pairs = [
@@ -435,7 +436,8 @@ mod tests {
     fn half_autocast_is_refused_on_ndarray() {
         use burn::tensor::FloatDType;
         for dtype in [FloatDType::BF16, FloatDType::F16] {
-            let err = tiny_model().with_compute_dtype(Some(dtype), &Default::default()).expect_err("no half on ndarray");
+            let err =
+                tiny_model().with_compute_dtype(Some(dtype), &Default::default()).expect_err("no half on ndarray");
             let msg = err.to_string();
             assert!(matches!(err, Error::UnsupportedDType { .. }), "{msg}");
             assert!(msg.contains("ndarray") && msg.contains(&format!("{dtype:?}")), "{msg}");
