@@ -29,6 +29,10 @@ pub enum Error {
     /// A model configuration is invalid or unsupported.
     #[error("config: {0}")]
     Config(String),
+    /// The backend cannot compute in the requested dtype (e.g. bfloat16 autocast on Burn's CPU
+    /// backend).
+    #[error("{what} in {dtype} is not supported by the {backend} backend")]
+    UnsupportedDType { what: String, dtype: String, backend: String },
     /// A model input violates a rule (shape, frame count, dtype).
     #[error("input `{name}`: {rule}")]
     InvalidInput { name: String, rule: String },

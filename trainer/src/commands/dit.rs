@@ -4,8 +4,10 @@
 //! replicas, EMA, gradient checkpointing, checkpoints in the official names with exact resume,
 //! validation loss, metrics to `<output_dir>/metrics.jsonl`.
 //!
-//! Latents come from the frozen WFVAE (`--ae_path`), text states from the 3-item `--data` lines'
-//! cache. CPU trains in float32 (Burn's ndarray backend has no half-precision training).
+//! Latents come from the frozen WFVAE (`--ae_path`, float32), text states from the 3-item `--data`
+//! lines' cache. `--mixed_precision bf16|fp16` is torch-style autocast of the DiT (see
+//! [`osp_trainer::models::autocast`]); it needs a backend with that dtype (CUDA), Burn's CPU
+//! backend trains in float32 only.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -14,11 +16,13 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::FloatDType;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
 use osp_trainer::data::{read_data_file, DataConfig, DataPosition, Dataset};
+use osp_trainer::models::autocast;
 use osp_trainer::models::opensora_v1_3::{OpenSoraT2V_v1_3, OpenSoraT2V_v1_3Config};
 use osp_trainer::models::wfvae::{WFVAEModel, WFVAEModelConfig};
 use osp_trainer::train::diffusion::{DdpmSchedule, PredictionType};
@@ -39,10 +43,31 @@ const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
 pub enum MixedPrecision {
     /// float32 throughout (the only mode of Burn's CPU backend).
     No,
-    /// bfloat16 autocast (not implemented by this trainer yet: refused).
+    /// bfloat16 autocast: linear layers, the patch convolution and attention matmuls in bfloat16;
+    /// weights, optimizer state, norms, softmax and the loss in float32.
     Bf16,
-    /// float16 autocast (not implemented by this trainer yet: refused).
+    /// float16 autocast, as bf16 but in float16 (no loss scaling: prefer bf16).
     Fp16,
+}
+
+impl MixedPrecision {
+    /// The autocast compute dtype (`None`: float32).
+    pub fn compute_dtype(self) -> Option<FloatDType> {
+        match self {
+            MixedPrecision::No => None,
+            MixedPrecision::Bf16 => Some(FloatDType::BF16),
+            MixedPrecision::Fp16 => Some(FloatDType::F16),
+        }
+    }
+
+    /// The flag value as typed.
+    fn flag(self) -> &'static str {
+        match self {
+            MixedPrecision::No => "no",
+            MixedPrecision::Bf16 => "bf16",
+            MixedPrecision::Fp16 => "fp16",
+        }
+    }
 }
 
 #[derive(Debug, Args, Serialize)]
@@ -177,7 +202,7 @@ pub struct DitArgs {
     /// Recompute activations in the backward pass (Burn's balanced checkpointing).
     #[arg(long = "gradient_checkpointing")]
     pub gradient_checkpointing: bool,
-    /// Mixed precision.
+    /// Mixed precision (autocast of the DiT; bf16/fp16 need a backend with that dtype: CUDA).
     #[arg(long = "mixed_precision", value_enum, default_value_t = MixedPrecision::No)]
     pub mixed_precision: MixedPrecision,
     /// Seed of initialisation, data order and every random draw of training.
@@ -192,12 +217,6 @@ pub struct DitArgs {
 }
 
 pub fn run(args: DitArgs) -> anyhow::Result<()> {
-    if args.mixed_precision != MixedPrecision::No {
-        bail!(
-            "--mixed_precision {:?} is not supported: this trainer trains in float32 (Burn's CPU backend has no half-precision training; CUDA autocast is not implemented yet)",
-            args.mixed_precision
-        );
-    }
     use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::{Autodiff, NdArray};
     match (args.device, args.gradient_checkpointing) {
@@ -287,6 +306,17 @@ fn data_config(args: &DitArgs, seed: u64) -> DataConfig {
 
 fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow::Result<()> {
     let device = devices[0].clone();
+    let compute = args.mixed_precision.compute_dtype();
+    if let Some(dtype) = compute.filter(|_| !autocast::supported::<B>(compute, &device)) {
+        bail!(
+            "--mixed_precision {}: the {} backend cannot compute in {dtype:?}; train with --mixed_precision no, or on a backend with {dtype:?} (--device cuda)",
+            args.mixed_precision.flag(),
+            B::name(&device),
+        );
+    }
+    if args.mixed_precision == MixedPrecision::Fp16 {
+        tracing::warn!("--mixed_precision fp16 has no loss scaling: gradients below ~6e-8 underflow in float16; bf16 does not need it");
+    }
     B::seed(&device, args.seed);
     std::fs::create_dir_all(&args.output_dir).with_context(|| format!("creating {}", args.output_dir.display()))?;
     let run_config = serde_json::to_value(args)?;
@@ -303,6 +333,8 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
             .load_official(&Checkpoint::open(p)?, LoadOptions::default())
             .with_context(|| format!("loading {}", p.display()))?;
     }
+    let inner = inner.with_compute_dtype(compute, &device)?;
+    tracing::info!(backend = %B::name(&device), compute_dtype = ?compute, "DiT autocast (None: float32)");
     let (vae, vae_config) = load_vae::<B::InnerBackend>(&args.ae_path, &device)?;
     let dims = inner.dims();
     if dims.in_channels != vae_config.latent_dim {

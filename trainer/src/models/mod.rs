@@ -1,5 +1,6 @@
 //! Burn ports of the Open-Sora-Plan v1.3 models, one file per upstream class.
 
+pub mod autocast;
 pub mod conv3d;
 pub mod discriminator;
 pub mod lpips;

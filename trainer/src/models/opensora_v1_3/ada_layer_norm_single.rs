@@ -12,6 +12,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::combined_timestep_size_embeddings::PixArtAlphaCombinedTimestepSizeEmbeddings;
+use crate::models::autocast::{self, ComputeDType};
 
 /// `emb` (timestep embedder) and `linear` (`d -> 6 d`).
 #[derive(Module, Debug)]
@@ -28,9 +29,10 @@ impl<B: Backend> AdaLayerNormSingle<B> {
         }
     }
 
-    /// Timestep `[b]` -> (`linear(silu(e))` `[b, 6 d]`, `embedded_timestep` e `[b, d]`).
-    pub fn forward(&self, timestep: Tensor<B, 1>) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let embedded_timestep = self.emb.forward(timestep);
-        (self.linear.forward(silu(embedded_timestep.clone())), embedded_timestep)
+    /// Timestep `[b]` -> (`linear(silu(e))` `[b, 6 d]`, `embedded_timestep` e `[b, d]`), linear
+    /// layers under autocast `compute`.
+    pub fn forward(&self, timestep: Tensor<B, 1>, compute: ComputeDType) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let embedded_timestep = self.emb.forward(timestep, compute);
+        (autocast::linear(&self.linear, silu(embedded_timestep.clone()), compute), embedded_timestep)
     }
 }

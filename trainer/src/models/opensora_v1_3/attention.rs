@@ -11,6 +11,7 @@ use burn::tensor::Tensor;
 
 use super::attn_processor::OpenSoraAttnProcessor2_0;
 use super::rope3d::RopeTables;
+use crate::models::autocast::{self, ComputeDType};
 
 /// An entry of `to_out` (`nn.ModuleList([Linear, Dropout])`); variant names are skipped in
 /// paths, so the projection is `to_out.0`.
@@ -22,9 +23,9 @@ pub enum ToOut<B: Backend> {
 }
 
 impl<B: Backend> ToOut<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward(&self, x: Tensor<B, 3>, compute: ComputeDType) -> Tensor<B, 3> {
         match self {
-            ToOut::Linear(m) => m.forward(x),
+            ToOut::Linear(m) => autocast::linear(m, x, compute),
             ToOut::Dropout(m) => m.forward(x),
         }
     }
@@ -76,23 +77,36 @@ impl AttentionConfig {
 }
 
 impl<B: Backend> Attention<B> {
-    fn out(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.to_out.iter().fold(x, |h, m| m.forward(h))
+    fn out(&self, x: Tensor<B, 3>, compute: ComputeDType) -> Tensor<B, 3> {
+        self.to_out.iter().fold(x, |h, m| m.forward(h, compute))
     }
 
-    /// Self-attention of tokens `[b, n, d]` (order t, h, w) with key bias `[b, n]`.
-    pub fn forward_self(&self, x: Tensor<B, 3>, bias: Tensor<B, 2>, rope: &RopeTables<B>) -> Tensor<B, 3> {
-        let q = self.to_q.forward(x.clone());
-        let k = self.to_k.forward(x.clone());
-        let v = self.to_v.forward(x);
-        self.out(self.processor.self_attention(q, k, v, bias, self.heads, rope))
+    /// Self-attention of tokens `[b, n, d]` (order t, h, w) with key bias `[b, n]`; projections
+    /// and attention matmuls under autocast `compute`.
+    pub fn forward_self(
+        &self,
+        x: Tensor<B, 3>,
+        bias: Tensor<B, 2>,
+        rope: &RopeTables<B>,
+        compute: ComputeDType,
+    ) -> Tensor<B, 3> {
+        let q = autocast::linear(&self.to_q, x.clone(), compute);
+        let k = autocast::linear(&self.to_k, x.clone(), compute);
+        let v = autocast::linear(&self.to_v, x, compute);
+        self.out(self.processor.self_attention(q, k, v, bias, self.heads, rope, compute), compute)
     }
 
     /// Cross-attention of tokens `[b, n, d]` to the caption `[b, l, d_cross]` with key bias `[b, l]`.
-    pub fn forward_cross(&self, x: Tensor<B, 3>, context: Tensor<B, 3>, bias: Tensor<B, 2>) -> Tensor<B, 3> {
-        let q = self.to_q.forward(x);
-        let k = self.to_k.forward(context.clone());
-        let v = self.to_v.forward(context);
-        self.out(self.processor.cross_attention(q, k, v, bias, self.heads))
+    pub fn forward_cross(
+        &self,
+        x: Tensor<B, 3>,
+        context: Tensor<B, 3>,
+        bias: Tensor<B, 2>,
+        compute: ComputeDType,
+    ) -> Tensor<B, 3> {
+        let q = autocast::linear(&self.to_q, x, compute);
+        let k = autocast::linear(&self.to_k, context.clone(), compute);
+        let v = autocast::linear(&self.to_v, context, compute);
+        self.out(self.processor.cross_attention(q, k, v, bias, self.heads, compute), compute)
     }
 }

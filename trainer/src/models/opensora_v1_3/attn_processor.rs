@@ -17,6 +17,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 
 use super::rope3d::RopeTables;
+use crate::models::autocast::{self, ComputeDType};
 
 /// Additive bias of the zero tokens Skiparse appends (`F.pad(..., value=-9980.0)`).
 pub const PAD_BIAS: f32 = -9980.0;
@@ -113,7 +114,9 @@ pub struct OpenSoraAttnProcessor2_0 {
 
 impl OpenSoraAttnProcessor2_0 {
     /// Self-attention core on projected `q`, `k`, `v` `[b, n, heads * d_head]` with key bias
-    /// `[b, n]`: RoPE, Skiparse regrouping, SDPA, and back. Returns `[b, n, heads * d_head]`.
+    /// `[b, n]`: RoPE, Skiparse regrouping, SDPA (matmuls under autocast `compute`), and back.
+    /// Returns `[b, n, heads * d_head]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn self_attention<B: Backend>(
         &self,
         q: Tensor<B, 3>,
@@ -122,6 +125,7 @@ impl OpenSoraAttnProcessor2_0 {
         bias: Tensor<B, 2>,
         heads: usize,
         rope: &RopeTables<B>,
+        compute: ComputeDType,
     ) -> Tensor<B, 3> {
         let [b, len, inner] = q.dims();
         let d_head = inner / heads;
@@ -131,7 +135,7 @@ impl OpenSoraAttnProcessor2_0 {
         let s = self.skiparse;
         let (q, k, v) = (s.regroup(q, 0.0), s.regroup(k, 0.0), s.regroup(v, 0.0));
         let bias = s.regroup_bias(bias);
-        let out = sdpa(q, k, v, bias, heads);
+        let out = sdpa(q, k, v, bias, heads, compute);
         s.ungroup(out, len)
     }
 
@@ -143,29 +147,34 @@ impl OpenSoraAttnProcessor2_0 {
         v: Tensor<B, 3>,
         bias: Tensor<B, 2>,
         heads: usize,
+        compute: ComputeDType,
     ) -> Tensor<B, 3> {
         let [b, l] = bias.dims();
-        sdpa(q, k, v, bias.reshape([b, 1, 1, l]), heads)
+        sdpa(q, k, v, bias.reshape([b, 1, 1, l]), heads, compute)
     }
 }
 
 /// Multi-head scaled dot-product attention (scale `1/sqrt(d_head)`) on `[b, n, heads * d_head]`
-/// with an additive key bias `[b, 1, 1, n_k]`.
+/// with an additive key bias `[b, 1, 1, n_k]`. Under autocast the matmuls run in `compute` and
+/// the scores and softmax in float32 ([`autocast::attention`]); without, Burn's fused op.
 fn sdpa<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
     bias: Tensor<B, 4>,
     heads: usize,
+    compute: ComputeDType,
 ) -> Tensor<B, 3> {
     let [b, n_q, inner] = q.dims();
     let n_k = k.dims()[1];
     let d_head = inner / heads;
     // [b, heads, n, d_head]
     let split = |x: Tensor<B, 3>, n: usize| x.reshape([b, n, heads, d_head]).swap_dims(1, 2);
-    let bias = bias.expand([b, heads, n_q, n_k]);
-    let out =
-        attention(split(q, n_q), split(k, n_k), split(v, n_k), None, Some(bias), AttentionModuleOptions::default());
+    let (q, k, v) = (split(q, n_q), split(k, n_k), split(v, n_k));
+    let out = match compute {
+        Some(c) => autocast::attention(q, k, v, bias, 1.0 / (d_head as f64).sqrt(), c),
+        None => attention(q, k, v, None, Some(bias.expand([b, heads, n_q, n_k])), AttentionModuleOptions::default()),
+    };
     out.swap_dims(1, 2).reshape([b, n_q, inner])
 }
 

@@ -20,6 +20,7 @@ use super::attn_processor::{OpenSoraAttnProcessor2_0, Skiparse};
 use super::config::{Dims, OpenSoraT2V_v1_3Config};
 use super::feed_forward::FeedForward;
 use super::rope3d::RopeTables;
+use crate::models::autocast::ComputeDType;
 
 /// One DiT block. `norm1`/`norm2` hold parameters only with `norm_elementwise_affine`.
 #[derive(Module, Debug)]
@@ -48,6 +49,8 @@ pub struct BlockInputs<B: Backend> {
     pub timestep: Tensor<B, 3>,
     /// RoPE3D tables of the token grid.
     pub rope: RopeTables<B>,
+    /// Autocast dtype of linear layers and attention matmuls (`None`: float32).
+    pub compute: ComputeDType,
 }
 
 /// LayerNorm over the last axis: biased variance, `eps` inside the square root (torch).
@@ -104,19 +107,21 @@ impl<B: Backend> BasicTransformerBlock<B> {
 
         let norm_hidden_states = layer_norm(hidden_states.clone(), self.norm1.as_ref(), self.norm_eps);
         let norm_hidden_states = norm_hidden_states * (scale_msa + 1.0) + shift_msa;
-        let attn_output = self.attn1.forward_self(norm_hidden_states, inputs.attention_bias.clone(), &inputs.rope);
+        let attn_output =
+            self.attn1.forward_self(norm_hidden_states, inputs.attention_bias.clone(), &inputs.rope, inputs.compute);
         let hidden_states = hidden_states + gate_msa * attn_output;
 
         let attn_output = self.attn2.forward_cross(
             hidden_states.clone(),
             inputs.encoder_hidden_states.clone(),
             inputs.encoder_attention_bias.clone(),
+            inputs.compute,
         );
         let hidden_states = hidden_states + attn_output;
 
         let norm_hidden_states = layer_norm(hidden_states.clone(), self.norm2.as_ref(), self.norm_eps);
         let norm_hidden_states = norm_hidden_states * (scale_mlp + 1.0) + shift_mlp;
-        let ff_output = self.ff.forward(norm_hidden_states);
+        let ff_output = self.ff.forward(norm_hidden_states, inputs.compute);
         hidden_states + gate_mlp * ff_output
     }
 }

@@ -8,6 +8,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::timestep_embedding::{TimestepEmbedding, Timesteps};
+use crate::models::autocast::ComputeDType;
 
 /// Timestep -> `[b, d]` conditioning embedding.
 #[derive(Module, Debug)]
@@ -25,8 +26,8 @@ impl<B: Backend> PixArtAlphaCombinedTimestepSizeEmbeddings<B> {
         }
     }
 
-    /// `[b]` -> `[b, d]`.
-    pub fn forward(&self, timestep: Tensor<B, 1>) -> Tensor<B, 2> {
-        self.timestep_embedder.forward(self.time_proj.forward(timestep))
+    /// `[b]` -> `[b, d]`; the sinusoids in float32, the MLP under autocast `compute`.
+    pub fn forward(&self, timestep: Tensor<B, 1>, compute: ComputeDType) -> Tensor<B, 2> {
+        self.timestep_embedder.forward(self.time_proj.forward(timestep), compute)
     }
 }

@@ -9,6 +9,8 @@ use burn::tensor::activation::{gelu, gelu_approximate};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::models::autocast::{self, ComputeDType};
+
 /// diffusers `GELU`: a linear projection followed by GELU (tanh approximation when
 /// `activation_fn` is `"gelu-approximate"`).
 #[derive(Module, Debug)]
@@ -20,8 +22,9 @@ pub struct GELU<B: Backend> {
 }
 
 impl<B: Backend> GELU<B> {
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let h = self.proj.forward(x);
+    /// The projection runs under autocast `compute`, GELU in float32.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, compute: ComputeDType) -> Tensor<B, D> {
+        let h = autocast::linear(&self.proj, x, compute);
         if self.approximate_tanh {
             gelu_approximate(h)
         } else {
@@ -61,12 +64,12 @@ impl<B: Backend> FeedForward<B> {
         }
     }
 
-    /// `[b, n, d]` -> `[b, n, d]`.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `[b, n, d]` -> `[b, n, d]`, linear layers under autocast `compute`.
+    pub fn forward(&self, x: Tensor<B, 3>, compute: ComputeDType) -> Tensor<B, 3> {
         self.net.iter().fold(x, |h, layer| match layer {
-            FeedForwardLayer::GELU(m) => m.forward(h),
+            FeedForwardLayer::GELU(m) => m.forward(h, compute),
             FeedForwardLayer::Dropout(m) => m.forward(h),
-            FeedForwardLayer::Linear(m) => m.forward(h),
+            FeedForwardLayer::Linear(m) => autocast::linear(m, h, compute),
         })
     }
 }

@@ -22,6 +22,7 @@ use super::pixart_alpha_text_projection::PixArtAlphaTextProjection;
 use super::rope3d::RoPE3D;
 use crate::checkpoint::{load_module, Checkpoint, LoadOptions, LoadReport};
 use crate::error::{Error, Result};
+use crate::models::autocast::{self, ComputeDType};
 
 /// `norm_out` is built with a fixed eps, whatever `norm_eps` says.
 const NORM_OUT_EPS: f64 = 1e-6;
@@ -43,6 +44,9 @@ pub struct OpenSoraT2V_v1_3<B: Backend> {
     kinds: Vec<Skiparse>,
     #[module(skip)]
     rope: RoPE3D,
+    /// Autocast dtype of the forward pass (a runtime setting, not a parameter; `None`: float32).
+    #[module(skip)]
+    compute_dtype: ComputeDType,
 }
 
 /// The forward pass with what it computed on the way (for parity checks).
@@ -83,7 +87,30 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
                 config.interpolation_scale_h as f32,
                 config.interpolation_scale_w as f32,
             ]),
+            compute_dtype: None,
         }
+    }
+
+    /// Mixed precision: with `Some(dtype)`, linear layers, the patch convolution and the
+    /// attention matmuls compute in `dtype` (torch autocast's lower-precision ops) while norms,
+    /// softmax, RoPE, timestep sinusoids, modulation, residuals and every parameter stay float32.
+    /// `None` (the default) is the float32 forward. Fails if the backend of `device` cannot
+    /// compute in `dtype` (Burn's CPU backend has no float16/bfloat16).
+    pub fn with_compute_dtype(mut self, dtype: ComputeDType, device: &B::Device) -> Result<Self> {
+        if !autocast::supported::<B>(dtype, device) {
+            return Err(Error::UnsupportedDType {
+                what: "DiT autocast".into(),
+                dtype: dtype.map_or_else(|| "F32".to_string(), |d| format!("{d:?}")),
+                backend: B::name(device),
+            });
+        }
+        self.compute_dtype = dtype;
+        Ok(self)
+    }
+
+    /// The autocast dtype of the forward pass (`None`: float32).
+    pub fn compute_dtype(&self) -> ComputeDType {
+        self.compute_dtype
     }
 
     /// Sizes of the model.
@@ -235,9 +262,10 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
             None => Tensor::zeros([b, l], &device),
         };
 
-        let pos_embed = self.pos_embed.forward(hidden_states);
-        let (timestep, embedded_timestep) = self.adaln_single.forward(timestep);
-        let caption_projection = self.caption_projection.forward(encoder_hidden_states);
+        let compute = self.compute_dtype;
+        let pos_embed = self.pos_embed.forward(hidden_states, compute);
+        let (timestep, embedded_timestep) = self.adaln_single.forward(timestep, compute);
+        let caption_projection = self.caption_projection.forward(encoder_hidden_states, compute);
 
         let d_head = d / self.transformer_blocks.first().map_or(1, |blk| blk.attn1.heads);
         let inputs = BlockInputs {
@@ -246,6 +274,7 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
             encoder_attention_bias,
             timestep: timestep.clone().reshape([b, 6, d]),
             rope: self.rope.tables(d_head, frame, height, width, &device),
+            compute,
         };
         let mut blocks = Vec::new();
         let mut x = pos_embed.clone();
@@ -263,7 +292,7 @@ impl<B: Backend> OpenSoraT2V_v1_3<B> {
         let shift = modulation.clone().narrow(1, 0, 1);
         let scale = modulation.narrow(1, 1, 1);
         let x = layer_norm(x, None, NORM_OUT_EPS) * (scale + 1.0) + shift;
-        let x = self.proj_out.forward(x);
+        let x = autocast::linear(&self.proj_out, x, compute);
         let sample = self.unpatchify(x, frame, height, width);
         Ok(ForwardTrace { sample, pos_embed, timestep, embedded_timestep, caption_projection, blocks })
     }
@@ -355,6 +384,64 @@ mod tests {
             );
         }
         assert_close("output.sample", trace.sample, &io["output.sample"]);
+    }
+
+    #[test]
+    fn autocast_runs_the_matmuls_in_the_compute_dtype_and_keeps_f32_results() {
+        use burn::tensor::{DType, FloatDType};
+        let io = fixture_io();
+        let run = |model: &OpenSoraT2V_v1_3<B>| {
+            model
+                .forward_trace(
+                    tensor(&io, "input.hidden_states"),
+                    tensor(&io, "input.timestep"),
+                    tensor(&io, "input.encoder_hidden_states"),
+                    Some(tensor(&io, "input.attention_mask_padded")),
+                    Some(tensor(&io, "input.encoder_attention_mask")),
+                )
+                .expect("forward")
+        };
+        let plain = run(&tiny_model());
+        let model =
+            tiny_model().with_compute_dtype(Some(FloatDType::F64), &Default::default()).expect("ndarray has f64");
+        assert_eq!(model.compute_dtype(), Some(FloatDType::F64));
+        let cast = run(&model);
+        let pairs = [
+            ("pos_embed", cast.pos_embed.into_data(), plain.pos_embed.into_data()),
+            ("timestep", cast.timestep.into_data(), plain.timestep.into_data()),
+            ("caption_projection", cast.caption_projection.into_data(), plain.caption_projection.into_data()),
+            ("sample", cast.sample.clone().into_data(), plain.sample.clone().into_data()),
+        ];
+        let blocks = cast.blocks.into_iter().zip(plain.blocks).map(|(c, p)| ("block", c.into_data(), p.into_data()));
+        let mut differs = false;
+        for (name, c, p) in pairs.into_iter().chain(blocks) {
+            // every activation between autocast ops is float32 again
+            assert_eq!(c.dtype, DType::F32, "{name}");
+            let (c, p) = (c.to_vec::<f32>().expect("f32 data"), p.to_vec::<f32>().expect("f32 data"));
+            let cmp = Approx::Approximate.compare(&c, &p);
+            assert!(cmp.ok(), "{name}: autocast f64 vs f32: {cmp}");
+            differs |= c != p;
+        }
+        // the f64 matmuls round differently: the cast path really ran
+        assert!(differs, "autocast f64 gave bit-identical results to float32");
+        assert_close("output.sample_padded_mask (autocast f64)", cast.sample, &io["output.sample_padded_mask"]);
+        let back = model.with_compute_dtype(None, &Default::default()).expect("f32");
+        assert_eq!(
+            run(&back).sample.into_data().to_vec::<f32>().expect("f32 data"),
+            plain.sample.into_data().to_vec::<f32>().expect("f32 data")
+        );
+    }
+
+    #[test]
+    fn half_autocast_is_refused_on_ndarray() {
+        use burn::tensor::FloatDType;
+        for dtype in [FloatDType::BF16, FloatDType::F16] {
+            let err =
+                tiny_model().with_compute_dtype(Some(dtype), &Default::default()).expect_err("no half on ndarray");
+            let msg = err.to_string();
+            assert!(matches!(err, Error::UnsupportedDType { .. }), "{msg}");
+            assert!(msg.contains("ndarray") && msg.contains(&format!("{dtype:?}")), "{msg}");
+        }
     }
 
     #[test]

@@ -8,6 +8,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::models::autocast::{self, ComputeDType};
+
 /// 2D patch embedding applied to every frame.
 #[derive(Module, Debug)]
 pub struct PatchEmbed2D<B: Backend> {
@@ -24,11 +26,12 @@ impl<B: Backend> PatchEmbed2D<B> {
     }
 
     /// `[b, c, t, h, w]` -> `[b, t * h/p * w/p, d]`; `h`, `w` must be multiples of the patch size.
-    pub fn forward(&self, latent: Tensor<B, 5>) -> Tensor<B, 3> {
+    /// The convolution runs under autocast `compute`.
+    pub fn forward(&self, latent: Tensor<B, 5>, compute: ComputeDType) -> Tensor<B, 3> {
         let [b, c, t, h, w] = latent.dims();
         // [b * t, c, h, w]
         let frames = latent.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
-        let y = self.proj.forward(frames);
+        let y = autocast::conv2d(&self.proj, frames, compute);
         let [_, d, hp, wp] = y.dims();
         // [b, t, h', w', d] -> [b, n, d]
         y.reshape([b, t, d, hp, wp]).permute([0, 1, 3, 4, 2]).reshape([b, t * hp * wp, d])

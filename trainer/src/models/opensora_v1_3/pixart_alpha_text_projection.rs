@@ -10,6 +10,8 @@ use burn::tensor::activation::gelu_approximate;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::models::autocast::{self, ComputeDType};
+
 /// Caption projection `in_features -> hidden_size -> hidden_size`.
 #[derive(Module, Debug)]
 pub struct PixArtAlphaTextProjection<B: Backend> {
@@ -25,8 +27,8 @@ impl<B: Backend> PixArtAlphaTextProjection<B> {
         }
     }
 
-    /// `[.., in]` -> `[.., d]`.
-    pub fn forward<const D: usize>(&self, caption: Tensor<B, D>) -> Tensor<B, D> {
-        self.linear_2.forward(gelu_approximate(self.linear_1.forward(caption)))
+    /// `[.., in]` -> `[.., d]`, linear layers under autocast `compute`.
+    pub fn forward<const D: usize>(&self, caption: Tensor<B, D>, compute: ComputeDType) -> Tensor<B, D> {
+        autocast::linear(&self.linear_2, gelu_approximate(autocast::linear(&self.linear_1, caption, compute)), compute)
     }
 }

@@ -11,6 +11,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::models::autocast::{self, ComputeDType};
+
 /// Sinusoidal timestep features `[cos(t f_i), sin(t f_i)]`, `f_i = exp(-ln(10000) i / (half - shift))`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timesteps {
@@ -56,8 +58,8 @@ impl<B: Backend> TimestepEmbedding<B> {
         }
     }
 
-    /// `[b, in]` -> `[b, d]`.
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        self.linear_2.forward(silu(self.linear_1.forward(x)))
+    /// `[b, in]` -> `[b, d]`, linear layers under autocast `compute`.
+    pub fn forward(&self, x: Tensor<B, 2>, compute: ComputeDType) -> Tensor<B, 2> {
+        autocast::linear(&self.linear_2, silu(autocast::linear(&self.linear_1, x, compute)), compute)
     }
 }
