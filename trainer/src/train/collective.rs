@@ -198,3 +198,101 @@ fn session_lock<IB: Backend>() -> Arc<Mutex<()>> {
     let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     locks.entry(TypeId::of::<IB>()).or_default().clone()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::module::Module;
+    use burn::tensor::TensorData;
+
+    type Inner = NdArray<f32>;
+    type A = Autodiff<Inner>;
+
+    #[derive(Module, Debug)]
+    struct Two<B: Backend> {
+        a: Param<Tensor<B, 1>>,
+        b: Param<Tensor<B, 2>>,
+        unused: Param<Tensor<B, 1>>,
+    }
+
+    fn model(ids: [u64; 3], b_shape: [usize; 2]) -> Two<A> {
+        let device = Default::default();
+        let n = b_shape[0] * b_shape[1];
+        Two {
+            a: Param::initialized(ParamId::from(ids[0]), Tensor::from_data(TensorData::new(vec![1.0f32, 2.0], [2]), &device).require_grad()),
+            b: Param::initialized(ParamId::from(ids[1]), Tensor::from_data(TensorData::new(vec![1.0f32; n], b_shape), &device).require_grad()),
+            unused: Param::initialized(ParamId::from(ids[2]), Tensor::from_data(TensorData::new(vec![5.0f32], [1]), &device).require_grad()),
+        }
+    }
+
+    /// `loss = k (a0 + 2 a1)` plus `k sum(b)` when `with_b`: gradients `k (1, 2)` and `k` everywhere.
+    fn contribution(m: Two<A>, k: f32, with_b: bool) -> Contribution<A, Two<A>> {
+        let device = Default::default();
+        let coef = Tensor::<A, 1>::from_data(TensorData::new(vec![k, 2.0 * k], [2]), &device);
+        let mut loss = (m.a.val() * coef).sum();
+        if with_b {
+            loss = loss + m.b.val().sum().mul_scalar(k);
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        Contribution { replica: m, device, grads }
+    }
+
+    fn values<const D: usize>(g: &GradientsParams, id: ParamId) -> Option<Vec<f32>> {
+        g.get::<Inner, D>(id).map(|t| t.into_data().to_vec::<f32>().expect("f32"))
+    }
+
+    #[test]
+    fn sums_every_replica_onto_the_root_with_zeros_for_unused_parameters() {
+        let ids = [11, 12, 13];
+        // Replica 1 does not use `b`: its share is zeros; nobody uses `unused`: it stays absent.
+        let parts = vec![
+            contribution(model(ids, [2, 2]), 1.0, true),
+            contribution(model(ids, [2, 2]), 10.0, false),
+            contribution(model(ids, [2, 2]), 100.0, true),
+        ];
+        let sum = reduce_sum(parts).expect("reduce");
+        assert_eq!(values::<1>(&sum, ParamId::from(11)), Some(vec![111.0, 222.0]));
+        assert_eq!(values::<2>(&sum, ParamId::from(12)), Some(vec![101.0; 4]));
+        assert_eq!(values::<1>(&sum, ParamId::from(13)), None);
+    }
+
+    #[test]
+    fn concurrent_and_repeated_sessions_do_not_mix_their_peers() {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4u64)
+                .map(|t| {
+                    scope.spawn(move || {
+                        let ids = [100 + 3 * t, 101 + 3 * t, 102 + 3 * t];
+                        for step in 0..10 {
+                            let k = (t * 10 + step) as f32;
+                            let peers = 2 + (step as usize % 2);
+                            let parts = (0..peers).map(|_| contribution(model(ids, [1, 3]), k, true)).collect();
+                            let sum = reduce_sum(parts).expect("reduce");
+                            let a = values::<1>(&sum, ParamId::from(ids[0])).expect("gradient of a");
+                            assert_eq!(a, vec![peers as f32 * k, 2.0 * peers as f32 * k], "thread {t} step {step}");
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("no session failed");
+            }
+        });
+    }
+
+    #[test]
+    fn a_failed_reduce_names_the_peer_and_parameter_and_the_next_session_works() {
+        let ids = [21, 22, 23];
+        // Same parameter ids, different shapes of `b`: Burn refuses to reduce mismatched shapes.
+        let parts = vec![contribution(model(ids, [2, 2]), 1.0, true), contribution(model(ids, [1, 3]), 1.0, true)];
+        let err = reduce_sum(parts).expect_err("mismatched shapes cannot be reduced");
+        let Error::Collective { operation, param, .. } = &err else { panic!("unexpected error {err}") };
+        assert_eq!((operation.as_str(), param.as_deref()), ("reduce", Some("b")), "{err}");
+        assert!(err.to_string().contains("parameter `b`"), "{err}");
+
+        let parts = vec![contribution(model(ids, [2, 2]), 1.0, true), contribution(model(ids, [2, 2]), 2.0, true)];
+        let sum = reduce_sum(parts).expect("the next session is clean");
+        assert_eq!(values::<2>(&sum, ParamId::from(22)), Some(vec![3.0; 4]));
+    }
+}
