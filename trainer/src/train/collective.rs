@@ -22,6 +22,10 @@
 //! distinct devices (CUDA) or two replicas it is fixed; with three or more replicas sharing one
 //! device (CPU) Burn leaves the order of equal devices unspecified, so the last bits may vary
 //! between runs.
+//!
+//! Burn's other mechanism, the `distributed` feature (in-graph all-reduce on CubeCL backends through
+//! NCCL), is not used: with it `Autodiff<B>` is an `AutodiffBackend` only for a
+//! `B: DistributedBackend`, which the ndarray backend is not, so every CPU path would stop building.
 
 use std::any::TypeId;
 use std::collections::{BTreeSet, HashMap};
@@ -56,7 +60,8 @@ where
     }
     let peers_u32 = u32::try_from(peers)
         .map_err(|_| Error::input("replicas", format!("at most {} replicas are supported, got {peers}", u32::MAX)))?;
-    let present: BTreeSet<ParamId> = contributions.iter().flat_map(|c| param_ids::<B, M>(&c.replica, &c.grads)).collect();
+    let present: BTreeSet<ParamId> =
+        contributions.iter().flat_map(|c| param_ids::<B, M>(&c.replica, &c.grads)).collect();
 
     let lock = session_lock::<B::InnerBackend>();
     // A poisoned lock only means an earlier session panicked; the reset below clears its state.
@@ -78,7 +83,12 @@ where
             .zip(0u32..)
             .map(|(h, peer)| {
                 h.join().unwrap_or_else(|_| {
-                    Err(Error::Collective { peer, operation: "reduce".into(), param: None, why: "peer thread panicked".into() })
+                    Err(Error::Collective {
+                        peer,
+                        operation: "reduce".into(),
+                        param: None,
+                        why: "peer thread panicked".into(),
+                    })
                 })
             })
             .collect()
@@ -165,9 +175,15 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ReducePeer<'_> {
             Some(g) => g,
             None => param.val().inner().zeros_like(),
         };
-        match collective::reduce::<B::InnerBackend>(self.peer, grad.into_primitive().tensor(), ReduceOperation::Sum, self.root)
-        {
-            Ok(Some(sum)) => self.out.register(param.id, Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(sum))),
+        match collective::reduce::<B::InnerBackend>(
+            self.peer,
+            grad.into_primitive().tensor(),
+            ReduceOperation::Sum,
+            self.root,
+        ) {
+            Ok(Some(sum)) => {
+                self.out.register(param.id, Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(sum)))
+            }
             Ok(None) => {}
             Err(e) => self.failed = Some((self.path.join("."), e)),
         }
@@ -220,9 +236,18 @@ mod tests {
         let device = Default::default();
         let n = b_shape[0] * b_shape[1];
         Two {
-            a: Param::initialized(ParamId::from(ids[0]), Tensor::from_data(TensorData::new(vec![1.0f32, 2.0], [2]), &device).require_grad()),
-            b: Param::initialized(ParamId::from(ids[1]), Tensor::from_data(TensorData::new(vec![1.0f32; n], b_shape), &device).require_grad()),
-            unused: Param::initialized(ParamId::from(ids[2]), Tensor::from_data(TensorData::new(vec![5.0f32], [1]), &device).require_grad()),
+            a: Param::initialized(
+                ParamId::from(ids[0]),
+                Tensor::from_data(TensorData::new(vec![1.0f32, 2.0], [2]), &device).require_grad(),
+            ),
+            b: Param::initialized(
+                ParamId::from(ids[1]),
+                Tensor::from_data(TensorData::new(vec![1.0f32; n], b_shape), &device).require_grad(),
+            ),
+            unused: Param::initialized(
+                ParamId::from(ids[2]),
+                Tensor::from_data(TensorData::new(vec![5.0f32], [1]), &device).require_grad(),
+            ),
         }
     }
 
