@@ -47,6 +47,12 @@ pub enum Error {
     /// cache, video decode/encode, DDPM tables) failed.
     #[error(transparent)]
     Runtime(#[from] osp_runtime::Error),
+    /// Burn's collective operations (data-parallel gradient reduction) failed for one replica.
+    #[error(
+        "data-parallel replica {peer}: Burn collective {operation}{} failed: {why}",
+        param.as_ref().map(|p| format!(" of parameter `{p}`")).unwrap_or_default()
+    )]
+    Collective { peer: u32, operation: String, param: Option<String>, why: String },
     /// A JSON file failed to parse.
     #[error("{}: {source}", path.display())]
     Json {

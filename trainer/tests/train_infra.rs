@@ -1,8 +1,8 @@
 //! The generic training infrastructure on the tiny official DiT (`../shared/reference/parity/
-//! dit_tiny`, random weights): resume equals an uninterrupted run, data-parallel replicas equal one
-//! device with the whole batch, gradient accumulation equals the whole batch, checkpoints load
-//! through the strict official-name loader, gradient checkpointing changes nothing, and the loss
-//! falls on a fixed batch.
+//! dit_tiny`, random weights): resume equals an uninterrupted run, data-parallel replicas (summed
+//! through Burn's collective, several trainers at once) equal one device with the whole batch,
+//! gradient accumulation equals the whole batch, checkpoints load through the strict official-name
+//! loader, gradient checkpointing changes nothing, and the loss falls on a fixed batch.
 
 mod common;
 
@@ -171,6 +171,50 @@ fn two_replicas_and_accumulation_equal_one_device_with_the_whole_batch() {
     acc.step(&[vec![shards[0].clone()], vec![shards[1].clone()]], &loss).expect("step");
     assert_all(&weights(&dp), &weights(&one), Approx::Close, "2 replicas vs 1 device");
     assert_all(&weights(&acc), &weights(&one), Approx::Close, "2 accumulation steps vs 1 device");
+}
+
+/// Several data-parallel trainers at once in one process share Burn's per-backend collective
+/// server: each must still reduce only its own replicas, step after step, with clipping and EMA.
+#[test]
+fn parallel_data_parallel_trainers_each_match_one_device_over_several_steps() {
+    let loss = loss_fn::<AB>();
+    let mut rng = Rng::new(11);
+    let batches: Vec<DitBatch> = (0..3).map(|i| batch(&mut rng, i, 4)).collect();
+    let mut one = trainer::<AB>(1, true);
+    for b in &batches {
+        one.step(&[vec![b.clone()]], &loss).expect("step");
+    }
+    let expected = weights(&one);
+    let initial = weights(&trainer::<AB>(1, true));
+    assert!(initial.iter().any(|(n, v)| *v != expected[n]), "training should change the weights");
+    let runs: Vec<BTreeMap<String, Vec<f32>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = [2, 4, 2]
+            .into_iter()
+            .map(|replicas| {
+                let (batches, expected, loss) = (&batches, &expected, &loss);
+                scope.spawn(move || {
+                    let mut dp = trainer::<AB>(replicas, true);
+                    for b in batches {
+                        dp.step(&[b.shards(replicas).expect("equal shards")], loss).expect("step");
+                    }
+                    let all = weights(&dp);
+                    let mut actual = all.clone();
+                    let mut expected = expected.clone();
+                    // Attention key biases have an exactly zero gradient (adding `b` to every key
+                    // adds `q.b` to all logits of a query, which softmax ignores): their gradients
+                    // are rounding noise that AdamW normalises into full learning-rate steps.
+                    for w in [&mut actual, &mut expected] {
+                        w.retain(|name, _| !name.ends_with("to_k.bias"));
+                    }
+                    assert_all(&actual, &expected, Approx::Close, &format!("{replicas} replicas vs 1 device"));
+                    all
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("data-parallel run")).collect()
+    });
+    // Two replicas sum in a fixed order: equal runs are bit-identical, key biases included.
+    assert_all(&runs[0], &runs[2], Approx::Exact, "2 replicas, run twice");
 }
 
 #[test]

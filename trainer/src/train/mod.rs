@@ -6,6 +6,7 @@
 //! <https://github.com/PKU-YuanGroup/Open-Sora-Plan/blob/9fa322fbbb276e2bbe40b2f439e3d610af3d7690/opensora/train/train_t2v_diffusers.py>.
 
 pub mod checkpoint;
+mod collective;
 pub mod diffusion;
 pub mod dit;
 pub mod ema;

@@ -2,10 +2,11 @@
 //! parallelism over model replicas, global-norm clipping, AdamW, learning-rate schedule and EMA.
 //!
 //! Data parallelism: each shard of a micro-batch runs on its own replica (`model.fork(device)`,
-//! one thread per shard, devices taken round-robin from [`Trainer::devices`]); the gradients are
-//! moved to the first device and averaged there, and one update is applied. On CPU (Burn's ndarray
-//! backend has no all-reduce) this is the whole mechanism; on CUDA the replicas sit on different
-//! GPUs and the averaging crosses devices through Burn's tensor transfers.
+//! one thread per shard, devices taken round-robin from [`Trainer::devices`]); the shard
+//! gradients are then summed onto the first device through Burn's collective operations (one
+//! peer per replica, see `train/collective.rs`; the same code on CPU and CUDA), and one
+//! update is applied to the single master model. Replicas are re-forked from it at every step, so
+//! they all start each step from identical weights, as under upstream's DDP.
 //!
 //! Every shard's loss must be a mean over its own items, and shards should be equally sized: the
 //! update then equals one step on the whole batch (each shard gradient is weighted
@@ -17,6 +18,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::collective;
 use super::ema::{Ema, EmaConfig};
 use super::grads;
 use super::lr::LrSchedule;
@@ -128,37 +130,57 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             return Err(Error::input("batch", "a training step needs at least one shard"));
         }
         let weight = 1.0 / shards as f64;
-        let main = &self.devices[0];
         let mut total = GradientsParams::new();
         let mut loss_sum = 0.0;
-        for micro in micro_batches {
-            let results: Vec<Result<(GradientsParams, f64)>> = if micro.len() == 1 {
-                vec![shard_gradients(&self.model, &micro[0], loss_fn)]
-            } else {
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = micro
-                        .iter()
-                        .enumerate()
-                        .map(|(i, shard)| {
-                            let device = self.devices[i % self.devices.len()].clone();
-                            let replica = self.model.clone().fork(&device);
-                            scope.spawn(move || shard_gradients(&replica, shard, loss_fn))
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|_| Err(Error::Config("a replica thread panicked".into()))))
-                        .collect()
-                })
-            };
-            for result in results {
-                let (g, loss) = result?;
-                let g = if micro.len() > 1 { g.to_device(main, &self.model) } else { g };
+        for micro in micro_batches.iter().filter(|m| !m.is_empty()) {
+            if let [shard] = micro.as_slice() {
+                let (g, loss) = shard_gradients(&self.model, shard, loss_fn)?;
                 grads::accumulate::<B, M>(&self.model, &mut total, g, weight);
                 loss_sum += loss;
+                continue;
             }
+            let (contributions, losses) = self.replica_gradients(micro, loss_fn)?;
+            let sum = collective::reduce_sum::<B, M>(contributions)?;
+            grads::accumulate::<B, M>(&self.model, &mut total, sum, weight);
+            loss_sum += losses.iter().sum::<f64>();
         }
         Ok((total, loss_sum * weight))
+    }
+
+    /// Forward and backward of each shard on its own replica (`fork` onto
+    /// `devices[i % devices.len()]`, one thread per shard).
+    #[allow(clippy::type_complexity)]
+    fn replica_gradients<S, F>(
+        &self,
+        micro: &[S],
+        loss_fn: &F,
+    ) -> Result<(Vec<collective::Contribution<B, M>>, Vec<f64>)>
+    where
+        S: Sync,
+        F: Fn(&M, &S) -> Result<Tensor<B, 1>> + Sync,
+    {
+        let results: Vec<Result<(collective::Contribution<B, M>, f64)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = micro
+                .iter()
+                .enumerate()
+                .map(|(i, shard)| {
+                    let device = self.devices[i % self.devices.len()].clone();
+                    let replica = self.model.clone().fork(&device);
+                    scope.spawn(move || {
+                        let (grads, loss) = shard_gradients(&replica, shard, loss_fn)?;
+                        Ok((collective::Contribution { replica, device, grads }, loss))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    h.join().unwrap_or_else(|_| Err(Error::Config(format!("data-parallel replica {i} panicked"))))
+                })
+                .collect()
+        });
+        results.into_iter().collect::<Result<Vec<_>>>().map(|v| v.into_iter().unzip())
     }
 
     /// One optimizer update from the mean loss over `micro_batches[accumulation][shard]`.
