@@ -32,8 +32,8 @@ SIZES = [(17, 256, 256), (49, 256, 256), (93, 256, 256), (17, 480, 640), (49, 48
 # (label, decode flags, backend)
 MODES = [
     ("whole", ["--no-streaming", "--no-tiling"], "ort-cpu"),
-    ("chunked", ["--chunk", "2", "--no-tiling"], "ort-cpu"),
-    ("chunked+tiled", ["--chunk", "2"], "ort-cpu"),
+    ("chunked", ["--no-tiling"], "ort-cpu"),
+    ("chunked+tiled", [], "ort-cpu"),
 ]
 TRACT_CASE = ((17, 256, 256), "chunked+tiled")
 
@@ -111,6 +111,7 @@ def main():
     ap.add_argument("--cap-gib", type=float, default=8.0, help="address-space cap per run, GiB")
     ap.add_argument("--timeout-s", type=int, default=480, help="wall-time limit per run")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    ap.add_argument("--chunk", type=int, default=1, help="latents per streamed call (chunked modes)")
     ap.add_argument("--only", action="append", default=[], help="sizes to run, as FRAMESxH or FRAMESxHxW (repeatable)")
     ap.add_argument("--modes", default="whole,chunked,chunked+tiled,tract", help="comma-separated modes to run")
     ap.add_argument("--json", type=Path, default=None, help="results file (default: <work>/results.json)")
@@ -158,7 +159,8 @@ def main():
         lat = args.work / f"z_{frames}x{h}x{w}.safetensors"
         if not lat.is_file():
             write_latents(lat, shape, seed=frames * 1000 + h)
-        key = dict(frames=frames, height=h, width=w, mode=label, backend=backend, threads=args.threads)
+        key = dict(frames=frames, height=h, width=w, mode=label, backend=backend, threads=args.threads,
+                   chunk=None if label == "whole" else args.chunk)
         results = [r for r in results if {k: r.get(k) for k in key} != key]
         # Estimate from the smallest measured run of the same mode and backend: the weights (one
         # copy per loaded graph) plus activations growing with frames x h x w (whole) or h x w
@@ -174,7 +176,7 @@ def main():
             estimate = weights + (ref["peak_rss_bytes"] - weights) * max(scale, 1.0)
         row = dict(key, latents=shape)
         same = [r for r in results if r["mode"] == "chunked" and r["backend"] == backend
-                and (r["frames"], r["height"], r["width"]) == (frames, h, w)]
+                and r.get("chunk") == args.chunk and (r["frames"], r["height"], r["width"]) == (frames, h, w)]
         if label == "chunked+tiled" and shape[3] <= 32 and shape[4] <= 32 and same:
             # One default tile covers the latent: the decode is the chunked one, call for call.
             row.update({k: same[0].get(k) for k in ("wall_s", "decode_s", "peak_rss_bytes", "cpu_s")},
@@ -186,7 +188,7 @@ def main():
             row.update(status=f"not run: {args.not_run}", wall_s=None, decode_s=None, peak_rss_bytes=None)
         else:
             cmd = [str(osp), "--backend", backend, "--threads", str(args.threads), "decode", "--bundle", str(bundle),
-                   "--latents", str(lat)] + flags
+                   "--latents", str(lat)] + flags + ([] if label == "whole" else ["--chunk", str(args.chunk)])
             print(f"running {frames}x{h}x{w} {label} on {backend}: {' '.join(cmd)}", file=sys.stderr, flush=True)
             status, wall, rss, out, err, cpu = run_capped(cmd, cap, args.timeout_s, env)
             decode_s = None
@@ -228,7 +230,7 @@ def tiling_diff(args, osp, bundle, env):
     for label, flags in [("untiled", ["--no-tiling"]), ("tiled", [])]:
         out = args.work / f"sample_5x480x640_{label}.safetensors"
         cmd = [str(osp), "--threads", str(args.threads), "decode", "--bundle", str(bundle), "--latents", str(lat),
-               "--chunk", "2", "--save-sample", str(out)] + flags
+               "--chunk", str(args.chunk), "--save-sample", str(out)] + flags
         print(f"running {' '.join(cmd)}", file=sys.stderr, flush=True)
         status, wall, rss, _, err, _ = run_capped(cmd, int(args.cap_gib * 2**30), args.timeout_s, env)
         if status != "ok":
@@ -256,13 +258,14 @@ def print_table(results):
     modes = [m[0] for m in MODES]
     rows = sorted(results, key=lambda r: (order.get((r["frames"], r["height"], r["width"]), 99),
                                           r["backend"] != "ort-cpu", modes.index(r["mode"])))
-    print("| frames | size | latents | mode | backend | decode s | wall s | CPU s | peak RSS GiB | status |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| frames | size | latents | mode | chunk | backend | decode s | wall s | CPU s | peak RSS GiB | status |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         rss = "-"
         if r.get("peak_rss_bytes") and (r["status"].endswith("ok") or r["status"].startswith("stopped")):
             rss = ("" if r["status"].endswith("ok") else ">= ") + f"{r['peak_rss_bytes'] / 2**30:.2f}"
         print(f"| {r['frames']} | {r['height']}x{r['width']} | {'x'.join(map(str, r['latents'][2:]))} | {r['mode']} "
+              f"| {r.get('chunk') or ('-' if r['mode'] == 'whole' else 2)} "
               f"| {r['backend']} ({r['threads']} thr) | {r.get('decode_s') or '-'} | {r.get('wall_s') or '-'} "
               f"| {r.get('cpu_s') or '-'} "
               f"| {rss} | {r['status']} |")

@@ -297,7 +297,7 @@ fn streaming_inside_tiles_equals_tiled_whole_decoding() -> Result<()> {
     let tiling = Some(TilingConfig { tile_size: 4, overlap: 1 });
     for backend in cpu_backends() {
         let mut vae = Vae::load(&bundle, &opts(&backend))?;
-        assert_eq!(vae.default_chunk(), Some(2));
+        assert_eq!(vae.default_chunk(), Some(osp_export::models::wfvae::DEFAULT_CHUNK_LATENTS));
         for t in [2, 5] {
             let z = latents_hw(t, 7, 10, 7 + t as u64);
             let tiled_whole = vae.decode(z.view(), &DecodeOptions { chunk: None, tiling })?;
