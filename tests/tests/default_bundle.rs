@@ -13,6 +13,7 @@ use osp_runtime::pipeline::noise::SeededNoise;
 use osp_runtime::pipeline::{DecodeOptions, GenerateRequest, NoObserver, Pipeline};
 use osp_runtime::scheduler::SampleMethod;
 use osp_runtime::session::Backend;
+use osp_runtime::vae::TilingConfig;
 use osp_runtime::SessionOptions;
 use osp_trainer::data::shapes::{Color, BACKGROUND};
 
@@ -62,8 +63,7 @@ fn nearest_colour(rgb: [f32; 3]) -> Color {
         .expect("four colours")
 }
 
-#[test]
-fn default_bundle_draws_the_named_colour_moving_the_named_way() -> Result<()> {
+fn open_pipeline() -> Result<Pipeline> {
     let dir = bundle();
     ensure!(
         dir.join("pipeline.json").is_file(),
@@ -71,9 +71,13 @@ fn default_bundle_draws_the_named_colour_moving_the_named_way() -> Result<()> {
         dir.display()
     );
     let opts = SessionOptions::new(Backend::OrtCpu).with_threads(2);
-    let mut pipeline = Pipeline::open(&dir, &opts, None)?;
+    Ok(Pipeline::open(&dir, &opts, None)?)
+}
+
+/// The bundle's default request for the `CASES` prompts.
+fn request(pipeline: &Pipeline) -> Result<GenerateRequest> {
     let d = pipeline.manifest().defaults.clone();
-    let req = GenerateRequest {
+    Ok(GenerateRequest {
         prompts: CASES.iter().map(|c| c.0.to_string()).collect(),
         prompt_template: Some(d.positive_prompt_template.clone()),
         negative_prompt: d.negative_prompt.clone(),
@@ -91,7 +95,14 @@ fn default_bundle_draws_the_named_colour_moving_the_named_way() -> Result<()> {
         recorded_schedule: None,
         prediction_type: None,
         rescale_betas_zero_snr: false,
-    };
+        keep_decoded: false,
+    })
+}
+
+#[test]
+fn default_bundle_draws_the_named_colour_moving_the_named_way() -> Result<()> {
+    let mut pipeline = open_pipeline()?;
+    let req = request(&pipeline)?;
     pipeline.validate(&req)?;
     let mut failures = Vec::new();
     for (i, (prompt, colour, (dx, dy))) in CASES.iter().enumerate() {
@@ -114,5 +125,33 @@ fn default_bundle_draws_the_named_colour_moving_the_named_way() -> Result<()> {
         }
     }
     ensure!(failures.is_empty(), "{} of {} prompts wrong:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+    Ok(())
+}
+
+/// Decoding straight to uint8 frames (`keep_decoded: false`, the default of `osp generate`) gives
+/// exactly the frames of the f32 path, for whole, streamed, and streamed-inside-tiles decoding
+/// (4x4 latents in 2x2 tiles overlapping by 1: the tiled uint8 path quantises row strips).
+#[test]
+fn frames_decoded_without_the_f32_video_are_identical() -> Result<()> {
+    let mut pipeline = open_pipeline()?;
+    let mut req = request(&pipeline)?;
+    req.prompts.truncate(1);
+    req.num_sampling_steps = 4;
+    let tiled = TilingConfig { tile_size: 2, overlap: 1 };
+    for decode in [
+        DecodeOptions::default(),
+        DecodeOptions { chunk: Some(1), tiling: None },
+        DecodeOptions { chunk: Some(1), tiling: Some(tiled) },
+    ] {
+        let mut outs = Vec::new();
+        for keep in [true, false] {
+            let req = GenerateRequest { decode, keep_decoded: keep, ..req.clone() };
+            pipeline.validate(&req)?;
+            outs.push(pipeline.generate_prompt(&req, 0, &mut SeededNoise::new(7), &mut NoObserver)?);
+        }
+        ensure!(outs[0].decoded.is_some() && outs[1].decoded.is_none(), "{decode:?}: decoded kept only when asked");
+        ensure!(outs[0].frames == outs[1].frames, "{decode:?}: uint8 frames differ between the two paths");
+        ensure!(outs[0].frames[0].dim() == (req.num_frames, req.height, req.width, 3), "{decode:?}: frame shape");
+    }
     Ok(())
 }

@@ -288,6 +288,7 @@ impl SamplingOpts {
             recorded_schedule,
             prediction_type: self.prediction_type,
             rescale_betas_zero_snr: self.rescale_betas_zero_snr,
+            keep_decoded: false,
         })
     }
 
@@ -427,7 +428,8 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         anyhow::ensure!(fps.is_finite() && fps > 0.0, "--fps must be a positive number, got {fps}");
     }
     let spec = args.sampling.spec()?;
-    let req = args.sampling.request(&spec)?;
+    let mut req = args.sampling.request(&spec)?;
+    req.keep_decoded = args.dump_latents.is_some();
     spec.validate(&req)?;
     let fps = args.fps.unwrap_or(spec.manifest().defaults.fps);
     let shape = spec.latent_shape(&req);
@@ -457,7 +459,8 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
                     dump.insert(format!("p{index}.text.{side}.attention_mask"), emb.mask.clone());
                 }
             }
-            dump.insert(format!("p{index}.vae.decoded"), Tensor::F32(out.decoded.clone().into_dyn()));
+            let decoded = out.decoded.as_ref().context("--dump-latents keeps the f32 VAE output")?;
+            dump.insert(format!("p{index}.vae.decoded"), Tensor::F32(decoded.clone().into_dyn()));
         }
         let n = out.frames.len();
         let name = |sample: Option<usize>, index: Option<usize>, frames: usize| {

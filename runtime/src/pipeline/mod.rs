@@ -68,6 +68,10 @@ pub struct GenerateRequest {
     /// Upstream `--rescale_betas_zero_snr` (zero-SNR betas with trailing spacing; PNDM ignores it
     /// as upstream drops it), overriding the bundle's scheduler config when `true`.
     pub rescale_betas_zero_snr: bool,
+    /// Keep the f32 VAE output in [`PromptOutput::decoded`]. Off, the video is decoded straight
+    /// to uint8 frames (streamed inside tiles, only one tile row is ever f32): the frames are
+    /// identical, without a whole f32 copy of the video.
+    pub keep_decoded: bool,
 }
 
 /// Stage timings and per-step records, reported while a prompt runs.
@@ -106,8 +110,9 @@ pub struct PromptOutput {
     pub negative: Option<TextEmbeddings>,
     /// Final latents `[n, c, t, h, w]` (before un-normalisation).
     pub latents: ArrayD<f32>,
-    /// VAE output `[n, 3, f, H, W]` in `[-1, 1]` (before cropping).
-    pub decoded: Array5<f32>,
+    /// VAE output `[n, 3, f, H, W]` in `[-1, 1]` (before cropping), with
+    /// [`GenerateRequest::keep_decoded`].
+    pub decoded: Option<Array5<f32>>,
     /// Per sample, `[num_frames, height, width, 3]` uint8 frames.
     pub frames: Vec<Array4<u8>>,
 }
@@ -470,11 +475,22 @@ impl Pipeline {
         }
 
         let started = Instant::now();
-        let decoded = self.decode_latents(&latents, &req.decode)?;
+        let (decoded, frames) = if req.keep_decoded {
+            let decoded = self.decode_latents(&latents, &req.decode)?;
+            let frames = (0..n)
+                .map(|b| to_uint8_frames(&decoded, b, req.num_frames, req.height, req.width))
+                .collect::<Result<_>>()?;
+            (Some(decoded), frames)
+        } else {
+            let z = self.unnormalize(&latents)?;
+            let videos = self.vae.decode_frames(z.view(), &req.decode)?;
+            let frames = videos
+                .into_iter()
+                .map(|v| crop_frames(v, req.num_frames, req.height, req.width))
+                .collect::<Result<_>>()?;
+            (None, frames)
+        };
         observer.stage(index, "vae_decode", started.elapsed().as_secs_f64());
-        let frames = (0..n)
-            .map(|b| to_uint8_frames(&decoded, b, req.num_frames, req.height, req.width))
-            .collect::<Result<_>>()?;
         Ok(PromptOutput { prompt, positive, negative, latents, decoded, frames })
     }
 
@@ -569,9 +585,26 @@ pub fn rescale_noise_cfg(guided: &ArrayD<f32>, text: &ArrayD<f32>, phi: f32) -> 
     out
 }
 
+/// Frames `[f, H, W, 3]` cropped to `[:num_frames, :height, :width]` as upstream `__call__`.
+fn crop_frames(frames: Array4<u8>, num_frames: usize, height: usize, width: usize) -> Result<Array4<u8>> {
+    let (f, h, w, _) = frames.dim();
+    if f < num_frames || h < height || w < width {
+        return Err(Error::VideoArg {
+            what: format!("decoded frames {:?}", frames.shape()),
+            rule: format!("must be at least {num_frames} x {height} x {width}"),
+        });
+    }
+    if (f, h, w) == (num_frames, height, width) {
+        return Ok(frames);
+    }
+    Ok(frames.slice(s![..num_frames, ..height, ..width, ..]).to_owned())
+}
+
 /// Sample `b` of a decoded video `[n, 3, f, H, W]` as upstream `decode_latents` + `__call__`
 /// crop: `((x / 2 + 0.5).clamp(0, 1) * 255)` truncated to uint8, `[f, H, W, 3]`, cropped to
-/// `[:num_frames, :height, :width]`.
+/// `[:num_frames, :height, :width]`. That is [`crate::video::quantise`] (upstream
+/// `custom_to_video`'s `(255 * (x.clamp(-1, 1) + 1) / 2)`) bit for bit: halving is exact in f32,
+/// so `x / 2 + 0.5` and `(x + 1) / 2` round identically, and the clamps commute with the map.
 pub fn to_uint8_frames(
     video: &Array5<f32>,
     b: usize,
@@ -587,10 +620,7 @@ pub fn to_uint8_frames(
         });
     }
     let v = video.slice(s![b, .., ..num_frames, ..height, ..width]);
-    Ok(v.permuted_axes([1, 2, 3, 0])
-        .mapv(|x| ((x / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0) as u8)
-        .as_standard_layout()
-        .into_owned())
+    Ok(v.permuted_axes([1, 2, 3, 0]).mapv(crate::video::quantise).as_standard_layout().into_owned())
 }
 
 #[cfg(test)]
@@ -605,6 +635,20 @@ mod tests {
         assert_eq!(f.shape(), [1, 1, 2, 3]);
         assert_eq!(f.iter().copied().collect::<Vec<_>>(), vec![127, 255, 0, 0, 255, 254]);
         assert!(to_uint8_frames(&v, 1, 1, 1, 2).is_err());
+    }
+
+    #[test]
+    fn upstream_pipeline_quantisation_is_custom_to_video_bit_for_bit() {
+        let pipeline = |x: f32| ((x / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0) as u8;
+        let mut checked = 0usize;
+        for bits in (0u32..=u32::MAX).step_by(97).chain([0.0f32, -1.0, 1.0, 0.5, -0.5].map(f32::to_bits)) {
+            let x = f32::from_bits(bits);
+            if x.is_finite() && x.abs() <= 2.0 {
+                assert_eq!(pipeline(x), crate::video::quantise(x), "{x:e}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 20_000_000, "{checked}");
     }
 
     #[test]
