@@ -134,16 +134,18 @@ impl Job<'_> {
         let frames = video::read_video(input, a.num_frames, a.sample_rate)?;
         let x = video::preprocess(frames.view(), a.height, a.width);
         let z = vae.encode(x.view()).with_context(|| format!("encoding {}", input.display()))?;
-        let sample = vae.decode(z.view(), self.decode).with_context(|| format!("decoding {}", input.display()))?;
-        let want = [1, 3, a.num_frames, a.height, a.width];
+        // Straight to uint8 frames: streamed inside tiles, only one tile row of the output is f32.
+        let mut videos =
+            vae.decode_frames(z.view(), self.decode).with_context(|| format!("decoding {}", input.display()))?;
+        let want = [a.num_frames, a.height, a.width, 3];
         anyhow::ensure!(
-            sample.shape() == want,
-            "the VAE turned {} into a {:?} video, expected {want:?}",
+            videos.len() == 1 && videos[0].shape() == want,
+            "the VAE turned {} into {:?} frames, expected one video of {want:?}",
             input.display(),
-            sample.shape()
+            videos.iter().map(|v| v.shape().to_vec()).collect::<Vec<_>>()
         );
+        let rec = videos.remove(0);
         let original = video::to_u8_frames(x.index_axis(Axis(0), 0));
-        let rec = video::to_u8_frames(sample.index_axis(Axis(0), 0));
         let written = if a.grid { video::side_by_side(original.view(), rec.view())? } else { rec };
         video::write_video(output, written.view(), self.fps, self.encode)?;
         if let Some(origin) = origin {
