@@ -357,19 +357,23 @@ mod tests {
         assert!(c.ok(), "{name}: {c}");
     }
 
+    /// `model` on the fixture's video inputs with the video mask `mask` (an input key).
+    fn run_video(model: &OpenSoraT2V_v1_3<B>, io: &BTreeMap<String, TensorData>, mask: &str) -> ForwardTrace<B> {
+        model
+            .forward_trace(
+                tensor(io, "input.hidden_states"),
+                tensor(io, "input.timestep"),
+                tensor(io, "input.encoder_hidden_states"),
+                Some(tensor(io, mask)),
+                Some(tensor(io, "input.encoder_attention_mask")),
+            )
+            .expect("forward")
+    }
+
     #[test]
     fn parity_full_mask_with_intermediates() {
-        let model = tiny_model();
         let io = fixture_io();
-        let trace = model
-            .forward_trace(
-                tensor(&io, "input.hidden_states"),
-                tensor(&io, "input.timestep"),
-                tensor(&io, "input.encoder_hidden_states"),
-                Some(tensor(&io, "input.attention_mask")),
-                Some(tensor(&io, "input.encoder_attention_mask")),
-            )
-            .expect("forward");
+        let trace = run_video(&tiny_model(), &io, "input.attention_mask");
         assert_close("inter.pos_embed", trace.pos_embed, &io["inter.pos_embed"]);
         assert_close("inter.adaln_single.0", trace.timestep, &io["inter.adaln_single.0"]);
         assert_close("inter.adaln_single.1", trace.embedded_timestep, &io["inter.adaln_single.1"]);
@@ -390,17 +394,7 @@ mod tests {
     fn autocast_runs_the_matmuls_in_the_compute_dtype_and_keeps_f32_results() {
         use burn::tensor::{DType, FloatDType};
         let io = fixture_io();
-        let run = |model: &OpenSoraT2V_v1_3<B>| {
-            model
-                .forward_trace(
-                    tensor(&io, "input.hidden_states"),
-                    tensor(&io, "input.timestep"),
-                    tensor(&io, "input.encoder_hidden_states"),
-                    Some(tensor(&io, "input.attention_mask_padded")),
-                    Some(tensor(&io, "input.encoder_attention_mask")),
-                )
-                .expect("forward")
-        };
+        let run = |model: &OpenSoraT2V_v1_3<B>| run_video(model, &io, "input.attention_mask_padded");
         let plain = run(&tiny_model());
         let model =
             tiny_model().with_compute_dtype(Some(FloatDType::F64), &Default::default()).expect("ndarray has f64");
@@ -446,17 +440,8 @@ mod tests {
 
     #[test]
     fn parity_padded_video_mask() {
-        let model = tiny_model();
         let io = fixture_io();
-        let sample = model
-            .forward(
-                tensor(&io, "input.hidden_states"),
-                tensor(&io, "input.timestep"),
-                tensor(&io, "input.encoder_hidden_states"),
-                Some(tensor(&io, "input.attention_mask_padded")),
-                Some(tensor(&io, "input.encoder_attention_mask")),
-            )
-            .expect("forward");
+        let sample = run_video(&tiny_model(), &io, "input.attention_mask_padded").sample;
         assert_close("output.sample_padded_mask", sample, &io["output.sample_padded_mask"]);
     }
 
