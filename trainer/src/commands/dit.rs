@@ -59,15 +59,6 @@ impl MixedPrecision {
             MixedPrecision::Fp16 => Some(FloatDType::F16),
         }
     }
-
-    /// The flag value as typed.
-    fn flag(self) -> &'static str {
-        match self {
-            MixedPrecision::No => "no",
-            MixedPrecision::Bf16 => "bf16",
-            MixedPrecision::Fp16 => "fp16",
-        }
-    }
 }
 
 #[derive(Debug, Args, Serialize)]
@@ -310,7 +301,7 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
     if let Some(dtype) = compute.filter(|_| !autocast::supported::<B>(compute, &device)) {
         bail!(
             "--mixed_precision {}: the {} backend cannot compute in {dtype:?}; train with --mixed_precision no, or on a backend with {dtype:?} (--device cuda)",
-            args.mixed_precision.flag(),
+            args.mixed_precision.to_possible_value().expect("every variant is a flag value").get_name(),
             B::name(&device),
         );
     }
