@@ -3,7 +3,7 @@
 //! - [`onnx`]: prost types generated from the official `onnx.proto` (onnx 1.23.2, IR 11 / opset 23 used).
 //! - [`builder::GraphBuilder`]: a typed builder of ONNX graphs with PyTorch-named layers and three
 //!   attention forms ([`osp_graphs::AttentionKind`]).
-//! - [`passes`]: graph rewrites (precision casting, pruning), one rule per file, each returning an [`passes::Edit`].
+//! - [`passes`]: graph rewrites (precision casting, pruning, output scheduling), one rule per file, each returning an [`passes::Edit`].
 //! - [`bundle::BundleWriter`]: writes a bundle directory (graphs, external data, `manifest.json`) atomically.
 //! - [`models`]: one lowering file per model.
 //!

@@ -162,11 +162,15 @@ pub struct SessionOptions {
     /// streaming VAE decoder inside tiles) the block comes on top of what the allocator still
     /// holds and raises the peak (measured +280 MB from the second tile on, docs/measurements).
     pub memory_pattern: bool,
+    /// ONNX Runtime's profiler: per-node events written to a JSON file whose name starts with
+    /// this prefix ([`GraphSession::end_profiling`] ends it and names the file). Off by default;
+    /// tract sessions refuse it.
+    pub profile: Option<PathBuf>,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { backend: Backend::OrtCpu, threads: None, share_weights: true, memory_pattern: true }
+        Self { backend: Backend::OrtCpu, threads: None, share_weights: true, memory_pattern: true, profile: None }
     }
 }
 
@@ -187,6 +191,11 @@ impl SessionOptions {
 
     pub fn with_memory_pattern(mut self, enable: bool) -> Self {
         self.memory_pattern = enable;
+        self
+    }
+
+    pub fn with_profiling(mut self, prefix: impl Into<PathBuf>) -> Self {
+        self.profile = Some(prefix.into());
         self
     }
 }
@@ -413,6 +422,19 @@ impl GraphSession {
         &self.spec
     }
 
+    /// Ends ONNX Runtime's profiler (see [`SessionOptions::profile`]) and returns the path of its
+    /// JSON file.
+    pub fn end_profiling(&mut self) -> Result<PathBuf> {
+        match &mut self.inner {
+            Inner::Ort(session) => session
+                .end_profiling()
+                .map(PathBuf::from)
+                .map_err(|e| Error::Run { graph: self.graph.clone(), source: Box::new(e) }),
+            #[cfg(feature = "tract")]
+            Inner::Tract(_) => Err(tract_profiling(&self.graph)),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.graph
     }
@@ -444,7 +466,18 @@ impl GraphSession {
 }
 
 #[cfg(feature = "tract")]
+fn tract_profiling(graph: &str) -> Error {
+    Error::BackendUnavailable {
+        backend: "tract".into(),
+        why: format!("graph `{graph}`: profiling is an ONNX Runtime feature; use an ort backend to profile"),
+    }
+}
+
+#[cfg(feature = "tract")]
 fn load_tract(graph: &str, path: &Path, opts: &SessionOptions) -> Result<Inner> {
+    if opts.profile.is_some() {
+        return Err(tract_profiling(graph));
+    }
     Ok(Inner::Tract(Box::new(backend::tract::TractGraph::load(graph, path, opts.threads)?)))
 }
 
@@ -467,7 +500,7 @@ fn build_ort_session(
     prepacked: Option<&PrepackedWeights>,
     data: &[(String, Arc<[u8]>)],
 ) -> Result<Session> {
-    let SessionOptions { threads, memory_pattern, .. } = *opts;
+    let SessionOptions { threads, memory_pattern, ref profile, .. } = *opts;
     // The provider list is resolved first: a backend compiled out is reported before the library
     // is even looked for.
     let eps = match backend {
@@ -488,6 +521,9 @@ fn build_ort_session(
     builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| config(e.into()))?;
     if !memory_pattern {
         builder = builder.with_memory_pattern(false).map_err(|e| config(e.into()))?;
+    }
+    if let Some(prefix) = profile {
+        builder = builder.with_profiling(prefix).map_err(|e| config(e.into()))?;
     }
     if !data.is_empty() {
         builder = builder

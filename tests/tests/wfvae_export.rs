@@ -464,3 +464,69 @@ fn shared_weights_decode_identically() -> Result<()> {
     ensure!(own.shared_weights().shared_files().is_empty(), "sharing was off, yet files were read");
     Ok(())
 }
+
+/// ONNX Runtime runs each state output of the exported step graph as soon as the tensor it
+/// slices exists (`osp_export::passes::schedule_outputs`), so that tensor is freed when its
+/// convolution is done instead of living to the end of the run. Checked in ORT's own profile:
+/// every `cache_out.*` that slices a causal-padding `Concat` runs with no convolution between
+/// the two. (Without the pass ORT runs them all after the main output; the release step graph
+/// then holds all 33 padded tensors at once: docs/measurements/wfvae_flat_memory.json.)
+#[test]
+fn step_graph_state_outputs_run_as_soon_as_their_input_exists() -> Result<()> {
+    use osp_export::onnx::ModelProto;
+    use prost::Message;
+
+    let dir = bundle(Precision::F32)?;
+    let b = Bundle::open(dir)?;
+    let tmp = tempfile::tempdir()?;
+    let mut first = b.session(DECODER_FIRST, &opts(&Backend::OrtCpu))?;
+    let mut step = b.session(DECODER_STEP, &opts(&Backend::OrtCpu).with_profiling(tmp.path().join("step")))?;
+    let z = latents(3);
+    let state = first.run(&[("z", &frames(&z, 0, 1))])?;
+    let caches: Vec<(String, &Tensor)> = state
+        .iter()
+        .filter_map(|(name, t)| name.strip_prefix(CACHE_OUT).map(|key| (format!("{CACHE_IN}{key}"), t)))
+        .collect();
+    let z1 = frames(&z, 1, 3);
+    let mut inputs: Vec<(&str, &Tensor)> = vec![("z", &z1)];
+    inputs.extend(caches.iter().map(|(name, t)| (name.as_str(), *t)));
+    step.run(&inputs)?;
+    let profile = step.end_profiling()?;
+
+    // Node names in the order ORT ran them.
+    let events: serde_json::Value = serde_json::from_slice(&std::fs::read(&profile)?)?;
+    let ran: Vec<String> = events
+        .as_array()
+        .context("the profile is a JSON array")?
+        .iter()
+        .filter(|e| e["cat"] == "Node")
+        .filter_map(|e| e["name"].as_str()?.strip_suffix("_kernel_time").map(str::to_string))
+        .collect();
+    let at = |node: &str| ran.iter().position(|n| n == node);
+
+    let proto = ModelProto::decode(std::fs::read(b.graph_path(DECODER_STEP)?)?.as_slice())?;
+    let graph = proto.graph.context("the step model has a graph")?;
+    let writer = |value: &str| graph.node.iter().find(|n| n.output.iter().any(|o| o == value));
+    let mut checked = 0;
+    for out in graph.output.iter().filter_map(|o| o.name.as_deref()).filter(|n| n.starts_with(CACHE_OUT)) {
+        // `cache_out.<key>` = Identity(Slice(Concat(cache_in.<key>, x))) for a causal padding.
+        let identity = writer(out).with_context(|| format!("{out} has a writer"))?;
+        let Some(slice) = writer(&identity.input[0]).filter(|n| n.op_type.as_deref() == Some("Slice")) else {
+            continue;
+        };
+        let Some(concat) = writer(&slice.input[0]).filter(|n| n.op_type.as_deref() == Some("Concat")) else {
+            continue;
+        };
+        let (slice_name, concat_name) =
+            (slice.name.clone().unwrap_or_default(), concat.name.clone().unwrap_or_default());
+        let s = at(&slice_name).with_context(|| format!("{out}: ORT did not run {slice_name}"))?;
+        let c = at(&concat_name).with_context(|| format!("{out}: ORT did not run {concat_name}"))?;
+        ensure!(c < s, "{out}: {slice_name} ran before {concat_name}");
+        let convs: Vec<&String> = ran[c..s].iter().filter(|n| n.starts_with("Conv")).collect();
+        ensure!(convs.is_empty(), "{out}: ORT ran {convs:?} between {concat_name} and {slice_name}, keeping it alive");
+        checked += 1;
+    }
+    // The tiny decoder has one causal padding per 3x3x3 convolution.
+    ensure!(checked >= 10, "only {checked} causal-padding state outputs were found in the step graph");
+    Ok(())
+}

@@ -4,6 +4,7 @@
 
 pub mod cast_precision;
 pub mod prune_unused;
+pub mod schedule_outputs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use osp_graphs::{DType, Precision};
 
 pub use cast_precision::{cast_precision, CastPrecision};
 pub use prune_unused::prune_unused;
+pub use schedule_outputs::schedule_outputs;
 
 use crate::error::{Error, Result};
 use crate::graph::{Generator, OnnxGraph, TensorData};
@@ -27,6 +29,9 @@ pub struct Edit {
     pub remove_nodes: BTreeSet<usize>,
     /// New nodes; `apply` places them in topological order.
     pub add_nodes: Vec<NodeProto>,
+    /// Nodes (index into `graph.nodes`) moved after all the others, in this order (before
+    /// `add_nodes`); `apply` keeps them so wherever topological order allows.
+    pub move_to_end: Vec<usize>,
     pub remove_initializers: BTreeSet<String>,
     /// Float initializers converted to another float dtype.
     pub convert_initializers: BTreeMap<String, DType>,
@@ -41,6 +46,7 @@ impl Edit {
         self.replace_nodes.is_empty()
             && self.remove_nodes.is_empty()
             && self.add_nodes.is_empty()
+            && self.move_to_end.is_empty()
             && self.remove_initializers.is_empty()
             && self.convert_initializers.is_empty()
             && self.set_dtypes.is_empty()
@@ -55,16 +61,27 @@ pub fn apply(graph: &mut OnnxGraph, edit: Edit) -> Result<()> {
     if let Some(&bad) = edit.replace_nodes.keys().chain(&edit.remove_nodes).find(|&&i| i >= n) {
         return Err(graph_err(format!("edit names node #{bad}, the graph has {n}")));
     }
-    let mut nodes = Vec::with_capacity(n + edit.add_nodes.len());
+    let moved: BTreeSet<usize> = edit.move_to_end.iter().copied().collect();
+    if let Some(&bad) = edit.move_to_end.iter().find(|&&i| i >= n || edit.remove_nodes.contains(&i)) {
+        return Err(graph_err(format!("edit moves node #{bad}, which is removed or not one of the graph's {n}")));
+    }
+    if moved.len() != edit.move_to_end.len() {
+        return Err(graph_err("edit moves a node twice".to_string()));
+    }
+    let mut slots: Vec<Option<NodeProto>> = Vec::with_capacity(n);
     for (i, node) in std::mem::take(&mut graph.nodes).into_iter().enumerate() {
         if edit.remove_nodes.contains(&i) {
             if let Some(name) = &node.name {
                 graph.keep_f32.remove(name);
             }
+            slots.push(None);
             continue;
         }
-        nodes.push(edit.replace_nodes.get(&i).cloned().unwrap_or(node));
+        slots.push(Some(edit.replace_nodes.get(&i).cloned().unwrap_or(node)));
     }
+    let mut nodes = Vec::with_capacity(n + edit.add_nodes.len());
+    nodes.extend((0..n).filter(|i| !moved.contains(i)).filter_map(|i| slots[i].take()));
+    nodes.extend(edit.move_to_end.iter().filter_map(|&i| slots[i].take()));
     nodes.extend(edit.add_nodes);
     graph.initializers.retain(|i| !edit.remove_initializers.contains(&i.name));
     for init in &mut graph.initializers {
@@ -183,11 +200,14 @@ impl<'a> Uses<'a> {
     }
 }
 
-/// The standard pipeline every model export runs: cast to the target precision, then prune.
+/// The standard pipeline every model export runs: cast to the target precision, prune, then
+/// order the outputs' tails for ONNX Runtime's schedule.
 pub fn optimize(graph: &mut OnnxGraph, precision: Precision) -> Result<()> {
     let edit = cast_precision(graph, &CastPrecision { target: precision, ..Default::default() })?;
     apply(graph, edit)?;
     let edit = prune_unused(graph);
+    apply(graph, edit)?;
+    let edit = schedule_outputs(graph);
     apply(graph, edit)
 }
 

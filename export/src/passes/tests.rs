@@ -90,3 +90,91 @@ fn f32_target_is_a_no_op() {
     let g = graph();
     assert!(cast_precision(&g, &CastPrecision::default()).unwrap().is_empty());
 }
+
+/// Two causal-padding concats with a state slice each, then the main output: the shape of a
+/// streaming decoder step graph.
+fn streaming_graph() -> OnnxGraph {
+    let spec = |name: &str| TensorSpec::new(name, DType::F32, [Dim::sym("t")]);
+    let mut b = GraphBuilder::new("g");
+    let x = b.input(spec("x")).unwrap();
+    let cache_a = b.input(spec("cache_in.a")).unwrap();
+    let cache_b = b.input(spec("cache_in.b")).unwrap();
+    let padded_a = b.concat(&[&cache_a, &x], 0).unwrap();
+    let state_a = b.slice(&padded_a, &[-2], &[i64::MAX], &[0], None).unwrap();
+    b.output(&state_a, spec("cache_out.a")).unwrap();
+    let h = b.sigmoid(&padded_a).unwrap();
+    let padded_b = b.concat(&[&cache_b, &h], 0).unwrap();
+    let state_b = b.slice(&padded_b, &[-2], &[i64::MAX], &[0], None).unwrap();
+    b.output(&state_b, spec("cache_out.b")).unwrap();
+    let h = b.sigmoid(&padded_b).unwrap();
+    let y = b.mul(&h, &h).unwrap();
+    b.output(&y, spec("y")).unwrap();
+    b.finish().unwrap()
+}
+
+/// ONNX Runtime's default execution order: a post-order depth-first search backwards from the
+/// leaves, the highest-indexed leaf first, each node's inputs the lowest-indexed first
+/// (`GraphViewer` with `Graph::ReverseDFSFrom` and `NodeCompare`).
+fn ort_default_order(g: &OnnxGraph) -> Vec<String> {
+    let uses = Uses::of(g);
+    let leaves: Vec<usize> = (0..g.nodes.len())
+        .filter(|&i| g.nodes[i].output.iter().all(|o| !uses.consumers.contains_key(o.as_str())))
+        .collect();
+    let mut stack: Vec<(usize, bool)> = leaves.into_iter().map(|i| (i, false)).collect();
+    let mut seen = vec![false; g.nodes.len()];
+    let mut order = Vec::new();
+    while let Some((i, leave)) = stack.pop() {
+        if leave {
+            order.push(g.nodes[i].name.clone().unwrap());
+            continue;
+        }
+        if std::mem::replace(&mut seen[i], true) {
+            continue;
+        }
+        stack.push((i, true));
+        let mut inputs: Vec<usize> =
+            g.nodes[i].input.iter().filter_map(|v| uses.producer.get(v.as_str()).copied()).collect();
+        inputs.sort_unstable_by(|a, b| b.cmp(a));
+        stack.extend(inputs.into_iter().map(|p| (p, false)));
+    }
+    order
+}
+
+/// The position in `order` of the node writing `value`, looking through the output `Identity`.
+fn position(g: &OnnxGraph, order: &[String], value: &str) -> usize {
+    let writer = g.nodes.iter().find(|n| n.output.iter().any(|o| o == value)).unwrap();
+    order.iter().position(|n| Some(n) == writer.name.as_ref()).unwrap()
+}
+
+#[test]
+fn schedule_outputs_runs_each_state_slice_right_after_its_concat() {
+    let mut g = streaming_graph();
+    let order = ort_default_order(&g);
+    // As built, both state slices wait for the main output: the first concat outlives its use.
+    let first_sigmoid = order.iter().position(|n| n.starts_with("Sigmoid")).unwrap();
+    assert!(position(&g, &order, "cache_out.a") > first_sigmoid, "{order:?}");
+
+    let nodes_before: BTreeSet<String> = g.nodes.iter().map(|n| n.name.clone().unwrap()).collect();
+    let edit = schedule_outputs(&g);
+    apply(&mut g, edit).unwrap();
+    let nodes_after: BTreeSet<String> = g.nodes.iter().map(|n| n.name.clone().unwrap()).collect();
+    assert_eq!(nodes_before, nodes_after, "the pass only reorders");
+
+    let order = ort_default_order(&g);
+    let concat = |k: usize| order.iter().enumerate().filter(|(_, n)| n.starts_with("Concat")).nth(k).unwrap().0;
+    let sigmoid = |k: usize| order.iter().enumerate().filter(|(_, n)| n.starts_with("Sigmoid")).nth(k).unwrap().0;
+    let (a, b) = (position(&g, &order, "cache_out.a"), position(&g, &order, "cache_out.b"));
+    assert!(concat(0) < a && a < sigmoid(0), "state a runs before the main path goes on: {order:?}");
+    assert!(concat(1) < b && b < sigmoid(1), "state b runs before the main path goes on: {order:?}");
+    assert_eq!(position(&g, &order, "y"), order.len() - 1, "the main output last: {order:?}");
+    // Applying the rule again changes nothing.
+    assert!(schedule_outputs(&g).is_empty());
+}
+
+#[test]
+fn schedule_outputs_leaves_a_one_output_graph_alone() {
+    let mut g = graph();
+    let edit = prune_unused(&g);
+    apply(&mut g, edit).unwrap();
+    assert!(schedule_outputs(&g).is_empty());
+}
