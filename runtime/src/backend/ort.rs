@@ -30,8 +30,10 @@ pub(crate) fn run(session: &mut Session, graph: &str, inputs: &[(&str, &Tensor)]
         values.push((name, value));
     }
     let outputs = session.run(values).map_err(run_err)?;
+    // Each output's ONNX Runtime buffer is released as soon as it is copied: at most one output
+    // exists twice, not all of them (a streaming decoder's state is hundreds of MiB).
     let mut result = BTreeMap::new();
-    for (name, value) in outputs.iter() {
+    for (name, value) in outputs {
         result.insert(name.to_string(), to_host(graph, name, &value)?);
     }
     Ok(result)
