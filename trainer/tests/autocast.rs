@@ -36,6 +36,7 @@ fn trainer(compute: Option<FloatDType>) -> Trainer<AB, OpenSoraT2V_v1_3<AB>> {
         lr: LrSchedule::new(LrSchedulerKind::Constant, 1e-4, 0, 0).expect("valid schedule"),
         max_grad_norm: Some(1.0),
         ema: None,
+        loss_scale: None,
     };
     Trainer::new(OpenSoraT2V_v1_3::<AB>::from_inner(model), optim, vec![Default::default()]).expect("valid trainer")
 }

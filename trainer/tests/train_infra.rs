@@ -19,7 +19,8 @@ use osp_trainer::models::opensora_v1_3::{OpenSoraT2V_v1_3, OpenSoraT2V_v1_3Confi
 use osp_trainer::train::diffusion::DdpmSchedule;
 use osp_trainer::train::dit::{DitBatch, DitObjective};
 use osp_trainer::train::{
-    official_tensors, AdamWConfig, EmaConfig, LrSchedule, LrSchedulerKind, OptimConfig, Rng, Trainer, WeightsLayout,
+    official_tensors, AdamWConfig, EmaConfig, LossScaleConfig, LrSchedule, LrSchedulerKind, OptimConfig, Rng, Trainer,
+    WeightsLayout,
 };
 
 type Inner = NdArray<f32>;
@@ -42,6 +43,7 @@ fn optim_config(ema: bool) -> OptimConfig {
         lr: LrSchedule::new(LrSchedulerKind::ConstantWithWarmup, 1e-3, 2, 0).expect("valid schedule"),
         max_grad_norm: Some(1.0),
         ema: ema.then(|| EmaConfig { decay: 0.99, ..Default::default() }),
+        loss_scale: None,
     }
 }
 
@@ -284,4 +286,84 @@ fn loss_falls_on_a_fixed_batch() {
         last = t.step(&[vec![fixed.clone()]], &loss).expect("step").loss;
     }
     assert!(last < 0.5 * first, "loss should at least halve in 31 steps: {first} -> {last}");
+}
+
+fn scaled_trainer(growth_interval: usize) -> Trainer<AB, OpenSoraT2V_v1_3<AB>> {
+    let mut config = optim_config(false);
+    config.loss_scale = Some(LossScaleConfig { growth_interval, ..Default::default() });
+    Trainer::new(OpenSoraT2V_v1_3::<AB>::from_inner(tiny_inner()), config, vec![Default::default()])
+        .expect("valid trainer")
+}
+
+/// Dynamic loss scaling (torch's GradScaler, on for `--mixed_precision fp16`) scales by powers of
+/// two, so without overflow it changes no bit of the training: the same weights after every
+/// update as an unscaled run, the scale growing after `growth_interval` clean updates, and the
+/// scaler's state surviving a checkpoint.
+#[test]
+fn loss_scaling_without_overflow_trains_bit_identically_and_resumes() {
+    let loss = loss_fn::<AB>();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut plain = trainer::<AB>(1, false);
+    let mut scaled = scaled_trainer(2);
+    let mut rng_a = Rng::new(7);
+    let mut rng_b = Rng::new(7);
+    let mut scales = Vec::new();
+    for i in 0..3 {
+        let a = plain.step(&[vec![batch(&mut rng_a, i, 2)]], &loss).expect("step");
+        let b = scaled.step(&[vec![batch(&mut rng_b, i, 2)]], &loss).expect("step");
+        assert_eq!((a.loss, a.lr, a.grad_norm), (b.loss, b.lr, b.grad_norm), "update {}", i + 1);
+        assert!(!b.skipped);
+        scales.push(b.loss_scale.expect("a scaled run reports its scale"));
+    }
+    assert_eq!(scales, [65536.0, 65536.0, 131072.0], "the scale doubles after 2 clean updates");
+    assert_all(&weights(&scaled), &weights(&plain), Approx::Exact, "scaled vs unscaled");
+
+    scaled.save(dir.path(), &layout(), &rng_b, serde_json::json!({}), serde_json::json!({}), None).expect("save");
+    let mut resumed = scaled_trainer(2);
+    let ckpt = osp_trainer::train::resolve_resume(dir.path(), "latest").expect("resolve").expect("a checkpoint");
+    let state = resumed.resume(&ckpt, &layout()).expect("resume");
+    assert_eq!(resumed.loss_scale, scaled.loss_scale, "the scaler's state is restored");
+    let mut rng_c = state.rng;
+    let b = scaled.step(&[vec![batch(&mut rng_b, 3, 2)]], &loss).expect("step");
+    let c = resumed.step(&[vec![batch(&mut rng_c, 3, 2)]], &loss).expect("step");
+    assert_eq!((b.loss_scale, b.lr), (c.loss_scale, c.lr));
+    assert_eq!(b.loss_scale, Some(131072.0));
+    assert_eq!(scaled.loss_scale.map(|s| s.scale), Some(262144.0), "4 clean updates: grown twice");
+    assert_all(&weights(&resumed), &weights(&scaled), Approx::Exact, "resumed vs straight under loss scaling");
+}
+
+/// An update whose scaled gradients overflow is skipped: the weights, AdamW and the learning-rate
+/// schedule stay where they were and the scale halves; training then goes on exactly as if that
+/// batch had never come.
+#[test]
+fn an_overflowing_update_is_skipped_and_the_scale_backs_off() {
+    let objective = objective();
+    // `true` marks a batch whose loss is multiplied by 1e38: finite (the loss check passes), but
+    // times the 2^16 scale it is infinite, and so are its gradients.
+    let loss = move |m: &OpenSoraT2V_v1_3<AB>, (b, overflow): &(DitBatch, bool)| {
+        let l = objective.loss(m, b)?;
+        Ok(if *overflow { l.mul_scalar(1e38) } else { l })
+    };
+    let mut clean = scaled_trainer(2000);
+    let mut hit = scaled_trainer(2000);
+    let mut rng_a = Rng::new(9);
+    let mut rng_b = Rng::new(9);
+    clean.step(&[vec![(batch(&mut rng_a, 0, 2), false)]], &loss).expect("step");
+    hit.step(&[vec![(batch(&mut rng_b, 0, 2), false)]], &loss).expect("step");
+    let before = weights(&hit);
+    let optimizer_steps = hit.optimizer.steps();
+    let mut spare = Rng::new(123);
+    let s = hit.step(&[vec![(batch(&mut spare, 1, 2), true)]], &loss).expect("an overflow is not an error");
+    assert!(s.skipped && !s.grad_norm.is_finite(), "{s:?}");
+    assert_eq!(s.loss_scale, Some(65536.0));
+    assert_all(&weights(&hit), &before, Approx::Exact, "weights after a skipped update");
+    assert_eq!(hit.optimizer.steps(), optimizer_steps, "AdamW did not step");
+    let state = hit.loss_scale.expect("scaler state");
+    assert_eq!((state.scale, state.growth_tracker, state.skipped), (32768.0, 0, 1));
+
+    let a = clean.step(&[vec![(batch(&mut rng_a, 2, 2), false)]], &loss).expect("step");
+    let b = hit.step(&[vec![(batch(&mut rng_b, 2, 2), false)]], &loss).expect("step");
+    assert_eq!(a.lr, b.lr, "the schedule did not advance on the skipped update");
+    assert_eq!(b.loss_scale, Some(32768.0));
+    assert_all(&weights(&hit), &weights(&clean), Approx::Exact, "after the skipped batch");
 }

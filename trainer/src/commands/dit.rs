@@ -28,8 +28,8 @@ use osp_trainer::models::wfvae::{WFVAEModel, WFVAEModelConfig};
 use osp_trainer::train::diffusion::{DdpmSchedule, PredictionType};
 use osp_trainer::train::dit::{DitBatch, DitBatcher, DitObjective, LatentCache, TextEmbedding};
 use osp_trainer::train::{
-    resolve_resume, AdamWConfig, EmaConfig, LrSchedule, LrSchedulerKind, MetricsLog, OptimConfig, Rng, StepStats,
-    Trainer, WeightsLayout,
+    resolve_resume, AdamWConfig, EmaConfig, LossScaleConfig, LrSchedule, LrSchedulerKind, MetricsLog, OptimConfig, Rng,
+    StepStats, Trainer, WeightsLayout,
 };
 
 use super::progress::{Progress, ProgressKind};
@@ -46,7 +46,7 @@ pub enum MixedPrecision {
     /// bfloat16 autocast: linear layers, the patch convolution and attention matmuls in bfloat16;
     /// weights, optimizer state, norms, softmax and the loss in float32.
     Bf16,
-    /// float16 autocast, as bf16 but in float16 (no loss scaling: prefer bf16).
+    /// float16 autocast, as bf16 but in float16, with dynamic loss scaling.
     Fp16,
 }
 
@@ -306,7 +306,7 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
         );
     }
     if args.mixed_precision == MixedPrecision::Fp16 {
-        tracing::warn!("--mixed_precision fp16 has no loss scaling: gradients below ~6e-8 underflow in float16; bf16 does not need it");
+        tracing::info!("--mixed_precision fp16: dynamic loss scaling on (torch GradScaler defaults)");
     }
     B::seed(&device, args.seed);
     std::fs::create_dir_all(&args.output_dir).with_context(|| format!("creating {}", args.output_dir.display()))?;
@@ -374,6 +374,8 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
             update_after_step: args.ema_start_step,
             ..Default::default()
         }),
+        // As accelerate: float16 autocast trains with torch's GradScaler, bfloat16 without.
+        loss_scale: (args.mixed_precision == MixedPrecision::Fp16).then(LossScaleConfig::default),
     };
     let mut trainer = Trainer::new(OpenSoraT2V_v1_3::<B>::from_inner(inner), optim, devices)?;
     let layout = WeightsLayout { file: WEIGHTS_FILE.into(), config: Some(model_json), fixed: Default::default() };

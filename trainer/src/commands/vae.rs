@@ -415,7 +415,7 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
         if step % args.log_steps.max(1) == 0 {
             metrics.log(&StepRecord { log: &log, epoch, seconds: started.elapsed().as_secs_f64() })?;
         }
-        progress.step(&StepStats { step, loss: loss_value, grad_norm, lr: args.lr });
+        progress.step(&StepStats { step, loss: loss_value, grad_norm, lr: args.lr, loss_scale: None, skipped: false });
         if step % args.save_ckpt_step == 0 || step == args.max_steps {
             let state = TrainingState {
                 step,
@@ -425,6 +425,7 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
                 data_position: serde_json::to_value(position)?,
                 run_config: run_config.clone(),
                 aux_optimizer_steps: None,
+                loss_scale: None,
             };
             let checkpoint = VaeCheckpoint {
                 ema: ema.as_ref().map(|e| (&e.module, e.optimization_step)),

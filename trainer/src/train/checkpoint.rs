@@ -46,6 +46,9 @@ pub struct TrainingState {
     /// Update count of a second optimizer (the WFVAE discriminator's), when the run has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aux_optimizer_steps: Option<usize>,
+    /// Dynamic loss scaling's state, when the run uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<super::trainer::LossScaleState>,
 }
 
 /// What one checkpoint holds, ready to write.

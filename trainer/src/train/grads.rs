@@ -72,11 +72,21 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     max_norm: f64,
 ) -> f64 {
     let norm = global_norm::<B, M>(module, grads);
+    clip_to_norm::<B, M>(module, grads, norm, max_norm);
+    norm
+}
+
+/// [`clip_global_norm`] with the gradients' global norm `norm` already known.
+pub fn clip_to_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    norm: f64,
+    max_norm: f64,
+) {
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         scale::<B, M>(module, grads, coef);
     }
-    norm
 }
 
 use burn::tensor::ElementConversion as _;

@@ -24,4 +24,4 @@ pub use lr::{LrSchedule, LrSchedulerKind};
 pub use metrics::MetricsLog;
 pub use optim::{AdamW, AdamWConfig};
 pub use rng::Rng;
-pub use trainer::{OptimConfig, StepStats, Trainer, WeightsLayout};
+pub use trainer::{LossScaleConfig, LossScaleState, OptimConfig, StepStats, Trainer, WeightsLayout};

@@ -11,6 +11,15 @@
 //! Every shard's loss must be a mean over its own items, and shards should be equally sized: the
 //! update then equals one step on the whole batch (each shard gradient is weighted
 //! `1 / (accumulation steps x shards)`).
+//!
+//! Dynamic loss scaling ([`LossScaleConfig`], torch's `GradScaler`, which accelerate turns on for
+//! `--mixed_precision fp16`): every shard's loss is multiplied by the current scale before its
+//! backward pass, so small float16 gradients do not flush to zero, and the gradients are divided by
+//! it again when they are summed. An update whose gradients overflowed (non-finite norm) is
+//! skipped: the weights and AdamW are left as they were, the learning-rate schedule does not
+//! advance (accelerate skips the scheduler with the optimizer), and the scale is multiplied by the
+//! backoff factor; after `growth_interval` updates in a row without overflow it is multiplied by
+//! the growth factor. Scales are powers of two, so scaling and unscaling are exact.
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
@@ -34,6 +43,73 @@ pub struct OptimConfig {
     pub max_grad_norm: Option<f64>,
     /// `--use_ema` with its settings.
     pub ema: Option<EmaConfig>,
+    /// Dynamic loss scaling (on for `--mixed_precision fp16`).
+    #[serde(default)]
+    pub loss_scale: Option<LossScaleConfig>,
+}
+
+/// torch's `GradScaler` settings (its defaults in [`Default`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossScaleConfig {
+    pub init_scale: f64,
+    pub growth_factor: f64,
+    pub backoff_factor: f64,
+    pub growth_interval: usize,
+}
+
+impl Default for LossScaleConfig {
+    fn default() -> Self {
+        Self { init_scale: 65536.0, growth_factor: 2.0, backoff_factor: 0.5, growth_interval: 2000 }
+    }
+}
+
+impl LossScaleConfig {
+    fn check(&self) -> Result<()> {
+        let power_of_two = |x: f64| x > 0.0 && x.is_finite() && x.log2().fract() == 0.0;
+        if !power_of_two(self.init_scale) || !power_of_two(self.growth_factor) || !power_of_two(self.backoff_factor) {
+            return Err(Error::Config(format!(
+                "loss scaling needs powers of two for the initial scale, growth and backoff factors, got {self:?}"
+            )));
+        }
+        if self.growth_factor <= 1.0 || self.backoff_factor >= 1.0 || self.growth_interval == 0 {
+            return Err(Error::Config(format!(
+                "loss scaling needs growth_factor > 1, backoff_factor < 1 and growth_interval >= 1, got {self:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Where dynamic loss scaling stands; saved in checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossScaleState {
+    /// The scale the next update's losses are multiplied by.
+    pub scale: f64,
+    /// Updates in a row without overflow since the scale last changed.
+    pub growth_tracker: usize,
+    /// Updates skipped for overflow so far (the learning-rate schedule runs `step - skipped`).
+    pub skipped: usize,
+}
+
+impl LossScaleState {
+    fn new(config: &LossScaleConfig) -> Self {
+        Self { scale: config.init_scale, growth_tracker: 0, skipped: 0 }
+    }
+
+    /// Records one update: `overflow` backs the scale off, otherwise it may grow.
+    fn update(&mut self, config: &LossScaleConfig, overflow: bool) {
+        if overflow {
+            self.scale *= config.backoff_factor;
+            self.growth_tracker = 0;
+            self.skipped += 1;
+        } else {
+            self.growth_tracker += 1;
+            if self.growth_tracker == config.growth_interval {
+                self.scale *= config.growth_factor;
+                self.growth_tracker = 0;
+            }
+        }
+    }
 }
 
 /// What one update did.
@@ -43,10 +119,16 @@ pub struct StepStats {
     pub step: usize,
     /// Mean of the shard losses.
     pub loss: f64,
-    /// Gradient norm before clipping.
+    /// Gradient norm before clipping (non-finite on an update skipped for overflow).
     pub grad_norm: f64,
     /// Learning rate used.
     pub lr: f64,
+    /// The loss scale this update ran with (dynamic loss scaling only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// The gradients overflowed and the weights were left unchanged (dynamic loss scaling only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// The model under training with its optimizer, EMA and update counter.
@@ -57,6 +139,8 @@ pub struct Trainer<B: AutodiffBackend, M: AutodiffModule<B>> {
     pub config: OptimConfig,
     /// Updates done.
     pub step: usize,
+    /// Dynamic loss scaling, when [`OptimConfig::loss_scale`] is set.
+    pub loss_scale: Option<LossScaleState>,
     /// Replica devices; the first holds the model.
     pub devices: Vec<B::Device>,
     /// Burn-path fragments of parameters kept frozen (e.g. `wavelet_transform` for the WFVAE's
@@ -113,13 +197,18 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
                 return Err(Error::Config(format!("--max_grad_norm must be > 0, got {max}")));
             }
         }
+        if let Some(ls) = &config.loss_scale {
+            ls.check()?;
+        }
         let model = set_trainable(model, &frozen);
         let ema = config.ema.map(|c| Ema::new(c, model.valid()));
-        Ok(Trainer { model, optimizer: AdamW::new(config.adamw)?, ema, config, step: 0, devices, frozen })
+        let loss_scale = config.loss_scale.as_ref().map(LossScaleState::new);
+        Ok(Trainer { model, optimizer: AdamW::new(config.adamw)?, ema, config, step: 0, loss_scale, devices, frozen })
     }
 
     /// Gradients of the mean loss over `micro_batches[accumulation][shard]`, without updating.
-    /// Returns them with the mean loss.
+    /// Returns them with the mean loss. Under dynamic loss scaling the backward passes run on the
+    /// scaled loss and the returned gradients are unscaled again.
     pub fn gradients<S, F>(&self, micro_batches: &[Vec<S>], loss_fn: &F) -> Result<(GradientsParams, f64)>
     where
         S: Sync,
@@ -130,18 +219,19 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             return Err(Error::input("batch", "a training step needs at least one shard"));
         }
         let weight = 1.0 / shards as f64;
+        let scale = self.loss_scale.map_or(1.0, |s| s.scale);
         let mut total = GradientsParams::new();
         let mut loss_sum = 0.0;
         for micro in micro_batches.iter().filter(|m| !m.is_empty()) {
             if let [shard] = micro.as_slice() {
-                let (g, loss) = shard_gradients(&self.model, shard, loss_fn)?;
-                grads::accumulate::<B, M>(&self.model, &mut total, g, weight);
+                let (g, loss) = shard_gradients(&self.model, shard, loss_fn, scale)?;
+                grads::accumulate::<B, M>(&self.model, &mut total, g, weight / scale);
                 loss_sum += loss;
                 continue;
             }
-            let (contributions, losses) = self.replica_gradients(micro, loss_fn)?;
+            let (contributions, losses) = self.replica_gradients(micro, loss_fn, scale)?;
             let sum = collective::reduce_sum::<B, M>(contributions)?;
-            grads::accumulate::<B, M>(&self.model, &mut total, sum, weight);
+            grads::accumulate::<B, M>(&self.model, &mut total, sum, weight / scale);
             loss_sum += losses.iter().sum::<f64>();
         }
         Ok((total, loss_sum * weight))
@@ -154,6 +244,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
         &self,
         micro: &[S],
         loss_fn: &F,
+        scale: f64,
     ) -> Result<(Vec<collective::Contribution<B, M>>, Vec<f64>)>
     where
         S: Sync,
@@ -167,7 +258,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
                     let device = self.devices[i % self.devices.len()].clone();
                     let replica = self.model.clone().fork(&device);
                     scope.spawn(move || {
-                        let (grads, loss) = shard_gradients(&replica, shard, loss_fn)?;
+                        let (grads, loss) = shard_gradients(&replica, shard, loss_fn, scale)?;
                         Ok((collective::Contribution { replica, device, grads }, loss))
                     })
                 })
@@ -196,22 +287,43 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
                 rule: format!("is {loss} at update {}; lower --learning_rate or check the data", self.step + 1),
             });
         }
-        let grad_norm = match self.config.max_grad_norm {
-            Some(max) => grads::clip_global_norm::<B, M>(&self.model, &mut g, max),
-            None => grads::global_norm::<B, M>(&self.model, &g),
-        };
-        let lr = self.config.lr.lr(self.step);
-        let model = self.model.clone();
-        self.model = self.optimizer.step::<B, M>(model, &mut g, lr);
+        let grad_norm = grads::global_norm::<B, M>(&self.model, &g);
+        let overflow = !grad_norm.is_finite();
+        let scale = self.loss_scale.map(|s| s.scale);
+        let lr = self.config.lr.lr(self.step - self.loss_scale.map_or(0, |s| s.skipped));
+        match (&mut self.loss_scale, self.config.loss_scale) {
+            (Some(state), Some(config)) => state.update(&config, overflow),
+            _ if overflow => {
+                return Err(Error::InvalidInput {
+                    name: "gradients".into(),
+                    rule: format!(
+                        "have norm {grad_norm} at update {}; lower --learning_rate, check the data, or use loss scaling (--mixed_precision fp16 turns it on)",
+                        self.step + 1
+                    ),
+                })
+            }
+            _ => {}
+        }
+        if !overflow {
+            if let Some(max) = self.config.max_grad_norm {
+                grads::clip_to_norm::<B, M>(&self.model, &mut g, grad_norm, max);
+            }
+            let model = self.model.clone();
+            self.model = self.optimizer.step::<B, M>(model, &mut g, lr);
+        } else {
+            tracing::warn!(step = self.step + 1, scale, "gradients overflowed under loss scaling; update skipped");
+        }
+        // As upstream, the EMA follows the model on every update, skipped or not.
         if let Some(ema) = &mut self.ema {
             ema.update::<B, M>(&self.model);
         }
         self.step += 1;
-        Ok(StepStats { step: self.step, loss, grad_norm, lr })
+        Ok(StepStats { step: self.step, loss, grad_norm, lr, loss_scale: scale, skipped: overflow })
     }
 }
 
-fn shard_gradients<B, M, S, F>(model: &M, shard: &S, loss_fn: &F) -> Result<(GradientsParams, f64)>
+/// The gradients of `scale` times the shard's loss, and the (unscaled) loss.
+fn shard_gradients<B, M, S, F>(model: &M, shard: &S, loss_fn: &F, scale: f64) -> Result<(GradientsParams, f64)>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B>,
@@ -219,7 +331,7 @@ where
 {
     let loss = loss_fn(model, shard)?;
     let value = loss.clone().into_scalar().elem::<f64>();
-    let g = loss.backward();
+    let g = if scale == 1.0 { loss.backward() } else { loss.mul_scalar(scale).backward() };
     Ok((GradientsParams::from_grads(g, model), value))
 }
 
@@ -253,6 +365,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             data_position,
             run_config,
             aux_optimizer_steps: None,
+            loss_scale: self.loss_scale,
         };
         let model = super::checkpoint::official_tensors::<B::InnerBackend, _>(&self.model.valid())?;
         let ema = match &self.ema {
@@ -303,6 +416,16 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
         let opt = super::checkpoint::read_optimizer(dir)?;
         self.optimizer.load_state(&self.model.valid(), state.optimizer_steps, &opt, &inner_device)?;
         self.step = state.step;
+        match (&mut self.loss_scale, state.loss_scale) {
+            (Some(ours), Some(saved)) => *ours = saved,
+            (Some(ours), None) => {
+                tracing::warn!(dir = %dir.display(), scale = ours.scale, "the checkpoint has no loss-scale state; loss scaling restarts from its initial scale");
+            }
+            (None, Some(_)) => {
+                tracing::warn!(dir = %dir.display(), "the checkpoint was trained with loss scaling; this run has none");
+            }
+            (None, None) => {}
+        }
         tracing::info!(dir = %dir.display(), step = self.step, "resumed from checkpoint");
         Ok(state)
     }
