@@ -205,3 +205,35 @@ fn extract_text_embeds_writes_upstream_files_and_resumes() {
     let second = run();
     assert!(second.contains("3 caption(s): wrote 1, skipped 2"), "{second}");
 }
+
+#[test]
+fn extract_text_embeds_cleans_captions_as_upstream_training_unless_told_not_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bundle(tmp.path(), 32128);
+    let data = tmp.path().join("anno.json");
+    // Upstream's clean_caption turns the first caption into the second.
+    std::fs::write(&data, r#"[{"path": "v/a.mp4", "cap": ["A <b>RED</b> car", "a red car"]}]"#).unwrap();
+    let embeddings = |clean: &str| {
+        let out_dir = tmp.path().join(format!("emb-{clean}"));
+        let out = osp(&tmp.path().join("cache"))
+            .args(["extract-text-embeds", "--progress", "off", "--max-sequence-length", "10"])
+            .args(["--clean-caption", clean])
+            .arg("--bundle")
+            .arg(&b)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out-dir")
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        ["v/a-0.npz", "v/a-1.npz"].map(|f| {
+            let arrays = read_npz(&out_dir.join(f)).unwrap();
+            arrays.iter().find(|(n, _)| n == "text_emb").unwrap().1.to_f32().unwrap()
+        })
+    };
+    let [raw, plain] = embeddings("true");
+    assert_eq!(raw, plain, "the cleaned caption is encoded");
+    let [raw, plain] = embeddings("false");
+    assert_ne!(raw, plain, "captions encoded as given");
+}

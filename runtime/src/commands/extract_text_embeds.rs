@@ -41,6 +41,10 @@ pub struct ExtractTextEmbedsArgs {
     /// Captions per encoder run.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
+    /// Clean each caption as upstream's training does (`clean_caption`: URLs, HTML, handles, ...)
+    /// before encoding; `false` encodes captions as given.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub clean_caption: bool,
     /// Tokenizer file overriding the one the bundle names.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -118,6 +122,7 @@ pub fn run(args: &ExtractTextEmbedsArgs, backend: &BackendOpts) -> anyhow::Resul
         &args.out_dir,
         args.max_sequence_length,
         args.batch_size,
+        args.clean_caption,
         bar.as_mut(),
     )?;
     println!(

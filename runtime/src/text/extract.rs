@@ -9,9 +9,10 @@
 //!   trainer's `get_text_embed_file_path` reads the same name), sub-folders created;
 //! - each file holds `text_emb` f32 `[l, d]` and `mask` u8 `[l]` (`np.savez`).
 //!
-//! Differences: files that already exist are skipped (the run is resumable), files are written
-//! atomically, and upstream's `t5_text_preprocessing` caption cleaning is not applied (captions
-//! are encoded as given). `path`s must be relative and stay inside the output folder.
+//! Captions are cleaned as upstream's training cleans them ([`super::clean::clean_caption`])
+//! unless the caller turns it off. Differences: files that already exist are skipped (the run is
+//! resumable; a cache written with other cleaning must be written to a new folder), and files are
+//! written atomically. `path`s must be relative and stay inside the output folder.
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
@@ -102,24 +103,26 @@ pub struct ExtractReport {
 }
 
 /// Writes one `.npz` per caption of `annotations` under `out_dir` (see the module docs), encoding
-/// `batch_size` captions per run; existing files are skipped.
+/// `batch_size` captions per run, each cleaned first when `clean`; existing files are skipped.
 pub fn extract_text_embeds(
     encoder: &mut TextEncoder,
     annotations: &[Annotation],
     out_dir: &Path,
     max_len: usize,
     batch_size: usize,
+    clean: bool,
     progress: &mut dyn ExtractProgress,
 ) -> Result<ExtractReport> {
     let mut total = 0usize;
     let mut seen = BTreeSet::new();
-    let mut jobs: Vec<(PathBuf, &str)> = Vec::new();
+    let mut jobs: Vec<(PathBuf, String)> = Vec::new();
     for item in annotations {
         for (i, caption) in item.captions.iter().enumerate() {
             total += 1;
             let file = out_dir.join(embed_file_name(&item.path, i)?);
             if seen.insert(file.clone()) && !file.is_file() {
-                jobs.push((file, caption.as_str()));
+                let text = if clean { super::clean::clean_caption(caption, true) } else { caption.clone() };
+                jobs.push((file, text));
             }
         }
     }
@@ -128,7 +131,7 @@ pub fn extract_text_embeds(
     progress.start(total, skipped);
     let d = encoder.d_model();
     for chunk in jobs.chunks(batch_size.max(1)) {
-        let texts: Vec<&str> = chunk.iter().map(|(_, c)| *c).collect();
+        let texts: Vec<&str> = chunk.iter().map(|(_, c)| c.as_str()).collect();
         let out = encoder.encode_allow_empty(&texts, max_len)?;
         let emb = out.embeddings.to_f32_vec();
         let mask = out.mask.to_f32_vec();

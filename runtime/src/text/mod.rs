@@ -10,6 +10,7 @@
 //! `osp encode-text --bundle mt5.bundle --prompt "a cat" --out emb.safetensors`
 
 pub mod cache;
+pub mod clean;
 pub mod extract;
 pub mod npz;
 

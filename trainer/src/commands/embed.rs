@@ -2,6 +2,7 @@
 //! the trainer's mT5, in the cache layout of the runtime's `osp extract-text-embeds`
 //! (`<out>/<path without extension>-<caption index>.npz` holding `text_emb` f32 `[l, d]` and
 //! `mask` u8 `[l]`), plus `<out>/null.npz`, the empty caption's states for `osp-train dit --cfg`.
+//! Captions are cleaned as upstream training cleans them (`--clean_caption`, on by default).
 //! Existing files are kept (the command resumes); files are written atomically.
 
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Args;
 
+use osp_runtime::text::clean::clean_caption;
 use osp_runtime::text::npz::{write_npz, NpyArray};
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
 use osp_trainer::data::annotation::{read_annotation, text_embed_file};
@@ -36,6 +38,9 @@ pub struct EmbedArgs {
     /// Cache folder (the TEXT_EMBED_ROOT of 3-item --data lines).
     #[arg(long)]
     pub out: PathBuf,
+    /// Clean each caption as upstream's training does (`clean_caption`) before encoding.
+    #[arg(long = "clean_caption", default_value_t = true, action = clap::ArgAction::Set)]
+    pub clean_caption: bool,
     /// Tokens per caption (padded / truncated).
     #[arg(long = "model_max_length", default_value_t = 512)]
     pub model_max_length: usize,
@@ -87,7 +92,8 @@ fn run_on<B: Backend>(args: &EmbedArgs, device: &B::Device) -> anyhow::Result<()
             if item.path.starts_with('/') || item.path.split('/').any(|c| c == "..") {
                 bail!("annotation path `{}` must be relative and stay inside --out", item.path);
             }
-            jobs.push((args.out.join(text_embed_file(&item.path, i)), caption));
+            let text = if args.clean_caption { clean_caption(&caption, true) } else { caption };
+            jobs.push((args.out.join(text_embed_file(&item.path, i)), text));
         }
     }
     let total = jobs.len();
