@@ -46,7 +46,7 @@ fn batch() -> DitBatch {
     let lat = burn::tensor::TensorData::new(r.normals(2 * 8 * 2 * 16), [2, 8, 2, 4, 4]);
     let text = burn::tensor::TensorData::new(r.normals(2 * 4 * 32), [2, 1, 4, 32]);
     let mask = burn::tensor::TensorData::new(vec![1.0f32, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0], [2, 1, 4]);
-    DitBatch::new(&DdpmSchedule::open_sora_plan_v13(), &mut r, lat, text, mask).expect("valid batch")
+    DitBatch::new(&DdpmSchedule::open_sora_plan_v13(), &mut r, lat, text, mask, 1).expect("valid batch")
 }
 
 /// Each parameter's gradient in module order: `(dtype, values)`, `None` where it has none.

@@ -68,7 +68,7 @@ fn data(index: u64, batch: usize) -> (TensorData, TensorData, TensorData) {
 
 fn batch(rng: &mut Rng, index: u64, size: usize) -> DitBatch {
     let (l, t, m) = data(index, size);
-    DitBatch::new(&DdpmSchedule::open_sora_plan_v13(), rng, l, t, m).expect("valid batch")
+    DitBatch::new(&DdpmSchedule::open_sora_plan_v13(), rng, l, t, m, 1).expect("valid batch")
 }
 
 fn objective() -> DitObjective {

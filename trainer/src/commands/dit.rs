@@ -96,6 +96,13 @@ pub struct DitArgs {
     /// Frame stride when --train_fps is 0.
     #[arg(long = "sample_rate", default_value_t = 1)]
     pub sample_rate: usize,
+    /// Probability of dropping a video shorter than --num_frames (the v1.3 scripts pass 0: keep
+    /// every video of at least min(29, --num_frames) frames, cut to 4n+1).
+    #[arg(long = "drop_short_ratio", default_value_t = 1.0)]
+    pub drop_short_ratio: f64,
+    /// Speed a longer video up by at most this factor (even frame subsampling) before cutting a clip.
+    #[arg(long = "speed_factor", default_value_t = 1.0)]
+    pub speed_factor: f64,
     /// Sample height with --force_resolution.
     #[arg(long = "max_height", default_value_t = 320)]
     pub max_height: usize,
@@ -291,6 +298,8 @@ fn data_config(args: &DitArgs, seed: u64) -> DataConfig {
         ae_stride_t: 4,
         total_batch_size: total,
         min_bucket_items: 4 * total,
+        drop_short_ratio: args.drop_short_ratio,
+        speed_factor: args.speed_factor,
         seed,
     }
 }
@@ -356,6 +365,7 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
         null_text: null_text.clone(),
         cfg: args.cfg,
         schedule: &schedule,
+        timestep_ranks: args.dp_replicas.max(1),
         device: device.clone(),
         cache: args.cache_latents.then(|| std::sync::Mutex::new(LatentCache::new(args.latent_cache_max_mb << 20))),
     };
@@ -466,6 +476,7 @@ fn validation_loss<B: Backend>(
         null_text: None,
         cfg: 0.0,
         schedule,
+        timestep_ranks: 1,
         device: device.clone(),
         cache: None,
     };

@@ -60,7 +60,7 @@ pub fn run(args: LatentStatsArgs) -> anyhow::Result<()> {
     let mut bad = BTreeSet::new();
     let indices: Vec<usize> = (0..n).collect();
     for batch in indices.chunks(args.batch_size) {
-        let loaded = dataset.load_batch(batch, &mut bad)?;
+        let loaded = dataset.load_batch(batch, None, &mut bad)?;
         let (t, h, w) = dataset.samples[loaded[0].0].shape();
         let pixels: Vec<f32> = loaded.iter().flat_map(|(_, p)| p.iter().copied()).collect();
         let x = Tensor::<B, 5>::from_data(TensorData::new(pixels, [loaded.len(), 3, t, h, w]), &device);

@@ -215,6 +215,8 @@ impl ClipArgs {
             ae_stride_t: 4,
             total_batch_size: batch,
             min_bucket_items: batch,
+            drop_short_ratio: 0.0,
+            speed_factor: 1.0,
             seed,
         })
     }
@@ -393,7 +395,11 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
         let (indices, next) = dataset.batch_at(position)?;
         let epoch = position.epoch;
         position = next;
-        let items = dataset.load_batch(&indices, &mut bad)?;
+        // Each clip's window, drawn anew per load as upstream's `TemporalRandomCrop`; seeded by
+        // the step, so a resumed run draws the same windows.
+        let mut clip_rng = Rng::derive(step_seed(args.seed, step), 0xC11F);
+        let draws: Vec<f64> = indices.iter().map(|_| clip_rng.uniform()).collect();
+        let items = dataset.load_batch(&indices, Some(&draws), &mut bad)?;
         let mut values = Vec::with_capacity(items.len() * 3 * args.clips.num_frames * res * res);
         for (_, pixels) in &items {
             values.extend_from_slice(pixels);

@@ -46,13 +46,10 @@ pub fn read_data_file(path: &Path) -> Result<Vec<DataSource>> {
                 ))
             }
         };
-        if !source.annotation.to_string_lossy().ends_with(".json") {
+        if AnnotationFormat::of(&source.annotation).is_none() {
             return Err(Error::input(
                 format!("{} line {}", path.display(), i + 1),
-                format!(
-                    "annotation `{}` must be a .json file (upstream's .pkl is not supported)",
-                    source.annotation.display()
-                ),
+                format!("annotation `{}` must be a .json or .pkl file", source.annotation.display()),
             ));
         }
         out.push(source);
@@ -113,10 +110,82 @@ pub fn is_image(path: &str) -> bool {
     matches!(ext.as_str(), "jpg" | "jpeg" | "png" | "webp" | "bmp")
 }
 
-/// Reads an annotation JSON list.
+/// How an annotation file is stored, by extension (upstream `define_frame_index`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnotationFormat {
+    Json,
+    /// A Python pickle of the same list of dicts (`pickle.dump`, protocols 0-5) holding builtin
+    /// types. A pickled class instance (e.g. a numpy scalar) reads as an empty dict, so a field
+    /// holding one is an error naming the file and the hint.
+    Pickle,
+}
+
+impl AnnotationFormat {
+    pub fn of(path: &Path) -> Option<Self> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Some(AnnotationFormat::Json),
+            Some("pkl") => Some(AnnotationFormat::Pickle),
+            _ => None,
+        }
+    }
+}
+
+/// Reads an annotation list from a `.json` or `.pkl` file.
 pub fn read_annotation(path: &Path) -> Result<Vec<AnnotationItem>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })
+    let format = AnnotationFormat::of(path)
+        .ok_or_else(|| Error::input(path.display().to_string(), "an annotation file must end in .json or .pkl"))?;
+    match format {
+        AnnotationFormat::Json => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            serde_json::from_str(&text).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })
+        }
+        AnnotationFormat::Pickle => {
+            let name = path.display().to_string();
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let value = serde_pickle::value_from_slice(&bytes, serde_pickle::DeOptions::new())
+                .map_err(|e| Error::input(&name, format!("not a readable pickle: {e}")))?;
+            let value = pickle_to_json(value).map_err(|why| Error::input(&name, why))?;
+            serde_json::from_value(value).map_err(|e| {
+                Error::input(
+                    &name,
+                    format!(
+                        "{e} (a pickled class instance such as a numpy scalar reads as an empty map; store plain Python numbers, strings, lists and dicts)"
+                    ),
+                )
+            })
+        }
+    }
+}
+
+/// The JSON value of a pickled builtin value (tuples and sets become lists; dict keys must be
+/// strings).
+fn pickle_to_json(value: serde_pickle::Value) -> std::result::Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    use serde_pickle::{HashableValue as H, Value as P};
+    let list = |items: Vec<P>| items.into_iter().map(pickle_to_json).collect::<std::result::Result<Vec<_>, _>>();
+    Ok(match value {
+        P::None => J::Null,
+        P::Bool(b) => J::Bool(b),
+        P::I64(i) => J::from(i),
+        P::Int(big) => return Err(format!("integer {big} does not fit in 64 bits")),
+        P::F64(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        P::String(s) => J::String(s),
+        P::Bytes(_) => return Err("holds a bytes value where text or numbers are expected".into()),
+        P::List(items) | P::Tuple(items) => J::Array(list(items)?),
+        P::Set(items) | P::FrozenSet(items) => J::Array(list(items.into_iter().map(H::into_value).collect())?),
+        P::Dict(map) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in map {
+                match k {
+                    H::String(k) => {
+                        out.insert(k, pickle_to_json(v)?);
+                    }
+                    other => return Err(format!("a dict key must be a string, found {other:?}")),
+                }
+            }
+            J::Object(out)
+        }
+    })
 }
 
 /// `<path without extension>-<index>.npz`, the text-embedding cache file of caption `index`
@@ -158,5 +227,31 @@ mod tests {
         assert!(is_image(&items[1].path) && !is_image(&items[0].path));
         assert_eq!(text_embed_file("v/x.mp4", 1), PathBuf::from("v/x-1.npz"));
         assert_eq!(text_embed_file("a.b/noext", 0), PathBuf::from("a.b/noext-0.npz"));
+    }
+
+    #[test]
+    fn pickled_annotations_read_like_their_json() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/annotations");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let json = dir.path().join("same.json");
+        std::fs::write(
+            &json,
+            r#"[{"path": "v/clip.mp4", "cap": ["a red circle", "a circle"], "resolution": {"height": 64, "width": 96},
+                 "num_frames": 30, "fps": 24, "cut": [2, 30], "aes": 5.5, "tech": 1.0},
+                {"path": "img.jpg", "cap": "one caption", "resolution": {"height": 32, "width": 32}}]"#,
+        )
+        .expect("write");
+        let expected = read_annotation(&json).expect("valid json");
+        for protocol in [2, 4, 5] {
+            let pkl = fixtures.join(format!("items_protocol{protocol}.pkl"));
+            assert_eq!(read_annotation(&pkl).expect("valid pickle"), expected, "protocol {protocol}");
+        }
+        let e = read_annotation(&fixtures.join("class_instance.pkl")).expect_err("a pickled class");
+        assert!(e.to_string().contains("class_instance.pkl") && e.to_string().contains("numpy scalar"), "{e}");
+
+        let data = dir.path().join("data.txt");
+        std::fs::write(&data, "media,anno.pkl\nmedia,anno.csv\n").expect("write");
+        let e = read_data_file(&data).expect_err("csv annotation");
+        assert!(e.to_string().contains("line 2") && e.to_string().contains(".json or .pkl"), "{e}");
     }
 }

@@ -1,9 +1,12 @@
-//! The training data set as upstream builds it (`T2V_dataset.define_frame_index` and
-//! `LengthGroupedSampler` in `opensora/dataset/t2v_datasets.py`, `opensora/utils/dataset_utils.py`
-//! at 9fa322fb): per item a frame-index plan (resampled to `--train_fps`, randomly cropped to
-//! `--num_frames`, cut to the largest `4n+1`) and a sample size (`--force_resolution` or
-//! `--max_hxw`/`--min_hxw`/`--hw_stride`); items grouped into shape buckets `T x H x W`, batches
-//! drawn from one bucket, the order fixed by `--seed` and the epoch.
+//! The training data set as upstream builds it (`T2V_dataset.define_frame_index`,
+//! `get_actual_frame` and `LengthGroupedSampler` in `opensora/dataset/t2v_datasets.py`,
+//! `opensora/utils/dataset_utils.py` at 9fa322fb): per item the frames a clip is cut from
+//! (resampled to `--train_fps`, sped up by `--speed_factor`), the clip length (`--num_frames`
+//! cut to the largest `4n+1`; shorter videos kept or dropped by `--drop_short_ratio`) and a
+//! sample size (`--force_resolution` or `--max_hxw`/`--min_hxw`/`--hw_stride`); items grouped
+//! into shape buckets `T x H x W`, batches drawn from one bucket, the order fixed by `--seed` and
+//! the epoch. As upstream, a video longer than the clip gets a new random window each time it is
+//! loaded ([`Dataset::load_batch`] with draws); without draws the window drawn at planning is used.
 //!
 //! Differences from upstream, each deliberate:
 //! - missing media files are logged and skipped while planning; unreadable ones when loaded (the
@@ -11,7 +14,10 @@
 //! - a missing `resolution`, `num_frames` or `fps` is read from the file instead of dropping the item;
 //! - the shortest accepted clip is `min(29, --num_frames)` frames (upstream hard-codes 29, which
 //!   forbids small-frame training runs);
-//! - `--train_fps 0` samples every `--sample_rate`-th frame instead of resampling by fps.
+//! - `--train_fps 0` samples every `--sample_rate`-th frame instead of resampling by fps;
+//! - when `--speed_factor` is the most a video allows, its sped-up length is kept at
+//!   `--num_frames` (upstream's `int(len / factor)` can round below it and then rejects the
+//!   item at load time).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,6 +54,12 @@ pub struct DataConfig {
     pub total_batch_size: usize,
     /// Buckets with fewer than this many items are dropped (upstream: 4 x total batch size).
     pub min_bucket_items: usize,
+    /// `--drop_short_ratio`: the probability that a video shorter than `num_frames` (after
+    /// resampling) is dropped at planning; 0 keeps every video of at least `min(29, num_frames)`.
+    pub drop_short_ratio: f64,
+    /// `--speed_factor` (>= 1): a longer video is first subsampled evenly to
+    /// `len / min(speed_factor, len / num_frames)` frames, so a clip spans more of it.
+    pub speed_factor: f64,
     /// `--seed`: planning and shuffling.
     pub seed: u64,
 }
@@ -66,7 +78,15 @@ pub struct Sample {
     pub captions: Vec<String>,
     pub text_embed_root: Option<PathBuf>,
     pub image: bool,
-    pub frame_indices: Vec<usize>,
+    /// The frame indices clips are cut from (`[0]` for an image).
+    pub source_frames: Vec<usize>,
+    /// Frames per clip.
+    pub frames: usize,
+    /// How many clip windows `source_frames` holds: upstream's `TemporalRandomCrop` starts a
+    /// window at `0..=len - num_frames - 1` when `len > num_frames`, else only at 0.
+    pub starts: usize,
+    /// The window start drawn at planning (used when loading without draws).
+    pub planned_start: usize,
     /// Sample size `(height, width)`.
     pub size: (usize, usize),
     /// `crop` `[x0, x1, y0, y1]` applied before resizing.
@@ -76,7 +96,20 @@ pub struct Sample {
 impl Sample {
     /// Shape bucket `(frames, height, width)`.
     pub fn shape(&self) -> (usize, usize, usize) {
-        (self.frame_indices.len(), self.size.0, self.size.1)
+        (self.frames, self.size.0, self.size.1)
+    }
+
+    /// The window start chosen by a uniform draw in `[0, 1)` (`None`: the planned one).
+    pub fn start(&self, draw: Option<f64>) -> usize {
+        match draw {
+            Some(u) => ((u * self.starts as f64) as usize).min(self.starts - 1),
+            None => self.planned_start,
+        }
+    }
+
+    /// The frame indices of the clip starting at window `start`.
+    pub fn frame_indices(&self, start: usize) -> &[usize] {
+        &self.source_frames[start..start + self.frames]
     }
 
     /// The cached text embedding of caption `index`, when the source has a cache.
@@ -172,6 +205,15 @@ impl Dataset {
                 ),
             ));
         }
+        if !(0.0..=1.0).contains(&config.drop_short_ratio) {
+            return Err(Error::input(
+                "--drop_short_ratio",
+                format!("must be a probability in [0, 1], got {}", config.drop_short_ratio),
+            ));
+        }
+        if !(config.speed_factor >= 1.0 && config.speed_factor.is_finite()) {
+            return Err(Error::input("--speed_factor", format!("must be at least 1, got {}", config.speed_factor)));
+        }
         if !config.force_resolution && config.max_hxw.is_none() {
             return Err(Error::input("--max_hxw", "is required without --force_resolution"));
         }
@@ -253,20 +295,29 @@ impl Dataset {
     }
 
     /// Loads the items of a batch; an item that fails to decode is logged, remembered in `bad`
-    /// and replaced by the next loadable item of its bucket. Returns `(item, pixels)` pairs.
+    /// and replaced by the next loadable item of its bucket. `draws` (one uniform in `[0, 1)` per
+    /// item) pick each clip's window as [`Sample::start`] does, for whichever item is loaded;
+    /// `None` loads the planned windows. Returns `(item, pixels)` pairs.
     pub fn load_batch(
         &self,
         indices: &[usize],
+        draws: Option<&[f64]>,
         bad: &mut std::collections::BTreeSet<usize>,
     ) -> Result<Vec<(usize, Vec<f32>)>> {
+        if let Some(d) = draws {
+            if d.len() != indices.len() {
+                return Err(Error::input("clip draws", format!("{} draws for {} items", d.len(), indices.len())));
+            }
+        }
         let mut out = Vec::with_capacity(indices.len());
-        for &index in indices {
+        for (k, &index) in indices.iter().enumerate() {
+            let draw = draws.map(|d| d[k]);
             let mut loaded = None;
             for candidate in std::iter::once(index).chain(self.bucket_neighbours(index)) {
                 if bad.contains(&candidate) {
                     continue;
                 }
-                match self.load_pixels(candidate) {
+                match self.load_pixels(candidate, self.samples[candidate].start(draw)) {
                     Ok(p) => {
                         loaded = Some((candidate, p));
                         break;
@@ -287,10 +338,17 @@ impl Dataset {
         Ok(out)
     }
 
-    /// Decodes and transforms item `index` to `[3, t, h, w]` values in `[-1, 1]`.
-    pub fn load_pixels(&self, index: usize) -> Result<Vec<f32>> {
+    /// Decodes and transforms the clip of item `index` starting at window `start` to
+    /// `[3, t, h, w]` values in `[-1, 1]`.
+    pub fn load_pixels(&self, index: usize, start: usize) -> Result<Vec<f32>> {
         let s = &self.samples[index];
-        let frames = video::read_frames(&s.media, &s.frame_indices)?;
+        if start >= s.starts {
+            return Err(Error::input(
+                s.media.display().to_string(),
+                format!("clip window {start} is past the item's {} windows", s.starts),
+            ));
+        }
+        let frames = video::read_frames(&s.media, s.frame_indices(start))?;
         Ok(transform(&frames, s, self.config.force_resolution, self.config.max_hxw, self.config.hw_stride))
     }
 }
@@ -362,8 +420,8 @@ fn plan_item(
         }
         (sh, sw)
     };
-    let frame_indices = if image {
-        vec![0]
+    let (source_frames, frames, starts, planned_start) = if image {
+        (vec![0], 1, 1, 0)
     } else {
         let fps = item.fps.or(info.as_ref().and_then(|i| i.fps)).unwrap_or(24.0);
         let total = item.num_frames.or(info.as_ref().map(|i| i.frames)).unwrap_or(0);
@@ -381,31 +439,36 @@ fn plan_item(
         } else {
             config.sample_rate.max(1) as f64
         };
-        let wanted_span = config.num_frames as f64 * interval;
+        let wanted_span = config.num_frames as f64 * interval * config.speed_factor;
         if total as f64 > TOO_LONG_FACTOR * wanted_span {
             stats.too_long += 1;
             return None;
         }
         // np.arange(start, start + total, interval).astype(int), kept below start + total.
-        let mut idx: Vec<usize> = (0..)
+        let idx: Vec<usize> = (0..)
             .map(|k| start as f64 + k as f64 * interval)
             .take_while(|&v| v < (start + total) as f64)
             .map(|v| v as usize)
             .collect();
-        if idx.len() > config.num_frames {
-            // TemporalRandomCrop: begin in [0, len - size - 1].
-            let rand_end = idx.len().saturating_sub(config.num_frames + 1);
-            let begin = rng.below(rand_end as u64 + 1) as usize;
-            idx = idx[begin..(begin + config.num_frames).min(idx.len())].to_vec();
+        if idx.len() < config.num_frames && rng.uniform() < config.drop_short_ratio {
+            stats.too_short += 1;
+            return None;
         }
-        match closest_frames(idx.len(), config.ae_stride_t, config.num_frames.min(29)) {
-            Some(n) => idx.truncate(n),
+        let idx = speed_up(idx, config.num_frames, config.speed_factor);
+        // TemporalRandomCrop: a window of num_frames starting in [0, len - num_frames - 1].
+        let (window, starts) = if idx.len() > config.num_frames {
+            (config.num_frames, idx.len() - config.num_frames)
+        } else {
+            (idx.len(), 1)
+        };
+        let planned_start = rng.below(starts as u64) as usize;
+        match closest_frames(window, config.ae_stride_t, config.num_frames.min(29)) {
+            Some(n) => (idx, n, starts, planned_start),
             None => {
                 stats.too_short += 1;
                 return None;
             }
         }
-        idx
     };
     Some(Sample {
         media,
@@ -413,10 +476,30 @@ fn plan_item(
         captions,
         text_embed_root: source.text_embed_root.clone(),
         image,
-        frame_indices,
+        source_frames,
+        frames,
+        starts,
+        planned_start,
         size,
         crop: item.crop,
     })
+}
+
+/// `get_actual_frame`'s speed-up: when `speed_factor > 1` and the video is longer than a clip,
+/// `np.linspace(0, len - 1, int(len / min(speed_factor, len / num_frames)), dtype=int)` of its
+/// frames (at least `num_frames` of them, see the module docs).
+fn speed_up(idx: Vec<usize>, num_frames: usize, speed_factor: f64) -> Vec<usize> {
+    let len = idx.len();
+    let most = len as f64 / num_frames as f64;
+    if speed_factor <= 1.0 || most <= 1.0 {
+        return idx;
+    }
+    let target = ((len as f64 / speed_factor.min(most)) as usize).max(num_frames);
+    if target >= len {
+        return idx;
+    }
+    let step = (len - 1) as f64 / (target - 1).max(1) as f64;
+    (0..target).map(|i| if i + 1 == target { idx[len - 1] } else { idx[(i as f64 * step).floor() as usize] }).collect()
 }
 
 /// A crop window `(top, left, height, width)`.

@@ -35,14 +35,17 @@ fn split_rows(data: &TensorData, n: usize, name: &str) -> Result<Vec<TensorData>
 }
 
 impl DitBatch {
-    /// Draws noise and timesteps for `latents` `[b, c, t, h, w]` from `rng` (rank `rank` of `ranks`
-    /// for the stratified timesteps).
+    /// Draws noise and timesteps for `latents` `[b, c, t, h, w]` from `rng`. The batch is the
+    /// union of `ranks` equal data-parallel shards ([`DitBatch::shards`]); shard `r` draws its
+    /// timesteps from stratum `r` of `ranks`, as upstream's `explicit_uniform_sampling` does on
+    /// process `r` (one rank: uniform over all timesteps).
     pub fn new(
         schedule: &DdpmSchedule,
         rng: &mut Rng,
         latents: TensorData,
         text: TensorData,
         text_mask: TensorData,
+        ranks: usize,
     ) -> Result<Self> {
         if latents.shape.len() != 5 {
             return Err(Error::input("latents", format!("must be [b, c, t, h, w], found {:?}", latents.shape)));
@@ -57,9 +60,15 @@ impl DitBatch {
                 ),
             ));
         }
+        if ranks == 0 || !b.is_multiple_of(ranks) {
+            return Err(Error::input(
+                "latents",
+                format!("a batch of {b} cannot be split into {ranks} equal data-parallel shards"),
+            ));
+        }
         let n = latents.shape.iter().product();
         let noise = TensorData::new(rng.normals(n), latents.shape.clone());
-        let timesteps = schedule.sample_timesteps(rng, b, 1, 0);
+        let timesteps = (0..ranks).flat_map(|r| schedule.sample_timesteps(rng, b / ranks, ranks, r)).collect();
         Ok(DitBatch { noised: NoisedBatch { latents, noise, timesteps }, text, text_mask })
     }
 
@@ -166,7 +175,7 @@ impl TextEmbedding {
 }
 
 /// Posterior moments of clips and text states of captions kept in memory across epochs, so each
-/// clip is decoded and VAE-encoded once per run instead of once per step (`osp-train dit
+/// clip window is decoded and VAE-encoded once per run instead of once per load (`osp-train dit
 /// --cache_latents`). The frozen VAE's posterior is deterministic, so a cached item gives the
 /// same batch as a fresh one (the posterior noise is still drawn every step). Bounded: once
 /// `max_bytes` are held, further items are encoded every time.
@@ -174,8 +183,8 @@ impl TextEmbedding {
 pub struct LatentCache {
     max_bytes: usize,
     bytes: usize,
-    /// Data set index -> posterior `mean`, `std` of `[c, t, h, w]`.
-    latents: std::collections::HashMap<usize, std::sync::Arc<(Vec<f32>, Vec<f32>, [usize; 4])>>,
+    /// (data set index, clip window start) -> posterior `mean`, `std` of `[c, t, h, w]`.
+    latents: std::collections::HashMap<(usize, usize), Moments>,
     texts: std::collections::HashMap<std::path::PathBuf, TextEmbedding>,
     hits: u64,
     misses: u64,
@@ -213,6 +222,8 @@ pub struct DitBatcher<'a, B: Backend> {
     pub null_text: Option<TextEmbedding>,
     pub cfg: f64,
     pub schedule: &'a DdpmSchedule,
+    /// Data-parallel shards each batch is split into (timestep strata, see [`DitBatch::new`]).
+    pub timestep_ranks: usize,
     pub device: B::Device,
     /// Keeps encoded clips and read captions in memory (`None`: encode every step).
     pub cache: Option<std::sync::Mutex<LatentCache>>,
@@ -220,18 +231,27 @@ pub struct DitBatcher<'a, B: Backend> {
 
 impl<B: Backend> DitBatcher<'_, B> {
     /// Loads `indices` (bad files replaced, see [`crate::data::Dataset::load_batch`]), encodes them
-    /// and draws captions, CFG dropout, posterior noise, diffusion noise and timesteps from `rng`.
-    /// With a cache, cached clips are neither decoded nor encoded; the draws are the same.
+    /// and draws clip windows, captions, CFG dropout, posterior noise, diffusion noise and
+    /// timesteps from `rng`. With a cache, cached clips are neither decoded nor encoded; the
+    /// draws are the same.
     pub fn batch(
         &self,
         indices: &[usize],
         bad: &mut std::collections::BTreeSet<usize>,
         rng: &mut Rng,
     ) -> Result<DitBatch> {
+        let draws: Vec<f64> = indices.iter().map(|_| rng.uniform()).collect();
+        let samples = &self.dataset.samples;
         let mut cache = self.cache.as_ref().map(|c| c.lock().unwrap_or_else(|e| e.into_inner()));
         // Each position: its data set item and, when cached, its moments.
-        let mut items: Vec<(usize, Option<Moments>)> =
-            indices.iter().map(|&i| (i, cache.as_ref().and_then(|c| c.latents.get(&i).cloned()))).collect();
+        let mut items: Vec<(usize, Option<Moments>)> = indices
+            .iter()
+            .zip(&draws)
+            .map(|(&i, &u)| {
+                let key = (i, samples[i].start(Some(u)));
+                (i, cache.as_ref().and_then(|c| c.latents.get(&key).cloned()))
+            })
+            .collect();
         let missing: Vec<usize> = (0..items.len()).filter(|&p| items[p].1.is_none()).collect();
         if let Some(c) = cache.as_mut() {
             c.hits += (items.len() - missing.len()) as u64;
@@ -240,7 +260,8 @@ impl<B: Backend> DitBatcher<'_, B> {
         let loaded = if missing.is_empty() {
             Vec::new()
         } else {
-            self.dataset.load_batch(&missing.iter().map(|&p| indices[p]).collect::<Vec<_>>(), bad)?
+            let missing_draws: Vec<f64> = missing.iter().map(|&p| draws[p]).collect();
+            self.dataset.load_batch(&missing.iter().map(|&p| indices[p]).collect::<Vec<_>>(), Some(&missing_draws), bad)?
         };
         for (&p, (index, _)) in missing.iter().zip(&loaded) {
             items[p].0 = *index;
@@ -312,9 +333,10 @@ impl<B: Backend> DitBatcher<'_, B> {
                     [c, lt, lh, lw],
                 ));
                 if let Some(cache) = cache.as_mut() {
-                    if cache.fits(8 * per) && !cache.latents.contains_key(&items[p].0) {
+                    let key = (items[p].0, samples[items[p].0].start(Some(draws[p])));
+                    if cache.fits(8 * per) && !cache.latents.contains_key(&key) {
                         cache.bytes += 8 * per;
-                        cache.latents.insert(items[p].0, m.clone());
+                        cache.latents.insert(key, m.clone());
                     }
                 }
                 items[p].1 = Some(m);
@@ -357,6 +379,42 @@ impl<B: Backend> DitBatcher<'_, B> {
         let text =
             TensorData::new(texts.iter().flat_map(|e| e.values.iter().copied()).collect::<Vec<f32>>(), [b, 1, l, d]);
         let mask = TensorData::new(texts.iter().flat_map(|e| e.mask.iter().copied()).collect::<Vec<f32>>(), [b, 1, l]);
-        DitBatch::new(self.schedule, rng, latents, text, mask)
+        DitBatch::new(self.schedule, rng, latents, text, mask, self.timestep_ranks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(b: usize, ranks: usize, seed: u64) -> Result<DitBatch> {
+        let mut rng = Rng::new(seed);
+        DitBatch::new(
+            &DdpmSchedule::open_sora_plan_v13(),
+            &mut rng,
+            TensorData::new(vec![0f32; b * 2], [b, 2, 1, 1, 1]),
+            TensorData::new(vec![0f32; b * 3], [b, 1, 1, 3]),
+            TensorData::new(vec![1f32; b], [b, 1, 1]),
+            ranks,
+        )
+    }
+
+    #[test]
+    fn each_data_parallel_shard_draws_timesteps_from_its_own_stratum() {
+        let whole = batch(64, 2, 7).expect("valid batch");
+        let shards = whole.shards(2).expect("two shards");
+        assert!(shards[0].noised.timesteps.iter().all(|&t| t < 500), "{:?}", shards[0].noised.timesteps);
+        assert!(shards[1].noised.timesteps.iter().all(|&t| t >= 500), "{:?}", shards[1].noised.timesteps);
+        let four = batch(64, 4, 7).expect("valid batch");
+        for (r, shard) in four.shards(4).expect("four shards").iter().enumerate() {
+            assert!(shard.noised.timesteps.iter().all(|&t| (250 * r..250 * (r + 1)).contains(&t)), "rank {r}");
+        }
+        // One rank: the draws of a plain uniform sample over all timesteps.
+        let one = batch(64, 1, 7).expect("valid batch");
+        let mut rng = Rng::new(7);
+        let _noise = rng.normals(128);
+        assert_eq!(one.noised.timesteps, DdpmSchedule::open_sora_plan_v13().sample_timesteps(&mut rng, 64, 1, 0));
+        let e = batch(6, 4, 7).expect_err("6 items do not split into 4 shards");
+        assert!(e.to_string().contains("4 equal data-parallel shards"), "{e}");
     }
 }
