@@ -159,6 +159,21 @@ fn bad_prompts_and_vocabulary_mismatch_are_clear_errors() {
     );
 }
 
+/// `osp extract-text-embeds` of `data` into `out_dir` with 10 tokens per caption.
+fn extract(tmp: &Path, bundle: &Path, data: &Path, out_dir: &Path, extra: &[&str]) -> Output {
+    osp(&tmp.join("cache"))
+        .args(["extract-text-embeds", "--max-sequence-length", "10"])
+        .args(extra)
+        .arg("--bundle")
+        .arg(bundle)
+        .arg("--data")
+        .arg(data)
+        .arg("--out-dir")
+        .arg(out_dir)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn extract_text_embeds_writes_upstream_files_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -172,16 +187,7 @@ fn extract_text_embeds_writes_upstream_files_and_resumes() {
     .unwrap();
     let out_dir = tmp.path().join("emb");
     let run = || {
-        let out = osp(&tmp.path().join("cache"))
-            .args(["extract-text-embeds", "--progress", "jsonl", "--max-sequence-length", "10", "--batch-size", "2"])
-            .arg("--bundle")
-            .arg(&b)
-            .arg("--data")
-            .arg(&data)
-            .arg("--out-dir")
-            .arg(&out_dir)
-            .output()
-            .unwrap();
+        let out = extract(tmp.path(), &b, &data, &out_dir, &["--progress", "jsonl", "--batch-size", "2"]);
         assert!(out.status.success(), "{}", text(&out));
         text(&out)
     };
@@ -215,17 +221,7 @@ fn extract_text_embeds_cleans_captions_as_upstream_training_unless_told_not_to()
     std::fs::write(&data, r#"[{"path": "v/a.mp4", "cap": ["A <b>RED</b> car", "a red car"]}]"#).unwrap();
     let embeddings = |clean: &str| {
         let out_dir = tmp.path().join(format!("emb-{clean}"));
-        let out = osp(&tmp.path().join("cache"))
-            .args(["extract-text-embeds", "--progress", "off", "--max-sequence-length", "10"])
-            .args(["--clean-caption", clean])
-            .arg("--bundle")
-            .arg(&b)
-            .arg("--data")
-            .arg(&data)
-            .arg("--out-dir")
-            .arg(&out_dir)
-            .output()
-            .unwrap();
+        let out = extract(tmp.path(), &b, &data, &out_dir, &["--progress", "off", "--clean-caption", clean]);
         assert!(out.status.success(), "{}", text(&out));
         ["v/a-0.npz", "v/a-1.npz"].map(|f| {
             let arrays = read_npz(&out_dir.join(f)).unwrap();
