@@ -300,6 +300,7 @@ fn data_config(args: &DitArgs, seed: u64) -> DataConfig {
         min_bucket_items: 4 * total,
         drop_short_ratio: args.drop_short_ratio,
         speed_factor: args.speed_factor,
+        vae_clips: None,
         seed,
     }
 }

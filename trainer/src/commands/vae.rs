@@ -8,10 +8,12 @@
 //! Upstream: <https://github.com/PKU-YuanGroup/Open-Sora-Plan/blob/9fa322fbbb276e2bbe40b2f439e3d610af3d7690/opensora/train/train_causalvae.py>
 //!
 //! Data: `--video_path DIR` (every video file under it, as upstream) or `--data FILE` (the
-//! `MEDIA_ROOT,ANNOTATION.json` lines of the DiT trainer); clips are `--num_frames` frames taken
-//! every `--sample_rate`-th frame, centre-cropped and resized to `--resolution` squared.
-//! Determinism: the posterior noise of step `s` comes from the backend generator seeded with
-//! `(--seed, s)`, the data order from `--seed`, so a resumed run repeats the straight run.
+//! `MEDIA_ROOT,ANNOTATION.json` lines of the DiT trainer); clips are cut and transformed as
+//! upstream's `TrainVideoDataset` ([`osp_trainer::data::VaeClips`]): on every load a new window of
+//! `--num_frames` frames at stride `--sample_rate` (`--dynamic_sample`: a stride drawn from
+//! 1..=`--sample_rate`), the short edge resized to `--resolution` with antialiasing, centre crop.
+//! Determinism: the posterior noise and the clip draws of step `s` come from generators seeded
+//! with `(--seed, s)`, the data order from `--seed`, so a resumed run repeats the straight run.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -26,7 +28,7 @@ use serde::Serialize;
 
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
 use osp_trainer::data::annotation::{AnnotationItem, Captions, DataSource};
-use osp_trainer::data::{read_data_file, DataConfig, DataPosition, Dataset};
+use osp_trainer::data::{read_data_file, DataConfig, DataPosition, Dataset, VaeClips};
 use osp_trainer::losses::vae_step::{VaeCheckpoint, VaeOptimConfig, VaeStepLog, VaeTrainer, FROZEN_VAE_PARAMS};
 use osp_trainer::losses::{LossConfig, LossType};
 use osp_trainer::models::discriminator::NLayerDiscriminator3DConfig;
@@ -190,9 +192,12 @@ pub struct ClipArgs {
     /// Frames per clip (4n+1).
     #[arg(long = "num_frames", default_value_t = 25)]
     pub num_frames: usize,
-    /// Take every this-many-th frame of a video.
+    /// Frame stride of a clip (with --dynamic_sample, the largest one).
     #[arg(long = "sample_rate", default_value_t = 1)]
     pub sample_rate: usize,
+    /// Draw each clip's stride uniformly from 1..=--sample_rate on every load, as upstream.
+    #[arg(long = "dynamic_sample")]
+    pub dynamic_sample: bool,
 }
 
 impl ClipArgs {
@@ -217,6 +222,7 @@ impl ClipArgs {
             min_bucket_items: batch,
             drop_short_ratio: 0.0,
             speed_factor: 1.0,
+            vae_clips: Some(VaeClips { dynamic_sample: self.dynamic_sample }),
             seed,
         })
     }

@@ -60,8 +60,22 @@ pub struct DataConfig {
     /// `--speed_factor` (>= 1): a longer video is first subsampled evenly to
     /// `len / min(speed_factor, len / num_frames)` frames, so a clip spans more of it.
     pub speed_factor: f64,
+    /// Clips as upstream's WFVAE training cuts them (`TrainVideoDataset`) instead of the
+    /// text-to-video rules above; `None` for DiT training.
+    pub vae_clips: Option<VaeClips>,
     /// `--seed`: planning and shuffling.
     pub seed: u64,
+}
+
+/// Upstream `TrainVideoDataset` (`opensora/models/causalvideovae/dataset/video_dataset.py` at
+/// 9fa322fb): on each load a stride `sample_rate` (with `--dynamic_sample`, uniform in
+/// `1..=sample_rate`), a `TemporalRandomCrop` window of `num_frames * stride` frames and
+/// `np.linspace(begin, end - 1, num_frames, dtype=int)` in it (a shorter video repeats frames);
+/// frames scaled to `[0, 1]`, `Resize(size)` (short edge, bilinear with antialiasing),
+/// `CenterCropVideo(size)`, then `2x - 1`. No length, duration or aspect filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaeClips {
+    pub dynamic_sample: bool,
 }
 
 /// Upstream's aspect filter threshold (`hw_aspect_thr`).
@@ -87,6 +101,8 @@ pub struct Sample {
     pub starts: usize,
     /// The window start drawn at planning (used when loading without draws).
     pub planned_start: usize,
+    /// The clip draw made at planning for [`VaeClips`] sampling (used when loading without draws).
+    pub planned_draw: f64,
     /// Sample size `(height, width)`.
     pub size: (usize, usize),
     /// `crop` `[x0, x1, y0, y1]` applied before resizing.
@@ -317,7 +333,7 @@ impl Dataset {
                 if bad.contains(&candidate) {
                     continue;
                 }
-                match self.load_pixels(candidate, self.samples[candidate].start(draw)) {
+                match self.load_pixels(candidate, draw) {
                     Ok(p) => {
                         loaded = Some((candidate, p));
                         break;
@@ -338,17 +354,34 @@ impl Dataset {
         Ok(out)
     }
 
-    /// Decodes and transforms the clip of item `index` starting at window `start` to
-    /// `[3, t, h, w]` values in `[-1, 1]`.
-    pub fn load_pixels(&self, index: usize, start: usize) -> Result<Vec<f32>> {
+    /// The frame indices of item `index`'s clip for a uniform draw in `[0, 1)` (`None`: the
+    /// clip planned for it).
+    pub fn clip_frames(&self, index: usize, draw: Option<f64>) -> Vec<usize> {
         let s = &self.samples[index];
-        if start >= s.starts {
-            return Err(Error::input(
-                s.media.display().to_string(),
-                format!("clip window {start} is past the item's {} windows", s.starts),
-            ));
+        match self.config.vae_clips {
+            Some(v) if !s.image => {
+                let rate = self.config.sample_rate.max(1);
+                let within = vae_clip(
+                    s.source_frames.len(),
+                    self.config.num_frames,
+                    rate,
+                    v.dynamic_sample,
+                    draw.unwrap_or(s.planned_draw),
+                );
+                within.into_iter().map(|i| s.source_frames[i]).collect()
+            }
+            _ => s.frame_indices(s.start(draw)).to_vec(),
         }
-        let frames = video::read_frames(&s.media, s.frame_indices(start))?;
+    }
+
+    /// Decodes and transforms the clip of item `index` chosen by `draw` (see
+    /// [`Dataset::clip_frames`]) to `[3, t, h, w]` values in `[-1, 1]`.
+    pub fn load_pixels(&self, index: usize, draw: Option<f64>) -> Result<Vec<f32>> {
+        let s = &self.samples[index];
+        let frames = video::read_frames(&s.media, &self.clip_frames(index, draw))?;
+        if self.config.vae_clips.is_some() {
+            return Ok(vae_transform(&frames, s.crop, s.size.0));
+        }
         Ok(transform(&frames, s, self.config.force_resolution, self.config.max_hxw, self.config.hw_stride))
     }
 }
@@ -402,6 +435,33 @@ fn plan_item(
     if height == 0 || width == 0 {
         stats.bad_resolution += 1;
         return None;
+    }
+    if config.vae_clips.is_some() {
+        let total = item.num_frames.or(info.as_ref().map(|i| i.frames)).unwrap_or(0);
+        let start = item.cut.map_or(0, |c| c[0]);
+        let total = match item.cut {
+            Some([a, b]) if b > a => total.min(b - a),
+            _ => total,
+        };
+        if !image && total == 0 {
+            stats.too_short += 1;
+            return None;
+        }
+        let (source_frames, frames) = if image { (vec![0], 1) } else { ((start..start + total).collect(), config.num_frames) };
+        return Some(Sample {
+            media,
+            rel_path: item.path.clone(),
+            captions,
+            text_embed_root: source.text_embed_root.clone(),
+            image,
+            source_frames,
+            frames,
+            starts: 1,
+            planned_start: 0,
+            planned_draw: rng.uniform(),
+            size: (config.max_height, config.max_width),
+            crop: item.crop,
+        });
     }
     let size = if config.force_resolution {
         let aspect = config.max_height as f64 / config.max_width as f64;
@@ -480,9 +540,36 @@ fn plan_item(
         frames,
         starts,
         planned_start,
+        planned_draw: 0.0,
         size,
         crop: item.crop,
     })
+}
+
+/// [`VaeClips`] frame choice within a video of `total` frames (indices into it): the stride and the
+/// window start both come from the one draw `u` (its integer and fractional parts when dynamic).
+fn vae_clip(total: usize, num_frames: usize, sample_rate: usize, dynamic: bool, u: f64) -> Vec<usize> {
+    let (rate, v) = if dynamic {
+        let x = u * sample_rate as f64;
+        let k = (x as usize).min(sample_rate - 1);
+        (k + 1, x - k as f64)
+    } else {
+        (sample_rate, u)
+    };
+    let size = num_frames * rate;
+    let rand_end = total.saturating_sub(size + 1);
+    let begin = ((v * (rand_end + 1) as f64) as usize).min(rand_end);
+    let end = (begin + size).min(total);
+    linspace_floor(begin, end - 1, num_frames)
+}
+
+/// `np.linspace(a, b, n, dtype=int)` for `0 <= a <= b`.
+fn linspace_floor(a: usize, b: usize, n: usize) -> Vec<usize> {
+    if n <= 1 {
+        return vec![a; n];
+    }
+    let step = (b - a) as f64 / (n - 1) as f64;
+    (0..n).map(|i| if i + 1 == n { b } else { (a as f64 + i as f64 * step).floor() as usize }).collect()
 }
 
 /// `get_actual_frame`'s speed-up: when `speed_factor > 1` and the video is longer than a clip,
@@ -498,8 +585,7 @@ fn speed_up(idx: Vec<usize>, num_frames: usize, speed_factor: f64) -> Vec<usize>
     if target >= len {
         return idx;
     }
-    let step = (len - 1) as f64 / (target - 1).max(1) as f64;
-    (0..target).map(|i| if i + 1 == target { idx[len - 1] } else { idx[(i as f64 * step).floor() as usize] }).collect()
+    linspace_floor(0, len - 1, target).into_iter().map(|i| idx[i]).collect()
 }
 
 /// A crop window `(top, left, height, width)`.
@@ -549,6 +635,66 @@ fn resize_window(frames: &Frames, window: Window, oh: usize, ow: usize) -> Vec<f
     out
 }
 
+/// Torch's `interpolate(mode="bilinear", antialias=True, align_corners=False)` weights for one
+/// axis (PIL's triangle filter widened by the downscale factor): per output index in
+/// `from..from + len`, the first input index and the normalised weights.
+fn aa_weights(input: usize, output: usize, from: usize, len: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = input as f64 / output as f64;
+    let (support, inv) = if scale >= 1.0 { (scale, 1.0 / scale) } else { (1.0, 1.0) };
+    (from..from + len)
+        .map(|o| {
+            let center = scale * (o as f64 + 0.5);
+            let lo = ((center - support + 0.5) as i64).max(0) as usize;
+            let hi = ((center + support + 0.5) as i64).min(input as i64).max(lo as i64) as usize;
+            let mut w: Vec<f64> =
+                (lo..hi).map(|j| (1.0 - ((j as f64 - center + 0.5) * inv).abs()).max(0.0)).collect();
+            let total: f64 = w.iter().sum();
+            if total != 0.0 {
+                w.iter_mut().for_each(|v| *v /= total);
+            }
+            (lo, w.into_iter().map(|v| v as f32).collect())
+        })
+        .collect()
+}
+
+/// [`VaeClips`]' transform: `x / 255`, `Resize(size)` (the short edge to `size`, the long edge
+/// `int(size * long / short)`, antialiased bilinear), `CenterCropVideo(size)` (offsets
+/// `round((l - size) / 2)`, half to even), `2x - 1`; as `[3, t, size, size]`. Only the cropped
+/// part of the resized frame is computed.
+fn vae_transform(frames: &Frames, crop: Option<[usize; 4]>, size: usize) -> Vec<f32> {
+    let (top, left, h, w) = match crop {
+        Some([x0, x1, y0, y1]) => (y0, x0, y1 - y0, x1 - x0),
+        None => (0, 0, frames.h, frames.w),
+    };
+    let (rh, rw) = if w <= h { ((size as f64 * h as f64 / w as f64) as usize, size) } else { (size, (size as f64 * w as f64 / h as f64) as usize) };
+    let offset = |l: usize| ((l - size) as f64 / 2.0).round_ties_even() as usize;
+    let (rows, cols) = (aa_weights(h, rh, offset(rh), size), aa_weights(w, rw, offset(rw), size));
+    let t = frames.t;
+    let mut out = vec![0f32; 3 * t * size * size];
+    let mut horizontal = vec![0f32; h * size * 3];
+    for f in 0..t {
+        let px = frames.frame(f);
+        for y in 0..h {
+            let row = &px[((top + y) * frames.w + left) * 3..];
+            for (ox, (x0, wx)) in cols.iter().enumerate() {
+                for c in 0..3 {
+                    let v: f32 = wx.iter().enumerate().map(|(k, &wk)| wk * (f32::from(row[(x0 + k) * 3 + c]) / 255.0)).sum();
+                    horizontal[(y * size + ox) * 3 + c] = v;
+                }
+            }
+        }
+        for (oy, (y0, wy)) in rows.iter().enumerate() {
+            for ox in 0..size {
+                for c in 0..3 {
+                    let v: f32 = wy.iter().enumerate().map(|(k, &wk)| wk * horizontal[((y0 + k) * size + ox) * 3 + c]).sum();
+                    out[((c * t + f) * size + oy) * size + ox] = 2.0 * v - 1.0;
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Upstream's training transform: with `--force_resolution` `CenterCropResizeVideo(size)`, else
 /// `MaxHWResizeVideo(max_hxw)` then `SpatialStrideCropVideo(hw_stride)`; then `x / 127.5 - 1`.
 fn transform(frames: &Frames, s: &Sample, force: bool, max_hxw: Option<usize>, stride: usize) -> Vec<f32> {
@@ -590,6 +736,52 @@ mod tests {
         assert_eq!(closest_frames(12, 4, 9), Some(9));
         assert_eq!(maxhwresize(720, 1280, 640 * 360), (360, 640));
         assert_eq!(center_crop_th_tw(720, 1280, 480, 640), (0, 160, 720, 960));
+    }
+
+    #[test]
+    fn linspace_and_vae_clips_follow_numpy_and_upstream() {
+        // np.linspace(a, b, n, dtype=int).
+        assert_eq!(linspace_floor(3, 40, 9), [3, 7, 12, 16, 21, 26, 30, 35, 40]);
+        assert_eq!(linspace_floor(0, 7, 17), [0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 4, 4, 5, 5, 6, 6, 7]);
+        assert_eq!(linspace_floor(5, 5, 4), [5, 5, 5, 5]);
+        // 100 frames, 9 per clip at stride 2: windows of 18 frames starting in 0..=81.
+        assert_eq!(vae_clip(100, 9, 2, false, 0.0), linspace_floor(0, 17, 9));
+        assert_eq!(vae_clip(100, 9, 2, false, 0.999_999), linspace_floor(81, 98, 9));
+        // Dynamic: the integer part of 3u picks stride 1, 2 or 3.
+        assert_eq!(vae_clip(100, 9, 3, true, 0.0), linspace_floor(0, 8, 9));
+        assert_eq!(vae_clip(100, 9, 3, true, 0.5), linspace_floor(41, 58, 9), "stride 2, start 0.5 of 82");
+        assert_eq!(vae_clip(100, 9, 3, true, 0.999_999), linspace_floor(72, 98, 9));
+        // A video shorter than the window: the whole video, frames repeated.
+        assert_eq!(vae_clip(5, 9, 1, false, 0.7), [0, 0, 1, 1, 2, 2, 3, 3, 4]);
+    }
+
+    #[test]
+    fn vae_transform_matches_upstream_resize_and_centre_crop() {
+        #[derive(serde::Deserialize)]
+        struct Case {
+            t: usize,
+            h: usize,
+            w: usize,
+            size: usize,
+            rgb: Vec<u8>,
+            expected: Vec<f32>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Fixture {
+            cases: Vec<Case>,
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae_transform/cases.json");
+        let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+        assert_eq!(fixture.cases.len(), 6);
+        for c in fixture.cases {
+            let frames = Frames::new(c.t, c.h, c.w, c.rgb).expect("valid frames");
+            let got = vae_transform(&frames, None, c.size);
+            assert_eq!(got.len(), c.expected.len());
+            let worst = got.iter().zip(&c.expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            // The fixture is exact (float64); ours is two f32 weighted sums over values in [0, 1],
+            // doubled.
+            assert!(worst <= 1e-6, "{}x{} -> {}: max |diff| {worst}", c.h, c.w, c.size);
+        }
     }
 
     #[test]

@@ -9,4 +9,4 @@ pub mod shapes;
 pub mod video;
 
 pub use annotation::{read_annotation, read_data_file, AnnotationItem, DataSource};
-pub use dataset::{DataConfig, DataPosition, Dataset, Sample};
+pub use dataset::{DataConfig, DataPosition, Dataset, Sample, VaeClips};
