@@ -591,55 +591,25 @@ fn speed_up(idx: Vec<usize>, num_frames: usize, speed_factor: f64) -> Vec<usize>
 /// A crop window `(top, left, height, width)`.
 type Window = (usize, usize, usize, usize);
 
-/// `center_crop_th_tw`: the largest centred window with the aspect of `th x tw`.
+/// `center_crop_th_tw`: the largest centred window with the aspect of `th x tw` (offsets rounded
+/// half to even, as Python's `round`).
 fn center_crop_th_tw(h: usize, w: usize, th: usize, tw: usize) -> Window {
     let tr = th as f64 / tw as f64;
     let (nh, nw) = if h as f64 / w as f64 > tr { ((w as f64 * tr) as usize, w) } else { (h, (h as f64 / tr) as usize) };
-    let top = ((h - nh) as f64 / 2.0).round() as usize;
-    let left = ((w - nw) as f64 / 2.0).round() as usize;
+    let top = ((h - nh) as f64 / 2.0).round_ties_even() as usize;
+    let left = ((w - nw) as f64 / 2.0).round_ties_even() as usize;
     (top, left, nh.max(1), nw.max(1))
 }
 
-/// Bilinear resize (`F.interpolate(mode="bilinear", align_corners=False)`, no antialias) of the
-/// `window` of each frame to `oh x ow`, as `[3, t, oh, ow]` in `[-1, 1]`.
-fn resize_window(frames: &Frames, window: Window, oh: usize, ow: usize) -> Vec<f32> {
-    let (top, left, wh, ww) = window;
-    let coords = |out: usize, len: usize| -> Vec<(usize, usize, f32)> {
-        let scale = len as f64 / out as f64;
-        (0..out)
-            .map(|o| {
-                let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
-                let i0 = (src.floor() as usize).min(len - 1);
-                let i1 = (i0 + 1).min(len - 1);
-                (i0, i1, (src - i0 as f64) as f32)
-            })
-            .collect()
+/// Torch's `interpolate(mode="bilinear", antialias=True)` weights for one axis (PIL's triangle
+/// filter, widened by the downscale factor): per output index in `from..from + len`, the first
+/// input index and the normalised weights. `align_corners` only changes the scale, as in torch.
+fn aa_weights(input: usize, output: usize, align_corners: bool, from: usize, len: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = match (align_corners, output) {
+        (true, 1) => 0.0,
+        (true, _) => (input - 1) as f64 / (output - 1) as f64,
+        (false, _) => input as f64 / output as f64,
     };
-    let (ys, xs) = (coords(oh, wh), coords(ow, ww));
-    let t = frames.t;
-    let mut out = vec![0f32; 3 * t * oh * ow];
-    for f in 0..t {
-        let px = frames.frame(f);
-        let at = |y: usize, x: usize, c: usize| f32::from(px[((top + y) * frames.w + left + x) * 3 + c]);
-        for (oy, &(y0, y1, ly)) in ys.iter().enumerate() {
-            for (ox, &(x0, x1, lx)) in xs.iter().enumerate() {
-                for c in 0..3 {
-                    let top_v = at(y0, x0, c) * (1.0 - lx) + at(y0, x1, c) * lx;
-                    let bot_v = at(y1, x0, c) * (1.0 - lx) + at(y1, x1, c) * lx;
-                    let v = top_v * (1.0 - ly) + bot_v * ly;
-                    out[((c * t + f) * oh + oy) * ow + ox] = v / 127.5 - 1.0;
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Torch's `interpolate(mode="bilinear", antialias=True, align_corners=False)` weights for one
-/// axis (PIL's triangle filter widened by the downscale factor): per output index in
-/// `from..from + len`, the first input index and the normalised weights.
-fn aa_weights(input: usize, output: usize, from: usize, len: usize) -> Vec<(usize, Vec<f32>)> {
-    let scale = input as f64 / output as f64;
     let (support, inv) = if scale >= 1.0 { (scale, 1.0 / scale) } else { (1.0, 1.0) };
     (from..from + len)
         .map(|o| {
@@ -657,42 +627,70 @@ fn aa_weights(input: usize, output: usize, from: usize, len: usize) -> Vec<(usiz
         .collect()
 }
 
-/// [`VaeClips`]' transform: `x / 255`, `Resize(size)` (the short edge to `size`, the long edge
-/// `int(size * long / short)`, antialiased bilinear), `CenterCropVideo(size)` (offsets
-/// `round((l - size) / 2)`, half to even), `2x - 1`; as `[3, t, size, size]`. Only the cropped
-/// part of the resized frame is computed.
-fn vae_transform(frames: &Frames, crop: Option<[usize; 4]>, size: usize) -> Vec<f32> {
-    let (top, left, h, w) = match crop {
-        Some([x0, x1, y0, y1]) => (y0, x0, y1 - y0, x1 - x0),
-        None => (0, 0, frames.h, frames.w),
-    };
-    let (rh, rw) = if w <= h { ((size as f64 * h as f64 / w as f64) as usize, size) } else { (size, (size as f64 * w as f64 / h as f64) as usize) };
-    let offset = |l: usize| ((l - size) as f64 / 2.0).round_ties_even() as usize;
-    let (rows, cols) = (aa_weights(h, rh, offset(rh), size), aa_weights(w, rw, offset(rw), size));
+/// `2 * interpolate(x / 255, (oh, ow), bilinear, antialias) - 1` of the `window` of each frame,
+/// computing only rows `rows.0..rows.0 + rows.1` and columns `cols.0..cols.0 + cols.1` of the
+/// resized frame; as `[3, t, rows.1, cols.1]`.
+fn resample(
+    frames: &Frames,
+    window: Window,
+    (oh, ow): (usize, usize),
+    align_corners: bool,
+    rows: (usize, usize),
+    cols: (usize, usize),
+) -> Vec<f32> {
+    let (top, left, h, w) = window;
+    let (ry, rx) = (aa_weights(h, oh, align_corners, rows.0, rows.1), aa_weights(w, ow, align_corners, cols.0, cols.1));
+    let (nr, nc) = (rows.1, cols.1);
     let t = frames.t;
-    let mut out = vec![0f32; 3 * t * size * size];
-    let mut horizontal = vec![0f32; h * size * 3];
+    let mut out = vec![0f32; 3 * t * nr * nc];
+    let mut horizontal = vec![0f32; h * nc * 3];
     for f in 0..t {
         let px = frames.frame(f);
         for y in 0..h {
             let row = &px[((top + y) * frames.w + left) * 3..];
-            for (ox, (x0, wx)) in cols.iter().enumerate() {
+            for (ox, (x0, wx)) in rx.iter().enumerate() {
                 for c in 0..3 {
-                    let v: f32 = wx.iter().enumerate().map(|(k, &wk)| wk * (f32::from(row[(x0 + k) * 3 + c]) / 255.0)).sum();
-                    horizontal[(y * size + ox) * 3 + c] = v;
+                    let v: f32 =
+                        wx.iter().enumerate().map(|(k, &wk)| wk * (f32::from(row[(x0 + k) * 3 + c]) / 255.0)).sum();
+                    horizontal[(y * nc + ox) * 3 + c] = v;
                 }
             }
         }
-        for (oy, (y0, wy)) in rows.iter().enumerate() {
-            for ox in 0..size {
+        for (oy, (y0, wy)) in ry.iter().enumerate() {
+            for ox in 0..nc {
                 for c in 0..3 {
-                    let v: f32 = wy.iter().enumerate().map(|(k, &wk)| wk * horizontal[((y0 + k) * size + ox) * 3 + c]).sum();
-                    out[((c * t + f) * size + oy) * size + ox] = 2.0 * v - 1.0;
+                    let v: f32 = wy.iter().enumerate().map(|(k, &wk)| wk * horizontal[((y0 + k) * nc + ox) * 3 + c]).sum();
+                    out[((c * t + f) * nr + oy) * nc + ox] = 2.0 * v - 1.0;
                 }
             }
         }
     }
     out
+}
+
+/// Upstream's T2V `resize`: `interpolate(mode="bilinear", align_corners=True, antialias=True)` of
+/// the `window` of each frame to `oh x ow`, as `[3, t, oh, ow]` in `[-1, 1]`.
+fn resize_window(frames: &Frames, window: Window, oh: usize, ow: usize) -> Vec<f32> {
+    resample(frames, window, (oh, ow), true, (0, oh), (0, ow))
+}
+
+/// [`VaeClips`]' transform: `x / 255`, `Resize(size)` (the short edge to `size`, the long edge
+/// `int(size * long / short)`, antialiased bilinear), `CenterCropVideo(size)` (offsets
+/// `round((l - size) / 2)`, half to even), `2x - 1`; as `[3, t, size, size]`. Only the cropped
+/// part of the resized frame is computed.
+fn vae_transform(frames: &Frames, crop: Option<[usize; 4]>, size: usize) -> Vec<f32> {
+    let window = match crop {
+        Some([x0, x1, y0, y1]) => (y0, x0, y1 - y0, x1 - x0),
+        None => (0, 0, frames.h, frames.w),
+    };
+    let (h, w) = (window.2, window.3);
+    let (rh, rw) = if w <= h {
+        ((size as f64 * h as f64 / w as f64) as usize, size)
+    } else {
+        (size, (size as f64 * w as f64 / h as f64) as usize)
+    };
+    let offset = |l: usize| ((l - size) as f64 / 2.0).round_ties_even() as usize;
+    resample(frames, window, (rh, rw), false, (offset(rh), size), (offset(rw), size))
 }
 
 /// Upstream's training transform: with `--force_resolution` `CenterCropResizeVideo(size)`, else
@@ -770,7 +768,7 @@ mod tests {
         struct Fixture {
             cases: Vec<Case>,
         }
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vae_transform/cases.json");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transforms/cases.json");
         let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
         assert_eq!(fixture.cases.len(), 6);
         for c in fixture.cases {
@@ -781,6 +779,57 @@ mod tests {
             // The fixture is exact (float64); ours is two f32 weighted sums over values in [0, 1],
             // doubled.
             assert!(worst <= 1e-6, "{}x{} -> {}: max |diff| {worst}", c.h, c.w, c.size);
+        }
+    }
+
+    #[test]
+    fn t2v_transform_matches_upstream_crop_resize_and_stride_crop() {
+        #[derive(serde::Deserialize)]
+        struct Case {
+            t: usize,
+            h: usize,
+            w: usize,
+            mode: String,
+            a: usize,
+            b: Option<usize>,
+            stride: usize,
+            out: [usize; 2],
+            rgb: Vec<u8>,
+            expected: Vec<f32>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Fixture {
+            t2v_cases: Vec<Case>,
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transforms/cases.json");
+        let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+        assert_eq!(fixture.t2v_cases.len(), 5);
+        for c in fixture.t2v_cases {
+            let frames = Frames::new(c.t, c.h, c.w, c.rgb).expect("valid frames");
+            let force = c.mode == "force";
+            let sample = Sample {
+                media: PathBuf::new(),
+                rel_path: String::new(),
+                captions: Vec::new(),
+                text_embed_root: None,
+                image: c.t == 1,
+                source_frames: (0..c.t).collect(),
+                frames: c.t,
+                starts: 1,
+                planned_start: 0,
+                planned_draw: 0.0,
+                size: (c.out[0], c.out[1]),
+                crop: None,
+            };
+            let (max_hxw, stride) = if force { (None, c.stride) } else { (Some(c.a), c.stride) };
+            if force {
+                assert_eq!((c.a, c.b), (c.out[0], Some(c.out[1])));
+            }
+            let got = transform(&frames, &sample, force, max_hxw, stride);
+            assert_eq!(got.len(), c.expected.len(), "{} {}x{}", c.mode, c.h, c.w);
+            let worst = got.iter().zip(&c.expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            // As the WFVAE transform: exact fixture, f32 sums.
+            assert!(worst <= 1e-6, "{} {}x{} -> {:?}: max |diff| {worst}", c.mode, c.h, c.w, c.out);
         }
     }
 
