@@ -262,3 +262,46 @@ fn embed_writes_the_text_cache_that_dit_trains_on() {
     run(&args);
     assert!(out.join("checkpoint-1/model/diffusion_pytorch_model.safetensors").is_file());
 }
+
+#[test]
+fn embed_writes_every_aesthetic_notice_variant_of_a_scored_caption() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let mut mt5: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::reference_dir().join("parity/mt5_tiny/config.json")).expect("mt5 config"),
+    )
+    .expect("json");
+    mt5["vocab_size"] = 32128.into();
+    let mt5_config = root.join("mt5_config.json");
+    std::fs::write(&mt5_config, mt5.to_string()).expect("write");
+    let embed = |annotation: &str, out: &Path, notices: bool| {
+        let anno = root.join(format!("{}.json", out.file_name().expect("name").to_string_lossy()));
+        std::fs::write(&anno, annotation).expect("write");
+        let mut args: Vec<String> = ["embed", "--config", &s(&mt5_config), "--tokenizer"]
+            .map(String::from)
+            .to_vec();
+        args.push(s(&common::reference_dir().join("assets/t5_v1_1_tokenizer.json")));
+        args.extend(["--annotation".into(), s(&anno), "--out".into(), s(out), "--model_max_length".into(), "16".into()]);
+        if notices {
+            args.push("--aesthetic_notices".into());
+        }
+        run(&args);
+    };
+    let emb = root.join("emb");
+    embed(
+        r#"[{"path": "v/a.mp4", "cap": "A cat", "aes": 6.0}, {"path": "i/b.jpg", "cap": "a dog", "aesthetic": 5.0}]"#,
+        &emb,
+        true,
+    );
+    for k in 0..20 {
+        assert!(emb.join(format!("v/a-0-aes{k}.npz")).is_file(), "variant {k}");
+    }
+    assert!(emb.join("v/a-0.npz").is_file() && emb.join("i/b-0.npz").is_file());
+    assert!(!emb.join("i/b-0-aes0.npz").exists(), "a score of 5.0 gets no notice");
+    // Variant 3: notice 1 before the caption, encoded like that text given plainly.
+    let check = root.join("check");
+    embed(r#"[{"path": "c.mp4", "cap": "The beauty of this video is exceptional. A cat"}]"#, &check, false);
+    let read = |p: PathBuf| osp_trainer::train::dit::TextEmbedding::read_npz(&p).expect("cache file");
+    assert_eq!(read(emb.join("v/a-0-aes3.npz")), read(check.join("c-0.npz")));
+    assert_ne!(read(emb.join("v/a-0-aes3.npz")), read(emb.join("v/a-0.npz")));
+}

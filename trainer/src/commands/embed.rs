@@ -15,7 +15,8 @@ use clap::Args;
 use osp_runtime::text::clean::clean_caption;
 use osp_runtime::text::npz::{write_npz, NpyArray};
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
-use osp_trainer::data::annotation::{read_annotation, text_embed_file};
+use osp_trainer::data::aesthetic;
+use osp_trainer::data::annotation::{is_image, read_annotation, text_embed_file};
 use osp_trainer::models::mt5::MT5Config;
 use osp_trainer::text::CaptionTokenizer;
 
@@ -38,6 +39,11 @@ pub struct EmbedArgs {
     /// Cache folder (the TEXT_EMBED_ROOT of 3-item --data lines).
     #[arg(long)]
     pub out: PathBuf,
+    /// Also encode upstream's aesthetic-score notices: every caption of an item whose `aesthetic`
+    /// (or `aes`) is <= 4.25 or >= 5.75 gets its 20 variants (`<stem>-<i>-aes<k>.npz`), one of
+    /// which the DiT trainer draws per load, as upstream draws the text.
+    #[arg(long = "aesthetic_notices")]
+    pub aesthetic_notices: bool,
     /// Clean each caption as upstream's training does (`clean_caption`) before encoding.
     #[arg(long = "clean_caption", default_value_t = true, action = clap::ArgAction::Set)]
     pub clean_caption: bool,
@@ -92,8 +98,15 @@ fn run_on<B: Backend>(args: &EmbedArgs, device: &B::Device) -> anyhow::Result<()
             if item.path.starts_with('/') || item.path.split('/').any(|c| c == "..") {
                 bail!("annotation path `{}` must be relative and stay inside --out", item.path);
             }
-            let text = if args.clean_caption { clean_caption(&caption, true) } else { caption };
-            jobs.push((args.out.join(text_embed_file(&item.path, i)), text));
+            let clean = |c: String| if args.clean_caption { clean_caption(&c, true) } else { c };
+            if args.aesthetic_notices && aesthetic::has_notices(item.aesthetic) {
+                for k in 0..aesthetic::VARIANTS {
+                    let noticed = aesthetic::with_notice(&caption, item.aesthetic, is_image(&item.path), k)
+                        .expect("a scored item has every variant");
+                    jobs.push((args.out.join(aesthetic::variant_file(&item.path, i, k)), clean(noticed)));
+                }
+            }
+            jobs.push((args.out.join(text_embed_file(&item.path, i)), clean(caption)));
         }
     }
     let total = jobs.len();

@@ -204,7 +204,7 @@ impl ClipArgs {
     /// `num_frames` frames every `sample_rate`-th, centre-cropped and resized to `resolution`
     /// squared, in batches of `batch`.
     pub(super) fn data_config(&self, batch: usize, seed: u64) -> anyhow::Result<DataConfig> {
-        if self.resolution == 0 || self.resolution % 8 != 0 {
+        if self.resolution == 0 || !self.resolution.is_multiple_of(8) {
             bail!("--resolution must be a positive multiple of 8, got {}", self.resolution);
         }
         Ok(DataConfig {
@@ -424,11 +424,11 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
             VaeStepLog::Generator(g) => (g.total_loss, g.grad_norm),
             VaeStepLog::Discriminator(d) => (d.disc_loss, d.grad_norm),
         };
-        if step % args.log_steps.max(1) == 0 {
+        if step.is_multiple_of(args.log_steps.max(1)) {
             metrics.log(&StepRecord { log: &log, epoch, seconds: started.elapsed().as_secs_f64() })?;
         }
         progress.step(&StepStats { step, loss: loss_value, grad_norm, lr: args.lr, loss_scale: None, skipped: false });
-        if step % args.save_ckpt_step == 0 || step == args.max_steps {
+        if step.is_multiple_of(args.save_ckpt_step) || step == args.max_steps {
             let state = TrainingState {
                 step,
                 optimizer_steps: 0,

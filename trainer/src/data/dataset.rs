@@ -107,6 +107,8 @@ pub struct Sample {
     pub size: (usize, usize),
     /// `crop` `[x0, x1, y0, y1]` applied before resizing.
     pub crop: Option<[usize; 4]>,
+    /// `aesthetic` / `aes` (see [`super::aesthetic`]).
+    pub aesthetic: Option<f64>,
 }
 
 impl Sample {
@@ -131,6 +133,11 @@ impl Sample {
     /// The cached text embedding of caption `index`, when the source has a cache.
     pub fn text_embed_path(&self, index: usize) -> Option<PathBuf> {
         self.text_embed_root.as_ref().map(|r| r.join(text_embed_file(&self.rel_path, index)))
+    }
+
+    /// The cached embedding of aesthetic-notice variant `k` of caption `index`.
+    pub fn text_embed_variant_path(&self, index: usize, k: usize) -> Option<PathBuf> {
+        self.text_embed_root.as_ref().map(|r| r.join(super::aesthetic::variant_file(&self.rel_path, index, k)))
     }
 }
 
@@ -461,6 +468,7 @@ fn plan_item(
             planned_draw: rng.uniform(),
             size: (config.max_height, config.max_width),
             crop: item.crop,
+            aesthetic: item.aesthetic,
         });
     }
     let size = if config.force_resolution {
@@ -543,6 +551,7 @@ fn plan_item(
         planned_draw: 0.0,
         size,
         crop: item.crop,
+        aesthetic: item.aesthetic,
     })
 }
 
@@ -753,6 +762,20 @@ mod tests {
         assert_eq!(vae_clip(5, 9, 1, false, 0.7), [0, 0, 1, 1, 2, 2, 3, 3, 4]);
     }
 
+    /// The transforms fixture is exact (float64); ours is two f32 weighted sums over values in
+    /// [0, 1], doubled.
+    const TRANSFORM_TOL: f32 = 1e-6;
+
+    fn transforms_fixture<T: serde::de::DeserializeOwned>() -> T {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transforms/cases.json");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture json")
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+    }
+
     #[test]
     fn vae_transform_matches_upstream_resize_and_centre_crop() {
         #[derive(serde::Deserialize)]
@@ -768,17 +791,14 @@ mod tests {
         struct Fixture {
             cases: Vec<Case>,
         }
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transforms/cases.json");
-        let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+        let fixture: Fixture = transforms_fixture();
         assert_eq!(fixture.cases.len(), 6);
         for c in fixture.cases {
             let frames = Frames::new(c.t, c.h, c.w, c.rgb).expect("valid frames");
             let got = vae_transform(&frames, None, c.size);
             assert_eq!(got.len(), c.expected.len());
-            let worst = got.iter().zip(&c.expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            // The fixture is exact (float64); ours is two f32 weighted sums over values in [0, 1],
-            // doubled.
-            assert!(worst <= 1e-6, "{}x{} -> {}: max |diff| {worst}", c.h, c.w, c.size);
+            let worst = max_diff(&got, &c.expected);
+            assert!(worst <= TRANSFORM_TOL, "{}x{} -> {}: max |diff| {worst}", c.h, c.w, c.size);
         }
     }
 
@@ -801,8 +821,7 @@ mod tests {
         struct Fixture {
             t2v_cases: Vec<Case>,
         }
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transforms/cases.json");
-        let fixture: Fixture = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+        let fixture: Fixture = transforms_fixture();
         assert_eq!(fixture.t2v_cases.len(), 5);
         for c in fixture.t2v_cases {
             let frames = Frames::new(c.t, c.h, c.w, c.rgb).expect("valid frames");
@@ -820,6 +839,7 @@ mod tests {
                 planned_draw: 0.0,
                 size: (c.out[0], c.out[1]),
                 crop: None,
+                aesthetic: None,
             };
             let (max_hxw, stride) = if force { (None, c.stride) } else { (Some(c.a), c.stride) };
             if force {
@@ -827,9 +847,8 @@ mod tests {
             }
             let got = transform(&frames, &sample, force, max_hxw, stride);
             assert_eq!(got.len(), c.expected.len(), "{} {}x{}", c.mode, c.h, c.w);
-            let worst = got.iter().zip(&c.expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            // As the WFVAE transform: exact fixture, f32 sums.
-            assert!(worst <= 1e-6, "{} {}x{} -> {:?}: max |diff| {worst}", c.mode, c.h, c.w, c.out);
+            let worst = max_diff(&got, &c.expected);
+            assert!(worst <= TRANSFORM_TOL, "{} {}x{} -> {:?}: max |diff| {worst}", c.mode, c.h, c.w, c.out);
         }
     }
 

@@ -8,5 +8,6 @@ pub mod dataset;
 pub mod shapes;
 pub mod video;
 
+pub mod aesthetic;
 pub use annotation::{read_annotation, read_data_file, AnnotationItem, DataSource};
 pub use dataset::{DataConfig, DataPosition, Dataset, Sample, VaeClips};

@@ -8,6 +8,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::diffusion::{weighted_mse, DdpmSchedule, NoisedBatch};
 use super::rng::Rng;
+use crate::data::aesthetic;
 use crate::error::{Error, Result};
 use crate::models::opensora_v1_3::OpenSoraT2V_v1_3;
 
@@ -99,6 +100,33 @@ impl DitBatch {
             })
             .collect())
     }
+}
+
+/// The cached embedding of aesthetic-notice variant `k` of `sample`'s caption `caption`, or
+/// `None` when the cache holds no variants (written without `osp-train embed
+/// --aesthetic_notices`; the plain caption is used, as noted once in the log).
+fn notice_variant(sample: &crate::data::Sample, caption: usize, k: usize) -> Result<Option<std::path::PathBuf>> {
+    static PLAIN: std::sync::Once = std::sync::Once::new();
+    let (Some(variant), Some(first)) =
+        (sample.text_embed_variant_path(caption, k), sample.text_embed_variant_path(caption, 0))
+    else {
+        return Ok(None);
+    };
+    if variant.is_file() {
+        return Ok(Some(variant));
+    }
+    if first.is_file() {
+        return Err(Error::input(
+            variant.display().to_string(),
+            "is missing while other aesthetic-notice variants of its caption exist; rerun `osp-train embed --aesthetic_notices`",
+        ));
+    }
+    PLAIN.call_once(|| {
+        tracing::warn!(
+            "items with an aesthetic score get upstream's notices, but the text cache has no notice variants (`osp-train embed --aesthetic_notices`): their plain captions are used"
+        )
+    });
+    Ok(None)
 }
 
 /// The loss of upstream's `run()`.
@@ -272,6 +300,7 @@ impl<B: Backend> DitBatcher<'_, B> {
             let sample = &self.dataset.samples[*index];
             let caption = rng.below(sample.captions.len() as u64) as usize;
             let dropped = rng.uniform() < self.cfg;
+            let notice = aesthetic::has_notices(sample.aesthetic).then(|| rng.below(aesthetic::VARIANTS as u64) as usize);
             let text = if dropped {
                 self.null_text.clone().ok_or_else(|| {
                     Error::input(
@@ -280,12 +309,15 @@ impl<B: Backend> DitBatcher<'_, B> {
                     )
                 })?
             } else {
-                let path = sample.text_embed_path(caption).ok_or_else(|| {
+                let mut path = sample.text_embed_path(caption).ok_or_else(|| {
                     Error::input(
                         sample.rel_path.clone(),
                         "its --data line has 2 items (no text-embedding cache); write the cache with `osp extract-text-embeds` or `osp-train embed` and use MEDIA_ROOT,TEXT_EMBED_ROOT,ANNOTATION lines",
                     )
                 })?;
+                if let Some(k) = notice {
+                    path = notice_variant(sample, caption, k)?.unwrap_or(path);
+                }
                 match cache.as_mut() {
                     Some(c) => match c.texts.get(&path) {
                         Some(t) => t.clone(),
@@ -397,6 +429,33 @@ mod tests {
             TensorData::new(vec![1f32; b], [b, 1, 1]),
             ranks,
         )
+    }
+
+    #[test]
+    fn a_scored_item_reads_its_drawn_notice_variant_from_the_cache() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sample = crate::data::Sample {
+            media: dir.path().join("v/a.mp4"),
+            rel_path: "v/a.mp4".into(),
+            captions: vec!["a cat".into()],
+            text_embed_root: Some(dir.path().to_path_buf()),
+            image: false,
+            source_frames: vec![0],
+            frames: 1,
+            starts: 1,
+            planned_start: 0,
+            planned_draw: 0.0,
+            size: (8, 8),
+            crop: None,
+            aesthetic: Some(6.0),
+        };
+        assert_eq!(notice_variant(&sample, 0, 5).expect("no variants: plain caption"), None);
+        std::fs::create_dir_all(dir.path().join("v")).expect("mkdir");
+        std::fs::write(dir.path().join("v/a-0-aes0.npz"), b"").expect("write");
+        let e = notice_variant(&sample, 0, 5).expect_err("variant 5 missing");
+        assert!(e.to_string().contains("a-0-aes5.npz"), "{e}");
+        std::fs::write(dir.path().join("v/a-0-aes5.npz"), b"").expect("write");
+        assert_eq!(notice_variant(&sample, 0, 5).expect("present"), Some(dir.path().join("v/a-0-aes5.npz")));
     }
 
     #[test]
