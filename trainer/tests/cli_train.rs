@@ -277,11 +277,16 @@ fn embed_writes_every_aesthetic_notice_variant_of_a_scored_caption() {
     let embed = |annotation: &str, out: &Path, notices: bool| {
         let anno = root.join(format!("{}.json", out.file_name().expect("name").to_string_lossy()));
         std::fs::write(&anno, annotation).expect("write");
-        let mut args: Vec<String> = ["embed", "--config", &s(&mt5_config), "--tokenizer"]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> = ["embed", "--config", &s(&mt5_config), "--tokenizer"].map(String::from).to_vec();
         args.push(s(&common::reference_dir().join("assets/t5_v1_1_tokenizer.json")));
-        args.extend(["--annotation".into(), s(&anno), "--out".into(), s(out), "--model_max_length".into(), "16".into()]);
+        args.extend([
+            "--annotation".into(),
+            s(&anno),
+            "--out".into(),
+            s(out),
+            "--model_max_length".into(),
+            "16".into(),
+        ]);
         if notices {
             args.push("--aesthetic_notices".into());
         }

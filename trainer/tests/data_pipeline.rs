@@ -132,7 +132,9 @@ fn long_videos_get_a_new_window_per_load_and_speed_and_short_rules_apply() {
     let at0 = ds.load_batch(&[0], Some(&[0.0]), &mut bad).expect("load").remove(0).1;
     let at1 = ds.load_batch(&[0], Some(&[1.5 / 31.0]), &mut bad).expect("load").remove(0).1;
     let planned = ds.load_batch(&[0], None, &mut bad).expect("load").remove(0).1;
-    let frame = |p: &[f32], f: usize| (0..3).flat_map(|c| p[(c * 9 + f) * 1024..(c * 9 + f + 1) * 1024].to_vec()).collect::<Vec<_>>();
+    let frame = |p: &[f32], f: usize| {
+        (0..3).flat_map(|c| p[(c * 9 + f) * 1024..(c * 9 + f + 1) * 1024].to_vec()).collect::<Vec<_>>()
+    };
     for f in 0..8 {
         assert_eq!(frame(&at1, f), frame(&at0, f + 1), "window 1 frame {f} is video frame {}", f + 1);
     }
@@ -164,7 +166,9 @@ fn long_videos_get_a_new_window_per_load_and_speed_and_short_rules_apply() {
     let kept = Dataset::build(&sources, long_config(45, 1.0, 0.0)).expect("plan");
     assert!(kept.samples.iter().all(|s| (s.frames, s.starts) == (37, 1)));
 
-    for (flag, config) in [("--speed_factor", long_config(9, 0.5, 1.0)), ("--drop_short_ratio", long_config(9, 1.0, 1.5))] {
+    for (flag, config) in
+        [("--speed_factor", long_config(9, 0.5, 1.0)), ("--drop_short_ratio", long_config(9, 1.0, 1.5))]
+    {
         let e = Dataset::build(&sources, config).expect_err("bad flag");
         assert!(e.to_string().contains(flag), "{e}");
     }

@@ -323,10 +323,8 @@ fn html_text(s: &str) -> String {
 fn charref(s: &str) -> Option<(String, usize)> {
     let body = &s[2..];
     let (hex, digits_at) = if body.starts_with(['x', 'X']) { (true, 3) } else { (false, 2) };
-    let digits = s[digits_at..]
-        .bytes()
-        .take_while(|b| if hex { b.is_ascii_hexdigit() } else { b.is_ascii_digit() })
-        .count();
+    let digits =
+        s[digits_at..].bytes().take_while(|b| if hex { b.is_ascii_hexdigit() } else { b.is_ascii_digit() }).count();
     let end = digits_at + digits;
     let terminator = s[end..].chars().next()?;
     if digits == 0 || terminator.is_ascii_hexdigit() {
@@ -581,6 +579,9 @@ mod tests {
 
     #[test]
     fn markup_is_removed_and_entities_decoded() {
-        assert_eq!(html_text("<b>bold</b> &lt;x&gt; 5 < 6 <!-- c --> <script>x()</script>end <open"), "bold <x> 5 < 6  end <open");
+        assert_eq!(
+            html_text("<b>bold</b> &lt;x&gt; 5 < 6 <!-- c --> <script>x()</script>end <open"),
+            "bold <x> 5 < 6  end <open"
+        );
     }
 }

@@ -105,8 +105,14 @@ mod tests {
     fn notices_follow_the_score_and_the_media_kind() {
         assert_eq!(with_notice("a cat", Some(5.0), false, 0), None);
         assert_eq!(with_notice("a cat", None, false, 0), None);
-        assert_eq!(with_notice("a cat", Some(4.25), false, 0).as_deref(), Some("a cat This video has a low aesthetic quality."));
-        assert_eq!(with_notice("a cat", Some(5.75), true, 3).as_deref(), Some("The beauty of this image is exceptional a cat"));
+        assert_eq!(
+            with_notice("a cat", Some(4.25), false, 0).as_deref(),
+            Some("a cat This video has a low aesthetic quality.")
+        );
+        assert_eq!(
+            with_notice("a cat", Some(5.75), true, 3).as_deref(),
+            Some("The beauty of this image is exceptional a cat")
+        );
         assert_eq!(with_notice("a cat", Some(9.0), false, VARIANTS), None);
         assert!(has_notices(Some(1.0)) && !has_notices(Some(5.0)));
         assert_eq!(variant_file("v/x.mp4", 1, 7), PathBuf::from("v/x-1-aes7.npz"));

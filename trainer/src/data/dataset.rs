@@ -454,7 +454,8 @@ fn plan_item(
             stats.too_short += 1;
             return None;
         }
-        let (source_frames, frames) = if image { (vec![0], 1) } else { ((start..start + total).collect(), config.num_frames) };
+        let (source_frames, frames) =
+            if image { (vec![0], 1) } else { ((start..start + total).collect(), config.num_frames) };
         return Some(Sample {
             media,
             rel_path: item.path.clone(),
@@ -625,8 +626,7 @@ fn aa_weights(input: usize, output: usize, align_corners: bool, from: usize, len
             let center = scale * (o as f64 + 0.5);
             let lo = ((center - support + 0.5) as i64).max(0) as usize;
             let hi = ((center + support + 0.5) as i64).min(input as i64).max(lo as i64) as usize;
-            let mut w: Vec<f64> =
-                (lo..hi).map(|j| (1.0 - ((j as f64 - center + 0.5) * inv).abs()).max(0.0)).collect();
+            let mut w: Vec<f64> = (lo..hi).map(|j| (1.0 - ((j as f64 - center + 0.5) * inv).abs()).max(0.0)).collect();
             let total: f64 = w.iter().sum();
             if total != 0.0 {
                 w.iter_mut().for_each(|v| *v /= total);
@@ -668,7 +668,8 @@ fn resample(
         for (oy, (y0, wy)) in ry.iter().enumerate() {
             for ox in 0..nc {
                 for c in 0..3 {
-                    let v: f32 = wy.iter().enumerate().map(|(k, &wk)| wk * horizontal[((y0 + k) * nc + ox) * 3 + c]).sum();
+                    let v: f32 =
+                        wy.iter().enumerate().map(|(k, &wk)| wk * horizontal[((y0 + k) * nc + ox) * 3 + c]).sum();
                     out[((c * t + f) * nr + oy) * nc + ox] = 2.0 * v - 1.0;
                 }
             }

@@ -289,7 +289,11 @@ impl<B: Backend> DitBatcher<'_, B> {
             Vec::new()
         } else {
             let missing_draws: Vec<f64> = missing.iter().map(|&p| draws[p]).collect();
-            self.dataset.load_batch(&missing.iter().map(|&p| indices[p]).collect::<Vec<_>>(), Some(&missing_draws), bad)?
+            self.dataset.load_batch(
+                &missing.iter().map(|&p| indices[p]).collect::<Vec<_>>(),
+                Some(&missing_draws),
+                bad,
+            )?
         };
         for (&p, (index, _)) in missing.iter().zip(&loaded) {
             items[p].0 = *index;
@@ -300,7 +304,8 @@ impl<B: Backend> DitBatcher<'_, B> {
             let sample = &self.dataset.samples[*index];
             let caption = rng.below(sample.captions.len() as u64) as usize;
             let dropped = rng.uniform() < self.cfg;
-            let notice = aesthetic::has_notices(sample.aesthetic).then(|| rng.below(aesthetic::VARIANTS as u64) as usize);
+            let notice =
+                aesthetic::has_notices(sample.aesthetic).then(|| rng.below(aesthetic::VARIANTS as u64) as usize);
             let text = if dropped {
                 self.null_text.clone().ok_or_else(|| {
                     Error::input(
