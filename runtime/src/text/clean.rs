@@ -101,8 +101,7 @@ struct Rules {
     before_clean: Vec<Sub>,
     joiners: Regex,
     after_clean: Vec<Sub>,
-    unquote: Regex,
-    last: Sub,
+    finish: Vec<Sub>,
     html_entity: Regex,
     terminal_escape: Regex,
 }
@@ -160,8 +159,12 @@ fn rules() -> &'static Rules {
                 sub(r"(\D[,\./])\b", "${1} "),
                 sub(r"\s+", " "),
             ],
-            unquote: py_regex(&format!(r#"^[\"\']([\w\W]+)[\"\']{END}"#)),
-            last: sub(&format!(r"^\.\S+{END}"), ""),
+            finish: vec![
+                sub(&format!(r#"^[\"\']([\w\W]+)[\"\']{END}"#), "${1}"),
+                sub(r"^[\'\_,\-\:;]", ""),
+                sub(&format!(r"[\'\_,\-\:\-\+]{END}"), ""),
+                sub(&format!(r"^\.\S+{END}"), ""),
+            ],
             html_entity: Regex::new("&#?[0-9A-Za-z]{1,24};").expect("valid regex"),
             terminal_escape: Regex::new("\u{1b}\\[((?:\\d|;)*)([a-zA-Z])").expect("valid regex"),
         }
@@ -194,28 +197,10 @@ pub fn clean_caption(caption: &str, support_chinese: bool) -> String {
     for s in &r.after_clean {
         c = s.apply(&c);
     }
-    c = r.unquote.replace_all(&c, "${1}").into_owned();
-    c = strip_first(&c, |ch| matches!(ch, '\'' | '_' | ',' | '-' | ':' | ';'));
-    c = strip_last(&c, |ch| matches!(ch, '\'' | '_' | ',' | '-' | ':' | '+'));
-    c = r.last.apply(&c);
+    for s in &r.finish {
+        c = s.apply(&c);
+    }
     py_strip(&c).to_string()
-}
-
-/// `re.sub(r'^[...]', '', c)`: the first character removed when it is one of the set.
-fn strip_first(c: &str, set: impl Fn(char) -> bool) -> String {
-    match c.chars().next() {
-        Some(ch) if set(ch) => c[ch.len_utf8()..].to_string(),
-        _ => c.to_string(),
-    }
-}
-
-/// `re.sub(r'[...]$', '', c)`: the last character removed when it is one of the set (the
-/// caption holds no newline by then, so Python's `$` is the end).
-fn strip_last(c: &str, set: impl Fn(char) -> bool) -> String {
-    match c.chars().next_back() {
-        Some(ch) if set(ch) => c[..c.len() - ch.len_utf8()].to_string(),
-        _ => c.to_string(),
-    }
 }
 
 /// `urllib.parse.unquote_plus`: `+` is a space and `%XX` a byte, decoded as UTF-8 with

@@ -92,13 +92,13 @@ fn run_on<B: Backend>(args: &EmbedArgs, device: &B::Device) -> anyhow::Result<()
         );
     }
     let items = read_annotation(&args.annotation)?;
+    let clean = |c: String| if args.clean_caption { clean_caption(&c, true) } else { c };
     let mut jobs: Vec<(PathBuf, String)> = vec![(args.out.join("null.npz"), String::new())];
     for item in &items {
         for (i, caption) in item.cap.as_ref().map(|c| c.all()).unwrap_or_default().into_iter().enumerate() {
             if item.path.starts_with('/') || item.path.split('/').any(|c| c == "..") {
                 bail!("annotation path `{}` must be relative and stay inside --out", item.path);
             }
-            let clean = |c: String| if args.clean_caption { clean_caption(&c, true) } else { c };
             if args.aesthetic_notices && aesthetic::has_notices(item.aesthetic) {
                 for k in 0..aesthetic::VARIANTS {
                     let noticed = aesthetic::with_notice(&caption, item.aesthetic, is_image(&item.path), k)

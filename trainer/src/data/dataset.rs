@@ -99,9 +99,7 @@ pub struct Sample {
     /// How many clip windows `source_frames` holds: upstream's `TemporalRandomCrop` starts a
     /// window at `0..=len - num_frames - 1` when `len > num_frames`, else only at 0.
     pub starts: usize,
-    /// The window start drawn at planning (used when loading without draws).
-    pub planned_start: usize,
-    /// The clip draw made at planning for [`VaeClips`] sampling (used when loading without draws).
+    /// The clip draw made at planning, used when loading without draws.
     pub planned_draw: f64,
     /// Sample size `(height, width)`.
     pub size: (usize, usize),
@@ -117,12 +115,10 @@ impl Sample {
         (self.frames, self.size.0, self.size.1)
     }
 
-    /// The window start chosen by a uniform draw in `[0, 1)` (`None`: the planned one).
+    /// The window start chosen by a uniform draw in `[0, 1)` (`None`: the planned draw).
     pub fn start(&self, draw: Option<f64>) -> usize {
-        match draw {
-            Some(u) => ((u * self.starts as f64) as usize).min(self.starts - 1),
-            None => self.planned_start,
-        }
+        let u = draw.unwrap_or(self.planned_draw);
+        ((u * self.starts as f64) as usize).min(self.starts - 1)
     }
 
     /// The frame indices of the clip starting at window `start`.
@@ -443,101 +439,83 @@ fn plan_item(
         stats.bad_resolution += 1;
         return None;
     }
-    if config.vae_clips.is_some() {
-        let total = item.num_frames.or(info.as_ref().map(|i| i.frames)).unwrap_or(0);
-        let start = item.cut.map_or(0, |c| c[0]);
-        let total = match item.cut {
-            Some([a, b]) if b > a => total.min(b - a),
-            _ => total,
-        };
+    // ((height, width), (source frames, frames per clip, window starts, planned draw))
+    let (size, (source_frames, frames, starts, planned_draw)) = if config.vae_clips.is_some() {
+        let (start, total) = frame_span(&item, info.as_ref());
         if !image && total == 0 {
             stats.too_short += 1;
             return None;
         }
-        let (source_frames, frames) =
-            if image { (vec![0], 1) } else { ((start..start + total).collect(), config.num_frames) };
-        return Some(Sample {
-            media,
-            rel_path: item.path.clone(),
-            captions,
-            text_embed_root: source.text_embed_root.clone(),
-            image,
-            source_frames,
-            frames,
-            starts: 1,
-            planned_start: 0,
-            planned_draw: rng.uniform(),
-            size: (config.max_height, config.max_width),
-            crop: item.crop,
-            aesthetic: item.aesthetic,
-        });
-    }
-    let size = if config.force_resolution {
-        let aspect = config.max_height as f64 / config.max_width as f64;
-        if !aspect_ok(height as f64, width as f64, HW_ASPECT_THR * aspect, aspect / HW_ASPECT_THR) {
-            stats.bad_resolution += 1;
-            return None;
-        }
-        (config.max_height, config.max_width)
-    } else {
-        let (th, tw) = maxhwresize(height, width, config.max_hxw.unwrap_or(usize::MAX));
-        let (sh, sw) = (th / config.hw_stride * config.hw_stride, tw / config.hw_stride * config.hw_stride);
-        let too_small = config.min_hxw.is_some_and(|m| sh * sw < m);
-        if sh == 0 || sw == 0 || too_small || !aspect_ok(sh as f64, sw as f64, HW_ASPECT_THR, 1.0 / HW_ASPECT_THR) {
-            stats.bad_resolution += 1;
-            return None;
-        }
-        (sh, sw)
-    };
-    let (source_frames, frames, starts, planned_start) = if image {
-        (vec![0], 1, 1, 0)
-    } else {
-        let fps = item.fps.or(info.as_ref().and_then(|i| i.fps)).unwrap_or(24.0);
-        let total = item.num_frames.or(info.as_ref().map(|i| i.frames)).unwrap_or(0);
-        let start = item.cut.map_or(0, |c| c[0]);
-        let total = match item.cut {
-            Some([a, b]) if b > a => total.min(b - a),
-            _ => total,
+        let clip = if image {
+            (vec![0], 1, 1, rng.uniform())
+        } else {
+            ((start..start + total).collect(), config.num_frames, 1, rng.uniform())
         };
-        let interval = if config.train_fps > 0.0 {
-            if (fps - config.train_fps).abs() < 0.1 {
-                1.0
-            } else {
-                fps / config.train_fps
+        ((config.max_height, config.max_width), clip)
+    } else {
+        let size = if config.force_resolution {
+            let aspect = config.max_height as f64 / config.max_width as f64;
+            if !aspect_ok(height as f64, width as f64, HW_ASPECT_THR * aspect, aspect / HW_ASPECT_THR) {
+                stats.bad_resolution += 1;
+                return None;
             }
+            (config.max_height, config.max_width)
         } else {
-            config.sample_rate.max(1) as f64
+            let (th, tw) = maxhwresize(height, width, config.max_hxw.unwrap_or(usize::MAX));
+            let (sh, sw) = (th / config.hw_stride * config.hw_stride, tw / config.hw_stride * config.hw_stride);
+            let too_small = config.min_hxw.is_some_and(|m| sh * sw < m);
+            if sh == 0 || sw == 0 || too_small || !aspect_ok(sh as f64, sw as f64, HW_ASPECT_THR, 1.0 / HW_ASPECT_THR) {
+                stats.bad_resolution += 1;
+                return None;
+            }
+            (sh, sw)
         };
-        let wanted_span = config.num_frames as f64 * interval * config.speed_factor;
-        if total as f64 > TOO_LONG_FACTOR * wanted_span {
-            stats.too_long += 1;
-            return None;
-        }
-        // np.arange(start, start + total, interval).astype(int), kept below start + total.
-        let idx: Vec<usize> = (0..)
-            .map(|k| start as f64 + k as f64 * interval)
-            .take_while(|&v| v < (start + total) as f64)
-            .map(|v| v as usize)
-            .collect();
-        if idx.len() < config.num_frames && rng.uniform() < config.drop_short_ratio {
-            stats.too_short += 1;
-            return None;
-        }
-        let idx = speed_up(idx, config.num_frames, config.speed_factor);
-        // TemporalRandomCrop: a window of num_frames starting in [0, len - num_frames - 1].
-        let (window, starts) = if idx.len() > config.num_frames {
-            (config.num_frames, idx.len() - config.num_frames)
+        let plan = if image {
+            (vec![0], 1, 1, 0.0)
         } else {
-            (idx.len(), 1)
-        };
-        let planned_start = rng.below(starts as u64) as usize;
-        match closest_frames(window, config.ae_stride_t, config.num_frames.min(29)) {
-            Some(n) => (idx, n, starts, planned_start),
-            None => {
+            let fps = item.fps.or(info.as_ref().and_then(|i| i.fps)).unwrap_or(24.0);
+            let (start, total) = frame_span(&item, info.as_ref());
+            let interval = if config.train_fps > 0.0 {
+                if (fps - config.train_fps).abs() < 0.1 {
+                    1.0
+                } else {
+                    fps / config.train_fps
+                }
+            } else {
+                config.sample_rate.max(1) as f64
+            };
+            let wanted_span = config.num_frames as f64 * interval * config.speed_factor;
+            if total as f64 > TOO_LONG_FACTOR * wanted_span {
+                stats.too_long += 1;
+                return None;
+            }
+            // np.arange(start, start + total, interval).astype(int), kept below start + total.
+            let idx: Vec<usize> = (0..)
+                .map(|k| start as f64 + k as f64 * interval)
+                .take_while(|&v| v < (start + total) as f64)
+                .map(|v| v as usize)
+                .collect();
+            if idx.len() < config.num_frames && rng.uniform() < config.drop_short_ratio {
                 stats.too_short += 1;
                 return None;
             }
-        }
+            let idx = speed_up(idx, config.num_frames, config.speed_factor);
+            // TemporalRandomCrop: a window of num_frames starting in [0, len - num_frames - 1].
+            let (window, starts) = if idx.len() > config.num_frames {
+                (config.num_frames, idx.len() - config.num_frames)
+            } else {
+                (idx.len(), 1)
+            };
+            let planned_draw = rng.uniform();
+            match closest_frames(window, config.ae_stride_t, config.num_frames.min(29)) {
+                Some(n) => (idx, n, starts, planned_draw),
+                None => {
+                    stats.too_short += 1;
+                    return None;
+                }
+            }
+        };
+        (size, plan)
     };
     Some(Sample {
         media,
@@ -548,12 +526,22 @@ fn plan_item(
         source_frames,
         frames,
         starts,
-        planned_start,
-        planned_draw: 0.0,
+        planned_draw,
         size,
         crop: item.crop,
         aesthetic: item.aesthetic,
     })
+}
+
+/// The first frame and the frame count of an item's video: its `cut` `[start, end]` of
+/// `num_frames` (read from the file when the annotation lacks it).
+fn frame_span(item: &AnnotationItem, info: Option<&video::VideoInfo>) -> (usize, usize) {
+    let total = item.num_frames.or(info.map(|i| i.frames)).unwrap_or(0);
+    let start = item.cut.map_or(0, |c| c[0]);
+    match item.cut {
+        Some([a, b]) if b > a => (start, total.min(b - a)),
+        _ => (start, total),
+    }
 }
 
 /// [`VaeClips`] frame choice within a video of `total` frames (indices into it): the stride and the
@@ -678,10 +666,12 @@ fn resample(
     out
 }
 
-/// Upstream's T2V `resize`: `interpolate(mode="bilinear", align_corners=True, antialias=True)` of
-/// the `window` of each frame to `oh x ow`, as `[3, t, oh, ow]` in `[-1, 1]`.
-fn resize_window(frames: &Frames, window: Window, oh: usize, ow: usize) -> Vec<f32> {
-    resample(frames, window, (oh, ow), true, (0, oh), (0, ow))
+/// The part of each frame an item uses: its annotation `crop` `[x0, x1, y0, y1]`, else all of it.
+fn crop_window(crop: Option<[usize; 4]>, frames: &Frames) -> Window {
+    match crop {
+        Some([x0, x1, y0, y1]) => (y0, x0, y1 - y0, x1 - x0),
+        None => (0, 0, frames.h, frames.w),
+    }
 }
 
 /// [`VaeClips`]' transform: `x / 255`, `Resize(size)` (the short edge to `size`, the long edge
@@ -689,10 +679,7 @@ fn resize_window(frames: &Frames, window: Window, oh: usize, ow: usize) -> Vec<f
 /// `round((l - size) / 2)`, half to even), `2x - 1`; as `[3, t, size, size]`. Only the cropped
 /// part of the resized frame is computed.
 fn vae_transform(frames: &Frames, crop: Option<[usize; 4]>, size: usize) -> Vec<f32> {
-    let window = match crop {
-        Some([x0, x1, y0, y1]) => (y0, x0, y1 - y0, x1 - x0),
-        None => (0, 0, frames.h, frames.w),
-    };
+    let window = crop_window(crop, frames);
     let (h, w) = (window.2, window.3);
     let (rh, rw) = if w <= h {
         ((size as f64 * h as f64 / w as f64) as usize, size)
@@ -703,34 +690,21 @@ fn vae_transform(frames: &Frames, crop: Option<[usize; 4]>, size: usize) -> Vec<
     resample(frames, window, (rh, rw), false, (offset(rh), size), (offset(rw), size))
 }
 
-/// Upstream's training transform: with `--force_resolution` `CenterCropResizeVideo(size)`, else
-/// `MaxHWResizeVideo(max_hxw)` then `SpatialStrideCropVideo(hw_stride)`; then `x / 127.5 - 1`.
+/// Upstream's T2V training transform: `x / 255`; with `--force_resolution`
+/// `CenterCropResizeVideo(size)`, else `MaxHWResizeVideo(max_hxw)` then
+/// `SpatialStrideCropVideo(hw_stride)` (only the cropped part of the resized frame is computed);
+/// `2x - 1`. Its `resize` is `interpolate(mode="bilinear", align_corners=True, antialias=True)`.
 fn transform(frames: &Frames, s: &Sample, force: bool, max_hxw: Option<usize>, stride: usize) -> Vec<f32> {
-    let base: Window = match s.crop {
-        Some([x0, x1, y0, y1]) => (y0, x0, y1 - y0, x1 - x0),
-        None => (0, 0, frames.h, frames.w),
-    };
+    let base = crop_window(s.crop, frames);
     let (oh, ow) = s.size;
     if force {
         let (t, l, h, w) = center_crop_th_tw(base.2, base.3, oh, ow);
-        return resize_window(frames, (base.0 + t, base.1 + l, h, w), oh, ow);
+        return resample(frames, (base.0 + t, base.1 + l, h, w), (oh, ow), true, (0, oh), (0, ow));
     }
     let (rh, rw) = maxhwresize(base.2, base.3, max_hxw.unwrap_or(usize::MAX));
-    let resized = resize_window(frames, base, rh, rw);
     // SpatialStrideCropVideo: centre crop to multiples of the stride (= the planned size).
     let (th, tw) = (rh / stride * stride, rw / stride * stride);
-    let (i, j) = ((rh - th) / 2, (rw - tw) / 2);
-    let t = frames.t;
-    let mut out = Vec::with_capacity(3 * t * th * tw);
-    for c in 0..3 {
-        for f in 0..t {
-            for y in 0..th {
-                let row = ((c * t + f) * rh + i + y) * rw + j;
-                out.extend_from_slice(&resized[row..row + tw]);
-            }
-        }
-    }
-    out
+    resample(frames, base, (rh, rw), true, ((rh - th) / 2, th), ((rw - tw) / 2, tw))
 }
 
 #[cfg(test)]
@@ -767,96 +741,103 @@ mod tests {
     /// [0, 1], doubled.
     const TRANSFORM_TOL: f32 = 1e-6;
 
-    fn transforms_fixture<T: serde::de::DeserializeOwned>() -> T {
+    /// Random frames and upstream's output for them (`rgb` `[t, h, w, 3]`, `expected`
+    /// `[3, t, out_h, out_w]`).
+    #[derive(serde::Deserialize)]
+    struct FixtureFrames {
+        t: usize,
+        h: usize,
+        w: usize,
+        rgb: Vec<u8>,
+        expected: Vec<f32>,
+    }
+
+    impl FixtureFrames {
+        fn frames(&self) -> Frames {
+            Frames::new(self.t, self.h, self.w, self.rgb.clone()).expect("valid frames")
+        }
+
+        /// `got` has the expected length and is within [`TRANSFORM_TOL`] of `expected`.
+        fn check(&self, got: &[f32], what: &str) {
+            assert_eq!(got.len(), self.expected.len(), "{what} {}x{}", self.h, self.w);
+            let worst = got.iter().zip(&self.expected).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst <= TRANSFORM_TOL, "{what} {}x{}: max |diff| {worst}", self.h, self.w);
+        }
+    }
+
+    #[derive(serde::Deserialize)]
+    struct VaeCase {
+        #[serde(flatten)]
+        frames: FixtureFrames,
+        size: usize,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct T2vCase {
+        #[serde(flatten)]
+        frames: FixtureFrames,
+        mode: String,
+        a: usize,
+        b: Option<usize>,
+        stride: usize,
+        out: [usize; 2],
+    }
+
+    #[derive(serde::Deserialize)]
+    struct TransformsFixture {
+        cases: Vec<VaeCase>,
+        t2v_cases: Vec<T2vCase>,
+    }
+
+    fn transforms_fixture() -> TransformsFixture {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transforms/cases.json");
         serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture json")
     }
 
-    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
-    }
-
     #[test]
     fn vae_transform_matches_upstream_resize_and_centre_crop() {
-        #[derive(serde::Deserialize)]
-        struct Case {
-            t: usize,
-            h: usize,
-            w: usize,
-            size: usize,
-            rgb: Vec<u8>,
-            expected: Vec<f32>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Fixture {
-            cases: Vec<Case>,
-        }
-        let fixture: Fixture = transforms_fixture();
+        let fixture = transforms_fixture();
         assert_eq!(fixture.cases.len(), 6);
         for c in fixture.cases {
-            let frames = Frames::new(c.t, c.h, c.w, c.rgb).expect("valid frames");
-            let got = vae_transform(&frames, None, c.size);
-            assert_eq!(got.len(), c.expected.len());
-            let worst = max_diff(&got, &c.expected);
-            assert!(worst <= TRANSFORM_TOL, "{}x{} -> {}: max |diff| {worst}", c.h, c.w, c.size);
+            let got = vae_transform(&c.frames.frames(), None, c.size);
+            c.frames.check(&got, &format!("wfvae -> {}", c.size));
         }
     }
 
     #[test]
     fn t2v_transform_matches_upstream_crop_resize_and_stride_crop() {
-        #[derive(serde::Deserialize)]
-        struct Case {
-            t: usize,
-            h: usize,
-            w: usize,
-            mode: String,
-            a: usize,
-            b: Option<usize>,
-            stride: usize,
-            out: [usize; 2],
-            rgb: Vec<u8>,
-            expected: Vec<f32>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Fixture {
-            t2v_cases: Vec<Case>,
-        }
-        let fixture: Fixture = transforms_fixture();
+        let fixture = transforms_fixture();
         assert_eq!(fixture.t2v_cases.len(), 5);
         for c in fixture.t2v_cases {
-            let frames = Frames::new(c.t, c.h, c.w, c.rgb).expect("valid frames");
+            let t = c.frames.t;
             let force = c.mode == "force";
             let sample = Sample {
                 media: PathBuf::new(),
                 rel_path: String::new(),
                 captions: Vec::new(),
                 text_embed_root: None,
-                image: c.t == 1,
-                source_frames: (0..c.t).collect(),
-                frames: c.t,
+                image: t == 1,
+                source_frames: (0..t).collect(),
+                frames: t,
                 starts: 1,
-                planned_start: 0,
                 planned_draw: 0.0,
                 size: (c.out[0], c.out[1]),
                 crop: None,
                 aesthetic: None,
             };
-            let (max_hxw, stride) = if force { (None, c.stride) } else { (Some(c.a), c.stride) };
+            let max_hxw = if force { None } else { Some(c.a) };
             if force {
                 assert_eq!((c.a, c.b), (c.out[0], Some(c.out[1])));
             }
-            let got = transform(&frames, &sample, force, max_hxw, stride);
-            assert_eq!(got.len(), c.expected.len(), "{} {}x{}", c.mode, c.h, c.w);
-            let worst = max_diff(&got, &c.expected);
-            assert!(worst <= TRANSFORM_TOL, "{} {}x{} -> {:?}: max |diff| {worst}", c.mode, c.h, c.w, c.out);
+            let got = transform(&c.frames.frames(), &sample, force, max_hxw, c.stride);
+            c.frames.check(&got, &format!("{} -> {:?}", c.mode, c.out));
         }
     }
 
     #[test]
     fn resize_keeps_a_constant_image_and_maps_to_unit_range() {
         let frames = Frames::new(1, 4, 6, vec![255; 4 * 6 * 3]).expect("valid frames");
-        let out = resize_window(&frames, (0, 0, 4, 6), 2, 3);
+        let out = resample(&frames, (0, 0, 4, 6), (2, 3), true, (0, 2), (0, 3));
         assert!(out.iter().all(|&v| v == 1.0));
     }
 }

@@ -272,13 +272,12 @@ impl<B: Backend> DitBatcher<'_, B> {
         let samples = &self.dataset.samples;
         let mut cache = self.cache.as_ref().map(|c| c.lock().unwrap_or_else(|e| e.into_inner()));
         // Each position: its data set item and, when cached, its moments.
+        // The latent cache key of item `i` at batch position `p`: the item and its clip window.
+        let key = |i: usize, p: usize| (i, samples[i].start(Some(draws[p])));
         let mut items: Vec<(usize, Option<Moments>)> = indices
             .iter()
-            .zip(&draws)
-            .map(|(&i, &u)| {
-                let key = (i, samples[i].start(Some(u)));
-                (i, cache.as_ref().and_then(|c| c.latents.get(&key).cloned()))
-            })
+            .enumerate()
+            .map(|(p, &i)| (i, cache.as_ref().and_then(|c| c.latents.get(&key(i, p)).cloned())))
             .collect();
         let missing: Vec<usize> = (0..items.len()).filter(|&p| items[p].1.is_none()).collect();
         if let Some(c) = cache.as_mut() {
@@ -370,7 +369,7 @@ impl<B: Backend> DitBatcher<'_, B> {
                     [c, lt, lh, lw],
                 ));
                 if let Some(cache) = cache.as_mut() {
-                    let key = (items[p].0, samples[items[p].0].start(Some(draws[p])));
+                    let key = key(items[p].0, p);
                     if cache.fits(8 * per) && !cache.latents.contains_key(&key) {
                         cache.bytes += 8 * per;
                         cache.latents.insert(key, m.clone());
@@ -448,7 +447,6 @@ mod tests {
             source_frames: vec![0],
             frames: 1,
             starts: 1,
-            planned_start: 0,
             planned_draw: 0.0,
             size: (8, 8),
             crop: None,
