@@ -8,7 +8,7 @@ macro_rules! with_backend {
         match $device {
             $crate::commands::DeviceKind::Cpu => {
                 type $B = burn::backend::NdArray<f32>;
-                let $replicas = |n: usize| vec![<$B as burn::tensor::backend::Backend>::Device::default(); n];
+                let $replicas = |n: usize| vec![burn::tensor::Device::<$B>::default(); n];
                 $body
             }
             #[cfg(feature = "cuda")]
