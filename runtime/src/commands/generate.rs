@@ -466,18 +466,21 @@ fn check_save_dir(path: &Path) -> anyhow::Result<()> {
     let shown = path.display();
     match PathKind::of(path) {
         PathKind::Dir => Ok(()),
-        PathKind::Missing => {
+        kind @ (PathKind::Missing | PathKind::Inaccessible(_)) => {
             for ancestor in path.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()) {
                 match PathKind::of(ancestor) {
-                    PathKind::Missing => continue,
-                    PathKind::Dir => return Ok(()),
-                    kind => anyhow::bail!(
-                        "--save_img_path `{shown}` cannot be created: `{}` {kind}, not a folder",
+                    PathKind::Missing | PathKind::Inaccessible(_) => continue,
+                    PathKind::Dir => break,
+                    a => anyhow::bail!(
+                        "--save_img_path `{shown}` cannot be created: `{}` {a}, not a folder",
                         ancestor.display()
                     ),
                 }
             }
-            Ok(())
+            match kind {
+                PathKind::Inaccessible(_) => anyhow::bail!("--save_img_path `{shown}` {kind}"),
+                _ => Ok(()),
+            }
         }
         kind => anyhow::bail!("--save_img_path `{shown}` {kind}; --save_img_path must be a folder"),
     }

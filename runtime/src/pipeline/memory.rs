@@ -119,11 +119,12 @@ impl MemoryEstimate {
 }
 
 impl fmt::Display for MemoryEstimate {
+    /// `<peak> of memory (<parts>)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} (models and runtime {}, then the largest of text encoder {}, transformer {}, VAE decode {} + \
-             video {})",
+            "{} of memory (models and runtime {}, then the largest of text encoder {}, transformer {}, VAE decode \
+             {} + video {})",
             gib(self.peak()),
             gib(self.fixed),
             gib(self.text_encoder),
@@ -210,7 +211,7 @@ impl fmt::Display for MemoryRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "this request needs an estimated {} of memory, but the host has {} available ({}); lower \
+            "this request needs an estimated {}, but the host has {} available ({}); lower \
              --height/--width/--num_frames/--max_sequence_length/--num_samples_per_prompt, decode with \
              --stream-chunk and --spatial-tiling, or pass --skip-memory-check to run anyway (the estimate is \
              explained in docs/reliability_checks.md)",
@@ -340,7 +341,10 @@ mod tests {
         let host = |available| crate::mem::HostMemory { available, source: "test".into() };
         check(&e, &host(e.peak())).unwrap();
         let msg = check(&e, &host(e.peak() - 1)).unwrap_err().to_string();
-        assert!(msg.starts_with("this request needs an estimated 257 MiB (models and runtime 257 MiB"), "{msg}");
+        assert!(
+            msg.starts_with("this request needs an estimated 257 MiB of memory (models and runtime 257 MiB"),
+            "{msg}"
+        );
         assert!(
             msg.contains("but the host has 257 MiB available (test)") && msg.contains("--skip-memory-check"),
             "{msg}"
