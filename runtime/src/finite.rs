@@ -121,7 +121,9 @@ mod tests {
         check("x", a.view()).unwrap();
         // A transposed (non-standard) view is checked too.
         check("x", a.view().reversed_axes()).unwrap();
-        let cases: &[(&[(usize, usize, usize, f32)], usize, usize, [usize; 3])] = &[
+        /// Values set at `[i, j, k]`; the expected count, NaN count and first index.
+        type Case<'a> = (&'a [(usize, usize, usize, f32)], usize, usize, [usize; 3]);
+        let cases: &[Case] = &[
             (&[(1, 2, 3, f32::NAN)], 1, 1, [1, 2, 3]),
             (&[(0, 1, 0, f32::INFINITY), (1, 0, 0, f32::NAN)], 2, 1, [0, 1, 0]),
             (&[(0, 0, 1, f32::NEG_INFINITY)], 1, 0, [0, 0, 1]),

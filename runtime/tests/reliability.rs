@@ -93,7 +93,9 @@ fn non_finite_latents_given_to_decode_stop_it_and_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let shape = [1usize, 8, 3, 4, 4];
     let total: usize = shape.iter().product();
-    let cases: &[(&str, &[(usize, f32)], &str)] = &[
+    /// Name, flat indices set to a value (none: every value NaN), and the expected count text.
+    type Case<'a> = (&'a str, &'a [(usize, f32)], &'a str);
+    let cases: &[Case] = &[
         (
             "one NaN",
             &[(37, f32::NAN)],
@@ -211,7 +213,7 @@ fn nan_inputs_and_cache_entries_never_reach_the_video() {
         |d: &str| files_under(&tmp.path().join(d)).iter().map(|p| std::fs::read(p).unwrap()).collect::<Vec<_>>();
     assert_eq!(bytes("clean"), bytes("again"), "a NaN cache entry changed the video");
     for entry in &entries {
-        let tensors = read_safetensors(&entry).unwrap();
+        let tensors = read_safetensors(entry).unwrap();
         let Some(Tensor::F32(e)) = tensors.get("prompt_embeds") else {
             panic!("{}: no prompt_embeds", entry.display())
         };

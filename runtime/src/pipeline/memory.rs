@@ -296,7 +296,8 @@ mod tests {
         assert_eq!(e.video, 27_648 + 110_592);
         assert_eq!(e.peak(), e.fixed + 294_912 + 138_240);
 
-        let cases: &[(&str, GenerateRequest, &dyn Fn(&MemoryEstimate) -> bool)] = &[
+        type Case<'a> = (&'a str, GenerateRequest, &'a dyn Fn(&MemoryEstimate) -> bool);
+        let cases: &[Case] = &[
             (
                 "streaming holds 8 frames of 9",
                 GenerateRequest { decode: DecodeOptions { chunk: Some(1), tiling: None }, ..request() },
