@@ -387,11 +387,12 @@ impl BundleManifest {
                         file: file.clone(),
                     });
                 }
-                if !dir.join(file).is_file() {
+                if let Err(why) = crate::path::require_file(&dir.join(file)) {
                     return Err(Error::MissingFile {
                         bundle: dir.to_path_buf(),
                         graph: name.clone(),
                         file: file.clone(),
+                        why,
                     });
                 }
             }
@@ -410,9 +411,13 @@ impl BundleManifest {
                 return Err(Error::UnsafeFileName { bundle: dir.to_path_buf(), graph: graph(), file: file.clone() });
             }
             let path = dir.join(file);
-            let found = std::fs::metadata(&path)
-                .map_err(|_| Error::MissingFile { bundle: dir.to_path_buf(), graph: graph(), file: file.clone() })?
-                .len();
+            crate::path::require_file(&path).map_err(|why| Error::MissingFile {
+                bundle: dir.to_path_buf(),
+                graph: graph(),
+                file: file.clone(),
+                why,
+            })?;
+            let found = std::fs::metadata(&path).map_err(|source| Error::Io { path: path.clone(), source })?.len();
             if found != expected {
                 return Err(Error::DataFileSize {
                     bundle: dir.to_path_buf(),

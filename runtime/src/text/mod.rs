@@ -180,7 +180,14 @@ impl TextEncoder {
         let keys: Vec<String> = texts.iter().map(|t| self.cache_key(t, max_len)).collect();
         if let Some(cache) = &self.cache {
             for (i, key) in keys.iter().enumerate() {
-                rows[i] = cache.get(key, &encoded[i].attention_mask, d);
+                rows[i] = cache.get(key, &encoded[i].attention_mask, d).filter(|row| {
+                    let finite = row.iter().all(|v| v.is_finite());
+                    if !finite {
+                        let path = cache.entry_path(key);
+                        tracing::warn!(path = %path.display(), "text cache entry holds NaN or infinite values; recomputing");
+                    }
+                    finite
+                });
             }
         }
         let misses: Vec<usize> = (0..texts.len()).filter(|&i| rows[i].is_none()).collect();
@@ -190,6 +197,9 @@ impl TextEncoder {
             let batch: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
             let out = self.run_encoder(&batch, max_len)?;
             for (row, &i) in out.into_iter().zip(chunk) {
+                let view = ndarray::ArrayView::from_shape(IxDyn(&[max_len, d]), &row)
+                    .map_err(|e| Error::Tensor { name: "last_hidden_state".into(), why: e.to_string() })?;
+                crate::finite::check(&format!("text encoder output for {:?}", texts[i]), view)?;
                 if let Some(cache) = &self.cache {
                     cache.put(&keys[i], &row, &encoded[i].attention_mask, d)?;
                 }
