@@ -60,7 +60,9 @@ impl Mutator {
         let n = b.len().max(1);
         match self.below(6) {
             0 | 1 => {
-                let count = 1 + self.below(200);
+                // 1 to 200 flips, a few as likely as many.
+                let most = [3, 15, 63, 200][self.below(4)];
+                let count = 1 + self.below(most);
                 for _ in 0..count {
                     let at = self.below(n);
                     if let Some(x) = b.get_mut(at) {

@@ -64,6 +64,9 @@ fn fuzz(original: &[u8], file_name: &str, json: bool, seeds: std::ops::Range<u64
         } else {
             tally.load_errors += 1;
         }
+        if std::env::var_os("OSP_FUZZ_VERBOSE").is_some() {
+            eprintln!("{file_name} seed {seed} ({what}): loaded {loaded}, errors {errors:?}");
+        }
         for e in &errors {
             ensure!(
                 e.contains(&path.display().to_string()),
@@ -88,12 +91,73 @@ fn mutated_tokenizer_json_never_panics_and_names_the_file() -> Result<()> {
     Ok(())
 }
 
+/// `bytes` (a SentencePiece `ModelProto`) without `normalizer_spec.precompiled_charsmap`, which
+/// is most of the seqio model's bytes; what is left (pieces, trainer and normalizer specs) is
+/// still a valid model, so mutations of it reach the vocabulary instead of the charsmap.
+fn without_charsmap(bytes: &[u8]) -> Result<Vec<u8>> {
+    use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType};
+    /// `(field number, wire type, the field's bytes after its key)`.
+    fn fields(mut b: &[u8]) -> Result<Vec<(u32, WireType, Vec<u8>)>> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let (tag, wire) = decode_key(&mut b)?;
+            let start = b;
+            match wire {
+                WireType::Varint => {
+                    decode_varint(&mut b)?;
+                }
+                WireType::SixtyFourBit => b = &b[8..],
+                WireType::ThirtyTwoBit => b = &b[4..],
+                WireType::LengthDelimited => {
+                    let len = decode_varint(&mut b)? as usize;
+                    b = &b[len..];
+                }
+                other => bail!("unexpected wire type {other:?}"),
+            }
+            out.push((tag, wire, start[..start.len() - b.len()].to_vec()));
+        }
+        Ok(out)
+    }
+    let mut out = Vec::new();
+    for (tag, wire, value) in fields(bytes)? {
+        encode_key(tag, wire, &mut out);
+        if tag != 3 {
+            out.extend_from_slice(&value);
+            continue;
+        }
+        // normalizer_spec (field 3): drop its field 2, precompiled_charsmap.
+        let mut v = value.as_slice();
+        let len = decode_varint(&mut v)? as usize;
+        let mut inner = Vec::new();
+        for (t, w, field) in fields(&v[..len])? {
+            if t != 2 {
+                encode_key(t, w, &mut inner);
+                inner.extend_from_slice(&field);
+            }
+        }
+        encode_varint(inner.len() as u64, &mut out);
+        out.extend_from_slice(&inner);
+    }
+    Ok(out)
+}
+
 #[test]
 fn mutated_spiece_model_never_panics_and_names_the_file() -> Result<()> {
     let path = osp_tests::shared_reference().join("assets/seqio_t5_tiny_spiece.model");
     let original = std::fs::read(&path)?;
-    let tally = fuzz(&original, "spiece.model", false, 0..200)?;
+    let tally = fuzz(&original, "spiece.model", false, 0..100)?;
+    ensure!(tally.load_errors >= 50, "only {} of 100 mutants failed to load: {tally:?}", tally.load_errors);
+    // Protobuf is fragile: most mutants fail to decode; a few (flips inside scores or piece
+    // strings) load and are used.
+    ensure!(tally.loaded >= 3, "only {} of 100 mutants loaded: {tally:?}", tally.loaded);
+
+    let small = without_charsmap(&original)?;
+    ensure!(small.len() < original.len() / 2, "the charsmap is most of the model ({} of {} bytes left)", small.len(), original.len());
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("spiece.model"), &small)?;
+    Tokenizer::from_file(dir.path().join("spiece.model"))?.encode("a red circle", 16)?;
+    let tally = fuzz(&small, "spiece.model", false, 100..300)?;
     ensure!(tally.load_errors >= 50, "only {} of 200 mutants failed to load: {tally:?}", tally.load_errors);
-    ensure!(tally.loaded >= 10, "only {} of 200 mutants loaded: {tally:?}", tally.loaded);
+    ensure!(tally.loaded >= 3, "only {} of 200 mutants loaded: {tally:?}", tally.loaded);
     Ok(())
 }
