@@ -103,11 +103,13 @@ fn inspect_checks_graphs_always_and_digests_on_verify() -> Result<()> {
             Ok("checked graph block"),
         ),
         (
-            "a byte of a graph's name flipped in .onnx, verified",
+            "a byte of a node name changed in .onnx, verified",
             |b| {
                 let bytes = std::fs::read(b.join("block.onnx"))?;
+                let mut bytes = bytes;
                 let at = bytes.windows(4).position(|w| w == b"Norm").context("a node name in block.onnx")?;
-                flip(&b.join("block.onnx"), at, 1)
+                bytes[at] = b'X';
+                Ok(std::fs::write(b.join("block.onnx"), bytes)?)
             },
             true,
             Err(&["block.onnx", "SHA-256 is"]),

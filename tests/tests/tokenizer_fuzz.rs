@@ -152,7 +152,12 @@ fn mutated_spiece_model_never_panics_and_names_the_file() -> Result<()> {
     ensure!(tally.loaded >= 3, "only {} of 100 mutants loaded: {tally:?}", tally.loaded);
 
     let small = without_charsmap(&original)?;
-    ensure!(small.len() < original.len() / 2, "the charsmap is most of the model ({} of {} bytes left)", small.len(), original.len());
+    ensure!(
+        small.len() < original.len() / 2,
+        "the charsmap is most of the model ({} of {} bytes left)",
+        small.len(),
+        original.len()
+    );
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("spiece.model"), &small)?;
     Tokenizer::from_file(dir.path().join("spiece.model"))?.encode("a red circle", 16)?;
