@@ -25,5 +25,6 @@ pub struct BigLinearArgs {
 pub fn run(args: BigLinearArgs) -> anyhow::Result<()> {
     export_big_linear(&args.out, args.in_features, args.out_features, args.seed)
         .with_context(|| format!("exporting to {}", args.out.display()))?;
+    println!("{}", args.out.display());
     Ok(())
 }

@@ -41,5 +41,6 @@ pub fn run(args: DitArgs) -> anyhow::Result<()> {
     let opts = args.graph.export_options(args.weights.clone());
     export_opensora_t2v(&config, &weights, &opts, &args.out)
         .with_context(|| format!("exporting to {}", args.out.display()))?;
+    println!("{}", args.out.display());
     Ok(())
 }

@@ -50,5 +50,6 @@ pub fn run(args: Mt5Args) -> anyhow::Result<()> {
     let opts =
         Mt5ExportOptions { graph: args.graph.export_options(args.weights.clone()), tokenizer: args.tokenizer.clone() };
     export_mt5(&cfg, &weights, &opts, &args.out).with_context(|| format!("exporting to {}", args.out.display()))?;
+    println!("{}", args.out.display());
     Ok(())
 }

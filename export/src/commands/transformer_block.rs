@@ -65,5 +65,6 @@ pub fn run(args: TransformerBlockArgs) -> anyhow::Result<()> {
             .save_safetensors(path)
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    println!("{}", args.out.display());
     Ok(())
 }

@@ -38,5 +38,6 @@ pub fn run(args: WfvaeArgs) -> anyhow::Result<()> {
     };
     let opts = args.graph.export_options(args.weights.clone());
     export_wfvae(&cfg, &weights, &opts, &args.out).with_context(|| format!("exporting to {}", args.out.display()))?;
+    println!("{}", args.out.display());
     Ok(())
 }
