@@ -131,10 +131,6 @@ fn log_filter(verbose: u8) -> anyhow::Result<EnvFilter> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_filter(log_filter(args.verbose)?);
     // A quiet run on a terminal shows its current stage in a spinner instead of log lines.
     #[cfg(feature = "progress")]
     let spinner =
@@ -142,6 +138,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .then(progress::Spinner::new);
     #[cfg(feature = "progress")]
     let handle = spinner.as_ref().map(progress::Spinner::handle);
+    #[cfg(feature = "progress")]
+    let writer = progress::Stderr(handle.clone());
+    #[cfg(not(feature = "progress"))]
+    let writer = std::io::stderr;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(log_filter(args.verbose)?);
     #[cfg(feature = "progress")]
     let spinner = spinner.map(|s| s.with_filter(tracing_subscriber::filter::LevelFilter::INFO));
     #[cfg(not(feature = "progress"))]
@@ -159,5 +163,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(bar) = handle {
         bar.finish_and_clear();
     }
-    result
+    println!("{}", result?.display());
+    Ok(())
 }

@@ -60,3 +60,29 @@ impl<S: Subscriber> Layer<S> for Spinner {
         self.bar.set_message(line.0);
     }
 }
+
+/// Stderr for the log lines: each write hides the spinner while it prints, so warnings never land
+/// inside the spinner's line.
+#[derive(Clone)]
+pub struct Stderr(pub Option<indicatif::ProgressBar>);
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &self.0 {
+            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
+    type Writer = Stderr;
+
+    fn make_writer(&'a self) -> Stderr {
+        self.clone()
+    }
+}
