@@ -19,7 +19,7 @@ pub struct DitArgs {
     model: ModelArgs,
 }
 
-pub fn run(args: DitArgs) -> anyhow::Result<()> {
+pub fn run(args: DitArgs) -> anyhow::Result<PathBuf> {
     let config = OpenSoraT2V_v1_3Config::from_json_file(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let weights = match args.model.source()? {
@@ -31,5 +31,5 @@ pub fn run(args: DitArgs) -> anyhow::Result<()> {
     let out = &args.model.out;
     export_opensora_t2v(&config, &weights, &args.model.export_options(), out)
         .with_context(|| format!("exporting to {}", out.display()))?;
-    Ok(())
+    Ok(args.model.out)
 }

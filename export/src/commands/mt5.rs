@@ -25,7 +25,7 @@ pub struct Mt5Args {
     model: ModelArgs,
 }
 
-pub fn run(args: Mt5Args) -> anyhow::Result<()> {
+pub fn run(args: Mt5Args) -> anyhow::Result<PathBuf> {
     let cfg = match &args.config {
         Some(path) => MT5Config::from_json_file(path).with_context(|| format!("reading {}", path.display()))?,
         None => MT5Config::mt5_xxl(),
@@ -39,5 +39,5 @@ pub fn run(args: Mt5Args) -> anyhow::Result<()> {
     let opts = Mt5ExportOptions { graph: args.model.export_options(), tokenizer: args.tokenizer.clone() };
     let out = &args.model.out;
     export_mt5(&cfg, &weights, &opts, out).with_context(|| format!("exporting to {}", out.display()))?;
-    Ok(())
+    Ok(args.model.out)
 }

@@ -18,7 +18,7 @@ pub struct WfvaeArgs {
     model: ModelArgs,
 }
 
-pub fn run(args: WfvaeArgs) -> anyhow::Result<()> {
+pub fn run(args: WfvaeArgs) -> anyhow::Result<PathBuf> {
     let cfg =
         WFVAEModelConfig::from_json_file(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let weights = match args.model.source()? {
@@ -28,5 +28,5 @@ pub fn run(args: WfvaeArgs) -> anyhow::Result<()> {
     let out = &args.model.out;
     export_wfvae(&cfg, &weights, &args.model.export_options(), out)
         .with_context(|| format!("exporting to {}", out.display()))?;
-    Ok(())
+    Ok(args.model.out)
 }
