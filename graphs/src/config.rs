@@ -132,12 +132,16 @@ pub struct StreamProtocol {
 }
 
 /// The upstream `OpenSoraT2V_v1_3` `config.json` (`OpenSoraT2V_v1_3.__init__` keys), verbatim. The
-/// keys the cross-component checks read (channels, caption width, patch sizes) are typed; every
+/// keys the runtime reads (channels, caption width, patch sizes, attention sizes) are typed; every
 /// other upstream key is kept as written in `upstream`, so the keys and their constructor
 /// defaults are defined in one place only (the trainer's `OpenSoraT2V_v1_3Config`, converted
-/// through JSON by the exporter).
+/// through JSON by the exporter, which records every key).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OpenSoraT2VConfig {
+    pub num_attention_heads: usize,
+    pub attention_head_dim: usize,
+    pub sparse1d: bool,
+    pub sparse_n: usize,
     #[serde(default)]
     pub in_channels: Option<usize>,
     /// `None` means `in_channels`.
@@ -163,6 +167,8 @@ pub struct Mt5EncoderConfig {
     /// Rows of the token embedding (`shared.weight`); mT5-xxl pads its 250100 pieces to 250112.
     pub vocab_size: usize,
     pub d_model: usize,
+    pub d_ff: usize,
+    pub num_heads: usize,
     #[serde(flatten)]
     pub upstream: BTreeMap<String, serde_json::Value>,
 }
@@ -177,18 +183,26 @@ mod tests {
     #[test]
     fn manifest_views_keep_every_upstream_key() {
         let dit = json!({
+            "num_attention_heads": 24, "attention_head_dim": 96, "sparse1d": true, "sparse_n": 4,
             "in_channels": 8, "out_channels": null, "caption_channels": 4096, "patch_size": 2,
-            "patch_size_t": 1, "num_layers": 32, "sparse1d": true, "sample_size_h": [44, 80], "norm_eps": 1e-6
+            "patch_size_t": 1, "num_layers": 32, "sample_size_h": [44, 80], "norm_eps": 1e-6
         });
         let view: OpenSoraT2VConfig = manifest_view(&dit).unwrap();
+        assert_eq!(
+            (view.num_attention_heads, view.attention_head_dim, view.sparse1d, view.sparse_n),
+            (24, 96, true, 4)
+        );
         assert_eq!((view.in_channels, view.out_channels, view.caption_channels), (Some(8), None, Some(4096)));
         assert_eq!((view.patch_size, view.patch_size_t), (Some(2), Some(1)));
-        assert_eq!(view.upstream.keys().collect::<Vec<_>>(), ["norm_eps", "num_layers", "sample_size_h", "sparse1d"]);
+        assert_eq!(view.upstream.keys().collect::<Vec<_>>(), ["norm_eps", "num_layers", "sample_size_h"]);
         assert_eq!(serde_json::to_value(&view).unwrap(), dit);
 
-        let mt5 = json!({"vocab_size": 250112, "d_model": 4096, "d_kv": 64, "feed_forward_proj": "gated-gelu"});
+        let mt5 = json!({
+            "vocab_size": 250112, "d_model": 4096, "d_ff": 10240, "num_heads": 64, "d_kv": 64,
+            "feed_forward_proj": "gated-gelu"
+        });
         let view: Mt5EncoderConfig = manifest_view(&mt5).unwrap();
-        assert_eq!((view.vocab_size, view.d_model), (250112, 4096));
+        assert_eq!((view.vocab_size, view.d_model, view.d_ff, view.num_heads), (250112, 4096, 10240, 64));
         assert_eq!(serde_json::to_value(&view).unwrap(), mt5);
         assert!(manifest_view::<Mt5EncoderConfig>(&json!({"d_model": 8})).is_err(), "vocab_size is required");
     }

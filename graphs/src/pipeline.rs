@@ -300,7 +300,7 @@ mod tests {
     }
 
     fn parts(latent: usize, in_ch: usize, caption: usize, d_model: usize) -> [BundleManifest; 3] {
-        let text = Mt5EncoderConfig { vocab_size: 10, d_model, upstream: BTreeMap::new() };
+        let text = Mt5EncoderConfig { vocab_size: 10, d_model, d_ff: 8, num_heads: 1, upstream: BTreeMap::new() };
         let dit = OpenSoraT2VConfig {
             in_channels: Some(in_ch),
             caption_channels: Some(caption),
