@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The model a bundle holds, with its full config.
@@ -74,6 +75,12 @@ pub struct WfvaeConfig {
     pub upstream: BTreeMap<String, serde_json::Value>,
 }
 
+/// The manifest view `M` ([`WfvaeConfig`], [`OpenSoraT2VConfig`], [`Mt5EncoderConfig`]) of a model
+/// config that serializes to its upstream `config.json` keys (the exporter's trainer configs).
+pub fn manifest_view<M: DeserializeOwned>(upstream: &impl Serialize) -> serde_json::Result<M> {
+    serde_json::to_value(upstream).and_then(serde_json::from_value)
+}
+
 /// Metadata key under which each streaming-decoder graph stores its [`StreamProtocol`].
 pub const STREAM_METADATA_KEY: &str = "stream";
 
@@ -124,102 +131,79 @@ pub struct StreamProtocol {
     pub state: Vec<StatePair>,
 }
 
-/// `sample_size_{t,h,w}`: the release `config.json` stores `[h, w]` lists, the upstream constructor
-/// types them as ints. Neither affects the weights or the forward pass.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum SampleSize {
-    Scalar(usize),
-    List(Vec<usize>),
-}
-
-/// The keys of the upstream `OpenSoraT2V_v1_3` `config.json` (`OpenSoraT2V_v1_3.__init__`), as the
-/// bundle records them. Missing keys take the upstream constructor defaults.
-// https://github.com/PKU-YuanGroup/Open-Sora-Plan/blob/9fa322fbbb276e2bbe40b2f439e3d610af3d7690/opensora/models/diffusion/opensora_v1_3/modeling_opensora.py#L30-L57
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+/// The upstream `OpenSoraT2V_v1_3` `config.json` (`OpenSoraT2V_v1_3.__init__` keys), verbatim. The
+/// keys the runtime reads (channels, caption width, patch sizes, attention sizes) are typed; every
+/// other upstream key is kept as written in `upstream`, so the keys and their constructor
+/// defaults are defined in one place only (the trainer's `OpenSoraT2V_v1_3Config`, converted
+/// through JSON by the exporter, which records every key).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OpenSoraT2VConfig {
     pub num_attention_heads: usize,
     pub attention_head_dim: usize,
-    pub in_channels: Option<usize>,
-    pub out_channels: Option<usize>,
-    pub num_layers: usize,
-    pub dropout: f64,
-    pub cross_attention_dim: Option<usize>,
-    pub attention_bias: bool,
-    pub sample_size_h: Option<SampleSize>,
-    pub sample_size_w: Option<SampleSize>,
-    pub sample_size_t: Option<SampleSize>,
-    pub patch_size: Option<usize>,
-    pub patch_size_t: Option<usize>,
-    pub activation_fn: String,
-    pub only_cross_attention: bool,
-    pub double_self_attention: bool,
-    pub upcast_attention: bool,
-    pub norm_elementwise_affine: bool,
-    pub norm_eps: f64,
-    pub caption_channels: Option<usize>,
-    pub interpolation_scale_h: f64,
-    pub interpolation_scale_w: f64,
-    pub interpolation_scale_t: f64,
     pub sparse1d: bool,
     pub sparse_n: usize,
+    #[serde(default)]
+    pub in_channels: Option<usize>,
+    /// `None` means `in_channels`.
+    #[serde(default)]
+    pub out_channels: Option<usize>,
+    #[serde(default)]
+    pub caption_channels: Option<usize>,
+    #[serde(default)]
+    pub patch_size: Option<usize>,
+    #[serde(default)]
+    pub patch_size_t: Option<usize>,
+    #[serde(flatten)]
+    pub upstream: BTreeMap<String, serde_json::Value>,
 }
 
-impl Default for OpenSoraT2VConfig {
-    fn default() -> Self {
-        Self {
-            num_attention_heads: 16,
-            attention_head_dim: 88,
-            in_channels: None,
-            out_channels: None,
-            num_layers: 1,
-            dropout: 0.0,
-            cross_attention_dim: None,
-            attention_bias: true,
-            sample_size_h: None,
-            sample_size_w: None,
-            sample_size_t: None,
-            patch_size: None,
-            patch_size_t: None,
-            activation_fn: "geglu".into(),
-            only_cross_attention: false,
-            double_self_attention: false,
-            upcast_attention: false,
-            norm_elementwise_affine: false,
-            norm_eps: 1e-6,
-            caption_channels: None,
-            interpolation_scale_h: 1.0,
-            interpolation_scale_w: 1.0,
-            interpolation_scale_t: 1.0,
-            sparse1d: false,
-            sparse_n: 2,
-        }
-    }
-}
-
-/// The encoder keys of a Hugging Face mT5 `config.json` (`MT5Config`, transformers 4.44.2). Only
-/// `feed_forward_proj = "gated-gelu"` exists in the exported graph.
+/// The encoder keys of a Hugging Face mT5 `config.json` (`MT5Config`, transformers 4.44.2),
+/// verbatim. The keys the runtime and the cross-component checks read are typed; every other key
+/// is kept as written in `upstream`, so the keys and their defaults are defined in one place only
+/// (the trainer's `MT5Config`, converted through JSON by the exporter).
 // https://huggingface.co/google/mt5-xxl/blob/e07c395916dfbc315d4e5e48b4a54a1e8821b5c0/config.json
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Mt5EncoderConfig {
     /// Rows of the token embedding (`shared.weight`); mT5-xxl pads its 250100 pieces to 250112.
     pub vocab_size: usize,
     pub d_model: usize,
-    pub d_kv: usize,
     pub d_ff: usize,
-    pub num_layers: usize,
     pub num_heads: usize,
-    pub relative_attention_num_buckets: usize,
-    pub relative_attention_max_distance: usize,
-    pub layer_norm_epsilon: f64,
-    pub feed_forward_proj: String,
-    #[serde(default)]
-    pub pad_token_id: usize,
-    #[serde(default = "default_eos_token_id")]
-    pub eos_token_id: usize,
+    #[serde(flatten)]
+    pub upstream: BTreeMap<String, serde_json::Value>,
 }
 
-fn default_eos_token_id() -> usize {
-    1
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The manifest views type the keys the runtime reads and keep every other key as written.
+    #[test]
+    fn manifest_views_keep_every_upstream_key() {
+        let dit = json!({
+            "num_attention_heads": 24, "attention_head_dim": 96, "sparse1d": true, "sparse_n": 4,
+            "in_channels": 8, "out_channels": null, "caption_channels": 4096, "patch_size": 2,
+            "patch_size_t": 1, "num_layers": 32, "sample_size_h": [44, 80], "norm_eps": 1e-6
+        });
+        let view: OpenSoraT2VConfig = manifest_view(&dit).unwrap();
+        assert_eq!(
+            (view.num_attention_heads, view.attention_head_dim, view.sparse1d, view.sparse_n),
+            (24, 96, true, 4)
+        );
+        assert_eq!((view.in_channels, view.out_channels, view.caption_channels), (Some(8), None, Some(4096)));
+        assert_eq!((view.patch_size, view.patch_size_t), (Some(2), Some(1)));
+        assert_eq!(view.upstream.keys().collect::<Vec<_>>(), ["norm_eps", "num_layers", "sample_size_h"]);
+        assert_eq!(serde_json::to_value(&view).unwrap(), dit);
+
+        let mt5 = json!({
+            "vocab_size": 250112, "d_model": 4096, "d_ff": 10240, "num_heads": 64, "d_kv": 64,
+            "feed_forward_proj": "gated-gelu"
+        });
+        let view: Mt5EncoderConfig = manifest_view(&mt5).unwrap();
+        assert_eq!((view.vocab_size, view.d_model, view.d_ff, view.num_heads), (250112, 4096, 10240, 64));
+        assert_eq!(serde_json::to_value(&view).unwrap(), mt5);
+        assert!(manifest_view::<Mt5EncoderConfig>(&json!({"d_model": 8})).is_err(), "vocab_size is required");
+    }
 }

@@ -300,20 +300,7 @@ mod tests {
     }
 
     fn parts(latent: usize, in_ch: usize, caption: usize, d_model: usize) -> [BundleManifest; 3] {
-        let text = Mt5EncoderConfig {
-            vocab_size: 10,
-            d_model,
-            d_kv: 8,
-            d_ff: 8,
-            num_layers: 1,
-            num_heads: 1,
-            relative_attention_num_buckets: 32,
-            relative_attention_max_distance: 128,
-            layer_norm_epsilon: 1e-6,
-            feed_forward_proj: "gated-gelu".into(),
-            pad_token_id: 0,
-            eos_token_id: 1,
-        };
+        let text = Mt5EncoderConfig { vocab_size: 10, d_model, d_ff: 8, num_heads: 1, upstream: BTreeMap::new() };
         let dit = OpenSoraT2VConfig {
             in_channels: Some(in_ch),
             caption_channels: Some(caption),

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -18,6 +20,17 @@ fn osp() -> Command {
 
 fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
+}
+
+/// `osp run-graph <flags> <fixture bundle> linear --inputs <dir>/in.safetensors --out
+/// <dir>/out.safetensors`, with the input `x` (`x_shape`, f32) written first.
+fn run_graph(dir: &Path, x_shape: &[usize], flags: &[&OsStr]) -> Command {
+    let inputs = dir.join("in.safetensors");
+    write_safetensors(&inputs, [("x", &f32_tensor(x_shape))]).unwrap();
+    let mut cmd = osp();
+    cmd.arg("run-graph").args(flags).arg(fixture_bundle()).arg("linear");
+    cmd.arg("--inputs").arg(&inputs).arg("--out").arg(dir.join("out.safetensors"));
+    cmd
 }
 
 #[test]
@@ -51,22 +64,12 @@ fn inspect_prints_the_manifest_summary() {
 #[test]
 fn run_graph_writes_outputs_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let inputs = dir.path().join("in.safetensors");
     let outputs = dir.path().join("out.safetensors");
     let x = f32_tensor(&[2, 4]);
-    write_safetensors(&inputs, [("x", &x)]).unwrap();
     let trace = dir.path().join("trace.json");
-    let out = osp()
-        .args(["run-graph", "--threads", "1", "--tracing", "--trace-file"])
-        .arg(&trace)
-        .arg(fixture_bundle())
-        .arg("linear")
-        .arg("--inputs")
-        .arg(&inputs)
-        .arg("--out")
-        .arg(&outputs)
-        .output()
-        .unwrap();
+    let flags = ["--threads", "1", "--tracing", "--trace-file"].map(OsStr::new);
+    let flags = [&flags[..], &[trace.as_os_str()]].concat();
+    let out = run_graph(dir.path(), &[2, 4], &flags).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("y: f32 [2, 3]"), "{stdout}");
@@ -81,18 +84,7 @@ fn run_graph_writes_outputs_by_name() {
 #[test]
 fn wrong_input_names_the_input_and_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let inputs = dir.path().join("in.safetensors");
-    write_safetensors(&inputs, [("x", &f32_tensor(&[2, 5]))]).unwrap();
-    let out = osp()
-        .arg("run-graph")
-        .arg(fixture_bundle())
-        .arg("linear")
-        .arg("--inputs")
-        .arg(&inputs)
-        .arg("--out")
-        .arg(dir.path().join("out.safetensors"))
-        .output()
-        .unwrap();
+    let out = run_graph(dir.path(), &[2, 5], &[]).output().unwrap();
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(stderr.contains("input `x`: dim 1 must be 4, got 5"), "{stderr}");
@@ -102,20 +94,8 @@ fn wrong_input_names_the_input_and_rule() {
 #[test]
 fn library_variable_to_a_missing_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let inputs = dir.path().join("in.safetensors");
-    write_safetensors(&inputs, [("x", &f32_tensor(&[1, 4]))]).unwrap();
     let missing = dir.path().join("nope/libonnxruntime.so");
-    let out = osp()
-        .env("OSP_ORT_DYLIB", &missing)
-        .arg("run-graph")
-        .arg(fixture_bundle())
-        .arg("linear")
-        .arg("--inputs")
-        .arg(&inputs)
-        .arg("--out")
-        .arg(dir.path().join("out.safetensors"))
-        .output()
-        .unwrap();
+    let out = run_graph(dir.path(), &[1, 4], &[]).env("OSP_ORT_DYLIB", &missing).output().unwrap();
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(stderr.contains("OSP_ORT_DYLIB"), "{stderr}");
@@ -127,19 +107,7 @@ fn library_variable_to_a_missing_file_is_a_clear_error() {
 #[test]
 fn cuda_backend_fails_instead_of_running_on_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    let inputs = dir.path().join("in.safetensors");
-    write_safetensors(&inputs, [("x", &f32_tensor(&[1, 4]))]).unwrap();
-    let out = osp()
-        .env("OSP_BACKEND", "ort-cuda")
-        .arg("run-graph")
-        .arg(fixture_bundle())
-        .arg("linear")
-        .arg("--inputs")
-        .arg(&inputs)
-        .arg("--out")
-        .arg(dir.path().join("out.safetensors"))
-        .output()
-        .unwrap();
+    let out = run_graph(dir.path(), &[1, 4], &[]).env("OSP_BACKEND", "ort-cuda").output().unwrap();
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(stderr.contains("ort-cuda") || stderr.contains("CUDA"), "{stderr}");

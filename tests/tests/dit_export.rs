@@ -244,7 +244,8 @@ fn bundle_records_the_dit_contract() -> Result<()> {
     export_opensora_t2v(&config, &w, &opts, &dir)?;
     let m = BundleManifest::load(&dir)?;
     let ModelSpec::OpenSoraT2V(recorded) = &m.model else { anyhow::bail!("model kind is {}", m.model.kind()) };
-    assert_eq!((recorded.num_layers, recorded.sparse_n, recorded.sparse1d), (4, 4, true));
+    let num_layers = recorded.upstream.get("num_layers").and_then(|v| v.as_u64());
+    assert_eq!((num_layers, recorded.sparse_n, recorded.sparse1d), (Some(4), 4, true));
     assert_eq!(m.model.kind(), "opensora_t2v_v1_3");
     assert_eq!(m.provenance.source.as_deref(), Some("weights.safetensors"));
     let g = m.graph(GRAPH_NAME)?;

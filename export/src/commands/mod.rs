@@ -10,7 +10,7 @@ mod transformer_block;
 mod wfvae;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -36,14 +36,26 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Export one transformer block (the proof model) from a config and weights.
+    ///
+    /// --weights: a safetensors file keyed by PyTorch parameter name.
     TransformerBlock(transformer_block::TransformerBlockArgs),
     /// Export the Open-Sora-Plan v1.3 diffusion transformer (OpenSoraT2V_v1_3) from its config.json and checkpoint.
+    ///
+    /// --weights: the official diffusers names in `*.safetensors`, a sharded `*.safetensors.index.json`
+    /// or a PyTorch pickle.
     Dit(dit::DitArgs),
     /// Export a bias-free linear layer with streamed random weights (the >2 GiB external-data check).
     BigLinear(big_linear::BigLinearArgs),
     /// Export WFVAE: encoder, whole decoder and the streaming decoder graphs.
+    ///
+    /// --weights: the official names in `.safetensors`, `*.safetensors.index.json`, or a PyTorch
+    /// `.ckpt`/`.pt`.
     Wfvae(wfvae::WfvaeArgs),
     /// Export the mT5 text encoder (graph `text_encoder`) from a config and a checkpoint or a seed.
+    ///
+    /// --weights: `.safetensors`, sharded `*.safetensors.index.json`, or a PyTorch `.bin`/`.pt` (the
+    /// decoder half of a full mT5 checkpoint is ignored). With f16/bf16, `DenseReluDense.wo`, the
+    /// norms and the residual stream stay f32.
     Mt5(mt5::Mt5Args),
     /// Export a complete text-to-video pipeline bundle (text encoder + tokenizer, transformer, VAE,
     /// scheduler config, sampling defaults) from component files.
@@ -112,6 +124,46 @@ impl GraphOpts {
             external_data_threshold_bytes: self.external_data_threshold,
             source,
         }
+    }
+}
+
+/// Where a model export takes its weights from and writes its bundle.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["weights", "seed"])))]
+pub struct ModelArgs {
+    /// Checkpoint with the official parameter names, read strictly (no missing, extra or
+    /// mis-shaped tensor); the formats are in the command's `--help`.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Seed for deterministic random weights (instead of --weights), for size, memory and speed checks.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output bundle directory (replaced atomically if it already holds a bundle).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub graph: GraphOpts,
+}
+
+/// The weights a model export reads: `--weights` or `--seed`.
+pub enum WeightSource<'a> {
+    File(&'a Path),
+    Seed(u64),
+}
+
+impl ModelArgs {
+    /// `--weights` if given, else `--seed` (clap requires one of them).
+    pub fn source(&self) -> anyhow::Result<WeightSource<'_>> {
+        match (&self.weights, self.seed) {
+            (Some(path), _) => Ok(WeightSource::File(path)),
+            (None, Some(seed)) => Ok(WeightSource::Seed(seed)),
+            (None, None) => anyhow::bail!("one of --weights or --seed is required"),
+        }
+    }
+
+    /// The export options, recording the checkpoint read (if any) in the provenance.
+    pub fn export_options(&self) -> ExportOptions {
+        self.graph.export_options(self.weights.clone())
     }
 }
 

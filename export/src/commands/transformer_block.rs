@@ -7,25 +7,15 @@ use clap::Args;
 use osp_export::models::transformer_block::{example_inputs, export_transformer_block, TransformerBlockWeights};
 use osp_graphs::config::TransformerBlockConfig;
 
-use super::GraphOpts;
+use super::{ModelArgs, WeightSource};
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["weights", "seed"])))]
 pub struct TransformerBlockArgs {
     /// Block config JSON (`hidden_size`, `num_attention_heads`, `attention_head_dim`, `ff_inner_dim`, `norm_eps`).
     #[arg(long)]
     config: PathBuf,
-    /// Weights as safetensors, keyed by PyTorch parameter name (strict: no missing or extra tensors).
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    /// Seed for deterministic random weights (instead of --weights).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Output bundle directory (replaced atomically if it already holds a bundle).
-    #[arg(long)]
-    out: PathBuf,
     #[command(flatten)]
-    graph: GraphOpts,
+    model: ModelArgs,
     /// Also write the weights used (e.g. the random ones) to this safetensors file.
     #[arg(long)]
     save_weights: Option<PathBuf>,
@@ -47,23 +37,22 @@ pub fn run(args: TransformerBlockArgs) -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let cfg: TransformerBlockConfig =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
-    let weights = match (&args.weights, args.seed) {
-        (Some(path), _) => {
+    let weights = match args.model.source()? {
+        WeightSource::File(path) => {
             TransformerBlockWeights::load(&cfg, path).with_context(|| format!("loading {}", path.display()))?
         }
-        (None, Some(seed)) => TransformerBlockWeights::random(&cfg, seed)?,
-        (None, None) => anyhow::bail!("one of --weights or --seed is required"),
+        WeightSource::Seed(seed) => TransformerBlockWeights::random(&cfg, seed)?,
     };
     if let Some(path) = &args.save_weights {
         weights.save(path).with_context(|| format!("writing {}", path.display()))?;
     }
-    let opts = args.graph.export_options(args.weights.clone());
-    export_transformer_block(&cfg, weights.weights(), &opts, &args.out)
-        .with_context(|| format!("exporting to {}", args.out.display()))?;
+    let out = &args.model.out;
+    export_transformer_block(&cfg, weights.weights(), &args.model.export_options(), out)
+        .with_context(|| format!("exporting to {}", out.display()))?;
     if let Some(path) = &args.example_inputs {
         example_inputs(&cfg, args.batch, args.tokens, args.input_seed)?
             .save_safetensors(path)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(args.out)
+    Ok(args.model.out)
 }

@@ -29,7 +29,7 @@ use tracing::info;
 
 use crate::bundle::{partial_path, provenance};
 use crate::error::{Error, Result};
-use crate::models::mt5::{export_mt5, graph_config, MT5Config, Mt5ExportOptions, Mt5Weights};
+use crate::models::mt5::{export_mt5, manifest_config, MT5Config, Mt5ExportOptions, Mt5Weights};
 use crate::models::opensora_v1_3::{export_opensora_t2v, DitWeights};
 use crate::models::wfvae::{export_wfvae, load_weights};
 use crate::options::ExportOptions;
@@ -206,7 +206,7 @@ pub fn export_pipeline(src: &PipelineSources, opts: &PipelineExportOptions, out:
     let dit_cfg = OpenSoraT2V_v1_3Config::from_json_file(&src.transformer_config)?;
     let vae_cfg = WFVAEModelConfig::from_json_file(&src.vae_config)?;
     check_models(
-        &ModelSpec::Mt5Encoder(graph_config(&text_cfg)),
+        &ModelSpec::Mt5Encoder(manifest_config(&text_cfg)?),
         &ModelSpec::OpenSoraT2V(crate::models::opensora_v1_3::manifest_config(&dit_cfg)?),
         &ModelSpec::Wfvae(crate::models::wfvae::manifest_config(&vae_cfg)?),
         &opts.defaults,

@@ -4,9 +4,7 @@
 use ndarray::ArrayD;
 
 use super::schedule::{self, check_steps, timestep_index};
-use super::{
-    check_index, check_shape, zip2, PredictionType, SampleMethod, Scheduler, SchedulerConfig, TimestepSpacing,
-};
+use super::{zip2, PredictionType, SampleMethod, Scheduler, SchedulerConfig, StepInput, TimestepSpacing};
 use crate::error::Result;
 
 #[derive(Debug, Clone)]
@@ -66,30 +64,11 @@ impl Scheduler for DdimScheduler {
         &self.timesteps_f32
     }
 
-    fn sigmas(&self) -> Option<&[f32]> {
-        None
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &ArrayD<f32>, step_index: usize) -> Result<ArrayD<f32>> {
-        check_index(SampleMethod::Ddim, step_index, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
-
-    fn step(
+    fn step_checked(
         &mut self,
-        model_output: &ArrayD<f32>,
-        step_index: usize,
-        sample: &ArrayD<f32>,
-        _noise: Option<&ArrayD<f32>>,
+        StepInput { model_output, step_index, sample, .. }: StepInput<'_>,
     ) -> Result<ArrayD<f32>> {
-        let method = SampleMethod::Ddim;
-        check_index(method, step_index, self.timesteps.len())?;
-        check_shape(method, "model_output", model_output, sample)?;
-        let name = method.name();
+        let name = SampleMethod::Ddim.name();
         let len = self.alphas_cumprod.len();
         let t = self.timesteps[step_index];
         let prev_t = t - (self.config.num_train_timesteps / self.num_inference_steps) as i64;

@@ -7,7 +7,7 @@ use ndarray::ArrayD;
 
 use super::schedule::{self, check_steps};
 use super::{
-    check_index, check_shape, zip2, zip3, PredictionType, SampleMethod, Scheduler, SchedulerConfig, TimestepSpacing,
+    check_next_step, zip2, zip3, PredictionType, SampleMethod, Scheduler, SchedulerConfig, StepInput, TimestepSpacing,
 };
 use crate::error::{Error, Result};
 
@@ -193,35 +193,12 @@ impl Scheduler for DpmSolverMultistepScheduler {
         Some(&self.sigmas)
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &ArrayD<f32>, step_index: usize) -> Result<ArrayD<f32>> {
-        check_index(SampleMethod::DpmSolverMultistep, step_index, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
-
-    fn step(
+    fn step_checked(
         &mut self,
-        model_output: &ArrayD<f32>,
-        step_index: usize,
-        sample: &ArrayD<f32>,
-        _noise: Option<&ArrayD<f32>>,
+        StepInput { model_output, step_index, sample, .. }: StepInput<'_>,
     ) -> Result<ArrayD<f32>> {
-        let method = SampleMethod::DpmSolverMultistep;
+        check_next_step(SampleMethod::DpmSolverMultistep, self.next_step, step_index)?;
         let len = self.timesteps.len();
-        check_index(method, step_index, len)?;
-        check_shape(method, "model_output", model_output, sample)?;
-        if step_index != self.next_step {
-            return Err(Error::SchedulerStep {
-                method: method.name().into(),
-                why: format!(
-                    "multistep state expects step {} next, got {step_index} (call set_timesteps to restart)",
-                    self.next_step
-                ),
-            });
-        }
         let i = step_index;
         let lower_order_final =
             i == len - 1 && (self.euler_at_final || (self.lower_order_final && len < 15) || self.final_sigma_zero);

@@ -7,9 +7,7 @@
 use ndarray::ArrayD;
 
 use super::schedule::{self, check_steps};
-use super::{
-    check_index, check_shape, zip2, PredictionType, SampleMethod, Scheduler, SchedulerConfig, TimestepSpacing,
-};
+use super::{check_index, zip2, PredictionType, SampleMethod, Scheduler, SchedulerConfig, StepInput, TimestepSpacing};
 use crate::error::{Error, Result};
 
 /// The sigma schedule of the Euler schedulers: `alphas_cumprod` (with the `2**-24` clamp under
@@ -138,6 +136,37 @@ impl SigmaSchedule {
     }
 }
 
+/// The [`Scheduler`] methods an Euler scheduler reads off its `schedule: SigmaSchedule` field
+/// (everything but `method` and `step`).
+macro_rules! sigma_schedule_methods {
+    () => {
+        fn set_timesteps(&mut self, n: usize) -> Result<()> {
+            self.schedule.set_timesteps(n)
+        }
+
+        fn timesteps(&self) -> &[f32] {
+            &self.schedule.timesteps
+        }
+
+        fn sigmas(&self) -> Option<&[f32]> {
+            Some(&self.schedule.sigmas)
+        }
+
+        fn init_noise_sigma(&self) -> f32 {
+            self.schedule.init_noise_sigma()
+        }
+
+        fn scale_model_input(&self, sample: &ArrayD<f32>, step_index: usize) -> Result<ArrayD<f32>> {
+            self.schedule.scale_model_input(sample, step_index)
+        }
+
+        fn set_recorded_schedule(&mut self, timesteps: &[f32], sigmas: &[f32]) -> Result<()> {
+            self.schedule.set_recorded(timesteps, sigmas)
+        }
+    };
+}
+pub(crate) use sigma_schedule_methods;
+
 /// Deterministic Euler sampling on the sigma schedule.
 #[derive(Debug, Clone)]
 pub struct EulerDiscreteScheduler {
@@ -163,40 +192,12 @@ impl Scheduler for EulerDiscreteScheduler {
         SampleMethod::EulerDiscrete
     }
 
-    fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        self.schedule.set_timesteps(n)
-    }
+    sigma_schedule_methods!();
 
-    fn timesteps(&self) -> &[f32] {
-        &self.schedule.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.schedule.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.schedule.init_noise_sigma()
-    }
-
-    fn scale_model_input(&self, sample: &ArrayD<f32>, step_index: usize) -> Result<ArrayD<f32>> {
-        self.schedule.scale_model_input(sample, step_index)
-    }
-
-    fn set_recorded_schedule(&mut self, timesteps: &[f32], sigmas: &[f32]) -> Result<()> {
-        self.schedule.set_recorded(timesteps, sigmas)
-    }
-
-    fn step(
+    fn step_checked(
         &mut self,
-        model_output: &ArrayD<f32>,
-        step_index: usize,
-        sample: &ArrayD<f32>,
-        _noise: Option<&ArrayD<f32>>,
+        StepInput { model_output, step_index, sample, .. }: StepInput<'_>,
     ) -> Result<ArrayD<f32>> {
-        let method = SampleMethod::EulerDiscrete;
-        check_index(method, step_index, self.schedule.timesteps.len())?;
-        check_shape(method, "model_output", model_output, sample)?;
         // With s_churn = 0, gamma = 0 and sigma_hat = sigma * (0 + 1) = sigma.
         let sigma = self.schedule.sigmas[step_index];
         let x0 = self.schedule.pred_original_sample(model_output, sample, sigma)?;

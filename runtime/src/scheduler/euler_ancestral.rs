@@ -9,9 +9,9 @@
 
 use ndarray::ArrayD;
 
-use super::euler::SigmaSchedule;
-use super::{check_index, check_shape, zip3, SampleMethod, Scheduler, SchedulerConfig};
-use crate::error::{Error, Result};
+use super::euler::{sigma_schedule_methods, SigmaSchedule};
+use super::{check_index, zip3, SampleMethod, Scheduler, SchedulerConfig, StepInput};
+use crate::error::Result;
 
 #[derive(Debug, Clone)]
 pub struct EulerAncestralDiscreteScheduler {
@@ -46,47 +46,17 @@ impl Scheduler for EulerAncestralDiscreteScheduler {
         SampleMethod::EulerAncestralDiscrete
     }
 
-    fn set_timesteps(&mut self, n: usize) -> Result<()> {
-        self.schedule.set_timesteps(n)
-    }
-
-    fn timesteps(&self) -> &[f32] {
-        &self.schedule.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.schedule.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.schedule.init_noise_sigma()
-    }
+    sigma_schedule_methods!();
 
     fn needs_noise(&self) -> bool {
         true
     }
 
-    fn scale_model_input(&self, sample: &ArrayD<f32>, step_index: usize) -> Result<ArrayD<f32>> {
-        self.schedule.scale_model_input(sample, step_index)
-    }
-
-    fn set_recorded_schedule(&mut self, timesteps: &[f32], sigmas: &[f32]) -> Result<()> {
-        self.schedule.set_recorded(timesteps, sigmas)
-    }
-
-    fn step(
+    fn step_checked(
         &mut self,
-        model_output: &ArrayD<f32>,
-        step_index: usize,
-        sample: &ArrayD<f32>,
-        noise: Option<&ArrayD<f32>>,
+        StepInput { model_output, step_index, sample, noise }: StepInput<'_>,
     ) -> Result<ArrayD<f32>> {
-        let method = SampleMethod::EulerAncestralDiscrete;
-        check_index(method, step_index, self.schedule.timesteps.len())?;
-        check_shape(method, "model_output", model_output, sample)?;
-        let noise =
-            noise.ok_or_else(|| Error::MissingSchedulerNoise { method: method.name().into(), step: step_index })?;
-        check_shape(method, "noise", noise, sample)?;
+        let noise = noise.expect("step passes the noise needs_noise asks for");
         let sigma = self.schedule.sigmas[step_index];
         let x0 = self.schedule.pred_original_sample(model_output, sample, sigma)?;
         let (sigma_up, sigma_down) = self.sigma_up_down(step_index)?;

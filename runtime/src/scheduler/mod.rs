@@ -347,11 +347,16 @@ pub trait Scheduler: Send {
     fn timesteps(&self) -> &[f32];
 
     /// The sigmas (`timesteps().len() + 1` values, the last one final), for the schedulers that
-    /// define them.
-    fn sigmas(&self) -> Option<&[f32]>;
+    /// define them (`None` by default).
+    fn sigmas(&self) -> Option<&[f32]> {
+        None
+    }
 
-    /// The standard deviation of the initial noise: initial latents are `randn * init_noise_sigma`.
-    fn init_noise_sigma(&self) -> f32;
+    /// The standard deviation of the initial noise: initial latents are `randn * init_noise_sigma`
+    /// (1 by default; the Euler schedulers start at their largest sigma).
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
 
     /// Whether `step` needs a noise tensor (ancestral sampling).
     fn needs_noise(&self) -> bool {
@@ -371,19 +376,51 @@ pub trait Scheduler: Send {
         })
     }
 
-    /// The model input for step `step_index` (the Euler schedulers divide by `sqrt(sigma^2 + 1)`).
-    fn scale_model_input(&self, sample: &ArrayD<f32>, step_index: usize) -> Result<ArrayD<f32>>;
+    /// The model input for step `step_index`: the sample itself by default (the Euler schedulers
+    /// divide by `sqrt(sigma^2 + 1)`).
+    fn scale_model_input(&self, sample: &ArrayD<f32>, step_index: usize) -> Result<ArrayD<f32>> {
+        check_index(self.method(), step_index, self.timesteps().len())?;
+        Ok(sample.clone())
+    }
 
     /// One denoising step from `sample` at `timesteps()[step_index]` given the (guided) model
     /// output; `noise` is the standard normal noise of this step, required when
-    /// [`Scheduler::needs_noise`], ignored otherwise.
+    /// [`Scheduler::needs_noise`], ignored otherwise. Checks the input, then runs
+    /// [`Scheduler::step_checked`].
     fn step(
         &mut self,
         model_output: &ArrayD<f32>,
         step_index: usize,
         sample: &ArrayD<f32>,
         noise: Option<&ArrayD<f32>>,
-    ) -> Result<ArrayD<f32>>;
+    ) -> Result<ArrayD<f32>> {
+        let method = self.method();
+        check_index(method, step_index, self.timesteps().len())?;
+        check_shape(method, "model_output", model_output, sample)?;
+        let noise = if self.needs_noise() {
+            let noise =
+                noise.ok_or_else(|| Error::MissingSchedulerNoise { method: method.name().into(), step: step_index })?;
+            check_shape(method, "noise", noise, sample)?;
+            Some(noise)
+        } else {
+            None
+        };
+        self.step_checked(StepInput { model_output, step_index, sample, noise })
+    }
+
+    /// The step of each scheduler on input [`Scheduler::step`] has checked (call `step`).
+    fn step_checked(&mut self, input: StepInput<'_>) -> Result<ArrayD<f32>>;
+}
+
+/// The input of one [`Scheduler::step`], checked: `step_index` is within the timesteps,
+/// `model_output` and `noise` have the sample's shape, and `noise` is present exactly when the
+/// scheduler [needs it](Scheduler::needs_noise).
+#[derive(Debug, Clone, Copy)]
+pub struct StepInput<'a> {
+    pub model_output: &'a ArrayD<f32>,
+    pub step_index: usize,
+    pub sample: &'a ArrayD<f32>,
+    pub noise: Option<&'a ArrayD<f32>>,
 }
 
 /// The JSON `osp schedule` prints.
@@ -434,6 +471,20 @@ pub(crate) fn check_shape(method: SampleMethod, name: &str, tensor: &ArrayD<f32>
         return Err(Error::SchedulerStep {
             method: method.name().into(),
             why: format!("{name} has shape {:?} but the sample has shape {:?}", tensor.shape(), sample.shape()),
+        });
+    }
+    Ok(())
+}
+
+/// A multistep scheduler holds the outputs of the steps before `expected`, so `step_index` must
+/// be `expected`.
+pub(crate) fn check_next_step(method: SampleMethod, expected: usize, step_index: usize) -> Result<()> {
+    if step_index != expected {
+        return Err(Error::SchedulerStep {
+            method: method.name().into(),
+            why: format!(
+                "multistep state expects step {expected} next, got {step_index} (call set_timesteps to restart)"
+            ),
         });
     }
     Ok(())

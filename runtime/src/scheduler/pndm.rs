@@ -7,7 +7,7 @@ use ndarray::ArrayD;
 
 use super::schedule::{self, check_steps, timestep_index};
 use super::{
-    check_index, check_shape, zip2, PredictionType, SampleMethod, Scheduler, SchedulerConfig, TimestepSpacing,
+    check_next_step, zip2, PredictionType, SampleMethod, Scheduler, SchedulerConfig, StepInput, TimestepSpacing,
 };
 use crate::error::{Error, Result};
 
@@ -233,38 +233,11 @@ impl Scheduler for PndmScheduler {
         &self.timesteps_f32
     }
 
-    fn sigmas(&self) -> Option<&[f32]> {
-        None
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &ArrayD<f32>, step_index: usize) -> Result<ArrayD<f32>> {
-        check_index(SampleMethod::Pndm, step_index, self.timesteps.len())?;
-        Ok(sample.clone())
-    }
-
-    fn step(
+    fn step_checked(
         &mut self,
-        model_output: &ArrayD<f32>,
-        step_index: usize,
-        sample: &ArrayD<f32>,
-        _noise: Option<&ArrayD<f32>>,
+        StepInput { model_output, step_index, sample, .. }: StepInput<'_>,
     ) -> Result<ArrayD<f32>> {
-        let method = SampleMethod::Pndm;
-        check_index(method, step_index, self.timesteps.len())?;
-        check_shape(method, "model_output", model_output, sample)?;
-        if step_index != self.counter {
-            return Err(Error::SchedulerStep {
-                method: method.name().into(),
-                why: format!(
-                    "multistep state expects step {} next, got {step_index} (call set_timesteps to restart)",
-                    self.counter
-                ),
-            });
-        }
+        check_next_step(SampleMethod::Pndm, self.counter, step_index)?;
         if self.counter < self.prk_timesteps.len() && !self.skip_prk_steps {
             self.step_prk(model_output, sample)
         } else {

@@ -123,48 +123,20 @@ fn write_h264(
     if h % 2 != 0 || w % 2 != 0 {
         return Err(format!("H.264 with YUV 4:2:0 needs an even frame size, got {w}x{h}"));
     }
-    let mut octx = ffmpeg::format::output_as(path, muxer).map_err(fferr("opening the output"))?;
+    let octx = ffmpeg::format::output_as(path, muxer).map_err(fferr("opening the output"))?;
     let codec = ffmpeg::encoder::find_by_name("libx264")
         .ok_or("this FFmpeg build has no libx264 encoder (install FFmpeg with libx264)")?;
-    let global_header = octx.format().flags().contains(ffmpeg::format::Flags::GLOBAL_HEADER);
-    let rate = ffmpeg::Rational::from(fps);
-    let time_base = rate.invert();
-    let mut encoder = ffmpeg::codec::context::Context::new_with_codec(codec)
-        .encoder()
-        .video()
-        .map_err(fferr("creating the encoder"))?;
-    encoder.set_width(w as u32);
-    encoder.set_height(h as u32);
-    encoder.set_format(Pixel::YUV420P);
-    encoder.set_time_base(time_base);
-    encoder.set_frame_rate(Some(rate));
-    if global_header {
-        encoder.set_flags(ffmpeg::codec::Flags::GLOBAL_HEADER);
-    }
     let mut dict = ffmpeg::Dictionary::new();
     dict.set("preset", &opts.preset);
     dict.set("crf", &opts.crf.to_string());
-    let encoder = encoder.open_with(dict).map_err(fferr("opening libx264 (check --preset and --crf)"))?;
-    {
-        let mut ost = octx.add_stream(codec).map_err(fferr("adding the stream"))?;
-        ost.set_parameters(&encoder);
-        ost.set_time_base(time_base);
-        ost.set_avg_frame_rate(rate);
-    }
-    octx.write_header().map_err(fferr("writing the header"))?;
-    let ost_time_base = octx.stream(0).map(|s| s.time_base()).ok_or("the output lost its stream")?;
-
-    let scaler = scaling::Context::get(
-        Pixel::RGB24,
-        w as u32,
-        h as u32,
-        Pixel::YUV420P,
-        w as u32,
-        h as u32,
-        scaling::Flags::BILINEAR,
-    )
-    .map_err(fferr("creating the YUV converter"))?;
-    let mut yuv_frames = FrameWriter { encoder, octx, scaler, time_base, ost_time_base };
+    let spec = EncoderSpec {
+        format: Pixel::YUV420P,
+        avg_frame_rate: true,
+        create: "creating the encoder",
+        open: "opening libx264 (check --preset and --crf)",
+        converter: "creating the YUV converter",
+    };
+    let mut yuv_frames = FrameWriter::open(octx, codec, &spec, (h, w), fps, dict)?;
     yuv_frames.write_all(frames, "converting to YUV 4:2:0")
 }
 
@@ -183,7 +155,58 @@ struct FrameWriter {
     ost_time_base: ffmpeg::Rational,
 }
 
+/// The encoder [`FrameWriter::open`] sets up: its pixel format, whether the stream records the
+/// average frame rate, and the names of its steps in errors.
+struct EncoderSpec {
+    format: Pixel,
+    avg_frame_rate: bool,
+    create: &'static str,
+    open: &'static str,
+    converter: &'static str,
+}
+
 impl FrameWriter {
+    /// Opens `codec` with `options` for `[h, w]` frames at `fps` (time base `1 / fps`; a global
+    /// header when the container wants one) as the one stream of `octx`, writes the header, and
+    /// makes the RGB24 -> `spec.format` converter.
+    fn open(
+        mut octx: ffmpeg::format::context::Output,
+        codec: ffmpeg::Codec,
+        spec: &EncoderSpec,
+        (h, w): (usize, usize),
+        fps: f64,
+        options: ffmpeg::Dictionary,
+    ) -> std::result::Result<Self, String> {
+        let global_header = octx.format().flags().contains(ffmpeg::format::Flags::GLOBAL_HEADER);
+        let rate = ffmpeg::Rational::from(fps);
+        let time_base = rate.invert();
+        let mut encoder =
+            ffmpeg::codec::context::Context::new_with_codec(codec).encoder().video().map_err(fferr(spec.create))?;
+        encoder.set_width(w as u32);
+        encoder.set_height(h as u32);
+        encoder.set_format(spec.format);
+        encoder.set_time_base(time_base);
+        encoder.set_frame_rate(Some(rate));
+        if global_header {
+            encoder.set_flags(ffmpeg::codec::Flags::GLOBAL_HEADER);
+        }
+        let encoder = encoder.open_with(options).map_err(fferr(spec.open))?;
+        {
+            let mut ost = octx.add_stream(codec).map_err(fferr("adding the stream"))?;
+            ost.set_parameters(&encoder);
+            ost.set_time_base(time_base);
+            if spec.avg_frame_rate {
+                ost.set_avg_frame_rate(rate);
+            }
+        }
+        octx.write_header().map_err(fferr("writing the header"))?;
+        let ost_time_base = octx.stream(0).map(|s| s.time_base()).ok_or("the output lost its stream")?;
+        let (pw, ph) = (w as u32, h as u32);
+        let scaler = scaling::Context::get(Pixel::RGB24, pw, ph, spec.format, pw, ph, scaling::Flags::BILINEAR)
+            .map_err(fferr(spec.converter))?;
+        Ok(FrameWriter { encoder, octx, scaler, time_base, ost_time_base })
+    }
+
     fn write_all(&mut self, frames: ArrayView4<u8>, converting: &'static str) -> std::result::Result<(), String> {
         let (_, h, w, _) = frames.dim();
         let mut rgb = ffmpeg::frame::Video::new(Pixel::RGB24, w as u32, h as u32);
@@ -240,38 +263,16 @@ fn write_png(path: &Path, frames: ArrayView4<u8>) -> std::result::Result<(), Str
 fn write_gif(path: &Path, frames: ArrayView4<u8>, fps: f64) -> std::result::Result<(), String> {
     init().map_err(|e| e.to_string())?;
     let (_, h, w, _) = frames.dim();
-    let mut octx = ffmpeg::format::output_as(path, "gif").map_err(fferr("opening the output"))?;
+    let octx = ffmpeg::format::output_as(path, "gif").map_err(fferr("opening the output"))?;
     let codec = ffmpeg::encoder::find(ffmpeg::codec::Id::GIF).ok_or("this FFmpeg build has no GIF encoder")?;
-    let rate = ffmpeg::Rational::from(fps);
-    let time_base = rate.invert();
-    let mut encoder = ffmpeg::codec::context::Context::new_with_codec(codec)
-        .encoder()
-        .video()
-        .map_err(fferr("creating the GIF encoder"))?;
-    encoder.set_width(w as u32);
-    encoder.set_height(h as u32);
-    encoder.set_format(Pixel::RGB8);
-    encoder.set_time_base(time_base);
-    encoder.set_frame_rate(Some(rate));
-    let encoder = encoder.open_with(ffmpeg::Dictionary::new()).map_err(fferr("opening the GIF encoder"))?;
-    {
-        let mut ost = octx.add_stream(codec).map_err(fferr("adding the stream"))?;
-        ost.set_parameters(&encoder);
-        ost.set_time_base(time_base);
-    }
-    octx.write_header().map_err(fferr("writing the header"))?;
-    let ost_time_base = octx.stream(0).map(|s| s.time_base()).ok_or("the output lost its stream")?;
-    let scaler = scaling::Context::get(
-        Pixel::RGB24,
-        w as u32,
-        h as u32,
-        Pixel::RGB8,
-        w as u32,
-        h as u32,
-        scaling::Flags::BILINEAR,
-    )
-    .map_err(fferr("creating the palette converter"))?;
-    let mut pal_frames = FrameWriter { encoder, octx, scaler, time_base, ost_time_base };
+    let spec = EncoderSpec {
+        format: Pixel::RGB8,
+        avg_frame_rate: false,
+        create: "creating the GIF encoder",
+        open: "opening the GIF encoder",
+        converter: "creating the palette converter",
+    };
+    let mut pal_frames = FrameWriter::open(octx, codec, &spec, (h, w), fps, ffmpeg::Dictionary::new())?;
     pal_frames.write_all(frames, "converting to the GIF palette")
 }
 

@@ -19,8 +19,8 @@ pub mod transform;
 pub use decode::{init, probe, read_all, read_frames, read_video, sample_indices, Frames, VideoInfo};
 pub use encode::{write_video, EncodeOptions, OutputKind};
 pub use transform::{
-    batch_to_u8_frames, center_crop_window, eval_transform, preprocess, quantise, side_by_side, to_u8_frames,
-    video_grid, CropWindow,
+    batch_to_u8_frames, center_crop_window, eval_transform, preprocess, quantise, resize_window, side_by_side,
+    to_u8_frames, video_grid, CropWindow,
 };
 
 use crate::error::{Error, Result};

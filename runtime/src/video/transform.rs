@@ -9,9 +9,13 @@
 //!   (`resize` to a short side, `CenterCropVideo`).
 //!
 //! The resize is PyTorch's separable antialiased bilinear kernel (`_upsample_bilinear2d_aa`,
-//! width pass then height pass, f32 weights and accumulation) reimplemented here, because
-//! swscale's bilinear scaler uses different sample positions and fixed-point weights; it matches
-//! torch 2.5 to f32 rounding (see the tests).
+//! width pass then height pass, f32 accumulation) reimplemented here, because swscale's bilinear
+//! scaler uses different sample positions and fixed-point weights. Its weights are computed in f64
+//! and rounded to f32 once: it matches torch 2.5's float32 path to f32 rounding and its float64
+//! path to 1e-6 (see the tests here and the trainer's transform fixtures). The trainer's data
+//! transforms call the same [`resize_window`], so training and inference see the same pixels.
+
+use std::ops::Range;
 
 use ndarray::{Array4, Array5, ArrayView4, ArrayView5, Axis};
 
@@ -27,7 +31,8 @@ pub struct CropWindow {
 }
 
 /// Upstream `center_crop_th_tw(clip, th, tw, top_crop=False)`: the largest centred window of
-/// aspect `th / tw` (sizes truncated, offsets rounded half to even like Python's `round`).
+/// aspect `th / tw` (sizes truncated, at least 1; offsets rounded half to even like Python's
+/// `round`).
 pub fn center_crop_window(h: usize, w: usize, th: usize, tw: usize) -> CropWindow {
     let tr = th as f64 / tw as f64;
     let (new_h, new_w) =
@@ -35,8 +40,8 @@ pub fn center_crop_window(h: usize, w: usize, th: usize, tw: usize) -> CropWindo
     CropWindow {
         top: ((h - new_h) as f64 / 2.0).round_ties_even() as usize,
         left: ((w - new_w) as f64 / 2.0).round_ties_even() as usize,
-        height: new_h,
-        width: new_w,
+        height: new_h.max(1),
+        width: new_w.max(1),
     }
 }
 
@@ -74,87 +79,94 @@ struct Taps {
     weights: Vec<f32>,
 }
 
-/// PyTorch's antialiased bilinear taps for one axis with `align_corners=True`:
-/// `scale = (in - 1) / (out - 1)`, `center = scale * (i + 0.5)`, support `scale` when
-/// downsampling (else 1), triangle filter over `(j - center + 0.5) / max(scale, 1)`, normalised.
-fn aa_taps(input: usize, output: usize) -> Vec<Taps> {
-    let scale: f32 = if output > 1 { (input - 1) as f32 / (output - 1) as f32 } else { 0.0 };
-    let support: f32 = if scale >= 1.0 { scale } else { 1.0 };
-    let invscale: f32 = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
-    (0..output)
+impl Taps {
+    /// `sum_k weights[k] * x(start + k)`, accumulated in f32 in tap order.
+    #[inline]
+    fn apply(&self, x: impl Fn(usize) -> f32) -> f32 {
+        let mut acc = 0.0f32;
+        for (k, &w) in self.weights.iter().enumerate() {
+            acc += w * x(self.start + k);
+        }
+        acc
+    }
+}
+
+/// PyTorch's antialiased bilinear taps (PIL's triangle filter, widened by the downscale factor)
+/// for the output indices `range` of one axis resized from `input` to `output`:
+/// `scale = (in - 1) / (out - 1)` with `align_corners` (0 for one output), else `in / out`;
+/// `center = scale * (i + 0.5)`, support `scale` when downsampling (else 1), weights
+/// `1 - |(j - center + 0.5) / max(scale, 1)|` clamped at 0, normalised, in f64. An axis whose size
+/// does not change is copied, as in PyTorch.
+fn aa_taps(input: usize, output: usize, align_corners: bool, range: Range<usize>) -> Vec<Taps> {
+    if input == output {
+        return range.map(|i| Taps { start: i, weights: vec![1.0] }).collect();
+    }
+    let scale = match (align_corners, output) {
+        (true, 1) => 0.0,
+        (true, _) => (input - 1) as f64 / (output - 1) as f64,
+        (false, _) => input as f64 / output as f64,
+    };
+    let (support, inv) = if scale >= 1.0 { (scale, 1.0 / scale) } else { (1.0, 1.0) };
+    range
         .map(|i| {
-            let center = scale * (i as f32 + 0.5);
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(input as i64).max(0) as usize;
-            let mut weights: Vec<f32> = (xmin..xmax.max(xmin))
-                .map(|j| {
-                    let x = ((j as f32 - center + 0.5) * invscale).abs();
-                    if x < 1.0 {
-                        1.0 - x
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let total: f32 = weights.iter().sum();
+            let center = scale * (i as f64 + 0.5);
+            let lo = ((center - support + 0.5) as i64).max(0) as usize;
+            let hi = ((center + support + 0.5) as i64).min(input as i64).max(lo as i64) as usize;
+            let mut w: Vec<f64> = (lo..hi).map(|j| (1.0 - ((j as f64 - center + 0.5) * inv).abs()).max(0.0)).collect();
+            let total: f64 = w.iter().sum();
             if total != 0.0 {
-                weights.iter_mut().for_each(|w| *w /= total);
+                w.iter_mut().for_each(|v| *v /= total);
             }
-            Taps { start: xmin, weights }
+            Taps { start: lo, weights: w.into_iter().map(|v| v as f32).collect() }
         })
         .collect()
 }
 
-/// `F.interpolate(plane, (out_h, out_w), mode="bilinear", align_corners=True, antialias=True)` of
-/// one `[h, w]` plane; an axis whose size does not change is copied, as in PyTorch.
-pub fn resize_plane(plane: ndarray::ArrayView2<f32>, out_h: usize, out_w: usize) -> ndarray::Array2<f32> {
-    let (h, w) = plane.dim();
-    let horizontal = if w == out_w {
-        plane.to_owned()
-    } else {
-        let taps = aa_taps(w, out_w);
-        ndarray::Array2::from_shape_fn((h, out_w), |(y, x)| {
-            let t = &taps[x];
-            let mut acc = 0.0f32;
-            for (k, wt) in t.weights.iter().enumerate() {
-                acc += plane[[y, t.start + k]] * wt;
+/// Rows `rows` and columns `cols` of `F.interpolate(x, (out_h, out_w), mode="bilinear",
+/// align_corners, antialias=True)` where `x` is the `window` of each `[t, h, w, 3]` u8 frame
+/// divided by 255: `[t, rows.len(), cols.len(), 3]` values in `[0, 1]`. The width pass runs before
+/// the height pass, as in PyTorch; computing a crop of the resized frame gives the values of
+/// resizing all of it and cropping.
+pub fn resize_window(
+    frames: ArrayView4<u8>,
+    window: CropWindow,
+    (out_h, out_w): (usize, usize),
+    align_corners: bool,
+    rows: Range<usize>,
+    cols: Range<usize>,
+) -> Array4<f32> {
+    let frames = frames.as_standard_layout();
+    let (t, h, w, c) = frames.dim();
+    let px = frames.as_slice().expect("a standard-layout array is one slice");
+    let rx = aa_taps(window.width, out_w, align_corners, cols);
+    let ry = aa_taps(window.height, out_h, align_corners, rows);
+    let (nr, nc) = (ry.len(), rx.len());
+    let mut out = vec![0f32; t * nr * nc * c];
+    let mut horizontal = vec![0f32; window.height * nc * c];
+    for f in 0..t {
+        for y in 0..window.height {
+            let row = &px[((f * h + window.top + y) * w + window.left) * c..];
+            for (ox, taps) in rx.iter().enumerate() {
+                for ch in 0..c {
+                    horizontal[(y * nc + ox) * c + ch] = taps.apply(|x| f32::from(row[x * c + ch]) / 255.0);
+                }
             }
-            acc
-        })
-    };
-    if h == out_h {
-        return horizontal;
-    }
-    let taps = aa_taps(h, out_h);
-    ndarray::Array2::from_shape_fn((out_h, out_w), |(y, x)| {
-        let t = &taps[y];
-        let mut acc = 0.0f32;
-        for (k, wt) in t.weights.iter().enumerate() {
-            acc += horizontal[[t.start + k, x]] * wt;
         }
-        acc
-    })
+        for (oy, taps) in ry.iter().enumerate() {
+            for ox in 0..nc {
+                for ch in 0..c {
+                    out[((f * nr + oy) * nc + ox) * c + ch] = taps.apply(|y| horizontal[(y * nc + ox) * c + ch]);
+                }
+            }
+        }
+    }
+    Array4::from_shape_vec((t, nr, nc, c), out).expect("the output holds t * rows * cols * channels values")
 }
 
-/// Crops then resizes `[t, h, w, 3]` u8 frames to `[t, out_h, out_w, 3]` values in `[0, 1]`.
+/// Crops then resizes `[t, h, w, 3]` u8 frames to `[t, out_h, out_w, 3]` values in `[0, 1]`
+/// (`align_corners=True`).
 pub fn crop_resize(frames: ArrayView4<u8>, window: CropWindow, out_h: usize, out_w: usize) -> Array4<f32> {
-    let t = frames.shape()[0];
-    let mut out = Array4::<f32>::zeros((t, out_h, out_w, 3));
-    for f in 0..t {
-        for c in 0..3 {
-            let plane = frames
-                .slice(ndarray::s![
-                    f,
-                    window.top..window.top + window.height,
-                    window.left..window.left + window.width,
-                    c
-                ])
-                .mapv(|v| v as f32 / 255.0);
-            let resized = resize_plane(plane.view(), out_h, out_w);
-            out.slice_mut(ndarray::s![f, .., .., c]).assign(&resized);
-        }
-    }
-    out
+    resize_window(frames, window, (out_h, out_w), true, 0..out_h, 0..out_w)
 }
 
 /// Upstream `preprocess(read_video(...), height, width)`: `[t, h, w, 3]` u8 frames to the VAE

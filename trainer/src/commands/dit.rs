@@ -216,28 +216,15 @@ pub struct DitArgs {
 
 pub fn run(args: DitArgs) -> anyhow::Result<()> {
     use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-    use burn::backend::{Autodiff, NdArray};
-    match (args.device, args.gradient_checkpointing) {
-        (DeviceKind::Cpu, false) => {
-            train::<Autodiff<NdArray<f32>>>(&args, vec![Default::default(); args.dp_replicas.max(1)])
+    use burn::backend::Autodiff;
+    with_backend!(args.device, |B, replicas| {
+        let devices = replicas(args.dp_replicas.max(1));
+        if args.gradient_checkpointing {
+            train::<Autodiff<B, BalancedCheckpointing>>(&args, devices)
+        } else {
+            train::<Autodiff<B>>(&args, devices)
         }
-        (DeviceKind::Cpu, true) => train::<Autodiff<NdArray<f32>, BalancedCheckpointing>>(
-            &args,
-            vec![Default::default(); args.dp_replicas.max(1)],
-        ),
-        #[cfg(feature = "cuda")]
-        (DeviceKind::Cuda, ck) => {
-            use burn::backend::cuda::CudaDevice;
-            let devices: Vec<CudaDevice> = (0..args.dp_replicas.max(1)).map(CudaDevice::new).collect();
-            if ck {
-                train::<Autodiff<burn::backend::Cuda<f32>, BalancedCheckpointing>>(&args, devices)
-            } else {
-                train::<Autodiff<burn::backend::Cuda<f32>>>(&args, devices)
-            }
-        }
-        #[cfg(not(feature = "cuda"))]
-        (DeviceKind::Cuda, _) => bail!("--device cuda needs osp-train built with `--features cuda`"),
-    }
+    })
 }
 
 /// The weights file of a WFVAE folder (the last `*.safetensors` / `*.ckpt` by name).

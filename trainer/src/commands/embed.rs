@@ -62,13 +62,7 @@ pub struct EmbedArgs {
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
-    match args.device {
-        DeviceKind::Cpu => run_on::<burn::backend::NdArray<f32>>(&args, &Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => run_on::<burn::backend::Cuda<f32>>(&args, &Default::default()),
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => bail!("--device cuda needs osp-train built with `--features cuda`"),
-    }
+    with_backend!(args.device, |B| run_on::<B>(&args, &Default::default()))
 }
 
 fn run_on<B: Backend>(args: &EmbedArgs, device: &B::Device) -> anyhow::Result<()> {

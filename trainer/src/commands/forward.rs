@@ -1,13 +1,14 @@
 //! `osp-train forward <model>`: loads a config and official weights, reads named inputs, runs the
 //! forward pass and writes named outputs (safetensors, written atomically).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::tensor::backend::Backend;
 use clap::{Args, ValueEnum};
 
-use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
+use burn::tensor::TensorData;
+use osp_trainer::checkpoint::{Checkpoint, LoadOptions, LoadReport};
 use osp_trainer::io::{read_tensors, take_tensor, write_tensors};
 use osp_trainer::models::wfvae::WFVAEModelConfig;
 
@@ -61,26 +62,59 @@ pub struct ForwardArgs {
 }
 
 pub fn run(args: ForwardArgs) -> anyhow::Result<()> {
-    match args.device {
-        DeviceKind::Cpu => run_on::<burn::backend::NdArray<f32>>(&args, &Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => run_on::<burn::backend::Cuda<f32>>(&args, &Default::default()),
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => bail!("--device cuda needs osp-train built with `--features cuda`"),
-    }
+    with_backend!(args.device, |B| run_on::<B>(&args, &Default::default()))
 }
 
 fn run_on<B: Backend>(args: &ForwardArgs, device: &B::Device) -> anyhow::Result<()> {
-    let options = LoadOptions { allow_partial: args.allow_partial };
+    let files = ForwardFiles {
+        config: &args.config,
+        weights: &args.weights,
+        inputs: &args.inputs,
+        out: &args.out,
+        options: LoadOptions { allow_partial: args.allow_partial },
+    };
     match args.model {
-        ForwardModel::WfvaeEncode => run_wfvae::<B>(args, WfvaeDirection::Encode, device),
-        ForwardModel::WfvaeDecode => run_wfvae::<B>(args, WfvaeDirection::Decode, device),
-        ForwardModel::Dit => {
-            super::forward_dit::run_on::<B>(&args.config, &args.weights, &args.inputs, &args.out, options, device)
+        ForwardModel::WfvaeEncode => run_wfvae::<B>(args, &files, WfvaeDirection::Encode, device),
+        ForwardModel::WfvaeDecode => run_wfvae::<B>(args, &files, WfvaeDirection::Decode, device),
+        ForwardModel::Dit => super::forward_dit::run_on::<B>(&files, device),
+        ForwardModel::Mt5 => super::forward_mt5::run_on::<B>(&files, device),
+    }
+}
+
+/// The files of one forward pass and how strictly its weights load.
+pub struct ForwardFiles<'a> {
+    /// Upstream `config.json` of the model.
+    pub config: &'a Path,
+    /// Official weights.
+    pub weights: &'a Path,
+    /// Safetensors file of named inputs.
+    pub inputs: &'a Path,
+    /// Safetensors file the named outputs are written to.
+    pub out: &'a Path,
+    pub options: LoadOptions,
+}
+
+impl ForwardFiles<'_> {
+    /// Loads the weights into a model through `load` (its `load_official`); with
+    /// `allow_partial`, prints the load report.
+    pub fn load_weights(
+        &self,
+        load: impl FnOnce(&Checkpoint, LoadOptions) -> osp_trainer::Result<LoadReport>,
+    ) -> anyhow::Result<()> {
+        let checkpoint = Checkpoint::open(self.weights)?;
+        let report = load(&checkpoint, self.options).with_context(|| format!("loading {}", self.weights.display()))?;
+        if self.options.allow_partial {
+            eprint!("{report}");
         }
-        ForwardModel::Mt5 => {
-            super::forward_mt5::run_on::<B>(&args.config, &args.weights, &args.inputs, &args.out, options, device)
-        }
+        Ok(())
+    }
+
+    /// Writes the named `outputs` to the output file.
+    pub fn write_outputs(&self, outputs: &[(String, TensorData)]) -> anyhow::Result<()> {
+        write_tensors(self.out, outputs).with_context(|| format!("writing {}", self.out.display()))?;
+        let names: Vec<&str> = outputs.iter().map(|(name, _)| name.as_str()).collect();
+        tracing::info!(out = %self.out.display(), "wrote {}", names.join(", "));
+        Ok(())
     }
 }
 
@@ -91,18 +125,17 @@ enum WfvaeDirection {
     Decode,
 }
 
-fn run_wfvae<B: Backend>(args: &ForwardArgs, direction: WfvaeDirection, device: &B::Device) -> anyhow::Result<()> {
-    let config = WFVAEModelConfig::from_json_file(&args.config)?;
+fn run_wfvae<B: Backend>(
+    args: &ForwardArgs,
+    files: &ForwardFiles,
+    direction: WfvaeDirection,
+    device: &B::Device,
+) -> anyhow::Result<()> {
+    let config = WFVAEModelConfig::from_json_file(files.config)?;
     let mut model =
-        config.init::<B>(device).with_context(|| format!("building the model of {}", args.config.display()))?;
-    let checkpoint = Checkpoint::open(&args.weights)?;
-    let report = model
-        .load_official(&checkpoint, LoadOptions { allow_partial: args.allow_partial })
-        .with_context(|| format!("loading {}", args.weights.display()))?;
-    if args.allow_partial {
-        eprint!("{report}");
-    }
-    let inputs = read_tensors(&args.inputs)?;
+        config.init::<B>(device).with_context(|| format!("building the model of {}", files.config.display()))?;
+    files.load_weights(|c, o| model.load_official(c, o))?;
+    let inputs = read_tensors(files.inputs)?;
     let outputs = match direction {
         WfvaeDirection::Encode => {
             let x = take_tensor::<B, 5>(&inputs, "x", device)?;
@@ -118,7 +151,5 @@ fn run_wfvae<B: Backend>(args: &ForwardArgs, direction: WfvaeDirection, device: 
     if outputs.is_empty() {
         bail!("no outputs produced");
     }
-    write_tensors(&args.out, &outputs).with_context(|| format!("writing {}", args.out.display()))?;
-    tracing::info!(out = %args.out.display(), "wrote outputs");
-    Ok(())
+    files.write_outputs(&outputs)
 }

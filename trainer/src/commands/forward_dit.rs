@@ -3,33 +3,21 @@
 //! and optionally `attention_mask`, `encoder_attention_mask` from a safetensors file, and writes
 //! `sample` (written atomically).
 
-use std::path::Path;
-
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 
-use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
-use osp_trainer::io::{read_tensors_as_f32, take_tensor, write_tensors};
+use osp_trainer::io::{read_tensors_as_f32, take_tensor};
 use osp_trainer::models::opensora_v1_3::OpenSoraT2V_v1_3Config;
 
+use super::forward::ForwardFiles;
+
 /// Runs the DiT forward pass on backend `B`.
-pub fn run_on<B: Backend>(
-    config: &Path,
-    weights: &Path,
-    inputs: &Path,
-    out: &Path,
-    options: LoadOptions,
-    device: &B::Device,
-) -> anyhow::Result<()> {
-    let model_config = OpenSoraT2V_v1_3Config::from_json_file(config)?;
+pub fn run_on<B: Backend>(files: &ForwardFiles, device: &B::Device) -> anyhow::Result<()> {
+    let model_config = OpenSoraT2V_v1_3Config::from_json_file(files.config)?;
     let mut model =
-        model_config.init::<B>(device).with_context(|| format!("building the model of {}", config.display()))?;
-    let checkpoint = Checkpoint::open(weights)?;
-    let report = model.load_official(&checkpoint, options).with_context(|| format!("loading {}", weights.display()))?;
-    if options.allow_partial {
-        eprint!("{report}");
-    }
-    let tensors = read_tensors_as_f32(inputs)?;
+        model_config.init::<B>(device).with_context(|| format!("building the model of {}", files.config.display()))?;
+    files.load_weights(|c, o| model.load_official(c, o))?;
+    let tensors = read_tensors_as_f32(files.inputs)?;
     let optional = |name: &str| tensors.contains_key(name);
     let attention_mask =
         if optional("attention_mask") { Some(take_tensor::<B, 4>(&tensors, "attention_mask", device)?) } else { None };
@@ -45,10 +33,7 @@ pub fn run_on<B: Backend>(
         attention_mask,
         encoder_attention_mask,
     )?;
-    write_tensors(out, &[("sample".to_string(), sample.into_data())])
-        .with_context(|| format!("writing {}", out.display()))?;
-    tracing::info!(out = %out.display(), "wrote sample");
-    Ok(())
+    files.write_outputs(&[("sample".to_string(), sample.into_data())])
 }
 
 #[cfg(test)]
@@ -56,7 +41,8 @@ mod tests {
     use std::path::PathBuf;
 
     use osp_graphs::Approx;
-    use osp_trainer::io::read_tensors;
+    use osp_trainer::checkpoint::LoadOptions;
+    use osp_trainer::io::{read_tensors, write_tensors};
 
     use super::*;
 
@@ -74,14 +60,14 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("osp-forward-dit-{}", std::process::id()));
         std::fs::create_dir_all(&tmp)?;
         write_tensors(tmp.join("in.safetensors"), &inputs)?;
-        run_on::<burn::backend::NdArray<f32>>(
-            &dir.join("config.json"),
-            &dir.join("weights.safetensors"),
-            &tmp.join("in.safetensors"),
-            &tmp.join("out.safetensors"),
-            LoadOptions::default(),
-            &Default::default(),
-        )?;
+        let files = ForwardFiles {
+            config: &dir.join("config.json"),
+            weights: &dir.join("weights.safetensors"),
+            inputs: &tmp.join("in.safetensors"),
+            out: &tmp.join("out.safetensors"),
+            options: LoadOptions::default(),
+        };
+        run_on::<burn::backend::NdArray<f32>>(&files, &Default::default())?;
         let out = read_tensors(tmp.join("out.safetensors"))?;
         std::fs::remove_dir_all(&tmp)?;
         let expected = &io["output.sample_padded_mask"];

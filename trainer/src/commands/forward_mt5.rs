@@ -2,32 +2,21 @@
 //! (and optionally `attention_mask`, absent meaning all ones as upstream) from a safetensors file
 //! of integer tensors, runs `MT5EncoderModel` and writes `last_hidden_state` (f32, atomically).
 
-use std::path::Path;
-
 use anyhow::Context;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
-use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
-use osp_trainer::io::{read_int_tensors, write_tensors};
+use osp_trainer::io::read_int_tensors;
 use osp_trainer::models::mt5::MT5Config;
 
-/// The forward pass on any backend; `options.allow_partial` reports instead of failing.
-pub fn run_on<B: Backend>(
-    config: &Path,
-    weights: &Path,
-    inputs: &Path,
-    out: &Path,
-    options: LoadOptions,
-    device: &B::Device,
-) -> anyhow::Result<()> {
-    let config = MT5Config::from_json_file(config)?;
+use super::forward::ForwardFiles;
+
+/// The forward pass on any backend; `files.options.allow_partial` reports instead of failing.
+pub fn run_on<B: Backend>(files: &ForwardFiles, device: &B::Device) -> anyhow::Result<()> {
+    let inputs = files.inputs;
+    let config = MT5Config::from_json_file(files.config)?;
     let mut model = config.init::<B>(device)?;
-    let checkpoint = Checkpoint::open(weights)?;
-    let report = model.load_official(&checkpoint, options).with_context(|| format!("loading {}", weights.display()))?;
-    if options.allow_partial {
-        eprint!("{report}");
-    }
+    files.load_weights(|c, o| model.load_official(c, o))?;
     let tensors = read_int_tensors(inputs)?;
     if let Some(extra) = tensors.keys().find(|k| *k != "input_ids" && *k != "attention_mask") {
         anyhow::bail!(
@@ -50,8 +39,5 @@ pub fn run_on<B: Backend>(
     let input_ids = take("input_ids")?.with_context(|| format!("{}: missing tensor `input_ids`", inputs.display()))?;
     let attention_mask = take("attention_mask")?;
     let last_hidden_state = model.forward(input_ids, attention_mask)?;
-    write_tensors(out, &[("last_hidden_state".to_string(), last_hidden_state.into_data())])
-        .with_context(|| format!("writing {}", out.display()))?;
-    tracing::info!(out = %out.display(), "wrote last_hidden_state");
-    Ok(())
+    files.write_outputs(&[("last_hidden_state".to_string(), last_hidden_state.into_data())])
 }

@@ -1,5 +1,33 @@
 //! Subcommands of `osp-train`.
 
+/// Runs `$body` with the type `$B` bound to the Burn backend of a [`DeviceKind`] (`NdArray<f32>`
+/// on the CPU, `Cuda<f32>` with the `cuda` feature) and, in the `|B, replicas|` form, `replicas`
+/// bound to a closure giving that backend's first `n` devices (data-parallel replicas).
+macro_rules! with_backend {
+    ($device:expr, |$B:ident, $replicas:ident| $body:expr) => {
+        match $device {
+            $crate::commands::DeviceKind::Cpu => {
+                type $B = burn::backend::NdArray<f32>;
+                let $replicas = |n: usize| vec![burn::tensor::Device::<$B>::default(); n];
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::commands::DeviceKind::Cuda => {
+                type $B = burn::backend::Cuda<f32>;
+                let $replicas = |n: usize| (0..n).map(burn::backend::cuda::CudaDevice::new).collect::<Vec<_>>();
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            $crate::commands::DeviceKind::Cuda => {
+                anyhow::bail!("--device cuda needs osp-train built with `--features cuda`")
+            }
+        }
+    };
+    ($device:expr, |$B:ident| $body:expr) => {
+        with_backend!($device, |$B, _replicas| $body)
+    };
+}
+
 mod dit;
 mod embed;
 mod forward;

@@ -153,14 +153,7 @@ pub struct VaeArgs {
 }
 
 pub fn run(args: VaeArgs) -> anyhow::Result<()> {
-    use burn::backend::{Autodiff, NdArray};
-    match args.device {
-        DeviceKind::Cpu => train::<Autodiff<NdArray<f32>>>(&args, Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => train::<Autodiff<burn::backend::Cuda<f32>>>(&args, Default::default()),
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => bail!("--device cuda needs osp-train built with `--features cuda`"),
-    }
+    with_backend!(args.device, |B| train::<burn::backend::Autodiff<B>>(&args, Default::default()))
 }
 
 /// The WFVAE config and, with --pretrained_model_name_or_path, its weights file.

@@ -20,8 +20,11 @@
 //!   item at load time).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::PathBuf;
 
+use ndarray::ArrayView4;
+use osp_runtime::video::{center_crop_window, resize_window, CropWindow};
 use serde::{Deserialize, Serialize};
 
 use super::annotation::{is_image, read_annotation, text_embed_file, AnnotationItem, DataSource};
@@ -586,91 +589,29 @@ fn speed_up(idx: Vec<usize>, num_frames: usize, speed_factor: f64) -> Vec<usize>
     linspace_floor(0, len - 1, target).into_iter().map(|i| idx[i]).collect()
 }
 
-/// A crop window `(top, left, height, width)`.
-type Window = (usize, usize, usize, usize);
-
-/// `center_crop_th_tw`: the largest centred window with the aspect of `th x tw` (offsets rounded
-/// half to even, as Python's `round`).
-fn center_crop_th_tw(h: usize, w: usize, th: usize, tw: usize) -> Window {
-    let tr = th as f64 / tw as f64;
-    let (nh, nw) = if h as f64 / w as f64 > tr { ((w as f64 * tr) as usize, w) } else { (h, (h as f64 / tr) as usize) };
-    let top = ((h - nh) as f64 / 2.0).round_ties_even() as usize;
-    let left = ((w - nw) as f64 / 2.0).round_ties_even() as usize;
-    (top, left, nh.max(1), nw.max(1))
-}
-
-/// Torch's `interpolate(mode="bilinear", antialias=True)` weights for one axis (PIL's triangle
-/// filter, widened by the downscale factor): per output index in `from..from + len`, the first
-/// input index and the normalised weights. `align_corners` only changes the scale, as in torch.
-fn aa_weights(input: usize, output: usize, align_corners: bool, from: usize, len: usize) -> Vec<(usize, Vec<f32>)> {
-    let scale = match (align_corners, output) {
-        (true, 1) => 0.0,
-        (true, _) => (input - 1) as f64 / (output - 1) as f64,
-        (false, _) => input as f64 / output as f64,
-    };
-    let (support, inv) = if scale >= 1.0 { (scale, 1.0 / scale) } else { (1.0, 1.0) };
-    (from..from + len)
-        .map(|o| {
-            let center = scale * (o as f64 + 0.5);
-            let lo = ((center - support + 0.5) as i64).max(0) as usize;
-            let hi = ((center + support + 0.5) as i64).min(input as i64).max(lo as i64) as usize;
-            let mut w: Vec<f64> = (lo..hi).map(|j| (1.0 - ((j as f64 - center + 0.5) * inv).abs()).max(0.0)).collect();
-            let total: f64 = w.iter().sum();
-            if total != 0.0 {
-                w.iter_mut().for_each(|v| *v /= total);
-            }
-            (lo, w.into_iter().map(|v| v as f32).collect())
-        })
-        .collect()
-}
-
-/// `2 * interpolate(x / 255, (oh, ow), bilinear, antialias) - 1` of the `window` of each frame,
-/// computing only rows `rows.0..rows.0 + rows.1` and columns `cols.0..cols.0 + cols.1` of the
-/// resized frame; as `[3, t, rows.1, cols.1]`.
+/// `2 * interpolate(x / 255, (oh, ow), bilinear, antialias) - 1` of the `window` of each frame
+/// (the runtime's [`resize_window`], which inference uses too), computing only `rows` and `cols`
+/// of the resized frame; as `[3, t, rows.len(), cols.len()]`.
 fn resample(
     frames: &Frames,
-    window: Window,
-    (oh, ow): (usize, usize),
+    window: CropWindow,
+    out: (usize, usize),
     align_corners: bool,
-    rows: (usize, usize),
-    cols: (usize, usize),
+    rows: Range<usize>,
+    cols: Range<usize>,
 ) -> Vec<f32> {
-    let (top, left, h, w) = window;
-    let (ry, rx) = (aa_weights(h, oh, align_corners, rows.0, rows.1), aa_weights(w, ow, align_corners, cols.0, cols.1));
-    let (nr, nc) = (rows.1, cols.1);
-    let t = frames.t;
-    let mut out = vec![0f32; 3 * t * nr * nc];
-    let mut horizontal = vec![0f32; h * nc * 3];
-    for f in 0..t {
-        let px = frames.frame(f);
-        for y in 0..h {
-            let row = &px[((top + y) * frames.w + left) * 3..];
-            for (ox, (x0, wx)) in rx.iter().enumerate() {
-                for c in 0..3 {
-                    let v: f32 =
-                        wx.iter().enumerate().map(|(k, &wk)| wk * (f32::from(row[(x0 + k) * 3 + c]) / 255.0)).sum();
-                    horizontal[(y * nc + ox) * 3 + c] = v;
-                }
-            }
-        }
-        for (oy, (y0, wy)) in ry.iter().enumerate() {
-            for ox in 0..nc {
-                for c in 0..3 {
-                    let v: f32 =
-                        wy.iter().enumerate().map(|(k, &wk)| wk * horizontal[((y0 + k) * nc + ox) * 3 + c]).sum();
-                    out[((c * t + f) * nr + oy) * nc + ox] = 2.0 * v - 1.0;
-                }
-            }
-        }
-    }
-    out
+    let view = ArrayView4::from_shape((frames.t, frames.h, frames.w, 3), &frames.data)
+        .expect("Frames::new checks that the data fills [t, h, w, 3]");
+    let x = resize_window(view, window, out, align_corners, rows, cols);
+    // [t, h, w, 3] -> [3, t, h, w]
+    x.permuted_axes([3, 0, 1, 2]).iter().map(|&v| 2.0 * v - 1.0).collect()
 }
 
 /// The part of each frame an item uses: its annotation `crop` `[x0, x1, y0, y1]`, else all of it.
-fn crop_window(crop: Option<[usize; 4]>, frames: &Frames) -> Window {
+fn crop_window(crop: Option<[usize; 4]>, frames: &Frames) -> CropWindow {
     match crop {
-        Some([x0, x1, y0, y1]) => (y0, x0, y1 - y0, x1 - x0),
-        None => (0, 0, frames.h, frames.w),
+        Some([x0, x1, y0, y1]) => CropWindow { top: y0, left: x0, height: y1 - y0, width: x1 - x0 },
+        None => CropWindow { top: 0, left: 0, height: frames.h, width: frames.w },
     }
 }
 
@@ -680,14 +621,17 @@ fn crop_window(crop: Option<[usize; 4]>, frames: &Frames) -> Window {
 /// part of the resized frame is computed.
 fn vae_transform(frames: &Frames, crop: Option<[usize; 4]>, size: usize) -> Vec<f32> {
     let window = crop_window(crop, frames);
-    let (h, w) = (window.2, window.3);
+    let (h, w) = (window.height, window.width);
     let (rh, rw) = if w <= h {
         ((size as f64 * h as f64 / w as f64) as usize, size)
     } else {
         (size, (size as f64 * w as f64 / h as f64) as usize)
     };
-    let offset = |l: usize| ((l - size) as f64 / 2.0).round_ties_even() as usize;
-    resample(frames, window, (rh, rw), false, (offset(rh), size), (offset(rw), size))
+    let crop = |l: usize| {
+        let offset = ((l - size) as f64 / 2.0).round_ties_even() as usize;
+        offset..offset + size
+    };
+    resample(frames, window, (rh, rw), false, crop(rh), crop(rw))
 }
 
 /// Upstream's T2V training transform: `x / 255`; with `--force_resolution`
@@ -698,13 +642,17 @@ fn transform(frames: &Frames, s: &Sample, force: bool, max_hxw: Option<usize>, s
     let base = crop_window(s.crop, frames);
     let (oh, ow) = s.size;
     if force {
-        let (t, l, h, w) = center_crop_th_tw(base.2, base.3, oh, ow);
-        return resample(frames, (base.0 + t, base.1 + l, h, w), (oh, ow), true, (0, oh), (0, ow));
+        let c = center_crop_window(base.height, base.width, oh, ow);
+        let window = CropWindow { top: base.top + c.top, left: base.left + c.left, ..c };
+        return resample(frames, window, (oh, ow), true, 0..oh, 0..ow);
     }
-    let (rh, rw) = maxhwresize(base.2, base.3, max_hxw.unwrap_or(usize::MAX));
+    let (rh, rw) = maxhwresize(base.height, base.width, max_hxw.unwrap_or(usize::MAX));
     // SpatialStrideCropVideo: centre crop to multiples of the stride (= the planned size).
-    let (th, tw) = (rh / stride * stride, rw / stride * stride);
-    resample(frames, base, (rh, rw), true, ((rh - th) / 2, th), ((rw - tw) / 2, tw))
+    let crop = |l: usize| {
+        let kept = l / stride * stride;
+        (l - kept) / 2..(l - kept) / 2 + kept
+    };
+    resample(frames, base, (rh, rw), true, crop(rh), crop(rw))
 }
 
 #[cfg(test)]
@@ -717,7 +665,7 @@ mod tests {
         assert_eq!(closest_frames(28, 4, 29), None);
         assert_eq!(closest_frames(12, 4, 9), Some(9));
         assert_eq!(maxhwresize(720, 1280, 640 * 360), (360, 640));
-        assert_eq!(center_crop_th_tw(720, 1280, 480, 640), (0, 160, 720, 960));
+        assert_eq!(center_crop_window(720, 1280, 480, 640), CropWindow { top: 0, left: 160, height: 720, width: 960 });
     }
 
     #[test]
@@ -811,20 +759,7 @@ mod tests {
         for c in fixture.t2v_cases {
             let t = c.frames.t;
             let force = c.mode == "force";
-            let sample = Sample {
-                media: PathBuf::new(),
-                rel_path: String::new(),
-                captions: Vec::new(),
-                text_embed_root: None,
-                image: t == 1,
-                source_frames: (0..t).collect(),
-                frames: t,
-                starts: 1,
-                planned_draw: 0.0,
-                size: (c.out[0], c.out[1]),
-                crop: None,
-                aesthetic: None,
-            };
+            let sample = whole_clip(t, (c.out[0], c.out[1]));
             let max_hxw = if force { None } else { Some(c.a) };
             if force {
                 assert_eq!((c.a, c.b), (c.out[0], Some(c.out[1])));
@@ -834,10 +769,46 @@ mod tests {
         }
     }
 
+    /// A sample of all `t` frames of one clip, planned at `size`.
+    fn whole_clip(t: usize, size: (usize, usize)) -> Sample {
+        Sample {
+            media: PathBuf::new(),
+            rel_path: String::new(),
+            captions: Vec::new(),
+            text_embed_root: None,
+            image: t == 1,
+            source_frames: (0..t).collect(),
+            frames: t,
+            starts: 1,
+            planned_draw: 0.0,
+            size,
+            crop: None,
+            aesthetic: None,
+        }
+    }
+
+    /// Training with `--force_resolution` and inference (`osp reconstruct`'s `preprocess`) both
+    /// apply upstream's `CenterCropResizeVideo`: the same video gives bit-identical pixels.
+    #[test]
+    fn training_and_inference_transforms_give_identical_pixels() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/assets/bikes.mp4");
+        let (num_frames, sample_rate) = (3, 2);
+        let inference = osp_runtime::video::read_video(&path, num_frames, sample_rate).expect("bikes.mp4");
+        let training =
+            video::read_frames(&path, &osp_runtime::video::sample_indices(num_frames, sample_rate)).expect("bikes.mp4");
+        // Downscales (square and wide) and an upscale of the 272x640 frames.
+        for (h, w) in [(64, 96), (48, 48), (320, 400)] {
+            let train = transform(&training, &whole_clip(num_frames, (h, w)), true, None, 16);
+            let infer = osp_runtime::video::preprocess(inference.view(), h, w);
+            assert_eq!(infer.shape(), [1, 3, num_frames, h, w]);
+            assert!(infer.iter().eq(train.iter()), "{h}x{w}: training and inference pixels differ");
+        }
+    }
+
     #[test]
     fn resize_keeps_a_constant_image_and_maps_to_unit_range() {
         let frames = Frames::new(1, 4, 6, vec![255; 4 * 6 * 3]).expect("valid frames");
-        let out = resample(&frames, (0, 0, 4, 6), (2, 3), true, (0, 2), (0, 3));
+        let out = resample(&frames, CropWindow { top: 0, left: 0, height: 4, width: 6 }, (2, 3), true, 0..2, 0..3);
         assert!(out.iter().all(|&v| v == 1.0));
     }
 }

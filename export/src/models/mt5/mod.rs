@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use osp_graphs::config::Mt5EncoderConfig;
+use osp_graphs::config::{manifest_view, Mt5EncoderConfig};
 use osp_graphs::{AttentionKind, BundleManifest, DType, Dim, ModelSpec, Precision, TensorSpec};
 use osp_trainer::checkpoint::Checkpoint;
 pub use osp_trainer::models::mt5::MT5Config;
@@ -56,22 +56,9 @@ pub const TIED_EMBED_TOKENS: &str = "encoder.embed_tokens.weight";
 /// Elements per chunk of a streamed random initializer.
 const CHUNK_ELEMENTS: usize = 1 << 20;
 
-/// The manifest config of `cfg`.
-pub fn graph_config(cfg: &MT5Config) -> Mt5EncoderConfig {
-    Mt5EncoderConfig {
-        vocab_size: cfg.vocab_size,
-        d_model: cfg.d_model,
-        d_kv: cfg.d_kv,
-        d_ff: cfg.d_ff,
-        num_layers: cfg.num_layers,
-        num_heads: cfg.num_heads,
-        relative_attention_num_buckets: cfg.relative_attention_num_buckets,
-        relative_attention_max_distance: cfg.relative_attention_max_distance,
-        layer_norm_epsilon: cfg.layer_norm_epsilon,
-        feed_forward_proj: cfg.feed_forward_proj.clone(),
-        pad_token_id: cfg.pad_token_id,
-        eos_token_id: cfg.eos_token_id,
-    }
+/// The manifest form of `cfg`: its keys, verbatim.
+pub fn manifest_config(cfg: &MT5Config) -> Result<Mt5EncoderConfig> {
+    manifest_view(cfg).map_err(|e| Error::Config(format!("mT5 config: {e}")))
 }
 
 /// Every parameter of the encoder with its PyTorch shape, in module order (the tied
@@ -398,7 +385,7 @@ pub fn export_mt5(
     let prov = provenance(opts.graph.source.as_deref())?;
     let mut writer = BundleWriter::create(
         out,
-        ModelSpec::Mt5Encoder(graph_config(cfg)),
+        ModelSpec::Mt5Encoder(manifest_config(cfg)?),
         prov,
         opts.graph.external_data_threshold_bytes,
     )?;

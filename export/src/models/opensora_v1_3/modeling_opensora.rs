@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use osp_graphs::config::OpenSoraT2VConfig;
+use osp_graphs::config::{manifest_view, OpenSoraT2VConfig};
 use osp_graphs::{AttentionKind, BundleManifest, DType, Dim, ModelSpec, TensorSpec};
 use osp_trainer::models::opensora_v1_3::{OpenSoraT2V_v1_3Config, Skiparse, MASK_BIAS};
 use tracing::info;
@@ -45,8 +45,7 @@ const NORM_OUT_EPS: f64 = 1e-6;
 
 /// The upstream config as the manifest records it (same keys).
 pub fn manifest_config(config: &OpenSoraT2V_v1_3Config) -> Result<OpenSoraT2VConfig> {
-    let json = serde_json::to_value(config).map_err(|e| Error::Config(format!("serializing the DiT config: {e}")))?;
-    serde_json::from_value(json).map_err(|e| Error::Config(format!("converting the DiT config: {e}")))
+    manifest_view(config).map_err(|e| Error::Config(format!("DiT config: {e}")))
 }
 
 /// The graph's input specs (see the module docs).

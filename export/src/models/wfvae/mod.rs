@@ -35,7 +35,7 @@ mod weights;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use osp_graphs::config::{StatePair, StreamProtocol, StreamRole, WfvaeConfig, STREAM_METADATA_KEY};
+use osp_graphs::config::{manifest_view, StatePair, StreamProtocol, StreamRole, WfvaeConfig, STREAM_METADATA_KEY};
 use osp_graphs::{AttentionKind, BundleManifest, DType, Dim, ModelSpec, TensorSpec};
 use osp_trainer::checkpoint::Checkpoint;
 use tracing::info;
@@ -83,8 +83,7 @@ pub fn load_weights(path: &Path) -> Result<WfvaeWeights> {
 
 /// The manifest form of the config: the upstream keys, verbatim.
 pub fn manifest_config(cfg: &WFVAEModelConfig) -> Result<WfvaeConfig> {
-    let json = |e: serde_json::Error| Error::Config(format!("WFVAE config: {e}"));
-    serde_json::to_value(cfg).and_then(serde_json::from_value).map_err(json)
+    manifest_view(cfg).map_err(|e| Error::Config(format!("WFVAE config: {e}")))
 }
 
 fn check_config(cfg: &WFVAEModelConfig) -> Result<()> {

@@ -53,20 +53,7 @@ impl MT5Config {
     /// google/mt5-xxl, the text encoder of Open-Sora-Plan v1.3 (5,655,173,120 parameters).
     // https://huggingface.co/google/mt5-xxl/blob/e07c395916dfbc315d4e5e48b4a54a1e8821b5c0/config.json
     pub fn mt5_xxl() -> Self {
-        MT5Config {
-            vocab_size: 250112,
-            d_model: 4096,
-            d_kv: 64,
-            d_ff: 10240,
-            num_layers: 24,
-            num_heads: 64,
-            relative_attention_num_buckets: 32,
-            relative_attention_max_distance: 128,
-            layer_norm_epsilon: 1e-6,
-            feed_forward_proj: "gated-gelu".into(),
-            pad_token_id: 0,
-            eos_token_id: 1,
-        }
+        MT5Config { d_model: 4096, d_ff: 10240, num_layers: 24, num_heads: 64, ..Self::default() }
     }
 
     /// Reads a Hugging Face `config.json`.
