@@ -22,8 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{concatenate, s, Array4, Array5, ArrayD, Axis, Ix5, IxDyn, Zip};
-use osp_graphs::config::{StreamProtocol, STREAM_METADATA_KEY};
-use osp_graphs::{ModelSpec, PipelineDims, PipelineManifest};
+use osp_graphs::{ModelSpec, PipelineDims, PipelineManifest, VaeGraphs};
 
 use crate::error::{Error, Result};
 use crate::finite;
@@ -31,7 +30,7 @@ use crate::scheduler::{PredictionType, SampleMethod, Scheduler, SchedulerConfig,
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
 use crate::text::{EmbeddingCache, TextEmbeddings, TextEncoder};
-use crate::vae::{Vae, DECODER_GRAPH};
+use crate::vae::Vae;
 
 use self::noise::{InitLatents, NoiseSource};
 
@@ -74,6 +73,37 @@ pub struct GenerateRequest {
     /// to uint8 frames (streamed inside tiles, only one tile row is ever f32): the frames are
     /// identical, without a whole f32 copy of the video.
     pub keep_decoded: bool,
+}
+
+/// A [`GenerateRequest`] checked against a pipeline bundle ([`PipelineSpec::prepare`]), with its
+/// scheduler built once: what [`Pipeline::generate_prompt`] runs. Derefs to the request.
+pub struct PreparedRequest {
+    req: GenerateRequest,
+    /// Fresh from `set_timesteps` (and the recorded schedule); each prompt runs a copy.
+    scheduler: Box<dyn Scheduler>,
+}
+
+impl std::ops::Deref for PreparedRequest {
+    type Target = GenerateRequest;
+    fn deref(&self) -> &GenerateRequest {
+        &self.req
+    }
+}
+
+impl PreparedRequest {
+    pub fn request(&self) -> &GenerateRequest {
+        &self.req
+    }
+
+    /// Model evaluations per prompt (the scheduler's timesteps).
+    pub fn steps(&self) -> usize {
+        self.scheduler.timesteps().len()
+    }
+
+    /// The request's scheduler, fresh for one prompt.
+    pub fn scheduler(&self) -> Box<dyn Scheduler> {
+        self.scheduler.clone()
+    }
 }
 
 /// Stage timings and per-step records, reported while a prompt runs.
@@ -129,9 +159,8 @@ pub struct PipelineSpec {
     scheduler_config: SchedulerConfig,
     vae_scale: Vec<f32>,
     vae_shift: Vec<f32>,
-    stream_protocol: Option<StreamProtocol>,
-    /// Longest latent clip the whole decoder graph takes (its `max_latent_frames` metadata).
-    max_latent_frames: Option<usize>,
+    /// The VAE's decoder metadata (whole-clip limit, streaming protocol), read once here.
+    vae_graphs: VaeGraphs,
     /// What the memory estimate needs of the models.
     sizes: memory::ModelSizes,
 }
@@ -171,7 +200,7 @@ impl Pipeline {
             text = text.with_cache(cache);
         }
         let transformer = Bundle::open(spec.dir.join(&c.transformer))?.session(TRANSFORMER_GRAPH, opts)?;
-        let vae = Vae::load(&Bundle::open(spec.dir.join(&c.vae))?, opts)?;
+        let vae = Vae::with_graphs(&Bundle::open(spec.dir.join(&c.vae))?, spec.vae_graphs.clone(), opts)?;
         tracing::info!(bundle = %spec.dir.display(), latent_channels = spec.dims.latent_channels, "pipeline loaded");
         Ok(Self { spec, text, transformer, vae })
     }
@@ -207,30 +236,9 @@ impl PipelineSpec {
         };
         let vae_scale = vae_cfg.scale.iter().map(|&v| v as f32).collect();
         let vae_shift = vae_cfg.shift.iter().map(|&v| v as f32).collect();
-        let stream_protocol = vae_manifest
-            .graphs
-            .values()
-            .find_map(|g| g.metadata.get(STREAM_METADATA_KEY))
-            .map(|v| serde_json::from_value::<StreamProtocol>(v.clone()))
-            .transpose()
-            .map_err(|e| Error::Graph(osp_graphs::Error::Pipeline(format!("VAE stream protocol: {e}"))))?;
-        let max_latent_frames = vae_manifest
-            .graphs
-            .get(DECODER_GRAPH)
-            .and_then(|g| g.metadata.get("max_latent_frames"))
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize);
-        Ok(Self {
-            dir,
-            manifest,
-            dims,
-            scheduler_config,
-            vae_scale,
-            vae_shift,
-            stream_protocol,
-            max_latent_frames,
-            sizes,
-        })
+        let vae_graphs = VaeGraphs::read(&vae_manifest)
+            .map_err(|e| Error::Graph(osp_graphs::Error::Pipeline(format!("VAE decoder metadata: {e}"))))?;
+        Ok(Self { dir, manifest, dims, scheduler_config, vae_scale, vae_shift, vae_graphs, sizes })
     }
 
     pub fn dir(&self) -> &Path {
@@ -247,7 +255,7 @@ impl PipelineSpec {
 
     /// The streaming decoder's default latents per call (upstream `t_chunk_dec`), if it has one.
     pub fn default_stream_chunk(&self) -> Option<usize> {
-        self.stream_protocol.as_ref().map(|p| p.default_chunk_latents)
+        self.vae_graphs.streaming.as_ref().map(|s| s.protocol().default_chunk_latents)
     }
 
     /// The bundle's scheduler config adapted to `method` the way upstream `get_scheduler` builds
@@ -269,6 +277,39 @@ impl PipelineSpec {
             c.timestep_spacing = base.timestep_spacing;
         }
         c
+    }
+
+    /// The bundle's default request for `prompts` (`pipeline.json` `defaults`): its prompt template,
+    /// negative prompt, size, steps, guidance, sample method and text length; no guidance rescale,
+    /// one sample per prompt, the whole-clip decoder and the bundle's scheduler flags. Callers
+    /// override fields, then [`Self::prepare`] the request.
+    pub fn default_request(&self, prompts: Vec<String>) -> Result<GenerateRequest> {
+        let d = &self.manifest.defaults;
+        let sample_method = <SampleMethod as clap::ValueEnum>::from_str(&d.sample_method, false).map_err(|e| {
+            Error::Graph(osp_graphs::Error::Pipeline(format!(
+                "pipeline.json: unknown default sample_method `{}`: {e}",
+                d.sample_method
+            )))
+        })?;
+        Ok(GenerateRequest {
+            prompts,
+            prompt_template: Some(d.positive_prompt_template.clone()),
+            negative_prompt: d.negative_prompt.clone(),
+            num_frames: d.num_frames,
+            height: d.height,
+            width: d.width,
+            num_sampling_steps: d.num_sampling_steps,
+            guidance_scale: d.guidance_scale as f32,
+            guidance_rescale: 0.0,
+            sample_method,
+            num_samples_per_prompt: 1,
+            max_sequence_length: d.max_sequence_length,
+            decode: DecodeOptions::default(),
+            recorded_schedule: None,
+            prediction_type: None,
+            rescale_betas_zero_snr: false,
+            keep_decoded: false,
+        })
     }
 
     /// A scheduler for the request, with its timesteps set.
@@ -308,8 +349,22 @@ impl PipelineSpec {
         memory::estimate(&self.sizes, req, self.latent_shape(req), (d.patch_size_t, d.patch_size), d.vae_spatial)
     }
 
-    /// Checks the request before any model runs; each error names the flag and its rule.
-    pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
+    /// Checks the request before any model runs (each error names the flag and its rule) and
+    /// builds its scheduler, once for all its prompts.
+    pub fn prepare(&self, req: GenerateRequest) -> Result<PreparedRequest> {
+        self.validate(&req)?;
+        let scheduler = self.scheduler(&req).map_err(|e| match e {
+            Error::InvalidSamplingSteps { .. } => invalid("--num_sampling_steps", e.to_string()),
+            other => other,
+        })?;
+        if scheduler.timesteps().is_empty() {
+            return Err(invalid("--num_sampling_steps", "the scheduler produced no timesteps".into()));
+        }
+        Ok(PreparedRequest { req, scheduler })
+    }
+
+    /// The checks of [`Self::prepare`] that come before the scheduler.
+    fn validate(&self, req: &GenerateRequest) -> Result<()> {
         if req.prompts.is_empty() {
             return Err(invalid("--text_prompt", "at least one prompt is required".into()));
         }
@@ -371,7 +426,7 @@ impl PipelineSpec {
             t.validate().map_err(|e| invalid("--tile-size / --tile-overlap", e.to_string()))?;
         }
         let latent_frames = (req.num_frames - 1) / vt + 1;
-        if let (None, Some(max)) = (req.decode.chunk, self.max_latent_frames) {
+        if let (None, Some(max)) = (req.decode.chunk, self.vae_graphs.max_latent_frames) {
             if latent_frames > max {
                 return Err(invalid(
                     "--num_frames",
@@ -384,7 +439,7 @@ impl PipelineSpec {
             }
         }
         if let Some(chunk) = req.decode.chunk {
-            let Some(p) = &self.stream_protocol else {
+            let Some(p) = self.vae_graphs.streaming.as_ref().map(|s| s.protocol()) else {
                 return Err(invalid("--stream-chunk", "the VAE bundle has no streaming decoder graphs".into()));
             };
             if chunk == 0 || chunk > p.max_chunk_latents {
@@ -393,13 +448,6 @@ impl PipelineSpec {
                     format!("must be 1..={} latent frames per call, got {chunk}", p.max_chunk_latents),
                 ));
             }
-        }
-        let scheduler = self.scheduler(req).map_err(|e| match e {
-            Error::InvalidSamplingSteps { .. } => invalid("--num_sampling_steps", e.to_string()),
-            other => other,
-        })?;
-        if scheduler.timesteps().is_empty() {
-            return Err(invalid("--num_sampling_steps", "the scheduler produced no timesteps".into()));
         }
         Ok(())
     }
@@ -414,10 +462,10 @@ impl PipelineSpec {
 }
 
 impl Pipeline {
-    /// Runs prompt `index` of `req` (call [`Pipeline::validate`] first).
+    /// Runs prompt `index` of `req`.
     pub fn generate_prompt(
         &mut self,
-        req: &GenerateRequest,
+        req: &PreparedRequest,
         index: usize,
         noise: &mut dyn NoiseSource,
         observer: &mut dyn GenerateObserver,
@@ -448,7 +496,7 @@ impl Pipeline {
         let (states, mask) = dit_text_inputs(&rows, l, self.dims.caption_channels)?;
         let batch = rows.len();
 
-        let mut scheduler = self.scheduler(req)?;
+        let mut scheduler = req.scheduler();
         let shape = self.latent_shape(req);
         let mut latents = match noise.init_latents(index, &shape)? {
             InitLatents::StandardNormal(x) => {
@@ -709,8 +757,7 @@ mod tests {
             scheduler_config: base.clone(),
             vae_scale: vec![],
             vae_shift: vec![],
-            stream_protocol: None,
-            max_latent_frames: None,
+            vae_graphs: VaeGraphs::default(),
             sizes: Default::default(),
         };
         assert_eq!(spec.scheduler_config(SampleMethod::EulerAncestralDiscrete), base);
