@@ -21,7 +21,7 @@ pub mod noise;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ndarray::{concatenate, s, Array4, Array5, ArrayD, Axis, Ix5, IxDyn, Zip};
+use ndarray::{concatenate, s, Array4, Array5, ArrayD, Axis, IxDyn, Zip};
 use osp_graphs::{ModelSpec, PipelineDims, PipelineManifest, VaeGraphs};
 
 use crate::error::{Error, Result};
@@ -157,8 +157,6 @@ pub struct PipelineSpec {
     manifest: PipelineManifest,
     dims: PipelineDims,
     scheduler_config: SchedulerConfig,
-    vae_scale: Vec<f32>,
-    vae_shift: Vec<f32>,
     /// The VAE's decoder metadata (whole-clip limit, streaming protocol), read once here.
     vae_graphs: VaeGraphs,
     /// What the memory estimate needs of the models.
@@ -231,14 +229,12 @@ impl PipelineSpec {
                 Error::InvalidSchedulerConfig { key: "pipeline.json: scheduler".into(), why: e.to_string() }
             })?;
         scheduler_config.sample_method()?;
-        let ModelSpec::Wfvae(vae_cfg) = &vae_manifest.model else {
+        if !matches!(vae_manifest.model, ModelSpec::Wfvae(_)) {
             return Err(Error::Graph(osp_graphs::Error::Pipeline("the VAE must be a wfvae bundle".into())));
-        };
-        let vae_scale = vae_cfg.scale.iter().map(|&v| v as f32).collect();
-        let vae_shift = vae_cfg.shift.iter().map(|&v| v as f32).collect();
+        }
         let vae_graphs = VaeGraphs::read(&vae_manifest)
             .map_err(|e| Error::Graph(osp_graphs::Error::Pipeline(format!("VAE decoder metadata: {e}"))))?;
-        Ok(Self { dir, manifest, dims, scheduler_config, vae_scale, vae_shift, vae_graphs, sizes })
+        Ok(Self { dir, manifest, dims, scheduler_config, vae_graphs, sizes })
     }
 
     pub fn dir(&self) -> &Path {
@@ -565,7 +561,7 @@ impl Pipeline {
                 .collect::<Result<_>>()?;
             (Some(decoded), frames)
         } else {
-            let z = self.unnormalize(&latents)?;
+            let z = self.vae.unnormalize(&latents)?;
             let videos = self.vae.decode_frames(z.view(), &req.decode).map_err(in_prompt)?;
             let frames = videos
                 .into_iter()
@@ -577,29 +573,10 @@ impl Pipeline {
         Ok(PromptOutput { prompt, positive, negative, latents, decoded, frames })
     }
 
-    /// `z = latents / scale + shift` per channel (`WFVAEModelWrapper.decode`), in f32.
-    pub fn unnormalize(&self, latents: &ArrayD<f32>) -> Result<Array5<f32>> {
-        let mut z = latents
-            .clone()
-            .into_dimensionality::<Ix5>()
-            .map_err(|_| invalid("latents", format!("must be [n, c, t, h, w], got {:?}", latents.shape())))?;
-        if z.shape()[1] != self.vae_scale.len() {
-            return Err(invalid(
-                "latents",
-                format!("must have {} channels, got {:?}", self.vae_scale.len(), z.shape()),
-            ));
-        }
-        for (c, mut plane) in z.axis_iter_mut(Axis(1)).enumerate() {
-            let (scale, shift) = (self.vae_scale[c], self.vae_shift[c]);
-            plane.mapv_inplace(|v| v / scale + shift);
-        }
-        Ok(z)
-    }
-
-    /// Un-normalises and decodes latents `[n, c, t, h, w]` to video `[n, 3, f, H, W]`.
+    /// Un-normalises and decodes latents `[n, c, t, h, w]` to video `[n, 3, f, H, W]`
+    /// ([`Vae::decode_latents`]).
     pub fn decode_latents(&mut self, latents: &ArrayD<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
-        let z = self.unnormalize(latents)?;
-        self.vae.decode(z.view(), opts)
+        self.vae.decode_latents(latents, opts)
     }
 }
 
@@ -755,8 +732,6 @@ mod tests {
                 vae_spatial: 8,
             },
             scheduler_config: base.clone(),
-            vae_scale: vec![],
-            vae_shift: vec![],
             vae_graphs: VaeGraphs::default(),
             sizes: Default::default(),
         };

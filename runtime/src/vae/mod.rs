@@ -43,9 +43,9 @@ pub mod tiling;
 
 use std::collections::BTreeMap;
 
-use ndarray::{Array4, Array5, ArrayView5, Axis, Ix5, Slice};
+use ndarray::{Array4, Array5, ArrayD, ArrayView5, Axis, Ix5, Slice};
 use osp_graphs::config::StreamProtocol;
-use osp_graphs::VaeGraphs;
+use osp_graphs::{ModelSpec, VaeGraphs};
 
 use crate::error::{Error, Result};
 use crate::session::{Bundle, GraphSession, SessionOptions};
@@ -165,6 +165,9 @@ pub struct Vae {
     bundle: Bundle,
     opts: SessionOptions,
     graphs: VaeGraphs,
+    /// A wfvae bundle's per-channel latent `scale` and `shift` (its diffusion wrapper's
+    /// normalisation); `None` for other bundles.
+    norm: Option<(Vec<f32>, Vec<f32>)>,
     encoder: Option<GraphSession>,
     decoder: Option<GraphSession>,
     streaming: Option<StreamingDecoder>,
@@ -182,7 +185,21 @@ impl Vae {
         let manifest = bundle.manifest();
         manifest.graph(ENCODER_GRAPH)?;
         manifest.graph(DECODER_GRAPH)?;
-        Ok(Self { bundle: bundle.clone(), opts: opts.clone(), graphs, encoder: None, decoder: None, streaming: None })
+        let norm = match &manifest.model {
+            ModelSpec::Wfvae(c) => {
+                Some((c.scale.iter().map(|&v| v as f32).collect(), c.shift.iter().map(|&v| v as f32).collect()))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            bundle: bundle.clone(),
+            opts: opts.clone(),
+            graphs,
+            norm,
+            encoder: None,
+            decoder: None,
+            streaming: None,
+        })
     }
 
     /// The decoder metadata.
@@ -247,6 +264,37 @@ impl Vae {
         }
         let video = self.decode(z, opts)?;
         (0..video.shape()[0]).map(|i| crate::video::batch_to_u8_frames(video.view(), i)).collect()
+    }
+
+    /// `z = latents / scale + shift` per channel (`WFVAEModelWrapper.decode`), in f32: diffusion
+    /// latents `[n, c, t, h, w]` as the decoder takes them.
+    pub fn unnormalize(&self, latents: &ArrayD<f32>) -> Result<Array5<f32>> {
+        let invalid = |rule: String| Error::InvalidInput { name: "latents".into(), rule };
+        let Some((scales, shifts)) = &self.norm else {
+            return Err(invalid(format!(
+                "bundle {} is not a wfvae bundle: it has no latent scale and shift",
+                self.bundle.dir().display()
+            )));
+        };
+        let mut z = latents
+            .clone()
+            .into_dimensionality::<Ix5>()
+            .map_err(|_| invalid(format!("must be [n, c, t, h, w], got {:?}", latents.shape())))?;
+        if z.shape()[1] != scales.len() {
+            return Err(invalid(format!("must have {} channels, got {:?}", scales.len(), z.shape())));
+        }
+        for (c, mut plane) in z.axis_iter_mut(Axis(1)).enumerate() {
+            let (scale, shift) = (scales[c], shifts[c]);
+            plane.mapv_inplace(|v| v / scale + shift);
+        }
+        Ok(z)
+    }
+
+    /// Un-normalises ([`Self::unnormalize`]) and decodes diffusion latents `[n, c, t, h, w]` to
+    /// video `[n, 3, f, H, W]`.
+    pub fn decode_latents(&mut self, latents: &ArrayD<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
+        let z = self.unnormalize(latents)?;
+        self.decode(z.view(), opts)
     }
 
     /// Loads (once) and borrows the decoder `chunk` asks for.
