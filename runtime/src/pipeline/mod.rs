@@ -742,6 +742,42 @@ mod tests {
         }
     }
 
+    /// Each prompt runs a copy of the request's scheduler: a copy taken before any step runs a
+    /// whole loop bit-identically to a freshly built scheduler, also after another copy ran (the
+    /// multistep and ancestral schedulers carry state between steps).
+    #[test]
+    fn scheduler_copies_run_like_fresh_schedulers() {
+        let methods = [
+            SampleMethod::EulerAncestralDiscrete,
+            SampleMethod::Ddim,
+            SampleMethod::EulerDiscrete,
+            SampleMethod::DpmSolverMultistep,
+            SampleMethod::Pndm,
+        ];
+        let run = |mut s: Box<dyn Scheduler>| -> Vec<f32> {
+            let mut x = ArrayD::from_shape_fn(IxDyn(&[1, 2, 3]), |i| (i[1] * 3 + i[2]) as f32 * 0.3 - 0.7);
+            for i in 0..s.timesteps().len() {
+                let eps = x.mapv(|v| (v * 1.7).sin());
+                let noise = s.needs_noise().then(|| x.mapv(|v| (v * 3.1).cos()));
+                x = s.step(&eps, i, &x, noise.as_ref()).unwrap();
+            }
+            x.iter().copied().collect()
+        };
+        for m in methods {
+            let fresh = || {
+                let mut s = m.build(&SchedulerConfig::open_sora_plan_v13(m)).unwrap();
+                s.set_timesteps(6).unwrap();
+                s
+            };
+            let prepared = fresh();
+            let first = run(prepared.clone());
+            let second = run(prepared.clone());
+            let want = run(fresh());
+            assert_eq!(first, want, "{m}");
+            assert_eq!(second, want, "{m}");
+        }
+    }
+
     #[test]
     fn rescale_matches_the_formula() {
         let guided = ArrayD::from_shape_vec(IxDyn(&[1, 4]), vec![0.0, 2.0, 4.0, 6.0]).unwrap();

@@ -396,3 +396,45 @@ fn take_f32_5d(graph: &str, name: &str, mut out: BTreeMap<String, Tensor>) -> Re
         _ => Err(mismatch("f32")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands the frames of `video` over in chunks of `sizes` frames, promising `total`.
+    struct Chunks {
+        video: Array5<f32>,
+        sizes: Vec<usize>,
+        total: usize,
+    }
+
+    impl LatentDecoder for Chunks {
+        fn decode_into(&mut self, _: ArrayView5<f32>, sink: &mut dyn FrameSink) -> Result<()> {
+            let mut t0 = 0;
+            for &n in &self.sizes {
+                sink.frames(self.video.slice_axis(Axis(2), Slice::from(t0..t0 + n)), self.total)?;
+                t0 += n;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn collected_chunks_equal_the_whole_and_bad_streams_are_errors() {
+        let video =
+            Array5::from_shape_fn((2, 3, 7, 2, 3), |(b, c, t, y, x)| (b * 97 + c * 31 + t * 7 + y * 3 + x) as f32);
+        let z = Array5::<f32>::zeros((2, 1, 2, 1, 1));
+        let mut d = Chunks { video: video.clone(), sizes: vec![1, 4, 2], total: 7 };
+        assert_eq!(d.decode(z.view()).unwrap(), video);
+        // Fewer frames than promised, more than promised, and none at all.
+        let mut d = Chunks { video: video.clone(), sizes: vec![1, 4], total: 7 };
+        let e = d.decode(z.view()).unwrap_err().to_string();
+        assert!(e.contains("produced 5 frames, the protocol promised 7"), "{e}");
+        let mut d = Chunks { video: video.clone(), sizes: vec![4, 3], total: 6 };
+        let e = d.decode(z.view()).unwrap_err().to_string();
+        assert!(e.contains("at frame 4 does not fit"), "{e}");
+        let mut d = Chunks { video, sizes: vec![], total: 7 };
+        let e = d.decode(z.view()).unwrap_err().to_string();
+        assert!(e.contains("no frames"), "{e}");
+    }
+}
