@@ -49,6 +49,19 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("graph `{graph}` file {path}: {why}")]
+    GraphFile { graph: String, path: PathBuf, why: String },
+    #[error(
+        "bundle {bundle}: no digests recorded (its manifest predates `file_sha256`); re-export to enable --verify"
+    )]
+    NoDigests { bundle: PathBuf },
+    #[error("bundle {bundle}: the manifest records no digest for `{file}`; re-export to enable --verify")]
+    MissingDigest { bundle: PathBuf, file: String },
+    #[error(
+        "{path}: SHA-256 is {found}, the manifest records {expected}: the file is corrupt or was replaced; copy or \
+         export the bundle again"
+    )]
+    DigestMismatch { path: PathBuf, expected: String, found: String },
     #[error("graph `{graph}` ({path}) does not match the manifest: {why}")]
     ModelMismatch { graph: String, path: PathBuf, why: String },
     #[error("running graph `{graph}`: {source}")]

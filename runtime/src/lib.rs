@@ -20,6 +20,7 @@ pub mod backend;
 pub mod ep;
 pub mod error;
 pub mod finite;
+pub mod integrity;
 pub mod io;
 pub mod mem;
 pub mod metrics;

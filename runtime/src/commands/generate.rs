@@ -137,6 +137,10 @@ pub struct GenerateArgs {
     /// Output folder; files are named like upstream: `{sample_method}_{index}_gs{g}_s{steps}[_i{k}].mp4`.
     #[arg(long, alias = "save_img_path", default_value = "./sample_videos/t2v")]
     pub save_img_path: PathBuf,
+    /// Replace videos of the same name in the output folder. Without it an existing file is kept and
+    /// the new video gets the first free name `{name}-{k}` (k = 1, 2, ...), with a warning naming both.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Container for videos (one-frame results are always written as .png images).
     #[arg(long, value_enum, default_value_t = OutputFormat::Mp4)]
     pub output_format: OutputFormat,
@@ -355,7 +359,9 @@ fn py_float(v: f32) -> String {
 }
 
 /// Upstream's file names: `{sample_method}[_{index}]_gs{g}_s{steps}[_i{sample}]` with `.mp4` / `.gif`,
-/// a folder of PNG frames, or `.png` for a one-frame result (upstream writes `.jpg`).
+/// a folder of PNG frames, or `.png` for a one-frame result (upstream writes `.jpg`). When that
+/// name is taken and `overwrite` is off, the first free `{name}-{k}` (k = 1, 2, ...) with a warning,
+/// so an earlier video is never replaced unasked; with `overwrite`, a warning names the file replaced.
 fn output_path(
     dir: &Path,
     req: &GenerateRequest,
@@ -363,6 +369,7 @@ fn output_path(
     index: Option<usize>,
     sample: Option<usize>,
     frames: usize,
+    overwrite: bool,
 ) -> PathBuf {
     let stem = format!(
         "{}{}_gs{}_s{}{}",
@@ -379,7 +386,24 @@ fn output_path(
         // A trailing `/` makes the writer treat the dotted stem (`gs7.5`) as a folder.
         (_, OutputFormat::Png) => "/",
     };
-    dir.join(format!("{stem}{ext}"))
+    let upstream = dir.join(format!("{stem}{ext}"));
+    if !upstream.exists() {
+        return upstream;
+    }
+    if overwrite {
+        tracing::warn!("replacing {} (--overwrite)", upstream.display());
+        return upstream;
+    }
+    let mut k = 1usize;
+    let free = loop {
+        let candidate = dir.join(format!("{stem}-{k}{ext}"));
+        if !candidate.exists() {
+            break candidate;
+        }
+        k += 1;
+    };
+    tracing::warn!("{} exists: writing {} instead (--overwrite replaces it)", upstream.display(), free.display());
+    free
 }
 
 /// Progress over steps and the optional per-step dump.
@@ -523,7 +547,7 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         }
         let n = out.frames.len();
         let name = |sample: Option<usize>, index: Option<usize>, frames: usize| {
-            output_path(&args.save_img_path, &req, args.output_format, index, sample, frames)
+            output_path(&args.save_img_path, &req, args.output_format, index, sample, frames, args.overwrite)
         };
         let write = |path: &Path, frames: ndarray::ArrayView4<u8>| -> anyhow::Result<()> {
             // Created on the first write: a run that stops early (a non-finite value) leaves nothing.
@@ -554,7 +578,8 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     if args.grid {
         let views: Vec<_> = grids.iter().map(|g| g.view()).collect();
         let grid = video::video_grid(&views, true)?;
-        let path = output_path(&args.save_img_path, &req, args.output_format, None, None, grid.shape()[0]);
+        let path =
+            output_path(&args.save_img_path, &req, args.output_format, None, None, grid.shape()[0], args.overwrite);
         video::write_video(&path, grid.view(), fps, &encode).with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());
     }
