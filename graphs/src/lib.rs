@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod path;
 pub mod pipeline;
 pub mod tolerance;
+pub mod vae;
 
 pub use config::ModelSpec;
 pub use error::{Error, Result};
@@ -22,3 +23,4 @@ pub use manifest::{
 };
 pub use pipeline::{check_components, check_models, PipelineDefaults, PipelineDims, PipelineManifest, PIPELINE_FILE};
 pub use tolerance::{Approx, Comparison};
+pub use vae::{VaeGraphs, VaeStreaming};

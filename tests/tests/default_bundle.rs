@@ -102,8 +102,7 @@ fn request(pipeline: &Pipeline) -> Result<GenerateRequest> {
 #[test]
 fn default_bundle_draws_the_named_colour_moving_the_named_way() -> Result<()> {
     let mut pipeline = open_pipeline()?;
-    let req = request(&pipeline)?;
-    pipeline.validate(&req)?;
+    let req = pipeline.prepare(request(&pipeline)?)?;
     let mut failures = Vec::new();
     for (i, (prompt, colour, (dx, dy))) in CASES.iter().enumerate() {
         let mut noise = SeededNoise::new(1000 + i as u64);
@@ -145,8 +144,7 @@ fn frames_decoded_without_the_f32_video_are_identical() -> Result<()> {
     ] {
         let mut outs = Vec::new();
         for keep in [true, false] {
-            let req = GenerateRequest { decode, keep_decoded: keep, ..req.clone() };
-            pipeline.validate(&req)?;
+            let req = pipeline.prepare(GenerateRequest { decode, keep_decoded: keep, ..req.clone() })?;
             outs.push(pipeline.generate_prompt(&req, 0, &mut SeededNoise::new(7), &mut NoObserver)?);
         }
         ensure!(outs[0].decoded.is_some() && outs[1].decoded.is_none(), "{decode:?}: decoded kept only when asked");

@@ -138,8 +138,7 @@ fn replay(backend: Backend) -> Result<Worst> {
     let meta = meta()?;
     let opts = SessionOptions::new(backend).with_threads(2);
     let mut pipeline = Pipeline::open(bundle()?, &opts, None)?;
-    let req = request(&meta, &pipeline.manifest().defaults)?;
-    pipeline.validate(&req)?;
+    let req = pipeline.prepare(request(&meta, &pipeline.manifest().defaults)?)?;
     let io = e2e_dir().join("io.safetensors");
     let mut noise = ReplayNoise::open(Some(&io), Some(&io), SeededNoise::new(0))?;
     let steps = pipeline.scheduler(&req)?.timesteps().len();
@@ -384,7 +383,7 @@ fn samples_of_one_prompt_batch_like_single_runs() -> Result<()> {
     let mut req = request(&meta, &pipeline.manifest().defaults)?;
     req.prompts.truncate(1);
     req.num_samples_per_prompt = 2;
-    pipeline.validate(&req)?;
+    let req = pipeline.prepare(req)?;
     let out = pipeline.generate_prompt(&req, 0, &mut Repeated { n: 2 }, &mut Steps::default())?;
     let want = rec_f32("p0.latents.final")?;
     let half = want.len();

@@ -125,10 +125,10 @@ pub fn run(args: &BenchArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let spec = sampling.spec()?;
     let mut req = sampling.request(&spec)?;
     req.prompts.truncate(1);
-    spec.validate(&req)?;
+    let req = spec.prepare(req)?;
     sampling.check_memory(&spec, &req, backend)?;
     let latent_shape = spec.latent_shape(&req);
-    let steps = spec.scheduler(&req)?.timesteps().len();
+    let steps = req.steps();
     let fps = spec.manifest().defaults.fps;
     let started = Instant::now();
     let mut pipeline: Pipeline = sampling.load(spec, backend)?;

@@ -250,12 +250,9 @@ impl SamplingOpts {
         Ok(self.text_prompt.clone())
     }
 
-    /// The request, with the bundle's defaults for unset flags.
+    /// The request: the bundle's defaults ([`PipelineSpec::default_request`]) with the flags given.
     pub fn request(&self, pipeline: &PipelineSpec) -> anyhow::Result<GenerateRequest> {
-        let d = &pipeline.manifest().defaults;
-        let default_method: SampleMethod = <SampleMethod as ValueEnum>::from_str(&d.sample_method, false)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("pipeline.json: unknown default sample_method `{}`", d.sample_method))?;
+        let d = pipeline.default_request(self.prompts()?)?;
         let recorded_schedule = match &self.recorded_schedule {
             None => None,
             Some(path) => {
@@ -270,11 +267,10 @@ impl SamplingOpts {
             }
         };
         Ok(GenerateRequest {
-            prompts: self.prompts()?,
             prompt_template: if self.no_prompt_template {
                 None
             } else {
-                Some(self.prompt_template.clone().unwrap_or_else(|| d.positive_prompt_template.clone()))
+                self.prompt_template.clone().or(d.prompt_template.clone())
             },
             negative_prompt: if self.no_negative_prompt {
                 String::new()
@@ -285,9 +281,9 @@ impl SamplingOpts {
             height: self.height.unwrap_or(d.height),
             width: self.width.unwrap_or(d.width),
             num_sampling_steps: self.num_sampling_steps.unwrap_or(d.num_sampling_steps),
-            guidance_scale: self.guidance_scale.unwrap_or(d.guidance_scale as f32),
+            guidance_scale: self.guidance_scale.unwrap_or(d.guidance_scale),
             guidance_rescale: self.guidance_rescale,
-            sample_method: self.sample_method.unwrap_or(default_method),
+            sample_method: self.sample_method.unwrap_or(d.sample_method),
             num_samples_per_prompt: self.num_samples_per_prompt,
             max_sequence_length: self.max_sequence_length.unwrap_or(d.max_sequence_length),
             decode: DecodeOptions {
@@ -305,7 +301,7 @@ impl SamplingOpts {
             recorded_schedule,
             prediction_type: self.prediction_type,
             rescale_betas_zero_snr: self.rescale_betas_zero_snr,
-            keep_decoded: false,
+            ..d
         })
     }
 
@@ -518,11 +514,11 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let spec = args.sampling.spec()?;
     let mut req = args.sampling.request(&spec)?;
     req.keep_decoded = args.dump_latents.is_some();
-    spec.validate(&req)?;
+    let req = spec.prepare(req)?;
     args.sampling.check_memory(&spec, &req, backend)?;
     let fps = args.fps.unwrap_or(spec.manifest().defaults.fps);
     let shape = spec.latent_shape(&req);
-    let steps = spec.scheduler(&req)?.timesteps().len();
+    let steps = req.steps();
     let seeded = SeededNoise::new(args.seed);
     let mut noise: Box<dyn NoiseSource> = if args.init_latents.is_some() || args.step_noise.is_some() {
         let replay = ReplayNoise::open(args.init_latents.as_deref(), args.step_noise.as_deref(), seeded)?;

@@ -21,9 +21,8 @@ pub mod noise;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ndarray::{concatenate, s, Array4, Array5, ArrayD, Axis, Ix5, IxDyn, Zip};
-use osp_graphs::config::{StreamProtocol, STREAM_METADATA_KEY};
-use osp_graphs::{ModelSpec, PipelineDims, PipelineManifest};
+use ndarray::{concatenate, s, Array4, Array5, ArrayD, Axis, IxDyn, Zip};
+use osp_graphs::{ModelSpec, PipelineDims, PipelineManifest, VaeGraphs};
 
 use crate::error::{Error, Result};
 use crate::finite;
@@ -31,7 +30,7 @@ use crate::scheduler::{PredictionType, SampleMethod, Scheduler, SchedulerConfig,
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
 use crate::text::{EmbeddingCache, TextEmbeddings, TextEncoder};
-use crate::vae::{Vae, DECODER_GRAPH};
+use crate::vae::Vae;
 
 use self::noise::{InitLatents, NoiseSource};
 
@@ -74,6 +73,37 @@ pub struct GenerateRequest {
     /// to uint8 frames (streamed inside tiles, only one tile row is ever f32): the frames are
     /// identical, without a whole f32 copy of the video.
     pub keep_decoded: bool,
+}
+
+/// A [`GenerateRequest`] checked against a pipeline bundle ([`PipelineSpec::prepare`]), with its
+/// scheduler built once: what [`Pipeline::generate_prompt`] runs. Derefs to the request.
+pub struct PreparedRequest {
+    req: GenerateRequest,
+    /// Fresh from `set_timesteps` (and the recorded schedule); each prompt runs a copy.
+    scheduler: Box<dyn Scheduler>,
+}
+
+impl std::ops::Deref for PreparedRequest {
+    type Target = GenerateRequest;
+    fn deref(&self) -> &GenerateRequest {
+        &self.req
+    }
+}
+
+impl PreparedRequest {
+    pub fn request(&self) -> &GenerateRequest {
+        &self.req
+    }
+
+    /// Model evaluations per prompt (the scheduler's timesteps).
+    pub fn steps(&self) -> usize {
+        self.scheduler.timesteps().len()
+    }
+
+    /// The request's scheduler, fresh for one prompt.
+    pub fn scheduler(&self) -> Box<dyn Scheduler> {
+        self.scheduler.clone()
+    }
 }
 
 /// Stage timings and per-step records, reported while a prompt runs.
@@ -127,11 +157,8 @@ pub struct PipelineSpec {
     manifest: PipelineManifest,
     dims: PipelineDims,
     scheduler_config: SchedulerConfig,
-    vae_scale: Vec<f32>,
-    vae_shift: Vec<f32>,
-    stream_protocol: Option<StreamProtocol>,
-    /// Longest latent clip the whole decoder graph takes (its `max_latent_frames` metadata).
-    max_latent_frames: Option<usize>,
+    /// The VAE's decoder metadata (whole-clip limit, streaming protocol), read once here.
+    vae_graphs: VaeGraphs,
     /// What the memory estimate needs of the models.
     sizes: memory::ModelSizes,
 }
@@ -171,7 +198,7 @@ impl Pipeline {
             text = text.with_cache(cache);
         }
         let transformer = Bundle::open(spec.dir.join(&c.transformer))?.session(TRANSFORMER_GRAPH, opts)?;
-        let vae = Vae::load(&Bundle::open(spec.dir.join(&c.vae))?, opts)?;
+        let vae = Vae::with_graphs(&Bundle::open(spec.dir.join(&c.vae))?, spec.vae_graphs.clone(), opts)?;
         tracing::info!(bundle = %spec.dir.display(), latent_channels = spec.dims.latent_channels, "pipeline loaded");
         Ok(Self { spec, text, transformer, vae })
     }
@@ -202,35 +229,12 @@ impl PipelineSpec {
                 Error::InvalidSchedulerConfig { key: "pipeline.json: scheduler".into(), why: e.to_string() }
             })?;
         scheduler_config.sample_method()?;
-        let ModelSpec::Wfvae(vae_cfg) = &vae_manifest.model else {
+        if !matches!(vae_manifest.model, ModelSpec::Wfvae(_)) {
             return Err(Error::Graph(osp_graphs::Error::Pipeline("the VAE must be a wfvae bundle".into())));
-        };
-        let vae_scale = vae_cfg.scale.iter().map(|&v| v as f32).collect();
-        let vae_shift = vae_cfg.shift.iter().map(|&v| v as f32).collect();
-        let stream_protocol = vae_manifest
-            .graphs
-            .values()
-            .find_map(|g| g.metadata.get(STREAM_METADATA_KEY))
-            .map(|v| serde_json::from_value::<StreamProtocol>(v.clone()))
-            .transpose()
-            .map_err(|e| Error::Graph(osp_graphs::Error::Pipeline(format!("VAE stream protocol: {e}"))))?;
-        let max_latent_frames = vae_manifest
-            .graphs
-            .get(DECODER_GRAPH)
-            .and_then(|g| g.metadata.get("max_latent_frames"))
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize);
-        Ok(Self {
-            dir,
-            manifest,
-            dims,
-            scheduler_config,
-            vae_scale,
-            vae_shift,
-            stream_protocol,
-            max_latent_frames,
-            sizes,
-        })
+        }
+        let vae_graphs = VaeGraphs::read(&vae_manifest)
+            .map_err(|e| Error::Graph(osp_graphs::Error::Pipeline(format!("VAE decoder metadata: {e}"))))?;
+        Ok(Self { dir, manifest, dims, scheduler_config, vae_graphs, sizes })
     }
 
     pub fn dir(&self) -> &Path {
@@ -247,7 +251,7 @@ impl PipelineSpec {
 
     /// The streaming decoder's default latents per call (upstream `t_chunk_dec`), if it has one.
     pub fn default_stream_chunk(&self) -> Option<usize> {
-        self.stream_protocol.as_ref().map(|p| p.default_chunk_latents)
+        self.vae_graphs.streaming.as_ref().map(|s| s.protocol().default_chunk_latents)
     }
 
     /// The bundle's scheduler config adapted to `method` the way upstream `get_scheduler` builds
@@ -269,6 +273,39 @@ impl PipelineSpec {
             c.timestep_spacing = base.timestep_spacing;
         }
         c
+    }
+
+    /// The bundle's default request for `prompts` (`pipeline.json` `defaults`): its prompt template,
+    /// negative prompt, size, steps, guidance, sample method and text length; no guidance rescale,
+    /// one sample per prompt, the whole-clip decoder and the bundle's scheduler flags. Callers
+    /// override fields, then [`Self::prepare`] the request.
+    pub fn default_request(&self, prompts: Vec<String>) -> Result<GenerateRequest> {
+        let d = &self.manifest.defaults;
+        let sample_method = <SampleMethod as clap::ValueEnum>::from_str(&d.sample_method, false).map_err(|e| {
+            Error::Graph(osp_graphs::Error::Pipeline(format!(
+                "pipeline.json: unknown default sample_method `{}`: {e}",
+                d.sample_method
+            )))
+        })?;
+        Ok(GenerateRequest {
+            prompts,
+            prompt_template: Some(d.positive_prompt_template.clone()),
+            negative_prompt: d.negative_prompt.clone(),
+            num_frames: d.num_frames,
+            height: d.height,
+            width: d.width,
+            num_sampling_steps: d.num_sampling_steps,
+            guidance_scale: d.guidance_scale as f32,
+            guidance_rescale: 0.0,
+            sample_method,
+            num_samples_per_prompt: 1,
+            max_sequence_length: d.max_sequence_length,
+            decode: DecodeOptions::default(),
+            recorded_schedule: None,
+            prediction_type: None,
+            rescale_betas_zero_snr: false,
+            keep_decoded: false,
+        })
     }
 
     /// A scheduler for the request, with its timesteps set.
@@ -308,8 +345,22 @@ impl PipelineSpec {
         memory::estimate(&self.sizes, req, self.latent_shape(req), (d.patch_size_t, d.patch_size), d.vae_spatial)
     }
 
-    /// Checks the request before any model runs; each error names the flag and its rule.
-    pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
+    /// Checks the request before any model runs (each error names the flag and its rule) and
+    /// builds its scheduler, once for all its prompts.
+    pub fn prepare(&self, req: GenerateRequest) -> Result<PreparedRequest> {
+        self.validate(&req)?;
+        let scheduler = self.scheduler(&req).map_err(|e| match e {
+            Error::InvalidSamplingSteps { .. } => invalid("--num_sampling_steps", e.to_string()),
+            other => other,
+        })?;
+        if scheduler.timesteps().is_empty() {
+            return Err(invalid("--num_sampling_steps", "the scheduler produced no timesteps".into()));
+        }
+        Ok(PreparedRequest { req, scheduler })
+    }
+
+    /// The checks of [`Self::prepare`] that come before the scheduler.
+    fn validate(&self, req: &GenerateRequest) -> Result<()> {
         if req.prompts.is_empty() {
             return Err(invalid("--text_prompt", "at least one prompt is required".into()));
         }
@@ -371,7 +422,7 @@ impl PipelineSpec {
             t.validate().map_err(|e| invalid("--tile-size / --tile-overlap", e.to_string()))?;
         }
         let latent_frames = (req.num_frames - 1) / vt + 1;
-        if let (None, Some(max)) = (req.decode.chunk, self.max_latent_frames) {
+        if let (None, Some(max)) = (req.decode.chunk, self.vae_graphs.max_latent_frames) {
             if latent_frames > max {
                 return Err(invalid(
                     "--num_frames",
@@ -384,7 +435,7 @@ impl PipelineSpec {
             }
         }
         if let Some(chunk) = req.decode.chunk {
-            let Some(p) = &self.stream_protocol else {
+            let Some(p) = self.vae_graphs.streaming.as_ref().map(|s| s.protocol()) else {
                 return Err(invalid("--stream-chunk", "the VAE bundle has no streaming decoder graphs".into()));
             };
             if chunk == 0 || chunk > p.max_chunk_latents {
@@ -393,13 +444,6 @@ impl PipelineSpec {
                     format!("must be 1..={} latent frames per call, got {chunk}", p.max_chunk_latents),
                 ));
             }
-        }
-        let scheduler = self.scheduler(req).map_err(|e| match e {
-            Error::InvalidSamplingSteps { .. } => invalid("--num_sampling_steps", e.to_string()),
-            other => other,
-        })?;
-        if scheduler.timesteps().is_empty() {
-            return Err(invalid("--num_sampling_steps", "the scheduler produced no timesteps".into()));
         }
         Ok(())
     }
@@ -414,10 +458,10 @@ impl PipelineSpec {
 }
 
 impl Pipeline {
-    /// Runs prompt `index` of `req` (call [`Pipeline::validate`] first).
+    /// Runs prompt `index` of `req`.
     pub fn generate_prompt(
         &mut self,
-        req: &GenerateRequest,
+        req: &PreparedRequest,
         index: usize,
         noise: &mut dyn NoiseSource,
         observer: &mut dyn GenerateObserver,
@@ -448,7 +492,7 @@ impl Pipeline {
         let (states, mask) = dit_text_inputs(&rows, l, self.dims.caption_channels)?;
         let batch = rows.len();
 
-        let mut scheduler = self.scheduler(req)?;
+        let mut scheduler = req.scheduler();
         let shape = self.latent_shape(req);
         let mut latents = match noise.init_latents(index, &shape)? {
             InitLatents::StandardNormal(x) => {
@@ -517,7 +561,7 @@ impl Pipeline {
                 .collect::<Result<_>>()?;
             (Some(decoded), frames)
         } else {
-            let z = self.unnormalize(&latents)?;
+            let z = self.vae.unnormalize(&latents)?;
             let videos = self.vae.decode_frames(z.view(), &req.decode).map_err(in_prompt)?;
             let frames = videos
                 .into_iter()
@@ -529,29 +573,10 @@ impl Pipeline {
         Ok(PromptOutput { prompt, positive, negative, latents, decoded, frames })
     }
 
-    /// `z = latents / scale + shift` per channel (`WFVAEModelWrapper.decode`), in f32.
-    pub fn unnormalize(&self, latents: &ArrayD<f32>) -> Result<Array5<f32>> {
-        let mut z = latents
-            .clone()
-            .into_dimensionality::<Ix5>()
-            .map_err(|_| invalid("latents", format!("must be [n, c, t, h, w], got {:?}", latents.shape())))?;
-        if z.shape()[1] != self.vae_scale.len() {
-            return Err(invalid(
-                "latents",
-                format!("must have {} channels, got {:?}", self.vae_scale.len(), z.shape()),
-            ));
-        }
-        for (c, mut plane) in z.axis_iter_mut(Axis(1)).enumerate() {
-            let (scale, shift) = (self.vae_scale[c], self.vae_shift[c]);
-            plane.mapv_inplace(|v| v / scale + shift);
-        }
-        Ok(z)
-    }
-
-    /// Un-normalises and decodes latents `[n, c, t, h, w]` to video `[n, 3, f, H, W]`.
+    /// Un-normalises and decodes latents `[n, c, t, h, w]` to video `[n, 3, f, H, W]`
+    /// ([`Vae::decode_latents`]).
     pub fn decode_latents(&mut self, latents: &ArrayD<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
-        let z = self.unnormalize(latents)?;
-        self.vae.decode(z.view(), opts)
+        self.vae.decode_latents(latents, opts)
     }
 }
 
@@ -707,16 +732,49 @@ mod tests {
                 vae_spatial: 8,
             },
             scheduler_config: base.clone(),
-            vae_scale: vec![],
-            vae_shift: vec![],
-            stream_protocol: None,
-            max_latent_frames: None,
+            vae_graphs: VaeGraphs::default(),
             sizes: Default::default(),
         };
         assert_eq!(spec.scheduler_config(SampleMethod::EulerAncestralDiscrete), base);
         for m in [SampleMethod::Ddim, SampleMethod::EulerDiscrete, SampleMethod::DpmSolverMultistep, SampleMethod::Pndm]
         {
             assert_eq!(spec.scheduler_config(m), SchedulerConfig::open_sora_plan_v13(m), "{m}");
+        }
+    }
+
+    /// Each prompt runs a copy of the request's scheduler: a copy taken before any step runs a
+    /// whole loop bit-identically to a freshly built scheduler, also after another copy ran (the
+    /// multistep and ancestral schedulers carry state between steps).
+    #[test]
+    fn scheduler_copies_run_like_fresh_schedulers() {
+        let methods = [
+            SampleMethod::EulerAncestralDiscrete,
+            SampleMethod::Ddim,
+            SampleMethod::EulerDiscrete,
+            SampleMethod::DpmSolverMultistep,
+            SampleMethod::Pndm,
+        ];
+        let run = |mut s: Box<dyn Scheduler>| -> Vec<f32> {
+            let mut x = ArrayD::from_shape_fn(IxDyn(&[1, 2, 3]), |i| (i[1] * 3 + i[2]) as f32 * 0.3 - 0.7);
+            for i in 0..s.timesteps().len() {
+                let eps = x.mapv(|v| (v * 1.7).sin());
+                let noise = s.needs_noise().then(|| x.mapv(|v| (v * 3.1).cos()));
+                x = s.step(&eps, i, &x, noise.as_ref()).unwrap();
+            }
+            x.iter().copied().collect()
+        };
+        for m in methods {
+            let fresh = || {
+                let mut s = m.build(&SchedulerConfig::open_sora_plan_v13(m)).unwrap();
+                s.set_timesteps(6).unwrap();
+                s
+            };
+            let prepared = fresh();
+            let first = run(prepared.clone());
+            let second = run(prepared.clone());
+            let want = run(fresh());
+            assert_eq!(first, want, "{m}");
+            assert_eq!(second, want, "{m}");
         }
     }
 

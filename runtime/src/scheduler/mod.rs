@@ -333,8 +333,26 @@ impl SchedulerConfig {
     }
 }
 
+/// Copies a boxed scheduler with its state: a copy of one fresh from `set_timesteps` starts a run,
+/// so a request builds its scheduler once and each prompt runs a copy.
+pub trait SchedulerClone {
+    fn clone_box(&self) -> Box<dyn Scheduler>;
+}
+
+impl<T: Scheduler + Clone + 'static> SchedulerClone for T {
+    fn clone_box(&self) -> Box<dyn Scheduler> {
+        Box::new(self.clone())
+    }
+}
+
+impl Clone for Box<dyn Scheduler> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
 /// A sampling scheduler driven by step index (see the module docs for the loop).
-pub trait Scheduler: Send {
+pub trait Scheduler: Send + SchedulerClone {
     /// Which upstream method this is.
     fn method(&self) -> SampleMethod;
 

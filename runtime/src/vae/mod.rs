@@ -4,6 +4,11 @@
 //! ([`streaming`]). [`Vae::decode`] is the one entry point for decoding; [`DecodeOptions`] picks
 //! temporal chunking (the streaming graphs) and spatial tiling ([`tiling`]), alone or combined.
 //!
+//! Decoding goes one way: the tiler drives a [`LatentDecoder`] (the whole-clip graph, or the
+//! streaming graphs in chunks) tile by tile, and the decoder hands each chunk of frames to the
+//! [`FrameSink`] it is given (the tiler's blend of that tile, or [`Collect`] for one array). The
+//! decoder metadata is read once per bundle ([`osp_graphs::VaeGraphs`]).
+//!
 //! Combined, every spatial tile is streamed through time and each chunk of frames is blended
 //! straight into the output: peak memory is one tile's causal state and one chunk's activations,
 //! plus the output video itself. Chunking is exact (the streamed
@@ -38,18 +43,19 @@ pub mod tiling;
 
 use std::collections::BTreeMap;
 
-use ndarray::{Array4, Array5, ArrayView5, Ix5};
-use osp_graphs::config::{StreamProtocol, STREAM_METADATA_KEY};
+use ndarray::{Array4, Array5, ArrayD, ArrayView5, Axis, Ix5, Slice};
+use osp_graphs::config::StreamProtocol;
+use osp_graphs::{ModelSpec, VaeGraphs};
 
 use crate::error::{Error, Result};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
 pub use streaming::StreamingDecoder;
-pub use tiling::{decode_tiled, decode_tiled_streamed, decode_tiled_streamed_frames, FrameSink, TilingConfig};
+pub use tiling::{decode_tiled, decode_tiled_frames, decode_tiled_with, TilingConfig};
 
 /// Graph and I/O names a VAE bundle provides.
 pub const ENCODER_GRAPH: &str = "encoder";
-pub const DECODER_GRAPH: &str = "decoder";
+pub const DECODER_GRAPH: &str = osp_graphs::vae::DECODER_GRAPH;
 pub const ENCODER_INPUT: &str = "x";
 pub const ENCODER_MEAN: &str = "mean";
 pub const DECODER_INPUT: &str = "z";
@@ -59,6 +65,78 @@ pub const DECODER_OUTPUT: &str = "sample";
 /// graph call (one tile, or one streamed chunk of a tile), so its index is within that call.
 const INPUT_STAGE: &str = "latents given to the VAE decoder";
 const OUTPUT_STAGE: &str = "VAE decoder output";
+
+/// Where a decoder hands its frames, in order: each chunk `[b, c', tc, h * s, w * s]` of a
+/// decode that yields `total` frames in all.
+pub trait FrameSink {
+    fn frames(&mut self, chunk: ArrayView5<f32>, total: usize) -> Result<()>;
+}
+
+/// A decoder of latents `[b, c, t, h, w]` (a whole clip or one spatial tile): the whole-clip
+/// `decoder` graph, or the streaming graphs in chunks. The tiler ([`tiling`]) drives it tile by
+/// tile; it hands the frames to the sink it is given and knows nothing of tiles.
+pub trait LatentDecoder {
+    /// Decodes `z`, handing its frames to `sink` in order, in one or more chunks.
+    fn decode_into(&mut self, z: ArrayView5<f32>, sink: &mut dyn FrameSink) -> Result<()>;
+
+    /// Decodes `z` into one array.
+    fn decode(&mut self, z: ArrayView5<f32>) -> Result<Array5<f32>> {
+        let mut whole = Collect::new(DECODER_OUTPUT.into());
+        self.decode_into(z, &mut whole)?;
+        whole.finish()
+    }
+}
+
+/// A [`FrameSink`] that copies the chunks into one preallocated array.
+pub struct Collect {
+    name: String,
+    whole: Option<Array5<f32>>,
+    next: usize,
+}
+
+impl Collect {
+    /// Collects the frames of output `name` (named in errors).
+    pub fn new(name: String) -> Self {
+        Self { name, whole: None, next: 0 }
+    }
+
+    /// The collected frames; an error unless every promised frame came.
+    pub fn finish(self) -> Result<Array5<f32>> {
+        let Some(whole) = self.whole else {
+            return Err(Error::Tensor { name: self.name, why: "the decoder produced no frames".into() });
+        };
+        let total = whole.shape()[2];
+        if self.next != total {
+            return Err(Error::Tensor {
+                name: self.name,
+                why: format!("the stream produced {} frames, the protocol promised {total}", self.next),
+            });
+        }
+        Ok(whole)
+    }
+}
+
+impl FrameSink for Collect {
+    fn frames(&mut self, chunk: ArrayView5<f32>, total: usize) -> Result<()> {
+        let next = self.next;
+        let n = chunk.shape()[2];
+        let whole = self.whole.get_or_insert_with(|| {
+            let (b, c, _, h, w) = chunk.dim();
+            Array5::zeros((b, c, total, h, w))
+        });
+        let fits = next + n <= whole.shape()[2]
+            && chunk.shape().iter().zip(whole.shape()).enumerate().all(|(axis, (x, y))| axis == 2 || x == y);
+        if !fits {
+            return Err(Error::Tensor {
+                name: self.name.clone(),
+                why: format!("chunk {:?} at frame {next} does not fit the {:?} output", chunk.shape(), whole.shape()),
+            });
+        }
+        whole.slice_axis_mut(Axis(2), Slice::from(next..next + n)).assign(&chunk);
+        self.next += n;
+        Ok(())
+    }
+}
 
 /// How [`Vae::decode`] runs the decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,38 +164,57 @@ impl DecodeOptions {
 pub struct Vae {
     bundle: Bundle,
     opts: SessionOptions,
-    protocol: Option<StreamProtocol>,
+    graphs: VaeGraphs,
+    /// A wfvae bundle's per-channel latent `scale` and `shift` (its diffusion wrapper's
+    /// normalisation); `None` for other bundles.
+    norm: Option<(Vec<f32>, Vec<f32>)>,
     encoder: Option<GraphSession>,
     decoder: Option<GraphSession>,
     streaming: Option<StreamingDecoder>,
 }
 
 impl Vae {
-    /// Checks that `bundle` has the `encoder` and `decoder` graphs (and reads the streaming
-    /// protocol if it has streaming graphs); sessions are created on first use with `opts`.
+    /// Checks that `bundle` has the `encoder` and `decoder` graphs and reads its decoder metadata
+    /// ([`VaeGraphs`]); sessions are created on first use with `opts`.
     pub fn load(bundle: &Bundle, opts: &SessionOptions) -> Result<Self> {
+        Self::with_graphs(bundle, VaeGraphs::read(bundle.manifest())?, opts)
+    }
+
+    /// [`Self::load`] with the decoder metadata already read from `bundle`'s manifest.
+    pub fn with_graphs(bundle: &Bundle, graphs: VaeGraphs, opts: &SessionOptions) -> Result<Self> {
         let manifest = bundle.manifest();
         manifest.graph(ENCODER_GRAPH)?;
         manifest.graph(DECODER_GRAPH)?;
-        let protocol = match manifest
-            .graphs
-            .iter()
-            .find_map(|(name, g)| g.metadata.get(STREAM_METADATA_KEY).map(|value| (name, value)))
-        {
-            Some((name, value)) => Some(streaming::parse_protocol(name, value)?),
-            None => None,
+        let norm = match &manifest.model {
+            ModelSpec::Wfvae(c) => {
+                Some((c.scale.iter().map(|&v| v as f32).collect(), c.shift.iter().map(|&v| v as f32).collect()))
+            }
+            _ => None,
         };
-        Ok(Self { bundle: bundle.clone(), opts: opts.clone(), protocol, encoder: None, decoder: None, streaming: None })
+        Ok(Self {
+            bundle: bundle.clone(),
+            opts: opts.clone(),
+            graphs,
+            norm,
+            encoder: None,
+            decoder: None,
+            streaming: None,
+        })
+    }
+
+    /// The decoder metadata.
+    pub fn graphs(&self) -> &VaeGraphs {
+        &self.graphs
     }
 
     /// The streaming protocol, when the bundle has streaming decoder graphs.
     pub fn streaming_protocol(&self) -> Option<&StreamProtocol> {
-        self.protocol.as_ref()
+        self.graphs.streaming.as_ref().map(|s| s.protocol())
     }
 
     /// The bundle's recommended streaming chunk (latent frames per call), when it can stream.
     pub fn default_chunk(&self) -> Option<usize> {
-        self.protocol.as_ref().map(|p| p.default_chunk_latents)
+        self.streaming_protocol().map(|p| p.default_chunk_latents)
     }
 
     /// The posterior mean of `x` (`[b, 3, t, h, w]` in `[-1, 1]`).
@@ -146,108 +243,135 @@ impl Vae {
             crate::mem::pin_mmap_threshold();
         }
         let mut decoder = self.decoder_for(opts.chunk)?;
-        match (&opts.tiling, &mut decoder) {
-            (Some(cfg), TileDecoder::Stream(streaming, chunk)) => {
-                // Each streamed chunk is blended into the output as it comes: no tile is held whole.
-                let frames = streaming.output_frames(z.shape()[2], *chunk)?;
-                decode_tiled_streamed(z, cfg, frames, stream_tile(streaming, *chunk))
-            }
-            (Some(cfg), _) => decode_tiled(z, cfg, |tile| decoder.decode(tile)),
-            (None, _) => decoder.decode(z),
+        match &opts.tiling {
+            // Streamed, each chunk is blended into the output as it comes: no tile is held whole.
+            Some(cfg) => decode_tiled_with(z, cfg, decoder.as_mut()),
+            None => decoder.decode(z),
         }
     }
 
     /// [`Self::decode`] to uint8 frames, one `[frames, h * 8, w * 8, 3]` array per video of the
     /// batch, quantised as upstream `custom_to_video` from the same f32 values. Streamed inside
     /// tiles, the f32 video is never whole: only one row of tiles is (see
-    /// [`tiling::decode_tiled_streamed_frames`]); otherwise the f32 decode is converted.
+    /// [`tiling::decode_tiled_frames`]); otherwise the f32 decode is converted.
     pub fn decode_frames(&mut self, z: ArrayView5<f32>, opts: &DecodeOptions) -> Result<Vec<Array4<u8>>> {
         if let (Some(cfg), Some(chunk)) = (&opts.tiling, opts.chunk) {
             crate::finite::check(INPUT_STAGE, z.into_dyn())?;
             let _span = tracing::info_span!("vae_decode_frames", shape = ?z.shape(), chunk, tiling = ?cfg).entered();
             crate::mem::pin_mmap_threshold();
             let streaming = self.streaming_decoder()?;
-            let frames = streaming.output_frames(z.shape()[2], chunk)?;
-            return decode_tiled_streamed_frames(z, cfg, frames, stream_tile(streaming, chunk));
+            return decode_tiled_frames(z, cfg, &mut Streamed { streaming, chunk });
         }
         let video = self.decode(z, opts)?;
         (0..video.shape()[0]).map(|i| crate::video::batch_to_u8_frames(video.view(), i)).collect()
     }
 
+    /// `z = latents / scale + shift` per channel (`WFVAEModelWrapper.decode`), in f32: diffusion
+    /// latents `[n, c, t, h, w]` as the decoder takes them.
+    pub fn unnormalize(&self, latents: &ArrayD<f32>) -> Result<Array5<f32>> {
+        let invalid = |rule: String| Error::InvalidInput { name: "latents".into(), rule };
+        let Some((scales, shifts)) = &self.norm else {
+            return Err(invalid(format!(
+                "bundle {} is not a wfvae bundle: it has no latent scale and shift",
+                self.bundle.dir().display()
+            )));
+        };
+        let mut z = latents
+            .clone()
+            .into_dimensionality::<Ix5>()
+            .map_err(|_| invalid(format!("must be [n, c, t, h, w], got {:?}", latents.shape())))?;
+        if z.shape()[1] != scales.len() {
+            return Err(invalid(format!("must have {} channels, got {:?}", scales.len(), z.shape())));
+        }
+        for (c, mut plane) in z.axis_iter_mut(Axis(1)).enumerate() {
+            let (scale, shift) = (scales[c], shifts[c]);
+            plane.mapv_inplace(|v| v / scale + shift);
+        }
+        Ok(z)
+    }
+
+    /// Un-normalises ([`Self::unnormalize`]) and decodes diffusion latents `[n, c, t, h, w]` to
+    /// video `[n, 3, f, H, W]`.
+    pub fn decode_latents(&mut self, latents: &ArrayD<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
+        let z = self.unnormalize(latents)?;
+        self.decode(z.view(), opts)
+    }
+
     /// Loads (once) and borrows the decoder `chunk` asks for.
-    fn decoder_for(&mut self, chunk: Option<usize>) -> Result<TileDecoder<'_>> {
+    fn decoder_for(&mut self, chunk: Option<usize>) -> Result<Box<dyn LatentDecoder + '_>> {
         match chunk {
             None => {
                 if self.decoder.is_none() {
                     self.decoder = Some(self.bundle.session(DECODER_GRAPH, &self.opts)?);
                 }
-                Ok(TileDecoder::Whole(self.decoder.as_mut().expect("the decoder session was just loaded")))
+                let session = self.decoder.as_mut().expect("the decoder session was just loaded");
+                Ok(Box::new(Whole { session }))
             }
-            Some(chunk) => Ok(TileDecoder::Stream(self.streaming_decoder()?, chunk)),
+            Some(chunk) => Ok(Box::new(Streamed { streaming: self.streaming_decoder()?, chunk })),
         }
     }
 
     /// Loads (once) and borrows the streaming decoder; an error when the bundle has none.
     fn streaming_decoder(&mut self) -> Result<&mut StreamingDecoder> {
-        if self.protocol.is_none() {
+        let Some(streaming) = &self.graphs.streaming else {
             return Err(Error::Graph(osp_graphs::Error::Invalid(format!(
                 "bundle {} has no streaming decoder graphs: decode without a chunk size (whole clip) \
                  or re-export the bundle",
                 self.bundle.dir().display()
             ))));
-        }
+        };
         if self.streaming.is_none() {
-            self.streaming = Some(StreamingDecoder::load(&self.bundle, &self.opts)?);
+            self.streaming = Some(StreamingDecoder::new(&self.bundle, streaming.clone(), &self.opts)?);
         }
         Ok(self.streaming.as_mut().expect("the streaming decoder was just loaded"))
     }
 }
 
-/// Streams one latent tile through `streaming` in chunks of `chunk`, handing each chunk of
-/// frames to the tiling's sink.
-fn stream_tile<'a>(
-    streaming: &'a mut StreamingDecoder,
-    chunk: usize,
-) -> impl FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()> + 'a {
-    move |tile, sink| {
-        let output = streaming.protocol().output.clone();
-        let input = Tensor::F32(tile.to_owned().into_dyn());
-        streaming.decode_with(&input, chunk, |frames| match frames {
-            Tensor::F32(a) => {
-                let a = a.into_dimensionality::<Ix5>().map_err(|_| Error::Tensor {
-                    name: output.clone(),
-                    why: "streamed frames must be [b, c, t, h, w]".into(),
-                })?;
-                crate::finite::check(OUTPUT_STAGE, a.view().into_dyn())?;
-                sink(a.view())
-            }
-            other => Err(Error::unsupported(format!("streamed `{output}`"), other.dtype())),
-        })?;
-        Ok(())
+/// The whole-clip `decoder` graph: one call per latent (tile), its output checked.
+struct Whole<'a> {
+    session: &'a mut GraphSession,
+}
+
+impl LatentDecoder for Whole<'_> {
+    fn decode_into(&mut self, z: ArrayView5<f32>, sink: &mut dyn FrameSink) -> Result<()> {
+        let video = self.decode(z)?;
+        sink.frames(video.view(), video.shape()[2])
+    }
+
+    fn decode(&mut self, z: ArrayView5<f32>) -> Result<Array5<f32>> {
+        let input = Tensor::F32(z.to_owned().into_dyn());
+        let out = self.session.run(&[(DECODER_INPUT, &input)])?;
+        let video = take_f32_5d(DECODER_GRAPH, DECODER_OUTPUT, out)?;
+        crate::finite::check(OUTPUT_STAGE, video.view().into_dyn())?;
+        Ok(video)
     }
 }
 
-/// The decoder one latent (tile) goes through.
-enum TileDecoder<'a> {
-    Whole(&'a mut GraphSession),
-    Stream(&'a mut StreamingDecoder, usize),
+/// The streaming graphs in chunks of `chunk` latents: each chunk is checked as it is handed on;
+/// decoded into one array, the whole output is checked once.
+struct Streamed<'a> {
+    streaming: &'a mut StreamingDecoder,
+    chunk: usize,
 }
 
-impl TileDecoder<'_> {
+/// Checks each chunk before handing it on.
+struct Checked<'a>(&'a mut dyn FrameSink);
+
+impl FrameSink for Checked<'_> {
+    fn frames(&mut self, chunk: ArrayView5<f32>, total: usize) -> Result<()> {
+        crate::finite::check(OUTPUT_STAGE, chunk.into_dyn())?;
+        self.0.frames(chunk, total)
+    }
+}
+
+impl LatentDecoder for Streamed<'_> {
+    fn decode_into(&mut self, z: ArrayView5<f32>, sink: &mut dyn FrameSink) -> Result<()> {
+        self.streaming.stream(z, self.chunk, &mut Checked(sink))?;
+        Ok(())
+    }
+
     fn decode(&mut self, z: ArrayView5<f32>) -> Result<Array5<f32>> {
-        let input = Tensor::F32(z.to_owned().into_dyn());
-        let video = match self {
-            TileDecoder::Whole(session) => {
-                let out = session.run(&[(DECODER_INPUT, &input)])?;
-                take_f32_5d(DECODER_GRAPH, DECODER_OUTPUT, out)
-            }
-            TileDecoder::Stream(streaming, chunk) => {
-                let name = streaming.protocol().output.clone();
-                let frames = streaming.decode(&input, *chunk)?;
-                let graph = streaming.protocol().step_graph.clone();
-                take_f32_5d(&graph, &name, BTreeMap::from([(name.clone(), frames)]))
-            }
-        }?;
+        let video = self.streaming.decode_array(z, self.chunk)?;
         crate::finite::check(OUTPUT_STAGE, video.view().into_dyn())?;
         Ok(video)
     }
@@ -270,5 +394,47 @@ fn take_f32_5d(graph: &str, name: &str, mut out: BTreeMap<String, Tensor>) -> Re
     match tensor {
         Tensor::F32(a) => a.into_dimensionality::<Ix5>().map_err(|_| mismatch("a 5-D tensor")),
         _ => Err(mismatch("f32")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands the frames of `video` over in chunks of `sizes` frames, promising `total`.
+    struct Chunks {
+        video: Array5<f32>,
+        sizes: Vec<usize>,
+        total: usize,
+    }
+
+    impl LatentDecoder for Chunks {
+        fn decode_into(&mut self, _: ArrayView5<f32>, sink: &mut dyn FrameSink) -> Result<()> {
+            let mut t0 = 0;
+            for &n in &self.sizes {
+                sink.frames(self.video.slice_axis(Axis(2), Slice::from(t0..t0 + n)), self.total)?;
+                t0 += n;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn collected_chunks_equal_the_whole_and_bad_streams_are_errors() {
+        let video =
+            Array5::from_shape_fn((2, 3, 7, 2, 3), |(b, c, t, y, x)| (b * 97 + c * 31 + t * 7 + y * 3 + x) as f32);
+        let z = Array5::<f32>::zeros((2, 1, 2, 1, 1));
+        let mut d = Chunks { video: video.clone(), sizes: vec![1, 4, 2], total: 7 };
+        assert_eq!(d.decode(z.view()).unwrap(), video);
+        // Fewer frames than promised, more than promised, and none at all.
+        let mut d = Chunks { video: video.clone(), sizes: vec![1, 4], total: 7 };
+        let e = d.decode(z.view()).unwrap_err().to_string();
+        assert!(e.contains("produced 5 frames, the protocol promised 7"), "{e}");
+        let mut d = Chunks { video: video.clone(), sizes: vec![4, 3], total: 6 };
+        let e = d.decode(z.view()).unwrap_err().to_string();
+        assert!(e.contains("at frame 4 does not fit"), "{e}");
+        let mut d = Chunks { video, sizes: vec![], total: 7 };
+        let e = d.decode(z.view()).unwrap_err().to_string();
+        assert!(e.contains("no frames"), "{e}");
     }
 }

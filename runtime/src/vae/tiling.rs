@@ -1,6 +1,7 @@
 //! Spatial tiling of VAE decoding with linear blending of the overlaps, so that peak memory stays
-//! flat as height and width grow. The decoder of one tile is a closure; temporal chunking (the
-//! streaming WFVAE decoder graph) happens inside it and is untouched by the tiling.
+//! flat as height and width grow. The tiler drives a [`LatentDecoder`] tile by tile and blends
+//! the frames it hands back ([`FrameSink`]) as they come; temporal chunking (the streaming WFVAE
+//! decoder graphs) happens inside the decoder and is untouched by the tiling.
 //!
 //! The blending is diffusers' linear ramps (`blend_v` / `blend_h` of `AutoencoderKL.tiled_decode`,
 //! also upstream WFVAE's `tile_overlap_factor` path): where two tiles overlap over `E = overlap *
@@ -23,16 +24,14 @@
 //! VAE's receptive field makes tiles disagree slightly near their borders, which the ramps hide.
 //!
 //! Memory: the output buffer, one `[h, w]` f32 weight plane, one latent tile and its decoded tile
-//! ([`decode_tiled`]) or one decoded chunk of it ([`decode_tiled_streamed`]); decoding to uint8
-//! frames ([`decode_tiled_streamed_frames`]) holds the frames and one tile row of f32 instead of the
+//! (a whole-tile decoder) or one decoded chunk of it (a streaming decoder); decoding to uint8
+//! frames ([`decode_tiled_frames`]) holds the frames and one tile row of f32 instead of the
 //! f32 output.
 
 use ndarray::{s, Array2, Array4, Array5, ArrayView5};
 
+use super::{FrameSink, LatentDecoder};
 use crate::error::{Error, Result};
-
-/// Where a streaming tile decoder hands each chunk of frames `[b, c', tc, th * s, tw * s]`.
-pub type FrameSink<'a> = dyn FnMut(ArrayView5<f32>) -> Result<()> + 'a;
 
 /// Tile size and overlap, in latent pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,79 +112,90 @@ fn ramp(p: usize, len: usize, e: usize, first: bool, last: bool) -> f32 {
     w
 }
 
-/// Decodes latent `z` (`[b, c, t, h, w]`) tile by tile with `decode` (a latent tile
-/// `[b, c, t, th, tw]` -> a video tile `[b, c', t', th * s, tw * s]`, with one spatial scale `s`
-/// and one `b, c', t'` for every tile) and blends the tiles into `[b, c', t', h * s, w * s]`.
-/// A latent no larger than one tile is decoded in one call.
-pub fn decode_tiled<F>(z: ArrayView5<f32>, cfg: &TilingConfig, mut decode: F) -> Result<Array5<f32>>
+/// A function from a latent tile to its whole decoded tile, as a [`LatentDecoder`].
+pub struct FnDecoder<F>(pub F);
+
+impl<F> LatentDecoder for FnDecoder<F>
 where
     F: FnMut(ArrayView5<f32>) -> Result<Array5<f32>>,
 {
-    let mut blender = Blender::new(z, cfg)?;
-    for (ri, ci) in blender.tiles() {
-        let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
-        let decoded = decode(blender.latent_tile(z, ri, ci))?;
-        let frames = decoded.shape()[2];
-        let mut tile = blender.start_tile(ri, ci, decoded.shape(), frames)?;
-        blender.blend(&mut tile, decoded.view())?;
-        blender.finish_tile(tile)?;
+    fn decode_into(&mut self, z: ArrayView5<f32>, sink: &mut dyn FrameSink) -> Result<()> {
+        let decoded = (self.0)(z)?;
+        sink.frames(decoded.view(), decoded.shape()[2])
     }
-    blender.into_output()
 }
 
-/// [`decode_tiled`] for a decoder that yields each tile as consecutive chunks of frames (the
-/// streaming decoder): `decode(tile, sink)` hands every chunk `[b, c', tc, th * s, tw * s]` to
-/// `sink` in order, `frames` in all. Each chunk is blended straight into the output, so no tile is
-/// ever held whole: beyond the output and one `[h * s, w * s]` weight plane, memory is one chunk.
-/// The result is bit-identical to [`decode_tiled`] on the concatenated chunks.
-pub fn decode_tiled_streamed<F>(z: ArrayView5<f32>, cfg: &TilingConfig, frames: usize, decode: F) -> Result<Array5<f32>>
+/// [`decode_tiled_with`] a function from a latent tile `[b, c, t, th, tw]` to a video tile
+/// `[b, c', t', th * s, tw * s]`.
+pub fn decode_tiled<F>(z: ArrayView5<f32>, cfg: &TilingConfig, decode: F) -> Result<Array5<f32>>
 where
-    F: FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()>,
+    F: FnMut(ArrayView5<f32>) -> Result<Array5<f32>>,
 {
-    let mut blender = Blender::new(z, cfg)?;
-    stream_tiles(&mut blender, z, frames, decode)?;
-    blender.into_output()
+    decode_tiled_with(z, cfg, &mut FnDecoder(decode))
 }
 
-/// [`decode_tiled_streamed`] to uint8 frames: for each video of the batch, `[t', h * s, w * s, 3]`
-/// quantised as upstream `custom_to_video` ([`crate::video::to_u8_frames`]) from exactly the f32
-/// values [`decode_tiled_streamed`] returns. Only one row of tiles is held in f32 (the rows above
-/// the next tile row are final and quantised when it starts), so beyond the uint8 frames memory is
-/// one tile row's f32 strip and one chunk.
-pub fn decode_tiled_streamed_frames<F>(
+/// Decodes latent `z` (`[b, c, t, h, w]`) tile by tile with `decoder` (a latent tile
+/// `[b, c, t, th, tw]` -> video frames `[b, c', tc, th * s, tw * s]`, with one spatial scale `s`
+/// and one `b, c'` and frame total `t'` for every tile) and blends the tiles into
+/// `[b, c', t', h * s, w * s]`. Each chunk of frames the decoder hands back is blended straight
+/// into the output, so a streaming decoder's tile is never held whole: beyond the output and one
+/// `[h * s, w * s]` weight plane, memory is one chunk. Blending chunk by chunk is bit-identical to
+/// blending whole tiles. A latent no larger than one tile is decoded in one call.
+pub fn decode_tiled_with(
     z: ArrayView5<f32>,
     cfg: &TilingConfig,
-    frames: usize,
-    decode: F,
-) -> Result<Vec<Array4<u8>>>
-where
-    F: FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()>,
-{
+    decoder: &mut dyn LatentDecoder,
+) -> Result<Array5<f32>> {
+    let mut blender = Blender::new(z, cfg)?;
+    decode_tiles(&mut blender, z, decoder)?;
+    blender.into_output()
+}
+
+/// [`decode_tiled_with`] to uint8 frames: for each video of the batch, `[t', h * s, w * s, 3]`
+/// quantised as upstream `custom_to_video` ([`crate::video::to_u8_frames`]) from exactly the f32
+/// values [`decode_tiled_with`] returns. Only one row of tiles is held in f32 (the rows above
+/// the next tile row are final and quantised when it starts), so beyond the uint8 frames memory is
+/// one tile row's f32 strip and one chunk.
+pub fn decode_tiled_frames(
+    z: ArrayView5<f32>,
+    cfg: &TilingConfig,
+    decoder: &mut dyn LatentDecoder,
+) -> Result<Vec<Array4<u8>>> {
     let mut blender = Blender::new(z, cfg)?;
     blender.frames = Some(Vec::new());
-    stream_tiles(&mut blender, z, frames, decode)?;
+    decode_tiles(&mut blender, z, decoder)?;
     blender.into_frames()
 }
 
-/// Decodes every tile of `blender`'s plan with `decode`, blending each chunk as it arrives.
-fn stream_tiles<F>(blender: &mut Blender, z: ArrayView5<f32>, frames: usize, mut decode: F) -> Result<()>
-where
-    F: FnMut(ArrayView5<f32>, &mut FrameSink<'_>) -> Result<()>,
-{
+/// Decodes every tile of `blender`'s plan with `decoder`, blending each chunk as it arrives.
+fn decode_tiles(blender: &mut Blender, z: ArrayView5<f32>, decoder: &mut dyn LatentDecoder) -> Result<()> {
     for (ri, ci) in blender.tiles() {
         let _span = tracing::trace_span!("vae_tile", row = ri, col = ci).entered();
-        let mut tile: Option<Tile> = None;
-        decode(blender.latent_tile(z, ri, ci), &mut |chunk| {
-            let t = match tile.as_mut() {
-                Some(t) => t,
-                None => tile.insert(blender.start_tile(ri, ci, chunk.shape(), frames)?),
-            };
-            blender.blend(t, chunk)
-        })?;
-        let tile = tile.ok_or_else(|| Error::Tiling(format!("tile ({ri}, {ci}) decoded to no frames")))?;
+        let latent = blender.latent_tile(z, ri, ci);
+        let mut sink = TileSink { blender: &mut *blender, ri, ci, tile: None };
+        decoder.decode_into(latent, &mut sink)?;
+        let tile = sink.tile.ok_or_else(|| Error::Tiling(format!("tile ({ri}, {ci}) decoded to no frames")))?;
         blender.finish_tile(tile)?;
     }
     Ok(())
+}
+
+/// Blends the frames of tile `(ri, ci)` into the output as the decoder hands them over.
+struct TileSink<'a> {
+    blender: &'a mut Blender,
+    ri: usize,
+    ci: usize,
+    tile: Option<Tile>,
+}
+
+impl FrameSink for TileSink<'_> {
+    fn frames(&mut self, chunk: ArrayView5<f32>, total: usize) -> Result<()> {
+        let tile = match self.tile.as_mut() {
+            Some(t) => t,
+            None => self.tile.insert(self.blender.start_tile(self.ri, self.ci, chunk.shape(), total)?),
+        };
+        self.blender.blend(tile, chunk)
+    }
 }
 
 /// The running weighted mean of the tiles: the output, the weight gathered so far per pixel, and
@@ -392,7 +402,7 @@ impl Blender {
     fn into_frames(mut self) -> Result<Vec<Array4<u8>>> {
         let (out, _) = self.out.as_ref().expect("at least one tile is always decoded");
         let rows = self.h * self.scale - self.base;
-        let mut videos = self.frames.take().expect("decode_tiled_streamed_frames sets the frames");
+        let mut videos = self.frames.take().expect("decode_tiled_frames sets the frames");
         quantise_rows(out, &mut videos, self.base, rows);
         Ok(videos)
     }
@@ -522,20 +532,37 @@ mod tests {
         assert!(diff.iter().any(|v| v.abs() < 0.9));
     }
 
-    /// Hands `tile` decoded by `decoder` to `sink` in chunks of 1, 2, 3, ... frames.
-    fn in_chunks(
-        decoder: impl Fn(ArrayView5<f32>) -> Result<Array5<f32>>,
-        tile: ArrayView5<f32>,
-        sink: &mut FrameSink<'_>,
-    ) -> Result<()> {
-        let whole = decoder(tile)?;
-        let (mut t0, mut n) = (0, 1);
-        while t0 < whole.shape()[2] {
-            let t1 = (t0 + n).min(whole.shape()[2]);
-            sink(whole.slice(s![.., .., t0..t1, .., ..]))?;
-            (t0, n) = (t1, n + 1);
+    /// Hands each tile decoded by `decoder` to the sink in chunks of 1, 2, 3, ... frames,
+    /// promising `total` frames per tile.
+    struct InChunks<D> {
+        decoder: D,
+        total: usize,
+    }
+
+    fn in_chunks<D: Fn(ArrayView5<f32>) -> Result<Array5<f32>>>(decoder: D, total: usize) -> InChunks<D> {
+        InChunks { decoder, total }
+    }
+
+    impl<D: Fn(ArrayView5<f32>) -> Result<Array5<f32>>> LatentDecoder for InChunks<D> {
+        fn decode_into(&mut self, tile: ArrayView5<f32>, sink: &mut dyn FrameSink) -> Result<()> {
+            let whole = (self.decoder)(tile)?;
+            let (mut t0, mut n) = (0, 1);
+            while t0 < whole.shape()[2] {
+                let t1 = (t0 + n).min(whole.shape()[2]);
+                sink.frames(whole.slice(s![.., .., t0..t1, .., ..]), self.total)?;
+                (t0, n) = (t1, n + 1);
+            }
+            Ok(())
         }
-        Ok(())
+    }
+
+    /// A decoder that hands over no frames.
+    struct Nothing;
+
+    impl LatentDecoder for Nothing {
+        fn decode_into(&mut self, _: ArrayView5<f32>, _: &mut dyn FrameSink) -> Result<()> {
+            Ok(())
+        }
     }
 
     /// Blending chunk by chunk is bit-identical to blending whole tiles, for a context-free and a
@@ -555,7 +582,7 @@ mod tests {
                 [("pixel", &pixel_decoder as &dyn Fn(ArrayView5<f32>) -> Result<Array5<f32>>), ("biased", &biased)]
             {
                 let whole_tiles = decode_tiled(z.view(), &cfg, decoder).unwrap();
-                let streamed = decode_tiled_streamed(z.view(), &cfg, 7, |t, sink| in_chunks(decoder, t, sink)).unwrap();
+                let streamed = decode_tiled_with(z.view(), &cfg, &mut in_chunks(decoder, 7)).unwrap();
                 assert_eq!(streamed.shape(), whole_tiles.shape());
                 let c = Approx::Exact.compare(streamed.as_slice().unwrap(), whole_tiles.as_slice().unwrap());
                 assert!(c.ok(), "{name}, tile {tile_size} overlap {overlap}: {c:?}");
@@ -576,8 +603,8 @@ mod tests {
         });
         for (tile_size, overlap) in [(4, 1), (8, 3), (6, 0), (7, 5), (32, 8)] {
             let cfg = TilingConfig { tile_size, overlap };
-            let f32_video = decode_tiled_streamed(z.view(), &cfg, 4, |t, sink| in_chunks(biased, t, sink)).unwrap();
-            let frames = decode_tiled_streamed_frames(z.view(), &cfg, 4, |t, sink| in_chunks(biased, t, sink)).unwrap();
+            let f32_video = decode_tiled_with(z.view(), &cfg, &mut in_chunks(biased, 4)).unwrap();
+            let frames = decode_tiled_frames(z.view(), &cfg, &mut in_chunks(biased, 4)).unwrap();
             assert_eq!(frames.len(), 2);
             for (b, f) in frames.iter().enumerate() {
                 let want = crate::video::batch_to_u8_frames(f32_video.view(), b).unwrap();
@@ -586,12 +613,12 @@ mod tests {
                 assert_eq!(diff, 0, "tile {tile_size} overlap {overlap}, video {b}: {diff} values differ");
             }
         }
-        let e = decode_tiled_streamed_frames(z.view(), &TilingConfig { tile_size: 8, overlap: 2 }, 4, |t, sink| {
-            let v = pixel_decoder(t)?;
-            sink(v.slice(s![.., ..2, .., .., ..]))
-        })
-        .unwrap_err()
-        .to_string();
+        let two_channels = |t: ArrayView5<f32>| -> Result<Array5<f32>> {
+            Ok(pixel_decoder(t)?.slice(s![.., ..2, .., .., ..]).to_owned())
+        };
+        let e = decode_tiled_frames(z.view(), &TilingConfig { tile_size: 8, overlap: 2 }, &mut FnDecoder(two_channels))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("3 channels"), "{e}");
     }
 
@@ -600,16 +627,12 @@ mod tests {
         let z = latent(10, 10);
         let cfg = TilingConfig { tile_size: 6, overlap: 2 };
         // The plan promises 4 frames, the decoder yields 3.
-        let e = decode_tiled_streamed(z.view(), &cfg, 4, |t, sink| in_chunks(pixel_decoder, t, sink))
-            .unwrap_err()
-            .to_string();
+        let e = decode_tiled_with(z.view(), &cfg, &mut in_chunks(pixel_decoder, 4)).unwrap_err().to_string();
         assert!(e.contains("decoded to 3 frames"), "{e}");
         // More frames than promised.
-        let e = decode_tiled_streamed(z.view(), &cfg, 2, |t, sink| in_chunks(pixel_decoder, t, sink))
-            .unwrap_err()
-            .to_string();
+        let e = decode_tiled_with(z.view(), &cfg, &mut in_chunks(pixel_decoder, 2)).unwrap_err().to_string();
         assert!(e.contains("do not fit"), "{e}");
-        let e = decode_tiled_streamed(z.view(), &cfg, 3, |_, _| Ok(())).unwrap_err().to_string();
+        let e = decode_tiled_with(z.view(), &cfg, &mut Nothing).unwrap_err().to_string();
         assert!(e.contains("no frames"), "{e}");
     }
 

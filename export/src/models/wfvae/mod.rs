@@ -35,7 +35,7 @@ mod weights;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use osp_graphs::config::{manifest_view, StatePair, StreamProtocol, StreamRole, WfvaeConfig, STREAM_METADATA_KEY};
+use osp_graphs::config::{manifest_view, StatePair, StreamProtocol, StreamRole, WfvaeConfig};
 use osp_graphs::{AttentionKind, BundleManifest, DType, Dim, ModelSpec, TensorSpec};
 use osp_trainer::checkpoint::Checkpoint;
 use tracing::info;
@@ -163,8 +163,7 @@ fn stream_metadata(role: StreamRole, state: &[CacheEntry]) -> Result<BTreeMap<St
             .map(|e| StatePair { input: format!("{CACHE_IN}{}", e.key), output: format!("{CACHE_OUT}{}", e.key) })
             .collect(),
     };
-    let value = serde_json::to_value(&protocol).map_err(|e| Error::Config(format!("stream protocol: {e}")))?;
-    Ok(BTreeMap::from([(STREAM_METADATA_KEY.to_string(), value)]))
+    Ok(osp_graphs::vae::stream_metadata(&protocol)?)
 }
 
 /// Lowers all five graphs (f32, before precision passes) and checks that every checkpoint tensor
@@ -176,7 +175,7 @@ pub fn build_graphs(cfg: &WFVAEModelConfig, w: &WfvaeWeights, attention: Attenti
     let enc = encoder_graph(cfg, w, attention)?;
     out.push(whole(ENCODER, enc, BTreeMap::new()));
     let (dec, _) = decoder_graph(DECODER, Mode::Whole, cfg, w, attention)?;
-    let meta = BTreeMap::from([("max_latent_frames".to_string(), serde_json::Value::from(MAX_LATENT_FRAMES))]);
+    let meta = osp_graphs::vae::decoder_metadata(MAX_LATENT_FRAMES);
     out.push(whole(DECODER, dec, meta));
     let mut state: Option<Vec<CacheEntry>> = None;
     for (name, mode, role) in [
