@@ -7,8 +7,9 @@
 //! holds the decoder weights once for its four decoder graphs). A graph's manifest entry lists
 //! every data file it reads, and the manifest's `data_files` records each file's length.
 //!
-//! Everything goes into `<out>.partial-<pid>` first and is renamed to `<out>` by
-//! [`BundleWriter::finish`]; an existing bundle at `<out>` is replaced only then. Initializers are
+//! Everything goes into a staging folder (`osp_fs::StagedDir`) first and is renamed to `<out>` by
+//! [`BundleWriter::finish`]; an existing bundle at `<out>` is replaced only then. Staging folders
+//! of killed exports next to `<out>` are removed when a new export starts. Initializers are
 //! streamed to disk one by one, so the writer holds no second copy of the weights.
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,13 +29,6 @@ use crate::onnx;
 pub const EXTERNAL_DATA_ALIGNMENT: u64 = 64;
 /// Default size above which an initializer moves to the external-data file.
 pub const DEFAULT_EXTERNAL_DATA_THRESHOLD: usize = 1024;
-
-/// `<path>.partial-<pid>`: the temporary name a file or directory is written under.
-pub fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".partial-{}", std::process::id()));
-    path.with_file_name(name)
-}
 
 /// Provenance for a bundle exported from `source` (its file name and SHA-256), or from no file.
 pub fn provenance(source: Option<&Path>) -> Result<Provenance> {
@@ -61,12 +55,12 @@ pub fn provenance(source: Option<&Path>) -> Result<Provenance> {
 /// Builds one bundle directory; see the module docs.
 pub struct BundleWriter {
     out: PathBuf,
-    tmp: PathBuf,
+    /// Removed when the writer is dropped without [`BundleWriter::finish`].
+    staged: osp_fs::StagedDir,
     manifest: BundleManifest,
     threshold: usize,
     /// External initializers written so far: (name, byte length, SHA-256) -> (file, offset).
     written: HashMap<(String, u64, [u8; 32]), (String, u64)>,
-    finished: bool,
 }
 
 /// The open `.onnx.data` file of the graph being written.
@@ -148,24 +142,22 @@ impl BundleWriter {
                 out.display()
             )));
         }
-        let tmp = partial_path(out);
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            osp_fs::collect_stale_logged(parent);
         }
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(Self {
             out: out.to_path_buf(),
-            tmp,
+            staged: osp_fs::StagedDir::create(out)?,
             manifest: BundleManifest::new(model, provenance),
             threshold: external_data_threshold_bytes,
             written: HashMap::new(),
-            finished: false,
         })
     }
 
     /// The directory files are being written to.
     pub fn staging_dir(&self) -> &Path {
-        &self.tmp
+        self.staged.path()
     }
 
     /// Writes `graph` as `<name>.onnx` (+ `<name>.onnx.data`) and records it in the manifest.
@@ -214,7 +206,7 @@ impl BundleWriter {
                 }
                 None => {
                     if data.is_none() {
-                        let path = self.tmp.join(&data_file);
+                        let path = self.staged.path().join(&data_file);
                         let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
                         data = Some(DataFile { path, writer: BufWriter::with_capacity(1 << 22, f), len: 0 });
                     }
@@ -256,12 +248,12 @@ impl BundleWriter {
                 self.manifest.data_files.insert(data_file.clone(), len);
             } else {
                 // Every tensor was shared: drop the empty file.
-                let path = self.tmp.join(&data_file);
+                let path = self.staged.path().join(&data_file);
                 std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
             }
         }
         let proto = graph.model_proto_with(protos);
-        let onnx_path = self.tmp.join(&file);
+        let onnx_path = self.staged.path().join(&file);
         let len = proto.encoded_len();
         if len > i32::MAX as usize {
             return Err(Error::Graph {
@@ -285,31 +277,11 @@ impl BundleWriter {
     }
 
     /// Saves the manifest and renames the bundle into place, replacing an existing bundle at `out`.
-    pub fn finish(mut self) -> Result<BundleManifest> {
-        self.manifest.save(&self.tmp)?;
-        if self.out.exists() {
-            let old = {
-                let mut n = self.out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-                n.push(format!(".old-{}", std::process::id()));
-                self.out.with_file_name(n)
-            };
-            std::fs::rename(&self.out, &old).map_err(|e| Error::io(&self.out, e))?;
-            std::fs::rename(&self.tmp, &self.out).map_err(|e| Error::io(&self.out, e))?;
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-        } else {
-            std::fs::rename(&self.tmp, &self.out).map_err(|e| Error::io(&self.out, e))?;
-        }
-        self.finished = true;
+    pub fn finish(self) -> Result<BundleManifest> {
+        self.manifest.save(self.staged.path())?;
+        self.staged.commit()?;
         info!(bundle = %self.out.display(), graphs = self.manifest.graphs.len(), "bundle written");
-        Ok(self.manifest.clone())
-    }
-}
-
-impl Drop for BundleWriter {
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
+        Ok(self.manifest)
     }
 }
 

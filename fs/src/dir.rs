@@ -100,3 +100,12 @@ impl StagedDir {
         Ok(target)
     }
 }
+
+/// Removes the folder `dir` so that no half-removed copy stays under its name: it is first renamed
+/// to a temporary name, which [`crate::collect_stale`] removes if the process dies during removal.
+pub fn remove_dir(dir: impl AsRef<Path>) -> Result<()> {
+    let dir = dir.as_ref();
+    let aside = temp_path(dir);
+    std::fs::rename(dir, &aside).map_err(Error::io("moving aside the folder to remove", dir))?;
+    std::fs::remove_dir_all(&aside).map_err(Error::io("removing", &aside))
+}

@@ -22,7 +22,9 @@ mod error;
 mod file;
 mod stale;
 
-pub use dir::StagedDir;
+pub use dir::{remove_dir, StagedDir};
 pub use error::{Error, Result};
 pub use file::{write_bytes, write_via_path, write_with};
+#[cfg(feature = "tracing")]
+pub use stale::collect_stale_logged;
 pub use stale::{collect_stale, is_temporary, temp_path, temporaries, Collected};

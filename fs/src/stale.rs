@@ -165,6 +165,20 @@ pub fn collect_stale(dir: &Path) -> Result<Vec<Collected>> {
     Ok(out)
 }
 
+/// [`collect_stale`] for a command about to write into `dir`: each removal or restore is logged as a
+/// warning, and a failure to collect is logged and otherwise ignored (it never blocks the write).
+#[cfg(feature = "tracing")]
+pub fn collect_stale_logged(dir: &Path) {
+    match collect_stale(dir) {
+        Ok(done) => {
+            for c in done {
+                tracing::warn!("{c}");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not collect stale temporaries"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

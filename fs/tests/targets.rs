@@ -313,6 +313,9 @@ fn staged_folder_replaces_only_at_commit() {
     staged.commit().unwrap();
     assert!(!target.join("a").exists() && target.join("model/b").exists(), "replaced as a whole");
     no_temporaries(s.path());
+    osp_fs::remove_dir(&target).unwrap();
+    assert!(!target.exists());
+    no_temporaries(s.path());
 }
 
 /// The pid of a process that has exited.

@@ -446,6 +446,7 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let encode = args.encode.options();
     std::fs::create_dir_all(&args.save_img_path)
         .with_context(|| format!("creating --save_img_path {}", args.save_img_path.display()))?;
+    osp_fs::collect_stale_logged(&args.save_img_path);
     let mut observer =
         Observer { bar: progress(args.progress), dump: args.dump_latents.as_ref().map(|_| BTreeMap::new()) };
     let mut grids: Vec<ndarray::Array4<u8>> = Vec::new();

@@ -36,10 +36,14 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 impl EmbeddingCache {
-    /// Uses (and creates) `dir`.
+    /// Uses (and creates) `dir`, removing temporaries that killed writers left in it.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+        osp_fs::collect_stale_logged(&dir);
+        for sub in std::fs::read_dir(&dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
+            osp_fs::collect_stale_logged(&sub.path());
+        }
         Ok(Self { dir })
     }
 
@@ -90,9 +94,6 @@ impl EmbeddingCache {
         let shaped = |e: ndarray::ShapeError| Error::Tensor { name: "prompt_embeds".into(), why: e.to_string() };
         let emb = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[l, d]), emb.to_vec()).map_err(shaped)?);
         let mask = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[l]), mask.to_vec()).map_err(shaped)?);
-        // A per-process name, so concurrent writers of one key never share a temporary file.
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        write_safetensors(&tmp, [("prompt_embeds", &emb), ("prompt_attention_mask", &mask)])?;
-        std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path: path.clone(), source })
+        write_safetensors(&path, [("prompt_embeds", &emb), ("prompt_attention_mask", &mask)])
     }
 }
