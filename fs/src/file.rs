@@ -138,6 +138,12 @@ fn open_stream(path: &Path) -> Result<File> {
     OpenOptions::new().write(true).open(path).map_err(Error::io("opening for writing", path))
 }
 
+/// Checks now, before any work, that a later file write to `path` can proceed: its folder exists
+/// and it is missing, a regular file (directly or through a link), a character device or a FIFO.
+pub fn check_file_target(path: impl AsRef<Path>) -> Result<()> {
+    classify(path.as_ref()).map(|_| ())
+}
+
 /// Writes `path` from `bytes`; see [`write_with`].
 pub fn write_bytes(path: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> Result<()> {
     write_with(path, |w| w.write_all(bytes.as_ref()))

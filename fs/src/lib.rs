@@ -24,7 +24,7 @@ mod stale;
 
 pub use dir::{remove_dir, StagedDir};
 pub use error::{Error, Result};
-pub use file::{write_bytes, write_via_path, write_with};
+pub use file::{check_file_target, write_bytes, write_via_path, write_with};
 #[cfg(feature = "tracing")]
 pub use stale::collect_stale_logged;
 pub use stale::{collect_stale, is_temporary, temp_path, temporaries, Collected};

@@ -104,6 +104,8 @@ fn missing_folder_is_named() {
     let p = s.path().join("no/such/out.mp4");
     let err = write_bytes(&p, b"x").unwrap_err();
     assert!(matches!(err, Error::MissingParent { .. }), "{err:?}");
+    assert!(matches!(osp_fs::check_file_target(&p), Err(Error::MissingParent { .. })));
+    assert!(osp_fs::check_file_target(s.path().join("new.json")).is_ok());
     assert!(err.to_string().contains(&s.path().join("no/such").display().to_string()), "{err}");
     let err = StagedDir::create(&p).err().unwrap();
     assert!(matches!(err, Error::MissingParent { .. }), "{err:?}");

@@ -427,6 +427,9 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     if let Some(fps) = args.fps {
         anyhow::ensure!(fps.is_finite() && fps > 0.0, "--fps must be a positive number, got {fps}");
     }
+    if let Some(path) = &args.dump_latents {
+        osp_fs::check_file_target(path).context("--dump-latents")?;
+    }
     let spec = args.sampling.spec()?;
     let mut req = args.sampling.request(&spec)?;
     req.keep_decoded = args.dump_latents.is_some();

@@ -83,6 +83,10 @@ pub fn run(args: LatentStatsArgs) -> anyhow::Result<()> {
     obj.insert("shift".into(), serde_json::json!(stats.shift));
 
     let weights = vae_weights_file(&args.ae_path)?;
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        osp_fs::collect_stale_logged(parent);
+    }
     let staged = osp_fs::StagedDir::create(&args.out).context("--out")?;
     let tmp = staged.path();
     let file_name = weights.file_name().context("weights file name")?;

@@ -1,5 +1,10 @@
-//! `osp generate` killed with SIGKILL at random points, on the embedded default bundle
-//! (`assets/default`): whatever the kill interrupts, the output folder and the text cache never hold
+//! How `osp generate` writes, on the embedded default bundle (`assets/default`), see
+//! `docs/RELIABILITY.md`.
+//!
+//! `--dump-latents` into a FIFO streams into it (the FIFO stays a FIFO) and into a missing folder
+//! fails naming the folder.
+//!
+//! `osp generate` killed with SIGKILL at random points: whatever the kill interrupts, the output folder and the text cache never hold
 //! a half-written video under its final name, and the next run into the same folder removes every
 //! temporary the killed runs left and writes a video identical to an uninterrupted run's.
 //!
@@ -132,5 +137,44 @@ fn killed_generation_leaves_nothing_that_the_next_run_keeps() -> Result<()> {
     let name = video(&reference)?.file_name().context("name")?.to_owned();
     let again = std::fs::read(out.join(name))?;
     ensure!(again == reference_video, "the video after the kills differs from the uninterrupted run's");
+    Ok(())
+}
+
+#[test]
+fn dump_latents_streams_into_a_fifo_and_names_a_missing_folder() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("out");
+    let missing = tmp.path().join("no/such/dump.safetensors");
+    let run = osp(&cache, &out, "4.0")?.arg("--dump-latents").arg(&missing).output()?;
+    let msg = String::from_utf8_lossy(&run.stderr);
+    ensure!(!run.status.success(), "a dump into a missing folder should fail");
+    ensure!(msg.contains("--dump-latents") && msg.contains(&tmp.path().join("no/such").display().to_string()), "{msg}");
+    ensure!(!msg.contains("graph loaded") && !out.exists(), "a bad --dump-latents must fail before any work:\n{msg}");
+
+    let fifo = tmp.path().join("dump.pipe");
+    if !Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false) {
+        eprintln!("SKIPPED: mkfifo is not available");
+        return Ok(());
+    }
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo))
+    };
+    let run = osp(&cache, &out, "4.0")?.arg("--dump-latents").arg(&fifo).output()?;
+    if !run.status.success() {
+        // Releases the reader if osp never opened the FIFO (O_NONBLOCK: fails at once if nobody reads).
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::OpenOptions::new().write(true).custom_flags(0o4000).open(&fifo);
+        anyhow::bail!("dump into a FIFO failed: {}", String::from_utf8_lossy(&run.stderr));
+    }
+    let bytes = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    use std::os::unix::fs::FileTypeExt;
+    ensure!(std::fs::symlink_metadata(&fifo)?.file_type().is_fifo(), "the FIFO was replaced");
+    let copy = tmp.path().join("dump.safetensors");
+    std::fs::write(&copy, &bytes)?;
+    let dump = osp_runtime::read_safetensors(&copy)?;
+    ensure!(dump.contains_key("p0.latents.final"), "dump keys: {:?}", dump.keys().collect::<Vec<_>>());
+    ensure!(temporaries_under(tmp.path()).is_empty(), "{:?}", temporaries_under(tmp.path()));
     Ok(())
 }
