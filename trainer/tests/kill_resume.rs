@@ -3,8 +3,9 @@
 //! folder the killed runs left, and its last checkpoint is byte-identical to an uninterrupted run's.
 //!
 //! Tiny models on CPU (the shapes data set, the tiny official WFVAE, a tiny random DiT), a
-//! checkpoint every step so kills often land inside a checkpoint write. Half the kills wait for a
-//! staging folder to appear in the output folder, the others fire after a pseudo-random delay.
+//! checkpoint every step. Half the kills wait for a checkpoint's staging folder to appear in the
+//! output folder (so they land inside a checkpoint write), the others fire after a pseudo-random
+//! delay. Attempts that start after the run is complete just finish.
 
 mod common;
 
@@ -119,7 +120,7 @@ fn killed_training_resumes_bit_for_bit_and_leaves_no_temporaries() {
     let out = st.root.join("killed");
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let (mut kills, mut killed_writing, mut left) = (0, 0, BTreeSet::new());
-    for attempt in 0..6 {
+    for attempt in 0..8 {
         let mut child = train(&st, &out).spawn().expect("spawn osp-train");
         let wait_for_staging = attempt % 2 == 0;
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -129,7 +130,8 @@ fn killed_training_resumes_bit_for_bit_and_leaves_no_temporaries() {
             if child.try_wait().expect("wait").is_some() {
                 break;
             }
-            let writing = osp_fs::temporaries(&out).map(|t| !t.is_empty()).unwrap_or(false);
+            let staging = |t: &PathBuf| t.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".checkpoint-"));
+            let writing = osp_fs::temporaries(&out).map(|t| t.iter().any(staging)).unwrap_or(false);
             if (wait_for_staging && writing) || (!wait_for_staging && start.elapsed() >= delay) {
                 child.kill().expect("kill -9");
                 kills += 1;
