@@ -55,7 +55,9 @@ pub fn provenance(source: Option<&Path>) -> Result<Provenance> {
 /// Builds one bundle directory; see the module docs.
 pub struct BundleWriter {
     out: PathBuf,
-    /// Removed when the writer is dropped without [`BundleWriter::finish`].
+    /// The staging folder (`staged.path()`), removed when the writer is dropped without
+    /// [`BundleWriter::finish`].
+    tmp: PathBuf,
     staged: osp_fs::StagedDir,
     manifest: BundleManifest,
     threshold: usize,
@@ -146,9 +148,11 @@ impl BundleWriter {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
             osp_fs::collect_stale_logged(parent);
         }
+        let staged = osp_fs::StagedDir::create(out)?;
         Ok(Self {
             out: out.to_path_buf(),
-            staged: osp_fs::StagedDir::create(out)?,
+            tmp: staged.path().to_path_buf(),
+            staged,
             manifest: BundleManifest::new(model, provenance),
             threshold: external_data_threshold_bytes,
             written: HashMap::new(),
@@ -157,7 +161,7 @@ impl BundleWriter {
 
     /// The directory files are being written to.
     pub fn staging_dir(&self) -> &Path {
-        self.staged.path()
+        &self.tmp
     }
 
     /// Writes `graph` as `<name>.onnx` (+ `<name>.onnx.data`) and records it in the manifest.
@@ -206,7 +210,7 @@ impl BundleWriter {
                 }
                 None => {
                     if data.is_none() {
-                        let path = self.staged.path().join(&data_file);
+                        let path = self.tmp.join(&data_file);
                         let f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
                         data = Some(DataFile { path, writer: BufWriter::with_capacity(1 << 22, f), len: 0 });
                     }
@@ -248,12 +252,12 @@ impl BundleWriter {
                 self.manifest.data_files.insert(data_file.clone(), len);
             } else {
                 // Every tensor was shared: drop the empty file.
-                let path = self.staged.path().join(&data_file);
+                let path = self.tmp.join(&data_file);
                 std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
             }
         }
         let proto = graph.model_proto_with(protos);
-        let onnx_path = self.staged.path().join(&file);
+        let onnx_path = self.tmp.join(&file);
         let len = proto.encoded_len();
         if len > i32::MAX as usize {
             return Err(Error::Graph {
@@ -278,7 +282,7 @@ impl BundleWriter {
 
     /// Saves the manifest and renames the bundle into place, replacing an existing bundle at `out`.
     pub fn finish(self) -> Result<BundleManifest> {
-        self.manifest.save(self.staged.path())?;
+        self.manifest.save(&self.tmp)?;
         self.staged.commit()?;
         info!(bundle = %self.out.display(), graphs = self.manifest.graphs.len(), "bundle written");
         Ok(self.manifest)
