@@ -8,8 +8,9 @@
 //! every data file it reads, the manifest's `data_files` records each file's length and
 //! `file_sha256` the SHA-256 of every graph and data file (hashed while written, in one pass).
 //!
-//! Everything goes into `<out>.partial-<pid>` first and is renamed to `<out>` by
-//! [`BundleWriter::finish`]; an existing bundle at `<out>` is replaced only then. Initializers are
+//! Everything goes into a staging folder (`osp_fs::StagedDir`) first and is renamed to `<out>` by
+//! [`BundleWriter::finish`]; an existing bundle at `<out>` is replaced only then. Staging folders
+//! of killed exports next to `<out>` are removed when a new export starts. Initializers are
 //! streamed to disk one by one, so the writer holds no second copy of the weights.
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,13 +30,6 @@ use crate::onnx;
 pub const EXTERNAL_DATA_ALIGNMENT: u64 = 64;
 /// Default size above which an initializer moves to the external-data file.
 pub const DEFAULT_EXTERNAL_DATA_THRESHOLD: usize = 1024;
-
-/// `<path>.partial-<pid>`: the temporary name a file or directory is written under.
-pub fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".partial-{}", std::process::id()));
-    path.with_file_name(name)
-}
 
 /// Provenance for a bundle exported from `source` (its file name and SHA-256), or from no file.
 pub fn provenance(source: Option<&Path>) -> Result<Provenance> {
@@ -62,12 +56,14 @@ pub fn provenance(source: Option<&Path>) -> Result<Provenance> {
 /// Builds one bundle directory; see the module docs.
 pub struct BundleWriter {
     out: PathBuf,
+    /// The staging folder (`staged.path()`), removed when the writer is dropped without
+    /// [`BundleWriter::finish`].
     tmp: PathBuf,
+    staged: osp_fs::StagedDir,
     manifest: BundleManifest,
     threshold: usize,
     /// External initializers written so far: (name, byte length, SHA-256) -> (file, offset).
     written: HashMap<(String, u64, [u8; 32]), (String, u64)>,
-    finished: bool,
 }
 
 /// The open `.onnx.data` file of the graph being written, with the SHA-256 of its bytes so far.
@@ -161,18 +157,18 @@ impl BundleWriter {
                 out.display()
             )));
         }
-        let tmp = partial_path(out);
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            osp_fs::collect_stale_logged(parent);
         }
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let staged = osp_fs::StagedDir::create(out)?;
         Ok(Self {
             out: out.to_path_buf(),
-            tmp,
+            tmp: staged.path().to_path_buf(),
+            staged,
             manifest: BundleManifest::new(model, provenance),
             threshold: external_data_threshold_bytes,
             written: HashMap::new(),
-            finished: false,
         })
     }
 
@@ -306,31 +302,11 @@ impl BundleWriter {
     }
 
     /// Saves the manifest and renames the bundle into place, replacing an existing bundle at `out`.
-    pub fn finish(mut self) -> Result<BundleManifest> {
+    pub fn finish(self) -> Result<BundleManifest> {
         self.manifest.save(&self.tmp)?;
-        if self.out.exists() {
-            let old = {
-                let mut n = self.out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-                n.push(format!(".old-{}", std::process::id()));
-                self.out.with_file_name(n)
-            };
-            std::fs::rename(&self.out, &old).map_err(|e| Error::io(&self.out, e))?;
-            std::fs::rename(&self.tmp, &self.out).map_err(|e| Error::io(&self.out, e))?;
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-        } else {
-            std::fs::rename(&self.tmp, &self.out).map_err(|e| Error::io(&self.out, e))?;
-        }
-        self.finished = true;
+        self.staged.commit()?;
         info!(bundle = %self.out.display(), graphs = self.manifest.graphs.len(), "bundle written");
-        Ok(self.manifest.clone())
-    }
-}
-
-impl Drop for BundleWriter {
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
+        Ok(self.manifest)
     }
 }
 

@@ -24,6 +24,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Manifest(#[from] osp_graphs::Error),
+    /// Writing a file or folder (see `osp_fs`).
+    #[error(transparent)]
+    Write(#[from] osp_fs::Error),
     /// A model config or checkpoint read through `osp_trainer`.
     #[error(transparent)]
     Trainer(#[from] osp_trainer::Error),

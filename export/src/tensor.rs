@@ -218,7 +218,7 @@ impl Weights {
         Ok(weights)
     }
 
-    /// Writes a safetensors file under a temporary name, then renames it into place.
+    /// Writes a safetensors file atomically (`osp_fs::write_bytes`).
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
         let st_err = |message: String| Error::Safetensors { path: path.to_path_buf(), message };
         let mut views = Vec::with_capacity(self.tensors.len());
@@ -227,9 +227,8 @@ impl Weights {
                 .map_err(|e| st_err(format!("tensor `{name}`: {e}")))?;
             views.push((name.as_str(), view));
         }
-        let tmp = crate::bundle::partial_path(path);
-        safetensors::serialize_to_file(views, None, &tmp).map_err(|e| st_err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        let bytes = safetensors::serialize(views, None).map_err(|e| st_err(e.to_string()))?;
+        Ok(osp_fs::write_bytes(path, bytes)?)
     }
 }
 

@@ -12,6 +12,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Writing a file (see `osp_fs`: atomic, never over anything but a regular file).
+    #[error(transparent)]
+    Write(#[from] osp_fs::Error),
     #[error("parsing {path}: {source}")]
     Json {
         path: PathBuf,

@@ -470,14 +470,12 @@ impl BundleManifest {
         Ok(())
     }
 
-    /// Writes `<dir>/manifest.json` under a temporary name, then renames it into place.
+    /// Writes `<dir>/manifest.json` atomically (`osp_fs::write_bytes`).
     pub fn save(&self, dir: &Path) -> Result<PathBuf> {
         self.validate()?;
         let path = dir.join(MANIFEST_FILE);
-        let tmp = dir.join(format!("{MANIFEST_FILE}.partial"));
         let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json { path: path.clone(), source })?;
-        std::fs::write(&tmp, text + "\n").map_err(|source| Error::Io { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        osp_fs::write_bytes(&path, text + "\n")?;
         Ok(path)
     }
 }

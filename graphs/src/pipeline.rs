@@ -263,14 +263,12 @@ impl PipelineManifest {
         Ok((text, transformer, vae, dims))
     }
 
-    /// Writes `<dir>/pipeline.json` under a temporary name, then renames it into place.
+    /// Writes `<dir>/pipeline.json` atomically (`osp_fs::write_bytes`).
     pub fn save(&self, dir: &Path) -> Result<()> {
         self.validate()?;
         let path = dir.join(PIPELINE_FILE);
-        let tmp = dir.join(format!("{PIPELINE_FILE}.partial"));
         let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json { path: path.clone(), source })?;
-        std::fs::write(&tmp, text + "\n").map_err(|source| Error::Io { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path, source })
+        Ok(osp_fs::write_bytes(&path, text + "\n")?)
     }
 }
 

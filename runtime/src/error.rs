@@ -43,6 +43,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Graph(#[from] osp_graphs::Error),
+    /// Writing a file or folder (see `osp_fs`).
+    #[error(transparent)]
+    Write(#[from] osp_fs::Error),
     #[error("loading model {path}: {source}")]
     ModelLoad {
         path: PathBuf,

@@ -1,10 +1,10 @@
 //! Named tensor maps in safetensors files: the `run-graph` input and output format.
 //!
-//! Element bytes are little-endian (the safetensors layout). Files are written to `<file>.partial`
-//! and renamed into place.
+//! Element bytes are little-endian (the safetensors layout). Files are written atomically
+//! (`osp_fs`: a temporary sibling renamed into place; a device or FIFO is streamed into).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use osp_graphs::DType;
 use safetensors::Dtype as StDtype;
@@ -28,7 +28,7 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     Ok(out)
 }
 
-/// Writes `tensors` to `path` (via `<path>.partial`, renamed into place).
+/// Writes `tensors` to `path` atomically (`osp_fs::write_bytes`).
 pub fn write_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
     let write_err = |why: String| Error::SafetensorsWrite { path: path.to_path_buf(), why };
     let owned: Vec<(&str, StDtype, Vec<usize>, Vec<u8>)> = tensors
@@ -44,16 +44,7 @@ pub fn write_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a
         })
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, None).map_err(|e| write_err(e.to_string()))?;
-    let tmp = partial_path(path);
-    std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    Ok(())
-}
-
-fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".partial");
-    path.with_file_name(name)
+    Ok(osp_fs::write_bytes(path, bytes)?)
 }
 
 fn to_st_dtype(dtype: DType) -> StDtype {
@@ -112,7 +103,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
         write_safetensors(&path, tensors.iter().map(|(k, v)| (k.as_str(), v))).unwrap();
-        assert!(!dir.path().join("t.safetensors.partial").exists());
+        assert!(osp_fs::temporaries(dir.path()).unwrap().is_empty());
         let back = read_safetensors(&path).unwrap();
         assert_eq!(back, tensors);
     }

@@ -256,7 +256,7 @@ fn bundle_records_its_contract() -> Result<()> {
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("partial"))
+        .filter(|n| n.contains("partial") || n.contains(".osp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     Ok(())

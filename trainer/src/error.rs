@@ -47,6 +47,9 @@ pub enum Error {
     /// cache, video decode/encode, DDPM tables) failed.
     #[error(transparent)]
     Runtime(#[from] osp_runtime::Error),
+    /// Writing a file or folder (see `osp_fs`).
+    #[error(transparent)]
+    Write(#[from] osp_fs::Error),
     /// Burn's collective operations (data-parallel gradient reduction) failed for one replica.
     #[error(
         "data-parallel replica {peer}: Burn collective {operation}{} failed: {why}",

@@ -94,10 +94,7 @@ pub fn write_tensors(path: impl AsRef<Path>, tensors: &[(String, TensorData)]) -
         })
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, None).map_err(|e| Error::checkpoint(path, e.to_string()))?;
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    Ok(osp_fs::write_bytes(path, bytes)?)
 }
 
 /// Reads every tensor of a safetensors file as integers (token ids, masks); each must be

@@ -163,14 +163,12 @@ pub fn train_caption_tokenizer(captions: &[String], vocab_size: usize) -> Result
     Ok(tokenizer)
 }
 
-/// Writes `tokenizer` as `tokenizer.json` at `path` (temporary name, then rename).
+/// Writes `tokenizer` as `tokenizer.json` at `path` atomically (`osp_fs::write_bytes`).
 pub fn save_tokenizer(tokenizer: &tokenizers::Tokenizer, path: &Path) -> Result<()> {
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tokenizer.json");
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    tokenizer
-        .save(&tmp, true)
+    let json = tokenizer
+        .to_string(true)
         .map_err(|e| Error::input(path.display().to_string(), format!("writing the tokenizer failed: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    Ok(osp_fs::write_bytes(path, json)?)
 }
 
 #[cfg(test)]

@@ -245,7 +245,10 @@ fn checkpoints_load_through_the_strict_official_loader() {
     assert_eq!(left, vec![4, 5], "--checkpoints_total_limit 2 keeps the newest two");
     let last = saved.last().expect("saved");
     let names: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()).collect();
-    assert!(names.iter().all(|n| !n.to_string_lossy().contains(".tmp")), "no temporary folder left: {names:?}");
+    assert!(
+        names.iter().all(|n| !n.to_string_lossy().contains(".tmp") && !osp_fs::is_temporary(n)),
+        "no temporary folder left: {names:?}"
+    );
 
     let ours = weights(&t);
     for (sub, prefix) in [("model", ""), ("model_ema", "ema.")] {

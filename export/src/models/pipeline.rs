@@ -13,8 +13,8 @@
 //!   one upstream `sample.py` builds for the release command unless a `scheduler_config.json` is given.
 //!
 //! The cross-component rules ([`osp_graphs::check_models`]) are checked on the configs before any
-//! weight is read, and again on the written manifests. Everything is written under
-//! `<out>.partial-<pid>` and renamed into place at the end.
+//! weight is read, and again on the written manifests. Everything is written into a staging folder
+//! (`osp_fs::StagedDir`) and renamed into place at the end.
 //!
 //! `osp-export pipeline --from-dir reference/e2e --out e2e.pipeline`
 
@@ -27,7 +27,7 @@ use osp_trainer::models::opensora_v1_3::OpenSoraT2V_v1_3Config;
 use osp_trainer::models::wfvae::WFVAEModelConfig;
 use tracing::info;
 
-use crate::bundle::{partial_path, provenance};
+use crate::bundle::provenance;
 use crate::error::{Error, Result};
 use crate::models::mt5::{export_mt5, manifest_config, MT5Config, Mt5ExportOptions, Mt5Weights};
 use crate::models::opensora_v1_3::{export_opensora_t2v, DitWeights};
@@ -212,12 +212,12 @@ pub fn export_pipeline(src: &PipelineSources, opts: &PipelineExportOptions, out:
         &opts.defaults,
     )?;
 
-    let staging = partial_path(out);
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        osp_fs::collect_stale_logged(parent);
     }
-    std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
-    let mut guard = StagingGuard { dir: staging.clone(), armed: true };
+    let staged = osp_fs::StagedDir::create(out)?;
+    let staging = staged.path().to_path_buf();
     let components = PipelineComponents::default();
 
     info!(component = "text_encoder", "exporting");
@@ -256,8 +256,7 @@ pub fn export_pipeline(src: &PipelineSources, opts: &PipelineExportOptions, out:
         provenance: provenance(None)?,
     };
     manifest.save(&staging)?;
-    replace_dir(&staging, out)?;
-    guard.armed = false;
+    staged.commit()?;
     info!(bundle = %out.display(), "pipeline bundle written");
     Ok(manifest)
 }
@@ -267,33 +266,4 @@ pub fn load_components(dir: &Path) -> Result<(PipelineManifest, [BundleManifest;
     let m = PipelineManifest::load(dir)?;
     let (t, x, v, _) = m.load_components(dir)?;
     Ok((m, [t, x, v]))
-}
-
-/// Renames `staging` to `out`, replacing an existing `out` only after the new one is complete.
-fn replace_dir(staging: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        let mut old = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        old.push(format!(".old-{}", std::process::id()));
-        let old = out.with_file_name(old);
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-        std::fs::rename(staging, out).map_err(|e| Error::io(out, e))?;
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    } else {
-        std::fs::rename(staging, out).map_err(|e| Error::io(out, e))?;
-    }
-    Ok(())
-}
-
-/// Removes the staging directory when an export fails half-way.
-struct StagingGuard {
-    dir: PathBuf,
-    armed: bool,
-}
-
-impl Drop for StagingGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }

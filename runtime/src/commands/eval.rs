@@ -151,15 +151,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(&report)?;
     println!("{text}");
     if let Some(path) = &args.json {
-        write_atomic(path, text.as_bytes())?;
+        osp_fs::write_bytes(path, text.as_bytes()).context("writing --json")?;
     }
     Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }

@@ -511,6 +511,9 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         anyhow::ensure!(fps.is_finite() && fps > 0.0, "--fps must be a positive number, got {fps}");
     }
     check_save_dir(&args.save_img_path)?;
+    if let Some(path) = &args.dump_latents {
+        osp_fs::check_file_target(path).context("--dump-latents")?;
+    }
     let spec = args.sampling.spec()?;
     let mut req = args.sampling.request(&spec)?;
     req.keep_decoded = args.dump_latents.is_some();
@@ -529,6 +532,10 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     };
     let mut pipeline = args.sampling.load(spec, backend)?;
     let encode = args.encode.options();
+    // The folder is created at the first video write; an existing one is cleared of dead runs' temporaries.
+    if args.save_img_path.is_dir() {
+        osp_fs::collect_stale_logged(&args.save_img_path);
+    }
     let mut observer =
         Observer { bar: progress(args.progress), dump: args.dump_latents.as_ref().map(|_| BTreeMap::new()) };
     let mut grids: Vec<ndarray::Array4<u8>> = Vec::new();

@@ -64,10 +64,14 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 impl EmbeddingCache {
-    /// Uses (and creates) `dir`.
+    /// Uses (and creates) `dir`, removing temporaries that killed writers left in it.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+        osp_fs::collect_stale_logged(&dir);
+        for sub in std::fs::read_dir(&dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
+            osp_fs::collect_stale_logged(&sub.path());
+        }
         Ok(Self { dir })
     }
 
@@ -148,18 +152,15 @@ impl EmbeddingCache {
         let key_bytes =
             Tensor::U8(ArrayD::from_shape_vec(IxDyn(&[key.len()]), key.as_bytes().to_vec()).map_err(shaped)?);
         let digest = Tensor::U8(ArrayD::from_shape_vec(IxDyn(&[32]), digest.to_vec()).map_err(shaped)?);
-        // A per-process name, so concurrent writers of one key never share a temporary file.
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
         write_safetensors(
-            &tmp,
+            &path,
             [
                 ("prompt_embeds", &emb),
                 ("prompt_attention_mask", &mask),
                 (KEY_TENSOR, &key_bytes),
                 (DIGEST_TENSOR, &digest),
             ],
-        )?;
-        std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path: path.clone(), source })
+        )
     }
 }
 

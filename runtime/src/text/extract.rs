@@ -130,6 +130,7 @@ pub fn extract_text_embeds(
     tracing::info!(total, skipped, out_dir = %out_dir.display(), "extracting text embeddings");
     progress.start(total, skipped);
     let d = encoder.d_model();
+    let mut collected = std::collections::HashSet::new();
     for chunk in jobs.chunks(batch_size.max(1)) {
         let texts: Vec<&str> = chunk.iter().map(|(_, c)| c.as_str()).collect();
         let out = encoder.encode_allow_empty(&texts, max_len)?;
@@ -138,6 +139,9 @@ pub fn extract_text_embeds(
         for (j, (file, _)) in chunk.iter().enumerate() {
             if let Some(parent) = file.parent() {
                 std::fs::create_dir_all(parent).map_err(|source| Error::Io { path: parent.to_path_buf(), source })?;
+                if collected.insert(parent.to_path_buf()) {
+                    osp_fs::collect_stale_logged(parent);
+                }
             }
             let text_emb = NpyArray::f32(vec![max_len, d], &emb[j * max_len * d..(j + 1) * max_len * d]);
             let m =

@@ -133,14 +133,10 @@ pub fn npz_bytes(arrays: &[(&str, &NpyArray)]) -> std::result::Result<Vec<u8>, S
     Ok(out)
 }
 
-/// Writes `arrays` to `path` under a temporary name (`<path>.partial-<pid>`), then renames it into place.
+/// Writes `arrays` to `path` atomically (`osp_fs::write_bytes`).
 pub fn write_npz(path: &Path, arrays: &[(&str, &NpyArray)]) -> Result<()> {
     let bytes = npz_bytes(arrays).map_err(|why| Error::Npz { path: path.to_path_buf(), why })?;
-    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    tmp_name.push(format!(".partial-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, bytes).map_err(|source| Error::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    Ok(osp_fs::write_bytes(path, bytes)?)
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {

@@ -2,10 +2,11 @@
 //! YUV 4:2:0) in an mp4, mkv or mov container, or to a folder of PNG frames.
 //!
 //! Upstream writes mp4v through OpenCV (`array_to_video` in `opensora/sample/rec_video.py`);
-//! H.264 is what players and browsers expect. Files are written under a temporary name in the
-//! destination folder and renamed into place, so a failed write never leaves a partial file.
+//! H.264 is what players and browsers expect. Files and PNG folders are written atomically through
+//! `osp_fs` (a temporary sibling renamed into place; a device or FIFO is streamed into), so a
+//! failed write never leaves a partial file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
@@ -80,35 +81,19 @@ pub fn write_video(path: &Path, frames: ArrayView4<u8>, fps: f64, opts: &EncodeO
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::Io { path: parent.to_path_buf(), source: e })?;
     }
-    let tmp = temp_sibling(path);
-    let written = match kind {
-        OutputKind::H264(muxer) => write_h264(&tmp, muxer, frames, fps, opts).map_err(err),
-        OutputKind::PngFrames => write_pngs(&tmp, frames).map_err(err),
-        OutputKind::Gif => write_gif(&tmp, frames, fps).map_err(err),
-        OutputKind::Png => write_png(&tmp, frames).map_err(err),
-    };
-    if let Err(e) = written {
-        remove_any(&tmp);
-        return Err(e);
+    match kind {
+        OutputKind::PngFrames => {
+            let staged = osp_fs::StagedDir::create(path.as_os_str().to_string_lossy().trim_end_matches('/'))?;
+            write_pngs(staged.path(), frames).map_err(err)?;
+            staged.commit()?;
+            Ok(())
+        }
+        OutputKind::H264(muxer) => {
+            osp_fs::write_via_path(path, |tmp| write_h264(tmp, muxer, frames, fps, opts).map_err(err))
+        }
+        OutputKind::Gif => osp_fs::write_via_path(path, |tmp| write_gif(tmp, frames, fps).map_err(err)),
+        OutputKind::Png => osp_fs::write_via_path(path, |tmp| write_png(tmp, frames).map_err(err)),
     }
-    if kind == OutputKind::PngFrames && path.is_dir() {
-        std::fs::remove_dir_all(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e })?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        remove_any(&tmp);
-        Error::Io { path: path.to_path_buf(), source: e }
-    })
-}
-
-/// `dir/.name.tmp-<pid>` next to `path` (same file system, so the rename is atomic).
-fn temp_sibling(path: &Path) -> PathBuf {
-    let trimmed = PathBuf::from(path.as_os_str().to_string_lossy().trim_end_matches('/'));
-    let name = trimmed.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "video".to_string());
-    trimmed.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-fn remove_any(path: &Path) {
-    let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
 }
 
 fn write_h264(

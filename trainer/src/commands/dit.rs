@@ -307,6 +307,7 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
     }
     B::seed(&device, args.seed);
     std::fs::create_dir_all(&args.output_dir).with_context(|| format!("creating {}", args.output_dir.display()))?;
+    osp_fs::collect_stale_logged(&args.output_dir);
     let run_config = serde_json::to_value(args)?;
     osp_trainer::train::checkpoint::write_json(&args.output_dir.join("run_config.json"), &run_config)?;
 

@@ -108,6 +108,7 @@ fn run_on<B: Backend>(args: &EmbedArgs, device: &B::Device) -> anyhow::Result<()
     tracing::info!(total, skipped = total - jobs.len(), out = %args.out.display(), "encoding captions");
     let l = args.model_max_length;
     let bar = super::progress::Count::new(jobs.len(), "captions");
+    let mut collected = std::collections::HashSet::new();
     for chunk in jobs.chunks(args.batch_size.max(1)) {
         let encoded = chunk.iter().map(|(_, c)| tokenizer.encode(c, l)).collect::<osp_trainer::Result<Vec<_>>>()?;
         let b = encoded.len();
@@ -122,6 +123,9 @@ fn run_on<B: Backend>(args: &EmbedArgs, device: &B::Device) -> anyhow::Result<()
         for (j, (file, _)) in chunk.iter().enumerate() {
             if let Some(parent) = file.parent() {
                 std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                if collected.insert(parent.to_path_buf()) {
+                    osp_fs::collect_stale_logged(parent);
+                }
             }
             let emb = NpyArray::f32(vec![l, d], &values[j * l * d..(j + 1) * l * d]);
             let m = NpyArray::u8(vec![l], mask[j * l..(j + 1) * l].iter().map(|&v| v as u8).collect());

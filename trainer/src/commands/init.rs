@@ -66,9 +66,7 @@ pub fn run(args: InitArgs) -> anyhow::Result<()> {
     if std::fs::canonicalize(&args.config).ok() != std::fs::canonicalize(&config_out).ok() {
         let text =
             std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
-        let tmp = config_out.with_extension("json.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &config_out).with_context(|| format!("writing {}", config_out.display()))?;
+        osp_fs::write_bytes(&config_out, text)?;
     }
     let params: usize = tensors.iter().map(|(_, d)| d.num_elements()).sum();
     println!(

@@ -86,20 +86,17 @@ pub fn run(args: LatentStatsArgs) -> anyhow::Result<()> {
     obj.insert("shift".into(), serde_json::json!(stats.shift));
 
     let weights = vae_weights_file(&args.ae_path)?;
-    let name = args.out.file_name().and_then(|n| n.to_str()).context("--out needs a folder name")?;
-    let tmp = args.out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        osp_fs::collect_stale_logged(parent);
     }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let staged = osp_fs::StagedDir::create(&args.out).context("--out")?;
+    let tmp = staged.path();
     let file_name = weights.file_name().context("weights file name")?;
     std::fs::copy(&weights, tmp.join(file_name)).with_context(|| format!("copying {}", weights.display()))?;
     write_json(&tmp.join("config.json"), &json)?;
     write_json(&tmp.join("latent_stats.json"), &stats)?;
-    if args.out.exists() {
-        std::fs::remove_dir_all(&args.out).with_context(|| format!("replacing {}", args.out.display()))?;
-    }
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming to {}", args.out.display()))?;
+    staged.commit()?;
     tracing::info!(out = %args.out.display(), "wrote the WFVAE with its latent shift/scale");
     Ok(())
 }

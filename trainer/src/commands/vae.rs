@@ -356,6 +356,7 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
     let dataset = Dataset::build_from_items(&sources(&args.video_path, &args.data)?, data_config)?;
 
     std::fs::create_dir_all(&args.ckpt_dir).with_context(|| format!("creating {}", args.ckpt_dir.display()))?;
+    osp_fs::collect_stale_logged(&args.ckpt_dir);
     let run_config = serde_json::to_value(args)?;
     write_json(&args.ckpt_dir.join("run_config.json"), &run_config)?;
 

@@ -6,7 +6,7 @@
 //!
 //! Run: `osp-train shapes --out data/shapes --count 480 --num-frames 17 --height 64 --width 64 --seed 0`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -224,9 +224,7 @@ pub fn generate(out: &Path, config: &ShapesConfig) -> Result<Vec<ShapesItem>> {
     write_json(&annotation, &items)?;
     let data = out.join("data.txt");
     let line = format!("{},{}\n", out.display(), annotation.display());
-    let tmp: PathBuf = out.join(format!(".data.txt.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, line).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &data).map_err(|e| Error::io(&data, e))?;
+    osp_fs::write_bytes(&data, line)?;
     tracing::info!(out = %out.display(), count = items.len(), "shapes data set written");
     Ok(items)
 }

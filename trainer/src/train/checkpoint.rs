@@ -1,5 +1,6 @@
-//! Training checkpoints: `<output_dir>/checkpoint-<step>/`, written into a temporary folder and
-//! renamed into place, so a crash never leaves a half-written checkpoint under a valid name.
+//! Training checkpoints: `<output_dir>/checkpoint-<step>/`, written into a staging folder and
+//! renamed into place (`osp_fs::StagedDir`), so a crash never leaves a half-written checkpoint under
+//! a valid name; the staging folders of killed runs are removed when training starts or resumes.
 //!
 //! Layout (model weights in the official parameter names, loadable by the strict loader and
 //! `osp-export`):
@@ -131,13 +132,11 @@ pub fn save_checkpoint(
         let remove = (existing.len() + 1).saturating_sub(limit.max(1));
         for (_, dir) in existing.iter().take(remove) {
             tracing::info!(dir = %dir.display(), "removing old checkpoint (--checkpoints_total_limit)");
-            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            osp_fs::remove_dir(dir)?;
         }
     }
-    let tmp = output_dir.join(format!(".checkpoint-{step}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
+    let staged = osp_fs::StagedDir::create(&final_dir)?;
+    let tmp = staged.path();
     let write_model = |sub: &str, tensors: &[(String, TensorData)]| -> Result<()> {
         let dir = tmp.join(sub);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -160,10 +159,7 @@ pub fn save_checkpoint(
         write_tensors(path, tensors)?;
     }
     write_json(&tmp.join("training_state.json"), contents.state)?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    staged.commit()?;
     tracing::info!(dir = %final_dir.display(), step, "saved checkpoint");
     Ok(final_dir)
 }
@@ -180,11 +176,8 @@ pub fn read_optimizer(dir: &Path) -> Result<BTreeMap<String, TensorData>> {
     crate::io::read_tensors(dir.join("optimizer.safetensors"))
 }
 
-/// Writes `value` as pretty JSON to `path` atomically.
+/// Writes `value` as pretty JSON to `path` atomically (`osp_fs::write_bytes`).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Json { path: path.to_path_buf(), source: e })?;
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out.json");
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    Ok(osp_fs::write_bytes(path, text)?)
 }

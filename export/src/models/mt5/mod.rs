@@ -397,7 +397,7 @@ pub fn export_mt5(
         let name = tokenizer_file_name(tok)?;
         let bytes = std::fs::read(tok).map_err(|e| Error::io(tok, e))?;
         let dest = writer.staging_dir().join(&name);
-        std::fs::write(&dest, &bytes).map_err(|e| Error::io(&dest, e))?;
+        osp_fs::write_bytes(&dest, &bytes)?;
         meta.insert(TOKENIZER_KEY.to_string(), serde_json::json!(name));
         meta.insert(TOKENIZER_SHA256_KEY.to_string(), serde_json::json!(hex::encode(Sha256::digest(&bytes))));
     }
