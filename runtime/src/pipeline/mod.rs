@@ -187,11 +187,19 @@ impl PipelineSpec {
         let dir = dir.as_ref().to_path_buf();
         let manifest = PipelineManifest::load(&dir)?;
         let (_, _, vae_manifest, dims) = manifest.load_components(&dir)?;
-        let scheduler_config: SchedulerConfig =
-            serde_json::to_value(&manifest.scheduler).and_then(serde_json::from_value).map_err(|e| {
-                Error::InvalidSchedulerConfig { key: "pipeline.json: scheduler".into(), why: e.to_string() }
-            })?;
-        scheduler_config.sample_method()?;
+        let pipeline_file = dir.join(osp_graphs::PIPELINE_FILE);
+        let in_pipeline_file = |e: Error| match e {
+            Error::InvalidSchedulerConfig { key, why } => {
+                let dot = if key.is_empty() { "" } else { "." };
+                Error::InvalidSchedulerConfig { key: format!("{}: scheduler{dot}{key}", pipeline_file.display()), why }
+            }
+            other => other,
+        };
+        let scheduler_config: SchedulerConfig = serde_json::to_value(&manifest.scheduler)
+            .and_then(serde_json::from_value)
+            .map_err(|e| Error::InvalidSchedulerConfig { key: "".into(), why: e.to_string() })
+            .map_err(in_pipeline_file)?;
+        scheduler_config.sample_method().map_err(in_pipeline_file)?;
         let ModelSpec::Wfvae(vae_cfg) = &vae_manifest.model else {
             return Err(Error::Graph(osp_graphs::Error::Pipeline("the VAE must be a wfvae bundle".into())));
         };
@@ -203,7 +211,10 @@ impl PipelineSpec {
             .find_map(|g| g.metadata.get(STREAM_METADATA_KEY))
             .map(|v| serde_json::from_value::<StreamProtocol>(v.clone()))
             .transpose()
-            .map_err(|e| Error::Graph(osp_graphs::Error::Pipeline(format!("VAE stream protocol: {e}"))))?;
+            .map_err(|e| {
+                let manifest = dir.join(&manifest.components.vae).join(osp_graphs::MANIFEST_FILE);
+                Error::Graph(osp_graphs::Error::Pipeline(format!("VAE stream protocol: {e}")).in_file(manifest))
+            })?;
         let max_latent_frames = vae_manifest
             .graphs
             .get(DECODER_GRAPH)

@@ -92,14 +92,18 @@ impl Vae {
     /// protocol if it has streaming graphs); sessions are created on first use with `opts`.
     pub fn load(bundle: &Bundle, opts: &SessionOptions) -> Result<Self> {
         let manifest = bundle.manifest();
-        manifest.graph(ENCODER_GRAPH)?;
-        manifest.graph(DECODER_GRAPH)?;
+        let in_bundle = |e: Error| match e {
+            Error::Graph(g) => Error::Graph(g.in_file(bundle.dir().join(osp_graphs::MANIFEST_FILE))),
+            other => other,
+        };
+        manifest.graph(ENCODER_GRAPH).map_err(|e| in_bundle(e.into()))?;
+        manifest.graph(DECODER_GRAPH).map_err(|e| in_bundle(e.into()))?;
         let protocol = match manifest
             .graphs
             .iter()
             .find_map(|(name, g)| g.metadata.get(STREAM_METADATA_KEY).map(|value| (name, value)))
         {
-            Some((name, value)) => Some(streaming::parse_protocol(name, value)?),
+            Some((name, value)) => Some(streaming::parse_protocol(name, value).map_err(in_bundle)?),
             None => None,
         };
         Ok(Self { bundle: bundle.clone(), opts: opts.clone(), protocol, encoder: None, decoder: None, streaming: None })
