@@ -4,7 +4,8 @@
 //!
 //! [`run`] applies a check to each seeded mutant with a panic catcher and a watchdog, and fails
 //! with every seed and mutation whose check panicked, hung or returned an error (e.g. an error
-//! message that does not name the file). A case is reproduced from its seed alone.
+//! message that does not name the file). A check returns whether the loader accepted the mutant
+//! (the summary counts both outcomes). A case is reproduced from its seed alone.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -151,7 +152,7 @@ pub fn mutate_json(original: &Value, rng: &mut FuzzRng) -> Mutant {
                 (Value::String(RAW.into()), format!("arrays nested {depth} deep"))
             }
             14 => (Value::Array(vec![node.clone(), node.clone()]), "a list of it twice".into()),
-            _ => match node {
+            _ => match &*node {
                 Value::Number(n) => {
                     let v = n.as_f64().unwrap_or(0.0);
                     let s = *rng.pick(&[-1.0, 2.0, 1e6, 1e12]);
@@ -224,7 +225,7 @@ pub struct Failure {
 pub fn run<M, C>(kind: &str, seeds: std::ops::Range<u64>, per_case: Duration, mutate: M, check: C)
 where
     M: Fn(&mut FuzzRng) -> Mutant + Send + 'static,
-    C: Fn(&Mutant) -> Result<(), String> + Send + 'static,
+    C: Fn(&Mutant) -> Result<bool, String> + Send + 'static,
 {
     let current: Arc<Mutex<Option<(u64, String, Instant)>>> = Arc::default();
     let (done, finished) = mpsc::channel();
@@ -233,6 +234,7 @@ where
     let cases = seeds.end - seeds.start;
     std::thread::spawn(move || {
         let mut failures = Vec::new();
+        let mut accepted = 0usize;
         for seed in seeds {
             let m = mutate(&mut FuzzRng::new(seed));
             *watch.lock().unwrap_or_else(|e| e.into_inner()) = Some((seed, m.what.clone(), Instant::now()));
@@ -240,7 +242,10 @@ where
                 eprintln!("fuzz {seed}: {}", m.what);
             }
             let why = match catch_unwind(AssertUnwindSafe(|| check(&m))) {
-                Ok(Ok(())) => continue,
+                Ok(Ok(ok)) => {
+                    accepted += usize::from(ok);
+                    continue;
+                }
                 Ok(Err(why)) => why,
                 Err(panic) => {
                     let msg = panic
@@ -253,9 +258,9 @@ where
             };
             failures.push(Failure { seed, what: m.what.clone(), why });
         }
-        let _ = done.send(failures);
+        let _ = done.send((failures, accepted));
     });
-    let failures = loop {
+    let (failures, accepted) = loop {
         match finished.recv_timeout(Duration::from_millis(100)) {
             Ok(f) => break f,
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -269,7 +274,12 @@ where
             Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{kind} fuzz: the fuzz thread died"),
         }
     };
-    eprintln!("{kind} fuzz: {cases} cases in {:.2} s, {} failed", started.elapsed().as_secs_f64(), failures.len());
+    eprintln!(
+        "{kind} fuzz: {cases} cases in {:.2} s: {accepted} accepted, {} rejected with an error naming the file, {} failed",
+        started.elapsed().as_secs_f64(),
+        cases as usize - accepted - failures.len(),
+        failures.len()
+    );
     if !failures.is_empty() {
         let list: Vec<String> = failures.iter().map(|f| format!("  seed {}: {}: {}", f.seed, f.what, f.why)).collect();
         panic!("{kind} fuzz: {} of {cases} cases failed:\n{}", failures.len(), list.join("\n"));

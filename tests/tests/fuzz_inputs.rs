@@ -20,14 +20,17 @@ use osp_export::models::transformer_block::{export_transformer_block, Transforme
 use osp_export::ExportOptions;
 use osp_graphs::config::TransformerBlockConfig;
 use osp_graphs::pipeline::PipelineDefaults;
-use osp_graphs::{DType, Dim};
+use osp_graphs::Dim;
 use osp_runtime::pipeline::{DecodeOptions, GenerateRequest, PipelineSpec};
 use osp_runtime::scheduler::SampleMethod;
 use osp_runtime::vae::Vae;
 use osp_runtime::{Backend, Bundle, SessionOptions, Tensor};
 use osp_tests::fuzz::{self, FuzzRng, Mutant};
 use osp_trainer::data::{read_data_file, DataConfig, Dataset, VaeClips};
+use osp_trainer::train::{check_checkpoint, CheckpointFiles, Rng, TrainingState};
 
+/// The weights file of a trainer checkpoint's `model/`.
+const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 /// Cases per file kind.
 const CASES: u64 = 300;
 /// A case running longer than this is a hang.
@@ -85,10 +88,10 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// `Ok` when `message` names `path` (the full path).
-fn names(message: &str, path: &Path) -> Result<(), String> {
+/// `Ok(false)` (rejected, as it should be) when `message` names `path` (the full path).
+fn names(message: &str, path: &Path) -> Result<bool, String> {
     if message.contains(&*path.to_string_lossy()) {
-        Ok(())
+        Ok(false)
     } else {
         Err(format!("the error does not name {}: {message}", path.display()))
     }
@@ -141,7 +144,7 @@ fn manifest_json_mutations() {
                     let _ = session.run(&refs);
                 }
             }
-            Ok(())
+            Ok(true)
         },
     );
 }
@@ -161,16 +164,15 @@ fn vae_manifest_json_mutations() {
         move |m| {
             std::fs::write(&manifest, &m.bytes).expect("write");
             let vae_dir = dir.join("vae");
-            match Bundle::open(&vae_dir) {
+            let accepted = match Bundle::open(&vae_dir) {
                 Err(e) => names(&format!("{e:#}"), &vae_dir)?,
-                Ok(b) => {
-                    if let Err(e) = Vae::load(&b, &SessionOptions::new(Backend::Tract)) {
-                        names(&format!("{e:#}"), &vae_dir)?;
-                    }
-                }
-            }
+                Ok(b) => match Vae::load(&b, &SessionOptions::new(Backend::Tract)) {
+                    Ok(_) => true,
+                    Err(e) => names(&format!("{e:#}"), &vae_dir)?,
+                },
+            };
             match PipelineSpec::open(&dir) {
-                Ok(_) => Ok(()),
+                Ok(_) => Ok(accepted),
                 Err(e) => names(&format!("{e:#}"), &dir),
             }
         },
@@ -226,7 +228,7 @@ fn pipeline_json_mutations() {
                 let _ = spec.latent_shape(&req);
                 let _ = spec.scheduler(&req);
             }
-            Ok(())
+            Ok(true)
         },
     );
 }
@@ -250,6 +252,21 @@ fn safetensors_mutations() {
     // A trainer checkpoint: the tiny official DiT's weights (all f32).
     let weights =
         std::fs::read(osp_tests::shared_reference().join("parity/dit_tiny/weights.safetensors")).expect("dit weights");
+    // A checkpoint folder whose model weights are the mutant.
+    let ckpt_dir = dir.join("checkpoint-1");
+    std::fs::create_dir_all(ckpt_dir.join("model")).expect("mkdir");
+    std::fs::write(ckpt_dir.join("optimizer.safetensors"), &inputs).expect("write");
+    let state = TrainingState {
+        step: 1,
+        optimizer_steps: 1,
+        ema_steps: None,
+        rng: Rng::new(0),
+        data_position: serde_json::Value::Null,
+        run_config: serde_json::json!({}),
+        aux_optimizer_steps: None,
+        loss_scale: None,
+    };
+    std::fs::write(ckpt_dir.join("training_state.json"), serde_json::to_string(&state).expect("json")).expect("write");
     fuzz::run(
         "safetensors",
         0..CASES,
@@ -264,16 +281,29 @@ fn safetensors_mutations() {
             let path = dir.join("m.safetensors");
             std::fs::write(&path, &m.bytes).expect("write");
             let check = |r: Result<(), String>| match r {
-                Ok(()) => Ok(()),
+                Ok(()) => Ok(true),
                 Err(e) => names(&e, &path),
             };
-            check(osp_runtime::read_safetensors(&path).map(drop).map_err(|e| format!("{e:#}")))?;
+            let accepted = check(osp_runtime::read_safetensors(&path).map(drop).map_err(|e| format!("{e:#}")))?;
+            // The resume completeness check (headers only) agrees with a full parse.
+            let ckpt_dir = dir.join("checkpoint-1");
+            std::fs::copy(&path, ckpt_dir.join("model").join(WEIGHTS)).expect("copy");
+            let complete = check_checkpoint(&ckpt_dir, &CheckpointFiles::new(WEIGHTS, &[]));
+            let parses = safetensors::SafeTensors::deserialize(&m.bytes).is_ok();
+            if complete.is_ok() != parses {
+                return Err(format!("the checkpoint check says {complete:?}, a full parse says {parses}"));
+            }
+            if let Err(e) = complete {
+                names(&e.to_string(), &ckpt_dir.join("model").join(WEIGHTS))?;
+            }
             check(osp_trainer::io::read_tensors(&path).map(drop).map_err(|e| e.to_string()))?;
             check(osp_trainer::io::read_tensors_as_f32(&path).map(drop).map_err(|e| e.to_string()))?;
             check(osp_trainer::io::read_int_tensors(&path).map(drop).map_err(|e| e.to_string()))?;
             let opened = osp_trainer::checkpoint::Checkpoint::open(&path);
             match opened {
-                Err(e) => check(Err(e.to_string()))?,
+                Err(e) => {
+                    check(Err(e.to_string()))?;
+                }
                 Ok(ckpt) => {
                     for name in ckpt.names() {
                         let snapshot = ckpt.get(name).expect("a listed name");
@@ -286,7 +316,7 @@ fn safetensors_mutations() {
                     }
                 }
             }
-            Ok(())
+            Ok(accepted)
         },
     );
 }
@@ -358,12 +388,13 @@ fn annotation_json_mutations() {
         move |rng| fuzz::mutate_json_file(&original, rng),
         move |m| {
             std::fs::write(&anno, &m.bytes).expect("write");
+            let mut accepted = true;
             for vae in [false, true] {
                 let sources = read_data_file(&data).expect("the data file is not mutated");
                 let dataset = match Dataset::build(&sources, data_config(vae)) {
                     Ok(d) => d,
                     Err(e) => {
-                        names(&e.to_string(), &anno)?;
+                        accepted &= names(&e.to_string(), &anno)?;
                         continue;
                     }
                 };
@@ -383,7 +414,7 @@ fn annotation_json_mutations() {
                 }
                 let _ = dataset.batch_at(Default::default());
             }
-            Ok(())
+            Ok(accepted)
         },
     );
 }
@@ -419,7 +450,7 @@ fn cli_outcome(result: Result<(Option<i32>, String), String>, file: &Path) -> Re
     }
     match code {
         Some(0) => Ok(()),
-        Some(1) => names(&text, file),
+        Some(1) => names(&text, file).map(drop),
         other => Err(format!("exit {other:?}: {text}")),
     }
 }
@@ -502,6 +533,24 @@ fn mutated_files_through_the_clis() {
         let named = |file: &Path| cli_outcome(outcome.clone(), file);
         if let Err(why) = named(&anno).or_else(|_| named(&media)) {
             failures.push(format!("osp-train vae --data seed {seed}: {}: {why}", m.what));
+        }
+    }
+    // pipeline.json through `osp generate` (one sampling step, the smallest video).
+    let pipeline = root.join("p");
+    copy_dir(pipeline_bundle(), &pipeline);
+    let pipeline_json = pipeline.join("pipeline.json");
+    let good_pipeline = std::fs::read(&pipeline_json).expect("read");
+    for seed in 0..3u64 {
+        let m = fuzz::mutate_json_file(&good_pipeline, &mut FuzzRng::new(2000 + seed));
+        std::fs::write(&pipeline_json, &m.bytes).expect("write");
+        let mut cmd = osp();
+        cmd.env("OSP_TEXT_CACHE", root.join("cache"))
+            .args(["generate", "--progress", "off", "--bundle"])
+            .arg(&pipeline);
+        cmd.args(["--text_prompt", "A cat.", "--num_frames", "1", "--num_sampling_steps", "1", "--save_img_path"]);
+        cmd.arg(root.join(format!("gen{seed}")));
+        if let Err(why) = cli_outcome(run_cli(cmd, limit), &pipeline) {
+            failures.push(format!("generate seed {seed}: {}: {why}", m.what));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

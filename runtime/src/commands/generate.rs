@@ -238,7 +238,13 @@ impl SamplingOpts {
         let d = &pipeline.manifest().defaults;
         let default_method: SampleMethod = <SampleMethod as ValueEnum>::from_str(&d.sample_method, false)
             .map_err(anyhow::Error::msg)
-            .with_context(|| format!("pipeline.json: unknown default sample_method `{}`", d.sample_method))?;
+            .with_context(|| {
+                format!(
+                    "{}: unknown default sample_method `{}`",
+                    pipeline.dir().join(osp_graphs::PIPELINE_FILE).display(),
+                    d.sample_method
+                )
+            })?;
         let recorded_schedule = match &self.recorded_schedule {
             None => None,
             Some(path) => {
@@ -430,7 +436,12 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let spec = args.sampling.spec()?;
     let mut req = args.sampling.request(&spec)?;
     req.keep_decoded = args.dump_latents.is_some();
-    spec.validate(&req)?;
+    spec.validate(&req).with_context(|| {
+        format!(
+            "the request from the flags and the defaults of {}",
+            spec.dir().join(osp_graphs::PIPELINE_FILE).display()
+        )
+    })?;
     let fps = args.fps.unwrap_or(spec.manifest().defaults.fps);
     let shape = spec.latent_shape(&req);
     let steps = spec.scheduler(&req)?.timesteps().len();
