@@ -172,14 +172,21 @@ pub fn mutate_json(original: &Value, rng: &mut FuzzRng) -> Mutant {
     Mutant { bytes: text.into_bytes(), what }
 }
 
-/// A mutation of a JSON file: mostly JSON-aware, otherwise bytes flipped or cut.
+/// A mutation of a JSON file: mostly one to three JSON-aware mutations, otherwise bytes flipped
+/// or cut.
 pub fn mutate_json_file(original: &[u8], rng: &mut FuzzRng) -> Mutant {
     let value: Value = serde_json::from_slice(original).expect("the seed file is valid JSON");
     if rng.below(3) == 0 {
-        mutate_bytes(original, rng)
-    } else {
-        mutate_json(&value, rng)
+        return mutate_bytes(original, rng);
     }
+    let mut m = mutate_json(&value, rng);
+    for _ in 0..rng.below(3) {
+        // Mutations whose text serde_json cannot read back end the chain.
+        let Ok(next) = serde_json::from_slice::<Value>(&m.bytes) else { break };
+        let more = mutate_json(&next, rng);
+        m = Mutant { bytes: more.bytes, what: format!("{}; {}", m.what, more.what) };
+    }
+    m
 }
 
 /// A mutation of a safetensors file: its 8-byte header length set to a boundary or random value,
