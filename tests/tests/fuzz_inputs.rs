@@ -445,6 +445,10 @@ fn run_cli(mut cmd: Command, limit: Duration) -> Result<(Option<i32>, String), S
 /// a panic (101), a signal or a hang fails.
 fn cli_outcome(result: Result<(Option<i32>, String), String>, file: &Path) -> Result<(), String> {
     let (code, text) = result?;
+    if std::env::var_os("OSP_FUZZ_VERBOSE").is_some() {
+        let error = text.lines().skip_while(|l| !l.starts_with("Error")).take(4).collect::<Vec<_>>().join(" | ");
+        eprintln!("exit {code:?}: {error}");
+    }
     if text.contains("panicked") {
         return Err(format!("panicked: {text}"));
     }
