@@ -7,7 +7,8 @@
 //!
 //! `cargo test --release --locked -p osp-tests --test fuzz_inputs` (the CLI cases need the `osp`
 //! and `osp-train` binaries: `cargo build --release --locked -p osp-runtime --bin osp -p
-//! osp-trainer --bin osp-train`). `OSP_FUZZ_VERBOSE=1` prints every case before it runs.
+//! osp-trainer --bin osp-train`). `OSP_FUZZ_VERBOSE=1` prints every case before it runs;
+//! `OSP_FUZZ_CASES=N` runs N cases per kind instead of 300, `OSP_FUZZ_SEED=S` the one case `S`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,8 +32,17 @@ use osp_trainer::train::{check_checkpoint, CheckpointFiles, Rng, TrainingState};
 
 /// The weights file of a trainer checkpoint's `model/`.
 const WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
-/// Cases per file kind.
+/// Cases per file kind (`OSP_FUZZ_CASES` overrides it for a deeper run).
 const CASES: u64 = 300;
+/// The seeds to run: `0..CASES`, `0..OSP_FUZZ_CASES`, or `OSP_FUZZ_SEED` alone.
+fn cases() -> std::ops::Range<u64> {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    match var("OSP_FUZZ_SEED") {
+        Some(seed) => seed..seed + 1,
+        None => 0..var("OSP_FUZZ_CASES").unwrap_or(CASES),
+    }
+}
+
 /// A case running longer than this is a hang.
 const PER_CASE: Duration = Duration::from_secs(20);
 
@@ -128,7 +138,7 @@ fn manifest_json_mutations() {
     let opts = SessionOptions { threads: Some(1), ..SessionOptions::new(Backend::Tract) };
     fuzz::run(
         "manifest.json",
-        0..CASES,
+        cases(),
         PER_CASE,
         move |rng| fuzz::mutate_json_file(&original, rng),
         move |m| {
@@ -158,7 +168,7 @@ fn vae_manifest_json_mutations() {
     let original = std::fs::read(&manifest).expect("manifest");
     fuzz::run(
         "vae manifest.json",
-        0..CASES,
+        cases(),
         PER_CASE,
         move |rng| fuzz::mutate_json_file(&original, rng),
         move |m| {
@@ -213,7 +223,7 @@ fn pipeline_json_mutations() {
     let original = std::fs::read(&file).expect("pipeline.json");
     fuzz::run(
         "pipeline.json",
-        0..CASES,
+        cases(),
         PER_CASE,
         move |rng| fuzz::mutate_json_file(&original, rng),
         move |m| {
@@ -269,7 +279,7 @@ fn safetensors_mutations() {
     std::fs::write(ckpt_dir.join("training_state.json"), serde_json::to_string(&state).expect("json")).expect("write");
     fuzz::run(
         "safetensors",
-        0..CASES,
+        cases(),
         PER_CASE,
         move |rng| {
             let checkpoint = rng.below(2) == 0;
@@ -383,7 +393,7 @@ fn annotation_json_mutations() {
     }
     fuzz::run(
         "annotation JSON",
-        0..CASES,
+        cases(),
         PER_CASE,
         move |rng| fuzz::mutate_json_file(&original, rng),
         move |m| {
