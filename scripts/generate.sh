@@ -30,6 +30,6 @@ if [ ! -f "$repo/assets/default/pipeline.json" ]; then
 fi
 mkdir -p "$out"
 start=$(date +%s)
+# osp prints the path of each file it writes on stdout (an existing video is kept: see docs/generate.md).
 "$osp" generate --bundle "$repo/assets/default" --text_prompt "$prompt" --save_img_path "$out" "$@"
-video=$(ls -t "$out"/*.mp4 2>/dev/null | head -1 || true)
-echo "[generate] $(($(date +%s) - start)) s; video: ${video:-$out}"
+echo "[generate] done in $(($(date +%s) - start)) s" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole osp test suite on a fresh machine: set-up (Debian packages, ONNX Runtime library), then every
 # test of the workspace in the release profile (the one profile CI builds). Extra arguments go to
-# `cargo test` (e.g. `-- --ignored` for the heavy tests listed in README.md).
+# `cargo test` (e.g. `-- --ignored` for the heavy tests listed in docs/testing.md).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$repo/scripts/setup.sh"

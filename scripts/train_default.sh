@@ -30,7 +30,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 start=$(date +%s)
 mkdir -p "$WORK/logs"
 log() { printf '[train_default %4ds] %s\n' "$(($(date +%s) - start))" "$*" >&2; }
-step() { # step NAME DONE_PATH COMMAND...: runs COMMAND unless DONE_PATH exists, logging to logs/NAME.log
+step() { # step NAME DONE_PATH COMMAND...: runs COMMAND unless DONE_PATH exists, logging (info) to logs/NAME.log
   local name="$1" done_path="$2"
   shift 2
   if [ -e "$done_path" ]; then
@@ -39,7 +39,7 @@ step() { # step NAME DONE_PATH COMMAND...: runs COMMAND unless DONE_PATH exists,
   fi
   log "$name ..."
   local t0=$(date +%s)
-  "$@" >"$WORK/logs/$name.log" 2>&1 || { log "$name FAILED, see $WORK/logs/$name.log"; tail -20 "$WORK/logs/$name.log" >&2; exit 1; }
+  RUST_LOG="${RUST_LOG:-info}" "$@" >"$WORK/logs/$name.log" 2>&1 || { log "$name FAILED, see $WORK/logs/$name.log"; tail -20 "$WORK/logs/$name.log" >&2; exit 1; }
   log "$name: $(($(date +%s) - t0)) s"
 }
 

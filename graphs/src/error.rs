@@ -20,8 +20,9 @@ pub enum Error {
     },
     #[error("{path}: manifest format version {found} is not supported (this build reads version {supported})")]
     FormatVersion { path: PathBuf, found: u32, supported: u32 },
-    #[error("bundle {bundle}: graph `{graph}` names file `{file}`, which does not exist")]
-    MissingFile { bundle: PathBuf, graph: String, file: String },
+    /// `why` is [`crate::path::require_file`]'s reason ("does not exist", "is a FIFO ...").
+    #[error("bundle {bundle}: graph `{graph}` names file `{file}`, which {why}")]
+    MissingFile { bundle: PathBuf, graph: String, file: String, why: String },
     #[error(
         "bundle {bundle}: external-data file `{file}` (weights of graphs {graphs}) is {found} bytes, the manifest \
          records {expected}: the file is truncated or was replaced; copy or export the bundle again"

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod error;
 pub mod manifest;
+pub mod path;
 pub mod pipeline;
 pub mod tolerance;
 

@@ -322,11 +322,23 @@ pub struct BundleManifest {
     /// file is named before any backend reads it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data_files: BTreeMap<String, u64>,
+    /// SHA-256 (lowercase hex) of every graph file and external-data file, recorded at export.
+    /// Checked only on request (`osp inspect --verify`), since hashing reads every byte; absent
+    /// in bundles exported before digests were recorded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub file_sha256: BTreeMap<String, String>,
 }
 
 impl BundleManifest {
     pub fn new(model: ModelSpec, provenance: Provenance) -> Self {
-        Self { format_version: FORMAT_VERSION, model, graphs: BTreeMap::new(), provenance, data_files: BTreeMap::new() }
+        Self {
+            format_version: FORMAT_VERSION,
+            model,
+            graphs: BTreeMap::new(),
+            provenance,
+            data_files: BTreeMap::new(),
+            file_sha256: BTreeMap::new(),
+        }
     }
 
     pub fn graph(&self, name: &str) -> Result<&GraphSpec> {
@@ -372,7 +384,34 @@ impl BundleManifest {
                 return Err(Error::Invalid(format!("graph `{name}` has no outputs")));
             }
         }
+        for (file, digest) in &self.file_sha256 {
+            let named = self.data_files.contains_key(file)
+                || self.graphs.values().any(|g| &g.file == file || g.external_data.contains(file));
+            if !named {
+                return Err(Error::Invalid(format!(
+                    "`file_sha256` lists `{file}`, which is neither a graph file nor an external-data file"
+                )));
+            }
+            if !is_sha256_hex(digest) {
+                return Err(Error::Invalid(format!(
+                    "`file_sha256` of `{file}` must be 64 lowercase hex digits, got `{digest}`"
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Every file the bundle holds besides the manifest: graph files, then external-data files.
+    pub fn files(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.graphs.values().map(|g| g.file.clone()).collect();
+        for g in self.graphs.values() {
+            for f in &g.external_data {
+                if !out.contains(f) {
+                    out.push(f.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Checks that every graph file and external-data file exists in `dir` and is a plain name,
@@ -388,11 +427,12 @@ impl BundleManifest {
                         file: file.clone(),
                     });
                 }
-                if !dir.join(file).is_file() {
+                if let Err(why) = crate::path::require_file(&dir.join(file)) {
                     return Err(Error::MissingFile {
                         bundle: dir.to_path_buf(),
                         graph: name.clone(),
                         file: file.clone(),
+                        why,
                     });
                 }
             }
@@ -411,9 +451,13 @@ impl BundleManifest {
                 return Err(Error::UnsafeFileName { bundle: dir.to_path_buf(), graph: graph(), file: file.clone() });
             }
             let path = dir.join(file);
-            let found = std::fs::metadata(&path)
-                .map_err(|_| Error::MissingFile { bundle: dir.to_path_buf(), graph: graph(), file: file.clone() })?
-                .len();
+            crate::path::require_file(&path).map_err(|why| Error::MissingFile {
+                bundle: dir.to_path_buf(),
+                graph: graph(),
+                file: file.clone(),
+                why,
+            })?;
+            let found = std::fs::metadata(&path).map_err(|source| Error::Io { path: path.clone(), source })?.len();
             if found != expected {
                 return Err(Error::DataFileSize {
                     bundle: dir.to_path_buf(),
@@ -437,6 +481,11 @@ impl BundleManifest {
         std::fs::rename(&tmp, &path).map_err(|source| Error::Io { path: path.clone(), source })?;
         Ok(path)
     }
+}
+
+/// Whether `s` is a SHA-256 digest in lowercase hex.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -520,6 +569,22 @@ mod tests {
         bad.graphs.get_mut("g").unwrap().file = "../g.onnx".into();
         let err = bad.check_files(&dir).unwrap_err().to_string();
         assert!(err.contains("must be a plain name"), "{err}");
+
+        let cases: [(&str, &str, &str); 3] = [
+            ("g.onnx", "ab", "must be 64 lowercase hex digits"),
+            ("g.onnx", &"A".repeat(64), "must be 64 lowercase hex digits"),
+            ("other.bin", &"a".repeat(64), "neither a graph file nor an external-data file"),
+        ];
+        for (file, digest, want) in cases {
+            let mut bad = m.clone();
+            bad.file_sha256.insert(file.into(), digest.into());
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{file} {digest}: {err}");
+        }
+        let mut good = m.clone();
+        good.file_sha256.insert("g.onnx".into(), "0123456789abcdef".repeat(4));
+        good.validate().unwrap();
+        assert_eq!(good.files(), ["g.onnx"]);
 
         let text = std::fs::read_to_string(dir.join(MANIFEST_FILE))
             .unwrap()

@@ -16,8 +16,8 @@ pub const ORT_LIBRARY_HELP: &str = "get one by running `scripts/setup.sh` in the
 pub enum Error {
     #[error("no ONNX Runtime library found (searched: {}); {ORT_LIBRARY_HELP}", display_paths(.searched))]
     OrtLibraryNotFound { searched: Vec<PathBuf> },
-    #[error("environment variable {var} points at {path}, which is not a file; {ORT_LIBRARY_HELP}")]
-    OrtLibraryEnvMissing { var: &'static str, path: PathBuf },
+    #[error("environment variable {var} points at {path}, which {why}; {ORT_LIBRARY_HELP}")]
+    OrtLibraryEnvMissing { var: &'static str, path: PathBuf, why: String },
     #[error("loading the ONNX Runtime library {path}: {source}")]
     OrtLibraryLoad {
         path: PathBuf,
@@ -49,6 +49,19 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("graph `{graph}` file {path}: {why}")]
+    GraphFile { graph: String, path: PathBuf, why: String },
+    #[error(
+        "bundle {bundle}: no digests recorded (its manifest predates `file_sha256`); re-export to enable --verify"
+    )]
+    NoDigests { bundle: PathBuf },
+    #[error("bundle {bundle}: the manifest records no digest for `{file}`; re-export to enable --verify")]
+    MissingDigest { bundle: PathBuf, file: String },
+    #[error(
+        "{path}: SHA-256 is {found}, the manifest records {expected}: the file is corrupt or was replaced; copy or \
+         export the bundle again"
+    )]
+    DigestMismatch { path: PathBuf, expected: String, found: String },
     #[error("graph `{graph}` ({path}) does not match the manifest: {why}")]
     ModelMismatch { graph: String, path: PathBuf, why: String },
     #[error("running graph `{graph}`: {source}")]
@@ -116,6 +129,12 @@ pub enum Error {
     Tiling(String),
     #[error("{metric}: {why}")]
     Metric { metric: &'static str, why: String },
+    /// A NaN or an infinity at a stage boundary ([`crate::finite`]).
+    #[error("{0}")]
+    NonFinite(Box<crate::finite::NonFinite>),
+    /// A request whose estimated peak memory exceeds what the host has ([`crate::pipeline::memory`]).
+    #[error("{0}")]
+    MemoryEstimate(Box<crate::pipeline::memory::MemoryRefusal>),
 }
 
 fn declared_note(declared: u64) -> String {

@@ -19,6 +19,8 @@
 pub mod backend;
 pub mod ep;
 pub mod error;
+pub mod finite;
+pub mod integrity;
 pub mod io;
 pub mod mem;
 pub mod metrics;

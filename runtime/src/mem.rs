@@ -47,6 +47,37 @@ pub fn usage_str() -> String {
     usage().map_or_else(|| "-".to_string(), |u| u.to_string())
 }
 
+/// Memory the host can give this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostMemory {
+    /// Bytes.
+    pub available: u64,
+    /// Where the number comes from.
+    pub source: String,
+}
+
+/// The memory this process can still allocate: `MemAvailable` of `/proc/meminfo`, or the cgroup
+/// v2 limit less its usage (`memory.max - memory.current`) when that is smaller (containers);
+/// `None` off Linux or when neither can be read.
+pub fn host_available() -> Option<HostMemory> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+        let kb = t.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().strip_suffix("kB")?.trim();
+        Some(HostMemory { available: kb.parse::<u64>().ok()? * 1024, source: "MemAvailable in /proc/meminfo".into() })
+    });
+    let read_u64 = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let cgroup = read_u64("/sys/fs/cgroup/memory.max").map(|max| {
+        let used = read_u64("/sys/fs/cgroup/memory.current").unwrap_or(0);
+        HostMemory {
+            available: max.saturating_sub(used),
+            source: "the cgroup limit, /sys/fs/cgroup/memory.max less memory.current".into(),
+        }
+    });
+    match (meminfo, cgroup) {
+        (Some(m), Some(c)) => Some(if c.available < m.available { c } else { m }),
+        (m, c) => m.or(c),
+    }
+}
+
 /// The allocation size from which [`pin_mmap_threshold`] has glibc serve blocks with their own
 /// memory mapping.
 pub const MMAP_THRESHOLD: usize = 1 << 20;
@@ -95,6 +126,13 @@ pub fn release_free_heap() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn host_memory_is_read() {
+        let host = super::host_available().expect("/proc/meminfo should be readable on Linux");
+        assert!(host.available > 1 << 20 && !host.source.is_empty(), "{host:?}");
+    }
+
     #[test]
     #[cfg(target_os = "linux")]
     fn resident_size_is_read_and_grows_with_a_touched_buffer() {

@@ -48,10 +48,10 @@ pub fn find_library_with(
             continue;
         };
         let path = PathBuf::from(value);
-        if path.is_file() {
-            return Ok(path);
-        }
-        return Err(Error::OrtLibraryEnvMissing { var, path });
+        return match osp_graphs::path::require_file(&path) {
+            Ok(()) => Ok(path),
+            Err(why) => Err(Error::OrtLibraryEnvMissing { var, path, why }),
+        };
     }
     if let Some(dir) = exe_dir {
         if let Some(found) = library_in_dir(dir) {

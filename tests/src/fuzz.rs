@@ -1,31 +1,36 @@
-//! Seeded mutation fuzzing of the files users hand to osp (bundle and pipeline manifests,
-//! safetensors tensors and checkpoints, annotation JSON): byte flips, truncation at random
-//! offsets, JSON-aware mutations and safetensors header-length corruption.
+//! Seeded mutation fuzzing of user files: byte flips, truncation, inserted and deleted ranges,
+//! and for JSON, value swaps, type changes and removed keys at random places in the tree.
+//! Every mutation is a pure function of `(seed, input)`, so a failing case is reproduced by its
+//! seed alone.
 //!
-//! [`run`] applies a check to each seeded mutant with a panic catcher and a watchdog, and fails
-//! with every seed and mutation whose check panicked, hung or returned an error (e.g. an error
-//! message that does not name the file). A check returns whether the loader accepted the mutant
-//! (the summary counts both outcomes). A case is reproduced from its seed alone.
+//! ```no_run
+//! use osp_tests::fuzz::{Mutator, run_bounded};
+//! let original = std::fs::read("tokenizer.json").unwrap();
+//! for seed in 0..300 {
+//!     let (what, bytes) = Mutator::new(seed).mutate(&original, true);
+//!     // write `bytes` to a file, load it under `run_bounded`, check the error names the file.
+//! }
+//! ```
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use anyhow::{bail, Result};
 use serde_json::Value;
 
-/// splitmix64: a small, fully reproducible generator.
+/// A seeded source of mutations (splitmix64: small, stable across crate versions).
 #[derive(Debug, Clone)]
-pub struct FuzzRng(u64);
+pub struct Mutator {
+    state: u64,
+}
 
-impl FuzzRng {
+impl Mutator {
     pub fn new(seed: u64) -> Self {
-        FuzzRng(seed ^ 0x9E37_79B9_7F4A_7C15)
+        Self { state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03 }
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -33,272 +38,269 @@ impl FuzzRng {
 
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
-/// A mutated file and what was done to it.
-#[derive(Debug, Clone)]
-pub struct Mutant {
-    pub bytes: Vec<u8>,
-    pub what: String,
-}
-
-/// Flips 1..=8 random bits, or overwrites a random run of bytes, or truncates at a random offset.
-pub fn mutate_bytes(original: &[u8], rng: &mut FuzzRng) -> Mutant {
-    let mut bytes = original.to_vec();
-    if bytes.is_empty() {
-        return Mutant { bytes: vec![rng.next_u64() as u8], what: "one random byte".into() };
-    }
-    match rng.below(3) {
-        0 => {
-            let n = 1 + rng.below(8);
-            let mut at = Vec::new();
-            for _ in 0..n {
-                let i = rng.below(bytes.len());
-                bytes[i] ^= 1 << rng.below(8);
-                at.push(i);
-            }
-            Mutant { bytes, what: format!("bit flips at bytes {at:?}") }
-        }
-        1 => {
-            let start = rng.below(bytes.len());
-            let len = (1 + rng.below(16)).min(bytes.len() - start);
-            let fill = *rng.pick(&[0x00u8, 0xFF, b'"', b'{', b'9', b'-']);
-            bytes[start..start + len].fill(fill);
-            Mutant { bytes, what: format!("bytes {start}..{} set to {fill:#04x}", start + len) }
-        }
-        _ => truncate(original, rng),
-    }
-}
-
-/// Truncation at a random offset (possibly to nothing).
-pub fn truncate(original: &[u8], rng: &mut FuzzRng) -> Mutant {
-    let at = rng.below(original.len().max(1));
-    Mutant { bytes: original[..at].to_vec(), what: format!("truncated to {at} of {} bytes", original.len()) }
-}
-
-/// JSON pointers of every node of `value` (the root is `""`).
-fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                pointers(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+    /// One mutation of `input`; JSON-aware mutations are drawn half of the time when `json` and
+    /// `input` parses. Returns a description of what was done and the mutated bytes.
+    pub fn mutate(&mut self, input: &[u8], json: bool) -> (String, Vec<u8>) {
+        if json && self.below(2) == 0 {
+            if let Ok(mut value) = serde_json::from_slice::<Value>(input) {
+                let what = self.mutate_json(&mut value);
+                let text = serde_json::to_vec(&value).expect("a JSON value should serialize");
+                return (what, text);
             }
         }
-        Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                pointers(v, format!("{at}/{i}"), out);
-            }
-        }
-        _ => {}
+        self.mutate_bytes(input)
     }
-    out.push(at);
-}
 
-/// Replacements written into the text after serialising (serde_json cannot hold them as values).
-const RAW: &str = "\u{1}osp-fuzz-raw\u{1}";
-
-/// One JSON-aware mutation of a random node: a value of another type, a deleted key or item,
-/// huge / negative / fractional / exponent numbers, empty strings, empty containers, deep nesting.
-pub fn mutate_json(original: &Value, rng: &mut FuzzRng) -> Mutant {
-    let mut value = original.clone();
-    let mut all = Vec::new();
-    pointers(&value, String::new(), &mut all);
-    let at = rng.pick(&all).clone();
-    let mut raw = None;
-    let what;
-    let delete = !at.is_empty() && rng.below(6) == 0;
-    if delete {
-        let (parent, key) = at.rsplit_once('/').expect("a non-root pointer has a parent");
-        match value.pointer_mut(parent) {
-            Some(Value::Object(map)) => {
-                map.remove(&key.replace("~1", "/").replace("~0", "~"));
-            }
-            Some(Value::Array(items)) => {
-                let i: usize = key.parse().expect("array index");
-                items.remove(i);
-            }
-            _ => unreachable!("the parent of a node is a container"),
-        }
-        what = format!("deleted {at}");
-    } else {
-        let node = value.pointer_mut(&at).expect("pointer from the walk");
-        let (new, text): (Value, String) = match rng.below(16) {
-            0 => (Value::Null, "null".into()),
-            1 => (Value::Bool(rng.below(2) == 0), "a bool".into()),
-            2 => (Value::String(String::new()), "an empty string".into()),
-            3 => (Value::String("x".repeat(1 + rng.below(300))), "a string".into()),
-            4 => (Value::Array(Vec::new()), "an empty array".into()),
-            5 => (Value::Object(Default::default()), "an empty object".into()),
-            6 => (Value::from(-1), "-1".into()),
-            7 => (Value::from(0), "0".into()),
-            8 => (Value::from(i64::MIN), "i64::MIN".into()),
-            9 => (Value::from(u64::MAX), "u64::MAX".into()),
-            10 => (Value::from(-1.5e300), "-1.5e300".into()),
-            11 => (Value::from(0.5), "0.5".into()),
-            12 => {
-                let s = *rng.pick(&["1e400", "-1e400", "18446744073709551616", "-9223372036854775809", "1e-400"]);
-                raw = Some(s.to_string());
-                (Value::String(RAW.into()), s.to_string())
-            }
-            13 => {
-                let depth = *rng.pick(&[20usize, 127, 129, 1000, 100_000]);
-                raw = Some(format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
-                (Value::String(RAW.into()), format!("arrays nested {depth} deep"))
-            }
-            14 => (Value::Array(vec![node.clone(), node.clone()]), "a list of it twice".into()),
-            _ => match &*node {
-                Value::Number(n) => {
-                    let v = n.as_f64().unwrap_or(0.0);
-                    let s = *rng.pick(&[-1.0, 2.0, 1e6, 1e12]);
-                    (Value::from(v * s), format!("itself x {s}"))
-                }
-                Value::String(s) => (Value::String(format!("{s}{s}")), "itself twice".into()),
-                other => (Value::String(other.to_string()), "its own text".into()),
-            },
-        };
-        *node = new;
-        what = format!("{} -> {text}", if at.is_empty() { "/" } else { &at });
-    }
-    let mut text = serde_json::to_string_pretty(&value).expect("a Value serialises");
-    if let Some(raw) = raw {
-        text = text.replace(&format!("\"{RAW}\""), &raw);
-    }
-    Mutant { bytes: text.into_bytes(), what }
-}
-
-/// A mutation of a JSON file: mostly one to three JSON-aware mutations, otherwise bytes flipped
-/// or cut.
-pub fn mutate_json_file(original: &[u8], rng: &mut FuzzRng) -> Mutant {
-    let value: Value = serde_json::from_slice(original).expect("the seed file is valid JSON");
-    if rng.below(3) == 0 {
-        return mutate_bytes(original, rng);
-    }
-    let mut m = mutate_json(&value, rng);
-    for _ in 0..rng.below(3) {
-        // Mutations whose text serde_json cannot read back end the chain.
-        let Ok(next) = serde_json::from_slice::<Value>(&m.bytes) else { break };
-        let more = mutate_json(&next, rng);
-        m = Mutant { bytes: more.bytes, what: format!("{}; {}", m.what, more.what) };
-    }
-    m
-}
-
-/// A mutation of a safetensors file: its 8-byte header length set to a boundary or random value,
-/// a JSON-aware mutation of the header (written back with the right or the old length), or bytes
-/// flipped or cut anywhere.
-pub fn mutate_safetensors(original: &[u8], rng: &mut FuzzRng) -> Mutant {
-    let n = u64::from_le_bytes(original[..8].try_into().expect("8 bytes")) as usize;
-    let header: Value = serde_json::from_slice(&original[8..8 + n]).expect("the seed file has a JSON header");
-    let data = &original[8 + n..];
-    match rng.below(4) {
-        0 => {
-            let len = original.len() as u64;
-            let choices =
-                [0, 1, 2, n as u64 - 1, n as u64 + 1, len - 8, len, len + 1, u64::MAX, 1 << 40, rng.next_u64()];
-            let new = *rng.pick(&choices);
-            let mut bytes = original.to_vec();
-            bytes[..8].copy_from_slice(&new.to_le_bytes());
-            Mutant { bytes, what: format!("header length {n} -> {new}") }
-        }
-        1 => {
-            let m = mutate_json(&header, rng);
-            let keep_length = rng.below(4) == 0;
-            let length = if keep_length { n } else { m.bytes.len() };
-            let mut bytes = (length as u64).to_le_bytes().to_vec();
-            bytes.extend_from_slice(&m.bytes);
-            bytes.extend_from_slice(data);
-            Mutant { bytes, what: format!("header {}{}", m.what, if keep_length { " (old length)" } else { "" }) }
-        }
-        _ => mutate_bytes(original, rng),
-    }
-}
-
-/// One fuzz case that went wrong.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub seed: u64,
-    pub what: String,
-    pub why: String,
-}
-
-/// Runs `check` on `mutate(seed)` for every seed in `seeds`, catching panics; a case that runs past
-/// `per_case` stops the run as a hang. Panics with every failure (seed, mutation, reason).
-pub fn run<M, C>(kind: &str, seeds: std::ops::Range<u64>, per_case: Duration, mutate: M, check: C)
-where
-    M: Fn(&mut FuzzRng) -> Mutant + Send + 'static,
-    C: Fn(&Mutant) -> Result<bool, String> + Send + 'static,
-{
-    let current: Arc<Mutex<Option<(u64, String, Instant)>>> = Arc::default();
-    let (done, finished) = mpsc::channel();
-    let watch = current.clone();
-    let started = Instant::now();
-    let cases = seeds.end - seeds.start;
-    std::thread::spawn(move || {
-        let mut failures = Vec::new();
-        let mut accepted = 0usize;
-        for seed in seeds {
-            let m = mutate(&mut FuzzRng::new(seed));
-            *watch.lock().unwrap_or_else(|e| e.into_inner()) = Some((seed, m.what.clone(), Instant::now()));
-            if std::env::var_os("OSP_FUZZ_VERBOSE").is_some() {
-                eprintln!("fuzz {seed}: {}", m.what);
-            }
-            let why = match catch_unwind(AssertUnwindSafe(|| check(&m))) {
-                Ok(Ok(ok)) => {
-                    accepted += usize::from(ok);
-                    continue;
-                }
-                Ok(Err(why)) => why,
-                Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
-                    format!("panicked: {msg}")
-                }
-            };
-            failures.push(Failure { seed, what: m.what.clone(), why });
-        }
-        let _ = done.send((failures, accepted));
-    });
-    let (failures, accepted) = loop {
-        match finished.recv_timeout(Duration::from_millis(100)) {
-            Ok(f) => break f,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let now = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                if let Some((seed, what, since)) = now {
-                    if since.elapsed() > per_case {
-                        panic!("{kind} fuzz: seed {seed} ({what}) hangs: still running after {per_case:?}");
+    /// Byte-level mutations: flips, truncation, an inserted or deleted range, an emptied file.
+    pub fn mutate_bytes(&mut self, input: &[u8]) -> (String, Vec<u8>) {
+        let mut b = input.to_vec();
+        let n = b.len().max(1);
+        match self.below(6) {
+            0 | 1 => {
+                // 1 to 200 flips, a few as likely as many.
+                let most = [3, 15, 63, 200][self.below(4)];
+                let count = 1 + self.below(most);
+                for _ in 0..count {
+                    let at = self.below(n);
+                    if let Some(x) = b.get_mut(at) {
+                        *x ^= 1 + self.below(255) as u8;
                     }
                 }
+                (format!("{count} flipped bytes"), b)
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{kind} fuzz: the fuzz thread died"),
+            2 => {
+                let len = self.below(n);
+                b.truncate(len);
+                (format!("truncated to {len} bytes"), b)
+            }
+            3 => {
+                let at = self.below(n);
+                let count = 1 + self.below(64);
+                let junk: Vec<u8> = (0..count).map(|_| self.next_u64() as u8).collect();
+                let at = at.min(b.len());
+                b.splice(at..at, junk);
+                (format!("{count} random bytes inserted at {at}"), b)
+            }
+            4 => {
+                let at = self.below(n).min(b.len());
+                let end = (at + 1 + self.below(256)).min(b.len());
+                b.drain(at..end);
+                (format!("bytes {at}..{end} deleted"), b)
+            }
+            _ => (String::from("emptied"), Vec::new()),
         }
-    };
-    eprintln!(
-        "{kind} fuzz: {cases} cases in {:.2} s: {accepted} accepted, {} rejected with an error naming the file, {} failed",
-        started.elapsed().as_secs_f64(),
-        cases as usize - accepted - failures.len(),
-        failures.len()
-    );
-    if !failures.is_empty() {
-        let list: Vec<String> = failures.iter().map(|f| format!("  seed {}: {}: {}", f.seed, f.what, f.why)).collect();
-        panic!("{kind} fuzz: {} of {cases} cases failed:\n{}", failures.len(), list.join("\n"));
+    }
+
+    /// Changes one node of `value`: swaps two nodes' values, changes a node's type, removes a
+    /// key or an element, or replaces a number with an extreme one. Returns a description.
+    pub fn mutate_json(&mut self, value: &mut Value) -> String {
+        let paths = json_paths(value);
+        let pick = |m: &mut Self| paths[m.below(paths.len())].clone();
+        match self.below(4) {
+            0 if paths.len() > 2 => {
+                let (a, b) = (pick(self), pick(self));
+                let (va, vb) = (get(value, &a).clone(), get(value, &b).clone());
+                // A node swapped with its own ancestor or descendant is only replaced.
+                if is_prefix(&a, &b) || is_prefix(&b, &a) {
+                    *get_mut(value, &a) = vb;
+                    return format!("{} replaced by {}", show(&a), show(&b));
+                }
+                *get_mut(value, &a) = vb;
+                *get_mut(value, &b) = va;
+                format!("{} and {} swapped", show(&a), show(&b))
+            }
+            1 => {
+                let p = pick(self);
+                let node = get_mut(value, &p);
+                let new = self.other_type(node);
+                let what = format!("{} ({}) replaced by {new}", show(&p), kind(node));
+                *node = new;
+                what
+            }
+            2 if paths.len() > 1 => {
+                let p = pick(self);
+                let Some((last, parent)) = p.split_last() else {
+                    return "nothing removed (the root)".into();
+                };
+                match (get_mut(value, parent), last) {
+                    (Value::Object(map), Step::Key(k)) => {
+                        map.remove(k);
+                    }
+                    (Value::Array(list), Step::Index(i)) if *i < list.len() => {
+                        list.remove(*i);
+                    }
+                    _ => {}
+                }
+                format!("{} removed", show(&p))
+            }
+            _ => {
+                let p = pick(self);
+                let extreme = [
+                    Value::from(-1),
+                    Value::from(u64::MAX),
+                    Value::from(i64::MIN),
+                    Value::from(1e308),
+                    Value::from(0),
+                    Value::from(4_294_967_296u64),
+                ];
+                let new = extreme[self.below(extreme.len())].clone();
+                let what = format!("{} replaced by {new}", show(&p));
+                *get_mut(value, &p) = new;
+                what
+            }
+        }
+    }
+
+    fn other_type(&mut self, node: &Value) -> Value {
+        let choices = [
+            Value::Null,
+            Value::Bool(true),
+            Value::from(7),
+            Value::from(-3.5),
+            Value::from("x"),
+            Value::Array(vec![Value::from(1), Value::from("a")]),
+            serde_json::json!({"1": 2, "type": 3}),
+        ];
+        loop {
+            let c = choices[self.below(choices.len())].clone();
+            if kind(&c) != kind(node) {
+                return c;
+            }
+        }
     }
 }
 
-/// `Ok` when `message` names `file` (its full path or its file name), else the reason.
-pub fn names_file(message: &str, file: &std::path::Path) -> Result<(), String> {
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if message.contains(&*file.to_string_lossy()) || (!name.is_empty() && message.contains(&name)) {
-        Ok(())
-    } else {
-        Err(format!("the error does not name {}: {message}", file.display()))
+/// One step of a path into a JSON tree.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// Every node's path, the root's (empty) included. Long arrays contribute a sample of their
+/// elements (the first, last and 14 spread between), so a large vocabulary does not drown the
+/// structure.
+fn json_paths(value: &Value) -> Vec<Vec<Step>> {
+    fn walk(v: &Value, path: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
+        out.push(path.clone());
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    path.push(Step::Key(k.clone()));
+                    walk(child, path, out);
+                    path.pop();
+                }
+            }
+            Value::Array(list) => {
+                let n = list.len();
+                let picked: Vec<usize> =
+                    if n <= 16 { (0..n).collect() } else { (0..16).map(|i| i * (n - 1) / 15).collect() };
+                for i in picked {
+                    path.push(Step::Index(i));
+                    walk(&list[i], path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut Vec::new(), &mut out);
+    out.dedup();
+    out
+}
+
+fn get<'a>(v: &'a Value, path: &[Step]) -> &'a Value {
+    path.iter().fold(v, |v, s| match s {
+        Step::Key(k) => &v[k.as_str()],
+        Step::Index(i) => &v[*i],
+    })
+}
+
+fn get_mut<'a>(v: &'a mut Value, path: &[Step]) -> &'a mut Value {
+    path.iter().fold(v, |v, s| match s {
+        Step::Key(k) => &mut v[k.as_str()],
+        Step::Index(i) => &mut v[*i],
+    })
+}
+
+fn is_prefix(a: &[Step], b: &[Step]) -> bool {
+    a.len() <= b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
+fn show(path: &[Step]) -> String {
+    if path.is_empty() {
+        return "the root".into();
+    }
+    path.iter()
+        .map(|s| match s {
+            Step::Key(k) => format!(".{k}"),
+            Step::Index(i) => format!("[{i}]"),
+        })
+        .collect()
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Runs `f` on its own thread and waits at most `limit`: a hang is an error instead of a stuck
+/// suite (the thread is left behind; the test fails). A panic in `f` is an error carrying its
+/// message.
+pub fn run_bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(panic)) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            bail!("panicked: {msg}")
+        }
+        Err(_) => bail!("did not finish within {limit:?} (hang)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutations_are_seeded_and_change_the_input() {
+        let input = br#"{"a": [1, 2, {"b": "c"}], "d": {"e": null, "f": true}}"#;
+        for seed in 0..200 {
+            let (what, out) = Mutator::new(seed).mutate(input, true);
+            assert_eq!(Mutator::new(seed).mutate(input, true), (what.clone(), out.clone()), "seed {seed}");
+            if what != "emptied" && !what.starts_with("truncated to") {
+                assert!(!what.is_empty());
+            }
+        }
+        let changed = (0..200).filter(|&s| Mutator::new(s).mutate(input, true).1 != input.to_vec()).count();
+        assert!(changed > 180, "only {changed} of 200 mutations changed the input");
+    }
+
+    #[test]
+    fn run_bounded_reports_panics_and_hangs() {
+        assert_eq!(run_bounded(Duration::from_secs(5), || 4).unwrap(), 4);
+        let err = run_bounded(Duration::from_secs(5), || -> u8 { panic!("inner") }).unwrap_err();
+        assert!(err.to_string().contains("panicked: inner"), "{err}");
+        let err = run_bounded(Duration::from_millis(50), || std::thread::sleep(Duration::from_secs(2))).unwrap_err();
+        assert!(err.to_string().contains("hang"), "{err}");
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Suites live in `tests/tests/*.rs`; each runs its body on every CPU backend (`ort-cpu`, `tract`).
 
+pub mod file_fuzz;
 pub mod fuzz;
 pub mod reference;
 

@@ -1,7 +1,7 @@
 //! Bounded mutation fuzzing of every kind of file users hand to osp: a bundle's `manifest.json`, a
 //! pipeline bundle's `pipeline.json`, safetensors files (`osp run-graph --inputs`, `osp decode
 //! --latents`, trainer checkpoints) and the trainer's annotation JSON. A few hundred seeded
-//! mutations of each ([`osp_tests::fuzz`]): byte flips, truncation, JSON-aware mutations and
+//! mutations of each ([`osp_tests::file_fuzz`]): byte flips, truncation, JSON-aware mutations and
 //! safetensors header-length corruption. The loaders run in-process; every case must succeed or
 //! fail with an error naming the file, never panic or hang. A few cases run through the real CLIs.
 //!
@@ -26,7 +26,8 @@ use osp_runtime::pipeline::{DecodeOptions, GenerateRequest, PipelineSpec};
 use osp_runtime::scheduler::SampleMethod;
 use osp_runtime::vae::Vae;
 use osp_runtime::{Backend, Bundle, SessionOptions, Tensor};
-use osp_tests::fuzz::{self, FuzzRng, Mutant};
+use osp_tests::file_fuzz::{self as fuzz, Mutant};
+use osp_tests::fuzz::Mutator;
 use osp_trainer::data::{read_data_file, DataConfig, Dataset, VaeClips};
 use osp_trainer::train::{check_checkpoint, CheckpointFiles, Rng, TrainingState};
 
@@ -506,7 +507,7 @@ fn mutated_files_through_the_clis() {
     let mut failures = Vec::new();
     let limit = Duration::from_secs(120);
     for seed in 0..4u64 {
-        let mut rng = FuzzRng::new(1000 + seed);
+        let mut rng = Mutator::new(1000 + seed);
         let m = fuzz::mutate_safetensors(&good_inputs, &mut rng);
         std::fs::write(&inputs, &m.bytes).expect("write");
         let mut cmd = osp();
@@ -555,7 +556,7 @@ fn mutated_files_through_the_clis() {
     let pipeline_json = pipeline.join("pipeline.json");
     let good_pipeline = std::fs::read(&pipeline_json).expect("read");
     for seed in 0..3u64 {
-        let m = fuzz::mutate_json_file(&good_pipeline, &mut FuzzRng::new(2000 + seed));
+        let m = fuzz::mutate_json_file(&good_pipeline, &mut Mutator::new(2000 + seed));
         std::fs::write(&pipeline_json, &m.bytes).expect("write");
         let mut cmd = osp();
         cmd.env("OSP_TEXT_CACHE", root.join("cache"))

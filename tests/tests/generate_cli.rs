@@ -82,7 +82,8 @@ fn bad_inputs_name_the_flag_and_the_rule() {
         (&["--stream-chunk", "0"], &["--stream-chunk"]),
     ];
     for (args, needles) in cases {
-        let out = generate(tmp.path(), "bad", args);
+        // `-v`: "graph loaded" is an info line.
+        let out = generate(tmp.path(), "bad", &[*args, &["-v"]].concat());
         let msg = text(&out);
         assert!(!out.status.success(), "{args:?} should fail");
         for n in *needles {

@@ -28,8 +28,9 @@ pub struct CaptionTokenizer {
 impl CaptionTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let bad = |why: String| Error::input(path.display().to_string(), why);
-        let mut inner =
-            tokenizers::Tokenizer::from_file(path).map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
+        let mut inner = osp_runtime::tokenizer::catch_panic(|| tokenizers::Tokenizer::from_file(path))
+            .map_err(|p| bad(format!("not a tokenizer.json (the tokenizers library panicked: {p})")))?
+            .map_err(|e| bad(format!("not a tokenizer.json: {e}")))?;
         let pad_id = inner.token_to_id(PAD_TOKEN).ok_or_else(|| bad(format!("no `{PAD_TOKEN}` token")))?;
         // Padding and truncation happen per call; stored settings would apply twice.
         inner.with_truncation(None).map_err(|e| bad(e.to_string()))?;
@@ -49,13 +50,19 @@ impl CaptionTokenizer {
             return Err(Error::input("--model_max_length", format!("must exceed {} special token(s)", self.added)));
         }
         let tok_err = |e: tokenizers::Error| Error::input("caption", format!("tokenization failed: {e}"));
-        let mut encoding = self.inner.encode(text, false).map_err(tok_err)?;
+        let panicked =
+            |p: String| Error::input("caption", format!("tokenization failed (the tokenizers library panicked: {p})"));
+        let mut encoding = osp_runtime::tokenizer::catch_panic(|| self.inner.encode(text, false))
+            .map_err(panicked)?
+            .map_err(tok_err)?;
         let keep = max_len - self.added;
         if encoding.len() > keep {
             tracing::warn!(max_len, tokens = encoding.len() + self.added, "caption truncated to --model_max_length");
             encoding.truncate(keep, 0, TruncationDirection::Right);
         }
-        let mut encoding = self.inner.post_process(encoding, None, true).map_err(tok_err)?;
+        let mut encoding = osp_runtime::tokenizer::catch_panic(|| self.inner.post_process(encoding, None, true))
+            .map_err(panicked)?
+            .map_err(tok_err)?;
         encoding.pad(max_len, self.pad_id, 0, PAD_TOKEN, PaddingDirection::Right);
         Ok(Encoded {
             input_ids: encoding.get_ids().iter().map(|&i| i64::from(i)).collect(),

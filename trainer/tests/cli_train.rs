@@ -218,6 +218,8 @@ fn cached_latents_train_exactly_like_encoding_every_step() {
     let cached = st.root.join("run_cached");
     let mut args = train_args(&st, &cached, 6, false);
     args.push("--cache_latents".into());
+    // The cache report is an info line (`-v`).
+    args.push("-v".into());
     // The log without its colour escapes.
     let raw = run(&args);
     let mut parts = raw.split('\x1b');

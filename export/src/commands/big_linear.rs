@@ -22,8 +22,8 @@ pub struct BigLinearArgs {
     out: PathBuf,
 }
 
-pub fn run(args: BigLinearArgs) -> anyhow::Result<()> {
+pub fn run(args: BigLinearArgs) -> anyhow::Result<PathBuf> {
     export_big_linear(&args.out, args.in_features, args.out_features, args.seed)
         .with_context(|| format!("exporting to {}", args.out.display()))?;
-    Ok(())
+    Ok(args.out)
 }

@@ -30,7 +30,7 @@ pub struct DitArgs {
     graph: GraphOpts,
 }
 
-pub fn run(args: DitArgs) -> anyhow::Result<()> {
+pub fn run(args: DitArgs) -> anyhow::Result<PathBuf> {
     let config = OpenSoraT2V_v1_3Config::from_json_file(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
     let weights = match (&args.weights, args.seed) {
@@ -41,5 +41,5 @@ pub fn run(args: DitArgs) -> anyhow::Result<()> {
     let opts = args.graph.export_options(args.weights.clone());
     export_opensora_t2v(&config, &weights, &opts, &args.out)
         .with_context(|| format!("exporting to {}", args.out.display()))?;
-    Ok(())
+    Ok(args.out)
 }

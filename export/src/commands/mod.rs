@@ -4,21 +4,31 @@ mod big_linear;
 mod dit;
 mod mt5;
 mod pipeline;
+#[cfg(feature = "progress")]
+mod progress;
 mod transformer_block;
 mod wfvae;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use osp_export::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD;
 use osp_export::ExportOptions;
 use osp_graphs::{AttentionKind, Precision};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// Lowers osp models into ONNX bundles (graphs, external-data weights, manifest.json).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 pub struct Args {
+    /// Log more on stderr: `-v` info, `-vv` debug, `-vvv` trace (default: warnings and errors only;
+    /// `RUST_LOG` overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -105,15 +115,54 @@ impl GraphOpts {
     }
 }
 
+/// The log filter: `RUST_LOG` when set, else warnings and errors, more with each `-v`.
+fn log_filter(verbose: u8) -> anyhow::Result<EnvFilter> {
+    match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(spec) if !spec.trim().is_empty() => {
+            EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG=`{spec}` is not a valid log filter"))
+        }
+        _ => Ok(EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        })),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    match args.command {
+    // A quiet run on a terminal shows its current stage in a spinner instead of log lines.
+    #[cfg(feature = "progress")]
+    let spinner =
+        (args.verbose == 0 && std::env::var_os(EnvFilter::DEFAULT_ENV).is_none() && std::io::stderr().is_terminal())
+            .then(progress::Spinner::new);
+    #[cfg(feature = "progress")]
+    let handle = spinner.as_ref().map(progress::Spinner::handle);
+    #[cfg(feature = "progress")]
+    let writer = progress::Stderr(handle.clone());
+    #[cfg(not(feature = "progress"))]
+    let writer = std::io::stderr;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(log_filter(args.verbose)?);
+    #[cfg(feature = "progress")]
+    let spinner = spinner.map(|s| s.with_filter(tracing_subscriber::filter::LevelFilter::INFO));
+    #[cfg(not(feature = "progress"))]
+    let spinner: Option<tracing_subscriber::layer::Identity> = None;
+    tracing_subscriber::registry().with(fmt).with(spinner).try_init().context("installing the tracing subscriber")?;
+    let result = match args.command {
         Command::TransformerBlock(a) => transformer_block::run(a),
         Command::BigLinear(a) => big_linear::run(a),
         Command::Wfvae(a) => wfvae::run(a),
         Command::Dit(a) => dit::run(a),
         Command::Mt5(a) => mt5::run(a),
         Command::Pipeline(a) => pipeline::run(a),
+    };
+    #[cfg(feature = "progress")]
+    if let Some(bar) = handle {
+        bar.finish_and_clear();
     }
+    println!("{}", result?.display());
+    Ok(())
 }

@@ -37,7 +37,7 @@ pub struct Mt5Args {
     graph: GraphOpts,
 }
 
-pub fn run(args: Mt5Args) -> anyhow::Result<()> {
+pub fn run(args: Mt5Args) -> anyhow::Result<PathBuf> {
     let cfg = match &args.config {
         Some(path) => MT5Config::from_json_file(path).with_context(|| format!("reading {}", path.display()))?,
         None => MT5Config::mt5_xxl(),
@@ -50,5 +50,5 @@ pub fn run(args: Mt5Args) -> anyhow::Result<()> {
     let opts =
         Mt5ExportOptions { graph: args.graph.export_options(args.weights.clone()), tokenizer: args.tokenizer.clone() };
     export_mt5(&cfg, &weights, &opts, &args.out).with_context(|| format!("exporting to {}", args.out.display()))?;
-    Ok(())
+    Ok(args.out)
 }

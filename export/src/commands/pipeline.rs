@@ -65,7 +65,7 @@ struct DefaultsArgs {
     spatial_multiple: usize,
 }
 
-pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
+pub fn run(args: PipelineArgs) -> anyhow::Result<PathBuf> {
     let sources = match (&args.from_dir, &args.transformer, &args.vae, &args.text_encoder) {
         (Some(dir), ..) => {
             let mut s = PipelineSources::from_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -97,6 +97,5 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<()> {
         defaults,
     };
     export_pipeline(&sources, &opts, &args.out).with_context(|| format!("exporting to {}", args.out.display()))?;
-    println!("{}", args.out.display());
-    Ok(())
+    Ok(args.out)
 }

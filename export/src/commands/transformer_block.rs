@@ -43,7 +43,7 @@ pub struct TransformerBlockArgs {
     input_seed: u64,
 }
 
-pub fn run(args: TransformerBlockArgs) -> anyhow::Result<()> {
+pub fn run(args: TransformerBlockArgs) -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let cfg: TransformerBlockConfig =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", args.config.display()))?;
@@ -65,5 +65,5 @@ pub fn run(args: TransformerBlockArgs) -> anyhow::Result<()> {
             .save_safetensors(path)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(())
+    Ok(args.out)
 }

@@ -28,7 +28,7 @@ pub struct WfvaeArgs {
     graph: GraphOpts,
 }
 
-pub fn run(args: WfvaeArgs) -> anyhow::Result<()> {
+pub fn run(args: WfvaeArgs) -> anyhow::Result<PathBuf> {
     let cfg =
         WFVAEModelConfig::from_json_file(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let weights = match (&args.weights, args.seed) {
@@ -38,5 +38,5 @@ pub fn run(args: WfvaeArgs) -> anyhow::Result<()> {
     };
     let opts = args.graph.export_options(args.weights.clone());
     export_wfvae(&cfg, &weights, &opts, &args.out).with_context(|| format!("exporting to {}", args.out.display()))?;
-    Ok(())
+    Ok(args.out)
 }

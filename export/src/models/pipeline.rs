@@ -50,10 +50,9 @@ pub struct PipelineSources {
 }
 
 fn need_file(path: PathBuf, what: &str) -> Result<PathBuf> {
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(Error::Config(format!("{what}: {} does not exist", path.display())))
+    match osp_graphs::path::require_file(&path) {
+        Ok(()) => Ok(path),
+        Err(why) => Err(Error::Config(format!("{what}: {} {why}", path.display()))),
     }
 }
 

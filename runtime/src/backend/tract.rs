@@ -32,10 +32,10 @@ impl TractGraph {
     /// Parses the model at `path`. `threads`: `None` uses all available cores.
     pub fn load(graph: &str, path: &Path, threads: Option<usize>) -> Result<Self> {
         let model_err = |e: TractError| Error::ModelLoad { path: path.to_path_buf(), source: e.into() };
-        if !path.is_file() {
+        if let Err(why) = osp_graphs::path::require_file(path) {
             return Err(Error::ModelLoad {
                 path: path.to_path_buf(),
-                source: format!("no such file (graph `{graph}`)").into(),
+                source: format!("{why} (graph `{graph}`)").into(),
             });
         }
         let model = tract_onnx::onnx().model_for_path(path).map_err(model_err)?;

@@ -126,6 +126,7 @@ pub fn run(args: &BenchArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let mut req = sampling.request(&spec)?;
     req.prompts.truncate(1);
     spec.validate(&req)?;
+    sampling.check_memory(&spec, &req, backend)?;
     let latent_shape = spec.latent_shape(&req);
     let steps = spec.scheduler(&req)?.timesteps().len();
     let fps = spec.manifest().defaults.fps;

@@ -67,12 +67,12 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!generated.is_empty(), "{}: no videos found", args.generated_video_dir.display());
     let missing: Vec<String> = generated
         .iter()
-        .filter(|rel| !args.real_video_dir.join(rel).is_file())
-        .map(|rel| args.real_video_dir.join(rel).display().to_string())
+        .map(|rel| args.real_video_dir.join(rel))
+        .filter_map(|p| osp_graphs::path::require_file(&p).err().map(|why| format!("{} ({why})", p.display())))
         .collect();
     anyhow::ensure!(
         missing.is_empty(),
-        "every generated video needs a real video at the same relative path; missing: {}",
+        "every generated video needs a real video at the same relative path; unusable: {}",
         missing.join(", ")
     );
 

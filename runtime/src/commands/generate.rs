@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use osp_graphs::path::PathKind;
+use osp_runtime::pipeline::memory;
 use osp_runtime::pipeline::noise::{NoiseSource, ReplayNoise, SeededNoise};
 use osp_runtime::pipeline::{DecodeOptions, GenerateObserver, GenerateRequest, Pipeline, PipelineSpec, StepRecord};
 use osp_runtime::scheduler::{PredictionType, SampleMethod};
@@ -15,7 +17,7 @@ use osp_runtime::text::cache::{default_cache_dir, CACHE_DIR_ENV};
 use osp_runtime::text::EmbeddingCache;
 use osp_runtime::vae::TilingConfig;
 use osp_runtime::video;
-use osp_runtime::{read_safetensors, write_safetensors, Tensor};
+use osp_runtime::{read_safetensors, write_safetensors, BackendKind, Tensor};
 
 use super::extract_text_embeds::ProgressArg;
 use super::reconstruct::EncodeOpts;
@@ -115,6 +117,10 @@ pub struct SamplingOpts {
     /// safetensors file (exact replay of a recorded run).
     #[arg(long)]
     pub recorded_schedule: Option<PathBuf>,
+    /// Run even when the request's estimated peak memory exceeds the host's available memory
+    /// (see docs/reliability_checks.md for the estimate).
+    #[arg(long, env = "OSP_SKIP_MEMORY_CHECK")]
+    pub skip_memory_check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +137,10 @@ pub struct GenerateArgs {
     /// Output folder; files are named like upstream: `{sample_method}_{index}_gs{g}_s{steps}[_i{k}].mp4`.
     #[arg(long, alias = "save_img_path", default_value = "./sample_videos/t2v")]
     pub save_img_path: PathBuf,
+    /// Replace videos of the same name in the output folder. Without it an existing file is kept and
+    /// the new video gets the first free name `{name}-{k}` (k = 1, 2, ...), with a warning naming both.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Container for videos (one-frame results are always written as .png images).
     #[arg(long, value_enum, default_value_t = OutputFormat::Mp4)]
     pub output_format: OutputFormat,
@@ -219,10 +229,17 @@ fn parse_prediction_type(s: &str) -> Result<PredictionType, String> {
 }
 
 impl SamplingOpts {
-    /// The prompts: the strings given, or the lines of a single `.txt` argument.
+    /// The prompts: the strings given, or the lines of a single argument ending in `.txt`, which
+    /// (as upstream `sample.py`) is always a prompt file: a missing or unreadable one is an error.
     pub fn prompts(&self) -> anyhow::Result<Vec<String>> {
         if let [one] = self.text_prompt.as_slice() {
-            if one.ends_with(".txt") && Path::new(one).is_file() {
+            if one.ends_with(".txt") {
+                if let Err(why) = osp_graphs::path::require_file(Path::new(one)) {
+                    anyhow::bail!(
+                        "--text_prompt `{one}` {why}; a single --text_prompt ending in .txt is read as a prompt \
+                         file (one prompt per line, as upstream sample.py)"
+                    );
+                }
                 let text = std::fs::read_to_string(one).with_context(|| format!("reading --text_prompt {one}"))?;
                 let prompts: Vec<String> =
                     text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
@@ -298,6 +315,30 @@ impl SamplingOpts {
         })
     }
 
+    /// Refuses `req` when its estimated peak memory exceeds what the host has available, unless
+    /// --skip-memory-check; on a GPU backend only the host part (weights, runtime, video) counts.
+    pub fn check_memory(
+        &self,
+        spec: &PipelineSpec,
+        req: &GenerateRequest,
+        backend: &BackendOpts,
+    ) -> anyhow::Result<()> {
+        if self.skip_memory_check {
+            return Ok(());
+        }
+        let mut estimate = spec.memory_estimate(req);
+        if matches!(backend.backend, BackendKind::OrtCuda | BackendKind::OrtTensorrt) {
+            estimate = estimate.host_part_with_gpu();
+        }
+        let Some(host) = osp_runtime::mem::host_available() else {
+            tracing::warn!("the host's available memory cannot be read; the memory check is skipped");
+            return Ok(());
+        };
+        tracing::debug!(%estimate, available = host.available, "memory estimate");
+        memory::check(&estimate, &host)?;
+        Ok(())
+    }
+
     /// Reads the bundle's manifests and checks them (no model is loaded).
     pub fn spec(&self) -> anyhow::Result<PipelineSpec> {
         self.upstream.warn();
@@ -328,7 +369,9 @@ fn py_float(v: f32) -> String {
 }
 
 /// Upstream's file names: `{sample_method}[_{index}]_gs{g}_s{steps}[_i{sample}]` with `.mp4` / `.gif`,
-/// a folder of PNG frames, or `.png` for a one-frame result (upstream writes `.jpg`).
+/// a folder of PNG frames, or `.png` for a one-frame result (upstream writes `.jpg`). When that
+/// name is taken and `overwrite` is off, the first free `{name}-{k}` (k = 1, 2, ...) with a warning,
+/// so an earlier video is never replaced unasked; with `overwrite`, a warning names the file replaced.
 fn output_path(
     dir: &Path,
     req: &GenerateRequest,
@@ -336,6 +379,7 @@ fn output_path(
     index: Option<usize>,
     sample: Option<usize>,
     frames: usize,
+    overwrite: bool,
 ) -> PathBuf {
     let stem = format!(
         "{}{}_gs{}_s{}{}",
@@ -352,7 +396,24 @@ fn output_path(
         // A trailing `/` makes the writer treat the dotted stem (`gs7.5`) as a folder.
         (_, OutputFormat::Png) => "/",
     };
-    dir.join(format!("{stem}{ext}"))
+    let upstream = dir.join(format!("{stem}{ext}"));
+    if !upstream.exists() {
+        return upstream;
+    }
+    if overwrite {
+        tracing::warn!("replacing {} (--overwrite)", upstream.display());
+        return upstream;
+    }
+    let mut k = 1usize;
+    let free = loop {
+        let candidate = dir.join(format!("{stem}-{k}{ext}"));
+        if !candidate.exists() {
+            break candidate;
+        }
+        k += 1;
+    };
+    tracing::warn!("{} exists: writing {} instead (--overwrite replaces it)", upstream.display(), free.display());
+    free
 }
 
 /// Progress over steps and the optional per-step dump.
@@ -429,10 +490,37 @@ impl GenerateObserver for Observer {
     }
 }
 
+/// Checks --save_img_path before any model loads: an existing path must be a folder, and a new
+/// one needs a folder as its nearest existing ancestor.
+fn check_save_dir(path: &Path) -> anyhow::Result<()> {
+    let shown = path.display();
+    match PathKind::of(path) {
+        PathKind::Dir => Ok(()),
+        kind @ (PathKind::Missing | PathKind::Inaccessible(_)) => {
+            for ancestor in path.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()) {
+                match PathKind::of(ancestor) {
+                    PathKind::Missing | PathKind::Inaccessible(_) => continue,
+                    PathKind::Dir => break,
+                    a => anyhow::bail!(
+                        "--save_img_path `{shown}` cannot be created: `{}` {a}, not a folder",
+                        ancestor.display()
+                    ),
+                }
+            }
+            match kind {
+                PathKind::Inaccessible(_) => anyhow::bail!("--save_img_path `{shown}` {kind}"),
+                _ => Ok(()),
+            }
+        }
+        kind => anyhow::bail!("--save_img_path `{shown}` {kind}; --save_img_path must be a folder"),
+    }
+}
+
 pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     if let Some(fps) = args.fps {
         anyhow::ensure!(fps.is_finite() && fps > 0.0, "--fps must be a positive number, got {fps}");
     }
+    check_save_dir(&args.save_img_path)?;
     let spec = args.sampling.spec()?;
     let mut req = args.sampling.request(&spec)?;
     req.keep_decoded = args.dump_latents.is_some();
@@ -442,6 +530,7 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
             spec.dir().join(osp_graphs::PIPELINE_FILE).display()
         )
     })?;
+    args.sampling.check_memory(&spec, &req, backend)?;
     let fps = args.fps.unwrap_or(spec.manifest().defaults.fps);
     let shape = spec.latent_shape(&req);
     let steps = spec.scheduler(&req)?.timesteps().len();
@@ -455,8 +544,6 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     };
     let mut pipeline = args.sampling.load(spec, backend)?;
     let encode = args.encode.options();
-    std::fs::create_dir_all(&args.save_img_path)
-        .with_context(|| format!("creating --save_img_path {}", args.save_img_path.display()))?;
     let mut observer =
         Observer { bar: progress(args.progress), dump: args.dump_latents.as_ref().map(|_| BTreeMap::new()) };
     let mut grids: Vec<ndarray::Array4<u8>> = Vec::new();
@@ -475,9 +562,12 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         }
         let n = out.frames.len();
         let name = |sample: Option<usize>, index: Option<usize>, frames: usize| {
-            output_path(&args.save_img_path, &req, args.output_format, index, sample, frames)
+            output_path(&args.save_img_path, &req, args.output_format, index, sample, frames, args.overwrite)
         };
         let write = |path: &Path, frames: ndarray::ArrayView4<u8>| -> anyhow::Result<()> {
+            // Created on the first write: a run that stops early (a non-finite value) leaves nothing.
+            std::fs::create_dir_all(&args.save_img_path)
+                .with_context(|| format!("creating --save_img_path {}", args.save_img_path.display()))?;
             video::write_video(path, frames, fps, &encode).with_context(|| format!("writing {}", path.display()))?;
             println!("{}", path.display());
             Ok(())
@@ -503,7 +593,8 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     if args.grid {
         let views: Vec<_> = grids.iter().map(|g| g.view()).collect();
         let grid = video::video_grid(&views, true)?;
-        let path = output_path(&args.save_img_path, &req, args.output_format, None, None, grid.shape()[0]);
+        let path =
+            output_path(&args.save_img_path, &req, args.output_format, None, None, grid.shape()[0], args.overwrite);
         video::write_video(&path, grid.view(), fps, &encode).with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use osp_runtime::{Backend, BackendKind, SessionOptions};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +26,10 @@ pub mod tokenize;
 #[derive(Debug, Parser)]
 #[command(name = "osp", version, about)]
 pub struct Cli {
+    /// Log more on stderr: `-v` info, `-vv` debug, `-vvv` trace (default: warnings and errors only;
+    /// `RUST_LOG` overrides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     /// Write a Chrome trace (open in chrome://tracing or Perfetto) of the run.
     #[arg(long, global = true)]
     pub tracing: bool,
@@ -120,15 +124,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Logs to stderr with the `RUST_LOG` filter (default `info,ort=warn`); `--tracing` adds the Chrome
-/// layer, whose guard flushes the trace file when dropped.
+/// The log filter: `RUST_LOG` when set, else warnings and errors, more with each `-v`.
+fn log_filter(verbose: u8) -> anyhow::Result<EnvFilter> {
+    match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(spec) if !spec.trim().is_empty() => {
+            EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG=`{spec}` is not a valid log filter"))
+        }
+        _ => Ok(EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "info,ort=warn",
+            2 => "debug,ort=warn",
+            _ => "trace",
+        })),
+    }
+}
+
+/// Logs to stderr through [`log_filter`]; `--tracing` adds the Chrome layer (at least info-level
+/// spans whatever the log level), whose guard flushes the trace file when dropped.
 fn init_tracing(cli: &Cli) -> anyhow::Result<Option<tracing_chrome::FlushGuard>> {
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info,ort=warn"))?;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(log_filter(cli.verbose)?);
+    let registry = tracing_subscriber::registry().with(fmt);
     if cli.tracing {
         let (chrome, guard) =
             tracing_chrome::ChromeLayerBuilder::new().file(&cli.trace_file).include_args(true).build();
+        let chrome = chrome.with_filter(log_filter(cli.verbose.max(1))?);
         registry.with(chrome).try_init().context("installing the tracing subscriber")?;
         tracing::info!(file = %cli.trace_file.display(), "writing a Chrome trace");
         Ok(Some(guard))

@@ -15,6 +15,7 @@
 //!
 //! `osp generate --bundle e2e.pipeline --text_prompt "A cat." --num_frames 9 --height 64 --width 96`
 
+pub mod memory;
 pub mod noise;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use osp_graphs::config::{StreamProtocol, STREAM_METADATA_KEY};
 use osp_graphs::{ModelSpec, PipelineDims, PipelineManifest};
 
 use crate::error::{Error, Result};
+use crate::finite;
 use crate::scheduler::{PredictionType, SampleMethod, Scheduler, SchedulerConfig, TimestepSpacing};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
@@ -130,6 +132,8 @@ pub struct PipelineSpec {
     stream_protocol: Option<StreamProtocol>,
     /// Longest latent clip the whole decoder graph takes (its `max_latent_frames` metadata).
     max_latent_frames: Option<usize>,
+    /// What the memory estimate needs of the models.
+    sizes: memory::ModelSizes,
 }
 
 /// A loaded pipeline bundle: its [`PipelineSpec`] (through `Deref`) and the model sessions.
@@ -186,7 +190,13 @@ impl PipelineSpec {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let manifest = PipelineManifest::load(&dir)?;
-        let (_, _, vae_manifest, dims) = manifest.load_components(&dir)?;
+        let (text_manifest, dit_manifest, vae_manifest, dims) = manifest.load_components(&dir)?;
+        let c = &manifest.components;
+        let sizes = memory::ModelSizes::read(
+            (&text_manifest, &dir.join(&c.text_encoder)),
+            (&dit_manifest, &dir.join(&c.transformer)),
+            (&vae_manifest, &dir.join(&c.vae)),
+        );
         let pipeline_file = dir.join(osp_graphs::PIPELINE_FILE);
         let in_pipeline_file = |e: Error| match e {
             Error::InvalidSchedulerConfig { key, why } => {
@@ -221,7 +231,17 @@ impl PipelineSpec {
             .and_then(|g| g.metadata.get("max_latent_frames"))
             .and_then(|v| v.as_u64())
             .map(|v| v as usize);
-        Ok(Self { dir, manifest, dims, scheduler_config, vae_scale, vae_shift, stream_protocol, max_latent_frames })
+        Ok(Self {
+            dir,
+            manifest,
+            dims,
+            scheduler_config,
+            vae_scale,
+            vae_shift,
+            stream_protocol,
+            max_latent_frames,
+            sizes,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -290,6 +310,13 @@ impl PipelineSpec {
             req.height / d.vae_spatial,
             req.width / d.vae_spatial,
         ]
+    }
+
+    /// The estimated peak memory of `req` ([`memory::estimate`]); checked against the host with
+    /// [`memory::check`] before any model loads.
+    pub fn memory_estimate(&self, req: &GenerateRequest) -> memory::MemoryEstimate {
+        let d = &self.dims;
+        memory::estimate(&self.sizes, req, self.latent_shape(req), (d.patch_size_t, d.patch_size), d.vae_spatial)
     }
 
     /// Checks the request before any model runs; each error names the flag and its rule.
@@ -413,9 +440,14 @@ impl Pipeline {
         let cfg = req.guidance_scale > 1.0;
         let l = req.max_sequence_length;
 
+        let in_prompt = |e: Error| e.for_prompt(index, &prompt);
         let started = Instant::now();
-        let positive = self.text.encode(&[prompt.as_str()], l)?;
-        let negative = if cfg { Some(self.text.encode_allow_empty(&[req.negative_prompt.as_str()], l)?) } else { None };
+        let positive = self.text.encode(&[prompt.as_str()], l).map_err(in_prompt)?;
+        let negative = if cfg {
+            Some(self.text.encode_allow_empty(&[req.negative_prompt.as_str()], l).map_err(in_prompt)?)
+        } else {
+            None
+        };
         observer.stage(index, "text_encode", started.elapsed().as_secs_f64());
 
         // CFG batch: [negative] * n + [positive] * n.
@@ -436,6 +468,7 @@ impl Pipeline {
             }
             InitLatents::Scaled(x) => x,
         };
+        finite::check("initial latents", latents.view()).map_err(in_prompt)?;
         let timesteps = scheduler.timesteps().to_vec();
         let total = timesteps.len();
         for (i, &t) in timesteps.iter().enumerate() {
@@ -452,6 +485,7 @@ impl Pipeline {
                 ("encoder_attention_mask", &mask),
             ])?;
             let dit_out = take_f32(&mut out, TRANSFORMER_GRAPH, DIT_OUTPUT)?;
+            finite::check("transformer output", dit_out.view()).map_err(|e| in_prompt(e.at_step(i)))?;
             let guided = if cfg {
                 let uncond = dit_out.slice_axis(Axis(0), (0..n).into()).to_owned();
                 let text = dit_out.slice_axis(Axis(0), (n..2 * n).into()).to_owned();
@@ -468,6 +502,7 @@ impl Pipeline {
             let step_noise =
                 if scheduler.needs_noise() { Some(noise.step_noise(index, i, latents.shape())?) } else { None };
             let prev = scheduler.step(&guided, i, &latents, step_noise.as_ref())?;
+            finite::check("latents after the scheduler step", prev.view()).map_err(|e| in_prompt(e.at_step(i)))?;
             observer.stage(index, "denoise_step", started.elapsed().as_secs_f64());
             observer.step(
                 index,
@@ -487,14 +522,14 @@ impl Pipeline {
 
         let started = Instant::now();
         let (decoded, frames) = if req.keep_decoded {
-            let decoded = self.decode_latents(&latents, &req.decode)?;
+            let decoded = self.decode_latents(&latents, &req.decode).map_err(in_prompt)?;
             let frames = (0..n)
                 .map(|b| to_uint8_frames(&decoded, b, req.num_frames, req.height, req.width))
                 .collect::<Result<_>>()?;
             (Some(decoded), frames)
         } else {
             let z = self.unnormalize(&latents)?;
-            let videos = self.vae.decode_frames(z.view(), &req.decode)?;
+            let videos = self.vae.decode_frames(z.view(), &req.decode).map_err(in_prompt)?;
             let frames = videos
                 .into_iter()
                 .map(|v| crop_frames(v, req.num_frames, req.height, req.width))
@@ -687,6 +722,7 @@ mod tests {
             vae_shift: vec![],
             stream_protocol: None,
             max_latent_frames: None,
+            sizes: Default::default(),
         };
         assert_eq!(spec.scheduler_config(SampleMethod::EulerAncestralDiscrete), base);
         for m in [SampleMethod::Ddim, SampleMethod::EulerDiscrete, SampleMethod::DpmSolverMultistep, SampleMethod::Pndm]

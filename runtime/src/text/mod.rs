@@ -31,6 +31,8 @@ use crate::tokenizer::{Encoded, Tokenizer};
 pub const GRAPH: &str = "text_encoder";
 /// Graph metadata key naming the bundle's tokenizer file.
 pub const TOKENIZER_KEY: &str = "tokenizer";
+/// Graph metadata key holding the SHA-256 (hex) of the bundle's tokenizer file.
+pub const TOKENIZER_SHA256_KEY: &str = "tokenizer_sha256";
 /// Prompts per encoder run.
 pub const DEFAULT_BATCH_SIZE: usize = 8;
 
@@ -61,6 +63,50 @@ fn sha256_file(path: &Path) -> Result<[u8; 32]> {
     Ok(Sha256::digest(&bytes).into())
 }
 
+/// The tokenizer file the `text_encoder` graph of `bundle` names (graph metadata `"tokenizer"`),
+/// with the SHA-256 recorded at export (`"tokenizer_sha256"`) when there is one; `None` when the
+/// graph names no tokenizer.
+pub fn bundle_tokenizer(bundle: &Bundle) -> Result<Option<(PathBuf, Option<String>)>> {
+    let fail = |why: String| Error::TextEncoder { bundle: bundle.dir().to_path_buf(), why };
+    let spec = bundle.manifest().graph(GRAPH)?;
+    let Some(name) = spec.metadata.get(TOKENIZER_KEY) else {
+        return Ok(None);
+    };
+    let name = name.as_str().ok_or_else(|| fail(format!("graph metadata `{TOKENIZER_KEY}` must be a file name")))?;
+    if Path::new(name).file_name().map(|f| f != name).unwrap_or(true) {
+        return Err(fail(format!("tokenizer file `{name}` must be a plain name inside the bundle")));
+    }
+    let digest = spec.metadata.get(TOKENIZER_SHA256_KEY).and_then(|v| v.as_str()).map(str::to_string);
+    Ok(Some((bundle.dir().join(name), digest)))
+}
+
+/// Fails unless `digest` (the tokenizer file's SHA-256) is the one the bundle recorded.
+fn check_tokenizer_digest(path: &Path, recorded: Option<&str>, digest: &[u8; 32]) -> Result<()> {
+    match recorded {
+        Some(expected) if expected != hex::encode(digest) => Err(Error::DigestMismatch {
+            path: path.to_path_buf(),
+            expected: expected.to_string(),
+            found: hex::encode(digest),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Loads the tokenizer `bundle` ships and checks it: it parses, its ids fit the encoder's
+/// embedding table, and its SHA-256 is the one recorded at export. Returns the tokenizer and
+/// its path, or `None` when the bundle names no tokenizer.
+pub fn load_bundle_tokenizer(bundle: &Bundle) -> Result<Option<(Tokenizer, PathBuf)>> {
+    let Some((path, recorded)) = bundle_tokenizer(bundle)? else {
+        return Ok(None);
+    };
+    let tok = Tokenizer::from_file(&path)?;
+    if let ModelSpec::Mt5Encoder(cfg) = &bundle.manifest().model {
+        tok.check_embedding_rows(cfg.vocab_size)?;
+    }
+    check_tokenizer_digest(&path, recorded.as_deref(), &sha256_file(&path)?)?;
+    Ok(Some((tok, path)))
+}
+
 impl TextEncoder {
     /// Loads the `text_encoder` graph of `bundle` and its tokenizer: `tokenizer` when given,
     /// otherwise the file the graph metadata names (`"tokenizer"`). Fails unless every id the
@@ -72,25 +118,21 @@ impl TextEncoder {
             return Err(fail(format!("holds a `{}` model, not a text encoder (mt5_encoder)", manifest.model.kind())));
         };
         let spec = manifest.graph(GRAPH)?;
-        let tokenizer_path: PathBuf = match tokenizer {
-            Some(p) => p.to_path_buf(),
-            None => {
-                let name = spec.metadata.get(TOKENIZER_KEY).and_then(|v| v.as_str()).ok_or_else(|| {
-                    fail("names no tokenizer (export it with --tokenizer, or pass --tokenizer here)".into())
-                })?;
-                if Path::new(name).file_name().map(|f| f != name).unwrap_or(true) {
-                    return Err(fail(format!("tokenizer file `{name}` must be a plain name inside the bundle")));
-                }
-                bundle.dir().join(name)
-            }
+        let (tokenizer_path, recorded) = match tokenizer {
+            Some(p) => (p.to_path_buf(), None),
+            None => bundle_tokenizer(bundle)?.ok_or_else(|| {
+                fail("names no tokenizer (export it with --tokenizer, or pass --tokenizer here)".into())
+            })?,
         };
         let tok = Tokenizer::from_file(&tokenizer_path)?;
         tok.check_embedding_rows(cfg.vocab_size)?;
+        let tokenizer_digest = sha256_file(&tokenizer_path)?;
+        check_tokenizer_digest(&tokenizer_path, recorded.as_deref(), &tokenizer_digest)?;
         let session = bundle.session(GRAPH, opts)?;
 
         let mut id = Sha256::new();
         id.update(b"osp-text-embedding-cache-v1\0");
-        id.update(sha256_file(&tokenizer_path)?);
+        id.update(tokenizer_digest);
         id.update(manifest.provenance.source_sha256.as_deref().unwrap_or("-").as_bytes());
         id.update(sha256_file(&bundle.graph_path(GRAPH)?)?);
         let meta = serde_json::to_string(&spec.metadata).map_err(|e| fail(e.to_string()))?;
@@ -180,7 +222,14 @@ impl TextEncoder {
         let keys: Vec<String> = texts.iter().map(|t| self.cache_key(t, max_len)).collect();
         if let Some(cache) = &self.cache {
             for (i, key) in keys.iter().enumerate() {
-                rows[i] = cache.get(key, &encoded[i].attention_mask, d);
+                rows[i] = cache.get(key, &encoded[i].attention_mask, d).filter(|row| {
+                    let finite = row.iter().all(|v| v.is_finite());
+                    if !finite {
+                        let path = cache.entry_path(key);
+                        tracing::warn!(path = %path.display(), "text cache entry holds NaN or infinite values; recomputing");
+                    }
+                    finite
+                });
             }
         }
         let misses: Vec<usize> = (0..texts.len()).filter(|&i| rows[i].is_none()).collect();
@@ -190,6 +239,9 @@ impl TextEncoder {
             let batch: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
             let out = self.run_encoder(&batch, max_len)?;
             for (row, &i) in out.into_iter().zip(chunk) {
+                let view = ndarray::ArrayView::from_shape(IxDyn(&[max_len, d]), &row)
+                    .map_err(|e| Error::Tensor { name: "last_hidden_state".into(), why: e.to_string() })?;
+                crate::finite::check(&format!("text encoder output for {:?}", texts[i]), view)?;
                 if let Some(cache) = &self.cache {
                     cache.put(&keys[i], &row, &encoded[i].attention_mask, d)?;
                 }

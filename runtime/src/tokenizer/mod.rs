@@ -8,10 +8,18 @@
 //! warning naming the removed text, as upstream does.
 //! <https://github.com/PKU-YuanGroup/Open-Sora-Plan/blob/9fa322fbbb276e2bbe40b2f439e3d610af3d7690/opensora/sample/pipeline_opensora.py>
 //!
+//! The `tokenizers` library panics on some malformed `tokenizer.json` files (e.g. a non-string
+//! key in the `decoder` block); every call into it on a user file (loading, encoding, decoding)
+//! runs under [`guard::catch`], which turns a panic into [`TokenizerError::Corrupt`] or
+//! [`TokenizerError::Tokenizers`] naming the file, without printing the panic.
+//!
 //! Intended CLI (wired by `osp tokenize`): `osp tokenize --tokenizer FILE --prompt TEXT
 //! [--max-sequence-length 512]` prints [`tokenize_json`]'s output.
 
+mod guard;
 mod spiece;
+
+pub use guard::catch as catch_panic;
 
 use std::path::{Path, PathBuf};
 
@@ -43,9 +51,9 @@ pub enum TokenizerError {
     /// The tokenizer can emit ids the text encoder's embedding table has no row for.
     #[error("tokenizer vocabulary has {tokenizer} tokens but the text encoder's embedding table has {embedding} rows")]
     VocabularyMismatch { tokenizer: usize, embedding: usize },
-    /// The tokenizers library failed while encoding or decoding.
-    #[error("tokenizer: {0}")]
-    Tokenizers(String),
+    /// The tokenizers library failed while encoding or decoding with the tokenizer from `path`.
+    #[error("tokenizer file {}: {why}", path.display())]
+    Tokenizers { path: PathBuf, why: String },
 }
 
 /// Result alias of the tokenizer module.
@@ -66,6 +74,8 @@ pub struct Encoded {
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The file the tokenizer was loaded from, for error messages.
+    path: PathBuf,
     pad_id: u32,
     eos_id: u32,
     /// Tokens the post-processor adds to one text (`</s>`: 1).
@@ -79,13 +89,17 @@ impl Tokenizer {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })?;
         let is_json = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("json"));
-        let inner = if is_json {
-            tokenizers::Tokenizer::from_bytes(&bytes)
-                .map_err(|e| TokenizerError::Corrupt { path: path.to_path_buf(), why: e.to_string() })?
-        } else {
-            spiece::tokenizer_from_spiece(path, &bytes)?
-        };
-        let tokenizer = Self::from_tokenizers(inner, path)?;
+        let corrupt = |why: String| TokenizerError::Corrupt { path: path.to_path_buf(), why };
+        let panicked = |why: String| corrupt(format!("the tokenizers library panicked while loading it: {why}"));
+        let tokenizer = guard::catch(|| {
+            let inner = if is_json {
+                tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?
+            } else {
+                spiece::tokenizer_from_spiece(path, &bytes)?
+            };
+            Self::from_tokenizers(inner, path)
+        })
+        .map_err(panicked)??;
         tracing::info!(path = %path.display(), vocab = tokenizer.vocab_size(), "tokenizer loaded");
         Ok(tokenizer)
     }
@@ -99,7 +113,7 @@ impl Tokenizer {
         inner.with_truncation(None).map_err(|e| corrupt(e.to_string()))?;
         inner.with_padding(None);
         let added = inner.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
-        Ok(Tokenizer { inner, pad_id, eos_id, added })
+        Ok(Tokenizer { inner, path: path.to_path_buf(), pad_id, eos_id, added })
     }
 
     /// Number of ids the tokenizer can emit (model vocabulary plus added tokens).
@@ -131,6 +145,21 @@ impl Tokenizer {
         self.inner.get_vocab(true).values().copied().max()
     }
 
+    /// Runs `f` on the inner tokenizer; a library error or panic becomes
+    /// [`TokenizerError::Tokenizers`] naming the file and `what` was done.
+    fn call<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&tokenizers::Tokenizer) -> std::result::Result<T, E>,
+    ) -> Result<T> {
+        let fail = |why: String| TokenizerError::Tokenizers { path: self.path.clone(), why: format!("{what}: {why}") };
+        match guard::catch(|| f(&self.inner)) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(fail(e.to_string())),
+            Err(panic) => Err(fail(format!("the tokenizers library panicked: {panic}"))),
+        }
+    }
+
     /// The raw ids of `text`, with `</s>` when `add_special_tokens`, without padding or truncation.
     /// An empty text is allowed here (upstream's unconditional branch encodes `""`).
     pub fn encode_ids(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -138,7 +167,7 @@ impl Tokenizer {
     }
 
     fn raw(&self, text: &str, add_special_tokens: bool) -> Result<Encoding> {
-        self.inner.encode(text, add_special_tokens).map_err(|e| TokenizerError::Tokenizers(e.to_string()))
+        self.call("encoding", |t| t.encode(text, add_special_tokens))
     }
 
     /// Tokenizes a user prompt for the text encoder: `</s>` appended, truncated to `max_len`
@@ -165,17 +194,18 @@ impl Tokenizer {
         if max_len <= self.added {
             return Err(TokenizerError::InvalidInput {
                 name: "max_sequence_length".into(),
-                rule: format!("must exceed the {} special token(s) appended to every text, got {max_len}", self.added),
+                rule: format!(
+                    "must exceed the {} special token(s) tokenizer {} appends to every text, got {max_len}",
+                    self.added,
+                    self.path.display()
+                ),
             });
         }
         let mut encoding = self.raw(text, false)?;
         let keep = max_len - self.added;
         let truncated = encoding.len() > keep;
         if truncated {
-            let removed = self
-                .inner
-                .decode(&encoding.get_ids()[keep..], true)
-                .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+            let removed = self.call("decoding the truncated part", |t| t.decode(&encoding.get_ids()[keep..], true))?;
             tracing::warn!(
                 max_sequence_length = max_len,
                 tokens = encoding.len() + self.added,
@@ -184,8 +214,7 @@ impl Tokenizer {
             );
             encoding.truncate(keep, 0, TruncationDirection::Right);
         }
-        let mut encoding =
-            self.inner.post_process(encoding, None, true).map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+        let mut encoding = self.call("post-processing", |t| t.post_process(encoding, None, true))?;
         encoding.pad(max_len, self.pad_id, 0, PAD_TOKEN, PaddingDirection::Right);
         Ok(Encoded {
             input_ids: encoding.get_ids().iter().map(|&i| i64::from(i)).collect(),
@@ -198,8 +227,10 @@ impl Tokenizer {
 /// `osp tokenize`: loads `tokenizer`, encodes `prompt` to `max_len` tokens and returns
 /// `{"input_ids": [...], "attention_mask": [...], "truncated": bool}` as pretty JSON.
 pub fn tokenize_json(tokenizer: impl AsRef<Path>, prompt: &str, max_len: usize) -> Result<String> {
-    let encoded = Tokenizer::from_file(tokenizer)?.encode(prompt, max_len)?;
-    serde_json::to_string_pretty(&encoded).map_err(|e| TokenizerError::Tokenizers(e.to_string()))
+    let tokenizer = Tokenizer::from_file(tokenizer)?;
+    let encoded = tokenizer.encode(prompt, max_len)?;
+    serde_json::to_string_pretty(&encoded)
+        .map_err(|e| TokenizerError::Tokenizers { path: tokenizer.path.clone(), why: e.to_string() })
 }
 
 #[cfg(test)]

@@ -55,6 +55,11 @@ pub const ENCODER_MEAN: &str = "mean";
 pub const DECODER_INPUT: &str = "z";
 pub const DECODER_OUTPUT: &str = "sample";
 
+/// Stage names of the decoder's non-finite checks ([`crate::finite`]); the output is checked per
+/// graph call (one tile, or one streamed chunk of a tile), so its index is within that call.
+const INPUT_STAGE: &str = "latents given to the VAE decoder";
+const OUTPUT_STAGE: &str = "VAE decoder output";
+
 /// How [`Vae::decode`] runs the decoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DecodeOptions {
@@ -128,7 +133,9 @@ impl Vae {
         let encoder = self.encoder.as_mut().expect("the encoder session was just loaded");
         let input = Tensor::F32(x.to_owned().into_dyn());
         let out = encoder.run(&[(ENCODER_INPUT, &input)])?;
-        take_f32_5d(ENCODER_GRAPH, ENCODER_MEAN, out)
+        let mean = take_f32_5d(ENCODER_GRAPH, ENCODER_MEAN, out)?;
+        crate::finite::check("VAE encoder output (latent mean)", mean.view().into_dyn())?;
+        Ok(mean)
     }
 
     /// Decodes latents `z` (`[b, c, t, h, w]`) into `[b, 3, frames, h * 8, w * 8]` as `opts`
@@ -136,6 +143,7 @@ impl Vae {
     pub fn decode(&mut self, z: ArrayView5<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
         let _span =
             tracing::info_span!("vae_decode", shape = ?z.shape(), chunk = ?opts.chunk, tiling = ?opts.tiling).entered();
+        crate::finite::check(INPUT_STAGE, z.into_dyn())?;
         if opts.chunk.is_some() {
             // The streaming graphs run once per chunk (and tile) with large short-lived
             // intermediates: keep glibc from turning them into heap fragmentation.
@@ -159,6 +167,7 @@ impl Vae {
     /// [`tiling::decode_tiled_streamed_frames`]); otherwise the f32 decode is converted.
     pub fn decode_frames(&mut self, z: ArrayView5<f32>, opts: &DecodeOptions) -> Result<Vec<Array4<u8>>> {
         if let (Some(cfg), Some(chunk)) = (&opts.tiling, opts.chunk) {
+            crate::finite::check(INPUT_STAGE, z.into_dyn())?;
             let _span = tracing::info_span!("vae_decode_frames", shape = ?z.shape(), chunk, tiling = ?cfg).entered();
             crate::mem::pin_mmap_threshold();
             let streaming = self.streaming_decoder()?;
@@ -213,6 +222,7 @@ fn stream_tile<'a>(
                     name: output.clone(),
                     why: "streamed frames must be [b, c, t, h, w]".into(),
                 })?;
+                crate::finite::check(OUTPUT_STAGE, a.view().into_dyn())?;
                 sink(a.view())
             }
             other => Err(Error::unsupported(format!("streamed `{output}`"), other.dtype())),
@@ -230,7 +240,7 @@ enum TileDecoder<'a> {
 impl TileDecoder<'_> {
     fn decode(&mut self, z: ArrayView5<f32>) -> Result<Array5<f32>> {
         let input = Tensor::F32(z.to_owned().into_dyn());
-        match self {
+        let video = match self {
             TileDecoder::Whole(session) => {
                 let out = session.run(&[(DECODER_INPUT, &input)])?;
                 take_f32_5d(DECODER_GRAPH, DECODER_OUTPUT, out)
@@ -241,7 +251,9 @@ impl TileDecoder<'_> {
                 let graph = streaming.protocol().step_graph.clone();
                 take_f32_5d(&graph, &name, BTreeMap::from([(name.clone(), frames)]))
             }
-        }
+        }?;
+        crate::finite::check(OUTPUT_STAGE, video.view().into_dyn())?;
+        Ok(video)
     }
 }
 

@@ -170,8 +170,15 @@ struct Reader {
 impl Reader {
     fn open(path: &Path) -> Result<Self> {
         init()?;
-        if !path.is_file() {
-            return Err(Error::VideoOpen { path: path.to_path_buf(), why: "no such file".to_string() });
+        match osp_graphs::path::PathKind::of(path) {
+            osp_graphs::path::PathKind::File => {}
+            osp_graphs::path::PathKind::Missing => {
+                return Err(Error::VideoOpen { path: path.to_path_buf(), why: "no such file".to_string() });
+            }
+            _ => {
+                let why = osp_graphs::path::require_file(path).err().unwrap_or_default();
+                return Err(Error::VideoOpen { path: path.to_path_buf(), why });
+            }
         }
         let open_err = |why: String| Error::VideoOpen { path: path.to_path_buf(), why };
         let input = ffmpeg::format::input(path)

@@ -113,6 +113,7 @@ fn run_on<B: Backend>(args: &EmbedArgs, device: &B::Device) -> anyhow::Result<()
     jobs.retain(|(p, _)| !p.is_file());
     tracing::info!(total, skipped = total - jobs.len(), out = %args.out.display(), "encoding captions");
     let l = args.model_max_length;
+    let bar = super::progress::Count::new(jobs.len(), "captions");
     for chunk in jobs.chunks(args.batch_size.max(1)) {
         let encoded = chunk.iter().map(|(_, c)| tokenizer.encode(c, l)).collect::<osp_trainer::Result<Vec<_>>>()?;
         let b = encoded.len();
@@ -132,7 +133,9 @@ fn run_on<B: Backend>(args: &EmbedArgs, device: &B::Device) -> anyhow::Result<()
             let m = NpyArray::u8(vec![l], mask[j * l..(j + 1) * l].iter().map(|&v| v as u8).collect());
             write_npz(file, &[("mask", &m), ("text_emb", &emb)])?;
         }
+        bar.inc(chunk.len());
     }
+    bar.finish();
     println!("{} caption embeddings in {} ({} written)", total, args.out.display(), jobs.len());
     Ok(())
 }

@@ -59,6 +59,7 @@ pub fn run(args: LatentStatsArgs) -> anyhow::Result<()> {
     let mut moments = LatentMoments::new(config.latent_dim);
     let mut bad = BTreeSet::new();
     let indices: Vec<usize> = (0..n).collect();
+    let bar = super::progress::Count::new(n, "clips");
     for batch in indices.chunks(args.batch_size) {
         let loaded = dataset.load_batch(batch, None, &mut bad)?;
         let (t, h, w) = dataset.samples[loaded[0].0].shape();
@@ -69,7 +70,9 @@ pub fn run(args: LatentStatsArgs) -> anyhow::Result<()> {
         let to_vec = |t: Tensor<B, 5>| t.into_data().to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"));
         let std = to_vec(posterior.std())?;
         moments.add(&to_vec(posterior.mean)?, &std, shape)?;
+        bar.inc(batch.len());
     }
+    bar.finish();
     let stats = moments.finish()?;
     tracing::info!(clips = n, skipped = bad.len(), mean = ?stats.mean, std = ?stats.std, "latent statistics");
 

@@ -12,7 +12,11 @@ mod shapes;
 mod tokenizer;
 mod vae;
 
+use std::io::IsTerminal;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
 
 /// Run and train the osp Burn models (official PyTorch weights, exact forward passes).
 #[derive(Debug, Parser)]
@@ -20,9 +24,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, env = "OSP_LOG", default_value = "info", global = true)]
-    pub log: String,
+    /// Log more on stderr: `-v` info, `-vv` debug, `-vvv` trace (default: warnings and errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log filter in tracing EnvFilter syntax (overrides `RUST_LOG` and `-v`).
+    #[arg(long, env = "OSP_LOG", global = true)]
+    pub log: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,10 +61,30 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// The log filter: `--log`, else `RUST_LOG`, else warnings and errors, more with each `-v`.
+fn log_filter(cli: &Cli) -> anyhow::Result<EnvFilter> {
+    let env = std::env::var(EnvFilter::DEFAULT_ENV).ok().filter(|s| !s.trim().is_empty());
+    match (&cli.log, env) {
+        (Some(spec), _) => {
+            EnvFilter::try_new(spec).with_context(|| format!("--log `{spec}` is not a valid log filter"))
+        }
+        (None, Some(spec)) => {
+            EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG=`{spec}` is not a valid log filter"))
+        }
+        (None, None) => Ok(EnvFilter::new(match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        })),
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log)?)
+        .with_env_filter(log_filter(&cli)?)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
         Command::Forward(args) => forward::run(args),

@@ -82,3 +82,42 @@ impl Progress {
         }
     }
 }
+
+/// A count bar on stderr for work without training statistics (captions encoded, clips measured);
+/// indicatif draws it only when stderr is a terminal.
+pub struct Count {
+    #[cfg(feature = "progress")]
+    bar: indicatif::ProgressBar,
+}
+
+impl Count {
+    pub fn new(total: usize, unit: &str) -> Self {
+        #[cfg(feature = "progress")]
+        {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            let template = format!("{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}}");
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(&template)
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            Count { bar }
+        }
+        #[cfg(not(feature = "progress"))]
+        {
+            let _ = (total, unit);
+            Count {}
+        }
+    }
+
+    pub fn inc(&self, n: usize) {
+        #[cfg(feature = "progress")]
+        self.bar.inc(n as u64);
+        #[cfg(not(feature = "progress"))]
+        let _ = n;
+    }
+
+    pub fn finish(&self) {
+        #[cfg(feature = "progress")]
+        self.bar.finish_and_clear();
+    }
+}
