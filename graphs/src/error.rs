@@ -49,4 +49,18 @@ pub enum Error {
     Invalid(String),
     #[error("inconsistent pipeline bundle: {0}")]
     Pipeline(String),
+    /// One of the errors above, found in the file or bundle `path`.
+    #[error("{}: {source}", path.display())]
+    In {
+        path: PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// `self`, naming `path` as where it was found.
+    pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
+        Error::In { path: path.into(), source: Box::new(self) }
+    }
 }

@@ -355,12 +355,13 @@ impl BundleManifest {
         let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| Error::Json { path: path.clone(), source })?;
-        let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        let found = value.get("format_version").and_then(|v| v.as_u64()).map_or(0, |v| u32::try_from(v).unwrap_or(0));
         if found != FORMAT_VERSION {
             return Err(Error::FormatVersion { path, found, supported: FORMAT_VERSION });
         }
-        let manifest: Self = serde_json::from_value(value).map_err(|source| Error::Json { path, source })?;
-        manifest.validate()?;
+        let manifest: Self =
+            serde_json::from_value(value).map_err(|source| Error::Json { path: path.clone(), source })?;
+        manifest.validate().map_err(|e| e.in_file(&path))?;
         manifest.check_files(dir)?;
         Ok(manifest)
     }

@@ -229,12 +229,13 @@ impl PipelineManifest {
         let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         let value: serde_json::Value =
             serde_json::from_str(&text).map_err(|source| Error::Json { path: path.clone(), source })?;
-        let found = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        let found = value.get("format_version").and_then(|v| v.as_u64()).map_or(0, |v| u32::try_from(v).unwrap_or(0));
         if found != PIPELINE_FORMAT_VERSION {
             return Err(Error::FormatVersion { path, found, supported: PIPELINE_FORMAT_VERSION });
         }
-        let manifest: Self = serde_json::from_value(value).map_err(|source| Error::Json { path, source })?;
-        manifest.validate()?;
+        let manifest: Self =
+            serde_json::from_value(value).map_err(|source| Error::Json { path: path.clone(), source })?;
+        manifest.validate().map_err(|e| e.in_file(&path))?;
         Ok(manifest)
     }
 
@@ -259,7 +260,7 @@ impl PipelineManifest {
         let text = BundleManifest::load(&dir.join(&c.text_encoder))?;
         let transformer = BundleManifest::load(&dir.join(&c.transformer))?;
         let vae = BundleManifest::load(&dir.join(&c.vae))?;
-        let dims = check_components(&text, &transformer, &vae, &self.defaults)?;
+        let dims = check_components(&text, &transformer, &vae, &self.defaults).map_err(|e| e.in_file(dir))?;
         Ok((text, transformer, vae, dims))
     }
 

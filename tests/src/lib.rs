@@ -3,6 +3,7 @@
 //!
 //! Suites live in `tests/tests/*.rs`; each runs its body on every CPU backend (`ort-cpu`, `tract`).
 
+pub mod file_fuzz;
 pub mod fuzz;
 pub mod reference;
 
@@ -25,14 +26,19 @@ pub fn shared_reference() -> PathBuf {
 /// `cargo test --workspace` (or `-p osp-runtime --bin osp` beside `-p osp-tests`), not for `-p osp-tests`
 /// alone, so a missing binary is an error that says how to build it.
 pub fn osp_binary() -> Result<PathBuf> {
+    osp_binary_named("osp")
+}
+
+fn osp_binary_named(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let Some(dir) = exe.parent().and_then(std::path::Path::parent) else {
         bail!("test executable {} should sit in target/<profile>/deps", exe.display());
     };
-    let osp = dir.join(format!("osp{}", std::env::consts::EXE_SUFFIX));
+    let osp = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !osp.is_file() {
+        let package = if name == "osp" { "osp-runtime" } else { "osp-trainer" };
         bail!(
-            "{} not built: run the tests with `--workspace` or build `-p osp-runtime --bin osp` first",
+            "{} not built: run the tests with `--workspace` or build `-p {package} --bin {name}` first",
             osp.display()
         );
     }
@@ -51,4 +57,10 @@ pub fn check_close(what: &str, actual: &[f32], expected: &[f32], level: Approx) 
 /// Every backend the CPU suites run on.
 pub fn cpu_backends() -> Vec<osp_runtime::session::Backend> {
     vec![osp_runtime::session::Backend::OrtCpu, osp_runtime::session::Backend::Tract]
+}
+
+/// The `osp-train` binary of the build that runs this test (`target/<profile>/osp-train`), built by
+/// `cargo test --workspace` or `cargo build -p osp-trainer --bin osp-train`.
+pub fn osp_train_binary() -> Result<PathBuf> {
+    osp_binary_named("osp-train")
 }

@@ -1,8 +1,9 @@
 //! `osp-train shapes` + `osp-train dit` end to end on CPU with tiny models: a generated data set
 //! with a text-embedding cache, the tiny official WFVAE as the frozen encoder, a tiny random DiT.
 //! Checks that 4 updates straight equal 2 updates, a new process resuming from `latest`, and 2
-//! more (checkpoint bytes identical), that checkpoints load through the strict official-name
-//! loader, and that metrics (train and validation) are written.
+//! more (checkpoint bytes identical, metrics equal), that `latest` falls back past a broken
+//! newest checkpoint, that checkpoints load through the strict official-name loader, and that
+//! metrics (train and validation) are written, each step once.
 
 mod common;
 
@@ -33,6 +34,19 @@ fn assert_same_checkpoints(a: &Path, b: &Path, what: &str) {
         let y = std::fs::read(b.join(file)).unwrap_or_else(|e| panic!("{}: {e}", b.join(file).display()));
         assert!(x == y, "{file} differs ({what})");
     }
+}
+
+/// `metrics.jsonl` without the wall-clock field (`seconds`).
+fn step_metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .map(|l| {
+            let mut r: serde_json::Value = serde_json::from_str(l).expect("json line");
+            r.as_object_mut().expect("object").remove("seconds");
+            r
+        })
+        .collect()
 }
 
 struct Setup {
@@ -159,6 +173,17 @@ fn dit_training_resumes_exactly_and_writes_official_checkpoints() {
     run(&train_args(&st, &split, 4, true));
 
     assert_same_checkpoints(&straight.join("checkpoint-4"), &split.join("checkpoint-4"), "resumed vs uninterrupted");
+    assert_eq!(step_metrics(&split), step_metrics(&straight), "resumed metrics vs uninterrupted");
+
+    // A run that got to step 3 and left a broken checkpoint-3: `latest` warns, resumes from
+    // checkpoint-2, and the metrics of step 3 are logged once.
+    let crashed = st.root.join("run_crashed");
+    run(&train_args(&st, &crashed, 3, false));
+    std::fs::write(crashed.join("checkpoint-3/optimizer.safetensors"), b"").expect("break checkpoint-3");
+    let log = run(&train_args(&st, &crashed, 4, true));
+    assert!(log.contains("checkpoint-3") && log.contains("incomplete or corrupt"), "{log}");
+    assert_same_checkpoints(&straight.join("checkpoint-4"), &crashed.join("checkpoint-4"), "resumed after a fallback");
+    assert_eq!(step_metrics(&crashed), step_metrics(&straight), "metrics after a fallback");
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(straight.join("checkpoint-4/training_state.json")).expect("state"),
     )

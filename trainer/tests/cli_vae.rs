@@ -1,6 +1,7 @@
 //! `osp-train vae` end to end on CPU with a tiny WFVAE on the procedural shapes clips: a run of
 //! N steps equals N/2 steps, a restart and N/2 resumed steps (every checkpoint file bit-identical,
-//! GAN updates included), and the reconstruction loss falls over a short run.
+//! GAN updates included, metrics equal), also when `latest` has to skip a broken newest
+//! checkpoint, and the reconstruction loss falls over a short run.
 
 use std::path::{Path, PathBuf};
 
@@ -108,6 +109,36 @@ fn vae_training_resumes_exactly_with_gan_ema_and_checkpoints() {
             assert_eq!(a.get(key), b.get(key), "{key} at step {}", a["step"]);
         }
     }
+    assert_eq!(m1.len(), m2.len(), "each step is logged once");
+    for (a, b) in m1.iter().zip(&m2) {
+        let strip = |r: &serde_json::Value| {
+            let mut r = r.clone();
+            r.as_object_mut().expect("object").remove("seconds");
+            r
+        };
+        assert_eq!(strip(a), strip(b), "resumed metrics vs uninterrupted");
+    }
+
+    // A run that reached step 3 and left a broken checkpoint-3 resumes from checkpoint-2 and
+    // ends like the straight run, each step logged once.
+    let crashed = tmp.path().join("crashed");
+    run(&vae_args(&shapes, &config, &crashed, 3, &common));
+    let disc = crashed.join("checkpoint-3/discriminator_optimizer.safetensors");
+    let bytes = std::fs::read(&disc).expect("read");
+    std::fs::write(&disc, &bytes[..bytes.len() / 2]).expect("truncate");
+    run(&vae_args(&shapes, &config, &crashed, 6, &again));
+    for f in files {
+        let a = std::fs::read(straight.join("checkpoint-6").join(f)).expect("straight checkpoint file");
+        let b = std::fs::read(crashed.join("checkpoint-6").join(f)).expect("resumed checkpoint file");
+        assert!(a == b, "{f} differs between the straight run and the one resumed after a fallback");
+    }
+    let m3 = metrics(&crashed);
+    let steps: Vec<u64> = m3.iter().map(|r| r["step"].as_u64().expect("step")).collect();
+    assert_eq!(steps, [0, 1, 2, 3, 4, 5]);
+    for (a, b) in m1.iter().zip(&m3) {
+        assert_eq!(a.get("total_loss"), b.get("total_loss"), "step {}", a["step"]);
+    }
+
     // The checkpoint loads in the strict official-name loader (what osp-export reads).
     let weights = straight.join("checkpoint-6/model/diffusion_pytorch_model.safetensors");
     let cfg = osp_trainer::models::wfvae::WFVAEModelConfig::from_json_file(&config).expect("config");

@@ -129,7 +129,9 @@ fn resume_continues_exactly_like_an_uninterrupted_run() {
     drop(first);
 
     let mut resumed = trainer::<AB>(1, true);
-    let ckpt = osp_trainer::train::resolve_resume(dir.path(), "latest").expect("resolve").expect("a checkpoint");
+    let ckpt = osp_trainer::train::resolve_resume(dir.path(), "latest", &layout().checkpoint_files())
+        .expect("resolve")
+        .expect("a checkpoint");
     let state = resumed.resume(&ckpt, &layout()).expect("resume");
     assert_eq!(state.step, steps as usize / 2);
     assert_eq!(state.data_position["next_index"], steps / 2);
@@ -323,7 +325,9 @@ fn loss_scaling_without_overflow_trains_bit_identically_and_resumes() {
 
     scaled.save(dir.path(), &layout(), &rng_b, serde_json::json!({}), serde_json::json!({}), None).expect("save");
     let mut resumed = scaled_trainer(2);
-    let ckpt = osp_trainer::train::resolve_resume(dir.path(), "latest").expect("resolve").expect("a checkpoint");
+    let ckpt = osp_trainer::train::resolve_resume(dir.path(), "latest", &layout().checkpoint_files())
+        .expect("resolve")
+        .expect("a checkpoint");
     let state = resumed.resume(&ckpt, &layout()).expect("resume");
     assert_eq!(resumed.loss_scale, scaled.loss_scale, "the scaler's state is restored");
     let mut rng_c = state.rng;
@@ -369,4 +373,51 @@ fn an_overflowing_update_is_skipped_and_the_scale_backs_off() {
     assert_eq!(a.lr, b.lr, "the schedule did not advance on the skipped update");
     assert_eq!(b.loss_scale, Some(32768.0));
     assert_all(&weights(&hit), &weights(&clean), Approx::Exact, "after the skipped batch");
+}
+
+#[test]
+fn latest_falls_back_to_the_newest_complete_checkpoint() {
+    use osp_trainer::train::{check_checkpoint, resolve_resume};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let loss = loss_fn::<AB>();
+    let files = layout().checkpoint_files();
+    let mut t = trainer::<AB>(1, true);
+    let mut rng = Rng::new(3);
+    for i in 0..3 {
+        let b = batch(&mut rng, i, 2);
+        t.step(&[vec![b]], &loss).expect("step");
+        t.save(dir.path(), &layout(), &rng, serde_json::json!(null), serde_json::json!({}), None).expect("save");
+    }
+    let ckpt = |s: usize| dir.path().join(format!("checkpoint-{s}"));
+    assert_eq!(resolve_resume(dir.path(), "latest", &files).expect("resolve"), Some(ckpt(3)));
+
+    // Truncated optimizer state in the newest: resume from checkpoint-2, whose state loads.
+    let opt = ckpt(3).join("optimizer.safetensors");
+    let bytes_opt = std::fs::read(&opt).expect("read");
+    std::fs::write(&opt, &bytes_opt[..bytes_opt.len() - 4]).expect("truncate");
+    let err = check_checkpoint(&ckpt(3), &files).expect_err("truncated").to_string();
+    assert!(err.contains("optimizer.safetensors") && err.contains("truncated"), "{err}");
+    assert_eq!(resolve_resume(dir.path(), "latest", &files).expect("resolve"), Some(ckpt(2)));
+    let mut resumed = trainer::<AB>(1, true);
+    assert_eq!(resumed.resume(&ckpt(2), &layout()).expect("resume").step, 2);
+
+    // Named explicitly, a broken checkpoint is an error naming the file, never replaced.
+    let err = resolve_resume(dir.path(), "checkpoint-3", &files).expect_err("explicit").to_string();
+    assert!(err.contains("--resume_from_checkpoint") && err.contains("optimizer.safetensors"), "{err}");
+
+    // An empty EMA file and a missing state make the other two incomplete: an error naming all three.
+    std::fs::write(ckpt(2).join("model_ema").join(WEIGHTS), b"").expect("empty");
+    std::fs::remove_file(ckpt(1).join("training_state.json")).expect("remove");
+    let err = resolve_resume(dir.path(), "latest", &files).expect_err("nothing complete").to_string();
+    for part in ["checkpoint-3", "checkpoint-2", "model_ema", "checkpoint-1", "training_state.json"] {
+        assert!(err.contains(part), "`{part}` missing from: {err}");
+    }
+    // A header length field past the end of the file.
+    let model = ckpt(3).join("model").join(WEIGHTS);
+    let mut bytes = std::fs::read(&model).expect("read");
+    bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    std::fs::write(&model, bytes).expect("write");
+    std::fs::write(&opt, &bytes_opt).expect("restore the optimizer state");
+    let err = check_checkpoint(&ckpt(3), &files).expect_err("bad header length").to_string();
+    assert!(err.contains("header length field"), "{err}");
 }

@@ -78,6 +78,9 @@ impl TractGraph {
             .collect::<Result<_>>()?;
         let values: Vec<tract_onnx::prelude::Tensor> =
             ordered.iter().zip(&self.input_names).map(|(t, name)| to_tract(graph, name, t)).collect::<Result<_>>()?;
+        for (ix, (t, name)) in values.iter().zip(&self.input_names).enumerate() {
+            self.check_declared(graph, ix, name, t.shape())?;
+        }
         let key: Vec<Vec<usize>> = values.iter().map(|t| t.shape().to_vec()).collect();
         let plan = match self.plans.get(&key) {
             Some(plan) => plan.clone(),
@@ -102,6 +105,33 @@ impl TractGraph {
             result.insert(name.clone(), from_tract(graph, name, value.into_tensor())?);
         }
         Ok(result)
+    }
+}
+
+impl TractGraph {
+    /// Checks a shape against the rank and the fixed dims the model declares for input `ix`:
+    /// tract does not check input shapes itself, and a tensor of another rank (a manifest that
+    /// disagrees with its graph) can make it panic or loop.
+    fn check_declared(&self, graph: &str, ix: usize, name: &str, shape: &[usize]) -> Result<()> {
+        use tract_onnx::tract_hir::infer::Factoid;
+        let fact = self.model.input_fact(ix).map_err(|e| Error::Run { graph: graph.to_string(), source: e.into() })?;
+        let mismatch = |declared: String| Error::ModelMismatch {
+            graph: graph.to_string(),
+            path: self.path.clone(),
+            why: format!("input `{name}` has shape {shape:?}, the model declares {declared}"),
+        };
+        let Some(rank) = fact.shape.rank().concretize() else { return Ok(()) };
+        if rank != shape.len() as i64 {
+            return Err(mismatch(format!("rank {rank}")));
+        }
+        for (axis, dim) in fact.shape.dims().enumerate() {
+            if let Some(d) = dim.concretize().and_then(|d| d.to_i64().ok()) {
+                if d != shape[axis] as i64 {
+                    return Err(mismatch(format!("dim {axis} = {d}")));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -252,7 +252,9 @@ impl SamplingOpts {
 
     /// The request: the bundle's defaults ([`PipelineSpec::default_request`]) with the flags given.
     pub fn request(&self, pipeline: &PipelineSpec) -> anyhow::Result<GenerateRequest> {
-        let d = pipeline.default_request(self.prompts()?)?;
+        let d = pipeline.default_request(self.prompts()?).with_context(|| {
+            format!("the defaults of {}", pipeline.dir().join(osp_graphs::PIPELINE_FILE).display())
+        })?;
         let recorded_schedule = match &self.recorded_schedule {
             None => None,
             Some(path) => {
@@ -517,7 +519,12 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let spec = args.sampling.spec()?;
     let mut req = args.sampling.request(&spec)?;
     req.keep_decoded = args.dump_latents.is_some();
-    let req = spec.prepare(req)?;
+    let req = spec.prepare(req).with_context(|| {
+        format!(
+            "the request from the flags and the defaults of {}",
+            spec.dir().join(osp_graphs::PIPELINE_FILE).display()
+        )
+    })?;
     args.sampling.check_memory(&spec, &req, backend)?;
     let fps = args.fps.unwrap_or(spec.manifest().defaults.fps);
     let shape = spec.latent_shape(&req);

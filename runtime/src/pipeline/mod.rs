@@ -224,16 +224,26 @@ impl PipelineSpec {
             (&dit_manifest, &dir.join(&c.transformer)),
             (&vae_manifest, &dir.join(&c.vae)),
         );
-        let scheduler_config: SchedulerConfig =
-            serde_json::to_value(&manifest.scheduler).and_then(serde_json::from_value).map_err(|e| {
-                Error::InvalidSchedulerConfig { key: "pipeline.json: scheduler".into(), why: e.to_string() }
-            })?;
-        scheduler_config.sample_method()?;
+        let pipeline_file = dir.join(osp_graphs::PIPELINE_FILE);
+        let in_pipeline_file = |e: Error| match e {
+            Error::InvalidSchedulerConfig { key, why } => {
+                let dot = if key.is_empty() { "" } else { "." };
+                Error::InvalidSchedulerConfig { key: format!("{}: scheduler{dot}{key}", pipeline_file.display()), why }
+            }
+            other => other,
+        };
+        let scheduler_config: SchedulerConfig = serde_json::to_value(&manifest.scheduler)
+            .and_then(serde_json::from_value)
+            .map_err(|e| Error::InvalidSchedulerConfig { key: "".into(), why: e.to_string() })
+            .map_err(in_pipeline_file)?;
+        scheduler_config.sample_method().map_err(in_pipeline_file)?;
         if !matches!(vae_manifest.model, ModelSpec::Wfvae(_)) {
             return Err(Error::Graph(osp_graphs::Error::Pipeline("the VAE must be a wfvae bundle".into())));
         }
-        let vae_graphs = VaeGraphs::read(&vae_manifest)
-            .map_err(|e| Error::Graph(osp_graphs::Error::Pipeline(format!("VAE decoder metadata: {e}"))))?;
+        let vae_graphs = VaeGraphs::read(&vae_manifest).map_err(|e| {
+            let manifest = dir.join(&manifest.components.vae).join(osp_graphs::MANIFEST_FILE);
+            Error::Graph(osp_graphs::Error::Pipeline(format!("VAE decoder metadata: {e}")).in_file(manifest))
+        })?;
         Ok(Self { dir, manifest, dims, scheduler_config, vae_graphs, sizes })
     }
 

@@ -61,13 +61,17 @@ pub fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// The most training timesteps a scheduler config may give (diffusers configs use 1000); the
+/// schedule tables have one entry per timestep.
+pub const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
+
 /// The betas of `config` (before any zero-SNR rescale), validated.
 pub fn betas(config: &SchedulerConfig) -> Result<Vec<f32>> {
     let n = config.num_train_timesteps;
-    if n < 2 {
+    if !(2..=MAX_TRAIN_TIMESTEPS).contains(&n) {
         return Err(Error::InvalidSchedulerConfig {
             key: "num_train_timesteps".into(),
-            why: format!("must be at least 2, got {n}"),
+            why: format!("must be in 2..={MAX_TRAIN_TIMESTEPS}, got {n}"),
         });
     }
     if let Some(trained) = &config.trained_betas {

@@ -177,14 +177,20 @@ impl Vae {
     /// Checks that `bundle` has the `encoder` and `decoder` graphs and reads its decoder metadata
     /// ([`VaeGraphs`]); sessions are created on first use with `opts`.
     pub fn load(bundle: &Bundle, opts: &SessionOptions) -> Result<Self> {
-        Self::with_graphs(bundle, VaeGraphs::read(bundle.manifest())?, opts)
+        let graphs = VaeGraphs::read(bundle.manifest())
+            .map_err(|e| Error::Graph(e.in_file(bundle.dir().join(osp_graphs::MANIFEST_FILE))))?;
+        Self::with_graphs(bundle, graphs, opts)
     }
 
     /// [`Self::load`] with the decoder metadata already read from `bundle`'s manifest.
     pub fn with_graphs(bundle: &Bundle, graphs: VaeGraphs, opts: &SessionOptions) -> Result<Self> {
         let manifest = bundle.manifest();
-        manifest.graph(ENCODER_GRAPH)?;
-        manifest.graph(DECODER_GRAPH)?;
+        let in_bundle = |e: Error| match e {
+            Error::Graph(g) => Error::Graph(g.in_file(bundle.dir().join(osp_graphs::MANIFEST_FILE))),
+            other => other,
+        };
+        manifest.graph(ENCODER_GRAPH).map_err(|e| in_bundle(e.into()))?;
+        manifest.graph(DECODER_GRAPH).map_err(|e| in_bundle(e.into()))?;
         let norm = match &manifest.model {
             ModelSpec::Wfvae(c) => {
                 Some((c.scale.iter().map(|&v| v as f32).collect(), c.shift.iter().map(|&v| v as f32).collect()))

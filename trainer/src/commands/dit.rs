@@ -381,7 +381,7 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
     let mut rng = Rng::new(args.seed);
     let mut position = DataPosition::default();
     if let Some(spec) = &args.resume_from_checkpoint {
-        match resolve_resume(&args.output_dir, spec)? {
+        match resolve_resume(&args.output_dir, spec, &layout.checkpoint_files())? {
             Some(dir) => {
                 let state = trainer.resume(&dir, &layout)?;
                 rng = state.rng;
@@ -390,7 +390,8 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
             None => tracing::info!("--resume_from_checkpoint latest: no checkpoint yet, starting fresh"),
         }
     }
-    let mut metrics = MetricsLog::open(args.output_dir.join("metrics.jsonl"))?;
+    // Step records carry the update number (1-based).
+    let mut metrics = MetricsLog::open_from(args.output_dir.join("metrics.jsonl"), trainer.step as u64 + 1)?;
     let shards = args.dp_replicas.max(1);
     let loss = |m: &OpenSoraT2V_v1_3<B>, b: &DitBatch| objective.loss(m, b);
     let mut bad = BTreeSet::new();

@@ -29,7 +29,9 @@ use serde::Serialize;
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
 use osp_trainer::data::annotation::{AnnotationItem, Captions, DataSource};
 use osp_trainer::data::{read_data_file, DataConfig, DataPosition, Dataset, VaeClips};
-use osp_trainer::losses::vae_step::{VaeCheckpoint, VaeOptimConfig, VaeStepLog, VaeTrainer, FROZEN_VAE_PARAMS};
+use osp_trainer::losses::vae_step::{
+    vae_checkpoint_files, VaeCheckpoint, VaeOptimConfig, VaeStepLog, VaeTrainer, FROZEN_VAE_PARAMS,
+};
 use osp_trainer::losses::{LossConfig, LossType};
 use osp_trainer::models::discriminator::NLayerDiscriminator3DConfig;
 use osp_trainer::models::wfvae::{WFVAEModel, WFVAEModelConfig};
@@ -363,7 +365,7 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
     let mut step = 0usize;
     let mut position = DataPosition::default();
     if let Some(spec) = &args.resume_from_checkpoint {
-        match resolve_resume(&args.ckpt_dir, spec)? {
+        match resolve_resume(&args.ckpt_dir, spec, &vae_checkpoint_files())? {
             Some(dir) => {
                 let (state, ema_weights) = trainer.resume(&dir)?;
                 step = state.step;
@@ -385,7 +387,8 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
         }
     }
 
-    let mut metrics = MetricsLog::open(args.ckpt_dir.join("metrics.jsonl"))?;
+    // Step records carry the global step before the update (0-based).
+    let mut metrics = MetricsLog::open_from(args.ckpt_dir.join("metrics.jsonl"), step as u64)?;
     let mut progress = Progress::new(args.progress, args.max_steps, step);
     let mut bad = BTreeSet::new();
     let mut last_saved = None;

@@ -130,8 +130,40 @@ impl AnnotationFormat {
     }
 }
 
-/// Reads an annotation list from a `.json` or `.pkl` file.
+/// The largest frame count or frame index an annotation item may give (about 4.6 days at 24 fps);
+/// larger values are corrupt metadata (a clip's frame indices are held in memory).
+pub const MAX_ANNOTATION_FRAMES: usize = 10_000_000;
+/// The largest height, width or crop coordinate an annotation item may give.
+pub const MAX_ANNOTATION_SIDE: usize = 1 << 20;
+
+/// Reads an annotation list from a `.json` or `.pkl` file. Frame counts, `cut`, `resolution` and
+/// `crop` values past [`MAX_ANNOTATION_FRAMES`] / [`MAX_ANNOTATION_SIDE`] are an error naming the
+/// file and the item.
 pub fn read_annotation(path: &Path) -> Result<Vec<AnnotationItem>> {
+    let items = read_items(path)?;
+    for (i, item) in items.iter().enumerate() {
+        let frames = item.num_frames.into_iter().chain(item.cut.into_iter().flatten());
+        let sides =
+            item.resolution.map(|r| [r.height, r.width]).into_iter().flatten().chain(item.crop.into_iter().flatten());
+        let bad = if let Some(v) = frames.into_iter().find(|&v| v > MAX_ANNOTATION_FRAMES) {
+            Some(format!("frame count or index {v} (`num_frames`, `cut`) exceeds {MAX_ANNOTATION_FRAMES}"))
+        } else {
+            sides
+                .into_iter()
+                .find(|&v| v > MAX_ANNOTATION_SIDE)
+                .map(|v| format!("size {v} (`resolution`, `crop`) exceeds {MAX_ANNOTATION_SIDE} pixels"))
+        };
+        if let Some(why) = bad {
+            return Err(Error::input(
+                format!("{} item {i} (`{}`)", path.display(), item.path),
+                format!("{why}; the annotation is corrupt"),
+            ));
+        }
+    }
+    Ok(items)
+}
+
+fn read_items(path: &Path) -> Result<Vec<AnnotationItem>> {
     let format = AnnotationFormat::of(path)
         .ok_or_else(|| Error::input(path.display().to_string(), "an annotation file must end in .json or .pkl"))?;
     match format {

@@ -264,10 +264,12 @@ impl Dataset {
         }
         tracing::info!(?stats, buckets = ?buckets.iter().map(|(k, v)| (format!("{}x{}x{}", k.0, k.1, k.2), v.len())).collect::<Vec<_>>(), "data planned");
         if samples.is_empty() {
+            let annotations: Vec<String> = sources.iter().map(|(s, _)| s.annotation.display().to_string()).collect();
             return Err(Error::input(
                 "--data",
                 format!(
-                    "no usable item after filtering ({stats:?}); check paths, --num_frames and the resolution flags"
+                    "no usable item in {} after filtering ({stats:?}); check paths, --num_frames and the resolution flags",
+                    annotations.join(", ")
                 ),
             ));
         }

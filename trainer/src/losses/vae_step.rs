@@ -442,6 +442,11 @@ pub struct VaeCheckpoint<'a, B: Backend> {
     pub state: TrainingState,
 }
 
+/// The files of a WFVAE checkpoint (for [`crate::train::checkpoint::resolve_resume`]).
+pub fn vae_checkpoint_files() -> ckpt::CheckpointFiles {
+    ckpt::CheckpointFiles::new(VAE_WEIGHTS_FILE, &[DISCRIMINATOR_FILE, DISCRIMINATOR_OPTIMIZER_FILE])
+}
+
 impl<B: AutodiffBackend> VaeTrainer<B> {
     /// Writes `<output_dir>/checkpoint-<step>/` atomically: `model/` and `model_ema/` (official
     /// WFVAE names + `config.json`), the discriminator, both optimizer states and

@@ -100,21 +100,154 @@ pub fn list_checkpoints(output_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     Ok(out)
 }
 
-/// `--resume_from_checkpoint`: `latest` (the newest checkpoint of `output_dir`, or none yet) or a
-/// checkpoint folder (which must exist).
-pub fn resolve_resume(output_dir: &Path, spec: &str) -> Result<Option<PathBuf>> {
+/// The files every checkpoint of a trainer holds besides `training_state.json`, for the
+/// completeness check of [`resolve_resume`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointFiles {
+    /// The weights file inside `model/`, and inside `model_ema/` when the state records EMA steps.
+    pub weights_file: String,
+    /// Further safetensors files (paths relative to the checkpoint folder), e.g. the WFVAE
+    /// discriminator and its optimizer.
+    pub extra: Vec<String>,
+}
+
+impl CheckpointFiles {
+    /// `model/<weights_file>`, `optimizer.safetensors` and `extra`.
+    pub fn new(weights_file: impl Into<String>, extra: &[&str]) -> Self {
+        CheckpointFiles { weights_file: weights_file.into(), extra: extra.iter().map(|s| s.to_string()).collect() }
+    }
+}
+
+/// `--resume_from_checkpoint`: `latest` or a checkpoint folder.
+///
+/// `latest` is the newest complete `checkpoint-<step>` of `output_dir` (see [`check_checkpoint`]):
+/// a newer one that is incomplete or corrupt is named in a warning with the reason and skipped.
+/// `Ok(None)` when `output_dir` has no checkpoint yet; an error naming every checkpoint and its
+/// fault when none is complete. A folder named explicitly must itself be complete (no fallback).
+pub fn resolve_resume(output_dir: &Path, spec: &str, files: &CheckpointFiles) -> Result<Option<PathBuf>> {
     if spec == "latest" {
-        return Ok(list_checkpoints(output_dir)?.pop().map(|(_, p)| p));
+        let candidates = checkpoint_dirs(output_dir)?;
+        let mut faults = Vec::new();
+        for (_, dir) in candidates.iter().rev() {
+            match check_checkpoint(dir, files) {
+                Ok(_) => return Ok(Some(dir.clone())),
+                Err(e) => {
+                    tracing::warn!(
+                        checkpoint = %dir.display(),
+                        reason = %e,
+                        "--resume_from_checkpoint latest: this checkpoint is incomplete or corrupt; trying the next older one"
+                    );
+                    faults.push(format!("{}: {e}", dir.display()));
+                }
+            }
+        }
+        if faults.is_empty() {
+            return Ok(None);
+        }
+        return Err(Error::input(
+            "--resume_from_checkpoint latest",
+            format!(
+                "no complete checkpoint in {}:\n  {}\nremove the broken folders to start fresh, or name a checkpoint from elsewhere",
+                output_dir.display(),
+                faults.join("\n  ")
+            ),
+        ));
     }
     let path = PathBuf::from(spec);
     let path = if path.is_dir() { path } else { output_dir.join(spec) };
-    if !path.join("training_state.json").is_file() {
+    if !path.is_dir() {
         return Err(Error::input(
             "--resume_from_checkpoint",
-            format!("`{spec}` is not a checkpoint folder (no training_state.json); use `latest` or a checkpoint-<step> path"),
+            format!("`{spec}` is not a checkpoint folder; use `latest` or a checkpoint-<step> path"),
         ));
     }
+    check_checkpoint(&path, files).map_err(|e| {
+        Error::input(
+            "--resume_from_checkpoint",
+            format!(
+                "{}: {e} (a checkpoint named explicitly is not replaced by another; pass `latest` to resume from the newest complete one)",
+                path.display()
+            ),
+        )
+    })?;
     Ok(Some(path))
+}
+
+/// Every `checkpoint-<step>` folder of `output_dir`, complete or not, sorted by step.
+fn checkpoint_dirs(output_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    if !output_dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(output_dir).map_err(|e| Error::io(output_dir, e))? {
+        let entry = entry.map_err(|e| Error::io(output_dir, e))?;
+        let name = entry.file_name();
+        let Some(step) = name.to_str().and_then(|n| n.strip_prefix("checkpoint-")).and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if entry.path().is_dir() {
+            out.push((step, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Checks that a checkpoint folder is complete: `training_state.json` parses, and
+/// `model/<weights>`, `model_ema/<weights>` (when the state records EMA steps),
+/// `optimizer.safetensors` and the extra files exist, each with a well-formed safetensors header
+/// whose tensors end exactly at the end of the file (a truncated or emptied file fails). Reads
+/// only the headers. Returns the state.
+pub fn check_checkpoint(dir: &Path, files: &CheckpointFiles) -> Result<TrainingState> {
+    let state = read_state(dir)?;
+    let mut required = vec![Path::new("model").join(&files.weights_file)];
+    if state.ema_steps.is_some() {
+        required.push(Path::new("model_ema").join(&files.weights_file));
+    }
+    required.push(PathBuf::from("optimizer.safetensors"));
+    required.extend(files.extra.iter().map(PathBuf::from));
+    for rel in required {
+        check_safetensors_header(&dir.join(rel))?;
+    }
+    Ok(state)
+}
+
+/// Reads the header of a safetensors file and checks that its tensors' byte ranges are
+/// contiguous, match their dtype and shape, and end at the end of the file.
+fn check_safetensors_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad = |why: String| Error::checkpoint(path, why);
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(|_| bad(format!("{len} bytes, too short for a safetensors header")))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 || n > len - 8 {
+        return Err(bad(format!("header length field {n} does not fit the {len}-byte file")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let metadata: safetensors::tensor::Metadata =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("unreadable safetensors header: {e}")))?;
+    let mut end = 0usize;
+    for name in metadata.offset_keys() {
+        let info = metadata.info(&name).ok_or_else(|| bad(format!("tensor `{name}` has no entry")))?;
+        let bytes = info
+            .shape
+            .iter()
+            .try_fold(info.dtype.bitsize(), |acc, &d| acc.checked_mul(d))
+            .map(|bits| bits / 8)
+            .ok_or_else(|| bad(format!("tensor `{name}`: shape {:?} overflows", info.shape)))?;
+        let (s, e) = info.data_offsets;
+        if s != end || e < s || e - s != bytes {
+            return Err(bad(format!("tensor `{name}`: byte range {s}..{e} does not fit its dtype and shape")));
+        }
+        end = e;
+    }
+    if 8 + n + end as u64 != len {
+        return Err(bad(format!("the header describes {} bytes, the file has {len} (truncated?)", 8 + n + end as u64)));
+    }
+    Ok(())
 }
 
 /// Writes `checkpoint-<step>` atomically, first removing the oldest checkpoints so that at most

@@ -18,7 +18,10 @@ pub mod optim;
 pub mod rng;
 pub mod trainer;
 
-pub use checkpoint::{official_tensors, resolve_resume, save_checkpoint, CheckpointContents, TrainingState};
+pub use checkpoint::{
+    check_checkpoint, official_tensors, resolve_resume, save_checkpoint, CheckpointContents, CheckpointFiles,
+    TrainingState,
+};
 pub use ema::{Ema, EmaConfig};
 pub use lr::{LrSchedule, LrSchedulerKind};
 pub use metrics::MetricsLog;

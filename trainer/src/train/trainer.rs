@@ -346,6 +346,13 @@ pub struct WeightsLayout {
     pub fixed: std::collections::BTreeSet<String>,
 }
 
+impl WeightsLayout {
+    /// The files of this trainer's checkpoints (for [`super::checkpoint::resolve_resume`]).
+    pub fn checkpoint_files(&self) -> super::checkpoint::CheckpointFiles {
+        super::checkpoint::CheckpointFiles::new(&self.file, &[])
+    }
+}
+
 impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
     /// Writes `checkpoint-<step>` (see [`super::checkpoint`]) with `rng` and `data_position`.
     pub fn save(

@@ -1,0 +1,285 @@
+//! Seeded mutation fuzzing of the files users hand to osp (bundle and pipeline manifests,
+//! safetensors tensors and checkpoints, annotation JSON), on [`crate::fuzz::Mutator`]'s generator:
+//! byte flips, truncation at random offsets, JSON-aware mutations (huge numbers written as text,
+//! deep nesting, chains of edits) and safetensors header-length corruption.
+//!
+//! [`run`] applies a check to each seeded mutant with a panic catcher and a watchdog, and fails
+//! with every seed and mutation whose check panicked, hung or returned an error (e.g. an error
+//! message that does not name the file). A check returns whether the loader accepted the mutant
+//! (the summary counts both outcomes). A case is reproduced from its seed alone.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::fuzz::Mutator;
+
+/// `items[i]` for a uniform `i`.
+fn pick<'a, T>(rng: &mut Mutator, items: &'a [T]) -> &'a T {
+    &items[rng.below(items.len())]
+}
+
+/// A mutated file and what was done to it.
+#[derive(Debug, Clone)]
+pub struct Mutant {
+    pub bytes: Vec<u8>,
+    pub what: String,
+}
+
+/// Flips 1..=8 random bits, or overwrites a random run of bytes, or truncates at a random offset.
+pub fn mutate_bytes(original: &[u8], rng: &mut Mutator) -> Mutant {
+    let mut bytes = original.to_vec();
+    if bytes.is_empty() {
+        return Mutant { bytes: vec![rng.next_u64() as u8], what: "one random byte".into() };
+    }
+    match rng.below(3) {
+        0 => {
+            let n = 1 + rng.below(8);
+            let mut at = Vec::new();
+            for _ in 0..n {
+                let i = rng.below(bytes.len());
+                bytes[i] ^= 1 << rng.below(8);
+                at.push(i);
+            }
+            Mutant { bytes, what: format!("bit flips at bytes {at:?}") }
+        }
+        1 => {
+            let start = rng.below(bytes.len());
+            let len = (1 + rng.below(16)).min(bytes.len() - start);
+            let fill = *pick(rng, &[0x00u8, 0xFF, b'"', b'{', b'9', b'-']);
+            bytes[start..start + len].fill(fill);
+            Mutant { bytes, what: format!("bytes {start}..{} set to {fill:#04x}", start + len) }
+        }
+        _ => truncate(original, rng),
+    }
+}
+
+/// Truncation at a random offset (possibly to nothing).
+pub fn truncate(original: &[u8], rng: &mut Mutator) -> Mutant {
+    let at = rng.below(original.len().max(1));
+    Mutant { bytes: original[..at].to_vec(), what: format!("truncated to {at} of {} bytes", original.len()) }
+}
+
+/// JSON pointers of every node of `value` (the root is `""`).
+fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                pointers(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                pointers(v, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+    out.push(at);
+}
+
+/// Replacements written into the text after serialising (serde_json cannot hold them as values).
+const RAW: &str = "\u{1}osp-fuzz-raw\u{1}";
+
+/// One JSON-aware mutation of a random node: a value of another type, a deleted key or item,
+/// huge / negative / fractional / exponent numbers, empty strings, empty containers, deep nesting.
+pub fn mutate_json(original: &Value, rng: &mut Mutator) -> Mutant {
+    let mut value = original.clone();
+    let mut all = Vec::new();
+    pointers(&value, String::new(), &mut all);
+    let at = pick(rng, &all).clone();
+    let mut raw = None;
+    let what;
+    let delete = !at.is_empty() && rng.below(6) == 0;
+    if delete {
+        let (parent, key) = at.rsplit_once('/').expect("a non-root pointer has a parent");
+        match value.pointer_mut(parent) {
+            Some(Value::Object(map)) => {
+                map.remove(&key.replace("~1", "/").replace("~0", "~"));
+            }
+            Some(Value::Array(items)) => {
+                let i: usize = key.parse().expect("array index");
+                items.remove(i);
+            }
+            _ => unreachable!("the parent of a node is a container"),
+        }
+        what = format!("deleted {at}");
+    } else {
+        let node = value.pointer_mut(&at).expect("pointer from the walk");
+        let (new, text): (Value, String) = match rng.below(16) {
+            0 => (Value::Null, "null".into()),
+            1 => (Value::Bool(rng.below(2) == 0), "a bool".into()),
+            2 => (Value::String(String::new()), "an empty string".into()),
+            3 => (Value::String("x".repeat(1 + rng.below(300))), "a string".into()),
+            4 => (Value::Array(Vec::new()), "an empty array".into()),
+            5 => (Value::Object(Default::default()), "an empty object".into()),
+            6 => (Value::from(-1), "-1".into()),
+            7 => (Value::from(0), "0".into()),
+            8 => (Value::from(i64::MIN), "i64::MIN".into()),
+            9 => (Value::from(u64::MAX), "u64::MAX".into()),
+            10 => (Value::from(-1.5e300), "-1.5e300".into()),
+            11 => (Value::from(0.5), "0.5".into()),
+            12 => {
+                let s = *pick(rng, &["1e400", "-1e400", "18446744073709551616", "-9223372036854775809", "1e-400"]);
+                raw = Some(s.to_string());
+                (Value::String(RAW.into()), s.to_string())
+            }
+            13 => {
+                let depth = *pick(rng, &[20usize, 127, 129, 1000, 100_000]);
+                raw = Some(format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
+                (Value::String(RAW.into()), format!("arrays nested {depth} deep"))
+            }
+            14 => (Value::Array(vec![node.clone(), node.clone()]), "a list of it twice".into()),
+            _ => match &*node {
+                Value::Number(n) => {
+                    let v = n.as_f64().unwrap_or(0.0);
+                    let s = *pick(rng, &[-1.0, 2.0, 1e6, 1e12]);
+                    (Value::from(v * s), format!("itself x {s}"))
+                }
+                Value::String(s) => (Value::String(format!("{s}{s}")), "itself twice".into()),
+                other => (Value::String(other.to_string()), "its own text".into()),
+            },
+        };
+        *node = new;
+        what = format!("{} -> {text}", if at.is_empty() { "/" } else { &at });
+    }
+    let mut text = serde_json::to_string_pretty(&value).expect("a Value serialises");
+    if let Some(raw) = raw {
+        text = text.replace(&format!("\"{RAW}\""), &raw);
+    }
+    Mutant { bytes: text.into_bytes(), what }
+}
+
+/// A mutation of a JSON file: mostly one to three JSON-aware mutations, otherwise bytes flipped
+/// or cut.
+pub fn mutate_json_file(original: &[u8], rng: &mut Mutator) -> Mutant {
+    let value: Value = serde_json::from_slice(original).expect("the seed file is valid JSON");
+    if rng.below(3) == 0 {
+        return mutate_bytes(original, rng);
+    }
+    let mut m = mutate_json(&value, rng);
+    for _ in 0..rng.below(3) {
+        // Mutations whose text serde_json cannot read back end the chain.
+        let Ok(next) = serde_json::from_slice::<Value>(&m.bytes) else { break };
+        let more = mutate_json(&next, rng);
+        m = Mutant { bytes: more.bytes, what: format!("{}; {}", m.what, more.what) };
+    }
+    m
+}
+
+/// A mutation of a safetensors file: its 8-byte header length set to a boundary or random value,
+/// a JSON-aware mutation of the header (written back with the right or the old length), or bytes
+/// flipped or cut anywhere.
+pub fn mutate_safetensors(original: &[u8], rng: &mut Mutator) -> Mutant {
+    let n = u64::from_le_bytes(original[..8].try_into().expect("8 bytes")) as usize;
+    let header: Value = serde_json::from_slice(&original[8..8 + n]).expect("the seed file has a JSON header");
+    let data = &original[8 + n..];
+    match rng.below(4) {
+        0 => {
+            let len = original.len() as u64;
+            let choices =
+                [0, 1, 2, n as u64 - 1, n as u64 + 1, len - 8, len, len + 1, u64::MAX, 1 << 40, rng.next_u64()];
+            let new = *pick(rng, &choices);
+            let mut bytes = original.to_vec();
+            bytes[..8].copy_from_slice(&new.to_le_bytes());
+            Mutant { bytes, what: format!("header length {n} -> {new}") }
+        }
+        1 => {
+            let m = mutate_json(&header, rng);
+            let keep_length = rng.below(4) == 0;
+            let length = if keep_length { n } else { m.bytes.len() };
+            let mut bytes = (length as u64).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&m.bytes);
+            bytes.extend_from_slice(data);
+            Mutant { bytes, what: format!("header {}{}", m.what, if keep_length { " (old length)" } else { "" }) }
+        }
+        _ => mutate_bytes(original, rng),
+    }
+}
+
+/// One fuzz case that went wrong.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub seed: u64,
+    pub what: String,
+    pub why: String,
+}
+
+/// Runs `check` on `mutate(seed)` for every seed in `seeds`, catching panics; a case that runs past
+/// `per_case` stops the run as a hang. Panics with every failure (seed, mutation, reason).
+pub fn run<M, C>(kind: &str, seeds: std::ops::Range<u64>, per_case: Duration, mutate: M, check: C)
+where
+    M: Fn(&mut Mutator) -> Mutant + Send + 'static,
+    C: Fn(&Mutant) -> Result<bool, String> + Send + 'static,
+{
+    let current: Arc<Mutex<Option<(u64, String, Instant)>>> = Arc::default();
+    let (done, finished) = mpsc::channel();
+    let watch = current.clone();
+    let started = Instant::now();
+    let cases = seeds.end - seeds.start;
+    std::thread::spawn(move || {
+        let mut failures = Vec::new();
+        let mut accepted = 0usize;
+        for seed in seeds {
+            let m = mutate(&mut Mutator::new(seed));
+            *watch.lock().unwrap_or_else(|e| e.into_inner()) = Some((seed, m.what.clone(), Instant::now()));
+            if std::env::var_os("OSP_FUZZ_VERBOSE").is_some() {
+                eprintln!("fuzz {seed}: {}", m.what);
+            }
+            let why = match catch_unwind(AssertUnwindSafe(|| check(&m))) {
+                Ok(Ok(ok)) => {
+                    accepted += usize::from(ok);
+                    continue;
+                }
+                Ok(Err(why)) => why,
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    format!("panicked: {msg}")
+                }
+            };
+            failures.push(Failure { seed, what: m.what.clone(), why });
+        }
+        let _ = done.send((failures, accepted));
+    });
+    let (failures, accepted) = loop {
+        match finished.recv_timeout(Duration::from_millis(100)) {
+            Ok(f) => break f,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let now = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some((seed, what, since)) = now {
+                    if since.elapsed() > per_case {
+                        panic!("{kind} fuzz: seed {seed} ({what}) hangs: still running after {per_case:?}");
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{kind} fuzz: the fuzz thread died"),
+        }
+    };
+    eprintln!(
+        "{kind} fuzz: {cases} cases in {:.2} s: {accepted} accepted, {} rejected with an error naming the file, {} failed",
+        started.elapsed().as_secs_f64(),
+        cases as usize - accepted - failures.len(),
+        failures.len()
+    );
+    if !failures.is_empty() {
+        let list: Vec<String> = failures.iter().map(|f| format!("  seed {}: {}: {}", f.seed, f.what, f.why)).collect();
+        panic!("{kind} fuzz: {} of {cases} cases failed:\n{}", failures.len(), list.join("\n"));
+    }
+}
+
+/// `Ok` when `message` names `file` (its full path or its file name), else the reason.
+pub fn names_file(message: &str, file: &std::path::Path) -> Result<(), String> {
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if message.contains(&*file.to_string_lossy()) || (!name.is_empty() && message.contains(&name)) {
+        Ok(())
+    } else {
+        Err(format!("the error does not name {}: {message}", file.display()))
+    }
+}
