@@ -83,3 +83,59 @@ pub(super) fn outputs(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use osp_graphs::{AttentionKind, DType, Precision, TensorSpec};
+
+    use super::*;
+
+    fn spec() -> GraphSpec {
+        GraphSpec {
+            file: "g.onnx".into(),
+            external_data: vec![],
+            inputs: vec![TensorSpec::new("x", DType::F32, [Dim::sym("b"), Dim::Fixed(3)])],
+            outputs: vec![TensorSpec::new("y", DType::F32, [Dim::sym("b"), Dim::sym("n")])],
+            attention: AttentionKind::None,
+            precision: Precision::F32,
+            opset: 23,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    fn out(dtype: DType, shape: &[usize]) -> BTreeMap<String, Tensor> {
+        BTreeMap::from([("y".to_string(), Tensor::zeros(dtype, shape).unwrap())])
+    }
+
+    #[test]
+    fn outputs_are_checked_against_the_input_bindings() {
+        let x = Tensor::zeros(DType::F32, &[2, 3]).unwrap();
+        let bindings = inputs("g", &spec(), &[("x", &x)]).unwrap();
+        // `n` is bound by no input: any length passes; `b` must match the input's.
+        outputs("g", &spec(), &bindings, &out(DType::F32, &[2, 7])).unwrap();
+        let err = outputs("g", &spec(), &bindings, &out(DType::F32, &[4, 7])).unwrap_err();
+        assert!(matches!(&err, Error::OutputMismatch { output, .. } if output == "y"), "{err}");
+        assert!(err.to_string().contains("dim 0 = 2"), "{err}");
+        let err = outputs("g", &spec(), &bindings, &out(DType::F16, &[2, 7])).unwrap_err();
+        assert!(matches!(err, Error::OutputMismatch { .. }), "{err}");
+        let err = outputs("g", &spec(), &bindings, &BTreeMap::new()).unwrap_err();
+        assert!(matches!(&err, Error::MissingOutput { output, .. } if output == "y"), "{err}");
+        let bad = Tensor::zeros(DType::F32, &[2, 4]).unwrap();
+        assert!(inputs("g", &spec(), &[("x", &bad)]).is_err());
+    }
+
+    #[test]
+    fn model_names_must_match_the_manifest() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let path = Path::new("g.onnx");
+        model_io("g", path, &spec(), &names(&["x"]), &names(&["y", "extra"])).unwrap();
+        for (ins, outs, why) in [
+            (&["z"][..], &["y"][..], "names input `x`, which the model lacks"),
+            (&["x", "z"], &["y"], "the model has input `z`"),
+            (&["x"], &["z"], "names output `y`, which the model lacks"),
+        ] {
+            let err = model_io("g", path, &spec(), &names(ins), &names(outs)).unwrap_err();
+            assert!(matches!(&err, Error::ModelMismatch { why: w, .. } if w.contains(why)), "{err}");
+        }
+    }
+}
