@@ -16,15 +16,13 @@
 //! # }
 //! ```
 
-pub mod backend;
-pub mod ep;
+pub mod engine;
 pub mod error;
 pub mod finite;
 pub mod integrity;
 pub mod io;
 pub mod mem;
 pub mod metrics;
-pub mod ort_lib;
 pub mod pipeline;
 pub mod scheduler;
 pub mod session;

@@ -1,36 +1,26 @@
-//! Bundles and graph sessions: the one place where backend sessions are built.
+//! Bundles and graph sessions.
 //!
 //! `Bundle::open` reads and checks `manifest.json`; `Bundle::session` loads one graph on the chosen
-//! backend. `GraphSession::run` checks the call's inputs against the manifest before running and
-//! the outputs against it afterwards, so a wrong tensor fails with its name and the rule it broke.
-//! ONNX Runtime execution providers are registered with `.error_on_failure()`: asking for CUDA or
-//! TensorRT never silently runs on the CPU.
-//!
-//! Weight sharing: the ONNX Runtime CPU sessions of one bundle share one prepacked-weights
-//! container (`CreateSessionWithPrepackedWeightsContainer`), so a kernel's prepacked copy of a
-//! weight that several graphs hold (the streaming decoder graphs) is made once, and one in-memory
-//! copy of each external-data file that several graphs reference (`decoder.onnx.data` for the
-//! WFVAE decoders), handed to each session with `AddExternalInitializersFromMemory` and
-//! `session.use_external_initializer_file_buffers_directly = 1` so that ORT reads the weights
-//! from that buffer instead of copying them. Without sharing, each session memory-maps the file
-//! on its own and its pages are resident once per mapping (3 x 440 MB for the streaming WFVAE
-//! decoder); without the config entry ORT copies the buffer per session (both measured, see
-//! docs/measurements). tract sessions share nothing.
+//! backend through the engine seam (`crate::engine`, the one place engines are built).
+//! `GraphSession::run` checks the call's inputs against the manifest before running and the
+//! outputs against it afterwards ([`check`]), so a wrong tensor fails with its name and the rule
+//! it broke.
+
+mod check;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
-use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
-use ort::session::Session;
-use osp_graphs::{BundleManifest, Dim, GraphSpec, SymbolBindings};
+use osp_graphs::{BundleManifest, GraphSpec};
 
-use crate::backend;
-use crate::error::{Error, Result};
-use crate::tensor::{input_view, Tensor};
+pub use crate::engine::SharedWeights;
+use crate::engine::{self, BundleWeights, Engine};
+use crate::error::Result;
+use crate::tensor::Tensor;
 
 /// Where a graph runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,98 +190,6 @@ impl SessionOptions {
     }
 }
 
-/// What the ONNX Runtime CPU sessions of one bundle share: one prepacked-weights container,
-/// created with the first session, and one in-memory copy of each external-data file that
-/// several of the bundle's graphs reference, read when the first of them loads. Clones of a
-/// [`Bundle`] share one pool.
-#[derive(Default)]
-pub struct SharedWeights {
-    prepacked: OnceLock<PrepackedWeights>,
-    /// How many of the bundle's graphs reference each external-data file.
-    references: OnceLock<BTreeMap<String, usize>>,
-    /// The shared external-data files read so far.
-    data: Mutex<BTreeMap<String, Arc<[u8]>>>,
-}
-
-impl fmt::Debug for SharedWeights {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedWeights").field("prepacked", &self.prepacked.get().is_some()).finish()
-    }
-}
-
-impl SharedWeights {
-    /// Whether a session has used the pool yet.
-    pub fn in_use(&self) -> bool {
-        self.prepacked.get().is_some()
-    }
-
-    /// The external-data files this pool has read into memory, by name.
-    pub fn shared_files(&self) -> Vec<String> {
-        self.data.lock().map(|d| d.keys().cloned().collect()).unwrap_or_default()
-    }
-
-    /// The in-memory external-data files for the graph at `model`: when it references a file that
-    /// other graphs of `bundle` reference too, every file it references (the shared ones from the
-    /// pool); else none (its files stay memory-mapped).
-    fn data_for(&self, bundle: &Bundle, model: &Path) -> Result<Vec<(String, Arc<[u8]>)>> {
-        if bundle.manifest.data_files.is_empty() {
-            return Ok(Vec::new());
-        }
-        let read = |path: &Path| std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source });
-        let references = match self.references.get() {
-            Some(r) => r,
-            None => {
-                let mut counts = BTreeMap::new();
-                for spec in bundle.manifest.graphs.values() {
-                    let bytes = read(&bundle.dir.join(&spec.file))?;
-                    for name in bundle.manifest.data_files.keys() {
-                        if references_data_file(&bytes, name) {
-                            *counts.entry(name.clone()).or_insert(0usize) += 1;
-                        }
-                    }
-                }
-                self.references.get_or_init(|| counts)
-            }
-        };
-        let bytes = read(model)?;
-        let used: Vec<(&String, usize)> =
-            references.iter().filter(|(name, _)| references_data_file(&bytes, name)).map(|(n, &c)| (n, c)).collect();
-        // ORT wants every external file of a model from memory once one is: a file only this
-        // graph uses is read for it alone.
-        if used.iter().all(|&(_, count)| count < 2) {
-            return Ok(Vec::new());
-        }
-        let mut data = Vec::new();
-        for (name, count) in used {
-            if count < 2 {
-                data.push((name.clone(), read_shared(&bundle.dir.join(name))?));
-                continue;
-            }
-            let mut files = self.data.lock().map_err(|_| Error::Io {
-                path: bundle.dir.join(name),
-                source: std::io::Error::other("a thread panicked while reading the shared weights"),
-            })?;
-            let file = match files.get(name) {
-                Some(file) => file.clone(),
-                None => {
-                    let file = read_shared(&bundle.dir.join(name))?;
-                    tracing::debug!(file = %name, bytes = file.len(), "external data read once for the bundle's sessions");
-                    files.insert(name.clone(), file.clone());
-                    file
-                }
-            };
-            data.push((name.clone(), file));
-        }
-        Ok(data)
-    }
-
-    /// The shared prepacked-weights container, after loading ONNX Runtime (creating one needs it).
-    fn prepacked_after_init(&self) -> Result<&PrepackedWeights> {
-        crate::ort_lib::environment()?;
-        Ok(self.prepacked.get_or_init(PrepackedWeights::new))
-    }
-}
-
 /// An exported bundle directory with its checked manifest.
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -330,19 +228,9 @@ impl Bundle {
     pub fn session(&self, graph: &str, opts: &SessionOptions) -> Result<GraphSession> {
         let spec = self.manifest.graph(graph)?.clone();
         let path = self.dir.join(&spec.file);
-        let shared = (opts.share_weights && opts.backend == Backend::OrtCpu).then_some(&*self.weights);
-        let data = match shared {
-            Some(pool) => pool.data_for(self, &path)?,
-            None => Vec::new(),
-        };
-        GraphSession::load_with(graph, spec, &path, opts, shared, &data)
+        let shared = BundleWeights { pool: &self.weights, dir: &self.dir, manifest: &self.manifest };
+        GraphSession::load_with(graph, spec, &path, opts, Some(shared))
     }
-}
-
-enum Inner {
-    Ort(Box<Session>),
-    #[cfg(feature = "tract")]
-    Tract(Box<backend::tract::TractGraph>),
 }
 
 /// One loaded graph, ready to run. `run` takes `&mut self` (ONNX Runtime sessions are not safe to
@@ -352,10 +240,7 @@ pub struct GraphSession {
     spec: GraphSpec,
     path: PathBuf,
     backend: Backend,
-    inner: Inner,
-    /// The in-memory external-data files ONNX Runtime reads its initializers from directly
-    /// (`use_external_initializer_file_buffers_directly`): they must outlive the session.
-    _weights: Vec<Arc<[u8]>>,
+    engine: Box<dyn Engine>,
 }
 
 impl fmt::Debug for GraphSession {
@@ -371,7 +256,7 @@ impl fmt::Debug for GraphSession {
 impl GraphSession {
     /// Loads the model at `path`, described by `spec`, on `opts.backend`.
     pub fn load(graph: &str, spec: GraphSpec, path: &Path, opts: &SessionOptions) -> Result<Self> {
-        Self::load_with(graph, spec, path, opts, None, &[])
+        Self::load_with(graph, spec, path, opts, None)
     }
 
     fn load_with(
@@ -379,27 +264,12 @@ impl GraphSession {
         spec: GraphSpec,
         path: &Path,
         opts: &SessionOptions,
-        shared: Option<&SharedWeights>,
-        data: &[(String, Arc<[u8]>)],
+        shared: Option<BundleWeights<'_>>,
     ) -> Result<Self> {
         let _span = tracing::info_span!("load_graph", graph, backend = %opts.backend).entered();
         let start = Instant::now();
-        let inner = match &opts.backend {
-            Backend::Tract => load_tract(graph, path, opts)?,
-            ort_backend => {
-                let prepacked = shared.map(SharedWeights::prepacked_after_init).transpose()?;
-                Inner::Ort(Box::new(build_ort_session(graph, path, ort_backend, opts, prepacked, data)?))
-            }
-        };
-        let (inputs, outputs) = match &inner {
-            Inner::Ort(s) => (
-                s.inputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>(),
-                s.outputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>(),
-            ),
-            #[cfg(feature = "tract")]
-            Inner::Tract(t) => (t.input_names().to_vec(), t.output_names().to_vec()),
-        };
-        check_model_io(graph, path, &spec, &inputs, &outputs)?;
+        let engine = engine::load(graph, path, opts, shared)?;
+        check::model_io(graph, path, &spec, &engine.input_names(), &engine.output_names())?;
         tracing::info!(
             graph,
             path = %path.display(),
@@ -408,14 +278,7 @@ impl GraphSession {
             ms = start.elapsed().as_millis() as u64,
             "graph loaded"
         );
-        Ok(Self {
-            graph: graph.to_string(),
-            spec,
-            path: path.to_path_buf(),
-            backend: opts.backend.clone(),
-            inner,
-            _weights: data.iter().map(|(_, bytes)| bytes.clone()).collect(),
-        })
+        Ok(Self { graph: graph.to_string(), spec, path: path.to_path_buf(), backend: opts.backend.clone(), engine })
     }
 
     pub fn spec(&self) -> &GraphSpec {
@@ -425,14 +288,7 @@ impl GraphSession {
     /// Ends ONNX Runtime's profiler (see [`SessionOptions::profile`]) and returns the path of its
     /// JSON file.
     pub fn end_profiling(&mut self) -> Result<PathBuf> {
-        match &mut self.inner {
-            Inner::Ort(session) => session
-                .end_profiling()
-                .map(PathBuf::from)
-                .map_err(|e| Error::Run { graph: self.graph.clone(), source: Box::new(e) }),
-            #[cfg(feature = "tract")]
-            Inner::Tract(_) => Err(tract_profiling(&self.graph)),
-        }
+        self.engine.end_profiling(&self.graph)
     }
 
     pub fn name(&self) -> &str {
@@ -451,194 +307,13 @@ impl GraphSession {
     /// was produced with its dtype and (where the input bindings determine them) dims.
     pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<BTreeMap<String, Tensor>> {
         let _span = tracing::info_span!("graph_run", graph = %self.graph, backend = %self.backend).entered();
-        let views: Vec<_> = inputs.iter().map(|(name, t)| input_view(name, t)).collect();
-        let bindings = self.spec.check_inputs(&self.graph, &views)?;
+        let bindings = check::inputs(&self.graph, &self.spec, inputs)?;
         let start = Instant::now();
-        let outputs = match &mut self.inner {
-            Inner::Ort(session) => backend::ort::run(session, &self.graph, inputs)?,
-            #[cfg(feature = "tract")]
-            Inner::Tract(t) => t.run(&self.graph, inputs)?,
-        };
+        let outputs = self.engine.run(&self.graph, inputs)?;
         tracing::debug!(graph = %self.graph, us = start.elapsed().as_micros() as u64, "graph ran");
-        check_outputs(&self.graph, &self.spec, &bindings, &outputs)?;
+        check::outputs(&self.graph, &self.spec, &bindings, &outputs)?;
         Ok(outputs)
     }
-}
-
-#[cfg(feature = "tract")]
-fn tract_profiling(graph: &str) -> Error {
-    Error::BackendUnavailable {
-        backend: "tract".into(),
-        why: format!("graph `{graph}`: profiling is an ONNX Runtime feature; use an ort backend to profile"),
-    }
-}
-
-#[cfg(feature = "tract")]
-fn load_tract(graph: &str, path: &Path, opts: &SessionOptions) -> Result<Inner> {
-    if opts.profile.is_some() {
-        return Err(tract_profiling(graph));
-    }
-    Ok(Inner::Tract(Box::new(backend::tract::TractGraph::load(graph, path, opts.threads)?)))
-}
-
-#[cfg(not(feature = "tract"))]
-fn load_tract(_graph: &str, _path: &Path, _opts: &SessionOptions) -> Result<Inner> {
-    Err(Error::BackendUnavailable {
-        backend: "tract".into(),
-        why: "osp-runtime was built without the `tract` feature (rebuild with `--features tract`)".into(),
-    })
-}
-
-/// Builds an ONNX Runtime session: intra-op threads, optimization level 3, the memory pattern
-/// setting, then the execution providers of `backend` (TensorRT before CUDA), each failing
-/// loudly. `prepacked` is a container shared with other sessions.
-fn build_ort_session(
-    graph: &str,
-    path: &Path,
-    backend: &Backend,
-    opts: &SessionOptions,
-    prepacked: Option<&PrepackedWeights>,
-    data: &[(String, Arc<[u8]>)],
-) -> Result<Session> {
-    let SessionOptions { threads, memory_pattern, ref profile, .. } = *opts;
-    // The provider list is resolved first: a backend compiled out is reported before the library
-    // is even looked for.
-    let eps = match backend {
-        Backend::OrtCpu => vec![crate::ep::cpu::dispatch()],
-        Backend::OrtCuda { device_id } => vec![crate::ep::cuda::dispatch(*device_id)?],
-        Backend::OrtTensorRt { device_id, cache_dir } => {
-            vec![crate::ep::tensorrt::dispatch(*device_id, cache_dir, graph)?, crate::ep::cuda::dispatch(*device_id)?]
-        }
-        Backend::Tract => unreachable!("tract sessions are not built by ONNX Runtime"),
-    };
-    let env = crate::ort_lib::environment()?;
-    let config =
-        |source: ort::Error| Error::SessionConfig { backend: backend.to_string(), path: path.to_path_buf(), source };
-    let mut builder = Session::builder(env).map_err(config)?;
-    if let Some(n) = threads {
-        builder = builder.with_intra_threads(n).map_err(|e| config(e.into()))?;
-    }
-    builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| config(e.into()))?;
-    if !memory_pattern {
-        builder = builder.with_memory_pattern(false).map_err(|e| config(e.into()))?;
-    }
-    if let Some(prefix) = profile {
-        builder = builder.with_profiling(prefix).map_err(|e| config(e.into()))?;
-    }
-    if !data.is_empty() {
-        builder = builder
-            .with_config_entry("session.use_external_initializer_file_buffers_directly", "1")
-            .map_err(|e| config(e.into()))?;
-    }
-    for (name, bytes) in data {
-        builder =
-            builder.with_external_initializer_file_in_memory(name, bytes.clone()).map_err(|e| config(e.into()))?;
-    }
-    if let Some(prepacked) = prepacked {
-        builder = builder.with_prepacked_weights(prepacked).map_err(|e| config(e.into()))?;
-    }
-    for ep in eps {
-        let name = ep.name();
-        builder =
-            builder.with_execution_providers([ep]).map_err(|e| Error::EpRegistration { ep: name, source: e.into() })?;
-        tracing::info!(graph, ep = name, "execution provider registered");
-    }
-    builder
-        .commit_from_file(path)
-        .map_err(|source| Error::ModelLoad { path: path.to_path_buf(), source: Box::new(source) })
-}
-
-/// The bytes of the file at `path`, read straight into a shared buffer (no second copy of a
-/// weight file while it loads).
-fn read_shared(path: &Path) -> Result<Arc<[u8]>> {
-    use std::io::Read;
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let len = usize::try_from(file.metadata().map_err(io)?.len())
-        .map_err(|_| io(std::io::Error::other("the file does not fit in memory")))?;
-    let mut buf = Arc::<[u8]>::new_uninit_slice(len);
-    let slots = Arc::get_mut(&mut buf).expect("a buffer just created has one owner");
-    slots.fill(std::mem::MaybeUninit::new(0));
-    // SAFETY: every byte was initialised by the fill above.
-    let mut buf = unsafe { buf.assume_init() };
-    file.read_exact(Arc::get_mut(&mut buf).expect("a buffer just created has one owner")).map_err(io)?;
-    Ok(buf)
-}
-
-/// Whether the serialized ONNX model `model` names `file` as an initializer's external-data
-/// `location`: the entry's value is stored as protobuf field 2 (tag byte 0x12) followed by its
-/// length, then the name, so `file` is not matched inside a longer name.
-fn references_data_file(model: &[u8], file: &str) -> bool {
-    let name = file.as_bytes();
-    let mut needle = vec![0x12];
-    let mut len = name.len();
-    while len >= 0x80 {
-        needle.push((len as u8 & 0x7f) | 0x80);
-        len >>= 7;
-    }
-    needle.push(len as u8);
-    needle.extend_from_slice(name);
-    model.windows(needle.len()).any(|w| w == needle.as_slice())
-}
-
-/// The model's own input and output names must match the manifest's.
-fn check_model_io(graph: &str, path: &Path, spec: &GraphSpec, inputs: &[String], outputs: &[String]) -> Result<()> {
-    let mismatch = |why: String| Error::ModelMismatch { graph: graph.to_string(), path: path.to_path_buf(), why };
-    for (kind, model_names, spec_names) in [
-        ("input", inputs, spec.inputs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>()),
-        ("output", outputs, spec.outputs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>()),
-    ] {
-        for name in &spec_names {
-            if !model_names.iter().any(|m| m == name) {
-                return Err(mismatch(format!(
-                    "the manifest names {kind} `{name}`, which the model lacks (model {kind}s: {})",
-                    model_names.join(", ")
-                )));
-            }
-        }
-        if kind == "input" {
-            if let Some(extra) = model_names.iter().find(|m| !spec_names.contains(&m.as_str())) {
-                return Err(mismatch(format!("the model has input `{extra}`, which the manifest does not name")));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn check_outputs(
-    graph: &str,
-    spec: &GraphSpec,
-    bindings: &SymbolBindings,
-    outputs: &BTreeMap<String, Tensor>,
-) -> Result<()> {
-    for out in &spec.outputs {
-        let Some(t) = outputs.get(&out.name) else {
-            return Err(Error::MissingOutput {
-                graph: graph.to_string(),
-                output: out.name.clone(),
-                produced: outputs.keys().cloned().collect::<Vec<_>>().join(", "),
-            });
-        };
-        let mismatch = |expected: String| Error::OutputMismatch {
-            graph: graph.to_string(),
-            output: out.name.clone(),
-            expected,
-            got: t.describe(),
-        };
-        if t.dtype() != out.dtype || t.shape().len() != out.dims.len() {
-            return Err(mismatch(format!("{} {}", out.dtype, out.dims_string())));
-        }
-        for (axis, (dim, &got)) in out.dims.iter().zip(t.shape()).enumerate() {
-            let want = match dim {
-                Dim::Fixed(v) => Some(*v),
-                Dim::Symbolic(s) => bindings.get(s).copied(),
-            };
-            if let Some(want) = want.filter(|&w| w != got) {
-                return Err(mismatch(format!("{} {} (dim {axis} = {want})", out.dtype, out.dims_string())));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

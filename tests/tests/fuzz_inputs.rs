@@ -235,9 +235,8 @@ fn pipeline_json_mutations() {
             };
             // The request from the file's defaults is checked, and its scheduler built, without a panic.
             let req = default_request(&spec);
-            if spec.validate(&req).is_ok() {
-                let _ = spec.latent_shape(&req);
-                let _ = spec.scheduler(&req);
+            if let Ok(prepared) = spec.prepare(req) {
+                let _ = spec.latent_shape(&prepared);
             }
             Ok(true)
         },

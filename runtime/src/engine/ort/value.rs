@@ -1,4 +1,4 @@
-//! Running an ONNX Runtime session on host tensors.
+//! Host tensors in and out of an ONNX Runtime session.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

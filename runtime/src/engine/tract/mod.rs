@@ -1,4 +1,4 @@
-//! The tract backend: a pure-Rust CPU engine (the `tract` feature).
+//! The tract engine: a pure-Rust CPU engine (the `tract` feature).
 //!
 //! The ONNX file is parsed once (by path, so external-data files next to it are found). Graphs with
 //! symbolic dims are concretized per set of input shapes: the inference model is given concrete
@@ -15,6 +15,7 @@ use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::RunOptions;
 
+use super::{Engine, Value};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -132,6 +133,32 @@ impl TractGraph {
             }
         }
         Ok(())
+    }
+}
+
+impl Engine for TractGraph {
+    fn input_names(&self) -> Vec<String> {
+        self.input_names.clone()
+    }
+
+    fn output_names(&self) -> Vec<String> {
+        self.output_names.clone()
+    }
+
+    fn run(&mut self, graph: &str, inputs: &[(&str, &Value)]) -> Result<BTreeMap<String, Value>> {
+        TractGraph::run(self, graph, inputs)
+    }
+
+    fn end_profiling(&mut self, graph: &str) -> Result<PathBuf> {
+        Err(profiling_refused(graph))
+    }
+}
+
+/// Profiling is an ONNX Runtime feature: tract sessions refuse it.
+pub(crate) fn profiling_refused(graph: &str) -> Error {
+    Error::BackendUnavailable {
+        backend: "tract".into(),
+        why: format!("graph `{graph}`: profiling is an ONNX Runtime feature; use an ort backend to profile"),
     }
 }
 
