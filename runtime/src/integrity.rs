@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 use crate::session::Bundle;
 
-/// ONNX protobuf types generated from the vendored `proto/onnx.proto`, decoded only.
+/// ONNX protobuf types generated from the vendored `proto/onnx.proto` (workspace root), decoded only.
 #[allow(clippy::all, missing_docs)]
 pub(crate) mod onnx_pb {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
