@@ -252,9 +252,9 @@ impl SamplingOpts {
 
     /// The request: the bundle's defaults ([`PipelineSpec::default_request`]) with the flags given.
     pub fn request(&self, pipeline: &PipelineSpec) -> anyhow::Result<GenerateRequest> {
-        let d = pipeline.default_request(self.prompts()?).with_context(|| {
-            format!("the defaults of {}", pipeline.dir().join(osp_graphs::PIPELINE_FILE).display())
-        })?;
+        let d = pipeline
+            .default_request(self.prompts()?)
+            .with_context(|| format!("the defaults of {}", pipeline.dir().join(osp_graphs::PIPELINE_FILE).display()))?;
         let recorded_schedule = match &self.recorded_schedule {
             None => None,
             Some(path) => {
