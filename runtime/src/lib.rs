@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod finite;

@@ -7,7 +7,7 @@ pub mod file_fuzz;
 pub mod fuzz;
 pub mod reference;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use osp_graphs::{Approx, Comparison};
@@ -27,6 +27,17 @@ pub fn shared_reference() -> PathBuf {
 /// alone, so a missing binary is an error that says how to build it.
 pub fn osp_binary() -> Result<PathBuf> {
     osp_binary_named("osp")
+}
+
+/// The `osp` binary ([`osp_binary`]) run with `--threads threads`, without the `OSP_*` defaults
+/// and `RUST_LOG` of the calling environment. Panics when the binary is not built.
+pub fn osp_command(threads: usize) -> std::process::Command {
+    let mut cmd = std::process::Command::new(osp_binary().expect("the osp binary should be built"));
+    for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_TEXT_CACHE", "OSP_PIPELINE_BUNDLE", "OSP_VAE_BUNDLE", "RUST_LOG"] {
+        cmd.env_remove(var);
+    }
+    cmd.args(["--threads", &threads.to_string()]);
+    cmd
 }
 
 fn osp_binary_named(name: &str) -> Result<PathBuf> {
@@ -63,4 +74,36 @@ pub fn cpu_backends() -> Vec<osp_runtime::session::Backend> {
 /// `cargo test --workspace` or `cargo build -p osp-trainer --bin osp-train`.
 pub fn osp_train_binary() -> Result<PathBuf> {
     osp_binary_named("osp-train")
+}
+
+/// The proof-model transformer block (hidden 32, 2 heads, seeded random weights) exported to
+/// `dir`, its weights in an external-data file; returns `dir`.
+pub fn block_bundle(dir: &Path) -> Result<PathBuf> {
+    use osp_export::models::transformer_block::{export_transformer_block, TransformerBlockWeights};
+    let cfg = osp_graphs::config::TransformerBlockConfig {
+        hidden_size: 32,
+        num_attention_heads: 2,
+        attention_head_dim: 16,
+        ff_inner_dim: 64,
+        norm_eps: 1e-6,
+    };
+    let w = TransformerBlockWeights::random(&cfg, 0)?;
+    let opts = osp_export::ExportOptions { external_data_threshold_bytes: 1024, ..Default::default() };
+    export_transformer_block(&cfg, w.weights(), &opts, dir)?;
+    Ok(dir.to_path_buf())
+}
+
+/// Copies the files of `from` and its sub-folders to `to`.
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
 }

@@ -3,35 +3,14 @@
 //!
 //! `cargo test --release -p osp-tests --test bad_input`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use ndarray::{ArrayD, IxDyn};
-use osp_export::models::transformer_block::{export_transformer_block, TransformerBlockWeights};
-use osp_export::ExportOptions;
-use osp_graphs::config::TransformerBlockConfig;
 use osp_runtime::session::Backend;
 use osp_runtime::{Bundle, SessionOptions, Tensor};
-use osp_tests::cpu_backends;
-
-fn config() -> TransformerBlockConfig {
-    TransformerBlockConfig {
-        hidden_size: 32,
-        num_attention_heads: 2,
-        attention_head_dim: 16,
-        ff_inner_dim: 64,
-        norm_eps: 1e-6,
-    }
-}
-
-fn good_bundle(dir: &Path) -> Result<PathBuf> {
-    let cfg = config();
-    let w = TransformerBlockWeights::random(&cfg, 0)?;
-    let opts = ExportOptions { external_data_threshold_bytes: 1024, ..ExportOptions::default() };
-    export_transformer_block(&cfg, w.weights(), &opts, dir)?;
-    Ok(dir.to_path_buf())
-}
+use osp_tests::{block_bundle, cpu_backends};
 
 fn f32_tensor(shape: &[usize]) -> Tensor {
     Tensor::from(ArrayD::<f32>::zeros(IxDyn(shape)))
@@ -51,7 +30,7 @@ fn run_err(bundle: &Path, backend: &Backend, inputs: &[(&str, Tensor)]) -> Resul
 #[test]
 fn wrong_inputs_are_named_in_the_error() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let bundle = good_bundle(&tmp.path().join("b"))?;
+    let bundle = block_bundle(&tmp.path().join("b"))?;
     let half = Tensor::from(ArrayD::<half::f16>::zeros(IxDyn(&[1, 4, 32])));
     let cases: Vec<(&str, Vec<(&str, Tensor)>, &str)> = vec![
         (
@@ -112,7 +91,7 @@ fn broken_bundles_are_named_in_the_error() -> Result<()> {
     ];
     for backend in cpu_backends() {
         for (i, (what, brk, want)) in cases.iter().enumerate() {
-            let dir = good_bundle(&tmp.path().join(format!("{}-{i}", backend.name())))?;
+            let dir = block_bundle(&tmp.path().join(format!("{}-{i}", backend.name())))?;
             brk(&dir)?;
             let err = match Bundle::open(&dir)
                 .and_then(|b| b.session("block", &SessionOptions::new(backend.clone())).map(|_| ()))
@@ -122,7 +101,7 @@ fn broken_bundles_are_named_in_the_error() -> Result<()> {
             };
             assert!(err.contains(want), "{what} on {backend}: `{err}` should contain `{want}`");
         }
-        let bundle = Bundle::open(good_bundle(&tmp.path().join(format!("{}-ok", backend.name())))?)?;
+        let bundle = Bundle::open(block_bundle(&tmp.path().join(format!("{}-ok", backend.name())))?)?;
         let err = bundle.session("decoder", &SessionOptions::new(backend.clone())).unwrap_err().to_string();
         assert!(err.contains("no graph named `decoder` (graphs: block)"), "{err}");
     }
@@ -138,7 +117,7 @@ fn truncate(path: &Path) -> Result<()> {
 #[test]
 fn gpu_backends_never_fall_back_to_cpu() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let bundle = Bundle::open(good_bundle(&tmp.path().join("b"))?)?;
+    let bundle = Bundle::open(block_bundle(&tmp.path().join("b"))?)?;
     let cache = tmp.path().join("trt-cache");
     for backend in [Backend::OrtCuda { device_id: 0 }, Backend::OrtTensorRt { device_id: 0, cache_dir: cache }] {
         match bundle.session("block", &SessionOptions::new(backend.clone())) {
@@ -157,7 +136,7 @@ fn gpu_backends_never_fall_back_to_cpu() -> Result<()> {
 #[test]
 fn run_graph_cli_round_trip() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let bundle = good_bundle(&tmp.path().join("b"))?;
+    let bundle = block_bundle(&tmp.path().join("b"))?;
     let inputs = tmp.path().join("in.safetensors");
     let x = Tensor::from(ArrayD::<f32>::from_shape_fn(IxDyn(&[2, 5, 32]), |i| (i[1] as f32 - i[2] as f32) / 16.0));
     let m = Tensor::from(ArrayD::<f32>::ones(IxDyn(&[2, 5])));

@@ -7,11 +7,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use ndarray::{s, Array4};
 use osp_runtime::pipeline::noise::SeededNoise;
 use osp_runtime::pipeline::{DecodeOptions, GenerateRequest, NoObserver, Pipeline};
-use osp_runtime::scheduler::SampleMethod;
 use osp_runtime::session::Backend;
 use osp_runtime::vae::TilingConfig;
 use osp_runtime::SessionOptions;
@@ -76,27 +75,7 @@ fn open_pipeline() -> Result<Pipeline> {
 
 /// The bundle's default request for the `CASES` prompts.
 fn request(pipeline: &Pipeline) -> Result<GenerateRequest> {
-    let d = pipeline.manifest().defaults.clone();
-    Ok(GenerateRequest {
-        prompts: CASES.iter().map(|c| c.0.to_string()).collect(),
-        prompt_template: Some(d.positive_prompt_template.clone()),
-        negative_prompt: d.negative_prompt.clone(),
-        num_frames: d.num_frames,
-        height: d.height,
-        width: d.width,
-        num_sampling_steps: d.num_sampling_steps,
-        guidance_scale: d.guidance_scale as f32,
-        guidance_rescale: 0.0,
-        sample_method: serde_json::from_value::<SampleMethod>(serde_json::Value::String(d.sample_method.clone()))
-            .with_context(|| format!("the bundle's sample method {}", d.sample_method))?,
-        num_samples_per_prompt: 1,
-        max_sequence_length: d.max_sequence_length,
-        decode: DecodeOptions::default(),
-        recorded_schedule: None,
-        prediction_type: None,
-        rescale_betas_zero_snr: false,
-        keep_decoded: false,
-    })
+    Ok(pipeline.spec().default_request(CASES.iter().map(|c| c.0.to_string()).collect())?)
 }
 
 #[test]

@@ -21,7 +21,7 @@ use osp_runtime::pipeline::{DecodeOptions, GenerateObserver, GenerateRequest, Pi
 use osp_runtime::scheduler::SampleMethod;
 use osp_runtime::session::Backend;
 use osp_runtime::{read_safetensors, SessionOptions, Tensor};
-use osp_tests::{check_close, cpu_backends, shared_reference};
+use osp_tests::{check_close, copy_dir, cpu_backends, shared_reference};
 
 fn e2e_dir() -> PathBuf {
     shared_reference().join("e2e")
@@ -268,20 +268,6 @@ fn inconsistent_components_are_refused_at_export_and_at_load() -> Result<()> {
     std::fs::write(&json, serde_json::to_string(&m)?)?;
     let err = osp_runtime::pipeline::PipelineSpec::open(&copy).unwrap_err().to_string();
     ensure!(err.contains("spatial_multiple (24)"), "{err}");
-    Ok(())
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let dest = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &dest)?;
-        } else {
-            std::fs::copy(entry.path(), dest)?;
-        }
-    }
     Ok(())
 }
 

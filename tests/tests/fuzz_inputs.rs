@@ -17,17 +17,15 @@ use std::time::{Duration, Instant};
 
 use ndarray::{ArrayD, IxDyn};
 use osp_export::models::pipeline::{export_pipeline, PipelineExportOptions, PipelineSources};
-use osp_export::models::transformer_block::{export_transformer_block, TransformerBlockWeights};
 use osp_export::ExportOptions;
-use osp_graphs::config::TransformerBlockConfig;
 use osp_graphs::pipeline::PipelineDefaults;
 use osp_graphs::Dim;
-use osp_runtime::pipeline::{DecodeOptions, GenerateRequest, PipelineSpec};
-use osp_runtime::scheduler::SampleMethod;
+use osp_runtime::pipeline::PipelineSpec;
 use osp_runtime::vae::Vae;
 use osp_runtime::{Backend, Bundle, SessionOptions, Tensor};
 use osp_tests::file_fuzz::{self as fuzz, Mutant};
 use osp_tests::fuzz::Mutator;
+use osp_tests::{block_bundle, copy_dir};
 use osp_trainer::data::{read_data_file, DataConfig, Dataset, VaeClips};
 use osp_trainer::train::{check_checkpoint, CheckpointFiles, Rng, TrainingState};
 
@@ -46,21 +44,6 @@ fn cases() -> std::ops::Range<u64> {
 
 /// A case running longer than this is a hang.
 const PER_CASE: Duration = Duration::from_secs(20);
-
-/// The transformer-block bundle of the bad-input suite (weights in an external-data file).
-fn block_bundle(dir: &Path) -> PathBuf {
-    let cfg = TransformerBlockConfig {
-        hidden_size: 32,
-        num_attention_heads: 2,
-        attention_head_dim: 16,
-        ff_inner_dim: 64,
-        norm_eps: 1e-6,
-    };
-    let w = TransformerBlockWeights::random(&cfg, 0).expect("weights");
-    let opts = ExportOptions { external_data_threshold_bytes: 1024, ..ExportOptions::default() };
-    export_transformer_block(&cfg, w.weights(), &opts, dir).expect("export");
-    dir.to_path_buf()
-}
 
 /// The tiny official pipeline of `../shared/reference/e2e`, exported once per test binary (small
 /// defaults: 9 x 64 x 96, 2 steps).
@@ -83,20 +66,6 @@ fn pipeline_bundle() -> &'static Path {
         (dir, out)
     })
     .1
-}
-
-/// A copy of `from` (files only, one level of sub-folders) at `to`.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let path = entry.expect("entry").path();
-        let dest = to.join(path.file_name().expect("name"));
-        if path.is_dir() {
-            copy_dir(&path, &dest);
-        } else {
-            std::fs::copy(&path, &dest).expect("copy");
-        }
-    }
 }
 
 /// `Ok(false)` (rejected, as it should be) when `message` names `path` (the full path).
@@ -133,7 +102,7 @@ fn spec_inputs(bundle: &Bundle, graph: &str) -> Option<Vec<(String, Tensor)>> {
 #[test]
 fn manifest_json_mutations() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let dir = block_bundle(&tmp.path().join("b"));
+    let dir = block_bundle(&tmp.path().join("b")).expect("block bundle");
     let manifest = dir.join("manifest.json");
     let original = std::fs::read(&manifest).expect("manifest");
     let opts = SessionOptions { threads: Some(1), ..SessionOptions::new(Backend::Tract) };
@@ -164,7 +133,7 @@ fn manifest_json_mutations() {
 fn vae_manifest_json_mutations() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("p");
-    copy_dir(pipeline_bundle(), &dir);
+    copy_dir(pipeline_bundle(), &dir).expect("copy");
     let manifest = dir.join("vae/manifest.json");
     let original = std::fs::read(&manifest).expect("manifest");
     fuzz::run(
@@ -190,36 +159,11 @@ fn vae_manifest_json_mutations() {
     );
 }
 
-/// The request `osp generate` makes from the bundle's defaults alone.
-fn default_request(spec: &PipelineSpec) -> GenerateRequest {
-    let d = &spec.manifest().defaults;
-    GenerateRequest {
-        prompts: vec!["A cat.".into()],
-        prompt_template: Some(d.positive_prompt_template.clone()),
-        negative_prompt: d.negative_prompt.clone(),
-        num_frames: d.num_frames,
-        height: d.height,
-        width: d.width,
-        num_sampling_steps: d.num_sampling_steps,
-        guidance_scale: d.guidance_scale as f32,
-        guidance_rescale: 0.0,
-        sample_method: serde_json::from_value(serde_json::Value::String(d.sample_method.clone()))
-            .unwrap_or(SampleMethod::EulerAncestralDiscrete),
-        num_samples_per_prompt: 1,
-        max_sequence_length: d.max_sequence_length,
-        decode: DecodeOptions::default(),
-        recorded_schedule: None,
-        prediction_type: None,
-        rescale_betas_zero_snr: false,
-        keep_decoded: false,
-    }
-}
-
 #[test]
 fn pipeline_json_mutations() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("p");
-    copy_dir(pipeline_bundle(), &dir);
+    copy_dir(pipeline_bundle(), &dir).expect("copy");
     let file = dir.join("pipeline.json");
     let original = std::fs::read(&file).expect("pipeline.json");
     fuzz::run(
@@ -233,9 +177,8 @@ fn pipeline_json_mutations() {
                 Ok(s) => s,
                 Err(e) => return names(&format!("{e:#}"), &dir),
             };
-            // The request from the file's defaults is checked, and its scheduler built, without a panic.
-            let req = default_request(&spec);
-            if let Ok(prepared) = spec.prepare(req) {
+            // The request from the file's defaults is made and checked, and its scheduler built, without a panic.
+            if let Ok(prepared) = spec.default_request(vec!["A cat.".into()]).and_then(|req| spec.prepare(req)) {
                 let _ = spec.latent_shape(&prepared);
             }
             Ok(true)
@@ -470,12 +413,7 @@ fn cli_outcome(result: Result<(Option<i32>, String), String>, file: &Path) -> Re
 }
 
 fn osp() -> Command {
-    let mut cmd = Command::new(osp_tests::osp_binary().expect("the osp binary should be built"));
-    for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_TEXT_CACHE", "OSP_PIPELINE_BUNDLE", "OSP_VAE_BUNDLE"] {
-        cmd.env_remove(var);
-    }
-    cmd.args(["--threads", "1"]);
-    cmd
+    osp_tests::osp_command(1)
 }
 
 /// A few mutants of each file kind through `osp run-graph`, `osp decode` and `osp-train vae`.
@@ -483,7 +421,7 @@ fn osp() -> Command {
 fn mutated_files_through_the_clis() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let root = tmp.path().to_path_buf();
-    let block = block_bundle(&root.join("b"));
+    let block = block_bundle(&root.join("b")).expect("block bundle");
     let inputs = root.join("in.safetensors");
     let x = Tensor::from(ArrayD::<f32>::zeros(IxDyn(&[1, 5, 32])));
     let mask = Tensor::from(ArrayD::<f32>::ones(IxDyn(&[1, 5])));
@@ -551,7 +489,7 @@ fn mutated_files_through_the_clis() {
     }
     // pipeline.json through `osp generate` (one sampling step, the smallest video).
     let pipeline = root.join("p");
-    copy_dir(pipeline_bundle(), &pipeline);
+    copy_dir(pipeline_bundle(), &pipeline).expect("copy");
     let pipeline_json = pipeline.join("pipeline.json");
     let good_pipeline = std::fs::read(&pipeline_json).expect("read");
     for seed in 0..3u64 {

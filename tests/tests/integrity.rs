@@ -14,20 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{ensure, Context, Result};
-use osp_export::models::transformer_block::{export_transformer_block, TransformerBlockWeights};
-use osp_export::ExportOptions;
-use osp_graphs::config::TransformerBlockConfig;
 use osp_graphs::BundleManifest;
 use osp_runtime::text::{EmbeddingCache, TextEncoder};
 use osp_runtime::{Bundle, SessionOptions};
+use osp_tests::{block_bundle, copy_dir};
 
 fn osp() -> Command {
-    let mut cmd = Command::new(osp_tests::osp_binary().expect("the osp binary should be built"));
-    for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_TEXT_CACHE", "OSP_PIPELINE_BUNDLE", "RUST_LOG"] {
-        cmd.env_remove(var);
-    }
-    cmd.args(["--threads", "2"]);
-    cmd
+    osp_tests::osp_command(2)
 }
 
 fn text(out: &Output) -> String {
@@ -36,35 +29,6 @@ fn text(out: &Output) -> String {
 
 fn default_bundle() -> PathBuf {
     osp_tests::repo_root().join("assets/default")
-}
-
-/// Copies the files of `from` (one level of sub-directories) to `to`.
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let dest = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &dest)?;
-        } else {
-            std::fs::copy(entry.path(), &dest)?;
-        }
-    }
-    Ok(())
-}
-
-fn block_bundle(dir: &Path) -> Result<PathBuf> {
-    let cfg = TransformerBlockConfig {
-        hidden_size: 32,
-        num_attention_heads: 2,
-        attention_head_dim: 16,
-        ff_inner_dim: 64,
-        norm_eps: 1e-6,
-    };
-    let w = TransformerBlockWeights::random(&cfg, 0)?;
-    let opts = ExportOptions { external_data_threshold_bytes: 1024, ..ExportOptions::default() };
-    export_transformer_block(&cfg, w.weights(), &opts, dir)?;
-    Ok(dir.to_path_buf())
 }
 
 fn flip(path: &Path, at: usize, count: usize) -> Result<()> {

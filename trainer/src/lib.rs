@@ -6,6 +6,8 @@
 //! losses and step under [`losses`].
 
 pub mod checkpoint;
+/// Command-line support shared with `osp-export`, which does not name `osp-runtime` directly.
+pub use osp_runtime::cli;
 pub mod data;
 pub mod error;
 pub mod io;

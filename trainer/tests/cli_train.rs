@@ -9,19 +9,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use osp_runtime::text::npz::{write_npz, NpyArray};
 use osp_trainer::checkpoint::{Checkpoint, LoadOptions};
 use osp_trainer::models::opensora_v1_3::OpenSoraT2V_v1_3Config;
-use osp_trainer::train::Rng;
 
-use common::{arg as s, osp_train as run};
-
-fn write_embedding(path: &Path, rng: &mut Rng) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    let emb = NpyArray::f32(vec![4, 32], &rng.normals(4 * 32));
-    let mask = NpyArray::u8(vec![4], vec![1, 1, 1, 0]);
-    write_npz(path, &[("mask", &mask), ("text_emb", &emb)]).expect("npz");
-}
+use common::{arg as s, osp_train as run, DitSetup};
 
 /// The model, EMA and optimizer files of two checkpoints are byte-identical.
 fn assert_same_checkpoints(a: &Path, b: &Path, what: &str) {
@@ -49,54 +40,11 @@ fn step_metrics(out: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    ae: PathBuf,
-    config: PathBuf,
-    null: PathBuf,
+fn setup() -> DitSetup {
+    common::dit_setup(8)
 }
 
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let root = dir.path().to_path_buf();
-    let shapes = root.join("shapes");
-    common::shapes(&shapes, 8, 9, 32, 1);
-    let anno: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(shapes.join("annotation.json")).expect("annotation"))
-            .expect("json");
-    assert_eq!(anno.len(), 8);
-    let emb = root.join("emb");
-    let mut rng = Rng::new(9);
-    for item in &anno {
-        let rel = item["path"].as_str().expect("path").replace(".mp4", "-0.npz");
-        write_embedding(&emb.join(rel), &mut rng);
-    }
-    let null = root.join("null.npz");
-    write_embedding(&null, &mut rng);
-    let data = root.join("data.txt");
-    std::fs::write(&data, format!("{},{},{}\n", s(&shapes), s(&emb), s(&shapes.join("annotation.json"))))
-        .expect("data");
-
-    let ae = root.join("vae");
-    std::fs::create_dir_all(&ae).expect("mkdir");
-    let tiny = common::wfvae_tiny_dir();
-    std::fs::copy(tiny.join("config.json"), ae.join("config.json")).expect("copy");
-    std::fs::copy(tiny.join("weights.safetensors"), ae.join("weights.safetensors")).expect("copy");
-
-    let mut dit: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::reference_dir().join("parity/dit_tiny/config.json")).expect("dit config"),
-    )
-    .expect("json");
-    dit["in_channels"] = 4.into();
-    dit["out_channels"] = 4.into();
-    let config = root.join("dit_config.json");
-    std::fs::write(&config, dit.to_string()).expect("write");
-    Setup { _dir: dir, root, data, ae, config, null }
-}
-
-fn train_args(st: &Setup, out: &Path, steps: usize, resume: bool) -> Vec<String> {
+fn train_args(st: &DitSetup, out: &Path, steps: usize, resume: bool) -> Vec<String> {
     let mut a: Vec<String> = [
         "dit",
         "--model_config",

@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use osp_runtime::text::npz::{write_npz, NpyArray};
-use osp_trainer::train::Rng;
-
-use common::arg as s;
+use common::{arg as s, DitSetup};
 
 const STEPS: usize = 4;
 const FILES: [&str; 4] = [
@@ -27,58 +24,11 @@ const FILES: [&str; 4] = [
     "training_state.json",
 ];
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-    data: PathBuf,
-    ae: PathBuf,
-    config: PathBuf,
-    null: PathBuf,
+fn setup() -> DitSetup {
+    common::dit_setup(4)
 }
 
-fn write_embedding(path: &Path, rng: &mut Rng) {
-    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-    let emb = NpyArray::f32(vec![4, 32], &rng.normals(4 * 32));
-    let mask = NpyArray::u8(vec![4], vec![1, 1, 1, 0]);
-    write_npz(path, &[("mask", &mask), ("text_emb", &emb)]).expect("npz");
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let root = dir.path().to_path_buf();
-    let shapes = root.join("shapes");
-    common::shapes(&shapes, 4, 9, 32, 1);
-    let anno: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(shapes.join("annotation.json")).expect("annotation"))
-            .expect("json");
-    let emb = root.join("emb");
-    let mut rng = Rng::new(9);
-    for item in &anno {
-        let rel = item["path"].as_str().expect("path").replace(".mp4", "-0.npz");
-        write_embedding(&emb.join(rel), &mut rng);
-    }
-    let null = root.join("null.npz");
-    write_embedding(&null, &mut rng);
-    let data = root.join("data.txt");
-    std::fs::write(&data, format!("{},{},{}\n", s(&shapes), s(&emb), s(&shapes.join("annotation.json"))))
-        .expect("data");
-    let ae = root.join("vae");
-    std::fs::create_dir_all(&ae).expect("mkdir");
-    let tiny = common::wfvae_tiny_dir();
-    std::fs::copy(tiny.join("config.json"), ae.join("config.json")).expect("copy");
-    std::fs::copy(tiny.join("weights.safetensors"), ae.join("weights.safetensors")).expect("copy");
-    let mut dit: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::reference_dir().join("parity/dit_tiny/config.json")).expect("dit config"),
-    )
-    .expect("json");
-    dit["in_channels"] = 4.into();
-    dit["out_channels"] = 4.into();
-    let config = root.join("dit_config.json");
-    std::fs::write(&config, dit.to_string()).expect("write");
-    Setup { _dir: dir, root, data, ae, config, null }
-}
-
-fn train(st: &Setup, out: &Path) -> Command {
+fn train(st: &DitSetup, out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_osp-train"));
     cmd.args(["dit", "--model_config", &s(&st.config), "--ae_path", &s(&st.ae), "--data", &s(&st.data)])
         .args(["--output_dir", &s(out), "--num_frames", "9", "--train_fps", "16", "--force_resolution"])

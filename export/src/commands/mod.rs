@@ -169,17 +169,7 @@ impl ModelArgs {
 
 /// The log filter: `RUST_LOG` when set, else warnings and errors, more with each `-v`.
 fn log_filter(verbose: u8) -> anyhow::Result<EnvFilter> {
-    match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Ok(spec) if !spec.trim().is_empty() => {
-            EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG=`{spec}` is not a valid log filter"))
-        }
-        _ => Ok(EnvFilter::new(match verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
-        })),
-    }
+    Ok(osp_trainer::cli::log_filter(None, verbose, &["warn", "info", "debug", "trace"])?)
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

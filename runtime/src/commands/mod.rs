@@ -126,17 +126,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The log filter: `RUST_LOG` when set, else warnings and errors, more with each `-v`.
 fn log_filter(verbose: u8) -> anyhow::Result<EnvFilter> {
-    match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Ok(spec) if !spec.trim().is_empty() => {
-            EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG=`{spec}` is not a valid log filter"))
-        }
-        _ => Ok(EnvFilter::new(match verbose {
-            0 => "warn",
-            1 => "info,ort=warn",
-            2 => "debug,ort=warn",
-            _ => "trace",
-        })),
-    }
+    Ok(osp_runtime::cli::log_filter(None, verbose, &["warn", "info,ort=warn", "debug,ort=warn", "trace"])?)
 }
 
 /// Logs to stderr through [`log_filter`]; `--tracing` adds the Chrome layer (at least info-level

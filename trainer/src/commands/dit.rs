@@ -28,12 +28,12 @@ use osp_trainer::models::wfvae::{WFVAEModel, WFVAEModelConfig};
 use osp_trainer::train::diffusion::{DdpmSchedule, PredictionType};
 use osp_trainer::train::dit::{DitBatch, DitBatcher, DitObjective, LatentCache, TextEmbedding};
 use osp_trainer::train::{
-    resolve_resume, AdamWConfig, EmaConfig, LossScaleConfig, LrSchedule, LrSchedulerKind, MetricsLog, OptimConfig, Rng,
-    StepStats, Trainer, WeightsLayout,
+    AdamWConfig, EmaConfig, LossScaleConfig, LrSchedule, LrSchedulerKind, MetricsLog, OptimConfig, Rng, StepStats,
+    Trainer, WeightsLayout,
 };
 
-use super::progress::{Progress, ProgressKind};
-use super::DeviceKind;
+use super::progress::Progress;
+use super::{CheckpointArgs, RunArgs};
 
 /// The weights file of a diffusers DiT folder.
 const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -169,12 +169,9 @@ pub struct DitArgs {
     /// Save a checkpoint every this many updates.
     #[arg(long = "checkpointing_steps", default_value_t = 500)]
     pub checkpointing_steps: usize,
-    /// Keep at most this many checkpoints.
-    #[arg(long = "checkpoints_total_limit")]
-    pub checkpoints_total_limit: Option<usize>,
-    /// `latest` or a checkpoint folder to continue from.
-    #[arg(long = "resume_from_checkpoint")]
-    pub resume_from_checkpoint: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub checkpoints: CheckpointArgs,
     /// What the model predicts (the v1.3 script: v_prediction).
     #[arg(long = "prediction_type", value_enum, default_value_t = PredictionType::VPrediction)]
     pub prediction_type: PredictionType,
@@ -206,18 +203,15 @@ pub struct DitArgs {
     /// Seed of initialisation, data order and every random draw of training.
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    pub device: DeviceKind,
-    /// Progress display on stderr.
-    #[arg(long, value_enum, default_value_t = ProgressKind::Bar)]
-    pub progress: ProgressKind,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
 }
 
 pub fn run(args: DitArgs) -> anyhow::Result<()> {
     use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
     use burn::backend::Autodiff;
-    with_backend!(args.device, |B, replicas| {
+    with_backend!(args.run.device, |B, replicas| {
         let devices = replicas(args.dp_replicas.max(1));
         if args.gradient_checkpointing {
             train::<Autodiff<B, BalancedCheckpointing>>(&args, devices)
@@ -380,22 +374,17 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
     let layout = WeightsLayout { file: WEIGHTS_FILE.into(), config: Some(model_json), fixed: Default::default() };
     let mut rng = Rng::new(args.seed);
     let mut position = DataPosition::default();
-    if let Some(spec) = &args.resume_from_checkpoint {
-        match resolve_resume(&args.output_dir, spec, &layout.checkpoint_files())? {
-            Some(dir) => {
-                let state = trainer.resume(&dir, &layout)?;
-                rng = state.rng;
-                position = serde_json::from_value(state.data_position).context("the checkpoint's data position")?;
-            }
-            None => tracing::info!("--resume_from_checkpoint latest: no checkpoint yet, starting fresh"),
-        }
+    if let Some(dir) = args.checkpoints.resume_dir(&args.output_dir, &layout.checkpoint_files())? {
+        let state = trainer.resume(&dir, &layout)?;
+        rng = state.rng;
+        position = serde_json::from_value(state.data_position).context("the checkpoint's data position")?;
     }
     // Step records carry the update number (1-based).
     let mut metrics = MetricsLog::open_from(args.output_dir.join("metrics.jsonl"), trainer.step as u64 + 1)?;
     let shards = args.dp_replicas.max(1);
     let loss = |m: &OpenSoraT2V_v1_3<B>, b: &DitBatch| objective.loss(m, b);
     let mut bad = BTreeSet::new();
-    let mut progress = Progress::new(args.progress, args.max_train_steps, trainer.step);
+    let mut progress = Progress::new(args.run.progress, args.max_train_steps, trainer.step);
     let mut last_saved = None;
     while trainer.step < args.max_train_steps {
         let started = Instant::now();
@@ -412,7 +401,14 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
         progress.step(&stats);
         if stats.step % args.checkpointing_steps.max(1) == 0 {
             let pos = serde_json::to_value(position)?;
-            trainer.save(&args.output_dir, &layout, &rng, pos, run_config.clone(), args.checkpoints_total_limit)?;
+            trainer.save(
+                &args.output_dir,
+                &layout,
+                &rng,
+                pos,
+                run_config.clone(),
+                args.checkpoints.checkpoints_total_limit,
+            )?;
             last_saved = Some(stats.step);
         }
         if let Some(val) = &val {
@@ -434,7 +430,7 @@ fn train<B: AutodiffBackend>(args: &DitArgs, devices: Vec<B::Device>) -> anyhow:
     }
     if last_saved != Some(trainer.step) && trainer.step > 0 {
         let pos = serde_json::to_value(position)?;
-        trainer.save(&args.output_dir, &layout, &rng, pos, run_config, args.checkpoints_total_limit)?;
+        trainer.save(&args.output_dir, &layout, &rng, pos, run_config, args.checkpoints.checkpoints_total_limit)?;
     }
     progress.finish();
     if let Some(cache) = &batcher.cache {

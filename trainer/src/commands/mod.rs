@@ -42,8 +42,7 @@ mod vae;
 
 use std::io::IsTerminal;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 /// Run and train the osp Burn models (official PyTorch weights, exact forward passes).
@@ -89,23 +88,48 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// The checkpoint flags shared by `osp-train dit` and `vae` (upstream names).
+#[derive(Debug, Args, serde::Serialize)]
+pub struct CheckpointArgs {
+    /// Keep at most this many checkpoints.
+    #[arg(long = "checkpoints_total_limit")]
+    pub checkpoints_total_limit: Option<usize>,
+    /// `latest` or a checkpoint folder to continue from.
+    #[arg(long = "resume_from_checkpoint")]
+    pub resume_from_checkpoint: Option<String>,
+}
+
+impl CheckpointArgs {
+    /// The checkpoint folder to resume from: `None` without `--resume_from_checkpoint`, or with
+    /// `latest` when `output_dir` holds no complete checkpoint yet.
+    pub fn resume_dir(
+        &self,
+        output_dir: &std::path::Path,
+        files: &osp_trainer::train::checkpoint::CheckpointFiles,
+    ) -> anyhow::Result<Option<std::path::PathBuf>> {
+        let Some(spec) = &self.resume_from_checkpoint else { return Ok(None) };
+        let dir = osp_trainer::train::resolve_resume(output_dir, spec, files)?;
+        if dir.is_none() {
+            tracing::info!("--resume_from_checkpoint latest: no checkpoint yet, starting fresh");
+        }
+        Ok(dir)
+    }
+}
+
+/// The device and progress flags shared by the training commands.
+#[derive(Debug, Args, serde::Serialize)]
+pub struct RunArgs {
+    /// Compute device.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// Progress display on stderr.
+    #[arg(long, value_enum, default_value_t = progress::ProgressKind::Bar)]
+    pub progress: progress::ProgressKind,
+}
+
 /// The log filter: `--log`, else `RUST_LOG`, else warnings and errors, more with each `-v`.
 fn log_filter(cli: &Cli) -> anyhow::Result<EnvFilter> {
-    let env = std::env::var(EnvFilter::DEFAULT_ENV).ok().filter(|s| !s.trim().is_empty());
-    match (&cli.log, env) {
-        (Some(spec), _) => {
-            EnvFilter::try_new(spec).with_context(|| format!("--log `{spec}` is not a valid log filter"))
-        }
-        (None, Some(spec)) => {
-            EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG=`{spec}` is not a valid log filter"))
-        }
-        (None, None) => Ok(EnvFilter::new(match cli.verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
-        })),
-    }
+    Ok(osp_trainer::cli::log_filter(cli.log.as_deref(), cli.verbose, &["warn", "info", "debug", "trace"])?)
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

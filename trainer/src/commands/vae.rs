@@ -37,10 +37,10 @@ use osp_trainer::models::discriminator::NLayerDiscriminator3DConfig;
 use osp_trainer::models::wfvae::{WFVAEModel, WFVAEModelConfig};
 use osp_trainer::train::checkpoint::{write_json, TrainingState};
 use osp_trainer::train::trainer::set_trainable;
-use osp_trainer::train::{resolve_resume, Ema, EmaConfig, MetricsLog, Rng, StepStats};
+use osp_trainer::train::{Ema, EmaConfig, MetricsLog, Rng, StepStats};
 
-use super::progress::{Progress, ProgressKind};
-use super::DeviceKind;
+use super::progress::Progress;
+use super::{CheckpointArgs, RunArgs};
 
 /// Video file extensions picked up under `--video_path`.
 const VIDEO_EXTENSIONS: &[&str] = &["mp4", "avi", "mov", "mkv", "webm"];
@@ -134,28 +134,22 @@ pub struct VaeArgs {
     /// Save a checkpoint every this many steps.
     #[arg(long = "save_ckpt_step", default_value_t = 2000)]
     pub save_ckpt_step: usize,
-    /// Keep at most this many checkpoints.
-    #[arg(long = "checkpoints_total_limit")]
-    pub checkpoints_total_limit: Option<usize>,
-    /// `latest` or a checkpoint folder to continue from.
-    #[arg(long = "resume_from_checkpoint")]
-    pub resume_from_checkpoint: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub checkpoints: CheckpointArgs,
     /// Log a metrics line every this many steps.
     #[arg(long = "log_steps", default_value_t = 1)]
     pub log_steps: usize,
     /// Seed of the initialisation, data order and posterior noise.
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
-    /// Compute device.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    pub device: DeviceKind,
-    /// Progress display on stderr.
-    #[arg(long, value_enum, default_value_t = ProgressKind::Bar)]
-    pub progress: ProgressKind,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
 }
 
 pub fn run(args: VaeArgs) -> anyhow::Result<()> {
-    with_backend!(args.device, |B| train::<burn::backend::Autodiff<B>>(&args, Default::default()))
+    with_backend!(args.run.device, |B| train::<burn::backend::Autodiff<B>>(&args, Default::default()))
 }
 
 /// The WFVAE config and, with --pretrained_model_name_or_path, its weights file.
@@ -364,32 +358,27 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
 
     let mut step = 0usize;
     let mut position = DataPosition::default();
-    if let Some(spec) = &args.resume_from_checkpoint {
-        match resolve_resume(&args.ckpt_dir, spec, &vae_checkpoint_files())? {
-            Some(dir) => {
-                let (state, ema_weights) = trainer.resume(&dir)?;
-                step = state.step;
-                position = serde_json::from_value(state.data_position).context("the checkpoint's data position")?;
-                if let Some(e) = &mut ema {
-                    match (ema_weights, state.ema_steps) {
-                        (Some(w), Some(n)) => {
-                            e.module = w;
-                            e.optimization_step = n;
-                        }
-                        _ => {
-                            tracing::warn!(dir = %dir.display(), "the checkpoint has no EMA weights; EMA restarts");
-                            *e = Ema::new(ema_config, trainer.model.valid());
-                        }
-                    }
+    if let Some(dir) = args.checkpoints.resume_dir(&args.ckpt_dir, &vae_checkpoint_files())? {
+        let (state, ema_weights) = trainer.resume(&dir)?;
+        step = state.step;
+        position = serde_json::from_value(state.data_position).context("the checkpoint's data position")?;
+        if let Some(e) = &mut ema {
+            match (ema_weights, state.ema_steps) {
+                (Some(w), Some(n)) => {
+                    e.module = w;
+                    e.optimization_step = n;
+                }
+                _ => {
+                    tracing::warn!(dir = %dir.display(), "the checkpoint has no EMA weights; EMA restarts");
+                    *e = Ema::new(ema_config, trainer.model.valid());
                 }
             }
-            None => tracing::info!("--resume_from_checkpoint latest: no checkpoint yet, starting fresh"),
         }
     }
 
     // Step records carry the global step before the update (0-based).
     let mut metrics = MetricsLog::open_from(args.ckpt_dir.join("metrics.jsonl"), step as u64)?;
-    let mut progress = Progress::new(args.progress, args.max_steps, step);
+    let mut progress = Progress::new(args.run.progress, args.max_steps, step);
     let mut bad = BTreeSet::new();
     let mut last_saved = None;
     let res = args.clips.resolution;
@@ -441,7 +430,7 @@ fn train<B: AutodiffBackend>(args: &VaeArgs, device: B::Device) -> anyhow::Resul
                 model_config: &model_json,
                 state,
             };
-            trainer.save(&args.ckpt_dir, checkpoint, args.checkpoints_total_limit)?;
+            trainer.save(&args.ckpt_dir, checkpoint, args.checkpoints.checkpoints_total_limit)?;
             last_saved = Some(step);
         }
     }

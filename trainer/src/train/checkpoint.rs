@@ -80,24 +80,11 @@ pub fn official_tensors<B: Backend, M: ModuleSnapshot<B>>(module: &M) -> Result<
         .collect()
 }
 
-/// `checkpoint-<step>` folders of `output_dir`, sorted by step.
+/// `checkpoint-<step>` folders of `output_dir` that hold a `training_state.json`, sorted by step.
 pub fn list_checkpoints(output_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
-    if !output_dir.is_dir() {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(output_dir).map_err(|e| Error::io(output_dir, e))? {
-        let entry = entry.map_err(|e| Error::io(output_dir, e))?;
-        let name = entry.file_name();
-        let Some(step) = name.to_str().and_then(|n| n.strip_prefix("checkpoint-")).and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        if entry.path().join("training_state.json").is_file() {
-            out.push((step, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
+    let mut dirs = checkpoint_dirs(output_dir)?;
+    dirs.retain(|(_, dir)| dir.join("training_state.json").is_file());
+    Ok(dirs)
 }
 
 /// The files every checkpoint of a trainer holds besides `training_state.json`, for the

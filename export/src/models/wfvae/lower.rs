@@ -68,6 +68,9 @@ pub struct CacheEntry {
     pub key: String,
 }
 
+/// A convolution of [`Lower`]: `(path, x, out, k, stride, (pad begin, pad end))`.
+type ConvFn<L> = fn(&mut L, &str, &V, usize, usize, usize, (usize, usize)) -> Result<V>;
+
 /// The lowering state of one graph.
 pub struct Lower<'a> {
     pub b: GraphBuilder,
@@ -235,30 +238,26 @@ impl<'a> Lower<'a> {
 
     /// `ResnetBlock3D(c -> out)` at `path`.
     pub fn resnet3d(&mut self, path: &str, x: &V, out: usize) -> Result<V> {
-        let h = self.norm(&format!("{path}.norm1"), x)?;
-        let h = self.silu(&h)?;
-        let h = self.causal_conv(&format!("{path}.conv1"), &h, out, 3, 1, (1, 1))?;
-        let h = self.norm(&format!("{path}.norm2"), &h)?;
-        let h = self.silu(&h)?;
-        let h = self.causal_conv(&format!("{path}.conv2"), &h, out, 3, 1, (1, 1))?;
-        let skip = if x.c != out {
-            self.causal_conv(&format!("{path}.nin_shortcut"), x, out, 1, 1, (0, 0))?
-        } else {
-            x.clone()
-        };
-        self.add(&skip, &h)
+        self.resnet(path, x, out, Self::causal_conv)
     }
 
     /// `ResnetBlock2D(c -> out)` at `path` (per-frame convolutions).
     pub fn resnet2d(&mut self, path: &str, x: &V, out: usize) -> Result<V> {
+        self.resnet(path, x, out, Self::conv2d)
+    }
+
+    /// A resnet block at `path` built with `conv` ([`Self::causal_conv`] or [`Self::conv2d`]):
+    /// norm1, SiLU, conv1 (3x3), norm2, SiLU, conv2 (3x3), plus the input, through a 1x1
+    /// `nin_shortcut` when the width changes.
+    fn resnet(&mut self, path: &str, x: &V, out: usize, conv: ConvFn<Self>) -> Result<V> {
         let h = self.norm(&format!("{path}.norm1"), x)?;
         let h = self.silu(&h)?;
-        let h = self.conv2d(&format!("{path}.conv1"), &h, out, 3, 1, (1, 1))?;
+        let h = conv(self, &format!("{path}.conv1"), &h, out, 3, 1, (1, 1))?;
         let h = self.norm(&format!("{path}.norm2"), &h)?;
         let h = self.silu(&h)?;
-        let h = self.conv2d(&format!("{path}.conv2"), &h, out, 3, 1, (1, 1))?;
+        let h = conv(self, &format!("{path}.conv2"), &h, out, 3, 1, (1, 1))?;
         let skip =
-            if x.c != out { self.conv2d(&format!("{path}.nin_shortcut"), x, out, 1, 1, (0, 0))? } else { x.clone() };
+            if x.c != out { conv(self, &format!("{path}.nin_shortcut"), x, out, 1, 1, (0, 0))? } else { x.clone() };
         self.add(&skip, &h)
     }
 
