@@ -29,38 +29,10 @@ pub struct Mutant {
     pub what: String,
 }
 
-/// Flips 1..=8 random bits, or overwrites a random run of bytes, or truncates at a random offset.
+/// A byte-level mutation: [`Mutator::mutate_bytes`], the one byte mutator of the fuzz suites.
 pub fn mutate_bytes(original: &[u8], rng: &mut Mutator) -> Mutant {
-    let mut bytes = original.to_vec();
-    if bytes.is_empty() {
-        return Mutant { bytes: vec![rng.next_u64() as u8], what: "one random byte".into() };
-    }
-    match rng.below(3) {
-        0 => {
-            let n = 1 + rng.below(8);
-            let mut at = Vec::new();
-            for _ in 0..n {
-                let i = rng.below(bytes.len());
-                bytes[i] ^= 1 << rng.below(8);
-                at.push(i);
-            }
-            Mutant { bytes, what: format!("bit flips at bytes {at:?}") }
-        }
-        1 => {
-            let start = rng.below(bytes.len());
-            let len = (1 + rng.below(16)).min(bytes.len() - start);
-            let fill = *pick(rng, &[0x00u8, 0xFF, b'"', b'{', b'9', b'-']);
-            bytes[start..start + len].fill(fill);
-            Mutant { bytes, what: format!("bytes {start}..{} set to {fill:#04x}", start + len) }
-        }
-        _ => truncate(original, rng),
-    }
-}
-
-/// Truncation at a random offset (possibly to nothing).
-pub fn truncate(original: &[u8], rng: &mut Mutator) -> Mutant {
-    let at = rng.below(original.len().max(1));
-    Mutant { bytes: original[..at].to_vec(), what: format!("truncated to {at} of {} bytes", original.len()) }
+    let (what, bytes) = rng.mutate_bytes(original);
+    Mutant { bytes, what }
 }
 
 /// JSON pointers of every node of `value` (the root is `""`).
