@@ -24,6 +24,7 @@ pub mod integrity;
 pub mod io;
 pub mod mem;
 pub mod metrics;
+pub mod parallel;
 pub mod pipeline;
 pub mod scheduler;
 pub mod session;
