@@ -35,94 +35,10 @@ pub fn mutate_bytes(original: &[u8], rng: &mut Mutator) -> Mutant {
     Mutant { bytes, what }
 }
 
-/// JSON pointers of every node of `value` (the root is `""`).
-fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                pointers(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
-            }
-        }
-        Value::Array(items) => {
-            for (i, v) in items.iter().enumerate() {
-                pointers(v, format!("{at}/{i}"), out);
-            }
-        }
-        _ => {}
-    }
-    out.push(at);
-}
-
-/// Replacements written into the text after serialising (serde_json cannot hold them as values).
-const RAW: &str = "\u{1}osp-fuzz-raw\u{1}";
-
-/// One JSON-aware mutation of a random node: a value of another type, a deleted key or item,
-/// huge / negative / fractional / exponent numbers, empty strings, empty containers, deep nesting.
+/// A JSON-aware mutation: [`Mutator::mutate_json`], the one JSON mutator of the fuzz suites.
 pub fn mutate_json(original: &Value, rng: &mut Mutator) -> Mutant {
-    let mut value = original.clone();
-    let mut all = Vec::new();
-    pointers(&value, String::new(), &mut all);
-    let at = pick(rng, &all).clone();
-    let mut raw = None;
-    let what;
-    let delete = !at.is_empty() && rng.below(6) == 0;
-    if delete {
-        let (parent, key) = at.rsplit_once('/').expect("a non-root pointer has a parent");
-        match value.pointer_mut(parent) {
-            Some(Value::Object(map)) => {
-                map.remove(&key.replace("~1", "/").replace("~0", "~"));
-            }
-            Some(Value::Array(items)) => {
-                let i: usize = key.parse().expect("array index");
-                items.remove(i);
-            }
-            _ => unreachable!("the parent of a node is a container"),
-        }
-        what = format!("deleted {at}");
-    } else {
-        let node = value.pointer_mut(&at).expect("pointer from the walk");
-        let (new, text): (Value, String) = match rng.below(16) {
-            0 => (Value::Null, "null".into()),
-            1 => (Value::Bool(rng.below(2) == 0), "a bool".into()),
-            2 => (Value::String(String::new()), "an empty string".into()),
-            3 => (Value::String("x".repeat(1 + rng.below(300))), "a string".into()),
-            4 => (Value::Array(Vec::new()), "an empty array".into()),
-            5 => (Value::Object(Default::default()), "an empty object".into()),
-            6 => (Value::from(-1), "-1".into()),
-            7 => (Value::from(0), "0".into()),
-            8 => (Value::from(i64::MIN), "i64::MIN".into()),
-            9 => (Value::from(u64::MAX), "u64::MAX".into()),
-            10 => (Value::from(-1.5e300), "-1.5e300".into()),
-            11 => (Value::from(0.5), "0.5".into()),
-            12 => {
-                let s = *pick(rng, &["1e400", "-1e400", "18446744073709551616", "-9223372036854775809", "1e-400"]);
-                raw = Some(s.to_string());
-                (Value::String(RAW.into()), s.to_string())
-            }
-            13 => {
-                let depth = *pick(rng, &[20usize, 127, 129, 1000, 100_000]);
-                raw = Some(format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
-                (Value::String(RAW.into()), format!("arrays nested {depth} deep"))
-            }
-            14 => (Value::Array(vec![node.clone(), node.clone()]), "a list of it twice".into()),
-            _ => match &*node {
-                Value::Number(n) => {
-                    let v = n.as_f64().unwrap_or(0.0);
-                    let s = *pick(rng, &[-1.0, 2.0, 1e6, 1e12]);
-                    (Value::from(v * s), format!("itself x {s}"))
-                }
-                Value::String(s) => (Value::String(format!("{s}{s}")), "itself twice".into()),
-                other => (Value::String(other.to_string()), "its own text".into()),
-            },
-        };
-        *node = new;
-        what = format!("{} -> {text}", if at.is_empty() { "/" } else { &at });
-    }
-    let mut text = serde_json::to_string_pretty(&value).expect("a Value serialises");
-    if let Some(raw) = raw {
-        text = text.replace(&format!("\"{RAW}\""), &raw);
-    }
-    Mutant { bytes: text.into_bytes(), what }
+    let (what, bytes) = rng.mutate_json(original);
+    Mutant { bytes, what }
 }
 
 /// A mutation of a JSON file: mostly one to three JSON-aware mutations, otherwise bytes flipped

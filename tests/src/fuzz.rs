@@ -45,10 +45,8 @@ impl Mutator {
     /// `input` parses. Returns a description of what was done and the mutated bytes.
     pub fn mutate(&mut self, input: &[u8], json: bool) -> (String, Vec<u8>) {
         if json && self.below(2) == 0 {
-            if let Ok(mut value) = serde_json::from_slice::<Value>(input) {
-                let what = self.mutate_json(&mut value);
-                let text = serde_json::to_vec(&value).expect("a JSON value should serialize");
-                return (what, text);
+            if let Ok(value) = serde_json::from_slice::<Value>(input) {
+                return self.mutate_json(&value);
             }
         }
         self.mutate_bytes(input)
@@ -94,84 +92,134 @@ impl Mutator {
         }
     }
 
-    /// Changes one node of `value`: swaps two nodes' values, changes a node's type, removes a
-    /// key or an element, or replaces a number with an extreme one. Returns a description.
-    pub fn mutate_json(&mut self, value: &mut Value) -> String {
-        let paths = json_paths(value);
+    /// One JSON-aware mutation of `value`, returned as text with a description: two nodes
+    /// swapped, a key or element removed, a node replaced (another type, empty containers and
+    /// strings, long strings, extreme or scaled numbers, itself repeated), or text serde_json
+    /// cannot hold as a value (out-of-range numbers, deep nesting). The one JSON mutator of every
+    /// fuzz suite.
+    pub fn mutate_json(&mut self, value: &Value) -> (String, Vec<u8>) {
+        let mut value = value.clone();
+        let paths = json_paths(&value);
         let pick = |m: &mut Self| paths[m.below(paths.len())].clone();
-        match self.below(4) {
+        let mut raw = None;
+        let what = match self.below(6) {
             0 if paths.len() > 2 => {
                 let (a, b) = (pick(self), pick(self));
-                let (va, vb) = (get(value, &a).clone(), get(value, &b).clone());
+                let (va, vb) = (get(&value, &a).clone(), get(&value, &b).clone());
                 // A node swapped with its own ancestor or descendant is only replaced.
                 if is_prefix(&a, &b) || is_prefix(&b, &a) {
-                    *get_mut(value, &a) = vb;
-                    return format!("{} replaced by {}", show(&a), show(&b));
+                    *get_mut(&mut value, &a) = vb;
+                    format!("{} replaced by {}", show(&a), show(&b))
+                } else {
+                    *get_mut(&mut value, &a) = vb;
+                    *get_mut(&mut value, &b) = va;
+                    format!("{} and {} swapped", show(&a), show(&b))
                 }
-                *get_mut(value, &a) = vb;
-                *get_mut(value, &b) = va;
-                format!("{} and {} swapped", show(&a), show(&b))
             }
-            1 => {
+            1 if paths.len() > 1 => {
                 let p = pick(self);
-                let node = get_mut(value, &p);
-                let new = self.other_type(node);
-                let what = format!("{} ({}) replaced by {new}", show(&p), kind(node));
-                *node = new;
-                what
-            }
-            2 if paths.len() > 1 => {
-                let p = pick(self);
-                let Some((last, parent)) = p.split_last() else {
-                    return "nothing removed (the root)".into();
-                };
-                match (get_mut(value, parent), last) {
-                    (Value::Object(map), Step::Key(k)) => {
-                        map.remove(k);
+                if let Some((last, parent)) = p.split_last() {
+                    match (get_mut(&mut value, parent), last) {
+                        (Value::Object(map), Step::Key(k)) => {
+                            map.remove(k);
+                        }
+                        (Value::Array(list), Step::Index(i)) if *i < list.len() => {
+                            list.remove(*i);
+                        }
+                        _ => {}
                     }
-                    (Value::Array(list), Step::Index(i)) if *i < list.len() => {
-                        list.remove(*i);
-                    }
-                    _ => {}
                 }
                 format!("{} removed", show(&p))
             }
+            2 => {
+                let p = pick(self);
+                let (new, text) = if self.below(2) == 0 {
+                    let s =
+                        ["1e400", "-1e400", "18446744073709551616", "-9223372036854775809", "1e-400"][self.below(5)];
+                    raw = Some(s.to_string());
+                    (Value::String(RAW.into()), s.to_string())
+                } else {
+                    let depth = [20usize, 127, 129, 1000, 100_000][self.below(5)];
+                    raw = Some(format!("{}{}", "[".repeat(depth), "]".repeat(depth)));
+                    (Value::String(RAW.into()), format!("arrays nested {depth} deep"))
+                };
+                *get_mut(&mut value, &p) = new;
+                format!("{} replaced by {text}", show(&p))
+            }
             _ => {
                 let p = pick(self);
+                let node = get_mut(&mut value, &p);
+                let (new, text) = self.replacement(node);
+                let what = format!("{} ({}) replaced by {text}", show(&p), kind(node));
+                *node = new;
+                what
+            }
+        };
+        let mut text = serde_json::to_string_pretty(&value).expect("a JSON value should serialize");
+        if let Some(raw) = raw {
+            text = text.replace(&format!("\"{RAW}\""), &raw);
+        }
+        (what, text.into_bytes())
+    }
+
+    /// A value to put in place of `node`, and its description.
+    fn replacement(&mut self, node: &Value) -> (Value, String) {
+        match self.below(6) {
+            0 => {
+                let choices = [
+                    Value::Null,
+                    Value::Bool(true),
+                    Value::from(7),
+                    Value::from(-3.5),
+                    Value::from("x"),
+                    Value::Array(vec![Value::from(1), Value::from("a")]),
+                    serde_json::json!({"1": 2, "type": 3}),
+                ];
+                loop {
+                    let c = choices[self.below(choices.len())].clone();
+                    if kind(&c) != kind(node) {
+                        let text = c.to_string();
+                        return (c, text);
+                    }
+                }
+            }
+            1 => {
                 let extreme = [
                     Value::from(-1),
                     Value::from(u64::MAX),
                     Value::from(i64::MIN),
                     Value::from(1e308),
+                    Value::from(-1.5e300),
                     Value::from(0),
+                    Value::from(0.5),
                     Value::from(4_294_967_296u64),
                 ];
                 let new = extreme[self.below(extreme.len())].clone();
-                let what = format!("{} replaced by {new}", show(&p));
-                *get_mut(value, &p) = new;
-                what
+                let text = new.to_string();
+                (new, text)
             }
-        }
-    }
-
-    fn other_type(&mut self, node: &Value) -> Value {
-        let choices = [
-            Value::Null,
-            Value::Bool(true),
-            Value::from(7),
-            Value::from(-3.5),
-            Value::from("x"),
-            Value::Array(vec![Value::from(1), Value::from("a")]),
-            serde_json::json!({"1": 2, "type": 3}),
-        ];
-        loop {
-            let c = choices[self.below(choices.len())].clone();
-            if kind(&c) != kind(node) {
-                return c;
-            }
+            2 => match self.below(4) {
+                0 => (Value::String(String::new()), "an empty string".into()),
+                1 => (Value::Array(Vec::new()), "an empty array".into()),
+                2 => (Value::Object(Default::default()), "an empty object".into()),
+                _ => (Value::String("x".repeat(1 + self.below(300))), "a long string".into()),
+            },
+            3 => (Value::Array(vec![node.clone(), node.clone()]), "a list of it twice".into()),
+            _ => match node {
+                Value::Number(n) => {
+                    let v = n.as_f64().unwrap_or(0.0);
+                    let s = [-1.0, 2.0, 1e6, 1e12][self.below(4)];
+                    (Value::from(v * s), format!("itself x {s}"))
+                }
+                Value::String(s) => (Value::String(format!("{s}{s}")), "itself twice".into()),
+                other => (Value::String(other.to_string()), "its own text".into()),
+            },
         }
     }
 }
+
+/// Stands for raw text written into the serialised JSON (serde_json cannot hold it as a value).
+const RAW: &str = "\u{1}osp-fuzz-raw\u{1}";
 
 /// One step of a path into a JSON tree.
 #[derive(Debug, Clone, PartialEq)]
