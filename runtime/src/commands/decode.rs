@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use ndarray::Ix5;
+use osp_runtime::parallel::workers::{worker_options, DeviceList};
 use osp_runtime::vae::{self, DecodeOptions, TilingConfig, Vae, DECODER_INPUT};
 use osp_runtime::video;
 use osp_runtime::{read_safetensors, Bundle, Tensor};
@@ -90,9 +91,10 @@ pub struct DecodeArgs {
     pub fps: f64,
     /// Spread the spatial tiles over several workers, one session each: GPU ordinals for
     /// ort-cuda / ort-tensorrt (`0,1,2,3`), or as many CPU workers as entries on CPU backends
-    /// (the threads are split between them). The output is bit-identical to one worker's.
-    #[arg(long, value_parser = osp_runtime::parallel::workers::parse_devices)]
-    pub devices: Option<Vec<i32>>,
+    /// (the threads are split between them). The output is bit-identical to one worker's with
+    /// the same session options.
+    #[arg(long)]
+    pub devices: Option<DeviceList>,
     #[command(flatten)]
     pub decode: DecodeOpts,
     #[command(flatten)]
@@ -105,7 +107,7 @@ pub fn run(args: &DecodeArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         Bundle::open(&args.bundle).with_context(|| format!("opening the VAE bundle {}", args.bundle.display()))?;
     let base = backend.session_options()?;
     let workers = match &args.devices {
-        Some(devices) => osp_runtime::parallel::workers::worker_options(&base, devices).context("--devices")?,
+        Some(DeviceList(devices)) => worker_options(&base, devices).context("--devices")?,
         None => vec![base],
     };
     let mut vaes = workers

@@ -24,6 +24,18 @@ pub fn parse_devices(s: &str) -> std::result::Result<Vec<i32>, String> {
     Ok(devices)
 }
 
+/// A parsed `--devices` list ([`parse_devices`]), as one command-line value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList(pub Vec<i32>);
+
+impl std::str::FromStr for DeviceList {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        parse_devices(s).map(DeviceList)
+    }
+}
+
 /// One [`SessionOptions`] per worker: `base` on device `devices[i]` (GPU backends), or with its
 /// threads split between the workers (CPU backends).
 pub fn worker_options(base: &SessionOptions, devices: &[i32]) -> Result<Vec<SessionOptions>> {
