@@ -83,7 +83,10 @@ fn open_first(what: &str, env: &str, candidates: &[String]) -> Result<libloading
         // preconditions on us.
         match unsafe { libloading::Library::new(name.as_str()) } {
             Ok(lib) => return Ok(lib),
-            Err(e) => tried.push(format!("{name} ({e})")),
+            Err(e) => match std::error::Error::source(&e) {
+                Some(why) => tried.push(format!("{name} ({why})")),
+                None => tried.push(format!("{name} ({e})")),
+            },
         }
     }
     Err(format!(
