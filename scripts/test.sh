@@ -11,4 +11,8 @@ cargo test --release --workspace --all-targets --locked "$@"
 cargo test --release --workspace --doc --locked
 # The lean runtime on its own (no tract, as shipped): its CLI tests, including the binary-size check.
 cargo test --release --locked -p osp-runtime --test cli
+# The GPU feature code (CUDA and TensorRT providers, the NCCL binding and its GPU check) compiles without CUDA.
+gpu_start=$(date +%s)
+cargo check --release --locked -p osp-runtime --features cuda,tensorrt,nccl --all-targets
+echo "[test] GPU feature check took $(( $(date +%s) - gpu_start )) s" >&2
 echo "[test] suite finished in $(( $(date +%s) - start )) s" >&2

@@ -34,6 +34,9 @@ pub enum Error {
     },
     #[error("backend `{backend}` is not available: {why}")]
     BackendUnavailable { backend: String, why: String },
+    /// A TensorRT optimisation profile that does not fit a graph ([`crate::session::gpu`]).
+    #[error("TensorRT profile{}: {why}", .graph.as_ref().map(|g| format!(" of graph `{g}`")).unwrap_or_default())]
+    TrtProfile { graph: Option<String>, why: String },
     #[error("configuring the {backend} session for {path}: {source}")]
     SessionConfig {
         backend: String,

@@ -7,6 +7,7 @@
 //! it broke.
 
 mod check;
+pub mod gpu;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +18,7 @@ use std::time::Instant;
 
 use osp_graphs::{BundleManifest, GraphSpec};
 
+pub use self::gpu::{ArenaExtend, ConvAlgoSearch, GpuOptions, ProfileRange};
 pub use crate::engine::SharedWeights;
 use crate::engine::{self, BundleWeights, Engine};
 use crate::error::Result;
@@ -156,11 +158,21 @@ pub struct SessionOptions {
     /// this prefix ([`GraphSession::end_profiling`] ends it and names the file). Off by default;
     /// tract sessions refuse it.
     pub profile: Option<PathBuf>,
+    /// CUDA / TensorRT settings (TF32, cuDNN search, arena, CPU fallback, TensorRT profile);
+    /// CPU backends ignore them.
+    pub gpu: GpuOptions,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { backend: Backend::OrtCpu, threads: None, share_weights: true, memory_pattern: true, profile: None }
+        Self {
+            backend: Backend::OrtCpu,
+            threads: None,
+            share_weights: true,
+            memory_pattern: true,
+            profile: None,
+            gpu: GpuOptions::default(),
+        }
     }
 }
 
@@ -186,6 +198,11 @@ impl SessionOptions {
 
     pub fn with_profiling(mut self, prefix: impl Into<PathBuf>) -> Self {
         self.profile = Some(prefix.into());
+        self
+    }
+
+    pub fn with_gpu(mut self, gpu: GpuOptions) -> Self {
+        self.gpu = gpu;
         self
     }
 }
@@ -268,7 +285,7 @@ impl GraphSession {
     ) -> Result<Self> {
         let _span = tracing::info_span!("load_graph", graph, backend = %opts.backend).entered();
         let start = Instant::now();
-        let engine = engine::load(graph, path, opts, shared)?;
+        let engine = engine::load(graph, &spec, path, opts, shared)?;
         check::model_io(graph, path, &spec, &engine.input_names(), &engine.output_names())?;
         tracing::info!(
             graph,

@@ -358,6 +358,30 @@ fn decode_writes_the_video_and_reports_the_decode() {
     assert_eq!(report["sample"], serde_json::json!([1, 3, 9, 48, 80]), "{report}");
     assert_eq!(std::fs::read(&frames_only).unwrap(), std::fs::read(&out).unwrap(), "same frames, same H.264 bytes");
 
+    // --devices: the tiles on two CPU workers (`--threads 2` split into one each) give the sample
+    // of one worker with one thread, bit for bit.
+    let sample_of = |threads: &str, devices: Option<&str>, name: &str| {
+        let path = dir.path().join(name);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_osp"));
+        cmd.env_remove("OSP_BACKEND").env_remove("OSP_VAE_TILE_SIZE").env_remove("OSP_VAE_TILE_OVERLAP");
+        cmd.args(["--threads", threads, "decode", "--tile-size", "4", "--tile-overlap", "1"]);
+        cmd.arg("--bundle").arg(vae_bundle()).arg("--latents").arg(&latents).arg("--save-sample").arg(&path);
+        if let Some(d) = devices {
+            cmd.args(["--devices", d]);
+        }
+        let report: serde_json::Value = serde_json::from_str(run_ok(&mut cmd).trim()).unwrap();
+        assert_eq!(report["workers"], if devices.is_some() { 2 } else { 1 }, "{report}");
+        read_safetensors(&path).unwrap().remove("sample").unwrap().to_f32_vec()
+    };
+    let one = sample_of("1", None, "one.safetensors");
+    let two = sample_of("2", Some("0,1"), "two.safetensors");
+    assert!(one.iter().zip(&two).all(|(a, b)| a.to_bits() == b.to_bits()) && one.len() == two.len());
+    let mut cmd = osp();
+    cmd.arg("decode").arg("--bundle").arg(vae_bundle()).arg("--latents").arg(&latents).args(["--devices", "0,0"]);
+    let err = cmd.output().unwrap();
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("listed twice"));
+
     let err = osp()
         .arg("decode")
         .arg("--bundle")

@@ -23,7 +23,7 @@ fn runtime_tree(features: &[&str]) -> Result<Vec<String>> {
 
 #[test]
 fn runtime_tree_has_no_training_or_onnx_building_code() -> Result<()> {
-    for features in [&[][..], &["tract", "cuda", "tensorrt"][..]] {
+    for features in [&[][..], &["tract", "cuda", "tensorrt", "nccl"][..]] {
         let crates = runtime_tree(features)?;
         ensure!(crates.iter().any(|c| c == "ort"), "sanity: ort should be in the runtime tree ({features:?})");
         let bad: Vec<&String> = crates

@@ -465,6 +465,35 @@ fn shared_weights_decode_identically() -> Result<()> {
     Ok(())
 }
 
+/// Spatial tiles spread over 2 and 3 workers (one ort-cpu session set each, as `osp decode
+/// --devices` builds them) decode bit-identically to one worker with the same session options:
+/// whole and streamed tiles, f32 and uint8 frames.
+#[test]
+fn tiles_on_several_workers_decode_bit_identically() -> Result<()> {
+    let bundle = Bundle::open(bundle(Precision::F32)?)?;
+    let one = opts(&Backend::OrtCpu).with_threads(1);
+    let tiling = Some(TilingConfig { tile_size: 4, overlap: 1 });
+    let z = latents_hw(3, 9, 10, 23);
+    let mut single = Vae::load(&bundle, &one)?;
+    for decode in [DecodeOptions { chunk: None, tiling }, DecodeOptions { chunk: Some(2), tiling }] {
+        let want = single.decode(z.view(), &decode)?;
+        let want_frames = single.decode_frames(z.view(), &decode)?;
+        for n in [2, 3] {
+            let devices: Vec<i32> = (0..n).collect();
+            let workers = osp_runtime::parallel::workers::worker_options(&one, &devices)?;
+            ensure!(workers.iter().all(|o| *o == one), "one thread each stays one thread each");
+            let mut vaes = workers.iter().map(|o| Vae::load(&bundle, o)).collect::<osp_runtime::Result<Vec<_>>>()?;
+            let got = osp_runtime::vae::decode_parallel(&mut vaes, z.view(), &decode)?;
+            ensure!(got.shape() == want.shape(), "{n} workers, {decode:?}: shape {:?}", got.shape());
+            let differ = got.iter().zip(want.iter()).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            ensure!(differ == 0, "{n} workers, {decode:?}: {differ} values differ from one worker's");
+            let frames = osp_runtime::vae::decode_frames_parallel(&mut vaes, z.view(), &decode)?;
+            ensure!(frames == want_frames, "{n} workers, {decode:?}: frames differ from one worker's");
+        }
+    }
+    Ok(())
+}
+
 /// ONNX Runtime runs each state output of the exported step graph as soon as the tensor it
 /// slices exists (`osp_export::passes::schedule_outputs`), so that tensor is freed when its
 /// convolution is done instead of living to the end of the run. Checked in ORT's own profile:

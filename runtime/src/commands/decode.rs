@@ -11,7 +11,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use ndarray::Ix5;
-use osp_runtime::vae::{DecodeOptions, TilingConfig, Vae, DECODER_INPUT};
+use osp_runtime::parallel::workers::{worker_options, DeviceList};
+use osp_runtime::vae::{self, DecodeOptions, TilingConfig, Vae, DECODER_INPUT};
 use osp_runtime::video;
 use osp_runtime::{read_safetensors, Bundle, Tensor};
 
@@ -88,6 +89,12 @@ pub struct DecodeArgs {
     /// Frame rate of the written video.
     #[arg(long, default_value_t = 24.0)]
     pub fps: f64,
+    /// Spread the spatial tiles over several workers, one session each: GPU ordinals for
+    /// ort-cuda / ort-tensorrt (`0,1,2,3`), or as many CPU workers as entries on CPU backends
+    /// (the threads are split between them). The output is bit-identical to one worker's with
+    /// the same session options.
+    #[arg(long)]
+    pub devices: Option<DeviceList>,
     #[command(flatten)]
     pub decode: DecodeOpts,
     #[command(flatten)]
@@ -98,9 +105,17 @@ pub fn run(args: &DecodeArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let z = read_latents(&args.latents, args.name.as_deref())?;
     let bundle =
         Bundle::open(&args.bundle).with_context(|| format!("opening the VAE bundle {}", args.bundle.display()))?;
-    let mut vae = Vae::load(&bundle, &backend.session_options()?)
+    let base = backend.session_options()?;
+    let workers = match &args.devices {
+        Some(DeviceList(devices)) => worker_options(&base, devices).context("--devices")?,
+        None => vec![base],
+    };
+    let mut vaes = workers
+        .iter()
+        .map(|o| Vae::load(&bundle, o))
+        .collect::<osp_runtime::Result<Vec<_>>>()
         .with_context(|| format!("reading the VAE graphs of {}", args.bundle.display()))?;
-    let opts = args.decode.options(&vae)?;
+    let opts = args.decode.options(&vaes[0])?;
     let start = Instant::now();
     let context = || format!("decoding {}", args.latents.display());
     // The f32 sample is only kept whole when it is saved; a video needs only uint8 frames, which
@@ -108,7 +123,7 @@ pub fn run(args: &DecodeArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let decode_s;
     let (videos, sample_shape) = match &args.save_sample {
         Some(path) => {
-            let sample = vae.decode(z.view(), &opts).with_context(context)?;
+            let sample = vae::decode_parallel(&mut vaes, z.view(), &opts).with_context(context)?;
             decode_s = start.elapsed().as_secs_f64();
             let tensor = Tensor::F32(sample.into_dyn());
             osp_runtime::write_safetensors(path, [("sample", &tensor)])
@@ -124,7 +139,7 @@ pub fn run(args: &DecodeArgs, backend: &BackendOpts) -> anyhow::Result<()> {
             (videos, sample.shape().to_vec())
         }
         None => {
-            let videos = vae.decode_frames(z.view(), &opts).with_context(context)?;
+            let videos = vae::decode_frames_parallel(&mut vaes, z.view(), &opts).with_context(context)?;
             decode_s = start.elapsed().as_secs_f64();
             let (t, h, w, c) = videos.first().context("the batch holds at least one video")?.dim();
             let shape = vec![videos.len(), c, t, h, w];
@@ -148,6 +163,7 @@ pub fn run(args: &DecodeArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         "chunk": opts.chunk,
         "tiling": opts.tiling.map(|t| serde_json::json!({"tile_size": t.tile_size, "overlap": t.overlap})),
         "decode_s": decode_s,
+        "workers": vaes.len(),
         "written": written,
     });
     println!("{report}");

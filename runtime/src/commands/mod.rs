@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use osp_runtime::session::{ArenaExtend, ConvAlgoSearch, GpuOptions, ProfileRange};
 use osp_runtime::{Backend, BackendKind, SessionOptions};
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -61,6 +62,55 @@ pub struct BackendOpts {
     /// bundle share one prepacked-weights container).
     #[arg(long, global = true)]
     pub no_shared_weights: bool,
+    #[command(flatten)]
+    pub gpu: GpuOpts,
+}
+
+/// CUDA and TensorRT session settings (docs/runtime.md, "GPU sessions"); CPU backends ignore them.
+#[derive(Debug, Clone, Args)]
+pub struct GpuOpts {
+    /// TF32 tensor-core math in the CUDA provider's MatMul and Conv; `off` for parity runs
+    /// against float32 references.
+    #[arg(long, env = "OSP_TF32", value_enum, default_value_t = Switch::On, global = true)]
+    pub tf32: Switch,
+    /// cuDNN convolution algorithm search of the CUDA provider.
+    #[arg(long, env = "OSP_CUDNN_CONV_ALGO_SEARCH", value_enum, default_value_t = ConvAlgoSearch::Exhaustive, global = true)]
+    pub cudnn_conv_algo_search: ConvAlgoSearch,
+    /// How the CUDA provider's memory arena grows.
+    #[arg(long, env = "OSP_ARENA_EXTEND", value_enum, default_value_t = ArenaExtend::NextPowerOfTwo, global = true)]
+    pub arena_extend: ArenaExtend,
+    /// Cap of the CUDA provider's memory arena, in bytes.
+    #[arg(long, env = "OSP_GPU_MEM_LIMIT", global = true)]
+    pub gpu_mem_limit: Option<usize>,
+    /// Let ONNX Runtime run nodes no GPU provider takes on the CPU (by default such a graph fails
+    /// to load: `session.disable_cpu_ep_fallback`).
+    #[arg(long, global = true)]
+    pub allow_cpu_fallback: bool,
+    /// TensorRT optimisation profile over the manifest's symbolic dims: `sym=min:opt:max` or
+    /// `sym=value`, comma-separated (e.g. `b=1:2:2,t=1:5:9`); every symbol of a loaded graph's
+    /// dynamic inputs must be given. Default: engines built for the first shapes seen.
+    #[arg(long, env = "OSP_TRT_PROFILE", global = true)]
+    pub trt_profile: Option<ProfileRange>,
+}
+
+/// `on` / `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl GpuOpts {
+    pub fn options(&self) -> GpuOptions {
+        GpuOptions {
+            tf32: self.tf32 == Switch::On,
+            conv_algo_search: self.cudnn_conv_algo_search,
+            arena_extend: self.arena_extend,
+            memory_limit: self.gpu_mem_limit,
+            allow_cpu_fallback: self.allow_cpu_fallback,
+            trt_profile: self.trt_profile.clone(),
+        }
+    }
 }
 
 impl BackendOpts {
@@ -73,6 +123,7 @@ impl BackendOpts {
             backend,
             threads: self.threads,
             share_weights: !self.no_shared_weights,
+            gpu: self.gpu.options(),
             ..Default::default()
         })
     }

@@ -47,13 +47,14 @@ pub trait Engine: Send {
 /// ONNX Runtime CPU engine uses when `opts.share_weights` is set.
 pub(crate) fn load(
     graph: &str,
+    spec: &osp_graphs::GraphSpec,
     path: &Path,
     opts: &SessionOptions,
     shared: Option<BundleWeights<'_>>,
 ) -> Result<Box<dyn Engine>> {
     match opts.backend {
         Backend::Tract => load_tract(graph, path, opts),
-        _ => Ok(Box::new(ort::OrtEngine::load(graph, path, opts, shared)?)),
+        _ => Ok(Box::new(ort::OrtEngine::load(graph, spec, path, opts, shared)?)),
     }
 }
 

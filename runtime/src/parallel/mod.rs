@@ -5,5 +5,8 @@
 //! device). Ranks exchange values only through a [`Collective`].
 
 pub mod collective;
+#[cfg(feature = "nccl")]
+pub mod nccl;
+pub mod workers;
 
 pub use collective::{Buffer, BufferMut, Collective, CollectiveError};

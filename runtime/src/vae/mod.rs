@@ -51,7 +51,10 @@ use crate::error::{Error, Result};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
 pub use streaming::StreamingDecoder;
-pub use tiling::{decode_tiled, decode_tiled_frames, decode_tiled_with, TilingConfig};
+pub use tiling::{
+    decode_tiled, decode_tiled_frames, decode_tiled_frames_parallel, decode_tiled_parallel, decode_tiled_with,
+    TilingConfig,
+};
 
 /// Graph and I/O names a VAE bundle provides.
 pub const ENCODER_GRAPH: &str = "encoder";
@@ -304,7 +307,7 @@ impl Vae {
     }
 
     /// Loads (once) and borrows the decoder `chunk` asks for.
-    fn decoder_for(&mut self, chunk: Option<usize>) -> Result<Box<dyn LatentDecoder + '_>> {
+    fn decoder_for(&mut self, chunk: Option<usize>) -> Result<Box<dyn LatentDecoder + Send + '_>> {
         match chunk {
             None => {
                 if self.decoder.is_none() {
@@ -331,6 +334,52 @@ impl Vae {
         }
         Ok(self.streaming.as_mut().expect("the streaming decoder was just loaded"))
     }
+}
+
+/// [`Vae::decode`] with the spatial tiles spread over `vaes`, one worker thread each (e.g. one per
+/// device: each [`Vae`] loaded with its own [`SessionOptions`], see
+/// [`crate::parallel::workers::worker_options`]). Bit-identical to `vaes[0].decode(z, opts)`: the
+/// tiles are blended in the same order ([`tiling::decode_tiled_parallel`]). Without tiling, or
+/// with one VAE, it is that call. Each worker holds the tile it decodes whole (a streamed tile is
+/// collected before blending).
+pub fn decode_parallel(vaes: &mut [Vae], z: ArrayView5<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
+    let Some(cfg) = opts.tiling.filter(|_| vaes.len() > 1) else {
+        return first(vaes)?.decode(z, opts);
+    };
+    let _span =
+        tracing::info_span!("vae_decode", shape = ?z.shape(), chunk = ?opts.chunk, tiling = ?cfg, workers = vaes.len())
+            .entered();
+    crate::finite::check(INPUT_STAGE, z.into_dyn())?;
+    if opts.chunk.is_some() {
+        crate::mem::pin_mmap_threshold();
+    }
+    let mut decoders = vaes.iter_mut().map(|v| v.decoder_for(opts.chunk)).collect::<Result<Vec<_>>>()?;
+    let mut refs: Vec<_> = decoders.iter_mut().map(|d| d.as_mut()).collect();
+    decode_tiled_parallel(z, &cfg, &mut refs)
+}
+
+/// [`Vae::decode_frames`] with the spatial tiles spread over `vaes` as in [`decode_parallel`];
+/// bit-identical to `vaes[0].decode_frames(z, opts)`.
+pub fn decode_frames_parallel(vaes: &mut [Vae], z: ArrayView5<f32>, opts: &DecodeOptions) -> Result<Vec<Array4<u8>>> {
+    let (Some(cfg), Some(chunk)) = (opts.tiling, opts.chunk) else {
+        let video = decode_parallel(vaes, z, opts)?;
+        return (0..video.shape()[0]).map(|i| crate::video::batch_to_u8_frames(video.view(), i)).collect();
+    };
+    if vaes.len() <= 1 {
+        return first(vaes)?.decode_frames(z, opts);
+    }
+    crate::finite::check(INPUT_STAGE, z.into_dyn())?;
+    let _span =
+        tracing::info_span!("vae_decode_frames", shape = ?z.shape(), chunk, tiling = ?cfg, workers = vaes.len())
+            .entered();
+    crate::mem::pin_mmap_threshold();
+    let mut decoders = vaes.iter_mut().map(|v| v.decoder_for(Some(chunk))).collect::<Result<Vec<_>>>()?;
+    let mut refs: Vec<_> = decoders.iter_mut().map(|d| d.as_mut()).collect();
+    decode_tiled_frames_parallel(z, &cfg, &mut refs)
+}
+
+fn first(vaes: &mut [Vae]) -> Result<&mut Vae> {
+    vaes.first_mut().ok_or_else(|| Error::Tiling("no VAE to decode with (an empty worker list)".into()))
 }
 
 /// The whole-clip `decoder` graph: one call per latent (tile), its output checked.

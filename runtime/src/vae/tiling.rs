@@ -28,6 +28,10 @@
 //! frames ([`decode_tiled_frames`]) holds the frames and one tile row of f32 instead of the
 //! f32 output.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Condvar, Mutex};
+
 use ndarray::{s, Array2, Array4, Array5, ArrayView5};
 
 use super::{FrameSink, LatentDecoder};
@@ -165,6 +169,112 @@ pub fn decode_tiled_frames(
     blender.frames = Some(Vec::new());
     decode_tiles(&mut blender, z, decoder)?;
     blender.into_frames()
+}
+
+/// [`decode_tiled_with`] with the tiles spread over `decoders`, one worker thread each (one
+/// session per worker / device): workers take tiles in plan order and decode each whole; this
+/// thread blends them in plan order, so the result is bit-identical to [`decode_tiled_with`] with
+/// any one of them (blending whole tiles equals blending their chunks). At most two tiles per
+/// worker wait decoded at a time. The first failing tile in plan order is the error returned.
+/// One decoder is the sequential path.
+pub fn decode_tiled_parallel<'d>(
+    z: ArrayView5<f32>,
+    cfg: &TilingConfig,
+    decoders: &mut [&mut (dyn LatentDecoder + Send + 'd)],
+) -> Result<Array5<f32>> {
+    let mut blender = Blender::new(z, cfg)?;
+    decode_tiles_parallel(&mut blender, z, decoders)?;
+    blender.into_output()
+}
+
+/// [`decode_tiled_frames`] with the tiles spread over `decoders` as in [`decode_tiled_parallel`];
+/// bit-identical to the sequential frames.
+pub fn decode_tiled_frames_parallel<'d>(
+    z: ArrayView5<f32>,
+    cfg: &TilingConfig,
+    decoders: &mut [&mut (dyn LatentDecoder + Send + 'd)],
+) -> Result<Vec<Array4<u8>>> {
+    let mut blender = Blender::new(z, cfg)?;
+    blender.frames = Some(Vec::new());
+    decode_tiles_parallel(&mut blender, z, decoders)?;
+    blender.into_frames()
+}
+
+fn decode_tiles_parallel<'d>(
+    blender: &mut Blender,
+    z: ArrayView5<f32>,
+    decoders: &mut [&mut (dyn LatentDecoder + Send + 'd)],
+) -> Result<()> {
+    let tiles = blender.tiles();
+    if decoders.is_empty() {
+        return Err(Error::Tiling("no decoder to decode the tiles with".into()));
+    }
+    if decoders.len() == 1 || tiles.len() == 1 {
+        return decode_tiles(blender, z, &mut *decoders[0]);
+    }
+    let latents: Vec<ArrayView5<f32>> = tiles.iter().map(|&(ri, ci)| blender.latent_tile(z, ri, ci)).collect();
+    let window = 2 * decoders.len();
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    // Tiles blended so far: a worker waits before decoding tile `i >= blended + window`.
+    let blended = (Mutex::new(0usize), Condvar::new());
+    let (tx, rx) = mpsc::channel::<(usize, Result<Array5<f32>>)>();
+    std::thread::scope(|scope| {
+        for (worker, decoder) in decoders.iter_mut().enumerate() {
+            let (tx, latents, next, stop, blended) = (tx.clone(), &latents, &next, &stop, &blended);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= latents.len() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                {
+                    let mut done = blended.0.lock().unwrap_or_else(|p| p.into_inner());
+                    while i >= *done + window && !stop.load(Ordering::Relaxed) {
+                        done = blended.1.wait(done).unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+                let _span = tracing::trace_span!("vae_tile", index = i, worker).entered();
+                let decoded = decoder.decode(latents[i]);
+                if tx.send((i, decoded)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let result = blend_in_order(blender, &tiles, &rx, &blended);
+        stop.store(true, Ordering::Relaxed);
+        blended.1.notify_all();
+        result
+    })
+}
+
+/// Blends the tiles the workers send on `rx` in plan order, counting them in `blended`.
+fn blend_in_order(
+    blender: &mut Blender,
+    tiles: &[(usize, usize)],
+    rx: &mpsc::Receiver<(usize, Result<Array5<f32>>)>,
+    blended: &(Mutex<usize>, Condvar),
+) -> Result<()> {
+    let mut waiting = BTreeMap::new();
+    for (i, &(ri, ci)) in tiles.iter().enumerate() {
+        let decoded = loop {
+            if let Some(d) = waiting.remove(&i) {
+                break d;
+            }
+            let (j, d) = rx
+                .recv()
+                .map_err(|_| Error::Tiling(format!("tile ({ri}, {ci}): every decoding worker stopped before it")))?;
+            waiting.insert(j, d);
+        };
+        let decoded = decoded?;
+        let mut sink = TileSink { blender: &mut *blender, ri, ci, tile: None };
+        sink.frames(decoded.view(), decoded.shape()[2])?;
+        let tile = sink.tile.ok_or_else(|| Error::Tiling(format!("tile ({ri}, {ci}) decoded to no frames")))?;
+        blender.finish_tile(tile)?;
+        *blended.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        blended.1.notify_all();
+    }
+    Ok(())
 }
 
 /// Decodes every tile of `blender`'s plan with `decoder`, blending each chunk as it arrives.
@@ -620,6 +730,83 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("3 channels"), "{e}");
+    }
+
+    /// A seam-biased decoder (so that any change of blending order would show) that sleeps a
+    /// worker- and call-dependent time, so that tiles finish out of plan order; fails on the tile
+    /// whose latent starts with `fail_at`.
+    struct Scrambled {
+        worker: usize,
+        calls: usize,
+        fail_at: Option<f32>,
+    }
+
+    impl LatentDecoder for Scrambled {
+        fn decode_into(&mut self, z: ArrayView5<f32>, sink: &mut dyn FrameSink) -> Result<()> {
+            self.calls += 1;
+            std::thread::sleep(std::time::Duration::from_millis(((self.worker * 3 + self.calls * 5) % 7) as u64));
+            if self.fail_at == Some(z[[0, 0, 0, 0, 0]]) {
+                return Err(Error::Tiling(format!("tile starting with {} failed", z[[0, 0, 0, 0, 0]])));
+            }
+            let bias = z.sum().sin() * 0.3;
+            let decoded = pixel_decoder(z)?.mapv(|v| v * 1.2 + bias);
+            sink.frames(decoded.view(), decoded.shape()[2])
+        }
+    }
+
+    fn workers(n: usize, fail_at: Option<f32>) -> Vec<Scrambled> {
+        (0..n).map(|worker| Scrambled { worker, calls: 0, fail_at }).collect()
+    }
+
+    fn as_dyn(decoders: &mut [Scrambled]) -> Vec<&mut (dyn LatentDecoder + Send)> {
+        decoders.iter_mut().map(|d| d as &mut (dyn LatentDecoder + Send)).collect()
+    }
+
+    /// Tiles decoded on 1..=5 workers blend bit-identically to the sequential tiler, to f32 and
+    /// to uint8 frames, whatever order the workers finish in.
+    #[test]
+    fn tiles_on_several_workers_equal_the_sequential_decode() {
+        let z = Array5::from_shape_fn((2, 2, 3, 19, 23), |(b, c, t, y, x)| {
+            ((y * 31 + x * 17 + c * 7 + t * 3 + b * 5) % 23) as f32 * 0.1 - 1.0
+        });
+        for (tile_size, overlap) in [(6, 2), (8, 3), (19, 4)] {
+            let cfg = TilingConfig { tile_size, overlap };
+            let want = decode_tiled_with(z.view(), &cfg, &mut workers(1, None)[0]).unwrap();
+            let want_frames = decode_tiled_frames(z.view(), &cfg, &mut workers(1, None)[0]).unwrap();
+            for n in 1..=5 {
+                let mut decoders = workers(n, None);
+                let got = decode_tiled_parallel(z.view(), &cfg, &mut as_dyn(&mut decoders)).unwrap();
+                assert_eq!(got.shape(), want.shape());
+                let same = got.iter().zip(want.iter()).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "tile {tile_size} overlap {overlap}, {n} workers: f32 output differs");
+                let calls: usize = decoders.iter().map(|d| d.calls).sum();
+                assert_eq!(calls, cfg.tile_count(19, 23), "every tile decoded once");
+                let frames = decode_tiled_frames_parallel(z.view(), &cfg, &mut as_dyn(&mut workers(n, None))).unwrap();
+                assert!(frames == want_frames, "tile {tile_size} overlap {overlap}, {n} workers: frames differ");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_tile_on_a_worker_is_the_error() {
+        // Channel 0 of frame 0 names the pixel, so a tile is known by its first value.
+        let z = Array5::from_shape_fn((1, 2, 3, 19, 23), |(_, c, t, y, x)| {
+            if c == 0 && t == 0 {
+                (y * 100 + x) as f32 * 1e-3
+            } else {
+                ((y * 31 + x * 17 + c * 7 + t * 3) % 23) as f32 * 0.1 - 1.0
+            }
+        });
+        let cfg = TilingConfig { tile_size: 6, overlap: 2 };
+        // The tile at row 1, column 2 of the plan.
+        let (y0, x0) = (cfg.starts(19)[1], cfg.starts(23)[2]);
+        let fail_at = Some(z[[0, 0, 0, y0, x0]]);
+        let sequential = decode_tiled_with(z.view(), &cfg, &mut workers(1, fail_at)[0]).unwrap_err().to_string();
+        for n in [2, 4] {
+            let e = decode_tiled_parallel(z.view(), &cfg, &mut as_dyn(&mut workers(n, fail_at))).unwrap_err();
+            assert_eq!(e.to_string(), sequential, "{n} workers");
+        }
+        assert!(decode_tiled_parallel(z.view(), &cfg, &mut []).unwrap_err().to_string().contains("no decoder"));
     }
 
     #[test]

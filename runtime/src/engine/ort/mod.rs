@@ -3,7 +3,9 @@
 //! A session gets intra-op threads, optimization level 3, the memory-pattern and profiling
 //! settings, the bundle's shared weights (CPU only, see [`shared_weights`]), then the execution
 //! providers of its backend ([`ep`], TensorRT before CUDA), each registered with
-//! `.error_on_failure()`: asking for CUDA or TensorRT never silently runs on the CPU. The library
+//! `.error_on_failure()`: asking for CUDA or TensorRT never silently runs on the CPU; GPU sessions
+//! also set `session.disable_cpu_ep_fallback` (unless `GpuOptions::allow_cpu_fallback`), so a graph
+//! with a node no GPU provider takes fails to load instead of running that node on the CPU. The library
 //! itself is found and loaded by [`library`]; [`value`] moves tensors in and out.
 
 pub mod ep;
@@ -18,9 +20,12 @@ use std::sync::Arc;
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
 
+use osp_graphs::GraphSpec;
+
 use self::shared_weights::BundleWeights;
 use super::{Engine, Value};
 use crate::error::{Error, Result};
+use crate::session::gpu::TrtGraph;
 use crate::session::{Backend, SessionOptions};
 
 /// One ONNX Runtime session.
@@ -36,6 +41,7 @@ impl OrtEngine {
     /// `shared`: the bundle's pool, used by CPU sessions when `opts.share_weights` is set.
     pub(crate) fn load(
         graph: &str,
+        spec: &GraphSpec,
         path: &Path,
         opts: &SessionOptions,
         shared: Option<BundleWeights<'_>>,
@@ -46,7 +52,7 @@ impl OrtEngine {
             None => Vec::new(),
         };
         let prepacked = shared.map(|bundle| bundle.pool.prepacked_after_init()).transpose()?;
-        let session = build_session(graph, path, opts, prepacked, &data)?;
+        let session = build_session(graph, spec, path, opts, prepacked, &data)?;
         Ok(Self { session, _weights: data.into_iter().map(|(_, bytes)| bytes).collect() })
     }
 }
@@ -78,19 +84,21 @@ impl Engine for OrtEngine {
 /// held in memory, read in place.
 fn build_session(
     graph: &str,
+    spec: &GraphSpec,
     path: &Path,
     opts: &SessionOptions,
     prepacked: Option<&PrepackedWeights>,
     data: &[(String, Arc<[u8]>)],
 ) -> Result<Session> {
-    let SessionOptions { ref backend, threads, memory_pattern, ref profile, .. } = *opts;
+    let SessionOptions { ref backend, threads, memory_pattern, ref profile, ref gpu, .. } = *opts;
     // The provider list is resolved first: a backend compiled out is reported before the library
     // is even looked for.
     let eps = match backend {
         Backend::OrtCpu => vec![ep::cpu::dispatch()],
-        Backend::OrtCuda { device_id } => vec![ep::cuda::dispatch(*device_id)?],
+        Backend::OrtCuda { device_id } => vec![ep::cuda::dispatch(*device_id, gpu)?],
         Backend::OrtTensorRt { device_id, cache_dir } => {
-            vec![ep::tensorrt::dispatch(*device_id, cache_dir, graph)?, ep::cuda::dispatch(*device_id)?]
+            let trt = TrtGraph::new(graph, spec, gpu)?;
+            vec![ep::tensorrt::dispatch(*device_id, cache_dir, &trt)?, ep::cuda::dispatch(*device_id, gpu)?]
         }
         Backend::Tract => unreachable!("tract sessions are not built by ONNX Runtime"),
     };
@@ -104,6 +112,9 @@ fn build_session(
     builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| config(e.into()))?;
     if !memory_pattern {
         builder = builder.with_memory_pattern(false).map_err(|e| config(e.into()))?;
+    }
+    if *backend != Backend::OrtCpu && !gpu.allow_cpu_fallback {
+        builder = builder.with_disable_cpu_fallback().map_err(|e| config(e.into()))?;
     }
     if let Some(prefix) = profile {
         builder = builder.with_profiling(prefix).map_err(|e| config(e.into()))?;
