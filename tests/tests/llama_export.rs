@@ -343,6 +343,31 @@ fn copy_tokenizer(to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The export streams: a random model with 352 MB of f32 weights (bf16 on disk, two shards)
+/// exports to an f32 bundle while the process's peak RSS grows by less than a quarter of that.
+#[test]
+fn export_streams_without_holding_the_weights() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src_dir = tmp.path().join("hf");
+    let mut cfg = mid_config(2);
+    cfg["hidden_size"] = serde_json::json!(1024);
+    cfg["intermediate_size"] = serde_json::json!(2816);
+    cfg["num_attention_heads"] = serde_json::json!(8);
+    cfg["num_key_value_heads"] = serde_json::json!(2);
+    osp_export::models::llama::random::write_random_folder(&src_dir, &cfg, DType::Bf16, 5, 100 << 20)?;
+    copy_tokenizer(&src_dir)?;
+    let src = LlamaSource::open(&src_dir)?;
+    ensure!(src.weight_files.len() == 3, "index + 2 shards: {:?}", src.weight_files);
+    let f32_bytes = src.parameter_count() * 4;
+    let before = peak_rss().context("VmHWM")?;
+    let manifest = export_llama(&src, &LlamaExportOptions::default(), &tmp.path().join("bundle"))?;
+    let grew = peak_rss().context("VmHWM")?.saturating_sub(before);
+    let data: u64 = manifest.data_files.values().sum();
+    ensure!(data >= f32_bytes && data < f32_bytes + (1 << 20), "weights stored once: {data} bytes");
+    ensure!(grew < f32_bytes / 4, "peak RSS grew {grew} bytes exporting {f32_bytes} bytes of f32 weights");
+    Ok(())
+}
+
 fn mid_config(layers: usize) -> serde_json::Value {
     serde_json::json!({
         "architectures": ["LlamaForCausalLM"], "attention_bias": false, "bos_token_id": 600,
