@@ -243,6 +243,11 @@ fn reduced_precision_and_quantized_bundles_run_and_stay_close() -> Result<()> {
     let io = io()?;
     let f32_bundle = export(&tmp.path().join("f32"), Precision::F32, None)?;
     let f32_bytes = bundle_bytes(&f32_bundle);
+    eprintln!(
+        "| f32 | {f32_bytes} | 1.00 | {:.3e} | {}/24 |",
+        logit_error(&f32_bundle, &io)?.0,
+        logit_error(&f32_bundle, &io)?.1
+    );
     let mut rows = Vec::new();
     for (name, precision, q) in [
         ("f16", Precision::F16, None),
@@ -258,6 +263,16 @@ fn reduced_precision_and_quantized_bundles_run_and_stay_close() -> Result<()> {
         eprintln!("| {name} | {bytes} | {:.2} | {err:.3e} | {same}/24 |", bytes as f64 / f32_bytes as f64);
         rows.push((name, bytes, err, same));
         ensure!(bytes < f32_bytes, "{name}: {bytes} bytes, f32 has {f32_bytes}");
+        if precision == Precision::F16 {
+            // tract runs the f16 form too (it has no bf16 tensors; MatMulNBits is ONNX Runtime's own op).
+            let (ids, mask, pos) = (&io["input.input_ids"], &io["input.attention_mask"], &io["input.position_ids"]);
+            let inputs = [("input_ids", ids), ("attention_mask", mask), ("position_ids", pos)];
+            let ort = sessions(&bundle, &Backend::OrtCpu)?.0.run(&inputs)?;
+            let tract = sessions(&bundle, &Backend::Tract)?.0.run(&inputs)?;
+            let (a, b) = (tract["logits"].to_f32_vec(), ort["logits"].to_f32_vec());
+            let c = check_close(&format!("{name}: tract vs ort"), &a, &b, Approx::VeryApproximate)?;
+            eprintln!("{name}: tract vs ort max |diff| {:.3e}", c.max_abs);
+        }
         ensure!(err.is_finite(), "{name}: non-finite logits");
     }
     let by = |n: &str| rows.iter().find(|r| r.0 == n).copied().expect("row");
