@@ -254,6 +254,7 @@ fn reduced_precision_and_quantized_bundles_run_and_stay_close() -> Result<()> {
         ("bf16", Precision::Bf16, None),
         ("int8", Precision::F32, Some(quant(8))),
         ("int4", Precision::F32, Some(quant(4))),
+        ("f16+int4", Precision::F16, Some(quant(4))),
     ] {
         let bundle = export(&tmp.path().join(name), precision, q)?;
         let kv = LlamaGraphs::read(bundle.manifest())?.kv_dtype;
@@ -263,8 +264,8 @@ fn reduced_precision_and_quantized_bundles_run_and_stay_close() -> Result<()> {
         eprintln!("| {name} | {bytes} | {:.2} | {err:.3e} | {same}/24 |", bytes as f64 / f32_bytes as f64);
         rows.push((name, bytes, err, same));
         ensure!(bytes < f32_bytes, "{name}: {bytes} bytes, f32 has {f32_bytes}");
-        if precision == Precision::F16 {
-            // tract runs the f16 form too (it has no bf16 tensors; MatMulNBits is ONNX Runtime's own op).
+        if precision != Precision::Bf16 && q.is_none_or(|q| q.bits == 4) {
+            // tract runs these forms too, 4-bit MatMulNBits included (not 8-bit; no bf16 tensors).
             let (ids, mask, pos) = (&io["input.input_ids"], &io["input.attention_mask"], &io["input.position_ids"]);
             let inputs = [("input_ids", ids), ("attention_mask", mask), ("position_ids", pos)];
             let ort = sessions(&bundle, &Backend::OrtCpu)?.0.run(&inputs)?;

@@ -36,7 +36,7 @@ pub mod source;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use osp_graphs::llama::{
     decode_io, past_key, past_value, prefill_io, present_key, present_value, LlamaCausalLmConfig, LlamaConfig,
@@ -183,35 +183,50 @@ impl WeightPlan {
 }
 
 /// The three `MatMulNBits` initializers of `key` (`{key}.q{bits}`, `{key}.scales`,
-/// `{key}.zero_points`), each streamed from the source rows.
+/// `{key}.zero_points`), streamed from the source rows. The packed pass keeps the (small) scale
+/// and zero-point bytes it computed for the other two generators, which take them once; any
+/// other call quantizes the source again, so every call yields the same bytes.
 fn quantized_inits(key: &str, t: &Arc<SourceTensor>, q: BlockQuant, scale_dtype: DType) -> [Planned; 3] {
     let (n, k) = (t.shape[0], t.shape[1]);
     let nb = q.n_blocks(k);
+    let kept: Arc<Mutex<[Option<Vec<u8>>; 2]>> = Arc::new(Mutex::new([None, None]));
     let part = |which: usize| -> Generator {
         let t = Arc::clone(t);
+        let kept = Arc::clone(&kept);
         Arc::new(move |sink| {
+            if which > 0 {
+                let taken =
+                    kept.lock().map_err(|_| std::io::Error::other("quantization cache poisoned"))?[which - 1].take();
+                if let Some(bytes) = taken {
+                    return sink(&bytes);
+                }
+            }
             let (mut packed, mut scales, mut zps) = (Vec::new(), Vec::new(), Vec::new());
-            let mut bytes = Vec::new();
+            let (mut scale_bytes, mut zp_bytes) = (Vec::new(), Vec::new());
             t.for_each_rows_f32(QUANT_ROWS, &mut |_, rows| {
                 packed.clear();
                 scales.clear();
                 zps.clear();
                 q.quantize_rows(rows, k, &mut packed, &mut scales, &mut zps);
+                let at = scale_bytes.len();
+                match scale_dtype {
+                    DType::F16 => scales
+                        .iter()
+                        .for_each(|&v| scale_bytes.extend_from_slice(&half::f16::from_f32(v).to_le_bytes())),
+                    _ => scales.iter().for_each(|&v| scale_bytes.extend_from_slice(&v.to_le_bytes())),
+                }
+                zp_bytes.extend_from_slice(&zps);
                 match which {
                     0 => sink(&packed),
-                    1 => {
-                        bytes.clear();
-                        match scale_dtype {
-                            DType::F16 => scales
-                                .iter()
-                                .for_each(|&v| bytes.extend_from_slice(&half::f16::from_f32(v).to_le_bytes())),
-                            _ => scales.iter().for_each(|&v| bytes.extend_from_slice(&v.to_le_bytes())),
-                        }
-                        sink(&bytes)
-                    }
+                    1 => sink(&scale_bytes[at..]),
                     _ => sink(&zps),
                 }
-            })
+            })?;
+            if which == 0 {
+                *kept.lock().map_err(|_| std::io::Error::other("quantization cache poisoned"))? =
+                    [Some(scale_bytes), Some(zp_bytes)];
+            }
+            Ok(())
         })
     };
     [
