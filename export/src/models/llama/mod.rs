@@ -60,6 +60,9 @@ const QUANT_ROWS: usize = 256;
 /// How to export.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaExportOptions {
+    /// `Decomposed` (grouped matmuls, runs everywhere) or `OnnxAttention` (ONNX `Attention`
+    /// opset 23 with its native grouped-query heads).
+    pub attention: AttentionKind,
     pub precision: Precision,
     /// Weight-only quantization of the linear layers.
     pub quant: Option<WeightQuantization>,
@@ -70,6 +73,7 @@ pub struct LlamaExportOptions {
 impl Default for LlamaExportOptions {
     fn default() -> Self {
         Self {
+            attention: AttentionKind::Decomposed,
             precision: Precision::F32,
             quant: None,
             external_data_threshold_bytes: crate::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD,
@@ -399,10 +403,18 @@ fn build_graph(cfg: &LlamaConfig, plan: &WeightPlan, role: Role, opts: &LlamaExp
         let pad = b.equal(&mask, &zero_i)?; // [b, total]
         let pad = b.unsqueeze(&pad, &[1, 2]); // [b, 1, 1, total]
         let hidden = b.node("Or", "", &[Some(&future), Some(&pad)], vec![], &[(DType::Bool, Some(4))]).remove(0);
+        // The decomposed form adds the mask to f32 scores; ONNX `Attention` takes it in the
+        // compute dtype, so it gets that dtype's `finfo.min` (f32::MIN would become -inf in f16).
+        let fused = opts.attention == AttentionKind::OnnxAttention;
+        let min = if fused && compute == DType::F16 { half::f16::MIN.to_f64() } else { f32::MIN as f64 };
         let visible = b.scalar(0.0, DType::F32)?;
-        let masked = b.scalar(f32::MIN as f64, DType::F32)?;
+        let masked = b.scalar(min, DType::F32)?;
         let bias = b.where_(&hidden, &masked, &visible)?; // [b, 1, s, total]
-        b.unsqueeze(&bias, &[1]) // [b, 1, 1, s, total]
+        match fused {
+            true if compute != DType::F32 => b.cast(&bias, compute),
+            true => bias,
+            false => b.unsqueeze(&bias, &[1]), // [b, 1, 1, s, total]
+        }
     };
     let scale = l.b.scalar(1.0 / (hd as f64).sqrt(), DType::F32)?;
 
@@ -430,23 +442,32 @@ fn build_graph(cfg: &LlamaConfig, plan: &WeightPlan, role: Role, opts: &LlamaExp
         }
         present.insert(present_key(i), k.clone());
         present.insert(present_value(i), v.clone());
-        let q5 = b.reshape(&q, &[0, kv, groups, -1, hd]); // [b, kv, groups, s, d]
-        let k5 = b.unsqueeze(&k, &[2]);
-        let kt = b.transpose(&k5, &[0, 1, 2, 4, 3])?; // [b, kv, 1, d, total]
-        let v5 = b.unsqueeze(&v, &[2]); // [b, kv, 1, total, d]
-        let mut scores = b.matmul(&q5, &kt)?; // [b, kv, groups, s, total]
-        if compute != DType::F32 {
-            scores = b.cast(&scores, DType::F32);
-        }
-        let scores = b.mul(&scores, &scale)?;
-        let scores = b.add(&scores, &bias)?;
-        let mut probs = b.softmax(&scores, -1)?;
-        if compute != DType::F32 {
-            probs = b.cast(&probs, compute);
-        }
-        let attn = b.matmul(&probs, &v5)?; // [b, kv, groups, s, d]
-        let attn = b.reshape(&attn, &[0, heads, -1, hd]);
-        let attn = b.transpose(&attn, &[0, 2, 1, 3])?; // [b, s, heads, d]
+        let attn = if opts.attention == AttentionKind::OnnxAttention {
+            // ONNX `Attention` (opset 23), 4-D form: q [b, heads, s, d], k/v [b, kv, total, d] (GQA
+            // by the head counts), the additive mask [b, 1, s, total].
+            let attrs = vec![("scale", Attr::Float((1.0 / (hd as f64).sqrt()) as f32))];
+            let out =
+                b.node("Attention", "", &[Some(&q), Some(&k), Some(&v), Some(&bias)], attrs, &[(compute, Some(4))]);
+            b.transpose(&out[0], &[0, 2, 1, 3])? // [b, s, heads, d]
+        } else {
+            let q5 = b.reshape(&q, &[0, kv, groups, -1, hd]); // [b, kv, groups, s, d]
+            let k5 = b.unsqueeze(&k, &[2]);
+            let kt = b.transpose(&k5, &[0, 1, 2, 4, 3])?; // [b, kv, 1, d, total]
+            let v5 = b.unsqueeze(&v, &[2]); // [b, kv, 1, total, d]
+            let mut scores = b.matmul(&q5, &kt)?; // [b, kv, groups, s, total]
+            if compute != DType::F32 {
+                scores = b.cast(&scores, DType::F32);
+            }
+            let scores = b.mul(&scores, &scale)?;
+            let scores = b.add(&scores, &bias)?;
+            let mut probs = b.softmax(&scores, -1)?;
+            if compute != DType::F32 {
+                probs = b.cast(&probs, compute);
+            }
+            let attn = b.matmul(&probs, &v5)?; // [b, kv, groups, s, d]
+            let attn = b.reshape(&attn, &[0, heads, -1, hd]);
+            b.transpose(&attn, &[0, 2, 1, 3])? // [b, s, heads, d]
+        };
         let attn = b.reshape(&attn, &[0, 0, heads * hd]);
         let o = l.linear(&attn, &format!("{p}.self_attn.o_proj.weight"))?;
         h = l.b.add(&h_in, &o)?;
@@ -504,6 +525,9 @@ pub fn export_llama(src: &LlamaSource, opts: &LlamaExportOptions, out: &Path) ->
             )));
         }
     }
+    if !matches!(opts.attention, AttentionKind::Decomposed | AttentionKind::OnnxAttention) {
+        return Err(Error::Config(format!("llama graphs take --attention decomposed or onnx, not {}", opts.attention)));
+    }
     let plan = WeightPlan::new(src, opts);
     let prefill = build_graph(&src.config, &plan, Role::Prefill, opts)?;
     let decode = build_graph(&src.config, &plan, Role::Decode, opts)?;
@@ -520,8 +544,8 @@ pub fn export_llama(src: &LlamaSource, opts: &LlamaExportOptions, out: &Path) ->
         let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
         osp_fs::write_bytes(&writer.staging_dir().join(name), &bytes)?;
     }
-    writer.add_graph(PREFILL_GRAPH, &prefill, AttentionKind::Decomposed, BTreeMap::new())?;
-    writer.add_graph(DECODE_GRAPH, &decode, AttentionKind::Decomposed, BTreeMap::new())?;
+    writer.add_graph(PREFILL_GRAPH, &prefill, opts.attention, BTreeMap::new())?;
+    writer.add_graph(DECODE_GRAPH, &decode, opts.attention, BTreeMap::new())?;
     let manifest = writer.finish()?;
     info!(bundle = %out.display(), precision = %opts.precision, quant = ?opts.quant, "exported llama causal LM");
     Ok(manifest)
