@@ -18,8 +18,10 @@
 //!   (the cache position, not `position_ids`) and `attention_mask[:, j] != 0`; invisible keys get
 //!   `finfo(f32).min`, so a query row with no visible key (a left-pad row) averages every value
 //!   uniformly, exactly as transformers' CPU path does.
-//! - Grouped-query attention without repeating the cache: queries reshaped to `[b, kv_heads,
-//!   groups, s, d]` against keys `[b, kv_heads, 1, total, d]`; scores, mask and softmax in f32.
+//! - Grouped-query attention without repeating the cache: `Decomposed` reshapes queries to `[b,
+//!   kv_heads, groups, s, d]` against keys `[b, kv_heads, 1, total, d]` (scores, mask and softmax
+//!   in f32); `OnnxAttention` is ONNX `Attention` (opset 23, 4-D, fewer kv heads than q heads) with
+//!   the mask in the compute dtype.
 //! - RMSNorm in f32 (`osp_export`'s `rms_norm`), SiLU-gated MLP, untied or tied `lm_head`.
 //!
 //! Precision: `f32`; `f16` (weights and compute in f16, norms/softmax/RoPE tables in f32, the
