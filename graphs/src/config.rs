@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::llama::LlamaCausalLmConfig;
+
 /// The model a bundle holds, with its full config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "config", rename_all = "snake_case")]
@@ -25,6 +27,9 @@ pub enum ModelSpec {
     OpenSoraT2V(OpenSoraT2VConfig),
     /// The mT5 text encoder (`MT5EncoderModel`, google/mt5-xxl upstream).
     Mt5Encoder(Mt5EncoderConfig),
+    /// A Llama causal LM (`LlamaForCausalLM`; the prompt refiner), with its Hugging Face
+    /// `config.json` and `generation_config.json` (see [`crate::llama`]).
+    LlamaCausalLm(LlamaCausalLmConfig),
 }
 
 impl ModelSpec {
@@ -35,6 +40,7 @@ impl ModelSpec {
             ModelSpec::Wfvae(_) => "wfvae",
             ModelSpec::OpenSoraT2V(_) => "opensora_t2v_v1_3",
             ModelSpec::Mt5Encoder(_) => "mt5_encoder",
+            ModelSpec::LlamaCausalLm(_) => "llama_causal_lm",
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod error;
+pub mod llama;
 pub mod manifest;
 pub mod path;
 pub mod pipeline;

@@ -384,6 +384,9 @@ impl BundleManifest {
                 return Err(Error::Invalid(format!("graph `{name}` has no outputs")));
             }
         }
+        if let ModelSpec::LlamaCausalLm(c) = &self.model {
+            c.validate()?;
+        }
         for (file, digest) in &self.file_sha256 {
             let named = self.data_files.contains_key(file)
                 || self.graphs.values().any(|g| &g.file == file || g.external_data.contains(file));
@@ -435,6 +438,16 @@ impl BundleManifest {
                         why,
                     });
                 }
+            }
+        }
+        if let ModelSpec::LlamaCausalLm(c) = &self.model {
+            for file in c.files.keys() {
+                crate::path::require_file(&dir.join(file)).map_err(|why| Error::MissingFile {
+                    bundle: dir.to_path_buf(),
+                    graph: "(model files)".to_string(),
+                    file: file.clone(),
+                    why,
+                })?;
             }
         }
         for (file, &expected) in &self.data_files {
