@@ -1,14 +1,17 @@
 //! Composite helpers named like PyTorch layers (`nn.Linear`, `nn.LayerNorm`, RMSNorm, GELU(tanh), SiLU).
 //!
 //! `linear` keeps the weight in PyTorch layout `[out, in]` under its PyTorch key and never stores a
-//! transposed copy: 2-D inputs use `Gemm(transB = 1)` (no transpose anywhere); N-D inputs use
-//! `MatMul(x, Transpose(W))`, whose `Transpose` of an initializer is constant-folded by ONNX Runtime
-//! (basic graph optimizations) and by tract (declutter), so neither transposes at run time.
+//! transposed copy: 2-D inputs, and N-D inputs with a bias in the `Fast` [`Lowering`], use
+//! `Gemm(transB = 1)` (N-D ones reshaped to `[-1, in]` and back: the bias is added by the GEMM, and
+//! there is no transpose anywhere); otherwise N-D inputs use `MatMul(x, Transpose(W))`, whose
+//! `Transpose` of an initializer is constant-folded by ONNX Runtime (basic graph optimizations) and
+//! by tract (declutter), so neither transposes at run time.
 
 use osp_graphs::DType;
 
-use super::{GraphBuilder, Value};
+use super::{Attr, GraphBuilder, Value};
 use crate::error::{Error, Result};
+use crate::options::Lowering;
 use crate::tensor::HostTensor;
 
 impl GraphBuilder {
@@ -19,6 +22,18 @@ impl GraphBuilder {
         }
         if x.rank() == Some(2) {
             return self.gemm(x, weight, bias, false, true);
+        }
+        if let (Some(b), Lowering::Fast) = (bias, self.lowering()) {
+            // [.., in] -> [-1, in] -> Gemm -> [.., out]
+            let lead = self.shape(x, Some(0), Some(-1));
+            let minus_one = self.const_i64(&[-1]);
+            let in_dim = self.shape(weight, Some(1), Some(2));
+            let flat = self.concat(&[&minus_one, &in_dim], 0)?;
+            let x2 = self.reshape_to(x, &flat, Some(2));
+            let y = self.gemm(&x2, weight, Some(b), false, true)?;
+            let out = self.shape(weight, Some(0), Some(1));
+            let shape = self.concat(&[&lead, &out], 0)?;
+            return Ok(self.reshape_to(&y, &shape, x.rank()));
         }
         let wt = self.transpose(weight, &[1, 0])?;
         let y = self.matmul(x, &wt)?;
@@ -61,7 +76,24 @@ impl GraphBuilder {
 
     /// GELU, tanh approximation, decomposed so every backend runs it:
     /// `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`.
+    /// In the `Fast` [`Lowering`] this is one ONNX `Gelu` (opset 20, `approximate = "tanh"`, the
+    /// same formula), kept in f32 (ONNX Runtime's CPU kernel is f32 only).
     pub fn gelu_tanh(&mut self, x: &Value) -> Result<Value> {
+        if self.lowering() == Lowering::Fast {
+            let out_dtype = x.dtype();
+            let y = self.in_f32(|b| {
+                let xf = if x.dtype() == DType::F32 { x.clone() } else { b.cast(x, DType::F32) };
+                Ok(b.node(
+                    "Gelu",
+                    "",
+                    &[Some(&xf)],
+                    vec![("approximate", Attr::String("tanh".into()))],
+                    &[(DType::F32, xf.rank())],
+                )
+                .remove(0))
+            })?;
+            return Ok(if out_dtype == DType::F32 { y } else { self.cast(&y, out_dtype) });
+        }
         let c = self.scalar_like((2.0 / std::f64::consts::PI).sqrt(), x)?;
         let k = self.scalar_like(0.044715, x)?;
         let half = self.scalar_like(0.5, x)?;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use osp_export::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD;
-use osp_export::ExportOptions;
+use osp_export::{ExportOptions, Lowering};
 use osp_graphs::{AttentionKind, Precision};
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -83,6 +83,24 @@ impl From<AttentionArg> for AttentionKind {
     }
 }
 
+/// Which exact op forms the graphs use (`osp_export::Lowering`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LoweringArg {
+    /// The forms before issue #17: 5-D video convolutions, decomposed GELU, MatMul + Add (for A/B runs).
+    Reference,
+    /// Per-time-tap 2-D video convolutions, ONNX `Gelu`, `Gemm` linears with their bias.
+    Fast,
+}
+
+impl From<LoweringArg> for Lowering {
+    fn from(l: LoweringArg) -> Self {
+        match l {
+            LoweringArg::Reference => Lowering::Reference,
+            LoweringArg::Fast => Lowering::Fast,
+        }
+    }
+}
+
 /// Precision of weights and interior arithmetic.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum PrecisionArg {
@@ -113,6 +131,10 @@ pub struct GraphOpts {
     /// Initializers larger than this many bytes go to the external-data file.
     #[arg(long, default_value_t = DEFAULT_EXTERNAL_DATA_THRESHOLD)]
     pub external_data_threshold: usize,
+    /// Which exact op forms the graphs use (same results up to summation order; `fast` runs faster
+    /// on ort-cpu, `reference` is the previous lowering, for A/B benchmarks); see docs/export.md.
+    #[arg(long, value_enum, default_value = "fast")]
+    pub lowering: LoweringArg,
 }
 
 impl GraphOpts {
@@ -123,6 +145,7 @@ impl GraphOpts {
             precision: self.precision.into(),
             external_data_threshold_bytes: self.external_data_threshold,
             source,
+            lowering: self.lowering.into(),
         }
     }
 }

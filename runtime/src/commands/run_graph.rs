@@ -1,4 +1,7 @@
 //! `osp run-graph`: run one graph on tensors from a safetensors file, write its outputs by name.
+//! With `--repeats N` (and `--warmup W` untimed runs first) the graph runs `W + N` times on the
+//! same session and the reported time is the median of the timed runs; every timed run is also
+//! printed as one JSON line `{"run_ms": [...]}` for benchmark scripts.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,6 +24,12 @@ pub struct RunGraphArgs {
     /// Safetensors file to write the outputs to, keyed by output name.
     #[arg(long)]
     pub out: PathBuf,
+    /// Untimed runs before the timed ones (session warm-up).
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// Timed runs; the outputs written are those of the last one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeats: u64,
 }
 
 pub fn run(args: &RunGraphArgs, backend: &BackendOpts) -> anyhow::Result<()> {
@@ -31,19 +40,26 @@ pub fn run(args: &RunGraphArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         .session(&args.graph, &opts)
         .with_context(|| format!("loading graph `{}` of {} on {}", args.graph, args.bundle.display(), opts.backend))?;
     let named: Vec<(&str, &osp_runtime::Tensor)> = inputs.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let start = Instant::now();
-    let outputs = session.run(&named).with_context(|| format!("running graph `{}`", args.graph))?;
-    let elapsed = start.elapsed();
+    for _ in 0..args.warmup {
+        session.run(&named).with_context(|| format!("running graph `{}`", args.graph))?;
+    }
+    let mut times_ms = Vec::new();
+    let mut outputs = Default::default();
+    for _ in 0..args.repeats {
+        let start = Instant::now();
+        outputs = session.run(&named).with_context(|| format!("running graph `{}`", args.graph))?;
+        times_ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut sorted = times_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median_ms = sorted[sorted.len() / 2];
     write_safetensors(&args.out, outputs.iter().map(|(k, v)| (k.as_str(), v)))?;
     for (name, t) in &outputs {
         println!("{name}: {} {:?}", t.dtype(), t.shape());
     }
-    println!(
-        "ran `{}` on {} in {:.2} ms; wrote {}",
-        args.graph,
-        opts.backend,
-        elapsed.as_secs_f64() * 1e3,
-        args.out.display()
-    );
+    if args.repeats > 1 || args.warmup > 0 {
+        println!("{}", serde_json::json!({ "run_ms": times_ms }));
+    }
+    println!("ran `{}` on {} in {median_ms:.2} ms; wrote {}", args.graph, opts.backend, args.out.display());
     Ok(())
 }
