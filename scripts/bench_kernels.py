@@ -13,8 +13,9 @@ rounds, the ratio before/after and each variant's peak RSS (the child's `ru_maxr
 `--attention-table`: instead, one transformer block (hidden 768, 8 x 96 heads, key bias) exported with
 each attention form, run at 1k/4k/16k tokens on ort-cpu (and tract with `--tract`): time and peak RSS.
 
-Variants are export flags (`osp-export ... --lowering reference` is the previous lowering, `fast` the
-default); bundles are exported once into --work.
+Variants are export flags (`before`: `osp-export ... --lowering reference`, the previous lowering; `after`: the
+defaults; `taps`: `--video-conv frame-taps`, the opt-in WFVAE convolutions; ratios are against `before`);
+bundles are exported once into --work.
 Plain Python 3 (no numpy). Build first:
   cargo build --release -p osp-runtime --features tract && cargo build --release -p osp-export
   scripts/bench_kernels.py --work /tmp/osp-kernels [--cases dit1280,dit4096,vae] [--rounds 3]
@@ -41,6 +42,8 @@ CONFIGS = REPO.parent / "shared/reference/configs"
 VARIANTS = {
     "before": {"dit": ["--lowering", "reference"], "wfvae": ["--lowering", "reference"]},
     "after": {"dit": [], "wfvae": []},
+    # the opt-in WFVAE frame-tap convolutions (`--variants before,after,taps`)
+    "taps": {"dit": [], "wfvae": ["--video-conv", "frame-taps"]},
 }
 TEXT_TOKENS = 512  # release max_sequence_length
 REAL_TEXT_TOKENS = 32
@@ -125,8 +128,9 @@ def summarise(case, variant_samples, rss):
         row[f"{v}_ms"] = [round(s, 1) if s is not None else None for s in samples]
         row[f"{v}_median_ms"] = round(med[v], 1) if med[v] is not None else None
         row[f"{v}_peak_rss_gib"] = round(max(rss[v]) / 2**30, 2) if rss[v] else None
-    if med.get("before") and med.get("after"):
-        row["speedup"] = round(med["before"] / med["after"], 3)
+    for v in med:
+        if v != "before" and med.get("before") and med.get(v):
+            row["speedup" if v == "after" else f"speedup_{v}"] = round(med["before"] / med[v], 3)
     return row
 
 
@@ -134,6 +138,7 @@ def ab_table(args, osp, osp_export, env):
     rows = []
     cases = args.cases.split(",")
     variants = args.variants.split(",")
+    dit_variants = [v for v in variants if VARIANTS[v]["dit"] not in [VARIANTS[u]["dit"] for u in variants[:variants.index(v)]]]
     for case in [c for c in cases if c in DIT_CASES]:
         overrides, latent = DIT_CASES[case]
         cfg = json.loads((CONFIGS / "opensora_t2v_v1_3_2b_config.json").read_text())
@@ -149,13 +154,13 @@ def ab_table(args, osp, osp_export, env):
                 "encoder_hidden_states": ([1, 1, TEXT_TOKENS, cfg["caption_channels"]], "normal"),
                 "encoder_attention_mask": ([1, 1, TEXT_TOKENS], mask),
             }, seed=1)
-        samples = {v: [] for v in variants}
-        rss = {v: [] for v in variants}
-        for v in variants:
+        samples = {v: [] for v in dit_variants}
+        rss = {v: [] for v in dit_variants}
+        for v in dit_variants:
             flags = ["--attention", args.attention] + VARIANTS[v]["dit"]
             export(osp_export, "dit", cfg_path, flags, args.work / f"{case}_{v}", env)
         for r in range(args.rounds):
-            for v in (variants if r % 2 == 0 else variants[::-1]):
+            for v in (dit_variants if r % 2 == 0 else dit_variants[::-1]):
                 cmd = [str(osp), "--threads", str(args.threads), "run-graph", str(args.work / f"{case}_{v}"),
                        "transformer", "--inputs", str(inputs), "--out", str(args.work / f"{case}_{v}_out.safetensors"),
                        "--warmup", "1", "--repeats", "1"]
@@ -183,11 +188,12 @@ def ab_table(args, osp, osp_export, env):
                     rss[v].append(peak)
             rows.append(summarise(f"vae_{mode}", samples, rss))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(f"\n| case | before ms (median of {args.rounds}) | after ms | speedup | before peak RSS GiB | after peak RSS GiB |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n| case | variant | ms (median of {args.rounds}) | speedup vs before | peak RSS GiB |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r.get('before_median_ms')} | {r.get('after_median_ms')} | {r.get('speedup')} | "
-              f"{r.get('before_peak_rss_gib')} | {r.get('after_peak_rss_gib')} |")
+        for v in [v for v in variants if f"{v}_median_ms" in r]:
+            sp = r.get("speedup" if v == "after" else f"speedup_{v}", "" if v == "before" else None)
+            print(f"| {r['case']} | {v} | {r.get(f'{v}_median_ms')} | {sp} | {r.get(f'{v}_peak_rss_gib')} |")
     return rows
 
 
@@ -236,7 +242,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default="dit1280,dit4096,vae")
-    ap.add_argument("--variants", default="before,after")
+    ap.add_argument("--variants", default="before,after,taps")
     ap.add_argument("--attention", default="onnx", help="DiT attention form of both variants")
     ap.add_argument("--attention-table", action="store_true")
     ap.add_argument("--tokens", default="1024,4096,16384", help="attention table sequence lengths")

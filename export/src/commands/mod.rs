@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use osp_export::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD;
-use osp_export::{ExportOptions, Lowering};
+use osp_export::{ExportOptions, Lowering, VideoConv};
 use osp_graphs::{AttentionKind, Precision};
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -86,9 +86,9 @@ impl From<AttentionArg> for AttentionKind {
 /// Which exact op forms the graphs use (`osp_export::Lowering`).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LoweringArg {
-    /// The forms before issue #17: 5-D video convolutions, decomposed GELU, MatMul + Add (for A/B runs).
+    /// The forms before issue #17: decomposed GELU, MatMul + Add (for A/B runs).
     Reference,
-    /// Per-time-tap 2-D video convolutions, ONNX `Gelu`, `Gemm` linears with their bias.
+    /// ONNX `Gelu`, `Gemm` linears with their bias.
     Fast,
 }
 
@@ -97,6 +97,24 @@ impl From<LoweringArg> for Lowering {
         match l {
             LoweringArg::Reference => Lowering::Reference,
             LoweringArg::Fast => Lowering::Fast,
+        }
+    }
+}
+
+/// How the WFVAE's video convolutions are written (`osp_export::VideoConv`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum VideoConvArg {
+    /// One 5-D `Conv`.
+    Conv3d,
+    /// One 4-D `Conv` per time tap on the frames folded into the batch, summed (ORT's NCHWc kernels).
+    FrameTaps,
+}
+
+impl From<VideoConvArg> for VideoConv {
+    fn from(v: VideoConvArg) -> Self {
+        match v {
+            VideoConvArg::Conv3d => VideoConv::Conv3d,
+            VideoConvArg::FrameTaps => VideoConv::FrameTaps,
         }
     }
 }
@@ -135,6 +153,10 @@ pub struct GraphOpts {
     /// on ort-cpu, `reference` is the previous lowering, for A/B benchmarks); see docs/export.md.
     #[arg(long, value_enum, default_value = "fast")]
     pub lowering: LoweringArg,
+    /// How the WFVAE's video convolutions are written (same results up to summation order); see
+    /// docs/export.md.
+    #[arg(long, value_enum, default_value = "conv3d")]
+    pub video_conv: VideoConvArg,
 }
 
 impl GraphOpts {
@@ -146,6 +168,7 @@ impl GraphOpts {
             external_data_threshold_bytes: self.external_data_threshold,
             source,
             lowering: self.lowering.into(),
+            video_conv: self.video_conv.into(),
         }
     }
 }

@@ -8,9 +8,9 @@
 //! copies of frame 0, the step and last graphs prepend the `cache_in.<path>` input; the first and
 //! step graphs return the tail of every padded input as `cache_out.<path>` (see [`super::stream`]).
 //!
-//! Convolutions that are stride 1 in time are written as the [`Lowering`] says: one 5-D `Conv`
-//! (`Reference`), or 4-D `Conv`s on the frames folded into the batch, one per time tap, summed
-//! (`Fast`, [`Lower::conv_video`]). The padding, the state inputs and outputs and the weights (sliced per
+//! Convolutions that are stride 1 in time are written as the [`VideoConv`] says: one 5-D `Conv`,
+//! or 4-D `Conv`s on the frames folded into the batch, one per time tap, summed
+//! ([`Lower::conv_video`]). The padding, the state inputs and outputs and the weights (sliced per
 //! tap in the graph, constant-folded by the runtimes) are the same either way.
 
 use osp_graphs::{AttentionKind, DType, Dim, TensorSpec};
@@ -19,7 +19,7 @@ use super::haar;
 use super::weights::WfvaeWeights;
 use crate::builder::{AttentionSpec, Attr, ConvOptions, GraphBuilder, Value};
 use crate::error::{Error, Result};
-use crate::options::Lowering;
+use crate::options::VideoConv;
 use crate::tensor::HostTensor;
 
 /// Upstream `Normalize(.., "layernorm")` epsilon.
@@ -82,6 +82,7 @@ pub struct Lower<'a> {
     pub b: GraphBuilder,
     w: &'a WfvaeWeights,
     attention: AttentionKind,
+    video_conv: VideoConv,
     pub mode: Mode,
     /// State entries in the order the graph declares them.
     pub caches: Vec<CacheEntry>,
@@ -101,8 +102,8 @@ pub fn video_dims(c: usize, frames: Dim, s: usize) -> Vec<Dim> {
 }
 
 impl<'a> Lower<'a> {
-    pub fn new(name: &str, w: &'a WfvaeWeights, attention: AttentionKind, lowering: Lowering, mode: Mode) -> Self {
-        Self { b: GraphBuilder::new(name).with_lowering(lowering), w, attention, mode, caches: Vec::new() }
+    pub fn new(name: &str, w: &'a WfvaeWeights, attention: AttentionKind, video_conv: VideoConv, mode: Mode) -> Self {
+        Self { b: GraphBuilder::new(name), w, attention, video_conv, mode, caches: Vec::new() }
     }
 
     fn param(&mut self, key: &str, shape: &[usize]) -> Result<Value> {
@@ -198,10 +199,10 @@ impl<'a> Lower<'a> {
 
     /// A stride-1-in-time convolution of video `x` `[b, c, t + kt - 1, h, w]` (time already
     /// padded) with `w` `[o, c, kt, k, k]`, spatial stride 1 and zero padding `(begin, end)` on
-    /// h and w -> `[b, o, t, h', w']`, lowered as the graph's [`Lowering`] says.
+    /// h and w -> `[b, o, t, h', w']`, lowered as the graph's [`VideoConv`] says.
     fn conv_video(&mut self, x: &Value, w: &Value, bias: &Value, kt: usize, pad: (usize, usize)) -> Result<Value> {
         let (pb, pe) = (pad.0 as i64, pad.1 as i64);
-        if self.b.lowering() == Lowering::Reference {
+        if self.video_conv == VideoConv::Conv3d {
             let opts = ConvOptions { strides: vec![1; 3], pads: vec![0, pb, pb, 0, pe, pe], ..Default::default() };
             return self.b.conv(x, w, Some(bias), &opts);
         }
