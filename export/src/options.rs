@@ -61,7 +61,6 @@ impl std::fmt::Display for VideoConv {
 /// | | `Reference` | `Fast` (default) |
 /// |---|---|---|
 /// | GELU (tanh approximation) | `Mul`/`Add`/`Tanh` | ONNX `Gelu` (opset 20, `approximate = "tanh"`), kept in f32 |
-/// | `nn.Linear` on `[.., in]` with a bias | `MatMul(x, Transpose(W))` + `Add` | `Reshape` to `[-1, in]`, `Gemm(transB = 1)` with the bias, `Reshape` back (no transposed weight copy) |
 ///
 /// `Reference` is the lowering before issue #17, kept for the invariance tests and A/B benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

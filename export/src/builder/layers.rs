@@ -1,11 +1,11 @@
 //! Composite helpers named like PyTorch layers (`nn.Linear`, `nn.LayerNorm`, RMSNorm, GELU(tanh), SiLU).
 //!
 //! `linear` keeps the weight in PyTorch layout `[out, in]` under its PyTorch key and never stores a
-//! transposed copy: 2-D inputs, and N-D inputs with a bias in the `Fast` [`Lowering`], use
-//! `Gemm(transB = 1)` (N-D ones reshaped to `[-1, in]` and back: the bias is added by the GEMM, and
-//! there is no transpose anywhere); otherwise N-D inputs use `MatMul(x, Transpose(W))`, whose
-//! `Transpose` of an initializer is constant-folded by ONNX Runtime (basic graph optimizations) and
-//! by tract (declutter), so neither transposes at run time.
+//! transposed copy: 2-D inputs use `Gemm(transB = 1)` (no transpose anywhere); N-D inputs use
+//! `MatMul(x, Transpose(W))`, whose `Transpose` of an initializer is constant-folded by ONNX Runtime
+//! (basic graph optimizations) and by tract (declutter), so neither transposes at run time. (N-D
+//! inputs reshaped to 2-D for a `Gemm` with the bias would save the bias `Add`, but tract 0.23.9
+//! mistypes an f16 `Gemm`'s output as f32.)
 
 use osp_graphs::DType;
 
@@ -22,18 +22,6 @@ impl GraphBuilder {
         }
         if x.rank() == Some(2) {
             return self.gemm(x, weight, bias, false, true);
-        }
-        if let (Some(b), Lowering::Fast) = (bias, self.lowering()) {
-            // [.., in] -> [-1, in] -> Gemm -> [.., out]
-            let lead = self.shape(x, Some(0), Some(-1));
-            let minus_one = self.const_i64(&[-1]);
-            let in_dim = self.shape(weight, Some(1), Some(2));
-            let flat = self.concat(&[&minus_one, &in_dim], 0)?;
-            let x2 = self.reshape_to(x, &flat, Some(2));
-            let y = self.gemm(&x2, weight, Some(b), false, true)?;
-            let out = self.shape(weight, Some(0), Some(1));
-            let shape = self.concat(&[&lead, &out], 0)?;
-            return Ok(self.reshape_to(&y, &shape, x.rank()));
         }
         let wt = self.transpose(weight, &[1, 0])?;
         let y = self.matmul(x, &wt)?;

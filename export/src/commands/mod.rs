@@ -86,9 +86,9 @@ impl From<AttentionArg> for AttentionKind {
 /// Which exact op forms the graphs use (`osp_export::Lowering`).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LoweringArg {
-    /// The forms before issue #17: decomposed GELU, MatMul + Add (for A/B runs).
+    /// The forms before issue #17: decomposed GELU (for A/B runs).
     Reference,
-    /// ONNX `Gelu`, `Gemm` linears with their bias.
+    /// ONNX `Gelu` (opset 20, tanh approximation).
     Fast,
 }
 
