@@ -32,7 +32,7 @@ pub use graph::OnnxGraph;
 pub use models::big_linear::export_big_linear;
 pub use models::opensora_v1_3::{export_opensora_t2v, DitWeights};
 pub use models::transformer_block::{export_transformer_block, TransformerBlockWeights};
-pub use options::ExportOptions;
+pub use options::{ExportOptions, Lowering, VideoConv};
 pub use tensor::{HostTensor, Weights};
 
 /// `osp-export <version>`, recorded in every manifest's provenance.

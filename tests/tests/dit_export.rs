@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use ndarray::{ArrayD, Axis, IxDyn};
 use osp_export::models::opensora_v1_3::{export_opensora_t2v, DitWeights, GRAPH_NAME};
-use osp_export::ExportOptions;
+use osp_export::{ExportOptions, Lowering};
 use osp_graphs::{Approx, AttentionKind, BundleManifest, DType, Dim, ModelSpec, Precision};
 use osp_runtime::session::Backend;
 use osp_runtime::session::GraphSession;
@@ -193,6 +193,39 @@ fn f32_graph_matches_the_official_outputs_on_every_cpu_backend() -> Result<()> {
                     e.as_slice().context("standard layout")?,
                     Approx::Close,
                 )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `Fast` lowering (ONNX `Gelu`, `Gemm` linears) against the `Reference` one (decomposed
+/// GELU, MatMul + Add): the same arithmetic reordered, on every CPU backend and attention form.
+#[test]
+fn fast_lowering_equals_reference_lowering() -> Result<()> {
+    let (config, w) = tiny()?;
+    let io = fixture_io()?;
+    let tmp = tempfile::tempdir()?;
+    let calls = [full_mask_call(&io)?, image_call(&io)?];
+    for form in [AttentionKind::OnnxAttention, AttentionKind::Decomposed] {
+        let mut bundles = Vec::new();
+        for lowering in [Lowering::Fast, Lowering::Reference] {
+            let dir = tmp.path().join(format!("{form}-{lowering}"));
+            let opts = ExportOptions { attention: form, lowering, ..ExportOptions::default() };
+            export_opensora_t2v(&config, &w, &opts, &dir)?;
+            bundles.push(Bundle::open(&dir)?);
+        }
+        for backend in cpu_backends() {
+            for (i, call) in calls.iter().enumerate() {
+                let fast = run(&bundles[0], &backend, call)?;
+                let reference = run(&bundles[1], &backend, call)?;
+                let c = check_close(
+                    &format!("call {i}, {form} on {backend}: fast vs reference lowering"),
+                    fast.as_slice().context("standard layout")?,
+                    reference.as_slice().context("standard layout")?,
+                    Approx::Close,
+                )?;
+                eprintln!("fast vs reference, call {i}, {form:>24} on {backend:<8}: {c}");
             }
         }
     }

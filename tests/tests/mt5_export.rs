@@ -41,6 +41,7 @@ fn export(dir: &Path, attention: AttentionKind, precision: Precision, tokenizer:
         precision,
         external_data_threshold_bytes: 1024,
         source: Some(fixture().join("weights.safetensors")),
+        ..ExportOptions::default()
     };
     let opts = Mt5ExportOptions { graph, tokenizer };
     export_mt5(&cfg, &weights, &opts, dir).with_context(|| format!("exporting {attention} {precision}"))?;

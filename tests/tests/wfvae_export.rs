@@ -22,7 +22,7 @@ use osp_export::models::wfvae::{
     build_graphs, export_wfvae, load_weights, WFVAEModelConfig, CACHE_IN, CACHE_OUT, DECODER, DECODER_FIRST,
     DECODER_LAST, DECODER_STEP, ENCODER,
 };
-use osp_export::ExportOptions;
+use osp_export::{ExportOptions, VideoConv};
 use osp_graphs::config::{StreamProtocol, StreamRole, STREAM_METADATA_KEY};
 use osp_graphs::{Approx, AttentionKind, ModelSpec, Precision};
 use osp_runtime::session::Backend;
@@ -201,6 +201,37 @@ fn streaming_does_not_reproduce_the_official_even_length_bug() -> Result<()> {
                 "{backend}: the streamed last 6 frames should differ from the official tiled bug, max |diff| {}",
                 tail.max_abs
             );
+        }
+    }
+    Ok(())
+}
+
+/// Video convolutions as per-time-tap 2-D convolutions (`VideoConv::FrameTaps`) against 5-D `Conv`
+/// (the default): every graph, the whole-clip decoder and streaming in chunks of 1 and 2 (the
+/// state inputs and outputs are the same), on every CPU backend, to `Close`.
+#[test]
+fn frame_tap_convolutions_equal_conv3d() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let weights = load_weights(&fixture_dir().join("weights.safetensors"))?;
+    let taps = dir.path().join("frame_taps");
+    let opts_taps = ExportOptions { video_conv: VideoConv::FrameTaps, ..Default::default() };
+    export_wfvae(&config()?, &weights, &opts_taps, &taps)?;
+    let (fast, reference) = (Bundle::open(&taps)?, Bundle::open(bundle(Precision::F32)?)?);
+    let z = latents(5);
+    for backend in cpu_backends() {
+        for (graph, name, input) in [(ENCODER, "x", fixture("input.x")?), (DECODER, "z", &z)] {
+            let a = run1(&fast, graph, &backend, &[(name, input)])?;
+            let b = run1(&reference, graph, &backend, &[(name, input)])?;
+            ensure!(!a.is_empty() && a.len() == b.len(), "{graph}: outputs {:?} vs {:?}", a.keys(), b.keys());
+            for (k, v) in &a {
+                compare(&format!("{backend} {graph}.{k}: frame taps vs conv3d"), v, &b[k], Approx::Close)?;
+            }
+        }
+        let mut sf = StreamingDecoder::load(&fast, &opts(&backend))?;
+        let mut sr = StreamingDecoder::load(&reference, &opts(&backend))?;
+        for chunk in [1, 2] {
+            let (a, b) = (sf.decode(&z, chunk)?, sr.decode(&z, chunk)?);
+            compare(&format!("{backend} streamed (chunk {chunk}): frame taps vs conv3d"), &a, &b, Approx::Close)?;
         }
     }
     Ok(())

@@ -3,12 +3,15 @@
 //! `linear` keeps the weight in PyTorch layout `[out, in]` under its PyTorch key and never stores a
 //! transposed copy: 2-D inputs use `Gemm(transB = 1)` (no transpose anywhere); N-D inputs use
 //! `MatMul(x, Transpose(W))`, whose `Transpose` of an initializer is constant-folded by ONNX Runtime
-//! (basic graph optimizations) and by tract (declutter), so neither transposes at run time.
+//! (basic graph optimizations) and by tract (declutter), so neither transposes at run time. (N-D
+//! inputs reshaped to 2-D for a `Gemm` with the bias would save the bias `Add`, but tract 0.23.9
+//! mistypes an f16 `Gemm`'s output as f32.)
 
 use osp_graphs::DType;
 
-use super::{GraphBuilder, Value};
+use super::{Attr, GraphBuilder, Value};
 use crate::error::{Error, Result};
+use crate::options::Lowering;
 use crate::tensor::HostTensor;
 
 impl GraphBuilder {
@@ -61,7 +64,24 @@ impl GraphBuilder {
 
     /// GELU, tanh approximation, decomposed so every backend runs it:
     /// `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))`.
+    /// In the `Fast` [`Lowering`] this is one ONNX `Gelu` (opset 20, `approximate = "tanh"`, the
+    /// same formula), kept in f32 (ONNX Runtime's CPU kernel is f32 only).
     pub fn gelu_tanh(&mut self, x: &Value) -> Result<Value> {
+        if self.lowering() == Lowering::Fast {
+            let out_dtype = x.dtype();
+            let y = self.in_f32(|b| {
+                let xf = if x.dtype() == DType::F32 { x.clone() } else { b.cast(x, DType::F32) };
+                Ok(b.node(
+                    "Gelu",
+                    "",
+                    &[Some(&xf)],
+                    vec![("approximate", Attr::String("tanh".into()))],
+                    &[(DType::F32, xf.rank())],
+                )
+                .remove(0))
+            })?;
+            return Ok(if out_dtype == DType::F32 { y } else { self.cast(&y, out_dtype) });
+        }
         let c = self.scalar_like((2.0 / std::f64::consts::PI).sqrt(), x)?;
         let k = self.scalar_like(0.044715, x)?;
         let half = self.scalar_like(0.5, x)?;

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Generator, Initializer, OnnxGraph, TensorData};
 use crate::onnx;
 use crate::onnx::attribute_proto::AttributeType;
+use crate::options::Lowering;
 use crate::tensor::{onnx_elem_type, HostTensor};
 
 /// A value of the graph under construction. Cheap to clone.
@@ -108,6 +109,7 @@ pub struct GraphBuilder {
     counter: usize,
     scopes: Vec<String>,
     f32_depth: usize,
+    lowering: Lowering,
 }
 
 impl GraphBuilder {
@@ -118,7 +120,18 @@ impl GraphBuilder {
             counter: 0,
             scopes: Vec::new(),
             f32_depth: 0,
+            lowering: Lowering::default(),
         }
+    }
+
+    /// Writes the layers that have several exact forms ([`Lowering`]) in the given one.
+    pub fn with_lowering(mut self, lowering: Lowering) -> Self {
+        self.lowering = lowering;
+        self
+    }
+
+    pub fn lowering(&self) -> Lowering {
+        self.lowering
     }
 
     /// Runs `f` with `scope` prefixed to generated names (`attn1/MatMul_3`).

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use osp_export::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD;
-use osp_export::ExportOptions;
+use osp_export::{ExportOptions, Lowering, VideoConv};
 use osp_graphs::{AttentionKind, Precision};
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -88,6 +88,42 @@ impl From<AttentionArg> for AttentionKind {
     }
 }
 
+/// Which exact op forms the graphs use (`osp_export::Lowering`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LoweringArg {
+    /// The forms before issue #17: decomposed GELU (for A/B runs).
+    Reference,
+    /// ONNX `Gelu` (opset 20, tanh approximation).
+    Fast,
+}
+
+impl From<LoweringArg> for Lowering {
+    fn from(l: LoweringArg) -> Self {
+        match l {
+            LoweringArg::Reference => Lowering::Reference,
+            LoweringArg::Fast => Lowering::Fast,
+        }
+    }
+}
+
+/// How the WFVAE's video convolutions are written (`osp_export::VideoConv`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum VideoConvArg {
+    /// One 5-D `Conv`.
+    Conv3d,
+    /// One 4-D `Conv` per time tap on the frames folded into the batch, summed (ORT's NCHWc kernels).
+    FrameTaps,
+}
+
+impl From<VideoConvArg> for VideoConv {
+    fn from(v: VideoConvArg) -> Self {
+        match v {
+            VideoConvArg::Conv3d => VideoConv::Conv3d,
+            VideoConvArg::FrameTaps => VideoConv::FrameTaps,
+        }
+    }
+}
+
 /// Precision of weights and interior arithmetic.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum PrecisionArg {
@@ -118,6 +154,14 @@ pub struct GraphOpts {
     /// Initializers larger than this many bytes go to the external-data file.
     #[arg(long, default_value_t = DEFAULT_EXTERNAL_DATA_THRESHOLD)]
     pub external_data_threshold: usize,
+    /// Which exact op forms the graphs use (same results up to summation order; `fast` runs faster
+    /// on ort-cpu, `reference` is the previous lowering, for A/B benchmarks); see docs/export.md.
+    #[arg(long, value_enum, default_value = "fast")]
+    pub lowering: LoweringArg,
+    /// How the WFVAE's video convolutions are written (same results up to summation order); see
+    /// docs/export.md.
+    #[arg(long, value_enum, default_value = "conv3d")]
+    pub video_conv: VideoConvArg,
 }
 
 impl GraphOpts {
@@ -128,6 +172,8 @@ impl GraphOpts {
             precision: self.precision.into(),
             external_data_threshold_bytes: self.external_data_threshold,
             source,
+            lowering: self.lowering.into(),
+            video_conv: self.video_conv.into(),
         }
     }
 }

@@ -27,7 +27,7 @@ use crate::builder::GraphBuilder;
 use crate::bundle::{provenance, BundleWriter};
 use crate::error::{Error, Result};
 use crate::graph::OnnxGraph;
-use crate::options::ExportOptions;
+use crate::options::{ExportOptions, Lowering};
 use crate::passes;
 
 use super::ada_layer_norm_single::adaln_single;
@@ -70,15 +70,25 @@ fn check_supported(config: &OpenSoraT2V_v1_3Config) -> Result<()> {
     Ok(())
 }
 
-/// The f32 graph, before precision casting.
+/// The f32 graph, before precision casting, in the default [`Lowering`].
 pub fn build_graph(config: &OpenSoraT2V_v1_3Config, w: &DitWeights, attention: AttentionKind) -> Result<OnnxGraph> {
+    build_graph_with(config, w, attention, Lowering::default())
+}
+
+/// [`build_graph`] written in the given [`Lowering`].
+pub fn build_graph_with(
+    config: &OpenSoraT2V_v1_3Config,
+    w: &DitWeights,
+    attention: AttentionKind,
+    lowering: Lowering,
+) -> Result<OnnxGraph> {
     check_supported(config)?;
     let dims = config.validate()?;
     if dims != w.dims() {
         return Err(Error::Config("OpenSoraT2V: the weights were checked against another config".into()));
     }
     let d = dims.hidden_size;
-    let mut g = GraphBuilder::new(GRAPH_NAME);
+    let mut g = GraphBuilder::new(GRAPH_NAME).with_lowering(lowering);
     let specs = input_specs(config)?;
     let hidden_states = g.input(specs[0].clone())?;
     let timestep = g.input(specs[1].clone())?;
@@ -169,7 +179,7 @@ pub fn export_opensora_t2v(
     opts: &ExportOptions,
     out: &Path,
 ) -> Result<BundleManifest> {
-    let mut graph = build_graph(config, weights, opts.attention)?;
+    let mut graph = build_graph_with(config, weights, opts.attention, opts.lowering)?;
     passes::optimize(&mut graph, opts.precision)?;
     let prov = provenance(opts.source.as_deref())?;
     let model = ModelSpec::OpenSoraT2V(manifest_config(config)?);
@@ -188,6 +198,6 @@ pub fn export_opensora_t2v(
     metadata.insert("layer_attention".to_string(), serde_json::json!(layers));
     writer.add_graph(GRAPH_NAME, &graph, opts.attention, metadata)?;
     let manifest = writer.finish()?;
-    info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, layers = config.num_layers, "exported OpenSoraT2V v1.3");
+    info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, lowering = %opts.lowering, layers = config.num_layers, "exported OpenSoraT2V v1.3");
     Ok(manifest)
 }

@@ -72,6 +72,7 @@ fn export_writes_aligned_external_data_and_a_loadable_manifest() {
             precision,
             external_data_threshold_bytes: 100,
             source: Some(src.clone()),
+            ..Default::default()
         };
         let m = export_transformer_block(&cfg, w.weights(), &opts, &out).unwrap();
         assert_eq!(BundleManifest::load(&out).unwrap(), m);

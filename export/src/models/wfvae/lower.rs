@@ -7,6 +7,11 @@
 //! into the batch. Causal time padding is explicit: the whole-clip and first-chunk graphs prepend
 //! copies of frame 0, the step and last graphs prepend the `cache_in.<path>` input; the first and
 //! step graphs return the tail of every padded input as `cache_out.<path>` (see [`super::stream`]).
+//!
+//! Convolutions that are stride 1 in time are written as the [`VideoConv`] says: one 5-D `Conv`,
+//! or 4-D `Conv`s on the frames folded into the batch, one per time tap, summed
+//! ([`Lower::conv_video`]). The padding, the state inputs and outputs and the weights (sliced per
+//! tap in the graph, constant-folded by the runtimes) are the same either way.
 
 use osp_graphs::{AttentionKind, DType, Dim, TensorSpec};
 
@@ -14,6 +19,7 @@ use super::haar;
 use super::weights::WfvaeWeights;
 use crate::builder::{AttentionSpec, Attr, ConvOptions, GraphBuilder, Value};
 use crate::error::{Error, Result};
+use crate::options::VideoConv;
 use crate::tensor::HostTensor;
 
 /// Upstream `Normalize(.., "layernorm")` epsilon.
@@ -76,6 +82,7 @@ pub struct Lower<'a> {
     pub b: GraphBuilder,
     w: &'a WfvaeWeights,
     attention: AttentionKind,
+    video_conv: VideoConv,
     pub mode: Mode,
     /// State entries in the order the graph declares them.
     pub caches: Vec<CacheEntry>,
@@ -95,8 +102,8 @@ pub fn video_dims(c: usize, frames: Dim, s: usize) -> Vec<Dim> {
 }
 
 impl<'a> Lower<'a> {
-    pub fn new(name: &str, w: &'a WfvaeWeights, attention: AttentionKind, mode: Mode) -> Self {
-        Self { b: GraphBuilder::new(name), w, attention, mode, caches: Vec::new() }
+    pub fn new(name: &str, w: &'a WfvaeWeights, attention: AttentionKind, video_conv: VideoConv, mode: Mode) -> Self {
+        Self { b: GraphBuilder::new(name), w, attention, video_conv, mode, caches: Vec::new() }
     }
 
     fn param(&mut self, key: &str, shape: &[usize]) -> Result<Value> {
@@ -179,11 +186,55 @@ impl<'a> Lower<'a> {
         } else {
             x.v.clone()
         };
-        let (pb, pe) = (pad.0 as i64, pad.1 as i64);
-        let opts =
-            ConvOptions { strides: vec![stride as i64; 3], pads: vec![0, pb, pb, 0, pe, pe], ..Default::default() };
-        let v = self.b.conv(&input, &w, Some(&bias), &opts)?;
+        let v = if stride == 1 {
+            self.conv_video(&input, &w, &bias, k, pad)?
+        } else {
+            let (pb, pe) = (pad.0 as i64, pad.1 as i64);
+            let opts =
+                ConvOptions { strides: vec![stride as i64; 3], pads: vec![0, pb, pb, 0, pe, pe], ..Default::default() };
+            self.b.conv(&input, &w, Some(&bias), &opts)?
+        };
         Ok(V { v, c: out, s: x.s / stride.max(1) })
+    }
+
+    /// A stride-1-in-time convolution of video `x` `[b, c, t + kt - 1, h, w]` (time already
+    /// padded) with `w` `[o, c, kt, k, k]`, spatial stride 1 and zero padding `(begin, end)` on
+    /// h and w -> `[b, o, t, h', w']`, lowered as the graph's [`VideoConv`] says.
+    fn conv_video(&mut self, x: &Value, w: &Value, bias: &Value, kt: usize, pad: (usize, usize)) -> Result<Value> {
+        let (pb, pe) = (pad.0 as i64, pad.1 as i64);
+        if self.video_conv == VideoConv::Conv3d {
+            let opts = ConvOptions { strides: vec![1; 3], pads: vec![0, pb, pb, 0, pe, pe], ..Default::default() };
+            return self.b.conv(x, w, Some(bias), &opts);
+        }
+        let xt = self.b.transpose(x, &[0, 2, 1, 3, 4])?; // [b, t', c, h, w]
+        let minus_one = self.b.const_i64(&[-1]);
+        let chw = self.b.shape(&xt, Some(2), Some(5));
+        let frames_shape = self.b.concat(&[&minus_one, &chw], 0)?;
+        let opts = ConvOptions { strides: vec![1; 2], pads: vec![pb, pb, pe, pe], ..Default::default() };
+        let mut sum: Option<Value> = None;
+        for j in 0..kt {
+            // tap j reads padded frames j .. j + t
+            let xs = if kt == 1 {
+                xt.clone()
+            } else {
+                let end = j as i64 + 1 - kt as i64;
+                self.b.slice(&xt, &[j as i64], &[if end == 0 { i64::MAX } else { end }], &[1], None)?
+            };
+            let x4 = self.b.reshape_to(&xs, &frames_shape, Some(4)); // [b*t, c, h, w]
+            let wj = self.b.slice(w, &[j as i64], &[j as i64 + 1], &[2], None)?;
+            let wj = self.b.squeeze(&wj, &[2]); // [o, c, k, k]
+            let y = self.b.conv(&x4, &wj, (j == 0).then_some(bias), &opts)?; // [b*t, o, h', w']
+            sum = Some(match sum {
+                None => y,
+                Some(s) => self.b.add(&s, &y)?,
+            });
+        }
+        let y = sum.ok_or_else(|| Error::Config("a convolution needs at least one time tap".into()))?;
+        let batch = self.b.shape(x, Some(0), Some(1));
+        let ohw = self.b.shape(&y, Some(1), Some(4));
+        let video_shape = self.b.concat(&[&batch, &minus_one, &ohw], 0)?;
+        let y = self.b.reshape_to(&y, &video_shape, Some(5)); // [b, t, o, h', w']
+        self.b.transpose(&y, &[0, 2, 1, 3, 4])
     }
 
     /// Per-frame `Conv2d(c -> out, k, stride)` with zero padding `(begin, end)`; keys
@@ -200,13 +251,17 @@ impl<'a> Lower<'a> {
         let w = self.param(&format!("{prefix}.weight"), &[out, x.c, k, k])?;
         let w = self.b.unsqueeze(&w, &[2]); // [out, c, 1, k, k]
         let bias = self.param(&format!("{prefix}.bias"), &[out])?;
-        let (pb, pe) = (pad.0 as i64, pad.1 as i64);
-        let opts = ConvOptions {
-            strides: vec![1, stride as i64, stride as i64],
-            pads: vec![0, pb, pb, 0, pe, pe],
-            ..Default::default()
+        let v = if stride == 1 {
+            self.conv_video(&x.v, &w, &bias, 1, pad)?
+        } else {
+            let (pb, pe) = (pad.0 as i64, pad.1 as i64);
+            let opts = ConvOptions {
+                strides: vec![1, stride as i64, stride as i64],
+                pads: vec![0, pb, pb, 0, pe, pe],
+                ..Default::default()
+            };
+            self.b.conv(&x.v, &w, Some(&bias), &opts)?
         };
-        let v = self.b.conv(&x.v, &w, Some(&bias), &opts)?;
         Ok(V { v, c: out, s: x.s / stride.max(1) })
     }
 

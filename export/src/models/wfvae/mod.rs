@@ -48,7 +48,7 @@ use self::lower::{video_dims, CacheEntry, Lower, Mode, V};
 use crate::bundle::{provenance, BundleWriter};
 use crate::error::{Error, Result};
 use crate::graph::OnnxGraph;
-use crate::options::ExportOptions;
+use crate::options::{ExportOptions, VideoConv};
 use crate::passes;
 
 pub const ENCODER: &str = "encoder";
@@ -90,8 +90,13 @@ fn check_config(cfg: &WFVAEModelConfig) -> Result<()> {
     cfg.validate().map_err(|e| Error::Config(format!("WFVAE config: {e}")))
 }
 
-fn encoder_graph(cfg: &WFVAEModelConfig, w: &WfvaeWeights, attention: AttentionKind) -> Result<OnnxGraph> {
-    let mut l = Lower::new(ENCODER, w, attention, Mode::Whole);
+fn encoder_graph(
+    cfg: &WFVAEModelConfig,
+    w: &WfvaeWeights,
+    attention: AttentionKind,
+    video_conv: VideoConv,
+) -> Result<OnnxGraph> {
+    let mut l = Lower::new(ENCODER, w, attention, video_conv, Mode::Whole);
     let x = l.b.input(TensorSpec::new(
         "x",
         DType::F32,
@@ -119,8 +124,9 @@ fn decoder_graph(
     cfg: &WFVAEModelConfig,
     w: &WfvaeWeights,
     attention: AttentionKind,
+    video_conv: VideoConv,
 ) -> Result<(OnnxGraph, Vec<CacheEntry>)> {
-    let mut l = Lower::new(name, w, attention, mode);
+    let mut l = Lower::new(name, w, attention, video_conv, mode);
     let t = match mode {
         Mode::First => Dim::Fixed(1),
         _ => Dim::sym("t"),
@@ -166,15 +172,25 @@ fn stream_metadata(role: StreamRole, state: &[CacheEntry]) -> Result<BTreeMap<St
     Ok(osp_graphs::vae::stream_metadata(&protocol)?)
 }
 
-/// Lowers all five graphs (f32, before precision passes) and checks that every checkpoint tensor
-/// was used.
+/// Lowers all five graphs (f32, before precision passes) with the default [`VideoConv`] and
+/// checks that every checkpoint tensor was used.
 pub fn build_graphs(cfg: &WFVAEModelConfig, w: &WfvaeWeights, attention: AttentionKind) -> Result<Vec<LoweredGraph>> {
+    build_graphs_with(cfg, w, attention, VideoConv::default())
+}
+
+/// [`build_graphs`] with the video convolutions written as `video_conv` says.
+pub fn build_graphs_with(
+    cfg: &WFVAEModelConfig,
+    w: &WfvaeWeights,
+    attention: AttentionKind,
+    video_conv: VideoConv,
+) -> Result<Vec<LoweredGraph>> {
     check_config(cfg)?;
     let mut out = Vec::new();
     let whole = |name: &'static str, graph: OnnxGraph, metadata| LoweredGraph { name, graph, attention, metadata };
-    let enc = encoder_graph(cfg, w, attention)?;
+    let enc = encoder_graph(cfg, w, attention, video_conv)?;
     out.push(whole(ENCODER, enc, BTreeMap::new()));
-    let (dec, _) = decoder_graph(DECODER, Mode::Whole, cfg, w, attention)?;
+    let (dec, _) = decoder_graph(DECODER, Mode::Whole, cfg, w, attention, video_conv)?;
     let meta = osp_graphs::vae::decoder_metadata(MAX_LATENT_FRAMES);
     out.push(whole(DECODER, dec, meta));
     let mut state: Option<Vec<CacheEntry>> = None;
@@ -183,7 +199,7 @@ pub fn build_graphs(cfg: &WFVAEModelConfig, w: &WfvaeWeights, attention: Attenti
         (DECODER_STEP, Mode::Step, StreamRole::Step),
         (DECODER_LAST, Mode::Last, StreamRole::Last),
     ] {
-        let (graph, caches) = decoder_graph(name, mode, cfg, w, attention)?;
+        let (graph, caches) = decoder_graph(name, mode, cfg, w, attention, video_conv)?;
         if let Some(prev) = &state {
             let keys = |v: &[CacheEntry]| v.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
             if keys(prev) != keys(&caches) {
@@ -209,7 +225,7 @@ pub fn export_wfvae(
     out: &Path,
 ) -> Result<BundleManifest> {
     let model = ModelSpec::Wfvae(manifest_config(cfg)?);
-    let graphs = build_graphs(cfg, weights, opts.attention)?;
+    let graphs = build_graphs_with(cfg, weights, opts.attention, opts.video_conv)?;
     let prov = provenance(opts.source.as_deref())?;
     let mut writer = BundleWriter::create(out, model, prov, opts.external_data_threshold_bytes)?;
     for mut g in graphs {
@@ -217,6 +233,6 @@ pub fn export_wfvae(
         writer.add_graph(g.name, &g.graph, g.attention, g.metadata)?;
     }
     let manifest = writer.finish()?;
-    info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, "exported WFVAE");
+    info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, video_conv = %opts.video_conv, "exported WFVAE");
     Ok(manifest)
 }

@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""Kernel benchmarks of issue #17 (fp32, exact): the same seeded random-weight models exported with the
+previous lowering (`before`) and the current one (`after`), timed side by side in one run.
+
+Cases (ort-cpu, `--threads`, default 2):
+  dit1280   DiT, release geometry, 4 layers, hidden 2304 (24 x 96), latent 5x32x32 -> 1280 tokens
+  dit4096   DiT, 8 layers, hidden 768 (8 x 96), latent 4x64x64 -> 4096 tokens
+  vae       release WFVAE decode 5x32x32 -> 17x256x256, whole clip and streamed (one latent per call)
+Each DiT round is one `osp run-graph --warmup 1 --repeats 1` process per variant; each WFVAE round one
+`osp decode` per variant and mode. Rounds alternate the variants; the table shows the median of the
+rounds, the ratio before/after and each variant's peak RSS (the child's `ru_maxrss`).
+
+`--attention-table`: instead, one transformer block (hidden 768, 8 x 96 heads, key bias) exported with
+each attention form, run at 1k/4k/16k tokens on ort-cpu (and tract with `--tract`): time and peak RSS.
+
+Variants are export flags (`before`: `osp-export ... --lowering reference`, the previous lowering; `after`: the
+defaults; `taps`: `--video-conv frame-taps`, the opt-in WFVAE convolutions; ratios are against `before`);
+bundles are exported once into --work.
+Plain Python 3 (no numpy). Build first:
+  cargo build --release -p osp-runtime --features tract && cargo build --release -p osp-export
+  scripts/bench_kernels.py --work /tmp/osp-kernels [--cases dit1280,dit4096,vae] [--rounds 3]
+  scripts/bench_kernels.py --work /tmp/osp-kernels --attention-table [--tract]
+"""
+
+import argparse
+import json
+import os
+import random
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from vae_decode_table import run_capped, write_latents  # noqa: E402  (one copy of these helpers)
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO.parent / "shared/reference/configs"
+# variant -> extra `osp-export` flags per model
+VARIANTS = {
+    "before": {"dit": ["--lowering", "reference"], "wfvae": ["--lowering", "reference"]},
+    "after": {"dit": [], "wfvae": []},
+    # the opt-in WFVAE frame-tap convolutions (`--variants before,after,taps`)
+    "taps": {"dit": [], "wfvae": ["--video-conv", "frame-taps"]},
+}
+TEXT_TOKENS = 512  # release max_sequence_length
+REAL_TEXT_TOKENS = 32
+DIT_CASES = {
+    # name: (config overrides, latent [c, t, h, w])
+    "dit1280": ({"num_layers": 4}, [8, 5, 32, 32]),
+    "dit4096": (
+        {"num_layers": 8, "num_attention_heads": 8, "attention_head_dim": 96, "cross_attention_dim": 768},
+        [8, 4, 64, 64],
+    ),
+}
+VAE_MODES = {"whole": ["--no-streaming", "--no-tiling"], "streamed": ["--no-tiling", "--chunk", "1"]}
+
+
+def write_safetensors(path, tensors, seed):
+    """`tensors`: name -> (shape, fill) with fill 'normal', 'uniform' or a list of values."""
+    rng = random.Random(seed)
+    header, blobs, offset = {}, [], 0
+    for name, (shape, fill) in tensors.items():
+        n = 1
+        for d in shape:
+            n *= d
+        if fill == "normal":
+            values = [rng.gauss(0.0, 1.0) for _ in range(n)]
+        elif fill == "uniform":
+            values = [rng.uniform(0.0, 1000.0) for _ in range(n)]
+        else:
+            values = fill
+        blob = struct.pack(f"<{n}f", *values)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    tmp = path.with_suffix(".partial")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for b in blobs:
+            f.write(b)
+    tmp.rename(path)
+
+
+def export(osp_export, kind, config, flags, out, env):
+    if (out / "manifest.json").is_file():
+        return
+    cmd = [str(osp_export), kind, "--config", str(config), "--seed", "0", "--out", str(out)] + flags
+    print("exporting:", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, env=env)
+
+
+def run(cmd, env, timeout_s, cap_gib):
+    print("running:", " ".join(cmd), file=sys.stderr, flush=True)
+    status, wall, rss, out, err, cpu = run_capped(cmd, int(cap_gib * 2**30), timeout_s, env)
+    if status != "ok":
+        print(err[-2000:], file=sys.stderr)
+    return status, wall, rss, out, cpu
+
+
+def run_ms(out):
+    for line in out.splitlines():
+        if line.startswith('{"run_ms"'):
+            return json.loads(line)["run_ms"][-1]
+    return None
+
+
+def decode_ms(out):
+    for line in out.splitlines():
+        if line.startswith("{"):
+            v = json.loads(line).get("decode_s")
+            if v is not None:
+                return v * 1e3
+    return None
+
+
+def summarise(case, variant_samples, rss):
+    row = {"case": case}
+    med = {}
+    for v, samples in variant_samples.items():
+        ok = [s for s in samples if s is not None]
+        med[v] = statistics.median(ok) if ok else None
+        row[f"{v}_ms"] = [round(s, 1) if s is not None else None for s in samples]
+        row[f"{v}_median_ms"] = round(med[v], 1) if med[v] is not None else None
+        row[f"{v}_peak_rss_gib"] = round(max(rss[v]) / 2**30, 2) if rss[v] else None
+    for v in med:
+        if v != "before" and med.get("before") and med.get(v):
+            row["speedup" if v == "after" else f"speedup_{v}"] = round(med["before"] / med[v], 3)
+    return row
+
+
+def ab_table(args, osp, osp_export, env):
+    rows = []
+    cases = args.cases.split(",")
+    variants = args.variants.split(",")
+    dit_variants = [v for v in variants if VARIANTS[v]["dit"] not in [VARIANTS[u]["dit"] for u in variants[:variants.index(v)]]]
+    for case in [c for c in cases if c in DIT_CASES]:
+        overrides, latent = DIT_CASES[case]
+        cfg = json.loads((CONFIGS / "opensora_t2v_v1_3_2b_config.json").read_text())
+        cfg.update(overrides)
+        cfg_path = args.work / f"{case}_config.json"
+        cfg_path.write_text(json.dumps(cfg, indent=1))
+        inputs = args.work / f"{case}_inputs.safetensors"
+        if not inputs.is_file():
+            mask = [1.0] * REAL_TEXT_TOKENS + [0.0] * (TEXT_TOKENS - REAL_TEXT_TOKENS)
+            write_safetensors(inputs, {
+                "hidden_states": ([1] + latent, "normal"),
+                "timestep": ([1], [500.0]),
+                "encoder_hidden_states": ([1, 1, TEXT_TOKENS, cfg["caption_channels"]], "normal"),
+                "encoder_attention_mask": ([1, 1, TEXT_TOKENS], mask),
+            }, seed=1)
+        samples = {v: [] for v in dit_variants}
+        rss = {v: [] for v in dit_variants}
+        for v in dit_variants:
+            flags = ["--attention", args.attention] + VARIANTS[v]["dit"]
+            export(osp_export, "dit", cfg_path, flags, args.work / f"{case}_{v}", env)
+        for r in range(args.rounds):
+            for v in (dit_variants if r % 2 == 0 else dit_variants[::-1]):
+                cmd = [str(osp), "--threads", str(args.threads), "run-graph", str(args.work / f"{case}_{v}"),
+                       "transformer", "--inputs", str(inputs), "--out", str(args.work / f"{case}_{v}_out.safetensors"),
+                       "--warmup", "1", "--repeats", "1"]
+                status, wall, peak, out, cpu = run(cmd, env, args.timeout_s, args.cap_gib)
+                samples[v].append(run_ms(out) if status == "ok" else None)
+                rss[v].append(peak)
+        rows.append(summarise(case, samples, rss))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if "vae" in cases:
+        cfg_path = CONFIGS / "wfvae_d8_release_config.json"
+        lat = args.work / "z_5x32x32.safetensors"
+        if not lat.is_file():
+            write_latents(lat, [1, 8, 5, 32, 32], seed=5032)
+        for v in variants:
+            export(osp_export, "wfvae", cfg_path, VARIANTS[v]["wfvae"], args.work / f"wfvae_{v}", env)
+        for mode, mode_flags in VAE_MODES.items():
+            samples = {v: [] for v in variants}
+            rss = {v: [] for v in variants}
+            for r in range(args.rounds):
+                for v in (variants if r % 2 == 0 else variants[::-1]):
+                    cmd = [str(osp), "--threads", str(args.threads), "decode", "--bundle", str(args.work / f"wfvae_{v}"),
+                           "--latents", str(lat)] + mode_flags
+                    status, wall, peak, out, cpu = run(cmd, env, args.timeout_s, args.cap_gib)
+                    samples[v].append(decode_ms(out) if status == "ok" else None)
+                    rss[v].append(peak)
+            rows.append(summarise(f"vae_{mode}", samples, rss))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(f"\n| case | variant | ms (median of {args.rounds}) | speedup vs before | peak RSS GiB |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        for v in [v for v in variants if f"{v}_median_ms" in r]:
+            sp = r.get("speedup" if v == "after" else f"speedup_{v}", "" if v == "before" else None)
+            print(f"| {r['case']} | {v} | {r.get(f'{v}_median_ms')} | {sp} | {r.get(f'{v}_peak_rss_gib')} |")
+    return rows
+
+
+def attention_table(args, osp, osp_export, env):
+    block = {"hidden_size": 768, "num_attention_heads": 8, "attention_head_dim": 96, "ff_inner_dim": 3072,
+             "norm_eps": 1e-5}
+    cfg_path = args.work / "attn_block_config.json"
+    cfg_path.write_text(json.dumps(block))
+    rows = []
+    backends = ["ort-cpu"] + (["tract"] if args.tract else [])
+    for form in ["onnx", "ms", "decomposed"]:
+        out = args.work / f"attn_block_{form}"
+        export(osp_export, "transformer-block", cfg_path, ["--attention", form], out, env)
+    for tokens in [int(t) for t in args.tokens.split(",")]:
+        inputs = args.work / f"attn_inputs_{tokens}.safetensors"
+        if not inputs.is_file():
+            write_safetensors(inputs, {"hidden_states": ([1, tokens, 768], "normal"),
+                                       "attention_mask": ([1, tokens], [1.0] * tokens)}, seed=tokens)
+        for backend in backends:
+            for form in ["onnx", "ms", "decomposed"]:
+                if backend == "tract" and form == "ms":
+                    continue  # tract parses MultiHeadAttention only without a bias input
+                cmd = [str(osp), "--backend", backend, "--threads", str(args.threads), "run-graph",
+                       str(args.work / f"attn_block_{form}"), "block", "--inputs", str(inputs),
+                       "--out", str(args.work / "attn_out.safetensors"), "--warmup", "1", "--repeats", str(args.rounds)]
+                status, wall, peak, out, cpu = run(cmd, env, args.timeout_s, args.cap_gib)
+                ms = None
+                for line in out.splitlines():
+                    if line.startswith('{"run_ms"'):
+                        ms = statistics.median(json.loads(line)["run_ms"])
+                rows.append({"tokens": tokens, "backend": backend, "attention": form, "status": status,
+                             "median_ms": ms and round(ms, 1), "peak_rss_gib": round(peak / 2**30, 2),
+                             "wall_s": round(wall, 1)})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(f"\n| tokens | backend | attention | block ms (median of {args.rounds}) | peak RSS GiB | status |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['tokens']} | {r['backend']} | {r['attention']} | {r['median_ms']} | {r['peak_rss_gib']} | {r['status']} |")
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/osp-kernels"), help="bundles, inputs, results")
+    ap.add_argument("--bin-dir", type=Path, default=None, help="folder with osp and osp-export (default: target/release)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cases", default="dit1280,dit4096,vae")
+    ap.add_argument("--variants", default="before,after,taps")
+    ap.add_argument("--attention", default="onnx", help="DiT attention form of both variants")
+    ap.add_argument("--attention-table", action="store_true")
+    ap.add_argument("--tokens", default="1024,4096,16384", help="attention table sequence lengths")
+    ap.add_argument("--tract", action="store_true", help="attention table: tract rows too")
+    ap.add_argument("--cap-gib", type=float, default=10.0, help="address-space cap per run, GiB (runs over it are reported as such)")
+    ap.add_argument("--timeout-s", type=int, default=900, help="wall-time limit per run")
+    ap.add_argument("--json", type=Path, default=None, help="results file (default: <work>/kernels.json)")
+    args = ap.parse_args()
+
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    bins = args.bin_dir or target / "release"
+    osp, osp_export = bins / "osp", bins / "osp-export"
+    for b in (osp, osp_export):
+        if not b.is_file():
+            raise SystemExit(f"{b} is missing: build it first (see the header of {__file__})")
+    args.work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, RUST_LOG="warn", RUST_BACKTRACE="0")
+    ort = REPO / ".osp/onnxruntime/libonnxruntime.so"
+    if "OSP_ORT_DYLIB" not in env and ort.is_file():
+        env["OSP_ORT_DYLIB"] = str(ort)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    rows = attention_table(args, osp, osp_export, env) if args.attention_table else ab_table(args, osp, osp_export, env)
+    result = {"started": started, "threads": args.threads, "rounds": args.rounds, "nproc": os.cpu_count(),
+              "load_avg_1m_after": round(os.getloadavg()[0], 2),
+              "table": "attention_forms" if args.attention_table else "before_after", "rows": rows}
+    path = args.json or args.work / ("attention_forms.json" if args.attention_table else "kernels.json")
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.rename(path)
+    print(f"\nwrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
