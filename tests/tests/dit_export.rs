@@ -507,5 +507,7 @@ fn int8_bundle_tracks_the_f32_graph() -> Result<()> {
     eprintln!("int8 vs f32 transformer on ort-cpu: {c}");
     check_close("int8 vs f32 transformer", &flat(&got), &flat(&want), Approx::Cosine(0.999))?;
     check_close("int8 cached pair vs int8 transformer", &flat(&split), &flat(&got), Approx::Close)?;
+    let err = bundle.session(GRAPH_NAME, &SessionOptions::new(Backend::Tract)).err().context("int8 on tract")?;
+    ensure!(err.to_string().contains("ONNX Runtime only"), "{err}");
     Ok(())
 }
