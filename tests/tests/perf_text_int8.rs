@@ -172,7 +172,10 @@ fn dit_rows(dir: &Path, rows: &mut Vec<Row>, notes: &mut BTreeMap<String, serde_
     }
     let c = Approx::Approximate.compare(&outputs[&Precision::Int8], &outputs[&Precision::F32]);
     let scale = outputs[&Precision::F32].iter().fold(0f32, |m, v| m.max(v.abs()));
-    eprintln!("DiT int8 vs f32 output: {c} (max |f32 output| {scale})");
+    eprintln!(
+        "DiT int8 vs f32 output: max |diff| {:.3e}, cosine {:.6} (max |f32 output| {scale})",
+        c.max_abs, c.cosine
+    );
     notes.insert(
         "dit_int8_vs_f32".into(),
         serde_json::json!({"max_abs": c.max_abs, "cosine": c.cosine, "max_abs_f32_output": scale}),
