@@ -173,6 +173,9 @@ pub enum Precision {
     F32,
     F16,
     Bf16,
+    /// f32 graph whose linear layers run as int8 weight-and-activation matmuls (ONNX Runtime's
+    /// `DynamicQuantizeMatMul`): approximate, opt-in (docs/export.md).
+    Int8,
 }
 
 impl fmt::Display for Precision {
@@ -181,6 +184,7 @@ impl fmt::Display for Precision {
             Precision::F32 => "f32",
             Precision::F16 => "f16",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         })
     }
 }

@@ -285,6 +285,15 @@ impl GraphSession {
     ) -> Result<Self> {
         let _span = tracing::info_span!("load_graph", graph, backend = %opts.backend).entered();
         let start = Instant::now();
+        if spec.precision == osp_graphs::Precision::Int8 && opts.backend == Backend::Tract {
+            return Err(crate::error::Error::BackendUnavailable {
+                backend: opts.backend.to_string(),
+                why: format!(
+                    "graph `{graph}` is int8 (ONNX Runtime's DynamicQuantizeMatMul), which runs on ONNX Runtime only; \
+                     use an ort backend or an f32 bundle"
+                ),
+            });
+        }
         let engine = engine::load(graph, &spec, path, opts, shared)?;
         check::model_io(graph, path, &spec, &engine.input_names(), &engine.output_names())?;
         tracing::info!(

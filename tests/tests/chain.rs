@@ -223,7 +223,7 @@ fn half_precision_bundles_track_the_f32_reference() -> Result<()> {
 fn half_precision_backends(precision: Precision) -> Vec<Backend> {
     match precision {
         Precision::F16 => vec![Backend::OrtCpu, Backend::Tract],
-        Precision::Bf16 | Precision::F32 => vec![],
+        Precision::Bf16 | Precision::F32 | Precision::Int8 => vec![],
     }
 }
 

@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use ndarray::{ArrayD, Axis, IxDyn};
-use osp_export::models::opensora_v1_3::{export_opensora_t2v, DitWeights, GRAPH_NAME};
+use osp_export::models::opensora_v1_3::{
+    export_opensora_t2v, kv_name, DitWeights, CACHED_GRAPH, GRAPH_NAME, TEXT_GRAPH,
+};
 use osp_export::{ExportOptions, Lowering};
 use osp_graphs::{Approx, AttentionKind, BundleManifest, DType, Dim, ModelSpec, Precision};
 use osp_runtime::session::Backend;
@@ -430,4 +432,115 @@ fn process_cpu_secs() -> Result<f64> {
     let ticks = |i: usize| -> Result<f64> { Ok(fields.get(i).context("/proc/self/stat is short")?.parse::<f64>()?) };
     // fields[0] is field 3 (state), so utime (14) and stime (15) are at 11 and 12; USER_HZ is 100 on Linux
     Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Runs `transformer_text` then `transformer_cached` on `call`.
+fn run_cached(bundle: &Bundle, backend: &Backend, call: &Call) -> Result<ArrayD<f32>> {
+    let opts = SessionOptions::new(backend.clone()).with_threads(2);
+    let mut text = bundle.session(TEXT_GRAPH, &opts)?;
+    let states = Tensor::from(call.encoder_hidden_states.clone());
+    let kv = text.run(&[("encoder_hidden_states", &states)])?;
+    let mut cached = bundle.session(CACHED_GRAPH, &opts)?;
+    let tensors = [
+        ("hidden_states", Tensor::from(call.hidden_states.clone())),
+        ("timestep", Tensor::from(call.timestep.clone())),
+        ("encoder_attention_mask", Tensor::from(call.encoder_attention_mask.clone())),
+    ];
+    let mut inputs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    inputs.extend(kv.iter().map(|(n, t)| (n.as_str(), t)));
+    let out = cached.run(&inputs)?;
+    let y = out.get("sample").context("graph output `sample`")?;
+    Ok(ArrayD::from_shape_vec(IxDyn(y.shape()), y.to_f32_vec())?)
+}
+
+/// The cached-text pair (`transformer_text` once per prompt, `transformer_cached` per step) is the
+/// `transformer` graph cut in two: same outputs within `Close` on every form and backend, for a
+/// CFG-like batch whose rows have different masks; and reading only the longest real text length
+/// (the runtime's real-token mode) gives the same outputs as the padded text.
+#[test]
+fn cached_text_pair_equals_the_transformer() -> Result<()> {
+    let (config, w) = tiny()?;
+    let io = fixture_io()?;
+    let tmp = tempfile::tempdir()?;
+    let (uncond, cond) = (cfg_call(&io, 0)?, cfg_call(&io, 1)?);
+    let cat = |a: &ArrayD<f32>, b: &ArrayD<f32>| ndarray::concatenate(Axis(0), &[a.view(), b.view()]);
+    let batch = Call {
+        hidden_states: cat(&uncond.hidden_states, &cond.hidden_states)?,
+        timestep: ArrayD::from_shape_vec(IxDyn(&[2]), vec![999.0, 500.0])?,
+        encoder_hidden_states: cat(&uncond.encoder_hidden_states, &cond.encoder_hidden_states)?,
+        encoder_attention_mask: cat(&uncond.encoder_attention_mask, &cond.encoder_attention_mask)?,
+    };
+    let mask = &batch.encoder_attention_mask;
+    let l = mask.shape()[2];
+    let real = (0..l).rev().find(|&j| (0..2).any(|b| mask[[b, 0, j]] != 0.0)).map(|j| j + 1).context("a real token")?;
+    ensure!(real < l, "the fixture's text mask should pad (real {real} of {l})");
+    let trimmed = Call {
+        encoder_hidden_states: batch.encoder_hidden_states.slice_axis(Axis(2), (0..real).into()).to_owned(),
+        encoder_attention_mask: mask.slice_axis(Axis(2), (0..real).into()).to_owned(),
+        hidden_states: batch.hidden_states.clone(),
+        timestep: batch.timestep.clone(),
+    };
+    for form in [AttentionKind::OnnxAttention, AttentionKind::MsMultiHeadAttention, AttentionKind::Decomposed] {
+        let bundle = export(&tmp.path().join(form.to_string()), &config, &w, form, Precision::F32)?;
+        let m = bundle.manifest();
+        let text = m.graph(TEXT_GRAPH)?;
+        let names = |l: &[osp_graphs::TensorSpec]| l.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&text.inputs), ["encoder_hidden_states"]);
+        let kv: Vec<String> = (0..config.num_layers).flat_map(|i| [kv_name(i, "key"), kv_name(i, "value")]).collect();
+        assert_eq!(names(&text.outputs), kv);
+        let cached = m.graph(CACHED_GRAPH)?;
+        let want: Vec<String> =
+            ["hidden_states", "timestep", "encoder_attention_mask"].iter().map(|s| s.to_string()).chain(kv).collect();
+        assert_eq!(names(&cached.inputs), want);
+        for backend in cpu_backends().into_iter().filter(|b| runs_on(form, b)) {
+            let plain = run(&bundle, &backend, &batch)?;
+            let split = run_cached(&bundle, &backend, &batch)?;
+            let what = format!("{form} on {backend}");
+            let flat = |a: &ArrayD<f32>| a.iter().copied().collect::<Vec<_>>();
+            let c = check_close(
+                &format!("cached pair vs transformer, {what}"),
+                &flat(&split),
+                &flat(&plain),
+                Approx::Close,
+            )?;
+            eprintln!("cached pair vs transformer, {what}: {c}");
+            let short = run(&bundle, &backend, &trimmed)?;
+            check_close(&format!("{real} of {l} text tokens, {what}"), &flat(&short), &flat(&plain), Approx::Close)?;
+            let short = run_cached(&bundle, &backend, &trimmed)?;
+            check_close(&format!("cached pair on {real} tokens, {what}"), &flat(&short), &flat(&plain), Approx::Close)?;
+        }
+    }
+    Ok(())
+}
+
+/// `--precision int8` (approximate, opt-in): every block linear becomes a `DynamicQuantizeMatMul`
+/// with int8 weights, the manifest says `int8`, the bundle is smaller, and the output tracks the
+/// f32 graph (printed; bounded by cosine similarity, the e2e-style level).
+#[test]
+fn int8_bundle_tracks_the_f32_graph() -> Result<()> {
+    let (config, w) = tiny()?;
+    let io = fixture_io()?;
+    let tmp = tempfile::tempdir()?;
+    let call = full_mask_call(&io)?;
+    let f32_bundle = export(&tmp.path().join("f32"), &config, &w, AttentionKind::OnnxAttention, Precision::F32)?;
+    let dir = tmp.path().join("int8");
+    let bundle = export(&dir, &config, &w, AttentionKind::OnnxAttention, Precision::Int8)?;
+    for graph in [GRAPH_NAME, TEXT_GRAPH, CACHED_GRAPH] {
+        assert_eq!(bundle.manifest().graph(graph)?.precision, Precision::Int8, "{graph}");
+    }
+    let onnx = std::fs::read(dir.join(&bundle.manifest().graph(GRAPH_NAME)?.file))?;
+    let ops = onnx.windows(21).filter(|w| w == b"DynamicQuantizeMatMul").count();
+    // q, k, v, out of both attentions and the two feed-forward linears, per block
+    ensure!(ops == 10 * config.num_layers, "{ops} DynamicQuantizeMatMul nodes");
+    let want = run(&f32_bundle, &Backend::OrtCpu, &call)?;
+    let got = run(&bundle, &Backend::OrtCpu, &call)?;
+    let split = run_cached(&bundle, &Backend::OrtCpu, &call)?;
+    let flat = |a: &ArrayD<f32>| a.iter().copied().collect::<Vec<_>>();
+    let c = Approx::Approximate.compare(&flat(&got), &flat(&want));
+    eprintln!("int8 vs f32 transformer on ort-cpu: {c}");
+    check_close("int8 vs f32 transformer", &flat(&got), &flat(&want), Approx::Cosine(0.999))?;
+    check_close("int8 cached pair vs int8 transformer", &flat(&split), &flat(&got), Approx::Close)?;
+    let err = bundle.session(GRAPH_NAME, &SessionOptions::new(Backend::Tract)).err().context("int8 on tract")?;
+    ensure!(err.to_string().contains("ONNX Runtime only"), "{err}");
+    Ok(())
 }

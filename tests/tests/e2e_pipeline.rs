@@ -20,6 +20,7 @@ use osp_runtime::pipeline::noise::{ReplayNoise, SeededNoise};
 use osp_runtime::pipeline::{DecodeOptions, GenerateObserver, GenerateRequest, Pipeline, StepRecord};
 use osp_runtime::scheduler::SampleMethod;
 use osp_runtime::session::Backend;
+use osp_runtime::text::TextPositions;
 use osp_runtime::{read_safetensors, SessionOptions, Tensor};
 use osp_tests::{check_close, copy_dir, cpu_backends, shared_reference};
 
@@ -106,10 +107,15 @@ fn request(meta: &serde_json::Value, defaults: &PipelineDefaults) -> Result<Gene
 
 /// Compares `actual` with `expected` after dividing both by the largest `|expected|`.
 fn check_scaled(what: &str, actual: &[f32], expected: &[f32]) -> Result<Comparison> {
+    check_scaled_at(what, actual, expected, Approx::Approximate)
+}
+
+/// [`check_scaled`] at `level`.
+fn check_scaled_at(what: &str, actual: &[f32], expected: &[f32], level: Approx) -> Result<Comparison> {
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
     let a: Vec<f32> = actual.iter().map(|v| v / scale).collect();
     let e: Vec<f32> = expected.iter().map(|v| v / scale).collect();
-    check_close(&format!("{what} (divided by its scale {scale})"), &a, &e, Approx::Approximate)
+    check_close(&format!("{what} (divided by its scale {scale})"), &a, &e, level)
 }
 
 #[derive(Default)]
@@ -135,9 +141,16 @@ struct Worst {
 }
 
 fn replay(backend: Backend) -> Result<Worst> {
+    Ok(replay_with(backend, TextPositions::Padded)?.0)
+}
+
+/// The replay with the text encoded at `positions`; also returns each prompt's step records and
+/// final latents.
+fn replay_with(backend: Backend, positions: TextPositions) -> Result<(Worst, Vec<(Steps, ArrayD<f32>)>)> {
     let meta = meta()?;
     let opts = SessionOptions::new(backend).with_threads(2);
-    let mut pipeline = Pipeline::open(bundle()?, &opts, None)?;
+    let mut pipeline = Pipeline::open(bundle()?, &opts, None)?.with_text_positions(positions);
+    let mut runs = Vec::new();
     let req = pipeline.prepare(request(&meta, &pipeline.manifest().defaults)?)?;
     let io = e2e_dir().join("io.safetensors");
     let mut noise = ReplayNoise::open(Some(&io), Some(&io), SeededNoise::new(0))?;
@@ -158,11 +171,20 @@ fn replay(backend: Backend) -> Result<Worst> {
                 Some(Tensor::I64(m)) => m.iter().copied().collect::<Vec<_>>(),
                 _ => anyhow::bail!("no recorded mask"),
             };
-            ensure!(mask.iter().copied().collect::<Vec<_>>() == want, "p{p} {side} attention mask");
+            let mut recorded = rec_f32(&format!("p{p}.text.{side}.embeds"))?;
+            if positions == TextPositions::Real {
+                // Only the real tokens: the recording's first `l` positions, all unmasked.
+                let l = want.iter().take_while(|&&m| m == 1).count();
+                ensure!(want[l..].iter().all(|&m| m == 0), "p{p} {side}: the recorded mask is a prefix");
+                recorded.truncate(l * emb.embeddings.shape()[2]);
+                ensure!(mask.iter().copied().collect::<Vec<_>>() == want[..l], "p{p} {side} attention mask");
+            } else {
+                ensure!(mask.iter().copied().collect::<Vec<_>>() == want, "p{p} {side} attention mask");
+            }
             let c = check_close(
                 &format!("p{p}.text.{side}.embeds"),
                 &emb.embeddings.to_f32_vec(),
-                &rec_f32(&format!("p{p}.text.{side}.embeds"))?,
+                &recorded,
                 Approx::Approximate,
             )?;
             worst.text = worst.text.max(c.max_abs);
@@ -194,8 +216,9 @@ fn replay(backend: Backend) -> Result<Worst> {
         let exact = Approx::Exact.compare(&frames, &want);
         worst.frames_differing.0 += exact.outliers;
         worst.frames_differing.1 += exact.len;
+        runs.push((observer, out.latents));
     }
-    Ok(worst)
+    Ok((worst, runs))
 }
 
 #[test]
@@ -203,6 +226,33 @@ fn official_run_is_replayed_on_every_cpu_backend() -> Result<()> {
     for backend in cpu_backends() {
         let worst = replay(backend.clone()).with_context(|| format!("backend {}", backend.name()))?;
         println!("e2e replay on {}: max scaled diffs {worst:?}", backend.name());
+    }
+    Ok(())
+}
+
+/// Exactness of [`TextPositions::Real`]: mT5 runs on the real tokens only and the transformer reads
+/// only those (the CFG batch's longest), and the run still replays the recording at the same
+/// tolerances, and equals the padded run within `Close` at every step.
+#[test]
+fn real_text_positions_replay_the_official_run_like_padded_ones() -> Result<()> {
+    let (worst, real) = replay_with(Backend::OrtCpu, TextPositions::Real)?;
+    println!("e2e replay with real text positions: max scaled diffs {worst:?}");
+    let (_, padded) = replay_with(Backend::OrtCpu, TextPositions::Padded)?;
+    ensure!(real.len() == padded.len() && !real.is_empty());
+    for (p, ((steps_r, final_r), (steps_p, final_p))) in real.iter().zip(&padded).enumerate() {
+        ensure!(steps_r.0.len() == steps_p.0.len(), "p{p}: step count");
+        for (key, parts_r) in &steps_r.0 {
+            let parts_p = steps_p.0.get(key).context("step observed in both runs")?;
+            for (name, (a, b)) in
+                ["latents", "dit_out", "guided", "prev_sample"].iter().zip(parts_r.iter().zip(parts_p))
+            {
+                let what = format!("p{p} step {}: {name}, real vs padded text", key.1);
+                let (a, b): (Vec<f32>, Vec<f32>) = (a.iter().copied().collect(), b.iter().copied().collect());
+                check_scaled_at(&what, &a, &b, Approx::Close)?;
+            }
+        }
+        let (a, b): (Vec<f32>, Vec<f32>) = (final_r.iter().copied().collect(), final_p.iter().copied().collect());
+        check_scaled_at(&format!("p{p} final latents, real vs padded text"), &a, &b, Approx::Close)?;
     }
     Ok(())
 }
@@ -379,5 +429,55 @@ fn samples_of_one_prompt_batch_like_single_runs() -> Result<()> {
         println!("batch of 2, sample {k}: max scaled diff {:.3e}", c.max_abs);
     }
     ensure!(out.frames.len() == 2 && out.frames[0] == out.frames[1], "both samples give the same frames");
+    Ok(())
+}
+
+/// Every prompt of the recorded request through the pipeline bundle at `dir` (recorded noise and
+/// schedule), without comparing anything.
+fn generate_all(dir: &Path) -> Result<Vec<osp_runtime::pipeline::PromptOutput>> {
+    let opts = SessionOptions::new(Backend::OrtCpu).with_threads(2);
+    let mut pipeline = Pipeline::open(dir, &opts, None)?.with_text_positions(TextPositions::Real);
+    let req = pipeline.prepare(request(&meta()?, &pipeline.manifest().defaults)?)?;
+    let io = e2e_dir().join("io.safetensors");
+    let mut noise = ReplayNoise::open(Some(&io), Some(&io), SeededNoise::new(0))?;
+    (0..req.prompts.len())
+        .map(|p| Ok(pipeline.generate_prompt(&req, p, &mut noise, &mut osp_runtime::pipeline::NoObserver)?))
+        .collect()
+}
+
+/// `--precision int8` is approximate: the replay of the official run with int8 linear layers in
+/// mT5 and the DiT, against the f32 bundle's replay. Prints the final latents' max and mean error
+/// (relative to their largest magnitude) and the frames' PSNR; docs/benchmarks.md records them.
+#[test]
+fn int8_pipeline_replay_error_against_f32() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let int8 = tmp.path().join("int8.pipeline");
+    let opts = PipelineExportOptions {
+        graph: ExportOptions { precision: osp_graphs::Precision::Int8, ..ExportOptions::default() },
+        text_encoder_precision: None,
+        defaults: PipelineDefaults::open_sora_plan_v13(),
+    };
+    export_pipeline(&PipelineSources::from_dir(&e2e_dir())?, &opts, &int8)?;
+    let want = generate_all(bundle()?)?;
+    let got = generate_all(&int8)?;
+    for (p, (g, w)) in got.iter().zip(&want).enumerate() {
+        let (a, e): (Vec<f32>, Vec<f32>) = (g.latents.iter().copied().collect(), w.latents.iter().copied().collect());
+        let scale = e.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diffs: Vec<f64> = a.iter().zip(&e).map(|(x, y)| f64::from((x - y).abs() / scale)).collect();
+        let max = diffs.iter().copied().fold(0.0, f64::max);
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        let c = Approx::Cosine(0.99).compare(&a, &e);
+        let (fa, fe): (Vec<f64>, Vec<f64>) =
+            (g.frames[0].iter().map(|&v| f64::from(v)).collect(), w.frames[0].iter().map(|&v| f64::from(v)).collect());
+        let mse = fa.iter().zip(&fe).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / fa.len() as f64;
+        let psnr = if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0f64.powi(2) / mse).log10() };
+        println!(
+            "int8 vs f32 replay, prompt {p}: latents max err {max:.4} mean err {mean:.5} (of max |latent| {scale:.3}), \
+             cosine {:.5}; frames PSNR {psnr:.2} dB",
+            c.cosine
+        );
+        ensure!(c.ok(), "prompt {p}: int8 latents cosine {:.4} vs f32", c.cosine);
+        ensure!(psnr > 20.0, "prompt {p}: int8 frames PSNR {psnr:.2} dB vs f32");
+    }
     Ok(())
 }

@@ -16,7 +16,7 @@ use osp_export::models::mt5::{export_mt5, parameter_shapes, Mt5ExportOptions, Mt
 use osp_export::ExportOptions;
 use osp_graphs::{Approx, AttentionKind, BundleManifest, DType, Precision};
 use osp_runtime::session::Backend;
-use osp_runtime::text::{EmbeddingCache, TextEncoder};
+use osp_runtime::text::{EmbeddingCache, TextEncoder, TextPositions};
 use osp_runtime::{read_safetensors, Bundle, SessionOptions, Tensor};
 use osp_tests::{check_close, cpu_backends, shared_reference};
 use osp_trainer::models::mt5::MT5Config;
@@ -161,6 +161,64 @@ fn repeated_prompts_are_served_from_the_cache() -> Result<()> {
     fresh.encode(&["a cat"], 13)?;
     ensure!(fresh.encoder_runs() == 1, "max length is part of the key");
     ensure!(fresh.cache_key("a cat", 12) != fresh.cache_key("a cat ", 12));
+    Ok(())
+}
+
+/// [`TextPositions::Real`] is exact: encoding only the real tokens (the batch's longest) gives the
+/// padded run's states at every real position within `Close`, whatever else is in the batch; the
+/// rest of a shorter row is zero and masked. Real-token cache entries live under their own keys.
+#[test]
+fn real_positions_equal_the_padded_run() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let tok = shared_reference().join("assets/t5_v1_1_tokenizer.json");
+    let cfg = MT5Config { vocab_size: 32128, d_model: 16, d_kv: 8, d_ff: 32, num_layers: 2, num_heads: 2, ..config()? };
+    let opts = Mt5ExportOptions { tokenizer: Some(tok), ..Mt5ExportOptions::default() };
+    export_mt5(&cfg, &Mt5Weights::Random { seed: 3 }, &opts, &tmp.path().join("b"))?;
+    let bundle = Bundle::open(tmp.path().join("b"))?;
+    let sopts = SessionOptions::default().with_threads(2);
+    let cache = EmbeddingCache::new(tmp.path().join("cache"))?;
+    let mut enc = TextEncoder::open(&bundle, &sopts, None)?.with_cache(cache);
+    let d = cfg.d_model;
+    let max_len = 40;
+    let texts = ["a cat", "", "a red fox jumps over the sleeping dog while the sun sets behind the hills"];
+    let padded = enc.encode_allow_empty(&texts, max_len)?;
+    let real = enc.encode_positions(&texts, max_len, true, TextPositions::Real)?;
+    let (Tensor::I64(pm), Tensor::I64(rm)) = (&padded.mask, &real.mask) else { anyhow::bail!("mask dtype") };
+    let lens: Vec<usize> = pm.outer_iter().map(|m| m.iter().filter(|&&v| v == 1).count()).collect();
+    let l = *lens.iter().max().context("three texts")?;
+    ensure!(lens[1] == 1 && l < max_len && l > lens[0], "real lengths {lens:?}");
+    ensure!(real.embeddings.shape() == [3, l, d] && rm.shape() == [3, l], "real shape {:?}", real.embeddings.shape());
+    let (pe, re) = (padded.embeddings.to_f32_vec(), real.embeddings.to_f32_vec());
+    for (i, &li) in lens.iter().enumerate() {
+        let want: Vec<i64> = (0..l).map(|j| i64::from(j < li)).collect();
+        ensure!(rm.outer_iter().nth(i).context("row")?.iter().copied().eq(want), "row {i} mask");
+        let got = &re[i * l * d..][..li * d];
+        check_close(
+            &format!("row {i}: real vs padded positions"),
+            got,
+            &pe[i * max_len * d..][..li * d],
+            Approx::Close,
+        )?;
+        ensure!(re[i * l * d..][li * d..l * d].iter().all(|&v| v == 0.0), "row {i}: the rest is zero");
+        // Alone (L = its own length), through the cache of the batched run.
+        let runs = enc.encoder_runs();
+        let alone = enc.encode_positions(&texts[i..=i], max_len, true, TextPositions::Real)?;
+        ensure!(enc.encoder_runs() == runs, "row {i}: a real-token repeat is a cache hit");
+        ensure!(alone.embeddings.to_f32_vec() == got, "row {i}: cached row differs");
+    }
+    // Without a cache: each text alone on its own length equals its row in the batch.
+    let mut fresh = TextEncoder::open(&bundle, &sopts, None)?;
+    for (i, &li) in lens.iter().enumerate() {
+        let alone = fresh.encode_positions(&texts[i..=i], max_len, true, TextPositions::Real)?;
+        ensure!(alone.embeddings.shape() == [1, li, d]);
+        check_close(
+            &format!("row {i} alone vs batched"),
+            &alone.embeddings.to_f32_vec(),
+            &re[i * l * d..][..li * d],
+            Approx::Close,
+        )?;
+    }
+    ensure!(enc.real_cache_key("a cat", max_len) != enc.cache_key("a cat", max_len), "keys are apart");
     Ok(())
 }
 

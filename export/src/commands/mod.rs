@@ -130,6 +130,10 @@ pub enum PrecisionArg {
     F32,
     F16,
     Bf16,
+    /// Approximate, opt-in: int8 weight-and-activation matmuls for the linear layers of the DiT
+    /// and mT5 (ONNX Runtime's `DynamicQuantizeMatMul`), everything else f32; `pipeline` keeps the
+    /// VAE f32. ONNX Runtime only. See docs/export.md.
+    Int8,
 }
 
 impl From<PrecisionArg> for Precision {
@@ -138,6 +142,7 @@ impl From<PrecisionArg> for Precision {
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::F16 => Precision::F16,
             PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::Int8 => Precision::Int8,
         }
     }
 }

@@ -243,7 +243,11 @@ pub fn export_pipeline(src: &PipelineSources, opts: &PipelineExportOptions, out:
 
     info!(component = "vae", "exporting");
     let vae_weights = load_weights(&src.vae_weights)?;
-    let vae_opts = ExportOptions { source: Some(src.vae_weights.clone()), ..opts.graph.clone() };
+    let mut vae_opts = ExportOptions { source: Some(src.vae_weights.clone()), ..opts.graph.clone() };
+    if vae_opts.precision == osp_graphs::Precision::Int8 {
+        // int8 covers the DiT's and mT5's linear layers; the convolutional VAE stays f32.
+        vae_opts.precision = osp_graphs::Precision::F32;
+    }
     let vae = export_wfvae(&vae_cfg, &vae_weights, &vae_opts, &staging.join(&components.vae))?;
     drop(vae_weights);
 

@@ -41,6 +41,12 @@ fn fixed_f32_slot(op: &str, slot: usize) -> bool {
 pub fn cast_precision(graph: &OnnxGraph, opts: &CastPrecision) -> Result<Edit> {
     let target = match opts.target {
         Precision::F32 => return Ok(Edit::default()),
+        Precision::Int8 => {
+            return Err(Error::Graph {
+                graph: graph.name.clone(),
+                message: "int8 is not a float precision (see passes::quantize_int8)".into(),
+            })
+        }
         Precision::F16 => DType::F16,
         Precision::Bf16 => DType::Bf16,
     };

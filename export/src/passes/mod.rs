@@ -4,6 +4,7 @@
 
 pub mod cast_precision;
 pub mod prune_unused;
+pub mod quantize_int8;
 pub mod schedule_outputs;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,10 +14,11 @@ use osp_graphs::{DType, Precision};
 
 pub use cast_precision::{cast_precision, CastPrecision};
 pub use prune_unused::prune_unused;
+pub use quantize_int8::{quantize_int8, QuantizeInt8};
 pub use schedule_outputs::schedule_outputs;
 
 use crate::error::{Error, Result};
-use crate::graph::{Generator, OnnxGraph, TensorData};
+use crate::graph::{Generator, Initializer, OnnxGraph, TensorData};
 use crate::onnx::NodeProto;
 use crate::tensor::convert_float_bytes;
 
@@ -33,6 +35,8 @@ pub struct Edit {
     /// `add_nodes`); `apply` keeps them so wherever topological order allows.
     pub move_to_end: Vec<usize>,
     pub remove_initializers: BTreeSet<String>,
+    /// New initializers (names not in the graph).
+    pub add_initializers: Vec<Initializer>,
     /// Float initializers converted to another float dtype.
     pub convert_initializers: BTreeMap<String, DType>,
     /// Values whose dtype is new or changed.
@@ -48,6 +52,7 @@ impl Edit {
             && self.add_nodes.is_empty()
             && self.move_to_end.is_empty()
             && self.remove_initializers.is_empty()
+            && self.add_initializers.is_empty()
             && self.convert_initializers.is_empty()
             && self.set_dtypes.is_empty()
             && self.set_precision.is_none()
@@ -84,6 +89,10 @@ pub fn apply(graph: &mut OnnxGraph, edit: Edit) -> Result<()> {
     nodes.extend(edit.move_to_end.iter().filter_map(|&i| slots[i].take()));
     nodes.extend(edit.add_nodes);
     graph.initializers.retain(|i| !edit.remove_initializers.contains(&i.name));
+    if let Some(dup) = edit.add_initializers.iter().find(|a| graph.initializer(&a.name).is_some()) {
+        return Err(graph_err(format!("edit adds initializer `{}`, which the graph already has", dup.name)));
+    }
+    graph.initializers.extend(edit.add_initializers);
     for init in &mut graph.initializers {
         if let Some(&to) = edit.convert_initializers.get(&init.name) {
             let from = init.dtype;
@@ -201,9 +210,31 @@ impl<'a> Uses<'a> {
 }
 
 /// The standard pipeline every model export runs: cast to the target precision, prune, then
-/// order the outputs' tails for ONNX Runtime's schedule.
+/// order the outputs' tails for ONNX Runtime's schedule. [`Precision::Int8`] needs the model's
+/// linear layers: use [`optimize_int8`].
 pub fn optimize(graph: &mut OnnxGraph, precision: Precision) -> Result<()> {
+    if precision == Precision::Int8 {
+        return Err(Error::Graph {
+            graph: graph.name.clone(),
+            message: "int8 applies to the DiT's and mT5's linear layers only (osp-export dit|mt5|pipeline)".into(),
+        });
+    }
     let edit = cast_precision(graph, &CastPrecision { target: precision, ..Default::default() })?;
+    apply(graph, edit)?;
+    let edit = prune_unused(graph);
+    apply(graph, edit)?;
+    let edit = schedule_outputs(graph);
+    apply(graph, edit)
+}
+
+/// [`optimize`] for `precision`, quantizing the linear layers whose weights start with one of
+/// `int8_prefixes` when `precision` is [`Precision::Int8`] ([`quantize_int8`]).
+pub fn optimize_int8(graph: &mut OnnxGraph, precision: Precision, int8_prefixes: &[String]) -> Result<()> {
+    if precision != Precision::Int8 {
+        return optimize(graph, precision);
+    }
+    let opts = QuantizeInt8 { weight_prefixes: int8_prefixes.to_vec() };
+    let edit = quantize_int8(graph, &opts)?;
     apply(graph, edit)?;
     let edit = prune_unused(graph);
     apply(graph, edit)?;

@@ -14,7 +14,7 @@ use osp_runtime::pipeline::noise::{NoiseSource, ReplayNoise, SeededNoise};
 use osp_runtime::pipeline::{DecodeOptions, GenerateObserver, GenerateRequest, Pipeline, PipelineSpec, StepRecord};
 use osp_runtime::scheduler::{PredictionType, SampleMethod};
 use osp_runtime::text::cache::{default_cache_dir, CACHE_DIR_ENV};
-use osp_runtime::text::EmbeddingCache;
+use osp_runtime::text::{EmbeddingCache, TextPositions};
 use osp_runtime::vae::TilingConfig;
 use osp_runtime::video;
 use osp_runtime::{read_safetensors, write_safetensors, BackendKind, Tensor};
@@ -121,6 +121,12 @@ pub struct SamplingOpts {
     /// (see docs/reliability_checks.md for the estimate).
     #[arg(long, env = "OSP_SKIP_MEMORY_CHECK")]
     pub skip_memory_check: bool,
+    /// Text positions the encoder computes and the transformer reads: `real` (the prompt's tokens
+    /// only; same videos within `Close`) or `padded` (all --max-sequence-length positions, as
+    /// upstream). Default: `real`, or `padded` with --dump-latents (whose text embeddings keep
+    /// upstream's recording format). See docs/text_encoder.md.
+    #[arg(long, value_enum)]
+    pub text_positions: Option<TextPositions>,
 }
 
 #[derive(Debug, Args)]
@@ -346,8 +352,9 @@ impl SamplingOpts {
             let dir = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
             Some(EmbeddingCache::new(&dir).with_context(|| format!("text cache {}", dir.display()))?)
         };
-        Pipeline::load(spec, &backend.session_options()?, cache)
-            .with_context(|| format!("loading the pipeline bundle {}", self.bundle.display()))
+        let pipeline = Pipeline::load(spec, &backend.session_options()?, cache)
+            .with_context(|| format!("loading the pipeline bundle {}", self.bundle.display()))?;
+        Ok(pipeline.with_text_positions(self.text_positions.unwrap_or(TextPositions::Real)))
     }
 }
 
@@ -538,6 +545,9 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         Box::new(seeded)
     };
     let mut pipeline = args.sampling.load(spec, backend)?;
+    if args.dump_latents.is_some() && args.sampling.text_positions.is_none() {
+        pipeline = pipeline.with_text_positions(TextPositions::Padded);
+    }
     let encode = args.encode.options();
     // The folder is created at the first video write; an existing one is cleared of dead runs' temporaries.
     if args.save_img_path.is_dir() {

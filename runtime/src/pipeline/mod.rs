@@ -29,13 +29,18 @@ use crate::finite;
 use crate::scheduler::{PredictionType, SampleMethod, Scheduler, SchedulerConfig, TimestepSpacing};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
-use crate::text::{EmbeddingCache, TextEmbeddings, TextEncoder};
+use crate::text::{EmbeddingCache, TextEmbeddings, TextEncoder, TextPositions};
 use crate::vae::Vae;
 
 use self::noise::{InitLatents, NoiseSource};
 
 /// The transformer graph and its I/O names.
 pub const TRANSFORMER_GRAPH: &str = "transformer";
+/// The DiT's per-prompt text half (caption projection and every block's cross-attention keys and
+/// values), exported beside [`TRANSFORMER_GRAPH`].
+pub const TRANSFORMER_TEXT_GRAPH: &str = "transformer_text";
+/// [`TRANSFORMER_GRAPH`] reading [`TRANSFORMER_TEXT_GRAPH`]'s outputs instead of the text states.
+pub const TRANSFORMER_CACHED_GRAPH: &str = "transformer_cached";
 const DIT_OUTPUT: &str = "sample";
 
 pub use crate::vae::DecodeOptions;
@@ -167,8 +172,14 @@ pub struct PipelineSpec {
 pub struct Pipeline {
     spec: PipelineSpec,
     text: TextEncoder,
+    /// The per-step graph: [`TRANSFORMER_CACHED_GRAPH`] when `transformer_text` is loaded, else
+    /// [`TRANSFORMER_GRAPH`].
     transformer: GraphSession,
+    /// [`TRANSFORMER_TEXT_GRAPH`], run once per prompt, when the bundle has the cached pair.
+    transformer_text: Option<GraphSession>,
     vae: Vae,
+    /// What the text encoder computes ([`Pipeline::with_text_positions`]).
+    text_positions: TextPositions,
 }
 
 impl std::ops::Deref for Pipeline {
@@ -197,10 +208,38 @@ impl Pipeline {
         if let Some(cache) = cache {
             text = text.with_cache(cache);
         }
-        let transformer = Bundle::open(spec.dir.join(&c.transformer))?.session(TRANSFORMER_GRAPH, opts)?;
+        let dit = Bundle::open(spec.dir.join(&c.transformer))?;
+        let (transformer, transformer_text) = load_denoiser(&dit, opts, true)?;
         let vae = Vae::with_graphs(&Bundle::open(spec.dir.join(&c.vae))?, spec.vae_graphs.clone(), opts)?;
         tracing::info!(bundle = %spec.dir.display(), latent_channels = spec.dims.latent_channels, "pipeline loaded");
-        Ok(Self { spec, text, transformer, vae })
+        Ok(Self { spec, text, transformer, transformer_text, vae, text_positions: TextPositions::default() })
+    }
+
+    /// Runs the plain [`TRANSFORMER_GRAPH`] every step even when the bundle has the cached-text
+    /// pair (the reference the cached pair is tested against); reloads the DiT.
+    pub fn without_cached_text(mut self, opts: &SessionOptions) -> Result<Self> {
+        let dit = Bundle::open(self.spec.dir.join(&self.spec.manifest.components.transformer))?;
+        (self.transformer, self.transformer_text) = load_denoiser(&dit, opts, false)?;
+        Ok(self)
+    }
+
+    /// Whether the transformer's text half runs once per prompt ([`TRANSFORMER_TEXT_GRAPH`]).
+    pub fn caches_text(&self) -> bool {
+        self.transformer_text.is_some()
+    }
+
+    /// Encodes prompts at `positions`: [`TextPositions::Padded`] (the default) keeps upstream's
+    /// `max_sequence_length` embeddings in [`PromptOutput`]; [`TextPositions::Real`] encodes only
+    /// the real tokens and the transformer reads only those (the longest of the CFG batch), which
+    /// gives the same latents and frames within `Close` (padded text keys are masked wherever they
+    /// are read) and [`PromptOutput`] embeddings holding the real positions only.
+    pub fn with_text_positions(mut self, positions: TextPositions) -> Self {
+        self.text_positions = positions;
+        self
+    }
+
+    pub fn text_positions(&self) -> TextPositions {
+        self.text_positions
     }
 
     pub fn spec(&self) -> &PipelineSpec {
@@ -485,9 +524,11 @@ impl Pipeline {
 
         let in_prompt = |e: Error| e.for_prompt(index, &prompt);
         let started = Instant::now();
-        let positive = self.text.encode(&[prompt.as_str()], l).map_err(in_prompt)?;
+        let positions = self.text_positions;
+        let positive = self.text.encode_positions(&[prompt.as_str()], l, false, positions).map_err(in_prompt)?;
         let negative = if cfg {
-            Some(self.text.encode_allow_empty(&[req.negative_prompt.as_str()], l).map_err(in_prompt)?)
+            let negative = req.negative_prompt.as_str();
+            Some(self.text.encode_positions(&[negative], l, true, positions).map_err(in_prompt)?)
         } else {
             None
         };
@@ -499,8 +540,13 @@ impl Pipeline {
             rows.extend(std::iter::repeat_n(neg, n));
         }
         rows.extend(std::iter::repeat_n(&positive, n));
-        let (states, mask) = dit_text_inputs(&rows, l, self.dims.caption_channels)?;
+        let (states, mask) = dit_text_inputs(&rows, self.dims.caption_channels)?;
         let batch = rows.len();
+        // The cross-attention keys and values of every block, once per prompt.
+        let text_kv = match &mut self.transformer_text {
+            Some(session) => Some(session.run(&[("encoder_hidden_states", &states)]).map_err(in_prompt)?),
+            None => None,
+        };
 
         let mut scheduler = req.scheduler();
         let shape = self.latent_shape(req);
@@ -521,12 +567,13 @@ impl Pipeline {
             let model_input = if cfg { cat0(&[&scaled, &scaled])? } else { scaled };
             let timestep = Tensor::F32(ArrayD::from_elem(IxDyn(&[batch]), t));
             let hidden = Tensor::F32(model_input);
-            let mut out = self.transformer.run(&[
-                ("hidden_states", &hidden),
-                ("timestep", &timestep),
-                ("encoder_hidden_states", &states),
-                ("encoder_attention_mask", &mask),
-            ])?;
+            let mut inputs =
+                vec![("hidden_states", &hidden), ("timestep", &timestep), ("encoder_attention_mask", &mask)];
+            match &text_kv {
+                Some(kv) => inputs.extend(kv.iter().map(|(name, t)| (name.as_str(), t))),
+                None => inputs.push(("encoder_hidden_states", &states)),
+            }
+            let mut out = self.transformer.run(&inputs)?;
             let dit_out = take_f32(&mut out, TRANSFORMER_GRAPH, DIT_OUTPUT)?;
             finite::check("transformer output", dit_out.view()).map_err(|e| in_prompt(e.at_step(i)))?;
             let guided = if cfg {
@@ -590,6 +637,17 @@ impl Pipeline {
     }
 }
 
+/// The per-step DiT session and, with `cached` and a bundle holding both
+/// [`TRANSFORMER_TEXT_GRAPH`] and [`TRANSFORMER_CACHED_GRAPH`], the per-prompt text session.
+fn load_denoiser(dit: &Bundle, opts: &SessionOptions, cached: bool) -> Result<(GraphSession, Option<GraphSession>)> {
+    let graphs = &dit.manifest().graphs;
+    if cached && graphs.contains_key(TRANSFORMER_TEXT_GRAPH) && graphs.contains_key(TRANSFORMER_CACHED_GRAPH) {
+        let text = dit.session(TRANSFORMER_TEXT_GRAPH, opts)?;
+        return Ok((dit.session(TRANSFORMER_CACHED_GRAPH, opts)?, Some(text)));
+    }
+    Ok((dit.session(TRANSFORMER_GRAPH, opts)?, None))
+}
+
 fn take_f32(out: &mut std::collections::BTreeMap<String, Tensor>, graph: &str, name: &str) -> Result<ArrayD<f32>> {
     let produced = out.keys().cloned().collect::<Vec<_>>().join(", ");
     match out.remove(name) {
@@ -610,23 +668,28 @@ fn cat0(parts: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
 }
 
 /// `encoder_hidden_states` `[b, 1, l, d]` and `encoder_attention_mask` f32 `[b, 1, l]` from one
-/// `[1, l, d]` embedding per batch row.
-fn dit_text_inputs(rows: &[&TextEmbeddings], l: usize, d: usize) -> Result<(Tensor, Tensor)> {
+/// `[1, l_i, d]` embedding per batch row, `l` the longest row; shorter rows (real-token
+/// embeddings, [`TextPositions::Real`]) are zero-filled and masked up to `l`.
+fn dit_text_inputs(rows: &[&TextEmbeddings], d: usize) -> Result<(Tensor, Tensor)> {
     let b = rows.len();
+    let l = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let mut states = Vec::with_capacity(b * l * d);
     let mut mask = Vec::with_capacity(b * l);
     for r in rows {
         let (Tensor::F32(e), Tensor::I64(m)) = (&r.embeddings, &r.mask) else {
             return Err(Error::Tensor { name: "prompt_embeds".into(), why: "must be f32 with an i64 mask".into() });
         };
-        if e.shape() != [1, l, d] || m.shape() != [1, l] {
+        let li = r.len();
+        if e.shape() != [1, li, d] || m.shape() != [1, li] {
             return Err(Error::Tensor {
                 name: "prompt_embeds".into(),
-                why: format!("must be [1, {l}, {d}] with a [1, {l}] mask, got {:?} and {:?}", e.shape(), m.shape()),
+                why: format!("must be [1, {li}, {d}] with a [1, {li}] mask, got {:?} and {:?}", e.shape(), m.shape()),
             });
         }
         states.extend(e.iter().copied());
+        states.resize(states.len() + (l - li) * d, 0.0);
         mask.extend(m.iter().map(|&v| v as f32));
+        mask.resize(mask.len() + (l - li), 0.0);
     }
     let shaped = |e: ndarray::ShapeError| Error::Tensor { name: "encoder_hidden_states".into(), why: e.to_string() };
     Ok((

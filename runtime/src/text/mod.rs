@@ -36,13 +36,41 @@ pub const TOKENIZER_SHA256_KEY: &str = "tokenizer_sha256";
 /// Prompts per encoder run.
 pub const DEFAULT_BATCH_SIZE: usize = 8;
 
+/// Which text positions an encode returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TextPositions {
+    /// All `max_len` positions, padding included, as upstream `encode_prompt` (the encoder runs on
+    /// `max_len` tokens).
+    #[default]
+    Padded,
+    /// Only the real tokens: the encoder runs on `L` = the longest text's tokens (`</s>` included),
+    /// and the result is `[b, L, d]` with an `[b, L]` mask (shorter rows zero-filled and masked).
+    /// Every real position equals the padded run's within `Close` (mT5's attention masks padded
+    /// keys with `finfo.min` and its position bias depends only on `j - i`); the padded positions,
+    /// which every reader masks, are not computed.
+    Real,
+}
+
 /// Embeddings of a batch of texts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextEmbeddings {
-    /// `prompt_embeds`, f32 `[b, l, d_model]` (padded positions computed too, as upstream).
+    /// `prompt_embeds`, f32 `[b, l, d_model]`: `l = max_len` with the padded positions computed too,
+    /// as upstream ([`TextPositions::Padded`]), or the longest text's real length
+    /// ([`TextPositions::Real`]).
     pub embeddings: Tensor,
     /// `prompt_attention_mask`, i64 `[b, l]`: 1 for tokens and `</s>`, 0 for padding.
     pub mask: Tensor,
+}
+
+impl TextEmbeddings {
+    /// Positions per row (`l`).
+    pub fn len(&self) -> usize {
+        self.mask.shape().get(1).copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The tokenizer and `text_encoder` graph of one bundle, with an optional embedding cache.
@@ -191,6 +219,32 @@ impl TextEncoder {
         hex::encode(h.finalize())
     }
 
+    /// The cache key of `text`'s real-token embedding ([`TextPositions::Real`]): like
+    /// [`Self::cache_key`] under its own domain tag, so real-token entries (`[l_real, d]`) and
+    /// padded entries (`[max_len, d]`) never answer for each other.
+    pub fn real_cache_key(&self, text: &str, max_len: usize) -> String {
+        let mut h = Sha256::new();
+        h.update(b"osp-text-real-tokens-v1\0");
+        h.update(self.identity);
+        h.update((max_len as u64).to_le_bytes());
+        h.update(text.as_bytes());
+        hex::encode(h.finalize())
+    }
+
+    /// [`Self::encode`] or [`Self::encode_allow_empty`] returning `positions`.
+    pub fn encode_positions(
+        &mut self,
+        texts: &[&str],
+        max_len: usize,
+        allow_empty: bool,
+        positions: TextPositions,
+    ) -> Result<TextEmbeddings> {
+        match positions {
+            TextPositions::Padded => self.encode_texts(texts, max_len, allow_empty),
+            TextPositions::Real => self.encode_real(texts, max_len, allow_empty),
+        }
+    }
+
     /// Encodes user prompts (each must contain a non-whitespace character); over-long prompts are
     /// truncated to `max_len` with a warning naming the removed text.
     pub fn encode(&mut self, prompts: &[&str], max_len: usize) -> Result<TextEmbeddings> {
@@ -203,11 +257,11 @@ impl TextEncoder {
         self.encode_texts(texts, max_len, true)
     }
 
-    fn encode_texts(&mut self, texts: &[&str], max_len: usize, allow_empty: bool) -> Result<TextEmbeddings> {
+    fn tokenize(&self, texts: &[&str], max_len: usize, allow_empty: bool) -> Result<Vec<Encoded>> {
         if texts.is_empty() {
             return Err(Error::InvalidInput { name: "prompts".into(), rule: "at least one prompt is required".into() });
         }
-        let encoded: Vec<Encoded> = texts
+        Ok(texts
             .iter()
             .map(|t| {
                 if allow_empty {
@@ -216,7 +270,67 @@ impl TextEncoder {
                     self.tokenizer.encode(t, max_len)
                 }
             })
-            .collect::<std::result::Result<_, _>>()?;
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// [`TextPositions::Real`]: each text's `[l_i, d]` real-token rows, from the cache (entries under
+    /// [`Self::real_cache_key`]) or from encoder runs on the chunk's longest real length only.
+    fn encode_real(&mut self, texts: &[&str], max_len: usize, allow_empty: bool) -> Result<TextEmbeddings> {
+        let encoded = self.tokenize(texts, max_len, allow_empty)?;
+        let d = self.d_model;
+        // The tokenizer pads on the right: the real tokens are a prefix.
+        let real: Vec<usize> =
+            encoded.iter().map(|e| e.attention_mask.iter().take_while(|&&m| m != 0).count()).collect();
+        let keys: Vec<String> = texts.iter().map(|t| self.real_cache_key(t, max_len)).collect();
+        let mut rows: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        if let Some(cache) = &self.cache {
+            for (i, key) in keys.iter().enumerate() {
+                rows[i] = cache.get(key, &encoded[i].attention_mask[..real[i]], d).filter(|row| {
+                    let finite = row.iter().all(|v| v.is_finite());
+                    if !finite {
+                        let path = cache.entry_path(key);
+                        tracing::warn!(path = %path.display(), "text cache entry holds NaN or infinite values; recomputing");
+                    }
+                    finite
+                });
+            }
+        }
+        let misses: Vec<usize> = (0..texts.len()).filter(|&i| rows[i].is_none()).collect();
+        self.cache_hits += texts.len() - misses.len();
+        tracing::info!(texts = texts.len(), cached = texts.len() - misses.len(), "encoding text (real tokens)");
+        for chunk in misses.chunks(self.batch_size) {
+            let l = chunk.iter().map(|&i| real[i]).max().unwrap_or(1);
+            let batch: Vec<&Encoded> = chunk.iter().map(|&i| &encoded[i]).collect();
+            let out = self.run_encoder(&batch, l)?;
+            for (mut row, &i) in out.into_iter().zip(chunk) {
+                row.truncate(real[i] * d);
+                let view = ndarray::ArrayView::from_shape(IxDyn(&[real[i], d]), &row)
+                    .map_err(|e| Error::Tensor { name: "last_hidden_state".into(), why: e.to_string() })?;
+                crate::finite::check(&format!("text encoder output for {:?}", texts[i]), view)?;
+                if let Some(cache) = &self.cache {
+                    cache.put(&keys[i], &row, &encoded[i].attention_mask[..real[i]], d)?;
+                }
+                rows[i] = Some(row);
+            }
+        }
+        let n = texts.len();
+        let l = real.iter().copied().max().unwrap_or(0);
+        let mut emb = vec![0f32; n * l * d];
+        let mut mask = vec![0i64; n * l];
+        for (i, row) in rows.into_iter().enumerate() {
+            let row = row.expect("every text should be encoded or cached");
+            emb[i * l * d..][..row.len()].copy_from_slice(&row);
+            mask[i * l..][..real[i]].fill(1);
+        }
+        let shaped = |e: ndarray::ShapeError| Error::Tensor { name: "prompt_embeds".into(), why: e.to_string() };
+        Ok(TextEmbeddings {
+            embeddings: Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[n, l, d]), emb).map_err(shaped)?),
+            mask: Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[n, l]), mask).map_err(shaped)?),
+        })
+    }
+
+    fn encode_texts(&mut self, texts: &[&str], max_len: usize, allow_empty: bool) -> Result<TextEmbeddings> {
+        let encoded = self.tokenize(texts, max_len, allow_empty)?;
         let d = self.d_model;
         let mut rows: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
         let keys: Vec<String> = texts.iter().map(|t| self.cache_key(t, max_len)).collect();
@@ -262,11 +376,12 @@ impl TextEncoder {
         })
     }
 
-    /// One run of the graph; returns each text's `[l * d]` embedding.
+    /// One run of the graph on the first `max_len` positions of each text; returns each text's
+    /// `[max_len * d]` embedding.
     fn run_encoder(&mut self, batch: &[&Encoded], max_len: usize) -> Result<Vec<Vec<f32>>> {
         let b = batch.len();
-        let ids: Vec<i64> = batch.iter().flat_map(|e| e.input_ids.iter().copied()).collect();
-        let mask: Vec<i64> = batch.iter().flat_map(|e| e.attention_mask.iter().copied()).collect();
+        let ids: Vec<i64> = batch.iter().flat_map(|e| e.input_ids[..max_len].iter().copied()).collect();
+        let mask: Vec<i64> = batch.iter().flat_map(|e| e.attention_mask[..max_len].iter().copied()).collect();
         let shaped = |e: ndarray::ShapeError| Error::Tensor { name: "input_ids".into(), why: e.to_string() };
         let ids = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[b, max_len]), ids).map_err(shaped)?);
         let mask = Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[b, max_len]), mask).map_err(shaped)?);

@@ -238,7 +238,7 @@ fn random_generator(seed: u64, key: &str, shape: &[usize]) -> Generator {
 /// `get_extended_attention_mask`), as f64.
 fn mask_min(precision: Precision) -> f64 {
     match precision {
-        Precision::F32 => f32::MIN as f64,
+        Precision::F32 | Precision::Int8 => f32::MIN as f64,
         Precision::F16 => half::f16::MIN.to_f64(),
         Precision::Bf16 => half::bf16::MIN.to_f64(),
     }
@@ -373,6 +373,20 @@ pub struct Mt5ExportOptions {
     pub tokenizer: Option<PathBuf>,
 }
 
+/// The weights `--precision int8` quantizes (prefixes of PyTorch keys): each block's attention
+/// projections and the gated-GELU input projections `wi_0`/`wi_1`. `wo` stays f32, as in the
+/// half-precision exports: its input carries mT5's large activation outliers.
+pub fn int8_layers(cfg: &MT5Config) -> Vec<String> {
+    (0..cfg.num_layers)
+        .flat_map(|i| {
+            [
+                format!("encoder.block.{i}.layer.0.SelfAttention."),
+                format!("encoder.block.{i}.layer.1.DenseReluDense.wi"),
+            ]
+        })
+        .collect()
+}
+
 /// Exports the encoder as a bundle at `out` with one graph, [`GRAPH`].
 pub fn export_mt5(
     cfg: &MT5Config,
@@ -381,7 +395,7 @@ pub fn export_mt5(
     out: &Path,
 ) -> Result<BundleManifest> {
     let mut graph = build_graph(cfg, weights, opts.graph.attention, opts.graph.precision)?;
-    passes::optimize(&mut graph, opts.graph.precision)?;
+    passes::optimize_int8(&mut graph, opts.graph.precision, &int8_layers(cfg))?;
     let prov = provenance(opts.graph.source.as_deref())?;
     let mut writer = BundleWriter::create(
         out,

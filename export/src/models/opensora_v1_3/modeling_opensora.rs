@@ -40,6 +40,9 @@ use super::weights::DitWeights;
 
 /// Name of the graph in the bundle.
 pub const GRAPH_NAME: &str = "transformer";
+/// The weights `--precision int8` quantizes: every transformer block's linear layers (attention
+/// projections and feed-forward); patch and caption embedding, timestep MLP and `proj_out` stay f32.
+pub const INT8_LAYERS: &str = "transformer_blocks.";
 /// `norm_out` is built with a fixed eps, whatever `norm_eps` says.
 const NORM_OUT_EPS: f64 = 1e-6;
 
@@ -180,7 +183,10 @@ pub fn export_opensora_t2v(
     out: &Path,
 ) -> Result<BundleManifest> {
     let mut graph = build_graph_with(config, weights, opts.attention, opts.lowering)?;
-    passes::optimize(&mut graph, opts.precision)?;
+    let inner = config.num_attention_heads * config.attention_head_dim;
+    let (mut text_graph, mut cached_graph) = super::cached_text::cut_cached_graphs(&graph, config.num_layers, inner)?;
+    let int8 = [INT8_LAYERS.to_string()];
+    passes::optimize_int8(&mut graph, opts.precision, &int8)?;
     let prov = provenance(opts.source.as_deref())?;
     let model = ModelSpec::OpenSoraT2V(manifest_config(config)?);
     let mut writer = BundleWriter::create(out, model, prov, opts.external_data_threshold_bytes)?;
@@ -196,7 +202,14 @@ pub fn export_opensora_t2v(
         })
         .collect();
     metadata.insert("layer_attention".to_string(), serde_json::json!(layers));
-    writer.add_graph(GRAPH_NAME, &graph, opts.attention, metadata)?;
+    writer.add_graph(GRAPH_NAME, &graph, opts.attention, metadata.clone())?;
+    drop(graph);
+    for (name, g) in
+        [(super::cached_text::TEXT_GRAPH, &mut text_graph), (super::cached_text::CACHED_GRAPH, &mut cached_graph)]
+    {
+        passes::optimize_int8(g, opts.precision, &int8)?;
+        writer.add_graph(name, g, opts.attention, metadata.clone())?;
+    }
     let manifest = writer.finish()?;
     info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, lowering = %opts.lowering, layers = config.num_layers, "exported OpenSoraT2V v1.3");
     Ok(manifest)
