@@ -5,5 +5,9 @@
 //! device). Ranks exchange values only through a [`Collective`].
 
 pub mod collective;
+pub mod host;
+pub mod sp;
 
 pub use collective::{Buffer, BufferMut, Collective, CollectiveError};
+pub use host::{HostCollective, HostWorld};
+pub use sp::{ParallelDit, ParallelPlan, RankTimings};

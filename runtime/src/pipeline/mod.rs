@@ -168,6 +168,8 @@ pub struct Pipeline {
     spec: PipelineSpec,
     text: TextEncoder,
     transformer: GraphSession,
+    /// The sequence-/CFG-parallel DiT, when set: the denoising loop runs it instead of `transformer`.
+    parallel: Option<crate::parallel::ParallelDit>,
     vae: Vae,
 }
 
@@ -200,11 +202,26 @@ impl Pipeline {
         let transformer = Bundle::open(spec.dir.join(&c.transformer))?.session(TRANSFORMER_GRAPH, opts)?;
         let vae = Vae::with_graphs(&Bundle::open(spec.dir.join(&c.vae))?, spec.vae_graphs.clone(), opts)?;
         tracing::info!(bundle = %spec.dir.display(), latent_channels = spec.dims.latent_channels, "pipeline loaded");
-        Ok(Self { spec, text, transformer, vae })
+        Ok(Self { spec, text, transformer, parallel: None, vae })
     }
 
     pub fn spec(&self) -> &PipelineSpec {
         &self.spec
+    }
+
+    /// Runs the DiT through `dit` (same inputs, same `sample`) from now on.
+    pub fn set_parallel(&mut self, dit: crate::parallel::ParallelDit) {
+        self.parallel = Some(dit);
+    }
+
+    /// The parallel DiT, when set.
+    pub fn parallel(&self) -> Option<&crate::parallel::ParallelDit> {
+        self.parallel.as_ref()
+    }
+
+    /// The parallel DiT, when set, mutably (its timing totals).
+    pub fn parallel_mut(&mut self) -> Option<&mut crate::parallel::ParallelDit> {
+        self.parallel.as_mut()
     }
 
     pub fn text_encoder(&self) -> &TextEncoder {
@@ -521,13 +538,19 @@ impl Pipeline {
             let model_input = if cfg { cat0(&[&scaled, &scaled])? } else { scaled };
             let timestep = Tensor::F32(ArrayD::from_elem(IxDyn(&[batch]), t));
             let hidden = Tensor::F32(model_input);
-            let mut out = self.transformer.run(&[
+            let dit_inputs = [
                 ("hidden_states", &hidden),
                 ("timestep", &timestep),
                 ("encoder_hidden_states", &states),
                 ("encoder_attention_mask", &mask),
-            ])?;
-            let dit_out = take_f32(&mut out, TRANSFORMER_GRAPH, DIT_OUTPUT)?;
+            ];
+            let dit_out = match &mut self.parallel {
+                Some(dit) => dit.run(&dit_inputs)?,
+                None => {
+                    let mut out = self.transformer.run(&dit_inputs)?;
+                    take_f32(&mut out, TRANSFORMER_GRAPH, DIT_OUTPUT)?
+                }
+            };
             finite::check("transformer output", dit_out.view()).map_err(|e| in_prompt(e.at_step(i)))?;
             let guided = if cfg {
                 let uncond = dit_out.slice_axis(Axis(0), (0..n).into()).to_owned();

@@ -17,6 +17,7 @@ pub mod modeling_opensora;
 mod patch_embed_2d;
 mod pixart_alpha_text_projection;
 mod rope3d;
+pub mod segments;
 pub mod weights;
 
 pub use modeling_opensora::{build_graph, export_opensora_t2v, input_specs, manifest_config, GRAPH_NAME};

@@ -41,7 +41,7 @@ use super::weights::DitWeights;
 /// Name of the graph in the bundle.
 pub const GRAPH_NAME: &str = "transformer";
 /// `norm_out` is built with a fixed eps, whatever `norm_eps` says.
-const NORM_OUT_EPS: f64 = 1e-6;
+pub(crate) const NORM_OUT_EPS: f64 = 1e-6;
 
 /// The upstream config as the manifest records it (same keys).
 pub fn manifest_config(config: &OpenSoraT2V_v1_3Config) -> Result<OpenSoraT2VConfig> {
@@ -142,7 +142,7 @@ pub fn build_graph(config: &OpenSoraT2V_v1_3Config, w: &DitWeights, attention: A
 
 /// `[b, n, p * q * c]` -> `[b, c, t, h, w]` (einsum `nthwopqc->nctohpwq` with `o = pt = 1`), through
 /// `[b, (t hp), wp, p, q, c]` -> `[b, c, (t hp), p, wp, q]` (rank 6 at most).
-fn unpatchify(
+pub(crate) fn unpatchify(
     g: &mut GraphBuilder,
     x: &crate::builder::Value,
     grid: &super::patch_embed_2d::Grid,
@@ -187,6 +187,7 @@ pub fn export_opensora_t2v(
         .collect();
     metadata.insert("layer_attention".to_string(), serde_json::json!(layers));
     writer.add_graph(GRAPH_NAME, &graph, opts.attention, metadata)?;
+    super::segments::add_segments(&mut writer, config, weights, opts)?;
     let manifest = writer.finish()?;
     info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, layers = config.num_layers, "exported OpenSoraT2V v1.3");
     Ok(manifest)
