@@ -14,6 +14,7 @@ use ndarray::{ArrayD, IxDyn};
 use osp_export::models::opensora_v1_3::{export_opensora_t2v, DitWeights, GRAPH_NAME};
 use osp_export::ExportOptions;
 use osp_graphs::{Approx, AttentionKind, DitSegments, Precision};
+use osp_runtime::engine::Resident;
 use osp_runtime::parallel::{ParallelDit, ParallelPlan};
 use osp_runtime::{Bundle, SessionOptions, Tensor};
 use osp_tests::{check_close, shared_reference};
@@ -106,7 +107,8 @@ fn twelve_head_dit_equals_the_single_graph_for_every_plan() -> Result<()> {
         let again = dit.run(&named(&inputs))?;
         ensure!(again == got, "a second run differs");
         let t = &dit.timings()[0];
-        ensure!(t.compute.contains_key("core_group4") && t.exchange.contains_key("all_to_all"), "{t:?}");
+        ensure!(t.compute.contains_key("core_group4") && t.exchange.contains_key("all_gather"), "{t:?}");
+        ensure!(t.exchange.contains_key("all_to_all") == (sp > 1), "{t:?}");
     }
     // negative control: another input gives another sample, so the equalities above are not vacuous
     let other = call(2, 8, 7, 4, 6, 5, 16, 9);
@@ -120,6 +122,31 @@ fn twelve_head_dit_equals_the_single_graph_for_every_plan() -> Result<()> {
         let got = parallel(&bundle, ParallelPlan { sp, cfg_groups: 2 })?.run(&named(&inputs))?;
         compare(&format!("12 heads, 6 frames, SP {sp} x CFG 2"), &got, &want)?;
     }
+    Ok(())
+}
+
+/// Segment outputs stay in ONNX Runtime's memory (IoBinding), equal to the host-copy run, and the
+/// collective reads them in place.
+#[test]
+fn resident_values_stay_in_the_engine_and_match_host_runs() -> Result<()> {
+    let config = twelve_heads()?;
+    let w = DitWeights::random(&config, 20)?;
+    let tmp = tempfile::tempdir()?;
+    let bundle = export(tmp.path(), &config, &w, AttentionKind::OnnxAttention)?;
+    let inputs = call(1, 8, 2, 4, 4, 3, 16, 8);
+    let mut pre = bundle.session("sp_pre", &SessionOptions::default().with_threads(1))?;
+    let host = pre.run(&named(&inputs))?;
+    let resident_inputs: Vec<Resident> = inputs.iter().cloned().map(Resident::host).collect();
+    let args: Vec<(&str, &Resident)> = INPUTS.iter().copied().zip(resident_inputs.iter()).collect();
+    let resident = pre.run_resident(&args)?;
+    for (name, r) in &resident {
+        let place = format!("{r:?}");
+        ensure!(!place.contains("on host"), "{name} came back to the host: {place}");
+        ensure!(matches!(r.buffer()?, osp_runtime::parallel::Buffer::Host(_)), "ort-cpu memory is host-accessible");
+        ensure!(r.to_host(name)? == host[name], "{name}: resident and host runs differ");
+    }
+    let mut buf = pre.resident_buffer(osp_graphs::DType::F32, &[2, 3])?;
+    ensure!(buf.buffer_mut()?.len() == 24, "a 2x3 f32 buffer is 24 bytes");
     Ok(())
 }
 

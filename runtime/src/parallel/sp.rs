@@ -13,8 +13,9 @@ use std::time::Instant;
 use ndarray::{concatenate, ArrayD, Axis, IxDyn, Slice};
 use osp_graphs::dit_parallel::{io, DitSegments, FrameSplit};
 
-use super::collective::{Buffer, BufferMut, Collective, CollectiveError};
+use super::collective::{Collective, CollectiveError};
 use super::host::HostWorld;
+use crate::engine::Resident;
 use crate::error::{Error, Result};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
@@ -91,7 +92,7 @@ fn at(segment: &str) -> impl Fn(Error) -> Failure + '_ {
     move |error| Failure { segment: segment.to_string(), error }
 }
 
-fn take(out: &mut BTreeMap<String, Tensor>, graph: &str, name: &str) -> Result<Tensor> {
+fn take<T>(out: &mut BTreeMap<String, T>, graph: &str, name: &str) -> Result<T> {
     out.remove(name).ok_or_else(|| Error::MissingOutput {
         graph: graph.to_string(),
         output: name.to_string(),
@@ -363,15 +364,10 @@ struct RankInputs {
     mask: Tensor,
 }
 
-fn bytes(a: &ArrayD<f32>) -> &[u8] {
-    bytemuck::cast_slice(a.as_slice().expect("segment outputs are standard layout"))
-}
-
-fn bytes_mut(a: &mut ArrayD<f32>) -> &mut [u8] {
-    bytemuck::cast_slice_mut(a.as_slice_mut().expect("fresh arrays are standard layout"))
-}
-
 /// One rank's forward pass; `Some` of the gathered `[P, b, c, t_local, h, w]` on sequence rank 0.
+/// Every value stays in the rank's engine memory (ONNX Runtime IoBinding: host memory on ort-cpu,
+/// the device on CUDA) and the collective reads and writes it in place; only the inputs start on the
+/// host and only the gathered sample comes back.
 #[allow(clippy::too_many_arguments)]
 fn run_rank(
     protocol: &DitSegments,
@@ -384,16 +380,19 @@ fn run_rank(
     timings: &mut RankTimings,
 ) -> std::result::Result<Option<ArrayD<f32>>, Failure> {
     let mut rank = RankRun { sessions, timings, fault };
+    let hidden = Resident::host(inputs.hidden.clone());
+    let grid = Resident::host(grid.clone());
+    let degree = Resident::host(Tensor::I64(ArrayD::from_elem(IxDyn(&[1]), split.degree as i64)));
 
     let pre = &protocol.pre;
     let mut out = rank.run(
         pre,
         "pre",
         &[
-            (io::HIDDEN_STATES, &inputs.hidden),
-            (io::TIMESTEP, &inputs.timestep),
-            (io::ENCODER_HIDDEN_STATES, &inputs.states),
-            (io::ENCODER_ATTENTION_MASK, &inputs.mask),
+            (io::HIDDEN_STATES, &hidden),
+            (io::TIMESTEP, &Resident::host(inputs.timestep.clone())),
+            (io::ENCODER_HIDDEN_STATES, &Resident::host(inputs.states.clone())),
+            (io::ENCODER_ATTENTION_MASK, &Resident::host(inputs.mask.clone())),
         ],
     )?;
     let mut tokens = take(&mut out, pre, io::TOKENS).map_err(at(pre))?;
@@ -401,26 +400,15 @@ fn run_rank(
     let embedded = take(&mut out, pre, io::EMBEDDED_TIMESTEP).map_err(at(pre))?;
     let caption = take(&mut out, pre, io::CAPTION).map_err(at(pre))?;
     let text_bias = take(&mut out, pre, io::TEXT_BIAS).map_err(at(pre))?;
-    let degree = Tensor::I64(ArrayD::from_elem(IxDyn(&[1]), split.degree as i64));
 
     for layer in &protocol.layers {
         let mut out = rank.run(&layer.qkv, "qkv", &[(io::TOKENS, &tokens), (io::T6, &t6), (io::SP_DEGREE, &degree)])?;
         let qkv = take(&mut out, &layer.qkv, io::QKV).map_err(at(&layer.qkv))?;
-        let qkv = f32_of(&qkv, io::QKV).map_err(at(&layer.qkv))?;
-        let mut recv = ArrayD::<f32>::zeros(qkv.raw_dim());
-        rank.exchange("all_to_all", &mut || {
-            comm.all_to_all(Buffer::Host(bytes(qkv)), BufferMut::Host(bytes_mut(&mut recv)))
-        })?;
-        let recv = Tensor::F32(recv);
+        let recv = rank.all_to_all(comm, &layer.core, qkv)?;
         let core_kind = format!("core_{}", layer.attention);
-        let mut out = rank.run(&layer.core, &core_kind, &[(io::QKV, &recv), (io::GRID, grid)])?;
+        let mut out = rank.run(&layer.core, &core_kind, &[(io::QKV, &recv), (io::GRID, &grid)])?;
         let attn = take(&mut out, &layer.core, io::ATTN).map_err(at(&layer.core))?;
-        let attn = f32_of(&attn, io::ATTN).map_err(at(&layer.core))?;
-        let mut back = ArrayD::<f32>::zeros(attn.raw_dim());
-        rank.exchange("all_to_all", &mut || {
-            comm.all_to_all(Buffer::Host(bytes(attn)), BufferMut::Host(bytes_mut(&mut back)))
-        })?;
-        let back = Tensor::F32(back);
+        let back = rank.all_to_all(comm, &layer.post, attn)?;
         let mut out = rank.run(
             &layer.post,
             "post",
@@ -439,17 +427,18 @@ fn run_rank(
     let mut out = rank.run(
         fin,
         "final",
-        &[(io::TOKENS, &tokens), (io::EMBEDDED_TIMESTEP, &embedded), (io::HIDDEN_STATES, &inputs.hidden)],
+        &[(io::TOKENS, &tokens), (io::EMBEDDED_TIMESTEP, &embedded), (io::HIDDEN_STATES, &hidden)],
     )?;
     let sample = take(&mut out, fin, io::SAMPLE).map_err(at(fin))?;
-    let sample = f32_of(&sample, io::SAMPLE).map_err(at(fin))?;
     let mut shape = vec![split.degree];
     shape.extend_from_slice(sample.shape());
-    let mut all = ArrayD::<f32>::zeros(IxDyn(&shape));
-    rank.exchange("all_gather", &mut || {
-        comm.all_gather(Buffer::Host(bytes(sample)), BufferMut::Host(bytes_mut(&mut all)))
-    })?;
-    Ok((comm.rank() == 0).then_some(all))
+    let mut all = rank.sessions[fin.as_str()].resident_buffer(sample.dtype(), &shape).map_err(at(fin))?;
+    rank.exchange("all_gather", &mut || Ok(comm.all_gather(sample.buffer()?, all.buffer_mut()?)?))?;
+    if comm.rank() != 0 {
+        return Ok(None);
+    }
+    let all = all.to_host(io::SAMPLE).map_err(at(fin))?;
+    Ok(Some(f32_of(&all, io::SAMPLE).map_err(at(fin))?.clone()))
 }
 
 /// One rank's sessions, timings and test fault while it runs.
@@ -464,25 +453,41 @@ impl RankRun<'_> {
         &mut self,
         graph: &str,
         kind: &str,
-        args: &[(&str, &Tensor)],
-    ) -> std::result::Result<BTreeMap<String, Tensor>, Failure> {
+        args: &[(&str, &Resident)],
+    ) -> std::result::Result<BTreeMap<String, Resident>, Failure> {
         if self.fault == Some(graph) {
             return Err(Failure { segment: graph.to_string(), error: invalid(graph, "injected fault".into()) });
         }
         let started = Instant::now();
         let session = self.sessions.get_mut(graph).expect("every protocol graph is loaded");
-        let out = session.run(args).map_err(at(graph))?;
+        let out = session.run_resident(args).map_err(at(graph))?;
         *self.timings.compute.entry(kind.to_string()).or_default() += started.elapsed().as_secs_f64();
         Ok(out)
     }
 
-    fn exchange(
+    /// A receive buffer shaped like `like` in the memory of `graph`'s session (the next reader).
+    fn buffer(&self, graph: &str, like: &Resident) -> std::result::Result<Resident, Failure> {
+        self.sessions[graph].resident_buffer(like.dtype(), like.shape()).map_err(at(graph))
+    }
+
+    /// `send` through the all-to-all into a buffer of `next`'s session; a group of one keeps it.
+    fn all_to_all(
         &mut self,
-        op: &str,
-        f: &mut dyn FnMut() -> std::result::Result<(), CollectiveError>,
-    ) -> std::result::Result<(), Failure> {
+        comm: &dyn Collective,
+        next: &str,
+        send: Resident,
+    ) -> std::result::Result<Resident, Failure> {
+        if comm.world_size() == 1 {
+            return Ok(send);
+        }
+        let mut recv = self.buffer(next, &send)?;
+        self.exchange("all_to_all", &mut || Ok(comm.all_to_all(send.buffer()?, recv.buffer_mut()?)?))?;
+        Ok(recv)
+    }
+
+    fn exchange(&mut self, op: &str, f: &mut dyn FnMut() -> Result<()>) -> std::result::Result<(), Failure> {
         let started = Instant::now();
-        let r = f().map_err(|e| Failure { segment: op.to_string(), error: Error::Collective(e) });
+        let r = f().map_err(|error| Failure { segment: op.to_string(), error });
         *self.timings.exchange.entry(op.to_string()).or_default() += started.elapsed().as_secs_f64();
         r
     }
