@@ -162,7 +162,7 @@ mod tests {
         assert!(err.to_string().contains("dim 0 = 2"), "{err}");
         let err = outputs("g", &spec(), &bindings, &out(DType::F16, &[2, 7])).unwrap_err();
         assert!(matches!(err, Error::OutputMismatch { .. }), "{err}");
-        let err = outputs("g", &spec(), &bindings, &BTreeMap::new()).unwrap_err();
+        let err = outputs::<Tensor>("g", &spec(), &bindings, &BTreeMap::new()).unwrap_err();
         assert!(matches!(&err, Error::MissingOutput { output, .. } if output == "y"), "{err}");
         let bad = Tensor::zeros(DType::F32, &[2, 4]).unwrap();
         assert!(inputs("g", &spec(), &[("x", &bad)]).is_err());
