@@ -8,6 +8,7 @@
 //! Dependencies are serde and thiserror only; nothing here runs a model.
 
 pub mod config;
+pub mod dit_parallel;
 pub mod error;
 pub mod llama;
 pub mod manifest;
@@ -17,6 +18,7 @@ pub mod tolerance;
 pub mod vae;
 
 pub use config::ModelSpec;
+pub use dit_parallel::DitSegments;
 pub use error::{Error, Result};
 pub use manifest::{
     AttentionKind, BundleManifest, DType, Dim, GraphSpec, Precision, Provenance, SymbolBindings, TensorSpec,

@@ -141,6 +141,19 @@ pub enum Error {
     /// A request whose estimated peak memory exceeds what the host has ([`crate::pipeline::memory`]).
     #[error("{0}")]
     MemoryEstimate(Box<crate::pipeline::memory::MemoryRefusal>),
+    /// A collective operation failed ([`crate::parallel`]).
+    #[error(transparent)]
+    Collective(#[from] crate::parallel::CollectiveError),
+    /// A rank of the parallel DiT failed; every other rank was stopped.
+    #[error("rank {rank} (CFG group {cfg_group}, sequence rank {sp_rank}), segment `{segment}`: {source}")]
+    Rank {
+        rank: usize,
+        cfg_group: usize,
+        sp_rank: usize,
+        segment: String,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 fn declared_note(declared: u64) -> String {

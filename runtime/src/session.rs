@@ -329,6 +329,24 @@ impl GraphSession {
         &self.path
     }
 
+    /// [`Self::run`] on values in the engine's memory; the outputs stay there (IoBinding on ONNX
+    /// Runtime, bound to the session's device).
+    pub fn run_resident(
+        &mut self,
+        inputs: &[(&str, &crate::engine::Resident)],
+    ) -> Result<BTreeMap<String, crate::engine::Resident>> {
+        let _span = tracing::info_span!("graph_run", graph = %self.graph, backend = %self.backend).entered();
+        let bindings = check::resident_inputs(&self.graph, &self.spec, inputs)?;
+        let outputs = self.engine.run_resident(&self.graph, inputs)?;
+        check::outputs(&self.graph, &self.spec, &bindings, &outputs)?;
+        Ok(outputs)
+    }
+
+    /// A tensor in the session's device memory for a collective to fill.
+    pub fn resident_buffer(&self, dtype: osp_graphs::DType, shape: &[usize]) -> Result<crate::engine::Resident> {
+        self.engine.resident_buffer(&self.graph, dtype, shape)
+    }
+
     /// Checks `inputs` against the manifest, runs the graph, and checks that every manifest output
     /// was produced with its dtype and (where the input bindings determine them) dims.
     pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<BTreeMap<String, Tensor>> {

@@ -234,3 +234,98 @@ fn bench_prints_every_stage_and_writes_json() {
     assert_eq!(report["backend"], "ort-cpu");
     assert_eq!(report["cfg_batch"], 2);
 }
+
+/// `--sp 2` and `--cfg-parallel` (alone and together) replay the recorded noise to the same latents
+/// as one device (`Close`) and to the official frames (`OneLevel`).
+#[test]
+fn sp_and_cfg_parallel_reproduce_the_single_device_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let io = e2e().join("io.safetensors");
+    let prompt0 =
+        "A serene lake surrounded by snow-capped mountains at sunrise, with mist rising from the water and a \
+                   lone wooden boat drifting slowly.";
+    let run = |name: &str, extra: &[&str]| {
+        let dump = tmp.path().join(format!("{name}.safetensors"));
+        let out = osp(&tmp.path().join("cache"))
+            .args(["--text_prompt", prompt0, "A cat.", "--num-sampling-steps", "4", "--save_img_path"])
+            .arg(tmp.path().join(name))
+            .arg("--init-latents")
+            .arg(&io)
+            .arg("--step-noise")
+            .arg(&io)
+            .arg("--recorded-schedule")
+            .arg(&io)
+            .arg("--dump-latents")
+            .arg(&dump)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        read_safetensors(&dump).unwrap()
+    };
+    let single = run("single", &[]);
+    let official = read_safetensors(&io).unwrap();
+    for (name, extra) in
+        [("sp2", &["--sp", "2"][..]), ("cfg", &["--cfg-parallel"]), ("both", &["--sp", "2", "--cfg-parallel"])]
+    {
+        let got = run(name, extra);
+        assert_eq!(got.len(), single.len(), "{name}: dumped keys");
+        for (key, want) in &single {
+            let a = &got[key];
+            match (a, want) {
+                (Tensor::U8(_), Tensor::U8(_)) => {
+                    let f = |t: &Tensor| -> Vec<f32> { t.to_f32_vec() };
+                    let c = Approx::OneLevel.compare(&f(a), &f(want));
+                    assert!(c.ok(), "{name} {key} vs one device: {c}");
+                    let c = Approx::OneLevel.compare(&f(a), &f(&official[key]));
+                    assert!(c.ok(), "{name} {key} vs official: {c}");
+                }
+                (Tensor::F32(_), Tensor::F32(_)) => {
+                    let c = Approx::Close.compare(&a.to_f32_vec(), &want.to_f32_vec());
+                    assert!(c.ok(), "{name} {key} vs one device: {c}");
+                }
+                _ => assert_eq!(a, want, "{name} {key}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn parallel_flags_are_refused_before_loading() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (extra, needles) in [
+        (&["--sp", "3"][..], &["--sp", "divide the 2 attention heads"][..]),
+        (&["--sp", "4"], &["--sp", "divide"]),
+        (&["--cfg-parallel", "--guidance_scale", "1"], &["--cfg-parallel", "guidance"]),
+        (&["--sp", "2", "--devices", "0"], &["--devices", "need 2 devices"]),
+        (&["--sp", "2", "--devices", "1,1"], &["--devices", "distinct"]),
+        (&["--devices", "0,1"], &["--devices", "--sp"]),
+    ] {
+        let out = generate(tmp.path(), "refused", extra);
+        let msg = text(&out);
+        assert!(!out.status.success(), "{extra:?} should be refused");
+        for n in needles {
+            assert!(msg.contains(n), "{extra:?}: `{n}` missing from: {msg}");
+        }
+        assert!(!tmp.path().join("refused").exists(), "{extra:?}: nothing is written");
+    }
+}
+
+#[test]
+fn bench_with_sp_prints_segment_compute_and_exchange_times() {
+    let mut cmd = Command::new(osp_tests::osp_binary().expect("the osp binary should be built"));
+    for var in ["OSP_BACKEND", "OSP_THREADS", "OSP_TEXT_CACHE", "OSP_PIPELINE_BUNDLE"] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .args(["--threads", "1", "bench", "--warmup", "0", "--repeats", "1", "--sp", "2", "--text_prompt", "A cat."])
+        .args(["--num-sampling-steps", "2", "--bundle"])
+        .arg(bundle())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for needle in ["parallel DiT: --sp 2", "core_full", "qkv", "post", "all_to_all", "all_gather", "total"] {
+        assert!(table.contains(needle), "`{needle}` missing from:\n{table}");
+    }
+}

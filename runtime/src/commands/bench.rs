@@ -131,7 +131,7 @@ pub fn run(args: &BenchArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let steps = req.steps();
     let fps = spec.manifest().defaults.fps;
     let started = Instant::now();
-    let mut pipeline: Pipeline = sampling.load(spec, backend)?;
+    let mut pipeline: Pipeline = sampling.load_for(spec, &req, backend)?;
     let load_s = started.elapsed().as_secs_f64();
     let out_dir = tempfile_dir()?;
     let encode = args.encode.options();
@@ -140,6 +140,11 @@ pub fn run(args: &BenchArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let prompt = pipeline.templated(&req, &req.prompts[0]);
     for run in 0..args.warmup + args.repeats {
         t.timed = run >= args.warmup;
+        if run == args.warmup {
+            if let Some(dit) = pipeline.parallel_mut() {
+                dit.reset_timings();
+            }
+        }
         let s = Instant::now();
         let tok = pipeline.text_encoder().tokenizer();
         tok.encode(&prompt, req.max_sequence_length)?;
@@ -199,6 +204,10 @@ pub fn run(args: &BenchArgs, backend: &BackendOpts) -> anyhow::Result<()> {
             "{:<15} {:>7} {:>11.2} {:>11.2} {:>11.2} {:>11.2} {:>11.2}",
             s.stage, s.samples, s.mean_ms, s.p50_ms, s.p90_ms, s.min_ms, s.max_ms
         );
+    }
+    if let Some(dit) = pipeline.parallel() {
+        let (totals, calls) = dit.timing_totals();
+        super::parallel::print_timings(totals, calls, dit.plan());
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;

@@ -127,6 +127,8 @@ pub struct SamplingOpts {
     /// upstream's recording format). See docs/text_encoder.md.
     #[arg(long, value_enum)]
     pub text_positions: Option<TextPositions>,
+    #[command(flatten)]
+    pub parallel: super::parallel::ParallelOpts,
 }
 
 #[derive(Debug, Args)]
@@ -344,6 +346,24 @@ impl SamplingOpts {
             .with_context(|| format!("opening the pipeline bundle {}", self.bundle.display()))
     }
 
+    /// Checks the parallel flags against `req` (before any model loads), then loads the pipeline
+    /// and, with --sp / --cfg-parallel, the parallel DiT.
+    pub fn load_for(
+        &self,
+        spec: PipelineSpec,
+        req: &GenerateRequest,
+        backend: &BackendOpts,
+    ) -> anyhow::Result<Pipeline> {
+        let parallel = self.parallel.check(&spec, req, backend)?;
+        let dir = spec.dir().to_path_buf();
+        let transformer = spec.manifest().components.transformer.clone();
+        let mut pipeline = self.load(spec, backend)?;
+        if let Some(checked) = parallel {
+            checked.load_into(&dir, &transformer, &mut pipeline)?;
+        }
+        Ok(pipeline)
+    }
+
     /// Loads the pipeline's models with the text cache the flags ask for.
     pub fn load(&self, spec: PipelineSpec, backend: &BackendOpts) -> anyhow::Result<Pipeline> {
         let cache = if self.no_text_cache {
@@ -544,7 +564,7 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     } else {
         Box::new(seeded)
     };
-    let mut pipeline = args.sampling.load(spec, backend)?;
+    let mut pipeline = args.sampling.load_for(spec, &req, backend)?;
     if args.dump_latents.is_some() && args.sampling.text_positions.is_none() {
         pipeline = pipeline.with_text_positions(TextPositions::Padded);
     }

@@ -18,6 +18,7 @@ pub mod eval;
 pub mod extract_text_embeds;
 pub mod generate;
 pub mod inspect;
+pub mod parallel;
 pub mod reconstruct;
 pub mod run_graph;
 pub mod schedule;

@@ -12,6 +12,7 @@
 //! host [`Tensor`] today.
 
 pub mod ort;
+pub mod resident;
 #[cfg(feature = "tract")]
 pub mod tract;
 
@@ -23,6 +24,7 @@ use crate::session::{Backend, SessionOptions};
 use crate::tensor::Tensor;
 
 pub use self::ort::shared_weights::{BundleWeights, SharedWeights};
+pub use self::resident::Resident;
 
 /// What an engine takes and returns: a tensor in host memory.
 pub type Value = Tensor;
@@ -41,6 +43,19 @@ pub trait Engine: Send {
 
     /// Ends the profiler started by [`SessionOptions::profile`] and returns its file.
     fn end_profiling(&mut self, graph: &str) -> Result<PathBuf>;
+
+    /// Runs on values in the engine's memory and keeps the outputs there ([`Resident`]). The
+    /// default goes through host tensors (engines without device memory).
+    fn run_resident(&mut self, graph: &str, inputs: &[(&str, &Resident)]) -> Result<BTreeMap<String, Resident>> {
+        let hosts = inputs.iter().map(|(n, r)| Ok((*n, r.to_host(n)?))).collect::<Result<Vec<_>>>()?;
+        let refs: Vec<(&str, &Value)> = hosts.iter().map(|(n, t)| (*n, t)).collect();
+        Ok(self.run(graph, &refs)?.into_iter().map(|(k, v)| (k, Resident::host(v))).collect())
+    }
+
+    /// A tensor of `dtype` and `shape` in the engine's memory for a collective to fill.
+    fn resident_buffer(&self, _graph: &str, dtype: osp_graphs::DType, shape: &[usize]) -> Result<Resident> {
+        Ok(Resident::host(Value::zeros(dtype, shape)?))
+    }
 }
 
 /// Loads the model at `path` on `opts.backend`. `shared`: the bundle's weight pool, which the

@@ -8,5 +8,9 @@ pub mod collective;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod workers;
+pub mod host;
+pub mod sp;
 
 pub use collective::{Buffer, BufferMut, Collective, CollectiveError};
+pub use host::{HostCollective, HostWorld};
+pub use sp::{ParallelDit, ParallelPlan, RankTimings};

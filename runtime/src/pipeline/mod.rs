@@ -177,6 +177,8 @@ pub struct Pipeline {
     transformer: GraphSession,
     /// [`TRANSFORMER_TEXT_GRAPH`], run once per prompt, when the bundle has the cached pair.
     transformer_text: Option<GraphSession>,
+    /// The sequence-/CFG-parallel DiT, when set: the denoising loop runs it instead of `transformer`.
+    parallel: Option<crate::parallel::ParallelDit>,
     vae: Vae,
     /// What the text encoder computes ([`Pipeline::with_text_positions`]).
     text_positions: TextPositions,
@@ -212,7 +214,7 @@ impl Pipeline {
         let (transformer, transformer_text) = load_denoiser(&dit, opts, true)?;
         let vae = Vae::with_graphs(&Bundle::open(spec.dir.join(&c.vae))?, spec.vae_graphs.clone(), opts)?;
         tracing::info!(bundle = %spec.dir.display(), latent_channels = spec.dims.latent_channels, "pipeline loaded");
-        Ok(Self { spec, text, transformer, transformer_text, vae, text_positions: TextPositions::default() })
+        Ok(Self { spec, text, transformer, transformer_text, parallel: None, vae, text_positions: TextPositions::default() })
     }
 
     /// Runs the plain [`TRANSFORMER_GRAPH`] every step even when the bundle has the cached-text
@@ -244,6 +246,21 @@ impl Pipeline {
 
     pub fn spec(&self) -> &PipelineSpec {
         &self.spec
+    }
+
+    /// Runs the DiT through `dit` (same inputs, same `sample`) from now on.
+    pub fn set_parallel(&mut self, dit: crate::parallel::ParallelDit) {
+        self.parallel = Some(dit);
+    }
+
+    /// The parallel DiT, when set.
+    pub fn parallel(&self) -> Option<&crate::parallel::ParallelDit> {
+        self.parallel.as_ref()
+    }
+
+    /// The parallel DiT, when set, mutably (its timing totals).
+    pub fn parallel_mut(&mut self) -> Option<&mut crate::parallel::ParallelDit> {
+        self.parallel.as_mut()
     }
 
     pub fn text_encoder(&self) -> &TextEncoder {
@@ -543,7 +560,8 @@ impl Pipeline {
         let (states, mask) = dit_text_inputs(&rows, self.dims.caption_channels)?;
         let batch = rows.len();
         // The cross-attention keys and values of every block, once per prompt.
-        let text_kv = match &mut self.transformer_text {
+        // The parallel DiT reads the text states itself; the cached pair serves the single graph.
+        let text_kv = match self.transformer_text.as_mut().filter(|_| self.parallel.is_none()) {
             Some(session) => Some(session.run(&[("encoder_hidden_states", &states)]).map_err(in_prompt)?),
             None => None,
         };
@@ -567,14 +585,24 @@ impl Pipeline {
             let model_input = if cfg { cat0(&[&scaled, &scaled])? } else { scaled };
             let timestep = Tensor::F32(ArrayD::from_elem(IxDyn(&[batch]), t));
             let hidden = Tensor::F32(model_input);
-            let mut inputs =
-                vec![("hidden_states", &hidden), ("timestep", &timestep), ("encoder_attention_mask", &mask)];
-            match &text_kv {
-                Some(kv) => inputs.extend(kv.iter().map(|(name, t)| (name.as_str(), t))),
-                None => inputs.push(("encoder_hidden_states", &states)),
-            }
-            let mut out = self.transformer.run(&inputs)?;
-            let dit_out = take_f32(&mut out, TRANSFORMER_GRAPH, DIT_OUTPUT)?;
+            let dit_out = match &mut self.parallel {
+                Some(dit) => dit.run(&[
+                    ("hidden_states", &hidden),
+                    ("timestep", &timestep),
+                    ("encoder_hidden_states", &states),
+                    ("encoder_attention_mask", &mask),
+                ])?,
+                None => {
+                    let mut inputs =
+                        vec![("hidden_states", &hidden), ("timestep", &timestep), ("encoder_attention_mask", &mask)];
+                    match &text_kv {
+                        Some(kv) => inputs.extend(kv.iter().map(|(name, t)| (name.as_str(), t))),
+                        None => inputs.push(("encoder_hidden_states", &states)),
+                    }
+                    let mut out = self.transformer.run(&inputs)?;
+                    take_f32(&mut out, TRANSFORMER_GRAPH, DIT_OUTPUT)?
+                }
+            };
             finite::check("transformer output", dit_out.view()).map_err(|e| in_prompt(e.at_step(i)))?;
             let guided = if cfg {
                 let uncond = dit_out.slice_axis(Axis(0), (0..n).into()).to_owned();

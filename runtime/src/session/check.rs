@@ -46,13 +46,57 @@ pub(super) fn model_io(
     Ok(())
 }
 
+/// What the output check reads of a produced value (host tensors and resident values).
+pub(super) trait Produced {
+    fn dtype(&self) -> osp_graphs::DType;
+    fn shape(&self) -> &[usize];
+    fn describe(&self) -> String;
+}
+
+impl Produced for Tensor {
+    fn dtype(&self) -> osp_graphs::DType {
+        Tensor::dtype(self)
+    }
+    fn shape(&self) -> &[usize] {
+        Tensor::shape(self)
+    }
+    fn describe(&self) -> String {
+        Tensor::describe(self)
+    }
+}
+
+impl Produced for crate::engine::Resident {
+    fn dtype(&self) -> osp_graphs::DType {
+        crate::engine::Resident::dtype(self)
+    }
+    fn shape(&self) -> &[usize] {
+        crate::engine::Resident::shape(self)
+    }
+    fn describe(&self) -> String {
+        crate::engine::Resident::describe(self)
+    }
+}
+
+/// Checks resident `inputs` like [`inputs`].
+pub(super) fn resident_inputs(
+    graph: &str,
+    spec: &GraphSpec,
+    inputs: &[(&str, &crate::engine::Resident)],
+) -> Result<SymbolBindings> {
+    let views: Vec<_> = inputs
+        .iter()
+        .map(|(name, r)| osp_graphs::manifest::InputView { name, dtype: r.dtype(), shape: r.shape() })
+        .collect();
+    Ok(spec.check_inputs(graph, &views)?)
+}
+
 /// Every manifest output was produced, with its dtype, rank and (where `bindings` determine
 /// them) dims.
-pub(super) fn outputs(
+pub(super) fn outputs<T: Produced>(
     graph: &str,
     spec: &GraphSpec,
     bindings: &SymbolBindings,
-    outputs: &BTreeMap<String, Tensor>,
+    outputs: &BTreeMap<String, T>,
 ) -> Result<()> {
     for out in &spec.outputs {
         let Some(t) = outputs.get(&out.name) else {
@@ -118,7 +162,7 @@ mod tests {
         assert!(err.to_string().contains("dim 0 = 2"), "{err}");
         let err = outputs("g", &spec(), &bindings, &out(DType::F16, &[2, 7])).unwrap_err();
         assert!(matches!(err, Error::OutputMismatch { .. }), "{err}");
-        let err = outputs("g", &spec(), &bindings, &BTreeMap::new()).unwrap_err();
+        let err = outputs::<Tensor>("g", &spec(), &bindings, &BTreeMap::new()).unwrap_err();
         assert!(matches!(&err, Error::MissingOutput { output, .. } if output == "y"), "{err}");
         let bad = Tensor::zeros(DType::F32, &[2, 4]).unwrap();
         assert!(inputs("g", &spec(), &[("x", &bad)]).is_err());

@@ -80,7 +80,7 @@ pub(crate) fn modulate(g: &mut GraphBuilder, x: &Value, shift: &Value, scale: &V
     g.add(&y, shift)
 }
 
-fn gelu_erf(g: &mut GraphBuilder, x: &Value) -> Result<Value> {
+pub(crate) fn gelu_erf(g: &mut GraphBuilder, x: &Value) -> Result<Value> {
     let inv_sqrt2 = g.scalar_like(std::f64::consts::FRAC_1_SQRT_2, x)?;
     let half = g.scalar_like(0.5, x)?;
     let one = g.scalar_like(1.0, x)?;

@@ -22,6 +22,7 @@ pub mod modeling_opensora;
 mod patch_embed_2d;
 mod pixart_alpha_text_projection;
 mod rope3d;
+pub mod segments;
 pub mod weights;
 
 pub use cached_text::{cut_cached_graphs, kv_name, CACHED_GRAPH, TEXT_GRAPH};

@@ -44,7 +44,7 @@ pub const GRAPH_NAME: &str = "transformer";
 /// projections and feed-forward); patch and caption embedding, timestep MLP and `proj_out` stay f32.
 pub const INT8_LAYERS: &str = "transformer_blocks.";
 /// `norm_out` is built with a fixed eps, whatever `norm_eps` says.
-const NORM_OUT_EPS: f64 = 1e-6;
+pub(crate) const NORM_OUT_EPS: f64 = 1e-6;
 
 /// The upstream config as the manifest records it (same keys).
 pub fn manifest_config(config: &OpenSoraT2V_v1_3Config) -> Result<OpenSoraT2VConfig> {
@@ -155,7 +155,7 @@ pub fn build_graph_with(
 
 /// `[b, n, p * q * c]` -> `[b, c, t, h, w]` (einsum `nthwopqc->nctohpwq` with `o = pt = 1`), through
 /// `[b, (t hp), wp, p, q, c]` -> `[b, c, (t hp), p, wp, q]` (rank 6 at most).
-fn unpatchify(
+pub(crate) fn unpatchify(
     g: &mut GraphBuilder,
     x: &crate::builder::Value,
     grid: &super::patch_embed_2d::Grid,
@@ -210,6 +210,7 @@ pub fn export_opensora_t2v(
         passes::optimize_int8(g, opts.precision, &int8)?;
         writer.add_graph(name, g, opts.attention, metadata.clone())?;
     }
+    super::segments::add_segments(&mut writer, config, weights, opts)?;
     let manifest = writer.finish()?;
     info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, lowering = %opts.lowering, layers = config.num_layers, "exported OpenSoraT2V v1.3");
     Ok(manifest)

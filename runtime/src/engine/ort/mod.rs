@@ -10,6 +10,7 @@
 
 pub mod ep;
 pub mod library;
+pub(crate) mod resident;
 pub mod shared_weights;
 mod value;
 
@@ -31,6 +32,7 @@ use crate::session::{Backend, SessionOptions};
 /// One ONNX Runtime session.
 pub struct OrtEngine {
     session: Session,
+    place: resident::Place,
     /// The in-memory external-data files ONNX Runtime reads its initializers from directly
     /// (`use_external_initializer_file_buffers_directly`): they must outlive the session.
     _weights: Vec<Arc<[u8]>>,
@@ -53,7 +55,11 @@ impl OrtEngine {
         };
         let prepacked = shared.map(|bundle| bundle.pool.prepacked_after_init()).transpose()?;
         let session = build_session(graph, spec, path, opts, prepacked, &data)?;
-        Ok(Self { session, _weights: data.into_iter().map(|(_, bytes)| bytes).collect() })
+        let place = match opts.backend {
+            Backend::OrtCuda { device_id } | Backend::OrtTensorRt { device_id, .. } => resident::Place::Cuda(device_id),
+            _ => resident::Place::Cpu,
+        };
+        Ok(Self { session, place, _weights: data.into_iter().map(|(_, bytes)| bytes).collect() })
     }
 }
 
@@ -68,6 +74,18 @@ impl Engine for OrtEngine {
 
     fn run(&mut self, graph: &str, inputs: &[(&str, &Value)]) -> Result<BTreeMap<String, Value>> {
         value::run(&mut self.session, graph, inputs)
+    }
+
+    fn run_resident(
+        &mut self,
+        graph: &str,
+        inputs: &[(&str, &super::Resident)],
+    ) -> Result<BTreeMap<String, super::Resident>> {
+        resident::run(&mut self.session, self.place, graph, inputs)
+    }
+
+    fn resident_buffer(&self, graph: &str, dtype: osp_graphs::DType, shape: &[usize]) -> Result<super::Resident> {
+        resident::alloc(&self.session, self.place, graph, dtype, shape)
     }
 
     fn end_profiling(&mut self, graph: &str) -> Result<PathBuf> {

@@ -1,0 +1,321 @@
+//! The DiT split into sequence-parallel segments (DeepSpeed-Ulysses style), exported beside the
+//! single `transformer` graph and sharing its weights: `sp_pre`, per block `sp_block{i}_qkv` and
+//! `sp_block{i}_post`, one `sp_core_{kind}` per attention kind (full, single{n}, group{n}) on a head
+//! shard, and `sp_final`. The protocol a runtime follows is [`osp_graphs::dit_parallel`], stored on
+//! `sp_pre`'s metadata.
+//!
+//! Upstream shards the same way (all-to-all before and after each self-attention, RoPE and the
+//! Skiparse regrouping on the whole sequence):
+//! <https://github.com/PKU-YuanGroup/Open-Sora-Plan/blob/9fa322fbbb276e2bbe40b2f439e3d610af3d7690/opensora/models/diffusion/opensora_v1_3/modules.py#L128-L312>
+//!
+//! Each core folds its head shard into the batch (`[b * heads/P, N, d_head]`, one head per
+//! attention problem), so one graph serves every degree.
+
+use std::collections::BTreeMap;
+
+use osp_graphs::dit_parallel::{io, DitSegments, FramePadding, SegmentLayer, SEGMENTS_METADATA_KEY};
+use osp_graphs::{AttentionKind, DType, Dim, TensorSpec};
+use osp_trainer::models::opensora_v1_3::{OpenSoraT2V_v1_3Config, Skiparse, MASK_BIAS};
+
+use crate::builder::{AttentionSpec, GraphBuilder, Value};
+use crate::bundle::BundleWriter;
+use crate::error::{Error, Result};
+use crate::graph::OnnxGraph;
+use crate::passes;
+
+use super::ada_layer_norm_single::adaln_single;
+use super::attn_processor::{self_attention, SkiparseGrid};
+use super::basic_transformer_block::{gelu_erf, layer_norm, linear, modulate};
+use super::modeling_opensora::{input_specs, unpatchify, NORM_OUT_EPS};
+use super::patch_embed_2d::{patch_embed, Grid};
+use super::pixart_alpha_text_projection::caption_projection;
+use super::rope3d::{apply_rope, rope_tables};
+use super::weights::DitWeights;
+
+pub const PRE_GRAPH: &str = "sp_pre";
+pub const FINAL_GRAPH: &str = "sp_final";
+
+/// The manifest name of a layer kind (`full`, `single{n}`, `group{n}`).
+pub fn kind_name(kind: Skiparse) -> String {
+    match kind {
+        Skiparse::Full => "full".to_string(),
+        Skiparse::Single(n) => format!("single{n}"),
+        Skiparse::Group(n) => format!("group{n}"),
+    }
+}
+
+/// The protocol of `config`'s segments.
+pub fn segments_protocol(config: &OpenSoraT2V_v1_3Config) -> Result<DitSegments> {
+    let dims = config.validate()?;
+    let layers = (0..config.num_layers)
+        .map(|i| {
+            let kind = config.attention_kind(i);
+            SegmentLayer {
+                attention: kind_name(kind),
+                qkv: format!("sp_block{i}_qkv"),
+                core: format!("sp_core_{}", kind_name(kind)),
+                post: format!("sp_block{i}_post"),
+            }
+        })
+        .collect();
+    Ok(DitSegments {
+        heads: config.num_attention_heads,
+        head_dim: config.attention_head_dim,
+        hidden_size: dims.hidden_size,
+        patch_size: dims.patch_size,
+        padding: FramePadding::ZeroFramesAtEnd,
+        pre: PRE_GRAPH.to_string(),
+        layers,
+        final_graph: FINAL_GRAPH.to_string(),
+    })
+}
+
+fn f32_spec(name: &str, dims: Vec<Dim>) -> TensorSpec {
+    TensorSpec::new(name, DType::F32, dims)
+}
+
+fn s(name: &str) -> Dim {
+    Dim::sym(name)
+}
+
+/// The block's six modulation rows `[b, 1, d]` from its `scale_shift_table` and `t6`.
+fn block_rows(g: &mut GraphBuilder, w: &DitWeights, i: usize, t6: &Value) -> Result<Vec<Value>> {
+    let key = format!("transformer_blocks.{i}.scale_shift_table");
+    let table = g.initializer(&key, w.tensor(&key)?)?; // [6, d]
+    let table = g.unsqueeze(&table, &[0]);
+    let modulation = g.add(&table, t6)?; // [b, 6, d]
+    g.split(&modulation, 1, &[1; 6])
+}
+
+/// `encoder_attention_mask` `[b, 1, l]` -> key bias `[b, 1, 1, l]` (as the single graph).
+fn text_bias(g: &mut GraphBuilder, mask: &Value) -> Result<Value> {
+    g.scoped("encoder_attention_bias", |g| {
+        let one = g.scalar(1.0, DType::F32)?;
+        let big = g.scalar(MASK_BIAS as f64, DType::F32)?;
+        let inv = g.sub(&one, mask)?;
+        let bias = g.mul(&inv, &big)?;
+        Ok(g.unsqueeze(&bias, &[1]))
+    })
+}
+
+fn pre_graph(config: &OpenSoraT2V_v1_3Config, w: &DitWeights) -> Result<OnnxGraph> {
+    let dims = config.validate()?;
+    let d = dims.hidden_size;
+    let mut g = GraphBuilder::new(PRE_GRAPH);
+    let specs = input_specs(config)?;
+    let hidden_states = g.input(specs[0].clone())?;
+    let timestep = g.input(specs[1].clone())?;
+    let encoder_hidden_states = g.input(specs[2].clone())?;
+    let encoder_attention_mask = g.input(specs[3].clone())?;
+    let (tokens, _) = patch_embed(&mut g, w, &hidden_states, dims.patch_size)?;
+    let (t6, embedded) = adaln_single(&mut g, w, &timestep, d)?;
+    let caption = caption_projection(&mut g, w, &encoder_hidden_states)?;
+    let bias = text_bias(&mut g, &encoder_attention_mask)?;
+    g.output(&tokens, f32_spec(io::TOKENS, vec![s("b"), s("m"), d.into()]))?;
+    g.output(&t6, f32_spec(io::T6, vec![s("b"), 6.into(), d.into()]))?;
+    g.output(&embedded, f32_spec(io::EMBEDDED_TIMESTEP, vec![s("b"), d.into()]))?;
+    g.output(&caption, f32_spec(io::CAPTION, vec![s("b"), s("l"), d.into()]))?;
+    g.output(&bias, f32_spec(io::TEXT_BIAS, vec![s("b"), 1.into(), 1.into(), s("l")]))?;
+    g.finish()
+}
+
+fn qkv_graph(config: &OpenSoraT2V_v1_3Config, w: &DitWeights, i: usize, name: &str) -> Result<OnnxGraph> {
+    let d = config.validate()?.hidden_size;
+    let dh = config.attention_head_dim;
+    let mut g = GraphBuilder::new(name);
+    let x = g.input(f32_spec(io::TOKENS, vec![s("b"), s("m"), d.into()]))?;
+    let t6 = g.input(f32_spec(io::T6, vec![s("b"), 6.into(), d.into()]))?;
+    let degree = g.input(TensorSpec::new(io::SP_DEGREE, DType::I64, [1.into()]))?;
+    let p = format!("transformer_blocks.{i}");
+    let rows = block_rows(&mut g, w, i, &t6)?;
+    let normed = layer_norm(&mut g, w, &format!("{p}.norm1"), &x, d, config.norm_eps)?;
+    let normed = modulate(&mut g, &normed, &rows[0], &rows[1])?;
+    let q = linear(&mut g, w, &format!("{p}.attn1.to_q"), &normed)?; // [b, m, inner]
+    let k = linear(&mut g, w, &format!("{p}.attn1.to_k"), &normed)?;
+    let v = linear(&mut g, w, &format!("{p}.attn1.to_v"), &normed)?;
+    let qkv = g.concat(&[&q, &k, &v], 2)?; // [b, m, 3 inner]
+    let bm = g.shape(&x, Some(0), Some(2));
+    let three = g.const_i64(&[3]);
+    let tail = g.const_i64(&[-1, dh as i64]);
+    let shape = g.concat(&[&bm, &three, &degree, &tail], 0)?;
+    let qkv = g.reshape_to(&qkv, &shape, Some(6)); // [b, m, 3, P, heads/P, dh]
+    let qkv = g.transpose(&qkv, &[3, 2, 0, 1, 4, 5])?; // [P, 3, b, m, heads/P, dh]
+    let out = f32_spec(io::QKV, vec![s("p"), 3.into(), s("b"), s("m"), s("hp"), dh.into()]);
+    g.output(&qkv, out)?;
+    g.finish()
+}
+
+fn core_graph(
+    config: &OpenSoraT2V_v1_3Config,
+    kind: Skiparse,
+    attention: AttentionKind,
+    name: &str,
+) -> Result<OnnxGraph> {
+    let dh = config.attention_head_dim;
+    let mut g = GraphBuilder::new(name);
+    let qkv = g.input(f32_spec(io::QKV, vec![s("p"), 3.into(), s("b"), s("m"), s("hp"), dh.into()]))?;
+    let grid_in = g.input(TensorSpec::new(io::GRID, DType::I64, [3.into()]))?;
+    let dim = |g: &mut GraphBuilder, i: i64| g.shape(&qkv, Some(i), Some(i + 1));
+    let p = dim(&mut g, 0);
+    let b = dim(&mut g, 2);
+    let m = dim(&mut g, 3);
+    let part = |g: &mut GraphBuilder, i: i64| g.slice(&grid_in, &[i], &[i + 1], &[0], None);
+    let t = part(&mut g, 0)?;
+    let hp = part(&mut g, 1)?;
+    let wp = part(&mut g, 2)?;
+    let hw = g.mul(&hp, &wp)?;
+    let n = g.mul(&t, &hw)?;
+    let pm = g.mul(&p, &m)?;
+    // [3, b, heads/P, P, m, dh] -> [3, b * heads/P, P * m, dh]: shard s's tokens follow shard s - 1's
+    let x = g.transpose(&qkv, &[1, 2, 4, 0, 3, 5])?;
+    let three = g.const_i64(&[3, -1]);
+    let dh_v = g.const_i64(&[dh as i64]);
+    let shape = g.concat(&[&three, &pm, &dh_v], 0)?;
+    let x = g.reshape_to(&x, &shape, Some(4));
+    let zero = g.const_i64(&[0]);
+    let axis = g.const_i64(&[2]);
+    let x = g.slice_with(&x, &zero, &n, &axis, None); // the real tokens only
+    let parts = g.split(&x, 0, &[1, 1, 1])?;
+    let q = g.squeeze(&parts[0], &[0]); // [B, N, dh]
+    let k = g.squeeze(&parts[1], &[0]);
+    let v = g.squeeze(&parts[2], &[0]);
+    let big_b = g.shape(&q, Some(0), Some(1));
+    let grid = Grid { b: big_b.clone(), t, hp, wp, n };
+    let scales = [config.interpolation_scale_t, config.interpolation_scale_h, config.interpolation_scale_w];
+    let rope = rope_tables(&mut g, &grid, dh, scales)?;
+    let q = apply_rope(&mut g, &rope, &q, 1, dh)?;
+    let k = apply_rope(&mut g, &rope, &k, 1, dh)?;
+    let skiparse = match kind {
+        Skiparse::Full => None,
+        _ => Some(SkiparseGrid::new(&mut g, &grid, kind.n(), &[kind])?),
+    };
+    let spec = AttentionSpec { kind: attention, num_heads: 1, scale: 1.0 / (dh as f64).sqrt() };
+    let o = self_attention(&mut g, &spec, &grid, skiparse.as_ref(), kind, (&q, &k, &v), dh)?; // [B, N, dh]
+                                                                                              // zero-fill the padded tokens (fewer than m: every rank holds a real frame)
+    let zshape = g.concat(&[&big_b, &m, &dh_v], 0)?;
+    let zf = g.scalar(0.0, DType::F32)?;
+    let zeros = g.expand(&zf, &zshape, Some(3));
+    let o = g.concat(&[&o, &zeros], 1)?;
+    let axis1 = g.const_i64(&[1]);
+    let o = g.slice_with(&o, &zero, &pm, &axis1, None); // [B, P * m, dh]
+    let minus_one = g.const_i64(&[-1]);
+    let shape = g.concat(&[&b, &minus_one, &p, &m, &dh_v], 0)?;
+    let o = g.reshape_to(&o, &shape, Some(5)); // [b, heads/P, P, m, dh]
+    let o = g.transpose(&o, &[2, 0, 3, 1, 4])?; // [P, b, m, heads/P, dh]
+    g.output(&o, f32_spec(io::ATTN, vec![s("p"), s("b"), s("m"), s("hp"), dh.into()]))?;
+    g.finish()
+}
+
+fn post_graph(
+    config: &OpenSoraT2V_v1_3Config,
+    w: &DitWeights,
+    i: usize,
+    attention: AttentionKind,
+    name: &str,
+) -> Result<OnnxGraph> {
+    let d = config.validate()?.hidden_size;
+    let (heads, dh) = (config.num_attention_heads, config.attention_head_dim);
+    let mut g = GraphBuilder::new(name);
+    let x = g.input(f32_spec(io::TOKENS, vec![s("b"), s("m"), d.into()]))?;
+    let attn = g.input(f32_spec(io::ATTN, vec![s("p"), s("b"), s("m"), s("hp"), dh.into()]))?;
+    let t6 = g.input(f32_spec(io::T6, vec![s("b"), 6.into(), d.into()]))?;
+    let caption = g.input(f32_spec(io::CAPTION, vec![s("b"), s("l"), d.into()]))?;
+    let bias = g.input(f32_spec(io::TEXT_BIAS, vec![s("b"), 1.into(), 1.into(), s("l")]))?;
+    let p = format!("transformer_blocks.{i}");
+    let rows = block_rows(&mut g, w, i, &t6)?;
+    let spec = AttentionSpec { kind: attention, num_heads: heads, scale: 1.0 / (dh as f64).sqrt() };
+    // head group j came from rank j: [P, b, m, heads/P, dh] -> [b, m, heads * dh]
+    let a = g.transpose(&attn, &[1, 2, 0, 3, 4])?;
+    let a = g.reshape(&a, &[0, 0, -1]);
+    let o = linear(&mut g, w, &format!("{p}.attn1.to_out.0"), &a)?;
+    let gated = g.mul(&rows[2], &o)?;
+    let x = g.add(&x, &gated)?;
+    let q = linear(&mut g, w, &format!("{p}.attn2.to_q"), &x)?;
+    let k = linear(&mut g, w, &format!("{p}.attn2.to_k"), &caption)?;
+    let v = linear(&mut g, w, &format!("{p}.attn2.to_v"), &caption)?;
+    let o = g.attention(&spec, &q, &k, &v, Some(&bias))?;
+    let cross = linear(&mut g, w, &format!("{p}.attn2.to_out.0"), &o)?;
+    let x = g.add(&x, &cross)?;
+    let normed = layer_norm(&mut g, w, &format!("{p}.norm2"), &x, d, config.norm_eps)?;
+    let normed = modulate(&mut g, &normed, &rows[3], &rows[4])?;
+    let up = linear(&mut g, w, &format!("{p}.ff.net.0.proj"), &normed)?;
+    let act = if config.activation_fn == "gelu-approximate" { g.gelu_tanh(&up)? } else { gelu_erf(&mut g, &up)? };
+    let ff = linear(&mut g, w, &format!("{p}.ff.net.2"), &act)?;
+    let gated = g.mul(&rows[5], &ff)?;
+    let y = g.add(&x, &gated)?;
+    g.output(&y, f32_spec(io::OUT, vec![s("b"), s("m"), d.into()]))?;
+    g.finish()
+}
+
+fn final_graph(config: &OpenSoraT2V_v1_3Config, w: &DitWeights) -> Result<OnnxGraph> {
+    let dims = config.validate()?;
+    let d = dims.hidden_size;
+    let mut g = GraphBuilder::new(FINAL_GRAPH);
+    let x = g.input(f32_spec(io::TOKENS, vec![s("b"), s("m"), d.into()]))?;
+    let embedded = g.input(f32_spec(io::EMBEDDED_TIMESTEP, vec![s("b"), d.into()]))?;
+    let hidden_states = g.input(input_specs(config)?[0].clone())?;
+    let dim = |g: &mut GraphBuilder, i: i64| g.shape(&hidden_states, Some(i), Some(i + 1));
+    let (b, t, h, wd) = (dim(&mut g, 0), dim(&mut g, 2), dim(&mut g, 3), dim(&mut g, 4));
+    let patch = g.const_i64(&[dims.patch_size as i64]);
+    let hp = g.div(&h, &patch)?;
+    let wp = g.div(&wd, &patch)?;
+    let hw = g.mul(&hp, &wp)?;
+    let n = g.mul(&t, &hw)?;
+    let grid = Grid { b, t, hp, wp, n };
+    let table = g.initializer("scale_shift_table", w.tensor("scale_shift_table")?)?; // [2, d]
+    let table = g.unsqueeze(&table, &[0]);
+    let e = g.unsqueeze(&embedded, &[1]);
+    let modulation = g.add(&table, &e)?;
+    let rows = g.split(&modulation, 1, &[1, 1])?;
+    let normed = layer_norm(&mut g, w, "norm_out", &x, d, NORM_OUT_EPS)?;
+    let normed = modulate(&mut g, &normed, &rows[0], &rows[1])?;
+    let y = linear(&mut g, w, "proj_out", &normed)?;
+    let sample = unpatchify(&mut g, &y, &grid, &hidden_states, dims.patch_size, dims.out_channels)?;
+    let out = f32_spec(io::SAMPLE, vec![s("b"), dims.out_channels.into(), s("t"), s("h"), s("w")]);
+    g.output(&sample, out)?;
+    g.finish()
+}
+
+/// Every segment graph of `config`, by name, in protocol order (cores once per kind).
+pub fn build_segments(
+    config: &OpenSoraT2V_v1_3Config,
+    w: &DitWeights,
+    attention: AttentionKind,
+) -> Result<(DitSegments, Vec<(String, OnnxGraph)>)> {
+    if config.validate()? != w.dims() {
+        return Err(Error::Config("OpenSoraT2V: the weights were checked against another config".into()));
+    }
+    let protocol = segments_protocol(config)?;
+    let mut graphs = vec![(PRE_GRAPH.to_string(), pre_graph(config, w)?)];
+    for (i, layer) in protocol.layers.iter().enumerate() {
+        graphs.push((layer.qkv.clone(), qkv_graph(config, w, i, &layer.qkv)?));
+        if !graphs.iter().any(|(n, _)| n == &layer.core) {
+            let core = core_graph(config, config.attention_kind(i), attention, &layer.core)?;
+            graphs.push((layer.core.clone(), core));
+        }
+        graphs.push((layer.post.clone(), post_graph(config, w, i, attention, &layer.post)?));
+    }
+    graphs.push((FINAL_GRAPH.to_string(), final_graph(config, w)?));
+    Ok((protocol, graphs))
+}
+
+/// Adds the segment graphs to a DiT bundle being written (after the `transformer` graph, so their
+/// initializers point into its data file).
+pub fn add_segments(
+    writer: &mut BundleWriter,
+    config: &OpenSoraT2V_v1_3Config,
+    w: &DitWeights,
+    opts: &crate::options::ExportOptions,
+) -> Result<DitSegments> {
+    let (protocol, graphs) = build_segments(config, w, opts.attention)?;
+    let value = serde_json::to_value(&protocol).map_err(|e| Error::Config(format!("dit_segments: {e}")))?;
+    for (name, mut graph) in graphs {
+        passes::optimize(&mut graph, opts.precision)?;
+        let mut metadata = BTreeMap::new();
+        if name == PRE_GRAPH {
+            metadata.insert(SEGMENTS_METADATA_KEY.to_string(), value.clone());
+        }
+        writer.add_graph(&name, &graph, opts.attention, metadata)?;
+    }
+    Ok(protocol)
+}
