@@ -83,10 +83,11 @@ pub struct GpuOpts {
     /// Cap of the CUDA provider's memory arena, in bytes.
     #[arg(long, env = "OSP_GPU_MEM_LIMIT", global = true)]
     pub gpu_mem_limit: Option<usize>,
-    /// Let ONNX Runtime run nodes no GPU provider takes on the CPU (by default such a graph fails
-    /// to load: `session.disable_cpu_ep_fallback`).
+    /// Refuse any node placed on the CPU in a GPU session (`session.disable_cpu_ep_fallback`):
+    /// the graph fails to load instead. By default ONNX Runtime may place the small shape
+    /// computations the CUDA provider leaves on the CPU, and says so on stderr.
     #[arg(long, global = true)]
-    pub allow_cpu_fallback: bool,
+    pub no_cpu_fallback: bool,
     /// TensorRT optimisation profile over the manifest's symbolic dims: `sym=min:opt:max` or
     /// `sym=value`, comma-separated (e.g. `b=1:2:2,t=1:5:9`); every symbol of a loaded graph's
     /// dynamic inputs must be given. Default: engines built for the first shapes seen.
@@ -108,7 +109,7 @@ impl GpuOpts {
             conv_algo_search: self.cudnn_conv_algo_search,
             arena_extend: self.arena_extend,
             memory_limit: self.gpu_mem_limit,
-            allow_cpu_fallback: self.allow_cpu_fallback,
+            allow_cpu_fallback: !self.no_cpu_fallback,
             trt_profile: self.trt_profile.clone(),
         }
     }

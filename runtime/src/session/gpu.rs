@@ -66,9 +66,10 @@ pub struct GpuOptions {
     pub arena_extend: ArenaExtend,
     /// Cap of the CUDA EP's memory arena in bytes (`gpu_mem_limit`); `None`: no cap.
     pub memory_limit: Option<usize>,
-    /// Let ONNX Runtime place nodes no GPU provider takes on the CPU. Off by default: a GPU
-    /// session sets `session.disable_cpu_ep_fallback = 1` and fails to load instead of silently
-    /// running part of the graph on the CPU.
+    /// Let ONNX Runtime place nodes the GPU providers leave (the CUDA provider hands `Shape` and
+    /// the integer ops it feeds to the CPU on purpose) on the CPU, with ONNX Runtime's placement
+    /// warning on stderr (the session logs at warning level), never silently. `false`: the session
+    /// sets `session.disable_cpu_ep_fallback = 1` and any CPU-placed node fails the load.
     pub allow_cpu_fallback: bool,
     /// The TensorRT optimisation profile: `(min, opt, max)` per symbolic dim. `None`: TensorRT
     /// builds for the shapes it is first run with and rebuilds when they change.
@@ -82,7 +83,7 @@ impl Default for GpuOptions {
             conv_algo_search: ConvAlgoSearch::default(),
             arena_extend: ArenaExtend::default(),
             memory_limit: None,
-            allow_cpu_fallback: false,
+            allow_cpu_fallback: true,
             trt_profile: None,
         }
     }

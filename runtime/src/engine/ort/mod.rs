@@ -4,8 +4,9 @@
 //! settings, the bundle's shared weights (CPU only, see [`shared_weights`]), then the execution
 //! providers of its backend ([`ep`], TensorRT before CUDA), each registered with
 //! `.error_on_failure()`: asking for CUDA or TensorRT never silently runs on the CPU; GPU sessions
-//! also set `session.disable_cpu_ep_fallback` (unless `GpuOptions::allow_cpu_fallback`), so a graph
-//! with a node no GPU provider takes fails to load instead of running that node on the CPU. The library
+//! either log ONNX Runtime's CPU-placement warning (`GpuOptions::allow_cpu_fallback`, the default:
+//! the CUDA provider leaves shape computations to the CPU on purpose) or set
+//! `session.disable_cpu_ep_fallback`, so a graph with a node no GPU provider takes fails to load. The library
 //! itself is found and loaded by [`library`]; [`value`] moves tensors in and out.
 
 pub mod ep;
@@ -131,8 +132,14 @@ fn build_session(
     if !memory_pattern {
         builder = builder.with_memory_pattern(false).map_err(|e| config(e.into()))?;
     }
-    if *backend != Backend::OrtCpu && !gpu.allow_cpu_fallback {
-        builder = builder.with_disable_cpu_fallback().map_err(|e| config(e.into()))?;
+    if *backend != Backend::OrtCpu {
+        builder = if gpu.allow_cpu_fallback {
+            // ONNX Runtime's placement warning ("Some nodes were not assigned to the preferred
+            // execution providers") is below the environment's default level: raise this session's.
+            builder.with_log_level(ort::logging::LogLevel::Warning).map_err(|e| config(e.into()))?
+        } else {
+            builder.with_disable_cpu_fallback().map_err(|e| config(e.into()))?
+        };
     }
     if let Some(prefix) = profile {
         builder = builder.with_profiling(prefix).map_err(|e| config(e.into()))?;
