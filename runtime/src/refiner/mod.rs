@@ -45,7 +45,8 @@ pub enum RefinerError {
     /// A Hugging Face model folder was given where a bundle is expected.
     #[error(
         "{} is a Hugging Face model folder, not an osp bundle: export it first with \
-         `osp-export llama` (see docs/refiner.md) and pass the bundle",
+         `osp-export llama --model-dir {} --out refiner.bundle` (see docs/refiner.md) and pass the bundle",
+        dir.display(),
         dir.display()
     )]
     HuggingFaceFolder { dir: PathBuf },
