@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use osp_graphs::{AttentionKind, BundleManifest, GraphSpec, ModelSpec, Provenance, MANIFEST_FILE};
 use prost::Message;
@@ -64,6 +65,11 @@ pub struct BundleWriter {
     threshold: usize,
     /// External initializers written so far: (name, byte length, SHA-256) -> (file, offset).
     written: HashMap<(String, u64, [u8; 32]), (String, u64)>,
+    /// Generated initializers written so far, by name and length, with the generator itself: a
+    /// later graph whose initializer has the same name, length and the *same* generator (`Arc`
+    /// identity; a generator yields the same bytes on every call) points at the written bytes
+    /// without running the generator again (an 8B model's weights are not streamed twice).
+    generated: Vec<(String, u64, crate::graph::Generator, (String, u64))>,
 }
 
 /// The open `.onnx.data` file of the graph being written, with the SHA-256 of its bytes so far.
@@ -169,6 +175,7 @@ impl BundleWriter {
             manifest: BundleManifest::new(model, provenance),
             threshold: external_data_threshold_bytes,
             written: HashMap::new(),
+            generated: Vec::new(),
         })
     }
 
@@ -214,7 +221,12 @@ impl BundleWriter {
             let shared = match &init.data {
                 // Host bytes are hashed in memory first, so a shared tensor is never written twice.
                 crate::graph::TensorData::Host(_) if maybe_shared => known(sha256_of(init).map_err(graph_err)?),
-                _ => None,
+                crate::graph::TensorData::Generated(g) => self
+                    .generated
+                    .iter()
+                    .find(|(n, l, written, _)| n == &init.name && *l == length && Arc::ptr_eq(written, g))
+                    .map(|(.., at)| at.clone()),
+                crate::graph::TensorData::Host(_) => None,
             };
             let (location, offset) = match shared {
                 Some(found) => {
@@ -245,6 +257,10 @@ impl BundleWriter {
                         None => {
                             new_bytes += length;
                             self.written.insert((init.name.clone(), length, hash), (data_file.clone(), offset));
+                            if let crate::graph::TensorData::Generated(g) = &init.data {
+                                let at = (data_file.clone(), offset);
+                                self.generated.push((init.name.clone(), length, Arc::clone(g), at));
+                            }
                             (data_file.clone(), offset)
                         }
                     }
@@ -358,6 +374,36 @@ mod tests {
                 (t.name.clone().unwrap(), get("location"), get("offset").parse().unwrap())
             })
             .collect()
+    }
+
+    /// The same generator in two graphs is written once and run once: the second graph points at
+    /// the first one's bytes without streaming them again.
+    #[test]
+    fn a_shared_generator_is_streamed_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let generator: crate::graph::Generator = Arc::new(move |sink| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            sink(&vec![7u8; 16 * 32 * 4])
+        });
+        let graph = |name: &str| {
+            let mut b = GraphBuilder::new(name);
+            let x = b.input(TensorSpec::new("x", DType::F32, [Dim::sym("b"), Dim::Fixed(32)])).unwrap();
+            let g = b.generated_initializer("g", DType::F32, vec![16, 32], Arc::clone(&generator)).unwrap();
+            let y = b.linear(&x, &g, None).unwrap();
+            b.output(&y, TensorSpec::new("y", DType::F32, [Dim::sym("b"), Dim::Fixed(16)])).unwrap();
+            b.finish().unwrap()
+        };
+        let model = ModelSpec::Linear(LinearConfig { in_features: 32, out_features: 16 });
+        let mut writer = BundleWriter::create(&tmp.path().join("b"), model, provenance(None).unwrap(), 1024).unwrap();
+        writer.add_graph("first", &graph("first"), AttentionKind::None, BTreeMap::new()).unwrap();
+        writer.add_graph("second", &graph("second"), AttentionKind::None, BTreeMap::new()).unwrap();
+        let m = writer.finish().unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(m.data_files, BTreeMap::from([("first.onnx.data".to_string(), 2048)]));
+        assert_eq!(m.graphs["second"].external_data, ["first.onnx.data"]);
     }
 
     #[test]

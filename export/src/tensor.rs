@@ -161,59 +161,13 @@ impl Weights {
 
     /// Reads a safetensors file tensor by tensor (the file is never held in memory whole).
     pub fn load_safetensors(path: &Path) -> Result<Self> {
-        let st_err = |message: String| Error::Safetensors { path: path.to_path_buf(), message };
         let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        let mut n = [0u8; 8];
-        file.read_exact(&mut n).map_err(|e| Error::io(path, e))?;
-        let header_len = u64::from_le_bytes(n);
-        if header_len > 100_000_000 || 8 + header_len > file_len {
-            return Err(st_err(format!("header length {header_len} does not fit the {file_len}-byte file")));
-        }
-        let mut header = vec![0u8; header_len as usize];
-        file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-        let header: BTreeMap<String, Json> =
-            serde_json::from_slice(&header).map_err(|e| st_err(format!("header is not a JSON object: {e}")))?;
-        let data_start = 8 + header_len;
         let mut weights = Weights::new();
-        let mut entries: Vec<(String, DType, Vec<usize>, u64, u64)> = Vec::new();
-        for (name, info) in header {
-            if name == "__metadata__" {
-                continue;
-            }
-            let bad = |what: &str| st_err(format!("tensor `{name}`: {what}"));
-            let dtype = info.get("dtype").and_then(Json::as_str).ok_or_else(|| bad("missing dtype"))?;
-            let dtype = dtype_from_safetensors_name(dtype).ok_or_else(|| bad(&format!("unsupported dtype {dtype}")))?;
-            let shape: Vec<usize> = info
-                .get("shape")
-                .and_then(Json::as_array)
-                .ok_or_else(|| bad("missing shape"))?
-                .iter()
-                .map(|d| d.as_u64().map(|d| d as usize))
-                .collect::<Option<_>>()
-                .ok_or_else(|| bad("shape must be a list of non-negative integers"))?;
-            let offsets: Vec<u64> = info
-                .get("data_offsets")
-                .and_then(Json::as_array)
-                .map(|o| o.iter().filter_map(Json::as_u64).collect())
-                .unwrap_or_default();
-            let [begin, end] = offsets[..] else {
-                return Err(bad("data_offsets must be [begin, end]"));
-            };
-            let expected = (shape.iter().product::<usize>() * dtype.size()) as u64;
-            if end < begin || end - begin != expected || data_start + end > file_len {
-                return Err(bad(&format!(
-                    "data_offsets [{begin}, {end}] do not hold {expected} bytes inside the file"
-                )));
-            }
-            entries.push((name, dtype, shape, begin, end));
-        }
-        entries.sort_by_key(|e| e.3);
-        for (name, dtype, shape, begin, end) in entries {
-            file.seek(SeekFrom::Start(data_start + begin)).map_err(|e| Error::io(path, e))?;
-            let mut data = vec![0u8; (end - begin) as usize];
+        for entry in read_safetensors_header(path)? {
+            file.seek(SeekFrom::Start(entry.offset)).map_err(|e| Error::io(path, e))?;
+            let mut data = vec![0u8; entry.byte_len() as usize];
             file.read_exact(&mut data).map_err(|e| Error::io(path, e))?;
-            weights.insert(name, HostTensor::new(dtype, shape, data)?);
+            weights.insert(entry.name, HostTensor::new(entry.dtype, entry.shape, data)?);
         }
         Ok(weights)
     }
@@ -230,6 +184,76 @@ impl Weights {
         let bytes = safetensors::serialize(views, None).map_err(|e| st_err(e.to_string()))?;
         Ok(osp_fs::write_bytes(path, bytes)?)
     }
+}
+
+/// One tensor of a safetensors file, as its header describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetensorsEntry {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Absolute byte offset of the tensor's data in the file.
+    pub offset: u64,
+}
+
+impl SafetensorsEntry {
+    pub fn byte_len(&self) -> u64 {
+        (self.shape.iter().product::<usize>() * self.dtype.size()) as u64
+    }
+}
+
+/// Reads and checks only the header of a safetensors file (no tensor data is read): every
+/// tensor's dtype, shape and absolute data offset, in file order. Each tensor's byte range must
+/// match its shape and lie inside the file.
+pub fn read_safetensors_header(path: &Path) -> Result<Vec<SafetensorsEntry>> {
+    let st_err = |message: String| Error::Safetensors { path: path.to_path_buf(), message };
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(|e| Error::io(path, e))?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len > 100_000_000 || 8 + header_len > file_len {
+        return Err(st_err(format!("header length {header_len} does not fit the {file_len}-byte file")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let header: BTreeMap<String, Json> =
+        serde_json::from_slice(&header).map_err(|e| st_err(format!("header is not a JSON object: {e}")))?;
+    let data_start = 8 + header_len;
+    let mut entries = Vec::with_capacity(header.len());
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let bad = |what: &str| st_err(format!("tensor `{name}`: {what}"));
+        let dtype = info.get("dtype").and_then(Json::as_str).ok_or_else(|| bad("missing dtype"))?;
+        let dtype = dtype_from_safetensors_name(dtype).ok_or_else(|| bad(&format!("unsupported dtype {dtype}")))?;
+        let shape: Vec<usize> = info
+            .get("shape")
+            .and_then(Json::as_array)
+            .ok_or_else(|| bad("missing shape"))?
+            .iter()
+            .map(|d| d.as_u64().map(|d| d as usize))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("shape must be a list of non-negative integers"))?;
+        let offsets: Vec<u64> = info
+            .get("data_offsets")
+            .and_then(Json::as_array)
+            .map(|o| o.iter().filter_map(Json::as_u64).collect())
+            .unwrap_or_default();
+        let [begin, end] = offsets[..] else {
+            return Err(bad("data_offsets must be [begin, end]"));
+        };
+        let expected = shape.iter().try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d as u64));
+        if expected.is_none_or(|e| end < begin || end - begin != e || data_start + end > file_len) {
+            return Err(bad(&format!(
+                "data_offsets [{begin}, {end}] do not hold shape {shape:?} of {dtype} inside the file"
+            )));
+        }
+        entries.push(SafetensorsEntry { name, dtype, shape, offset: data_start + begin });
+    }
+    entries.sort_by_key(|e| e.offset);
+    Ok(entries)
 }
 
 fn safetensors_dtype(dtype: DType) -> safetensors::Dtype {

@@ -2,6 +2,7 @@
 
 mod big_linear;
 mod dit;
+mod llama;
 mod mt5;
 mod pipeline;
 #[cfg(feature = "progress")]
@@ -60,6 +61,10 @@ pub enum Command {
     /// Export a complete text-to-video pipeline bundle (text encoder + tokenizer, transformer, VAE,
     /// scheduler config, sampling defaults) from component files.
     Pipeline(pipeline::PipelineArgs),
+    /// Export a Llama causal LM (the prompt refiner, Llama-3.1-8B-Instruct architecture) from its
+    /// Hugging Face folder: graphs `prefill` and `decode` sharing one copy of the weights, plus the
+    /// tokenizer and config files. Weights are streamed tensor by tensor.
+    Llama(llama::LlamaArgs),
 }
 
 /// How attention is expressed in the graph.
@@ -200,6 +205,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Command::Dit(a) => dit::run(a),
         Command::Mt5(a) => mt5::run(a),
         Command::Pipeline(a) => pipeline::run(a),
+        Command::Llama(a) => llama::run(a),
     };
     #[cfg(feature = "progress")]
     if let Some(bar) = handle {
