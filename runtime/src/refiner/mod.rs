@@ -212,12 +212,16 @@ impl<M: CausalLm<Error = crate::Error>> Refiner<M> {
 
     /// Upstream's `get_refiner_output(prompt)`.
     pub fn refine(&mut self, index: usize, prompt: &str, opts: &RefineOptions) -> Result<Refined> {
+        let start = std::time::Instant::now();
         let generation = self.generate_ids(index, prompt, opts)?;
+        let seconds = start.elapsed().as_secs_f64();
         let refined = self.text.decode(&generation.ids)?;
-        tracing::debug!(
+        tracing::info!(
             index,
             new_tokens = generation.ids.len(),
             stopped_at_eos = generation.stopped_at_eos,
+            seconds,
+            tokens_per_second = generation.ids.len() as f64 / seconds.max(1e-9),
             "refined"
         );
         Ok(Refined { prompt: prompt.to_string(), refined })
