@@ -78,6 +78,8 @@ fn llama_tokenizer_without_pad_loads_and_matches_the_goldens() {
     let tok = Tokenizer::from_file(fixture().join("tokenizer.json")).unwrap();
     assert_eq!((tok.pad_id(), tok.eos_id()), (None, None));
     assert_eq!(tok.token_to_id("<|begin_of_text|>"), Some(600));
+    // The T5 text encoder's loaders still need `</s>`.
+    assert!(tok.require_eos().unwrap_err().to_string().contains("no `</s>` token"));
     let meta = json("meta.json");
     for g in meta["tokenizer"]["goldens"].as_array().unwrap() {
         let text = g["text"].as_str().unwrap();

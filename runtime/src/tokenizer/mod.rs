@@ -144,6 +144,18 @@ impl Tokenizer {
         self.eos_id
     }
 
+    /// Fails unless the tokenizer has T5's `</s>`, which the text encoder's texts end with (its
+    /// post-processor appends it); the text encoder's loaders call this, other users need not.
+    pub fn require_eos(&self) -> Result<()> {
+        if self.eos_id.is_none() {
+            return Err(TokenizerError::Corrupt {
+                path: self.path.clone(),
+                why: format!("no `{EOS_TOKEN}` token, which the T5 text encoder appends to every text"),
+            });
+        }
+        Ok(())
+    }
+
     /// The id of `token` (a vocabulary entry or an added token).
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
@@ -283,6 +295,7 @@ pub fn clean_up_tokenization(text: &str) -> String {
 /// `{"input_ids": [...], "attention_mask": [...], "truncated": bool}` as pretty JSON.
 pub fn tokenize_json(tokenizer: impl AsRef<Path>, prompt: &str, max_len: usize) -> Result<String> {
     let tokenizer = Tokenizer::from_file(tokenizer)?;
+    tokenizer.require_eos()?;
     let encoded = tokenizer.encode(prompt, max_len)?;
     serde_json::to_string_pretty(&encoded)
         .map_err(|e| TokenizerError::Tokenizers { path: tokenizer.path.clone(), why: e.to_string() })
