@@ -18,7 +18,7 @@ use anyhow::{ensure, Context, Result};
 use ndarray::{ArrayD, IxDyn};
 use osp_export::models::llama::{export_llama, rope_inv_freq, LlamaExportOptions, LlamaSource};
 use osp_graphs::llama::{past_key, past_value, present_key, present_value, LlamaGraphs, WeightQuantization};
-use osp_graphs::{Approx, DType, Precision};
+use osp_graphs::{Approx, AttentionKind, DType, Precision};
 use osp_runtime::session::Backend;
 use osp_runtime::{read_safetensors, Bundle, GraphSession, SessionOptions, Tensor};
 use osp_tests::{check_close, cpu_backends, shared_reference};
@@ -32,8 +32,17 @@ fn io() -> Result<BTreeMap<String, Tensor>> {
 }
 
 fn export(dir: &Path, precision: Precision, quant: Option<WeightQuantization>) -> Result<Bundle> {
+    export_with(dir, AttentionKind::Decomposed, precision, quant)
+}
+
+fn export_with(
+    dir: &Path,
+    attention: AttentionKind,
+    precision: Precision,
+    quant: Option<WeightQuantization>,
+) -> Result<Bundle> {
     let src = LlamaSource::open(&fixture())?;
-    let opts = LlamaExportOptions { precision, quant, ..Default::default() };
+    let opts = LlamaExportOptions { attention, precision, quant, ..Default::default() };
     export_llama(&src, &opts, dir).with_context(|| format!("exporting {precision} {quant:?}"))?;
     Ok(Bundle::open(dir)?)
 }
@@ -136,12 +145,27 @@ fn rope_inv_freq_matches_transformers() -> Result<()> {
 fn f32_prefill_decode_and_greedy_match_transformers_on_every_cpu_backend() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let bundle = export(&tmp.path().join("f32"), Precision::F32, None)?;
+    matches_transformers(&bundle)
+}
+
+/// The ONNX `Attention` form (grouped-query heads, additive mask) passes the same checks.
+#[test]
+fn onnx_attention_form_matches_transformers() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let bundle = export_with(&tmp.path().join("onnx"), AttentionKind::OnnxAttention, Precision::F32, None)?;
+    ensure!(bundle.manifest().graphs["decode"].attention == AttentionKind::OnnxAttention);
+    matches_transformers(&bundle)
+}
+
+/// Prefill (b1, padded b2), present.0, one decode step and 24 greedy steps against the fixture on
+/// every CPU backend, the copied files and the shared weights.
+fn matches_transformers(bundle: &Bundle) -> Result<()> {
     let graphs = LlamaGraphs::read(bundle.manifest())?;
     ensure!(graphs.kv_dtype == DType::F32);
     let layers = graphs.config.config.num_hidden_layers;
     let io = io()?;
     for backend in cpu_backends() {
-        let (mut prefill, mut decode) = sessions(&bundle, &backend)?;
+        let (mut prefill, mut decode) = sessions(bundle, &backend)?;
         for sfx in ["", "_b2"] {
             let what = |x: &str| format!("{backend} {x}{sfx}");
             let (ids, mask, pos) = (
@@ -249,13 +273,15 @@ fn reduced_precision_and_quantized_bundles_run_and_stay_close() -> Result<()> {
         logit_error(&f32_bundle, &io)?.1
     );
     let mut rows = Vec::new();
-    for (name, precision, q) in [
-        ("f16", Precision::F16, None),
-        ("bf16", Precision::Bf16, None),
-        ("int8", Precision::F32, Some(quant(8))),
-        ("int4", Precision::F32, Some(quant(4))),
+    for (name, attention, precision, q) in [
+        ("f16", AttentionKind::Decomposed, Precision::F16, None),
+        ("f16 onnx-attention", AttentionKind::OnnxAttention, Precision::F16, None),
+        ("bf16", AttentionKind::Decomposed, Precision::Bf16, None),
+        ("int8", AttentionKind::Decomposed, Precision::F32, Some(quant(8))),
+        ("int4", AttentionKind::Decomposed, Precision::F32, Some(quant(4))),
+        ("f16+int4", AttentionKind::Decomposed, Precision::F16, Some(quant(4))),
     ] {
-        let bundle = export(&tmp.path().join(name), precision, q)?;
+        let bundle = export_with(&tmp.path().join(name.replace(' ', "_")), attention, precision, q)?;
         let kv = LlamaGraphs::read(bundle.manifest())?.kv_dtype;
         ensure!(kv == if precision == Precision::F16 { DType::F16 } else { DType::F32 }, "{name}: cache {kv}");
         let bytes = bundle_bytes(&bundle);
@@ -263,8 +289,8 @@ fn reduced_precision_and_quantized_bundles_run_and_stay_close() -> Result<()> {
         eprintln!("| {name} | {bytes} | {:.2} | {err:.3e} | {same}/24 |", bytes as f64 / f32_bytes as f64);
         rows.push((name, bytes, err, same));
         ensure!(bytes < f32_bytes, "{name}: {bytes} bytes, f32 has {f32_bytes}");
-        if precision == Precision::F16 {
-            // tract runs the f16 form too (it has no bf16 tensors; MatMulNBits is ONNX Runtime's own op).
+        if precision != Precision::Bf16 && q.is_none_or(|q| q.bits == 4) {
+            // tract runs these forms too, 4-bit MatMulNBits included (not 8-bit; no bf16 tensors).
             let (ids, mask, pos) = (&io["input.input_ids"], &io["input.attention_mask"], &io["input.position_ids"]);
             let inputs = [("input_ids", ids), ("attention_mask", mask), ("position_ids", pos)];
             let ort = sessions(&bundle, &Backend::OrtCpu)?.0.run(&inputs)?;
@@ -278,7 +304,7 @@ fn reduced_precision_and_quantized_bundles_run_and_stay_close() -> Result<()> {
     let by = |n: &str| rows.iter().find(|r| r.0 == n).copied().expect("row");
     // Half precision and int8 keep the logits close and the greedy path intact on this model;
     // int4 costs more than int8.
-    for name in ["f16", "bf16", "int8"] {
+    for name in ["f16", "f16 onnx-attention", "bf16", "int8"] {
         let (_, _, err, same) = by(name);
         ensure!(err < 0.5, "{name}: max logit error {err}");
         ensure!(same >= 20, "{name}: only {same} of 24 greedy ids agree");

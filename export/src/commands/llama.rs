@@ -8,7 +8,7 @@ use osp_export::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD;
 use osp_export::models::llama::{export_llama, LlamaExportOptions, LlamaSource};
 use osp_graphs::llama::WeightQuantization;
 
-use super::PrecisionArg;
+use super::{AttentionArg, PrecisionArg};
 
 /// Weight-only quantization of the linear layers.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -29,6 +29,10 @@ pub struct LlamaArgs {
     /// Output bundle directory (replaced atomically if it already holds a bundle).
     #[arg(long)]
     out: PathBuf,
+    /// Attention form: `decomposed` (grouped matmuls, every backend) or `onnx` (ONNX `Attention`
+    /// opset 23 with grouped-query heads); `ms` is refused for these graphs.
+    #[arg(long, value_enum, default_value = "decomposed")]
+    attention: AttentionArg,
     /// Weight storage and compute precision: f32; f16 (f16 compute and cache); bf16 (bf16
     /// weights, f32 compute and cache: ONNX Runtime's CPU provider has no bf16 MatMul).
     #[arg(long, value_enum, default_value = "f32")]
@@ -56,6 +60,7 @@ pub fn run(args: LlamaArgs) -> anyhow::Result<PathBuf> {
         lm_head: true,
     });
     let opts = LlamaExportOptions {
+        attention: args.attention.into(),
         precision: args.precision.into(),
         quant,
         external_data_threshold_bytes: args.external_data_threshold,

@@ -18,8 +18,10 @@
 //!   (the cache position, not `position_ids`) and `attention_mask[:, j] != 0`; invisible keys get
 //!   `finfo(f32).min`, so a query row with no visible key (a left-pad row) averages every value
 //!   uniformly, exactly as transformers' CPU path does.
-//! - Grouped-query attention without repeating the cache: queries reshaped to `[b, kv_heads,
-//!   groups, s, d]` against keys `[b, kv_heads, 1, total, d]`; scores, mask and softmax in f32.
+//! - Grouped-query attention without repeating the cache: `Decomposed` reshapes queries to `[b,
+//!   kv_heads, groups, s, d]` against keys `[b, kv_heads, 1, total, d]` (scores, mask and softmax
+//!   in f32); `OnnxAttention` is ONNX `Attention` (opset 23, 4-D, fewer kv heads than q heads) with
+//!   the mask in the compute dtype.
 //! - RMSNorm in f32 (`osp_export`'s `rms_norm`), SiLU-gated MLP, untied or tied `lm_head`.
 //!
 //! Precision: `f32`; `f16` (weights and compute in f16, norms/softmax/RoPE tables in f32, the
@@ -36,7 +38,7 @@ pub mod source;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use osp_graphs::llama::{
     decode_io, past_key, past_value, prefill_io, present_key, present_value, LlamaCausalLmConfig, LlamaConfig,
@@ -60,6 +62,9 @@ const QUANT_ROWS: usize = 256;
 /// How to export.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaExportOptions {
+    /// `Decomposed` (grouped matmuls, runs everywhere) or `OnnxAttention` (ONNX `Attention`
+    /// opset 23 with its native grouped-query heads).
+    pub attention: AttentionKind,
     pub precision: Precision,
     /// Weight-only quantization of the linear layers.
     pub quant: Option<WeightQuantization>,
@@ -70,6 +75,7 @@ pub struct LlamaExportOptions {
 impl Default for LlamaExportOptions {
     fn default() -> Self {
         Self {
+            attention: AttentionKind::Decomposed,
             precision: Precision::F32,
             quant: None,
             external_data_threshold_bytes: crate::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD,
@@ -183,35 +189,50 @@ impl WeightPlan {
 }
 
 /// The three `MatMulNBits` initializers of `key` (`{key}.q{bits}`, `{key}.scales`,
-/// `{key}.zero_points`), each streamed from the source rows.
+/// `{key}.zero_points`), streamed from the source rows. The packed pass keeps the (small) scale
+/// and zero-point bytes it computed for the other two generators, which take them once; any
+/// other call quantizes the source again, so every call yields the same bytes.
 fn quantized_inits(key: &str, t: &Arc<SourceTensor>, q: BlockQuant, scale_dtype: DType) -> [Planned; 3] {
     let (n, k) = (t.shape[0], t.shape[1]);
     let nb = q.n_blocks(k);
+    let kept: Arc<Mutex<[Option<Vec<u8>>; 2]>> = Arc::new(Mutex::new([None, None]));
     let part = |which: usize| -> Generator {
         let t = Arc::clone(t);
+        let kept = Arc::clone(&kept);
         Arc::new(move |sink| {
+            if which > 0 {
+                let taken =
+                    kept.lock().map_err(|_| std::io::Error::other("quantization cache poisoned"))?[which - 1].take();
+                if let Some(bytes) = taken {
+                    return sink(&bytes);
+                }
+            }
             let (mut packed, mut scales, mut zps) = (Vec::new(), Vec::new(), Vec::new());
-            let mut bytes = Vec::new();
+            let (mut scale_bytes, mut zp_bytes) = (Vec::new(), Vec::new());
             t.for_each_rows_f32(QUANT_ROWS, &mut |_, rows| {
                 packed.clear();
                 scales.clear();
                 zps.clear();
                 q.quantize_rows(rows, k, &mut packed, &mut scales, &mut zps);
+                let at = scale_bytes.len();
+                match scale_dtype {
+                    DType::F16 => scales
+                        .iter()
+                        .for_each(|&v| scale_bytes.extend_from_slice(&half::f16::from_f32(v).to_le_bytes())),
+                    _ => scales.iter().for_each(|&v| scale_bytes.extend_from_slice(&v.to_le_bytes())),
+                }
+                zp_bytes.extend_from_slice(&zps);
                 match which {
                     0 => sink(&packed),
-                    1 => {
-                        bytes.clear();
-                        match scale_dtype {
-                            DType::F16 => scales
-                                .iter()
-                                .for_each(|&v| bytes.extend_from_slice(&half::f16::from_f32(v).to_le_bytes())),
-                            _ => scales.iter().for_each(|&v| bytes.extend_from_slice(&v.to_le_bytes())),
-                        }
-                        sink(&bytes)
-                    }
+                    1 => sink(&scale_bytes[at..]),
                     _ => sink(&zps),
                 }
-            })
+            })?;
+            if which == 0 {
+                *kept.lock().map_err(|_| std::io::Error::other("quantization cache poisoned"))? =
+                    [Some(scale_bytes), Some(zp_bytes)];
+            }
+            Ok(())
         })
     };
     [
@@ -384,10 +405,18 @@ fn build_graph(cfg: &LlamaConfig, plan: &WeightPlan, role: Role, opts: &LlamaExp
         let pad = b.equal(&mask, &zero_i)?; // [b, total]
         let pad = b.unsqueeze(&pad, &[1, 2]); // [b, 1, 1, total]
         let hidden = b.node("Or", "", &[Some(&future), Some(&pad)], vec![], &[(DType::Bool, Some(4))]).remove(0);
+        // The decomposed form adds the mask to f32 scores; ONNX `Attention` takes it in the
+        // compute dtype, so it gets that dtype's `finfo.min` (f32::MIN would become -inf in f16).
+        let fused = opts.attention == AttentionKind::OnnxAttention;
+        let min = if fused && compute == DType::F16 { half::f16::MIN.to_f64() } else { f32::MIN as f64 };
         let visible = b.scalar(0.0, DType::F32)?;
-        let masked = b.scalar(f32::MIN as f64, DType::F32)?;
+        let masked = b.scalar(min, DType::F32)?;
         let bias = b.where_(&hidden, &masked, &visible)?; // [b, 1, s, total]
-        b.unsqueeze(&bias, &[1]) // [b, 1, 1, s, total]
+        match fused {
+            true if compute != DType::F32 => b.cast(&bias, compute),
+            true => bias,
+            false => b.unsqueeze(&bias, &[1]), // [b, 1, 1, s, total]
+        }
     };
     let scale = l.b.scalar(1.0 / (hd as f64).sqrt(), DType::F32)?;
 
@@ -415,23 +444,32 @@ fn build_graph(cfg: &LlamaConfig, plan: &WeightPlan, role: Role, opts: &LlamaExp
         }
         present.insert(present_key(i), k.clone());
         present.insert(present_value(i), v.clone());
-        let q5 = b.reshape(&q, &[0, kv, groups, -1, hd]); // [b, kv, groups, s, d]
-        let k5 = b.unsqueeze(&k, &[2]);
-        let kt = b.transpose(&k5, &[0, 1, 2, 4, 3])?; // [b, kv, 1, d, total]
-        let v5 = b.unsqueeze(&v, &[2]); // [b, kv, 1, total, d]
-        let mut scores = b.matmul(&q5, &kt)?; // [b, kv, groups, s, total]
-        if compute != DType::F32 {
-            scores = b.cast(&scores, DType::F32);
-        }
-        let scores = b.mul(&scores, &scale)?;
-        let scores = b.add(&scores, &bias)?;
-        let mut probs = b.softmax(&scores, -1)?;
-        if compute != DType::F32 {
-            probs = b.cast(&probs, compute);
-        }
-        let attn = b.matmul(&probs, &v5)?; // [b, kv, groups, s, d]
-        let attn = b.reshape(&attn, &[0, heads, -1, hd]);
-        let attn = b.transpose(&attn, &[0, 2, 1, 3])?; // [b, s, heads, d]
+        let attn = if opts.attention == AttentionKind::OnnxAttention {
+            // ONNX `Attention` (opset 23), 4-D form: q [b, heads, s, d], k/v [b, kv, total, d] (GQA
+            // by the head counts), the additive mask [b, 1, s, total].
+            let attrs = vec![("scale", Attr::Float((1.0 / (hd as f64).sqrt()) as f32))];
+            let out =
+                b.node("Attention", "", &[Some(&q), Some(&k), Some(&v), Some(&bias)], attrs, &[(compute, Some(4))]);
+            b.transpose(&out[0], &[0, 2, 1, 3])? // [b, s, heads, d]
+        } else {
+            let q5 = b.reshape(&q, &[0, kv, groups, -1, hd]); // [b, kv, groups, s, d]
+            let k5 = b.unsqueeze(&k, &[2]);
+            let kt = b.transpose(&k5, &[0, 1, 2, 4, 3])?; // [b, kv, 1, d, total]
+            let v5 = b.unsqueeze(&v, &[2]); // [b, kv, 1, total, d]
+            let mut scores = b.matmul(&q5, &kt)?; // [b, kv, groups, s, total]
+            if compute != DType::F32 {
+                scores = b.cast(&scores, DType::F32);
+            }
+            let scores = b.mul(&scores, &scale)?;
+            let scores = b.add(&scores, &bias)?;
+            let mut probs = b.softmax(&scores, -1)?;
+            if compute != DType::F32 {
+                probs = b.cast(&probs, compute);
+            }
+            let attn = b.matmul(&probs, &v5)?; // [b, kv, groups, s, d]
+            let attn = b.reshape(&attn, &[0, heads, -1, hd]);
+            b.transpose(&attn, &[0, 2, 1, 3])? // [b, s, heads, d]
+        };
         let attn = b.reshape(&attn, &[0, 0, heads * hd]);
         let o = l.linear(&attn, &format!("{p}.self_attn.o_proj.weight"))?;
         h = l.b.add(&h_in, &o)?;
@@ -489,6 +527,9 @@ pub fn export_llama(src: &LlamaSource, opts: &LlamaExportOptions, out: &Path) ->
             )));
         }
     }
+    if !matches!(opts.attention, AttentionKind::Decomposed | AttentionKind::OnnxAttention) {
+        return Err(Error::Config(format!("llama graphs take --attention decomposed or onnx, not {}", opts.attention)));
+    }
     let plan = WeightPlan::new(src, opts);
     let prefill = build_graph(&src.config, &plan, Role::Prefill, opts)?;
     let decode = build_graph(&src.config, &plan, Role::Decode, opts)?;
@@ -505,8 +546,8 @@ pub fn export_llama(src: &LlamaSource, opts: &LlamaExportOptions, out: &Path) ->
         let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
         osp_fs::write_bytes(&writer.staging_dir().join(name), &bytes)?;
     }
-    writer.add_graph(PREFILL_GRAPH, &prefill, AttentionKind::Decomposed, BTreeMap::new())?;
-    writer.add_graph(DECODE_GRAPH, &decode, AttentionKind::Decomposed, BTreeMap::new())?;
+    writer.add_graph(PREFILL_GRAPH, &prefill, opts.attention, BTreeMap::new())?;
+    writer.add_graph(DECODE_GRAPH, &decode, opts.attention, BTreeMap::new())?;
     let manifest = writer.finish()?;
     info!(bundle = %out.display(), precision = %opts.precision, quant = ?opts.quant, "exported llama causal LM");
     Ok(manifest)
