@@ -26,6 +26,7 @@ pub mod mem;
 pub mod metrics;
 pub mod parallel;
 pub mod pipeline;
+pub mod refiner;
 pub mod scheduler;
 pub mod session;
 pub mod tensor;

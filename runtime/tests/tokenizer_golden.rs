@@ -34,7 +34,7 @@ fn spiece_model_conversion_matches_sentencepiece() {
     for (prompt, want) in prompts.iter().zip(&want) {
         assert_eq!(&tok.encode_ids(prompt, false).unwrap(), want, "prompt {prompt:?}");
         let mut with_eos = want.clone();
-        with_eos.push(tok.eos_id());
+        with_eos.push(tok.eos_id().unwrap());
         assert_eq!(tok.encode_ids(prompt, true).unwrap(), with_eos, "prompt {prompt:?} with </s>");
     }
 }
@@ -49,7 +49,7 @@ fn tokenizer_json_matches_hf_tokenizers() {
     for (prompt, want) in prompts.iter().zip(&want) {
         assert_eq!(&tok.encode_ids(prompt, true).unwrap(), want, "prompt {prompt:?}");
     }
-    assert_eq!((tok.pad_id(), tok.eos_id()), (0, 1));
+    assert_eq!((tok.pad_id(), tok.eos_id()), (Some(0), Some(1)));
 }
 
 #[test]

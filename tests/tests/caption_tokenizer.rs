@@ -22,7 +22,7 @@ fn trainer_and_runtime_tokenize_captions_alike() {
 
     let runtime = Tokenizer::from_file(&path).expect("the runtime loads it");
     let trainer = CaptionTokenizer::from_file(&path).expect("the trainer loads it");
-    assert_eq!((runtime.pad_id(), runtime.eos_id()), (0, 1));
+    assert_eq!((runtime.pad_id(), runtime.eos_id()), (Some(0), Some(1)));
     let prompts = [
         "a red circle moving to the right",
         "A Yellow  triangle moving down",

@@ -173,6 +173,8 @@ pub struct GenerateArgs {
     pub progress: ProgressArg,
     #[command(flatten)]
     pub encode: EncodeOpts,
+    #[command(flatten)]
+    pub refiner: super::refine::RefinerOpts,
 }
 
 /// Upstream `sample.py` flags that locate or place the models; the pipeline bundle already holds
@@ -240,22 +242,7 @@ impl SamplingOpts {
     /// The prompts: the strings given, or the lines of a single argument ending in `.txt`, which
     /// (as upstream `sample.py`) is always a prompt file: a missing or unreadable one is an error.
     pub fn prompts(&self) -> anyhow::Result<Vec<String>> {
-        if let [one] = self.text_prompt.as_slice() {
-            if one.ends_with(".txt") {
-                if let Err(why) = osp_graphs::path::require_file(Path::new(one)) {
-                    anyhow::bail!(
-                        "--text_prompt `{one}` {why}; a single --text_prompt ending in .txt is read as a prompt \
-                         file (one prompt per line, as upstream sample.py)"
-                    );
-                }
-                let text = std::fs::read_to_string(one).with_context(|| format!("reading --text_prompt {one}"))?;
-                let prompts: Vec<String> =
-                    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
-                anyhow::ensure!(!prompts.is_empty(), "--text_prompt {one}: the file holds no prompt");
-                return Ok(prompts);
-            }
-        }
-        Ok(self.text_prompt.clone())
+        read_prompts(&self.text_prompt)
     }
 
     /// The request: the bundle's defaults ([`PipelineSpec::default_request`]) with the flags given.
@@ -376,6 +363,27 @@ impl SamplingOpts {
             .with_context(|| format!("loading the pipeline bundle {}", self.bundle.display()))?;
         Ok(pipeline.with_text_positions(self.text_positions.unwrap_or(TextPositions::Real)))
     }
+}
+
+/// The prompts of `--text_prompt`: the strings given, or the lines of a single argument ending in
+/// `.txt` (see [`SamplingOpts::prompts`]).
+pub fn read_prompts(text_prompt: &[String]) -> anyhow::Result<Vec<String>> {
+    if let [one] = text_prompt {
+        if one.ends_with(".txt") {
+            if let Err(why) = osp_graphs::path::require_file(Path::new(one)) {
+                anyhow::bail!(
+                    "--text_prompt `{one}` {why}; a single --text_prompt ending in .txt is read as a prompt \
+                         file (one prompt per line, as upstream sample.py)"
+                );
+            }
+            let text = std::fs::read_to_string(one).with_context(|| format!("reading --text_prompt {one}"))?;
+            let prompts: Vec<String> =
+                text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+            anyhow::ensure!(!prompts.is_empty(), "--text_prompt {one}: the file holds no prompt");
+            return Ok(prompts);
+        }
+    }
+    Ok(text_prompt.to_vec())
 }
 
 /// Python's `str(float)` for the file names (`7.5`, `7.0`).
@@ -546,12 +554,21 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let spec = args.sampling.spec()?;
     let mut req = args.sampling.request(&spec)?;
     req.keep_decoded = args.dump_latents.is_some();
-    let req = spec.prepare(req).with_context(|| {
-        format!(
-            "the request from the flags and the defaults of {}",
-            spec.dir().join(osp_graphs::PIPELINE_FILE).display()
-        )
-    })?;
+    let prepare = |req| {
+        spec.prepare(req).with_context(|| {
+            format!(
+                "the request from the flags and the defaults of {}",
+                spec.dir().join(osp_graphs::PIPELINE_FILE).display()
+            )
+        })
+    };
+    if args.refiner.is_set() {
+        // The flags are checked before the refiner runs; the refined prompts are checked again.
+        prepare(req.clone())?;
+        req.prompts =
+            args.refiner.apply(&req.prompts, args.seed, args.sampling.upstream.model_type.as_deref(), backend)?;
+    }
+    let req = prepare(req)?;
     args.sampling.check_memory(&spec, &req, backend)?;
     let fps = args.fps.unwrap_or(spec.manifest().defaults.fps);
     let shape = spec.latent_shape(&req);

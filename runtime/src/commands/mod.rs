@@ -20,6 +20,7 @@ pub mod generate;
 pub mod inspect;
 pub mod parallel;
 pub mod reconstruct;
+pub mod refine;
 pub mod run_graph;
 pub mod schedule;
 pub mod tokenize;
@@ -155,6 +156,9 @@ pub enum Command {
     ExtractTextEmbeds(extract_text_embeds::ExtractTextEmbedsArgs),
     /// Generate videos from text prompts with a pipeline bundle (upstream sample.py flags).
     Generate(Box<generate::GenerateArgs>),
+    /// Refine prompts with upstream's caption refiner (a bundle from `osp-export llama`): one
+    /// `{"prompt": ..., "refined": ...}` JSON line per prompt.
+    Refine(refine::RefineArgs),
     /// Per-stage latency of a pipeline bundle (tokenise, text encode, denoising steps, VAE decode,
     /// write): a table on stdout and JSON with --json.
     Bench(Box<bench::BenchArgs>),
@@ -174,6 +178,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ExtractTextEmbeds(args) => extract_text_embeds::run(args, &cli.backend),
         Command::Generate(args) => generate::run(args, &cli.backend),
         Command::Bench(args) => bench::run(args, &cli.backend),
+        Command::Refine(args) => refine::run(args, &cli.backend),
     }
 }
 

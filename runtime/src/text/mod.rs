@@ -128,6 +128,7 @@ pub fn load_bundle_tokenizer(bundle: &Bundle) -> Result<Option<(Tokenizer, PathB
         return Ok(None);
     };
     let tok = Tokenizer::from_file(&path)?;
+    tok.require_eos()?;
     if let ModelSpec::Mt5Encoder(cfg) = &bundle.manifest().model {
         tok.check_embedding_rows(cfg.vocab_size)?;
     }
@@ -153,6 +154,7 @@ impl TextEncoder {
             })?,
         };
         let tok = Tokenizer::from_file(&tokenizer_path)?;
+        tok.require_eos()?;
         tok.check_embedding_rows(cfg.vocab_size)?;
         let tokenizer_digest = sha256_file(&tokenizer_path)?;
         check_tokenizer_digest(&tokenizer_path, recorded.as_deref(), &tokenizer_digest)?;

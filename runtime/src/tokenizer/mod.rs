@@ -13,6 +13,11 @@
 //! runs under [`guard::catch`], which turns a panic into [`TokenizerError::Corrupt`] or
 //! [`TokenizerError::Tokenizers`] naming the file, without printing the panic.
 //!
+//! `<pad>` and `</s>` are T5 conventions, not requirements: a tokenizer without them (Llama's,
+//! a SentencePiece model without a `<pad>` piece) loads. A SentencePiece model without `<pad>`
+//! gets `<pad>` appended as a new special token, as transformers' `T5TokenizerFast` does; a
+//! `tokenizer.json` without it fails only where padding is needed ([`TokenizerError::NoPadToken`]).
+//!
 //! Intended CLI (wired by `osp tokenize`): `osp tokenize --tokenizer FILE --prompt TEXT
 //! [--max-sequence-length 512]` prints [`tokenize_json`]'s output.
 
@@ -51,6 +56,13 @@ pub enum TokenizerError {
     /// The tokenizer can emit ids the text encoder's embedding table has no row for.
     #[error("tokenizer vocabulary has {tokenizer} tokens but the text encoder's embedding table has {embedding} rows")]
     VocabularyMismatch { tokenizer: usize, embedding: usize },
+    /// Padding was needed but the tokenizer has no `<pad>` token.
+    #[error(
+        "tokenizer file {} has no `{PAD_TOKEN}` token, so it cannot pad {len} tokens to {max_len} \
+         (max_sequence_length); give a tokenizer with a `{PAD_TOKEN}` token or a length of at most {len}",
+        path.display()
+    )]
+    NoPadToken { path: PathBuf, len: usize, max_len: usize },
     /// The tokenizers library failed while encoding or decoding with the tokenizer from `path`.
     #[error("tokenizer file {}: {why}", path.display())]
     Tokenizers { path: PathBuf, why: String },
@@ -70,14 +82,15 @@ pub struct Encoded {
     pub truncated: bool,
 }
 
-/// A T5-style tokenizer: appends `</s>`, pads with `<pad>`.
+/// A tokenizer; for the T5-style text encoder it appends `</s>` (its post-processor) and pads with
+/// `<pad>`.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// The file the tokenizer was loaded from, for error messages.
     path: PathBuf,
-    pad_id: u32,
-    eos_id: u32,
+    pad_id: Option<u32>,
+    eos_id: Option<u32>,
     /// Tokens the post-processor adds to one text (`</s>`: 1).
     added: usize,
 }
@@ -106,8 +119,8 @@ impl Tokenizer {
 
     fn from_tokenizers(mut inner: tokenizers::Tokenizer, path: &Path) -> Result<Self> {
         let corrupt = |why: String| TokenizerError::Corrupt { path: path.to_path_buf(), why };
-        let pad_id = inner.token_to_id(PAD_TOKEN).ok_or_else(|| corrupt(format!("no `{PAD_TOKEN}` token")))?;
-        let eos_id = inner.token_to_id(EOS_TOKEN).ok_or_else(|| corrupt(format!("no `{EOS_TOKEN}` token")))?;
+        let pad_id = inner.token_to_id(PAD_TOKEN);
+        let eos_id = inner.token_to_id(EOS_TOKEN);
         // Padding and truncation are applied per call in `encode`; settings stored in a
         // tokenizer.json would otherwise apply twice.
         inner.with_truncation(None).map_err(|e| corrupt(e.to_string()))?;
@@ -121,14 +134,42 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
-    /// The padding id (`<pad>`).
-    pub fn pad_id(&self) -> u32 {
+    /// The padding id (`<pad>`), if the tokenizer has one.
+    pub fn pad_id(&self) -> Option<u32> {
         self.pad_id
     }
 
-    /// The end-of-sequence id (`</s>`).
-    pub fn eos_id(&self) -> u32 {
+    /// The T5 end-of-sequence id (`</s>`), if the tokenizer has one.
+    pub fn eos_id(&self) -> Option<u32> {
         self.eos_id
+    }
+
+    /// Fails unless the tokenizer has T5's `</s>`, which the text encoder's texts end with (its
+    /// post-processor appends it); the text encoder's loaders call this, other users need not.
+    pub fn require_eos(&self) -> Result<()> {
+        if self.eos_id.is_none() {
+            return Err(TokenizerError::Corrupt {
+                path: self.path.clone(),
+                why: format!("no `{EOS_TOKEN}` token, which the T5 text encoder appends to every text"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The id of `token` (a vocabulary entry or an added token).
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The file the tokenizer was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `tokenizers`' decode of `ids` (special tokens dropped when `skip_special_tokens`), without
+    /// transformers' `clean_up_tokenization_spaces` (see [`clean_up_tokenization`]).
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.call("decoding", |t| t.decode(ids, skip_special_tokens))
     }
 
     /// Fails unless every id the tokenizer emits indexes the text encoder's embedding table
@@ -215,7 +256,14 @@ impl Tokenizer {
             encoding.truncate(keep, 0, TruncationDirection::Right);
         }
         let mut encoding = self.call("post-processing", |t| t.post_process(encoding, None, true))?;
-        encoding.pad(max_len, self.pad_id, 0, PAD_TOKEN, PaddingDirection::Right);
+        if encoding.len() < max_len {
+            let pad_id = self.pad_id.ok_or_else(|| TokenizerError::NoPadToken {
+                path: self.path.clone(),
+                len: encoding.len(),
+                max_len,
+            })?;
+            encoding.pad(max_len, pad_id, 0, PAD_TOKEN, PaddingDirection::Right);
+        }
         Ok(Encoded {
             input_ids: encoding.get_ids().iter().map(|&i| i64::from(i)).collect(),
             attention_mask: encoding.get_attention_mask().iter().map(|&m| i64::from(m)).collect(),
@@ -224,10 +272,30 @@ impl Tokenizer {
     }
 }
 
+/// transformers' `clean_up_tokenization` (4.44), applied by `decode` when the tokenizer's
+/// `clean_up_tokenization_spaces` is set: removes the space before `. ? ! ,` and in English
+/// contractions, in this order.
+pub fn clean_up_tokenization(text: &str) -> String {
+    const RULES: [(&str, &str); 10] = [
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ];
+    RULES.iter().fold(text.to_string(), |s, (from, to)| s.replace(from, to))
+}
+
 /// `osp tokenize`: loads `tokenizer`, encodes `prompt` to `max_len` tokens and returns
 /// `{"input_ids": [...], "attention_mask": [...], "truncated": bool}` as pretty JSON.
 pub fn tokenize_json(tokenizer: impl AsRef<Path>, prompt: &str, max_len: usize) -> Result<String> {
     let tokenizer = Tokenizer::from_file(tokenizer)?;
+    tokenizer.require_eos()?;
     let encoded = tokenizer.encode(prompt, max_len)?;
     serde_json::to_string_pretty(&encoded)
         .map_err(|e| TokenizerError::Tokenizers { path: tokenizer.path.clone(), why: e.to_string() })
@@ -245,13 +313,13 @@ mod tests {
     fn padding_truncation_and_mask_follow_upstream() {
         let tok = Tokenizer::from_file(asset("t5_v1_1_tokenizer.json")).expect("tokenizer should load");
         let raw = tok.encode_ids("A litter of golden retriever puppies playing in the snow.", true).unwrap();
-        assert_eq!(*raw.last().unwrap(), tok.eos_id());
+        assert_eq!(raw.last().copied(), tok.eos_id());
 
         let padded = tok.encode("A litter of golden retriever puppies playing in the snow.", 32).unwrap();
         assert!(!padded.truncated);
         assert_eq!(padded.input_ids.len(), 32);
         assert_eq!(padded.input_ids[..raw.len()], raw.iter().map(|&i| i64::from(i)).collect::<Vec<_>>()[..]);
-        assert!(padded.input_ids[raw.len()..].iter().all(|&i| i == i64::from(tok.pad_id())));
+        assert!(padded.input_ids[raw.len()..].iter().all(|&i| Some(i) == tok.pad_id().map(i64::from)));
         let ones = padded.attention_mask.iter().filter(|&&m| m == 1).count();
         assert_eq!(ones, raw.len());
         assert!(padded.attention_mask[..raw.len()].iter().all(|&m| m == 1));
@@ -259,7 +327,7 @@ mod tests {
         let cut = tok.encode("A litter of golden retriever puppies playing in the snow.", 5).unwrap();
         assert!(cut.truncated);
         let mut want: Vec<i64> = raw[..4].iter().map(|&i| i64::from(i)).collect();
-        want.push(i64::from(tok.eos_id()));
+        want.push(i64::from(tok.eos_id().unwrap()));
         assert_eq!(cut.input_ids, want);
         assert_eq!(cut.attention_mask, vec![1; 5]);
     }
@@ -268,7 +336,7 @@ mod tests {
     fn negative_prompt_may_be_empty_but_prompt_may_not() {
         let tok = Tokenizer::from_file(asset("t5_v1_1_tokenizer.json")).unwrap();
         let neg = tok.encode_negative("", 4).unwrap();
-        assert_eq!(neg.input_ids, vec![i64::from(tok.eos_id()), 0, 0, 0]);
+        assert_eq!(neg.input_ids, vec![i64::from(tok.eos_id().unwrap()), 0, 0, 0]);
         assert_eq!(neg.attention_mask, vec![1, 0, 0, 0]);
         for empty in ["", "   "] {
             let err = tok.encode(empty, 16).unwrap_err();

@@ -7,7 +7,9 @@
 //! - normaliser: `Sequence[Precompiled(charsmap) (when non-empty), Strip(right), Replace(" {2,}" -> "▁")]`;
 //! - pre-tokeniser and decoder: `Metaspace('▁', prepend Always when add_dummy_prefix else Never)`;
 //! - post-processor: `TemplateProcessing("$A </s>", pair "$A </s> $B </s>")`;
-//! - control and unknown pieces are special added tokens, user-defined pieces plain added tokens.
+//! - control and unknown pieces are special added tokens, user-defined pieces plain added tokens;
+//! - a model without a `<pad>` piece gets `<pad>` as a new special token after the pieces (id =
+//!   number of pieces), as `PreTrainedTokenizerFast` adds T5's missing special tokens.
 //!
 //! Upstream: <https://github.com/huggingface/transformers/blob/v4.44.2/src/transformers/convert_slow_tokenizer.py>
 //! (`SpmConverter`, `T5Converter`). Extra ids (`<extra_id_N>`) are not appended: T5's sentinel
@@ -36,6 +38,8 @@ use pb::trainer_spec::ModelType;
 
 /// The end-of-sequence piece T5's post-processor appends.
 const EOS_PIECE: &str = "</s>";
+/// T5's padding piece.
+const PAD_PIECE: &str = super::PAD_TOKEN;
 /// SentencePiece's whitespace marker (U+2581).
 const SPACE_MARKER: char = '\u{2581}';
 
@@ -96,12 +100,21 @@ pub(crate) fn tokenizer_from_spiece(path: &Path, bytes: &[u8]) -> Result<Tokeniz
     tokenizer.with_post_processor(Some(template));
     tokenizer.with_decoder(Some(MetaspaceDecoder::new(SPACE_MARKER, prepend, true)));
 
-    let special: Vec<AddedToken> = model
+    let mut special: Vec<AddedToken> = model
         .pieces
         .iter()
         .filter(|p| matches!(p.r#type(), PieceType::Control | PieceType::Unknown))
         .map(|p| AddedToken::from(p.piece().to_string(), true).normalized(false))
         .collect();
+    if !model.pieces.iter().any(|p| p.piece() == PAD_PIECE) {
+        tracing::warn!(
+            path = %path.display(),
+            id = model.pieces.len(),
+            "the SentencePiece model has no `{PAD_PIECE}` piece; `{PAD_PIECE}` is added after its pieces, as \
+             transformers' T5 tokenizer does"
+        );
+        special.push(AddedToken::from(PAD_PIECE, true).normalized(false));
+    }
     let user: Vec<AddedToken> = model
         .pieces
         .iter()
@@ -141,6 +154,41 @@ fn check_charsmap(charsmap: &[u8]) -> std::result::Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The real T5 model minus its `<pad>` piece (id 0): every other id moves down by one, and
+    /// `<pad>` comes back as a new token after the pieces.
+    #[test]
+    fn a_model_without_pad_loads_and_gets_pad_appended() {
+        let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/assets");
+        let original = std::fs::read(assets.join("seqio_t5_tiny_spiece.model")).unwrap();
+        let mut model = pb::ModelProto::decode(original.as_slice()).unwrap();
+        assert_eq!(model.pieces[0].piece(), PAD_PIECE);
+        model.pieces.remove(0);
+        let trainer = model.trainer_spec.as_mut().unwrap();
+        trainer.unk_id = Some(trainer.unk_id() - 1);
+        trainer.eos_id = Some(trainer.eos_id() - 1);
+        trainer.bos_id = Some(-1);
+        trainer.pad_id = Some(-1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nopad.model");
+        std::fs::write(&path, model.encode_to_vec()).unwrap();
+
+        let with = super::super::Tokenizer::from_file(assets.join("seqio_t5_tiny_spiece.model")).unwrap();
+        let without = super::super::Tokenizer::from_file(&path).unwrap();
+        assert_eq!(without.pad_id(), Some(model.pieces.len() as u32));
+        assert_eq!(without.vocab_size(), with.vocab_size());
+        for text in ["A cat plays with a ball.", "Ünïcödé  spaces", ""] {
+            let a = with.encode_ids(text, true).unwrap();
+            let b = without.encode_ids(text, true).unwrap();
+            assert_eq!(a.iter().map(|&i| i - 1).collect::<Vec<_>>(), b, "{text:?}");
+        }
+        let padded = without.encode("A cat.", 16).unwrap();
+        assert_eq!(*padded.input_ids.last().unwrap(), i64::from(without.pad_id().unwrap()));
+        assert_eq!(
+            padded.attention_mask.iter().sum::<i64>() as usize,
+            without.encode_ids("A cat.", true).unwrap().len()
+        );
+    }
 
     #[test]
     fn charsmap_header_is_checked() {
