@@ -68,6 +68,13 @@ impl ParallelOpts {
         let plan = ParallelPlan { sp: self.sp, cfg_groups: if self.cfg_parallel { 2 } else { 1 } };
         let dir = spec.dir().join(&spec.manifest().components.transformer);
         let manifest = BundleManifest::load(&dir).with_context(|| format!("reading {}", dir.display()))?;
+        if manifest.graphs.values().any(|g| g.precision == osp_graphs::Precision::Int8) {
+            bail!(
+                "--sp / --cfg-parallel: {} is an int8 bundle; the parallel DiT needs an f32/f16/bf16 bundle (int8's \
+                 per-tensor activation scales depend on how the sequence is split, so shards could not equal one device)",
+                dir.display()
+            );
+        }
         let protocol = DitSegments::read(&manifest.graphs)?.with_context(|| {
             format!(
                 "--sp: {} has no sequence-parallel segment graphs (re-export it with this osp-export)",

@@ -5,11 +5,11 @@
 //! device). Ranks exchange values only through a [`Collective`].
 
 pub mod collective;
+pub mod host;
 #[cfg(feature = "nccl")]
 pub mod nccl;
-pub mod workers;
-pub mod host;
 pub mod sp;
+pub mod workers;
 
 pub use collective::{Buffer, BufferMut, Collective, CollectiveError};
 pub use host::{HostCollective, HostWorld};

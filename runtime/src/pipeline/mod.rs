@@ -214,7 +214,15 @@ impl Pipeline {
         let (transformer, transformer_text) = load_denoiser(&dit, opts, true)?;
         let vae = Vae::with_graphs(&Bundle::open(spec.dir.join(&c.vae))?, spec.vae_graphs.clone(), opts)?;
         tracing::info!(bundle = %spec.dir.display(), latent_channels = spec.dims.latent_channels, "pipeline loaded");
-        Ok(Self { spec, text, transformer, transformer_text, parallel: None, vae, text_positions: TextPositions::default() })
+        Ok(Self {
+            spec,
+            text,
+            transformer,
+            transformer_text,
+            parallel: None,
+            vae,
+            text_positions: TextPositions::default(),
+        })
     }
 
     /// Runs the plain [`TRANSFORMER_GRAPH`] every step even when the bundle has the cached-text

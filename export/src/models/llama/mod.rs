@@ -87,7 +87,8 @@ impl LlamaExportOptions {
     /// The dtype weights are stored in.
     pub fn storage_dtype(&self) -> DType {
         match self.precision {
-            Precision::F32 => DType::F32,
+            // Refused by `export_llama` (int8 weights are `--quant int8`).
+            Precision::F32 | Precision::Int8 => DType::F32,
             Precision::F16 => DType::F16,
             Precision::Bf16 => DType::Bf16,
         }
@@ -97,7 +98,7 @@ impl LlamaExportOptions {
     pub fn compute_dtype(&self) -> DType {
         match self.precision {
             Precision::F16 => DType::F16,
-            Precision::F32 | Precision::Bf16 => DType::F32,
+            Precision::F32 | Precision::Bf16 | Precision::Int8 => DType::F32,
         }
     }
 }
@@ -519,6 +520,12 @@ fn manifest_config(src: &LlamaSource, opts: &LlamaExportOptions) -> Result<Llama
 /// Exports `src` as a bundle at `out` with graphs `prefill` and `decode` and the Hugging Face
 /// tokenizer/config files copied byte for byte.
 pub fn export_llama(src: &LlamaSource, opts: &LlamaExportOptions, out: &Path) -> Result<BundleManifest> {
+    if opts.precision == Precision::Int8 {
+        return Err(Error::Config(
+            "llama bundles take --precision f32, f16 or bf16; for int8 weights use --quant int8 (weight-only MatMulNBits)"
+                .into(),
+        ));
+    }
     if let Some(q) = &opts.quant {
         if !matches!(q.bits, 4 | 8) || q.block_size < 16 || !q.block_size.is_power_of_two() {
             return Err(Error::Config(format!(

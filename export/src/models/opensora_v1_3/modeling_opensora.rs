@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use osp_graphs::config::{manifest_view, OpenSoraT2VConfig};
-use osp_graphs::{AttentionKind, BundleManifest, DType, Dim, ModelSpec, TensorSpec};
+use osp_graphs::{AttentionKind, BundleManifest, DType, Dim, ModelSpec, Precision, TensorSpec};
 use osp_trainer::models::opensora_v1_3::{OpenSoraT2V_v1_3Config, Skiparse, MASK_BIAS};
 use tracing::info;
 
@@ -210,7 +210,11 @@ pub fn export_opensora_t2v(
         passes::optimize_int8(g, opts.precision, &int8)?;
         writer.add_graph(name, g, opts.attention, metadata.clone())?;
     }
-    super::segments::add_segments(&mut writer, config, weights, opts)?;
+    // int8's per-tensor activation scales depend on the rows a graph sees, so sequence shards
+    // could not equal one device: int8 bundles carry no parallel segments.
+    if opts.precision != Precision::Int8 {
+        super::segments::add_segments(&mut writer, config, weights, opts)?;
+    }
     let manifest = writer.finish()?;
     info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, lowering = %opts.lowering, layers = config.num_layers, "exported OpenSoraT2V v1.3");
     Ok(manifest)
