@@ -230,7 +230,7 @@ fn bad_settings_are_refused_naming_the_rule() -> Result<()> {
 /// graph vs the segmented path at SP 1, 2 and 3 (threads split over the ranks), median of 3 timed
 /// rounds after a warm-up. Prints markdown rows and a JSON line (`BENCH_JSON ...`).
 #[test]
-#[ignore = "heavy (0.9 GB of weights, minutes on 2 cores): cargo test --release -p osp-tests --test dit_parallel release_geometry -- --ignored --nocapture"]
+#[ignore = "benchmark (0.9 GB of weights, ~1 min on 2 cores): on a quiet machine before changing the segments or the executor, `cargo test --release -p osp-tests --test dit_parallel release_geometry -- --ignored --nocapture` (README, docs/benchmarks.md)"]
 fn release_geometry_segment_bench() -> Result<()> {
     let config = OpenSoraT2V_v1_3Config { num_layers: 2, ..OpenSoraT2V_v1_3Config::v1_3_2b_122() };
     let w = DitWeights::random(&config, 0)?;

@@ -429,7 +429,7 @@ fn mid_config(layers: usize) -> serde_json::Value {
 ///
 /// `cargo test --release -p osp-tests --test llama_export -- --ignored llama_decode_tokens_per_second --nocapture`
 #[test]
-#[ignore = "heavy: exports and runs a 1.9B-parameter model (minutes, 8 GB RAM)"]
+#[ignore = "benchmark (a 2B-parameter model, ~3 min, 8 GB RAM, OSP_BENCH_TMP with 12 GB free): on a quiet machine before changing the llama lowering or the quantization, `cargo test --release -p osp-tests --test llama_export -- --ignored llama_decode_tokens_per_second --nocapture` (README)"]
 fn llama_decode_tokens_per_second() -> Result<()> {
     let layers: usize = std::env::var("OSP_LLAMA_BENCH_LAYERS").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let tmp =
@@ -491,7 +491,7 @@ fn llama_decode_tokens_per_second() -> Result<()> {
 ///
 /// `cargo test --release -p osp-tests --test llama_export -- --ignored llama31_8b_random_export_streams --nocapture`
 #[test]
-#[ignore = "heavy: writes a 16 GB folder and a 16 GB bundle (tens of minutes)"]
+#[ignore = "heavy (a 16 GB folder and a 16 GB bundle, ~2 min, OSP_BENCH_TMP with 35 GB free): before changing the llama export's streaming or weight checks, `cargo test --release -p osp-tests --test llama_export -- --ignored llama31_8b_random_export_streams --nocapture` (README)"]
 fn llama31_8b_random_export_streams() -> Result<()> {
     let tmp =
         tempfile::tempdir_in(std::env::var_os("OSP_BENCH_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir))?;

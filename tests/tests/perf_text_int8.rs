@@ -184,7 +184,7 @@ fn dit_rows(dir: &Path, rows: &mut Vec<Row>, notes: &mut BTreeMap<String, serde_
 }
 
 #[test]
-#[ignore = "benchmark (~10 min on 2 cores, ~6 GB of disk): scripts/bench_text_int8.sh"]
+#[ignore = "benchmark (~3 min quiet, ~6 GB of disk): on a quiet machine before changing text trimming, the cached-text graphs or int8, `scripts/bench_text_int8.sh` (README)"]
 fn text_trimming_and_int8_speedups() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let mut rows = Vec::new();

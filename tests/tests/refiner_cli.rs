@@ -302,7 +302,7 @@ impl CausalLm for Uncached<'_> {
 ///
 /// `cargo build --release --locked -p osp-runtime --bin osp && cargo test --release --locked -p osp-tests --test refiner_cli -- --ignored refiner_kv_cache_speedup --nocapture`
 #[test]
-#[ignore = "benchmark: timings are only meaningful on a quiet machine"]
+#[ignore = "benchmark (seconds; timings only mean something on a quiet machine): before changing the refiner loop, `cargo test --release -p osp-tests --test refiner_cli -- --ignored refiner_kv_cache_speedup --nocapture` (README)"]
 fn refiner_kv_cache_speedup() -> Result<()> {
     let bundle = Bundle::open(refiner_bundle())?;
     let mut lm = GraphLm::load(&bundle, &SessionOptions::new(Backend::OrtCpu).with_threads(2))?;
