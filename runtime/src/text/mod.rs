@@ -277,6 +277,20 @@ impl TextEncoder {
 
     /// [`TextPositions::Real`]: each text's `[l_i, d]` real-token rows, from the cache (entries under
     /// [`Self::real_cache_key`]) or from encoder runs on the chunk's longest real length only.
+    /// The cache's entry for `key` (`mask`: the tokens it was encoded with), or `None` (no cache,
+    /// a miss, or an entry holding NaN or infinite values, which is recomputed with a warning).
+    fn cached_row(&self, key: &str, mask: &[i64]) -> Option<Vec<f32>> {
+        let cache = self.cache.as_ref()?;
+        cache.get(key, mask, self.d_model).filter(|row| {
+            let finite = row.iter().all(|v| v.is_finite());
+            if !finite {
+                let path = cache.entry_path(key);
+                tracing::warn!(path = %path.display(), "text cache entry holds NaN or infinite values; recomputing");
+            }
+            finite
+        })
+    }
+
     fn encode_real(&mut self, texts: &[&str], max_len: usize, allow_empty: bool) -> Result<TextEmbeddings> {
         let encoded = self.tokenize(texts, max_len, allow_empty)?;
         let d = self.d_model;
@@ -284,19 +298,11 @@ impl TextEncoder {
         let real: Vec<usize> =
             encoded.iter().map(|e| e.attention_mask.iter().take_while(|&&m| m != 0).count()).collect();
         let keys: Vec<String> = texts.iter().map(|t| self.real_cache_key(t, max_len)).collect();
-        let mut rows: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
-        if let Some(cache) = &self.cache {
-            for (i, key) in keys.iter().enumerate() {
-                rows[i] = cache.get(key, &encoded[i].attention_mask[..real[i]], d).filter(|row| {
-                    let finite = row.iter().all(|v| v.is_finite());
-                    if !finite {
-                        let path = cache.entry_path(key);
-                        tracing::warn!(path = %path.display(), "text cache entry holds NaN or infinite values; recomputing");
-                    }
-                    finite
-                });
-            }
-        }
+        let mut rows: Vec<Option<Vec<f32>>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| self.cached_row(key, &encoded[i].attention_mask[..real[i]]))
+            .collect();
         let misses: Vec<usize> = (0..texts.len()).filter(|&i| rows[i].is_none()).collect();
         self.cache_hits += texts.len() - misses.len();
         tracing::info!(texts = texts.len(), cached = texts.len() - misses.len(), "encoding text (real tokens)");
@@ -334,20 +340,9 @@ impl TextEncoder {
     fn encode_texts(&mut self, texts: &[&str], max_len: usize, allow_empty: bool) -> Result<TextEmbeddings> {
         let encoded = self.tokenize(texts, max_len, allow_empty)?;
         let d = self.d_model;
-        let mut rows: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
         let keys: Vec<String> = texts.iter().map(|t| self.cache_key(t, max_len)).collect();
-        if let Some(cache) = &self.cache {
-            for (i, key) in keys.iter().enumerate() {
-                rows[i] = cache.get(key, &encoded[i].attention_mask, d).filter(|row| {
-                    let finite = row.iter().all(|v| v.is_finite());
-                    if !finite {
-                        let path = cache.entry_path(key);
-                        tracing::warn!(path = %path.display(), "text cache entry holds NaN or infinite values; recomputing");
-                    }
-                    finite
-                });
-            }
-        }
+        let mut rows: Vec<Option<Vec<f32>>> =
+            keys.iter().enumerate().map(|(i, key)| self.cached_row(key, &encoded[i].attention_mask)).collect();
         let misses: Vec<usize> = (0..texts.len()).filter(|&i| rows[i].is_none()).collect();
         self.cache_hits += texts.len() - misses.len();
         tracing::info!(texts = texts.len(), cached = texts.len() - misses.len(), "encoding text");
