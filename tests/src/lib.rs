@@ -107,3 +107,33 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The tiny e2e pipeline (`../shared/reference/e2e`) exported once per test binary, with small
+/// defaults: 9 x 64 x 96 frames, 3 steps, 32 tokens.
+pub fn small_e2e_pipeline() -> &'static Path {
+    use osp_export::models::pipeline::{export_pipeline, PipelineExportOptions, PipelineSources};
+    use osp_graphs::pipeline::PipelineDefaults;
+    static DIR: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    &DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir should be creatable");
+        let out = dir.path().join("e2e.pipeline");
+        let defaults = PipelineDefaults {
+            num_frames: 9,
+            height: 64,
+            width: 96,
+            num_sampling_steps: 3,
+            max_sequence_length: 32,
+            ..PipelineDefaults::open_sora_plan_v13()
+        };
+        let opts = PipelineExportOptions {
+            graph: osp_export::ExportOptions::default(),
+            text_encoder_precision: None,
+            defaults,
+        };
+        let sources = PipelineSources::from_dir(&shared_reference().join("e2e"))
+            .expect("the e2e folder should hold every component");
+        export_pipeline(&sources, &opts, &out).expect("the pipeline should export");
+        (dir, out)
+    })
+    .1
+}

@@ -5,39 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-use osp_export::models::pipeline::{export_pipeline, PipelineExportOptions, PipelineSources};
-use osp_export::ExportOptions;
-use osp_graphs::pipeline::PipelineDefaults;
 use osp_graphs::Approx;
 use osp_runtime::{read_safetensors, Tensor};
 
 fn e2e() -> PathBuf {
     osp_tests::shared_reference().join("e2e")
-}
-
-/// The pipeline bundle (exported once per test binary), with small defaults: 9 x 64 x 96, 3 steps,
-/// 32 tokens.
-fn bundle() -> &'static Path {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir should be creatable");
-        let out = dir.path().join("e2e.pipeline");
-        let defaults = PipelineDefaults {
-            num_frames: 9,
-            height: 64,
-            width: 96,
-            num_sampling_steps: 3,
-            max_sequence_length: 32,
-            ..PipelineDefaults::open_sora_plan_v13()
-        };
-        let opts = PipelineExportOptions { graph: ExportOptions::default(), text_encoder_precision: None, defaults };
-        let sources = PipelineSources::from_dir(&e2e()).expect("the e2e folder should hold every component");
-        export_pipeline(&sources, &opts, &out).expect("the pipeline should export");
-        (dir, out)
-    })
-    .1
 }
 
 fn osp(cache: &Path) -> Command {
@@ -47,7 +20,7 @@ fn osp(cache: &Path) -> Command {
     }
     cmd.env("OSP_TEXT_CACHE", cache)
         .args(["--threads", "2", "generate", "--progress", "off", "--bundle"])
-        .arg(bundle());
+        .arg(osp_tests::small_e2e_pipeline());
     cmd
 }
 
@@ -216,7 +189,7 @@ fn bench_prints_every_stage_and_writes_json() {
     }
     let out = cmd
         .args(["--threads", "2", "bench", "--warmup", "0", "--repeats", "2", "--text_prompt", "A cat.", "--bundle"])
-        .arg(bundle())
+        .arg(osp_tests::small_e2e_pipeline())
         .arg("--json")
         .arg(&json)
         .output()
@@ -320,7 +293,7 @@ fn bench_with_sp_prints_segment_compute_and_exchange_times() {
     let out = cmd
         .args(["--threads", "1", "bench", "--warmup", "0", "--repeats", "1", "--sp", "2", "--text_prompt", "A cat."])
         .args(["--num-sampling-steps", "2", "--bundle"])
-        .arg(bundle())
+        .arg(osp_tests::small_e2e_pipeline())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));

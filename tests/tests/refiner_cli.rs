@@ -17,9 +17,6 @@ use std::sync::OnceLock;
 
 use anyhow::{ensure, Context, Result};
 use osp_export::models::llama::{export_llama, LlamaExportOptions, LlamaSource};
-use osp_export::models::pipeline::{export_pipeline, PipelineExportOptions, PipelineSources};
-use osp_export::ExportOptions;
-use osp_graphs::pipeline::PipelineDefaults;
 use osp_graphs::Approx;
 use osp_runtime::refiner::generate::{generate, CausalLm, Decoding};
 use osp_runtime::refiner::model::GraphLm;
@@ -193,29 +190,6 @@ fn a_hugging_face_folder_is_refused_naming_the_exporter() {
     assert!(!msg.contains("panicked"), "{msg}");
 }
 
-/// The tiny e2e pipeline (as `generate_cli.rs`), exported once per test binary.
-fn pipeline_bundle() -> &'static Path {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir should be creatable");
-        let out = dir.path().join("e2e.pipeline");
-        let defaults = PipelineDefaults {
-            num_frames: 9,
-            height: 64,
-            width: 96,
-            num_sampling_steps: 3,
-            max_sequence_length: 32,
-            ..PipelineDefaults::open_sora_plan_v13()
-        };
-        let opts = PipelineExportOptions { graph: ExportOptions::default(), text_encoder_precision: None, defaults };
-        let sources = PipelineSources::from_dir(&shared_reference().join("e2e"))
-            .expect("the e2e folder should hold every component");
-        export_pipeline(&sources, &opts, &out).expect("the pipeline should export");
-        (dir, out)
-    })
-    .1
-}
-
 fn files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = vec![];
     for e in std::fs::read_dir(dir)? {
@@ -234,7 +208,7 @@ fn generate_with_the_refiner_equals_a_replay_of_osp_refine() -> Result<()> {
         Ok(osp_command(2)
             .env("OSP_TEXT_CACHE", tmp.path().join("cache"))
             .args(["generate", "--progress", "off", "--bundle"])
-            .arg(pipeline_bundle())
+            .arg(osp_tests::small_e2e_pipeline())
             .args(["--text_prompt", prompt, "--save_img_path"])
             .arg(tmp.path().join(out))
             .args(extra)
