@@ -208,6 +208,9 @@ impl LlamaConfig {
 /// A `generation_config.json` (`GenerationConfig`), verbatim: the keys the refiner's decode loop
 /// reads are typed (absent keys take transformers' defaults at the point of use: `do_sample`
 /// false, `temperature` 1.0, `top_k` 50, `top_p` 1.0), every other key is kept in `upstream`.
+/// `top_k` keeps an explicit `null` apart from an absent key (`Some(None)`): transformers reads
+/// `null` as "no top-k warper", not as the default 50. For the other keys `null` and absent act
+/// the same in transformers (no warper, greedy), so they read as absent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GenerationConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,14 +223,24 @@ pub struct GenerationConfig {
     pub do_sample: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_k: Option<usize>,
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<Option<usize>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<usize>,
     #[serde(flatten)]
     pub upstream: BTreeMap<String, serde_json::Value>,
+}
+
+/// A key that is present, `null` included: `Some(None)` for `null` (absent keys are `None` through
+/// `#[serde(default)]`).
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Weight-only quantization of the linear layers (`com.microsoft` `MatMulNBits`): `bits` 4 or 8,
@@ -421,6 +434,23 @@ mod tests {
         let mut bad = spec.config.clone();
         bad.num_key_value_heads = Some(5);
         assert!(bad.validate().unwrap_err().to_string().contains("multiple of `num_key_value_heads`"));
+    }
+
+    #[test]
+    fn generation_config_keeps_a_null_top_k_apart_from_an_absent_one() {
+        let read = |v: serde_json::Value| serde_json::from_value::<GenerationConfig>(v).unwrap();
+        let absent = read(json!({"do_sample": true}));
+        let null = read(json!({"do_sample": true, "top_k": null}));
+        let set = read(json!({"do_sample": true, "top_k": 20}));
+        assert_eq!((absent.top_k, null.top_k, set.top_k), (None, Some(None), Some(Some(20))));
+        for (cfg, raw) in [
+            (&absent, json!({"do_sample": true})),
+            (&null, json!({"do_sample": true, "top_k": null})),
+            (&set, json!({"do_sample": true, "top_k": 20})),
+        ] {
+            assert_eq!(serde_json::to_value(cfg).unwrap(), raw, "round-trips verbatim");
+        }
+        assert!(serde_json::from_value::<GenerationConfig>(json!({"top_k": "x"})).is_err());
     }
 
     #[test]

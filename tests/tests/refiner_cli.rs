@@ -3,6 +3,8 @@
 //! `osp-export llama`, then
 //! - the KV-cache decode loop's greedy ids equal transformers' 24 greedy steps, and the eos case
 //!   stops after its eos (kept), on every CPU backend;
+//! - on ort-cpu the cache stays in the engine's memory between steps, and a step on it equals the
+//!   same step with the cache handed over as host tensors, bit for bit;
 //! - `osp refine --greedy` prints upstream's 3 refined strings byte for byte (`refiner_e2e.json`:
 //!   282 tokens stopped at an eos, and 512 tokens twice);
 //! - `osp generate --caption_refiner` on the tiny e2e pipeline logs upstream's lines and writes the
@@ -134,6 +136,63 @@ fn greedy_ids_equal_transformers_on_every_cpu_backend() -> Result<()> {
         let eos = *eos_case.last().context("eos case ids")?;
         let g = generate(&mut lm, &prompt, want.len(), &[eos], Decoding::Greedy)?;
         ensure!(g.ids == eos_case && g.stopped_at_eos, "{backend}: eos case {:?}, transformers {eos_case:?}", g.ids);
+    }
+    Ok(())
+}
+
+/// The resident cache (IoBinding outputs fed back as inputs) against the plain host path: the
+/// decode graph run with the same cache copied to host tensors gives the same logits and present
+/// values, bit for bit; on tract the cache is host tensors by construction.
+#[test]
+fn resident_kv_cache_equals_the_host_path() -> Result<()> {
+    use osp_graphs::llama;
+    let io = read_safetensors(&fixture().join("io.safetensors"))?;
+    let prompt = ids(&io["input.input_ids"]);
+    let bundle = Bundle::open(refiner_bundle())?;
+    for backend in cpu_backends() {
+        let opts = SessionOptions::new(backend.clone()).with_threads(2);
+        let mut lm = GraphLm::load(&bundle, &opts)?;
+        let layers = bundle.manifest().graphs[llama::DECODE_GRAPH]
+            .inputs
+            .iter()
+            .filter(|t| t.name.starts_with("past_key_values."))
+            .count()
+            / 2;
+        lm.prefill(&prompt)?;
+        let mut host = vec![];
+        for i in 0..layers {
+            let (k, v) = lm.cache().layer(i).context("cache layer")?;
+            ensure!(
+                k.is_host() == matches!(backend, Backend::Tract) && v.is_host() == k.is_host(),
+                "{backend}: layer {i} cache placement {k:?}"
+            );
+            host.push((k.to_host("key")?, v.to_host("value")?));
+        }
+        let past = prompt.len();
+        let next = 7u32;
+        let one = |v: Vec<i64>| Tensor::I64(ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[1, v.len()]), v).unwrap());
+        let (input_ids, mask, positions) = (one(vec![i64::from(next)]), one(vec![1; past + 1]), one(vec![past as i64]));
+        let names: Vec<(String, String)> = (0..layers).map(|i| (llama::past_key(i), llama::past_value(i))).collect();
+        let mut inputs: Vec<(&str, &Tensor)> =
+            vec![(llama::INPUT_IDS, &input_ids), (llama::ATTENTION_MASK, &mask), (llama::POSITION_IDS, &positions)];
+        for ((k, v), (kn, vn)) in host.iter().zip(&names) {
+            inputs.push((kn.as_str(), k));
+            inputs.push((vn.as_str(), v));
+        }
+        let mut plain = bundle.session(llama::DECODE_GRAPH, &opts)?;
+        let out = plain.run(&inputs)?;
+        let resident_row = lm.decode(next)?;
+        let (shape, logits) = f32s(&out[llama::LOGITS]);
+        let vocab = shape[2];
+        ensure!(resident_row == logits[logits.len() - vocab..], "{backend}: decode logits differ from the host path");
+        for i in 0..layers {
+            let (k, v) = lm.cache().layer(i).context("cache layer")?;
+            ensure!(
+                k.to_host("key")? == out[&llama::present_key(i)]
+                    && v.to_host("value")? == out[&llama::present_value(i)],
+                "{backend}: layer {i} present differs from the host path"
+            );
+        }
     }
     Ok(())
 }

@@ -43,6 +43,12 @@ impl Resident {
         Self { inner: ResidentInner::Ort(v), dtype, shape }
     }
 
+    /// Whether this is a host tensor (an input, or a value of an engine without resident values)
+    /// rather than a value held in the engine's own memory.
+    pub fn is_host(&self) -> bool {
+        matches!(self.inner, ResidentInner::Host(_))
+    }
+
     pub fn dtype(&self) -> DType {
         self.dtype
     }

@@ -86,7 +86,8 @@ impl GenerationConfig {
         let config = GenerationConfig {
             do_sample: file.do_sample.unwrap_or(d.do_sample),
             temperature: file.temperature.unwrap_or(d.temperature),
-            top_k: file.top_k.unwrap_or(d.top_k),
+            // `top_k: null` turns the warper off in transformers (`0` here); absent is the default 50.
+            top_k: file.top_k.map_or(d.top_k, |k| k.unwrap_or(0)),
             top_p: file.top_p.unwrap_or(d.top_p),
             min_p,
         };
@@ -130,6 +131,15 @@ mod tests {
         assert_eq!((c.temperature, c.top_k, c.top_p, c.min_p), (0.6, 50, 0.9, None));
         let c = from_json(r#"{"eos_token_id": 7, "min_p": 0.05}"#).unwrap();
         assert_eq!((c.do_sample, c.min_p), (false, Some(0.05)));
+    }
+
+    #[test]
+    fn null_sampling_keys_read_as_transformers_reads_them() {
+        // transformers 4.44: `top_k: null` means no top-k warper; null temperature / top_p mean none.
+        let c = from_json(r#"{"do_sample": true, "top_k": null, "temperature": null, "top_p": null}"#).unwrap();
+        assert_eq!((c.temperature, c.top_k, c.top_p), (1.0, 0, 1.0));
+        assert_eq!(from_json(r#"{"do_sample": true, "top_k": 7}"#).unwrap().top_k, 7);
+        assert_eq!(from_json(r#"{"do_sample": true}"#).unwrap().top_k, 50);
     }
 
     #[test]

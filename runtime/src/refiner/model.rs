@@ -1,16 +1,18 @@
 //! [`GraphLm`]: a Llama bundle's `prefill` and `decode` graphs (`osp_graphs::llama`) as a
 //! [`CausalLm`] for one sequence, holding the KV cache between steps.
 //!
-//! The cache is the `present.{i}.*` outputs of the last run, fed back as `past_key_values.{i}.*`.
-//! It crosses the engine seam as host tensors (the seam has no device-resident values yet): on
-//! ort-cpu and tract that is the engine's own memory; on CUDA each step copies the cache to the
-//! host and back. [`KvCache`] is the one place that holds it, so a device-resident cache replaces
-//! only this file.
+//! The cache is the `present.{i}.*` outputs of the last run, fed back as `past_key_values.{i}.*`
+//! without leaving the engine: both graphs run through [`GraphSession::run_resident`] (ONNX
+//! Runtime IoBinding), so on ort-cuda / ort-tensorrt the cache stays in device memory and on
+//! ort-cpu in ORT's own buffers, with no copy per step. Engines without resident values (tract)
+//! hold it as host tensors. Only the token inputs go in from the host and only the logits come
+//! back.
 
 use ndarray::{ArrayD, IxDyn};
 use osp_graphs::llama::{self, LlamaGraphs};
 
 use super::generate::CausalLm;
+use crate::engine::Resident;
 use crate::error::{Error, Result};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
@@ -18,7 +20,7 @@ use crate::tensor::Tensor;
 /// The cache of one sequence: per layer, key and value `[1, kv_heads, len, head_dim]`.
 #[derive(Default)]
 pub struct KvCache {
-    layers: Vec<(Tensor, Tensor)>,
+    layers: Vec<(Resident, Resident)>,
     len: usize,
 }
 
@@ -32,8 +34,13 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Layer `i`'s key and value, where the engine keeps them.
+    pub fn layer(&self, i: usize) -> Option<(&Resident, &Resident)> {
+        self.layers.get(i).map(|(k, v)| (k, v))
+    }
+
     /// Takes `present.{i}.key/value` out of a run's outputs.
-    fn take(outputs: &mut std::collections::BTreeMap<String, Tensor>, layers: usize, graph: &str) -> Result<Self> {
+    fn take(outputs: &mut std::collections::BTreeMap<String, Resident>, layers: usize, graph: &str) -> Result<Self> {
         let mut out = Vec::with_capacity(layers);
         for i in 0..layers {
             let mut get = |name: String| {
@@ -59,9 +66,11 @@ pub struct GraphLm {
     cache: KvCache,
 }
 
-fn ids_tensor(values: Vec<i64>) -> Tensor {
+fn ids_tensor(values: Vec<i64>) -> Resident {
     let n = values.len();
-    Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[1, n]), values).expect("the shape should match the length"))
+    Resident::host(Tensor::I64(
+        ArrayD::from_shape_vec(IxDyn(&[1, n]), values).expect("the shape should match the length"),
+    ))
 }
 
 impl GraphLm {
@@ -84,8 +93,9 @@ impl GraphLm {
         &self.cache
     }
 
-    /// The last position's logits of `logits` `[1, s, vocab]`.
-    fn last_row(&self, graph: &str, logits: Option<Tensor>) -> Result<Vec<f32>> {
+    /// The last position's logits of `logits` `[1, s, vocab]`, copied to the host.
+    fn last_row(&self, graph: &str, logits: Option<Resident>) -> Result<Vec<f32>> {
+        let logits = logits.map(|r| r.to_host(llama::LOGITS)).transpose()?;
         let bad = |got: String| Error::OutputMismatch {
             graph: graph.to_string(),
             output: llama::LOGITS.into(),
@@ -113,7 +123,7 @@ impl CausalLm for GraphLm {
         let input_ids = ids_tensor(ids.iter().map(|&i| i64::from(i)).collect());
         let mask = ids_tensor(vec![1; n]);
         let positions = ids_tensor((0..n as i64).collect());
-        let mut out = self.prefill.run(&[
+        let mut out = self.prefill.run_resident(&[
             (llama::INPUT_IDS, &input_ids),
             (llama::ATTENTION_MASK, &mask),
             (llama::POSITION_IDS, &positions),
@@ -129,13 +139,13 @@ impl CausalLm for GraphLm {
         let positions = ids_tensor(vec![past as i64]);
         let names: Vec<(String, String)> =
             (0..self.layers).map(|i| (llama::past_key(i), llama::past_value(i))).collect();
-        let mut inputs: Vec<(&str, &Tensor)> =
+        let mut inputs: Vec<(&str, &Resident)> =
             vec![(llama::INPUT_IDS, &input_ids), (llama::ATTENTION_MASK, &mask), (llama::POSITION_IDS, &positions)];
         for ((k, v), (kn, vn)) in self.cache.layers.iter().zip(&names) {
             inputs.push((kn.as_str(), k));
             inputs.push((vn.as_str(), v));
         }
-        let mut out = self.decode.run(&inputs)?;
+        let mut out = self.decode.run_resident(&inputs)?;
         self.cache = KvCache::take(&mut out, self.layers, llama::DECODE_GRAPH)?;
         self.last_row(llama::DECODE_GRAPH, out.remove(llama::LOGITS))
     }
