@@ -129,6 +129,10 @@ fn build_session(
         builder = builder.with_intra_threads(n).map_err(|e| config(e.into()))?;
     }
     builder = builder.with_optimization_level(GraphOptimizationLevel::Level3).map_err(|e| config(e.into()))?;
+    // Each session has its own intra-op pool, and several sessions run back to back (the DiT's
+    // segments, the streaming decoder graphs): a pool that keeps spinning after its `Run` returns
+    // takes cores from the next session's pool. Spinning still runs inside a `Run`.
+    builder = builder.with_config_entry("session.force_spinning_stop", "1").map_err(|e| config(e.into()))?;
     if !memory_pattern {
         builder = builder.with_memory_pattern(false).map_err(|e| config(e.into()))?;
     }
