@@ -227,8 +227,9 @@ fn bad_settings_are_refused_naming_the_rule() -> Result<()> {
 
 /// Release geometry (hidden 2304 = 24 heads x 96, caption 4096), 2 layers, seeded random weights,
 /// 1280 tokens (t=5, 32x32 latent -> 5x16x16 patches), ort-cpu with 2 threads in all: the single
-/// graph vs the segmented path at SP 1, 2 and 3 (threads split over the ranks), median of 3 timed
-/// rounds after a warm-up. Prints markdown rows and a JSON line (`BENCH_JSON ...`).
+/// graph vs the segmented path at SP 1, 2 and 3 (threads split over the ranks), median of 5 rounds
+/// after a warm-up, the paths alternating within each round. Prints markdown rows and a JSON line
+/// (`BENCH_JSON ...`).
 #[test]
 #[ignore = "benchmark (0.9 GB of weights, ~1 min on 2 cores): on a quiet machine before changing the segments or the executor, `cargo test --release -p osp-tests --test dit_parallel release_geometry -- --ignored --nocapture` (README, docs/benchmarks.md)"]
 fn release_geometry_segment_bench() -> Result<()> {
@@ -248,22 +249,13 @@ fn release_geometry_segment_bench() -> Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let rounds = 3;
+    let rounds = 5;
+    // Every path is loaded first and the rounds alternate between them, so that a slow stretch of
+    // the machine lands on every path alike.
     let mut session = bundle.session(GRAPH_NAME, &SessionOptions::default().with_threads(2))?;
     session.run(&named(&inputs))?;
-    let mut times = vec![];
-    for _ in 0..rounds {
-        let s = Instant::now();
-        session.run(&named(&inputs))?;
-        times.push(s.elapsed().as_secs_f64());
-    }
-    let single_s = median(times);
-    drop(session);
     let want = single(&bundle, &inputs)?;
-    println!("| path | ranks | wall ms (median of {rounds}) | vs single | rank 0 compute ms | rank 0 exchange ms |");
-    println!("|---|---|---|---|---|---|");
-    println!("| single `transformer` graph | 1 | {:.0} | 1.00 | | |", single_s * 1e3);
-    let mut json = vec![serde_json::json!({"path": "single", "ranks": 1, "wall_s": single_s})];
+    let mut dits = vec![];
     for sp in [1usize, 2, 3] {
         let threads = (2 / sp).max(1);
         let opts = vec![SessionOptions::default().with_threads(threads); sp];
@@ -276,12 +268,25 @@ fn release_geometry_segment_bench() -> Result<()> {
             Approx::Approximate,
         )?;
         dit.reset_timings();
-        let mut times = vec![];
-        for _ in 0..rounds {
+        dits.push((sp, threads, dit, vec![]));
+    }
+    let mut single_times = vec![];
+    for _ in 0..rounds {
+        let s = Instant::now();
+        session.run(&named(&inputs))?;
+        single_times.push(s.elapsed().as_secs_f64());
+        for (_, _, dit, times) in &mut dits {
             let s = Instant::now();
             dit.run(&named(&inputs))?;
             times.push(s.elapsed().as_secs_f64());
         }
+    }
+    let single_s = median(single_times);
+    println!("| path | ranks | wall ms (median of {rounds}) | vs single | rank 0 compute ms | rank 0 exchange ms |");
+    println!("|---|---|---|---|---|---|");
+    println!("| single `transformer` graph | 1 | {:.0} | 1.00 | | |", single_s * 1e3);
+    let mut json = vec![serde_json::json!({"path": "single", "ranks": 1, "wall_s": single_s})];
+    for (sp, threads, dit, times) in dits {
         let wall = median(times);
         let (totals, calls) = dit.timing_totals();
         let per = |m: &std::collections::BTreeMap<String, f64>| m.values().sum::<f64>() * 1e3 / calls as f64;
