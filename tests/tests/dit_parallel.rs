@@ -382,7 +382,7 @@ fn release_memory_call() -> Vec<Tensor> {
 }
 
 /// The child: loads what `spec` names, measures the process's resident memory before and after
-/// the load, resets the peak, runs `spec.runs` calls and reads the peak of the runs. Prints one
+/// the load (freed heap trimmed), resets the peak, runs `spec.runs` calls and reads the peak of the runs. Prints one
 /// `RANK_MEMORY {json}` line. A probed rank's output is never seen: `RankProbe::run` returns
 /// timings only.
 fn rank_memory_child(spec: &ProbeSpec) -> Result<()> {
@@ -407,6 +407,8 @@ fn rank_memory_child(spec: &ProbeSpec) -> Result<()> {
             Box::new(move || Ok(probe.run(&named(&inputs))?.compute.values().sum()))
         }
     };
+    // freed heap pages go back to the system, so that the loaded RSS is the memory the load keeps
+    mem::release_free_heap();
     let loaded = mem::usage().context("/proc/self/status")?;
     ensure!(mem::reset_peak(), "the peak resident size cannot be reset (/proc/self/clear_refs)");
     let mut compute_s = vec![];
@@ -458,7 +460,11 @@ fn release_geometry_rank_memory() -> Result<()> {
             .output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         ensure!(out.status.success(), "child {:?}: {stdout}{}", sp, String::from_utf8_lossy(&out.stderr));
-        let line = stdout.lines().find_map(|l| l.strip_prefix("RANK_MEMORY ")).context("no RANK_MEMORY line")?;
+        // libtest may print `test <name> ... ` in front of the line
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("RANK_MEMORY ").map(|(_, json)| json))
+            .with_context(|| format!("no RANK_MEMORY line from child {sp:?}: {stdout}"))?;
         let r: serde_json::Value = serde_json::from_str(line)?;
         let get = |k: &str| r[k].as_u64().with_context(|| format!("{k} in {line}"));
         let (loaded, load_peak, run_peak) =
