@@ -5,6 +5,8 @@
 //!
 //! A rank whose segment fails (or panics) aborts the collective; every other rank returns at its
 //! next exchange, and the error names the failing rank and segment.
+//!
+//! [`RankProbe`] runs one rank alone (its peers' shards zeros) to measure what a rank costs.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -394,7 +396,8 @@ struct RankInputs {
 /// own: the sessions of one rank only, and, in place of the peers, a collective that fills their
 /// shards with zeros, so that every shape and allocation is the real rank's. Its numbers are all
 /// it gives: [`RankProbe::run`] returns timings, never a sample (with zeros for the peers' shards
-/// the rank computes no part of the real output).
+/// the rank computes no part of the real output). The stand-in collective moves host memory only
+/// (ort-cpu ranks); on a CUDA rank the first exchange fails.
 pub struct RankProbe {
     protocol: DitSegments,
     plan: ParallelPlan,
