@@ -42,6 +42,13 @@ pub fn usage() -> Option<Usage> {
     Some(Usage { rss: field("VmRSS:")?, peak: field("VmHWM:")?, anon: field("RssAnon:")?, file: field("RssFile:")? })
 }
 
+/// Resets this process's peak resident size (`VmHWM`) to its resident size now, so that a later
+/// [`usage`] reports the peak since this call (Linux: `5` written to `/proc/self/clear_refs`).
+/// `false` when it cannot be reset (another OS, or `/proc` read-only).
+pub fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// [`usage`] for log fields: `-` where it cannot be read.
 pub fn usage_str() -> String {
     usage().map_or_else(|| "-".to_string(), |u| u.to_string())
@@ -153,5 +160,25 @@ mod tests {
             seen.push(format!("{before} -> {after}"));
         }
         panic!("a touched 128 MiB buffer never showed in RssAnon: {seen:?}");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_peak_resets_to_the_resident_size() {
+        // As above, concurrent tests can hold memory at the reset: a few attempts are allowed.
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let buf = std::hint::black_box(vec![1u8; 256 << 20]);
+            drop(buf);
+            super::release_free_heap();
+            let high = super::usage().expect("/proc/self/status should be readable on Linux");
+            assert!(super::reset_peak(), "/proc/self/clear_refs should be writable");
+            let after = super::usage().expect("/proc/self/status should be readable on Linux");
+            if after.peak + (128 << 20) <= high.peak {
+                return;
+            }
+            seen.push(format!("{high} -> {after}"));
+        }
+        panic!("the peak never fell by the freed 256 MiB buffer: {seen:?}");
     }
 }

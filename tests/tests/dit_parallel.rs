@@ -15,7 +15,7 @@ use osp_export::models::opensora_v1_3::{export_opensora_t2v, DitWeights, GRAPH_N
 use osp_export::ExportOptions;
 use osp_graphs::{Approx, AttentionKind, DitSegments, Precision};
 use osp_runtime::engine::Resident;
-use osp_runtime::parallel::{ParallelDit, ParallelPlan};
+use osp_runtime::parallel::{ParallelDit, ParallelPlan, RankProbe};
 use osp_runtime::{Bundle, SessionOptions, Tensor};
 use osp_tests::{check_close, shared_reference};
 use osp_trainer::models::opensora_v1_3::OpenSoraT2V_v1_3Config;
@@ -203,6 +203,38 @@ fn a_failing_rank_stops_every_rank_and_is_named() -> Result<()> {
     Ok(())
 }
 
+/// A rank run alone (`RankProbe`, the memory probe's executor) runs the same segments and exchanges
+/// as that rank in a real run, and its settings are checked like the executor's.
+#[test]
+fn a_probed_rank_runs_the_segments_of_the_real_rank() -> Result<()> {
+    let config = twelve_heads()?;
+    let w = DitWeights::random(&config, 21)?;
+    let tmp = tempfile::tempdir()?;
+    let bundle = export(tmp.path(), &config, &w, AttentionKind::OnnxAttention)?;
+    let inputs = call(2, 8, 7, 4, 6, 5, 16, 10);
+    let one = SessionOptions::default().with_threads(1);
+    for (sp, cfg_groups, rank) in [(2, 1, 0), (3, 1, 2), (2, 2, 3)] {
+        let plan = ParallelPlan { sp, cfg_groups };
+        let mut dit = parallel(&bundle, plan)?;
+        dit.run(&named(&inputs))?;
+        let real = &dit.timings()[rank];
+        let probed = RankProbe::load(&bundle, plan, rank, &one)?.run(&named(&inputs))?;
+        let keys = |m: &std::collections::BTreeMap<String, f64>| m.keys().cloned().collect::<Vec<_>>();
+        ensure!(keys(&probed.compute) == keys(&real.compute), "{plan:?} rank {rank}: {probed:?} vs {real:?}");
+        ensure!(keys(&probed.exchange) == keys(&real.exchange), "{plan:?} rank {rank}: {probed:?} vs {real:?}");
+        ensure!(probed.compute.values().all(|&s| s > 0.0), "{probed:?}");
+    }
+    let plan = ParallelPlan { sp: 2, cfg_groups: 1 };
+    let err = RankProbe::load(&bundle, plan, 2, &one).expect_err("rank 2 of 2").to_string();
+    ensure!(err.contains("rank") && err.contains("world size 2"), "{err}");
+    let err = RankProbe::load(&bundle, ParallelPlan { sp: 5, cfg_groups: 1 }, 0, &one).expect_err("5").to_string();
+    ensure!(err.contains("--sp") && err.contains("divide the 12"), "{err}");
+    let mut probe = RankProbe::load(&bundle, ParallelPlan { sp: 4, cfg_groups: 1 }, 0, &one)?;
+    let err = probe.run(&named(&call(1, 8, 5, 4, 4, 3, 16, 6))).expect_err("5 frames over 4").to_string();
+    ensure!(err.contains("--sp") && err.contains("only padding"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn bad_settings_are_refused_naming_the_rule() -> Result<()> {
     let config = twelve_heads()?;
@@ -231,7 +263,7 @@ fn bad_settings_are_refused_naming_the_rule() -> Result<()> {
 /// after a warm-up, the paths alternating within each round. Prints markdown rows and a JSON line
 /// (`BENCH_JSON ...`).
 #[test]
-#[ignore = "benchmark (0.9 GB of weights, ~1 min on 2 cores): on a quiet machine before changing the segments or the executor, `cargo test --release -p osp-tests --test dit_parallel release_geometry -- --ignored --nocapture` (README, docs/benchmarks.md)"]
+#[ignore = "benchmark (0.9 GB of weights, ~1 min on 2 cores): on a quiet machine before changing the segments or the executor, `cargo test --release -p osp-tests --test dit_parallel release_geometry_segment_bench -- --ignored --nocapture` (README, docs/benchmarks.md)"]
 fn release_geometry_segment_bench() -> Result<()> {
     let config = OpenSoraT2V_v1_3Config { num_layers: 2, ..OpenSoraT2V_v1_3Config::v1_3_2b_122() };
     let w = DitWeights::random(&config, 0)?;
@@ -306,6 +338,159 @@ fn release_geometry_segment_bench() -> Result<()> {
     println!(
         "BENCH_JSON {}",
         serde_json::json!({"geometry": "hidden 2304, 24x96 heads, 2 layers, 1280 tokens, ort-cpu, 2 threads", "rounds": rounds, "results": json})
+    );
+    Ok(())
+}
+
+/// The environment variable that makes [`release_geometry_rank_memory`] a child: the JSON of the
+/// [`ProbeSpec`] it measures.
+const PROBE_ENV: &str = "OSP_SP_RANK_PROBE";
+
+/// What one child process of [`release_geometry_rank_memory`] loads and runs.
+struct ProbeSpec {
+    bundle: std::path::PathBuf,
+    /// `None`: the single `transformer` graph; `Some(n)`: rank 0 of `--sp n` alone.
+    sp: Option<usize>,
+    threads: usize,
+    runs: usize,
+}
+
+impl ProbeSpec {
+    fn to_json(&self) -> String {
+        serde_json::json!({"bundle": self.bundle, "sp": self.sp, "threads": self.threads, "runs": self.runs})
+            .to_string()
+    }
+
+    fn from_json(s: &str) -> Result<Self> {
+        let v: serde_json::Value = serde_json::from_str(s)?;
+        let n = |k: &str| v[k].as_u64().map(|n| n as usize).with_context(|| format!("{PROBE_ENV}: `{k}` in {s}"));
+        Ok(Self {
+            bundle: v["bundle"].as_str().with_context(|| format!("{PROBE_ENV}: `bundle` in {s}"))?.into(),
+            sp: if v["sp"].is_null() { None } else { Some(n("sp")?) },
+            threads: n("threads")?,
+            runs: n("runs")?,
+        })
+    }
+}
+
+/// The release-geometry call of the memory probe: 8 latent frames of 20 x 32 (8 x 10 x 16 = 1280
+/// tokens; every degree 1-4 splits 8 frames, SP 3 pads them to 9), 64 text tokens (20 real).
+fn release_memory_call() -> Vec<Tensor> {
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut normal = |shape: &[usize]| ArrayD::from_shape_fn(IxDyn(shape), |_| rng.sample::<f32, _>(StandardNormal));
+    vec![
+        normal(&[1, 8, 8, 20, 32]).into(),
+        ArrayD::from_elem(IxDyn(&[1]), 999.0f32).into(),
+        normal(&[1, 1, 64, 4096]).into(),
+        ArrayD::from_shape_fn(IxDyn(&[1, 1, 64]), |ix| if ix[2] < 20 { 1.0f32 } else { 0.0 }).into(),
+    ]
+}
+
+/// The child: loads what `spec` names, measures the process's resident memory before and after
+/// the load (freed heap trimmed), resets the peak, runs `spec.runs` calls and reads the peak of the runs. Prints one
+/// `RANK_MEMORY {json}` line. A probed rank's output is never seen: `RankProbe::run` returns
+/// timings only.
+fn rank_memory_child(spec: &ProbeSpec) -> Result<()> {
+    use osp_runtime::mem;
+    let inputs = release_memory_call();
+    let opts = SessionOptions::default().with_threads(spec.threads);
+    let bundle = Bundle::open(&spec.bundle)?;
+    let before = mem::usage().context("/proc/self/status")?;
+    let mut run: Box<dyn FnMut() -> Result<f64>> = match spec.sp {
+        None => {
+            let mut s = bundle.session(GRAPH_NAME, &opts)?;
+            let inputs = inputs.clone();
+            Box::new(move || {
+                let started = Instant::now();
+                s.run(&named(&inputs))?;
+                Ok(started.elapsed().as_secs_f64())
+            })
+        }
+        Some(sp) => {
+            let mut probe = RankProbe::load(&bundle, ParallelPlan { sp, cfg_groups: 1 }, 0, &opts)?;
+            let inputs = inputs.clone();
+            Box::new(move || Ok(probe.run(&named(&inputs))?.compute.values().sum()))
+        }
+    };
+    // freed heap pages go back to the system, so that the loaded RSS is the memory the load keeps
+    mem::release_free_heap();
+    let loaded = mem::usage().context("/proc/self/status")?;
+    ensure!(mem::reset_peak(), "the peak resident size cannot be reset (/proc/self/clear_refs)");
+    let mut compute_s = vec![];
+    for _ in 0..spec.runs {
+        compute_s.push(run()?);
+    }
+    let ran = mem::usage().context("/proc/self/status")?;
+    println!(
+        "RANK_MEMORY {}",
+        serde_json::json!({
+            "sp": spec.sp, "threads": spec.threads, "runs": spec.runs,
+            "rss_before_load": before.rss, "rss_after_load": loaded.rss, "peak_during_load": loaded.peak,
+            "anon_after_load": loaded.anon, "file_after_load": loaded.file,
+            "peak_during_runs": ran.peak, "rss_after_runs": ran.rss, "compute_s": compute_s,
+        })
+    );
+    Ok(())
+}
+
+/// Per-rank memory at release geometry (hidden 2304 = 24 heads x 96, 2 layers, seeded random
+/// weights, 1280 tokens; ort-cpu, 1 thread per rank): ranks are threads of one process, so each
+/// measurement is a child process of its own (this test binary re-run with [`PROBE_ENV`]) that
+/// loads and runs one rank alone (`RankProbe`: rank 0 of `--sp n`, the peers' shards zeros,
+/// every shape and allocation the real rank's), or the single graph. Prints markdown rows (MiB)
+/// and a `BENCH_JSON` line.
+#[test]
+#[ignore = "benchmark (0.9 GB of weights, 5 child processes, ~3 min on 2 cores): on a quiet machine before changing the segments or the executor, `cargo test --release -p osp-tests --test dit_parallel release_geometry_rank_memory -- --ignored --nocapture` (README, docs/benchmarks.md)"]
+fn release_geometry_rank_memory() -> Result<()> {
+    if let Ok(spec) = std::env::var(PROBE_ENV) {
+        return rank_memory_child(&ProbeSpec::from_json(&spec)?);
+    }
+    let tmp = tempfile::tempdir()?;
+    {
+        let config = OpenSoraT2V_v1_3Config { num_layers: 2, ..OpenSoraT2V_v1_3Config::v1_3_2b_122() };
+        let w = DitWeights::random(&config, 0)?;
+        export(tmp.path(), &config, &w, AttentionKind::OnnxAttention)?;
+    }
+    let weight_bytes: u64 = Bundle::open(tmp.path())?.manifest().data_files.values().sum();
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    println!("weights (external data): {:.0} MiB", mib(weight_bytes));
+    println!("| path | RSS after load | peak during load | peak during runs | runs' peak above the loaded RSS | compute s per call |");
+    println!("|---|---|---|---|---|---|");
+    let mut rows = vec![];
+    for sp in [None, Some(1), Some(2), Some(3), Some(4)] {
+        let spec = ProbeSpec { bundle: tmp.path().to_path_buf(), sp, threads: 1, runs: 2 };
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["--exact", "release_geometry_rank_memory", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(PROBE_ENV, spec.to_json())
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(out.status.success(), "child {:?}: {stdout}{}", sp, String::from_utf8_lossy(&out.stderr));
+        // libtest may print `test <name> ... ` in front of the line
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("RANK_MEMORY ").map(|(_, json)| json))
+            .with_context(|| format!("no RANK_MEMORY line from child {sp:?}: {stdout}"))?;
+        let r: serde_json::Value = serde_json::from_str(line)?;
+        let get = |k: &str| r[k].as_u64().with_context(|| format!("{k} in {line}"));
+        let (loaded, load_peak, run_peak) =
+            (get("rss_after_load")?, get("peak_during_load")?, get("peak_during_runs")?);
+        let compute = r["compute_s"].as_array().and_then(|v| v.last()).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let path = match sp {
+            None => "single `transformer` graph".to_string(),
+            Some(n) => format!("rank 0 of --sp {n}"),
+        };
+        println!(
+            "| {path} | {:.0} | {:.0} | {:.0} | {:.0} | {compute:.2} |",
+            mib(loaded),
+            mib(load_peak),
+            mib(run_peak),
+            mib(run_peak.saturating_sub(loaded))
+        );
+        rows.push(r);
+    }
+    println!(
+        "BENCH_JSON {}",
+        serde_json::json!({"geometry": "hidden 2304, 24x96 heads, 2 layers, 1280 tokens (t 8, 20 x 32 latent), ort-cpu, 1 thread per rank", "weight_bytes": weight_bytes, "results": rows})
     );
     Ok(())
 }

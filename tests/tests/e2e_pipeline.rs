@@ -481,3 +481,29 @@ fn int8_pipeline_replay_error_against_f32() -> Result<()> {
     }
     Ok(())
 }
+
+/// A parallel pipeline holds only the DiT graphs it runs (the segments, once per rank; not the
+/// single transformer graph nor its cached-text pair) and one VAE per rank for the spatial tiles.
+#[test]
+fn a_parallel_pipeline_loads_only_the_graphs_it_runs() -> Result<()> {
+    use osp_runtime::parallel::ParallelPlan;
+    use osp_runtime::pipeline::{ParallelPlacement, PipelineSpec};
+
+    let opts = SessionOptions::new(Backend::OrtCpu).with_threads(1);
+    let single = Pipeline::open(bundle()?, &opts, None)?;
+    let graphs = single.dit_graphs();
+    ensure!(
+        !graphs.is_empty() && graphs.iter().all(|g| g.starts_with("transformer")),
+        "single pipeline DiT graphs {graphs:?}"
+    );
+    ensure!(single.parallel().is_none() && single.vae_workers() == 1, "single pipeline");
+    let placement = ParallelPlacement { plan: ParallelPlan { sp: 2, cfg_groups: 2 }, ranks: vec![opts.clone(); 4] };
+    let parallel = Pipeline::load_parallel(PipelineSpec::open(bundle()?)?, &opts, None, &placement)?;
+    let graphs = parallel.dit_graphs();
+    ensure!(
+        graphs.iter().any(|g| g == "sp_pre") && graphs.iter().all(|g| g.starts_with("sp_")),
+        "parallel pipeline DiT graphs {graphs:?}"
+    );
+    ensure!(parallel.parallel().is_some() && parallel.vae_workers() == 4, "a VAE per rank");
+    Ok(())
+}

@@ -208,8 +208,25 @@ fn bench_prints_every_stage_and_writes_json() {
     assert_eq!(report["cfg_batch"], 2);
 }
 
+/// The DiT graphs a `-v` run of `osp` logged as loaded (`graph loaded` lines), once each.
+fn dit_graphs_loaded(log: &str) -> Vec<String> {
+    let mut graphs: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("graph loaded"))
+        .filter_map(|l| l.split("graph loaded graph=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(|g| g.trim_matches('"').to_string())
+        .filter(|g| g.starts_with("transformer") || g.starts_with("sp_"))
+        .collect();
+    graphs.sort();
+    graphs.dedup();
+    graphs
+}
+
 /// `--sp 2` and `--cfg-parallel` (alone and together) replay the recorded noise to the same latents
-/// as one device (`Close`) and to the official frames (`OneLevel`).
+/// as one device (`Close`) and to the official frames (`OneLevel`), loading only the DiT graphs
+/// they run: the segments, never the single transformer graph (whose weights would sit in memory
+/// twice).
 #[test]
 fn sp_and_cfg_parallel_reproduce_the_single_device_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -230,10 +247,15 @@ fn sp_and_cfg_parallel_reproduce_the_single_device_run() {
             .arg(&io)
             .arg("--dump-latents")
             .arg(&dump)
+            .arg("-v")
             .args(extra)
             .output()
             .unwrap();
         assert!(out.status.success(), "{name}: {}", text(&out));
+        let graphs = dit_graphs_loaded(&text(&out));
+        let single = graphs.iter().any(|g| g.starts_with("transformer"));
+        let segments = graphs.iter().any(|g| g.starts_with("sp_"));
+        assert_eq!((single, segments), (extra.is_empty(), !extra.is_empty()), "{name}: DiT graphs loaded {graphs:?}");
         read_safetensors(&dump).unwrap()
     };
     let single = run("single", &[]);
@@ -300,5 +322,71 @@ fn bench_with_sp_prints_segment_compute_and_exchange_times() {
     let table = String::from_utf8_lossy(&out.stdout);
     for needle in ["parallel DiT: --sp 2", "core_full", "qkv", "post", "all_to_all", "all_gather", "total"] {
         assert!(table.contains(needle), "`{needle}` missing from:\n{table}");
+    }
+}
+
+/// The PNG frames of one video folder written by `--output-format png`, in order.
+fn png_frames(dir: &Path) -> ndarray::Array4<u8> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    let frames: Vec<_> = paths.iter().map(|p| osp_runtime::video::read_all(p, None).unwrap()).collect();
+    let views: Vec<_> = frames.iter().map(|f| f.view()).collect();
+    ndarray::concatenate(ndarray::Axis(0), &views).unwrap()
+}
+
+/// With `--sp 2` the VAE's spatial tiles are spread over the ranks' two devices (two CPU workers
+/// here), and the decode is bit-identical to one worker's with the same session options: the f32
+/// video of `--dump-latents` (`Vae::decode`'s path) and the written PNG frames (the uint8 path),
+/// whole and streamed tiles.
+#[test]
+fn sp_spreads_the_vae_tiles_over_the_devices_bit_identically() {
+    use osp_runtime::pipeline::{DecodeOptions, PipelineSpec};
+    use osp_runtime::vae::{TilingConfig, Vae};
+    use osp_runtime::{Backend, Bundle, SessionOptions};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = PipelineSpec::open(osp_tests::small_e2e_pipeline()).unwrap();
+    let vae_bundle = Bundle::open(spec.dir().join(&spec.manifest().components.vae)).unwrap();
+    // What each rank gets from `osp --threads 2 generate --sp 2` on ort-cpu.
+    let mut one = Vae::load(&vae_bundle, &SessionOptions::new(Backend::OrtCpu).with_threads(2)).unwrap();
+    let tiling = Some(TilingConfig { tile_size: 4, overlap: 1 });
+    let tiles = ["--spatial-tiling", "--tile-size", "4", "--tile-overlap", "1"];
+    let common = ["--sp", "2", "--num-sampling-steps", "2", "--seed", "5", "--text-positions", "real", "-v"];
+    for (name, chunk) in [("whole", None), ("streamed", Some(1))] {
+        let chunk_args: Vec<String> =
+            chunk.iter().flat_map(|c: &usize| ["--stream-chunk".into(), c.to_string()]).collect();
+        let chunk_args: Vec<&str> = chunk_args.iter().map(String::as_str).collect();
+        let dump = tmp.path().join(format!("{name}.safetensors"));
+        let out = generate(
+            tmp.path(),
+            &format!("{name}_dump"),
+            &[&common[..], &tiles, &chunk_args, &["--dump-latents", dump.to_str().unwrap()]].concat(),
+        );
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert!(text(&out).contains("vae_workers=2"), "{name}: the VAE has a worker per rank:\n{}", text(&out));
+        let dumped = read_safetensors(&dump).unwrap();
+        let (Some(Tensor::F32(latents)), Some(Tensor::F32(decoded))) =
+            (dumped.get("p0.latents.final"), dumped.get("p0.vae.decoded"))
+        else {
+            panic!("{name}: the dump holds the f32 final latents and decoded video")
+        };
+        let z = one.unnormalize(latents).unwrap();
+        let opts = DecodeOptions { chunk, tiling };
+        assert!(tiling.unwrap().tile_count(z.shape()[3], z.shape()[4]) > 2, "several tiles per worker");
+        let want = one.decode(z.view(), &opts).unwrap();
+        assert_eq!(decoded.shape(), want.shape(), "{name}");
+        let differ = decoded.iter().zip(want.iter()).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{name}: {differ} decoded values differ from one worker's");
+
+        let out = generate(
+            tmp.path(),
+            &format!("{name}_png"),
+            &[&common[..], &tiles, &chunk_args, &["--output-format", "png"]].concat(),
+        );
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let got = png_frames(&tmp.path().join(format!("{name}_png/EulerAncestralDiscrete_0_gs7.5_s2")));
+        let want = one.decode_frames(z.view(), &opts).unwrap().remove(0);
+        let want = want.slice(ndarray::s![..9, ..64, ..96, ..]).to_owned();
+        assert!(got == want, "{name}: the written frames differ from one worker's decode");
     }
 }

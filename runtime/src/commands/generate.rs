@@ -333,34 +333,28 @@ impl SamplingOpts {
             .with_context(|| format!("opening the pipeline bundle {}", self.bundle.display()))
     }
 
-    /// Checks the parallel flags against `req` (before any model loads), then loads the pipeline
-    /// and, with --sp / --cfg-parallel, the parallel DiT.
+    /// Checks the parallel flags against `req` (before any model loads), then loads the pipeline's
+    /// models with the text cache the flags ask for: with --sp / --cfg-parallel, the parallel DiT
+    /// (not the single transformer graph) and one VAE per rank's device.
     pub fn load_for(
         &self,
         spec: PipelineSpec,
         req: &GenerateRequest,
         backend: &BackendOpts,
     ) -> anyhow::Result<Pipeline> {
-        let parallel = self.parallel.check(&spec, req, backend)?;
-        let dir = spec.dir().to_path_buf();
-        let transformer = spec.manifest().components.transformer.clone();
-        let mut pipeline = self.load(spec, backend)?;
-        if let Some(checked) = parallel {
-            checked.load_into(&dir, &transformer, &mut pipeline)?;
-        }
-        Ok(pipeline)
-    }
-
-    /// Loads the pipeline's models with the text cache the flags ask for.
-    pub fn load(&self, spec: PipelineSpec, backend: &BackendOpts) -> anyhow::Result<Pipeline> {
+        let placement = self.parallel.check(&spec, req, backend)?;
         let cache = if self.no_text_cache {
             None
         } else {
             let dir = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
             Some(EmbeddingCache::new(&dir).with_context(|| format!("text cache {}", dir.display()))?)
         };
-        let pipeline = Pipeline::load(spec, &backend.session_options()?, cache)
-            .with_context(|| format!("loading the pipeline bundle {}", self.bundle.display()))?;
+        let opts = backend.session_options()?;
+        let pipeline = match &placement {
+            None => Pipeline::load(spec, &opts, cache),
+            Some(p) => Pipeline::load_parallel(spec, &opts, cache, p),
+        }
+        .with_context(|| format!("loading the pipeline bundle {}", self.bundle.display()))?;
         Ok(pipeline.with_text_positions(self.text_positions.unwrap_or(TextPositions::Real)))
     }
 }

@@ -1,12 +1,13 @@
 //! `--sp`, `--cfg-parallel` and `--devices` of `osp generate` and `osp bench`: the parallel DiT
-//! (`osp_runtime::parallel`), checked before any model loads.
+//! (`osp_runtime::parallel`) and the VAE's spatial tiles on the same devices, checked before any
+//! model loads.
 
 use anyhow::{bail, Context};
 use clap::Args;
 use osp_graphs::{BundleManifest, DitSegments};
-use osp_runtime::parallel::{ParallelDit, ParallelPlan, RankTimings};
-use osp_runtime::pipeline::{GenerateRequest, Pipeline, PipelineSpec};
-use osp_runtime::{Backend, BackendKind, Bundle, SessionOptions};
+use osp_runtime::parallel::{ParallelPlan, RankTimings};
+use osp_runtime::pipeline::{GenerateRequest, ParallelPlacement, PipelineSpec};
+use osp_runtime::{Backend, BackendKind, SessionOptions};
 
 use super::BackendOpts;
 
@@ -21,15 +22,10 @@ pub struct ParallelOpts {
     #[arg(long)]
     pub cfg_parallel: bool,
     /// One device per rank, comma-separated (GPU ordinals for ort-cuda / ort-tensorrt; CPU rank
-    /// labels for ort-cpu). Default: 0, 1, ... one per rank.
+    /// labels for ort-cpu). Default: 0, 1, ... one per rank. The VAE's spatial tiles
+    /// (--spatial-tiling) are spread over the same devices.
     #[arg(long, value_delimiter = ',')]
     pub devices: Option<Vec<i32>>,
-}
-
-/// A checked parallel plan and the session options of each rank.
-pub struct Checked {
-    pub plan: ParallelPlan,
-    pub ranks: Vec<SessionOptions>,
 }
 
 fn gpu_count() -> Option<usize> {
@@ -48,7 +44,7 @@ impl ParallelOpts {
         spec: &PipelineSpec,
         req: &GenerateRequest,
         backend: &BackendOpts,
-    ) -> anyhow::Result<Option<Checked>> {
+    ) -> anyhow::Result<Option<ParallelPlacement>> {
         if !self.enabled() {
             if self.devices.is_some() {
                 bail!("--devices: needs --sp > 1 or --cfg-parallel (one device per rank)");
@@ -124,23 +120,7 @@ impl ParallelOpts {
                 ..base.clone()
             })
             .collect();
-        Ok(Some(Checked { plan, ranks }))
-    }
-}
-
-impl Checked {
-    /// Loads the segment sessions of every rank and hands them to `pipeline`.
-    pub fn load_into(
-        self,
-        spec_dir: &std::path::Path,
-        transformer: &str,
-        pipeline: &mut Pipeline,
-    ) -> anyhow::Result<()> {
-        let bundle = Bundle::open(spec_dir.join(transformer))?;
-        let dit = ParallelDit::load(&bundle, self.plan, &self.ranks)
-            .with_context(|| format!("loading the parallel DiT from {}", bundle.dir().display()))?;
-        pipeline.set_parallel(dit);
-        Ok(())
+        Ok(Some(ParallelPlacement { plan, ranks }))
     }
 }
 

@@ -13,4 +13,4 @@ pub mod workers;
 
 pub use collective::{Buffer, BufferMut, Collective, CollectiveError};
 pub use host::{HostCollective, HostWorld};
-pub use sp::{ParallelDit, ParallelPlan, RankTimings};
+pub use sp::{ParallelDit, ParallelPlan, RankProbe, RankTimings};

@@ -5,6 +5,8 @@
 //!
 //! A rank whose segment fails (or panics) aborts the collective; every other rank returns at its
 //! next exchange, and the error names the failing rank and segment.
+//!
+//! [`RankProbe`] runs one rank alone (its peers' shards zeros) to measure what a rank costs.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -13,7 +15,7 @@ use std::time::Instant;
 use ndarray::{concatenate, ArrayD, Axis, IxDyn, Slice};
 use osp_graphs::dit_parallel::{io, DitSegments, FrameSplit};
 
-use super::collective::{Collective, CollectiveError};
+use super::collective::{Buffer, BufferMut, Collective, CollectiveError};
 use super::host::HostWorld;
 use crate::engine::Resident;
 use crate::error::{Error, Result};
@@ -47,6 +49,20 @@ impl ParallelPlan {
 
 fn invalid(name: &str, rule: String) -> Error {
     Error::InvalidInput { name: name.to_string(), rule }
+}
+
+/// The rules of a plan that hold for every call: at least one rank, and the degree divides the heads.
+fn check_plan(protocol: &DitSegments, plan: ParallelPlan) -> Result<()> {
+    if plan.sp == 0 || plan.cfg_groups == 0 {
+        return Err(invalid("--sp", "the degree and the CFG groups must be at least 1".into()));
+    }
+    if protocol.heads % plan.sp != 0 {
+        return Err(invalid(
+            "--sp",
+            format!("the sequence-parallel degree must divide the {} attention heads, got {}", protocol.heads, plan.sp),
+        ));
+    }
+    Ok(())
 }
 
 /// Makes the communicators of a run: `groups` groups of `size` ranks, world rank order.
@@ -88,6 +104,19 @@ struct Failure {
     error: Error,
 }
 
+impl Failure {
+    /// The error of world rank `rank` of `plan`, naming the rank and the segment.
+    fn of_rank(self, rank: usize, plan: ParallelPlan) -> Error {
+        Error::Rank {
+            rank,
+            cfg_group: rank / plan.sp,
+            sp_rank: rank % plan.sp,
+            segment: self.segment,
+            source: Box::new(self.error),
+        }
+    }
+}
+
 fn at(segment: &str) -> impl Fn(Error) -> Failure + '_ {
     move |error| Failure { segment: segment.to_string(), error }
 }
@@ -118,18 +147,7 @@ impl ParallelDit {
     /// device). The bundle's weight pool is shared by the CPU ranks.
     pub fn load(bundle: &Bundle, plan: ParallelPlan, rank_opts: &[SessionOptions]) -> Result<Self> {
         let protocol = Self::protocol_of(bundle)?;
-        if plan.sp == 0 || plan.cfg_groups == 0 {
-            return Err(invalid("--sp", "the degree and the CFG groups must be at least 1".into()));
-        }
-        if protocol.heads % plan.sp != 0 {
-            return Err(invalid(
-                "--sp",
-                format!(
-                    "the sequence-parallel degree must divide the {} attention heads, got {}",
-                    protocol.heads, plan.sp
-                ),
-            ));
-        }
+        check_plan(&protocol, plan)?;
         if rank_opts.len() != plan.world() {
             return Err(invalid(
                 "--devices",
@@ -206,49 +224,14 @@ impl ParallelDit {
     /// Runs on the single graph's inputs (`hidden_states`, `timestep`, `encoder_hidden_states`,
     /// `encoder_attention_mask`) and returns its `sample`.
     pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<ArrayD<f32>> {
-        let hidden = input(inputs, io::HIDDEN_STATES)?;
-        let timestep = input(inputs, io::TIMESTEP)?;
-        let states = input(inputs, io::ENCODER_HIDDEN_STATES)?;
-        let mask = input(inputs, io::ENCODER_ATTENTION_MASK)?;
-        if hidden.ndim() != 5 {
-            return Err(invalid(io::HIDDEN_STATES, format!("must be [b, c, t, h, w], got {:?}", hidden.shape())));
-        }
-        let (batch, frames) = (hidden.shape()[0], hidden.shape()[2]);
-        let split = self.plan.check(&self.protocol, batch, frames)?;
-        let plan = self.plan;
-        let rows = batch / plan.cfg_groups;
-        let (h, w) = (hidden.shape()[3], hidden.shape()[4]);
-        let patch = self.patch_size_of(h, w)?;
-        let grid = Tensor::I64(
-            ArrayD::from_shape_vec(IxDyn(&[3]), vec![frames as i64, (h / patch) as i64, (w / patch) as i64])
-                .expect("3 values"),
-        );
-
-        let mut padded_shape = hidden.shape().to_vec();
-        padded_shape[2] = split.padded();
-        let mut padded = ArrayD::<f32>::zeros(IxDyn(&padded_shape));
-        padded.slice_axis_mut(Axis(2), Slice::from(0..frames)).assign(hidden);
-        let rows_of =
-            |a: &ArrayD<f32>, g: usize| a.slice_axis(Axis(0), Slice::from(g * rows..(g + 1) * rows)).to_owned();
-        let mut rank_inputs = Vec::with_capacity(plan.world());
-        for g in 0..plan.cfg_groups {
-            let group_hidden = rows_of(&padded, g);
-            for s in 0..plan.sp {
-                let local =
-                    group_hidden.slice_axis(Axis(2), Slice::from(s * split.local..(s + 1) * split.local)).to_owned();
-                rank_inputs.push(RankInputs {
-                    hidden: Tensor::F32(local),
-                    timestep: Tensor::F32(rows_of(timestep, g)),
-                    states: Tensor::F32(rows_of(states, g)),
-                    mask: Tensor::F32(rows_of(mask, g)),
-                });
-            }
-        }
+        let shards = Shards::of(&self.protocol, self.plan, inputs)?;
+        let (split, frames, plan) = (shards.split, shards.frames, self.plan);
+        let rank_inputs: Vec<RankInputs> = (0..plan.world()).map(|k| shards.rank(k)).collect();
 
         let comms = (self.world)(plan.cfg_groups, plan.sp);
         let protocol = &self.protocol;
         let fault = self.fault.clone();
-        let grid = &grid;
+        let grid = &shards.grid;
         let results: Vec<(std::result::Result<Option<ArrayD<f32>>, Failure>, RankTimings)> =
             std::thread::scope(|scope| {
                 let joins: Vec<_> = self
@@ -322,13 +305,7 @@ impl ParallelDit {
         }
         self.timings = timings;
         if let Some((rank, f)) = first_failure {
-            return Err(Error::Rank {
-                rank,
-                cfg_group: rank / plan.sp,
-                sp_rank: rank % plan.sp,
-                segment: f.segment,
-                source: Box::new(f.error),
-            });
+            return Err(f.of_rank(rank, plan));
         }
         // each group's sequence rank 0 returns [P, rows, c, t_local, h, w]
         let mut parts = Vec::with_capacity(gathered.len());
@@ -344,16 +321,67 @@ impl ParallelDit {
         let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
         concatenate(Axis(0), &views).map_err(|e| invalid("parallel DiT output", e.to_string()))
     }
+}
 
-    fn patch_size_of(&self, h: usize, w: usize) -> Result<usize> {
-        let p = self.protocol.patch_size;
+/// A call's inputs checked against a plan, and cut into each rank's share.
+struct Shards<'a> {
+    split: FrameSplit,
+    /// Latent frames of the call (before padding).
+    frames: usize,
+    /// Batch rows per CFG group.
+    rows: usize,
+    /// `[t, h / patch, w / patch]` of the whole latent.
+    grid: Tensor,
+    /// `hidden_states` zero-padded in time to `split.padded()` frames.
+    padded: ArrayD<f32>,
+    timestep: &'a ArrayD<f32>,
+    states: &'a ArrayD<f32>,
+    mask: &'a ArrayD<f32>,
+    sp: usize,
+}
+
+impl<'a> Shards<'a> {
+    fn of(protocol: &DitSegments, plan: ParallelPlan, inputs: &[(&str, &'a Tensor)]) -> Result<Self> {
+        let hidden = input(inputs, io::HIDDEN_STATES)?;
+        let timestep = input(inputs, io::TIMESTEP)?;
+        let states = input(inputs, io::ENCODER_HIDDEN_STATES)?;
+        let mask = input(inputs, io::ENCODER_ATTENTION_MASK)?;
+        if hidden.ndim() != 5 {
+            return Err(invalid(io::HIDDEN_STATES, format!("must be [b, c, t, h, w], got {:?}", hidden.shape())));
+        }
+        let (batch, frames) = (hidden.shape()[0], hidden.shape()[2]);
+        let split = plan.check(protocol, batch, frames)?;
+        let (h, w) = (hidden.shape()[3], hidden.shape()[4]);
+        let p = protocol.patch_size;
         if h % p != 0 || w % p != 0 {
             return Err(invalid(
                 io::HIDDEN_STATES,
                 format!("height {h} and width {w} must be multiples of the patch size {p}"),
             ));
         }
-        Ok(p)
+        let grid = Tensor::I64(
+            ArrayD::from_shape_vec(IxDyn(&[3]), vec![frames as i64, (h / p) as i64, (w / p) as i64]).expect("3 values"),
+        );
+        let mut padded_shape = hidden.shape().to_vec();
+        padded_shape[2] = split.padded();
+        let mut padded = ArrayD::<f32>::zeros(IxDyn(&padded_shape));
+        padded.slice_axis_mut(Axis(2), Slice::from(0..frames)).assign(hidden);
+        Ok(Self { split, frames, rows: batch / plan.cfg_groups, grid, padded, timestep, states, mask, sp: plan.sp })
+    }
+
+    /// World rank `k`'s inputs: its CFG group's batch rows, its sequence rank's latent frames.
+    fn rank(&self, k: usize) -> RankInputs {
+        let (g, s) = (k / self.sp, k % self.sp);
+        let rows = Slice::from(g * self.rows..(g + 1) * self.rows);
+        let local = self.split.local;
+        let group = self.padded.slice_axis(Axis(0), rows);
+        let hidden = group.slice_axis(Axis(2), Slice::from(s * local..(s + 1) * local)).to_owned();
+        RankInputs {
+            hidden: Tensor::F32(hidden),
+            timestep: Tensor::F32(self.timestep.slice_axis(Axis(0), rows).to_owned()),
+            states: Tensor::F32(self.states.slice_axis(Axis(0), rows).to_owned()),
+            mask: Tensor::F32(self.mask.slice_axis(Axis(0), rows).to_owned()),
+        }
     }
 }
 
@@ -362,6 +390,120 @@ struct RankInputs {
     timestep: Tensor,
     states: Tensor,
     mask: Tensor,
+}
+
+/// One rank of a plan run alone, to measure what a rank costs (memory, time) in a process of its
+/// own: the sessions of one rank only, and, in place of the peers, a collective that fills their
+/// shards with zeros, so that every shape and allocation is the real rank's. Its numbers are all
+/// it gives: [`RankProbe::run`] returns timings, never a sample (with zeros for the peers' shards
+/// the rank computes no part of the real output). The stand-in collective moves host memory only
+/// (ort-cpu ranks); on a CUDA rank the first exchange fails.
+pub struct RankProbe {
+    protocol: DitSegments,
+    plan: ParallelPlan,
+    rank: usize,
+    sessions: BTreeMap<String, GraphSession>,
+}
+
+impl std::fmt::Debug for RankProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RankProbe").field("plan", &self.plan).field("rank", &self.rank).finish()
+    }
+}
+
+impl RankProbe {
+    /// Loads the segment graphs of `bundle` once, for world rank `rank` of `plan`, with `opts`.
+    pub fn load(bundle: &Bundle, plan: ParallelPlan, rank: usize, opts: &SessionOptions) -> Result<Self> {
+        let protocol = ParallelDit::protocol_of(bundle)?;
+        check_plan(&protocol, plan)?;
+        if rank >= plan.world() {
+            return Err(invalid("rank", format!("must be below the world size {}, got {rank}", plan.world())));
+        }
+        let mut sessions = BTreeMap::new();
+        for name in protocol.graph_names() {
+            sessions.insert(name.clone(), bundle.session(&name, opts)?);
+        }
+        Ok(Self { protocol, plan, rank, sessions })
+    }
+
+    /// Runs the rank's share of one DiT call on the single graph's inputs (as [`ParallelDit::run`])
+    /// and returns its timings.
+    pub fn run(&mut self, inputs: &[(&str, &Tensor)]) -> Result<RankTimings> {
+        let shards = Shards::of(&self.protocol, self.plan, inputs)?;
+        let comm = ZeroPeers { rank: self.rank % self.plan.sp, world: self.plan.sp };
+        let mut timings = RankTimings::default();
+        let inputs = shards.rank(self.rank);
+        run_rank(&self.protocol, shards.split, &mut self.sessions, &comm, &inputs, &shards.grid, None, &mut timings)
+            .map_err(|f| f.of_rank(self.rank, self.plan))?;
+        Ok(timings)
+    }
+}
+
+/// The collective of a [`RankProbe`]: this rank's own chunk moves as in a real exchange; every
+/// chunk from a peer is zeros.
+struct ZeroPeers {
+    rank: usize,
+    world: usize,
+}
+
+impl ZeroPeers {
+    fn host<'b>(
+        &self,
+        op: &'static str,
+        send: Buffer<'b>,
+        recv: BufferMut<'b>,
+    ) -> std::result::Result<(&'b [u8], &'b mut [u8]), CollectiveError> {
+        match (send, recv) {
+            (Buffer::Host(s), BufferMut::Host(r)) => Ok((s, r)),
+            _ => Err(CollectiveError::Unsupported {
+                op,
+                rank: self.rank,
+                why: "the rank probe moves host memory only".into(),
+            }),
+        }
+    }
+}
+
+impl Collective for ZeroPeers {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_to_all(&self, send: Buffer<'_>, recv: BufferMut<'_>) -> std::result::Result<(), CollectiveError> {
+        let (send, recv) = self.host("all_to_all", send, recv)?;
+        if send.len() != recv.len() || send.len() % self.world != 0 {
+            return Err(CollectiveError::Shape {
+                op: "all_to_all",
+                rank: self.rank,
+                why: format!("send {} and recv {} bytes over {} ranks", send.len(), recv.len(), self.world),
+            });
+        }
+        let chunk = send.len() / self.world;
+        let own = self.rank * chunk..(self.rank + 1) * chunk;
+        recv.fill(0);
+        recv[own.clone()].copy_from_slice(&send[own]);
+        Ok(())
+    }
+
+    fn all_gather(&self, send: Buffer<'_>, recv: BufferMut<'_>) -> std::result::Result<(), CollectiveError> {
+        let (send, recv) = self.host("all_gather", send, recv)?;
+        if recv.len() != send.len() * self.world {
+            return Err(CollectiveError::Shape {
+                op: "all_gather",
+                rank: self.rank,
+                why: format!("recv {} bytes for {} ranks of {} bytes", recv.len(), self.world, send.len()),
+            });
+        }
+        recv.fill(0);
+        recv[self.rank * send.len()..(self.rank + 1) * send.len()].copy_from_slice(send);
+        Ok(())
+    }
+
+    fn abort(&self, _why: &str) {}
 }
 
 /// One rank's forward pass; `Some` of the gathered `[P, b, c, t_local, h, w]` on sequence rank 0.
@@ -490,5 +632,27 @@ impl RankRun<'_> {
         let r = f().map_err(|error| Failure { segment: op.to_string(), error });
         *self.timings.exchange.entry(op.to_string()).or_default() += started.elapsed().as_secs_f64();
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_collective_keeps_its_own_chunk_and_zeros_the_peers() {
+        let comm = ZeroPeers { rank: 1, world: 3 };
+        let send: Vec<u8> = (1..=6).collect();
+        let mut recv = vec![9u8; 6];
+        comm.all_to_all(Buffer::Host(&send), BufferMut::Host(&mut recv)).unwrap();
+        assert_eq!(recv, [0, 0, 3, 4, 0, 0]);
+        let mut all = vec![9u8; 18];
+        comm.all_gather(Buffer::Host(&send), BufferMut::Host(&mut all)).unwrap();
+        assert_eq!(all[..6], [0; 6]);
+        assert_eq!(all[6..12], send[..]);
+        assert_eq!(all[12..], [0; 6]);
+        let mut short = vec![0u8; 5];
+        assert!(comm.all_to_all(Buffer::Host(&send), BufferMut::Host(&mut short)).is_err());
+        assert!(comm.all_gather(Buffer::Host(&send), BufferMut::Host(&mut short)).is_err());
     }
 }

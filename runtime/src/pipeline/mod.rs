@@ -26,6 +26,7 @@ use osp_graphs::{ModelSpec, PipelineDims, PipelineManifest, VaeGraphs};
 
 use crate::error::{Error, Result};
 use crate::finite;
+use crate::parallel::{ParallelDit, ParallelPlan};
 use crate::scheduler::{PredictionType, SampleMethod, Scheduler, SchedulerConfig, TimestepSpacing};
 use crate::session::{Bundle, GraphSession, SessionOptions};
 use crate::tensor::Tensor;
@@ -172,16 +173,46 @@ pub struct PipelineSpec {
 pub struct Pipeline {
     spec: PipelineSpec,
     text: TextEncoder,
-    /// The per-step graph: [`TRANSFORMER_CACHED_GRAPH`] when `transformer_text` is loaded, else
-    /// [`TRANSFORMER_GRAPH`].
-    transformer: GraphSession,
-    /// [`TRANSFORMER_TEXT_GRAPH`], run once per prompt, when the bundle has the cached pair.
-    transformer_text: Option<GraphSession>,
-    /// The sequence-/CFG-parallel DiT, when set: the denoising loop runs it instead of `transformer`.
-    parallel: Option<crate::parallel::ParallelDit>,
-    vae: Vae,
+    denoiser: Denoiser,
+    /// One VAE per device, all of the same bundle: the spatial tiles of a tiled decode are spread
+    /// over them ([`crate::vae::decode_parallel`]); the first does everything else.
+    vaes: Vec<Vae>,
     /// What the text encoder computes ([`Pipeline::with_text_positions`]).
     text_positions: TextPositions,
+}
+
+/// The DiT sessions a pipeline loaded: only the ones its denoising loop runs.
+enum Denoiser {
+    Single {
+        /// The per-step graph: [`TRANSFORMER_CACHED_GRAPH`] when `text` is loaded, else
+        /// [`TRANSFORMER_GRAPH`].
+        step: GraphSession,
+        /// [`TRANSFORMER_TEXT_GRAPH`], run once per prompt, when the bundle has the cached pair.
+        text: Option<GraphSession>,
+    },
+    /// The sequence-/CFG-parallel DiT: its segment graphs, once per rank.
+    Parallel(ParallelDit),
+}
+
+impl Denoiser {
+    /// The single graph's sessions; with `cached` and a bundle holding both
+    /// [`TRANSFORMER_TEXT_GRAPH`] and [`TRANSFORMER_CACHED_GRAPH`], the cached pair.
+    fn single(dit: &Bundle, opts: &SessionOptions, cached: bool) -> Result<Self> {
+        let graphs = &dit.manifest().graphs;
+        if cached && graphs.contains_key(TRANSFORMER_TEXT_GRAPH) && graphs.contains_key(TRANSFORMER_CACHED_GRAPH) {
+            let text = dit.session(TRANSFORMER_TEXT_GRAPH, opts)?;
+            return Ok(Denoiser::Single { step: dit.session(TRANSFORMER_CACHED_GRAPH, opts)?, text: Some(text) });
+        }
+        Ok(Denoiser::Single { step: dit.session(TRANSFORMER_GRAPH, opts)?, text: None })
+    }
+}
+
+/// Where [`Pipeline::load_parallel`] runs the DiT and the VAE's tiles: `ranks` holds one
+/// [`SessionOptions`] per world rank of `plan` (its device, in world-rank order).
+#[derive(Debug, Clone)]
+pub struct ParallelPlacement {
+    pub plan: ParallelPlan,
+    pub ranks: Vec<SessionOptions>,
 }
 
 impl std::ops::Deref for Pipeline {
@@ -204,6 +235,28 @@ impl Pipeline {
     /// Loads the text encoder (with `cache` if given) and the transformer; VAE graphs load on
     /// first decode.
     pub fn load(spec: PipelineSpec, opts: &SessionOptions, cache: Option<EmbeddingCache>) -> Result<Self> {
+        Self::load_with(spec, opts, cache, None)
+    }
+
+    /// [`Self::load`] with the DiT run by [`ParallelDit`] on `placement`'s ranks (its segment
+    /// graphs only: the single transformer graph is not loaded) and one VAE per rank's device,
+    /// over which the spatial tiles of a tiled decode are spread (bit-identical to one of them).
+    /// The text encoder and everything else run on `opts`.
+    pub fn load_parallel(
+        spec: PipelineSpec,
+        opts: &SessionOptions,
+        cache: Option<EmbeddingCache>,
+        placement: &ParallelPlacement,
+    ) -> Result<Self> {
+        Self::load_with(spec, opts, cache, Some(placement))
+    }
+
+    fn load_with(
+        spec: PipelineSpec,
+        opts: &SessionOptions,
+        cache: Option<EmbeddingCache>,
+        placement: Option<&ParallelPlacement>,
+    ) -> Result<Self> {
         let c = &spec.manifest.components;
         let text_bundle = Bundle::open(spec.dir.join(&c.text_encoder))?;
         let mut text = TextEncoder::open(&text_bundle, opts, None)?;
@@ -211,31 +264,52 @@ impl Pipeline {
             text = text.with_cache(cache);
         }
         let dit = Bundle::open(spec.dir.join(&c.transformer))?;
-        let (transformer, transformer_text) = load_denoiser(&dit, opts, true)?;
-        let vae = Vae::with_graphs(&Bundle::open(spec.dir.join(&c.vae))?, spec.vae_graphs.clone(), opts)?;
-        tracing::info!(bundle = %spec.dir.display(), latent_channels = spec.dims.latent_channels, "pipeline loaded");
-        Ok(Self {
-            spec,
-            text,
-            transformer,
-            transformer_text,
-            parallel: None,
-            vae,
-            text_positions: TextPositions::default(),
-        })
+        let denoiser = match placement {
+            None => Denoiser::single(&dit, opts, true)?,
+            Some(p) => Denoiser::Parallel(ParallelDit::load(&dit, p.plan, &p.ranks)?),
+        };
+        let vae_bundle = Bundle::open(spec.dir.join(&c.vae))?;
+        let vae_opts = placement.map_or_else(|| std::slice::from_ref(opts), |p| p.ranks.as_slice());
+        let vaes = vae_opts
+            .iter()
+            .map(|o| Vae::with_graphs(&vae_bundle, spec.vae_graphs.clone(), o))
+            .collect::<Result<Vec<_>>>()?;
+        tracing::info!(
+            bundle = %spec.dir.display(),
+            latent_channels = spec.dims.latent_channels,
+            vae_workers = vaes.len(),
+            "pipeline loaded"
+        );
+        Ok(Self { spec, text, denoiser, vaes, text_positions: TextPositions::default() })
     }
 
     /// Runs the plain [`TRANSFORMER_GRAPH`] every step even when the bundle has the cached-text
-    /// pair (the reference the cached pair is tested against); reloads the DiT.
+    /// pair (the reference the cached pair is tested against); reloads the DiT (a parallel DiT
+    /// is replaced by the single graph).
     pub fn without_cached_text(mut self, opts: &SessionOptions) -> Result<Self> {
         let dit = Bundle::open(self.spec.dir.join(&self.spec.manifest.components.transformer))?;
-        (self.transformer, self.transformer_text) = load_denoiser(&dit, opts, false)?;
+        self.denoiser = Denoiser::single(&dit, opts, false)?;
         Ok(self)
     }
 
     /// Whether the transformer's text half runs once per prompt ([`TRANSFORMER_TEXT_GRAPH`]).
     pub fn caches_text(&self) -> bool {
-        self.transformer_text.is_some()
+        matches!(self.denoiser, Denoiser::Single { text: Some(_), .. })
+    }
+
+    /// The names of the DiT graphs this pipeline loaded (each once, however many ranks load it).
+    pub fn dit_graphs(&self) -> Vec<String> {
+        match &self.denoiser {
+            Denoiser::Single { step, text } => {
+                text.iter().chain(std::iter::once(step)).map(|s| s.name().to_string()).collect()
+            }
+            Denoiser::Parallel(dit) => dit.protocol().graph_names(),
+        }
+    }
+
+    /// How many VAE workers (devices) a tiled decode spreads its tiles over.
+    pub fn vae_workers(&self) -> usize {
+        self.vaes.len()
     }
 
     /// Encodes prompts at `positions`: [`TextPositions::Padded`] (the default) keeps upstream's
@@ -256,19 +330,20 @@ impl Pipeline {
         &self.spec
     }
 
-    /// Runs the DiT through `dit` (same inputs, same `sample`) from now on.
-    pub fn set_parallel(&mut self, dit: crate::parallel::ParallelDit) {
-        self.parallel = Some(dit);
+    /// The parallel DiT, when loaded ([`Self::load_parallel`]).
+    pub fn parallel(&self) -> Option<&ParallelDit> {
+        match &self.denoiser {
+            Denoiser::Parallel(dit) => Some(dit),
+            Denoiser::Single { .. } => None,
+        }
     }
 
-    /// The parallel DiT, when set.
-    pub fn parallel(&self) -> Option<&crate::parallel::ParallelDit> {
-        self.parallel.as_ref()
-    }
-
-    /// The parallel DiT, when set, mutably (its timing totals).
-    pub fn parallel_mut(&mut self) -> Option<&mut crate::parallel::ParallelDit> {
-        self.parallel.as_mut()
+    /// The parallel DiT, when loaded, mutably (its timing totals).
+    pub fn parallel_mut(&mut self) -> Option<&mut ParallelDit> {
+        match &mut self.denoiser {
+            Denoiser::Parallel(dit) => Some(dit),
+            Denoiser::Single { .. } => None,
+        }
     }
 
     pub fn text_encoder(&self) -> &TextEncoder {
@@ -569,9 +644,11 @@ impl Pipeline {
         let batch = rows.len();
         // The cross-attention keys and values of every block, once per prompt.
         // The parallel DiT reads the text states itself; the cached pair serves the single graph.
-        let text_kv = match self.transformer_text.as_mut().filter(|_| self.parallel.is_none()) {
-            Some(session) => Some(session.run(&[("encoder_hidden_states", &states)]).map_err(in_prompt)?),
-            None => None,
+        let text_kv = match &mut self.denoiser {
+            Denoiser::Single { text: Some(session), .. } => {
+                Some(session.run(&[("encoder_hidden_states", &states)]).map_err(in_prompt)?)
+            }
+            _ => None,
         };
 
         let mut scheduler = req.scheduler();
@@ -593,21 +670,21 @@ impl Pipeline {
             let model_input = if cfg { cat0(&[&scaled, &scaled])? } else { scaled };
             let timestep = Tensor::F32(ArrayD::from_elem(IxDyn(&[batch]), t));
             let hidden = Tensor::F32(model_input);
-            let dit_out = match &mut self.parallel {
-                Some(dit) => dit.run(&[
+            let dit_out = match &mut self.denoiser {
+                Denoiser::Parallel(dit) => dit.run(&[
                     ("hidden_states", &hidden),
                     ("timestep", &timestep),
                     ("encoder_hidden_states", &states),
                     ("encoder_attention_mask", &mask),
                 ])?,
-                None => {
+                Denoiser::Single { step, .. } => {
                     let mut inputs =
                         vec![("hidden_states", &hidden), ("timestep", &timestep), ("encoder_attention_mask", &mask)];
                     match &text_kv {
                         Some(kv) => inputs.extend(kv.iter().map(|(name, t)| (name.as_str(), t))),
                         None => inputs.push(("encoder_hidden_states", &states)),
                     }
-                    let mut out = self.transformer.run(&inputs)?;
+                    let mut out = step.run(&inputs)?;
                     take_f32(&mut out, TRANSFORMER_GRAPH, DIT_OUTPUT)?
                 }
             };
@@ -654,8 +731,9 @@ impl Pipeline {
                 .collect::<Result<_>>()?;
             (Some(decoded), frames)
         } else {
-            let z = self.vae.unnormalize(&latents)?;
-            let videos = self.vae.decode_frames(z.view(), &req.decode).map_err(in_prompt)?;
+            let z = self.vaes[0].unnormalize(&latents)?;
+            let videos =
+                crate::vae::decode_frames_parallel(&mut self.vaes, z.view(), &req.decode).map_err(in_prompt)?;
             let frames = videos
                 .into_iter()
                 .map(|v| crop_frames(v, req.num_frames, req.height, req.width))
@@ -667,21 +745,12 @@ impl Pipeline {
     }
 
     /// Un-normalises and decodes latents `[n, c, t, h, w]` to video `[n, 3, f, H, W]`
-    /// ([`Vae::decode_latents`]).
+    /// ([`Vae::decode_latents`]), spatial tiles spread over the VAE workers
+    /// ([`crate::vae::decode_parallel`]).
     pub fn decode_latents(&mut self, latents: &ArrayD<f32>, opts: &DecodeOptions) -> Result<Array5<f32>> {
-        self.vae.decode_latents(latents, opts)
+        let z = self.vaes[0].unnormalize(latents)?;
+        crate::vae::decode_parallel(&mut self.vaes, z.view(), opts)
     }
-}
-
-/// The per-step DiT session and, with `cached` and a bundle holding both
-/// [`TRANSFORMER_TEXT_GRAPH`] and [`TRANSFORMER_CACHED_GRAPH`], the per-prompt text session.
-fn load_denoiser(dit: &Bundle, opts: &SessionOptions, cached: bool) -> Result<(GraphSession, Option<GraphSession>)> {
-    let graphs = &dit.manifest().graphs;
-    if cached && graphs.contains_key(TRANSFORMER_TEXT_GRAPH) && graphs.contains_key(TRANSFORMER_CACHED_GRAPH) {
-        let text = dit.session(TRANSFORMER_TEXT_GRAPH, opts)?;
-        return Ok((dit.session(TRANSFORMER_CACHED_GRAPH, opts)?, Some(text)));
-    }
-    Ok((dit.session(TRANSFORMER_GRAPH, opts)?, None))
 }
 
 fn take_f32(out: &mut std::collections::BTreeMap<String, Tensor>, graph: &str, name: &str) -> Result<ArrayD<f32>> {
