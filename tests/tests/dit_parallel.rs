@@ -353,11 +353,13 @@ struct ProbeSpec {
     sp: Option<usize>,
     threads: usize,
     runs: usize,
+    /// Latent frames, height and width of the call.
+    latent: [usize; 3],
 }
 
 impl ProbeSpec {
     fn to_json(&self) -> String {
-        serde_json::json!({"bundle": self.bundle, "sp": self.sp, "threads": self.threads, "runs": self.runs})
+        serde_json::json!({"bundle": self.bundle, "sp": self.sp, "threads": self.threads, "runs": self.runs, "latent": self.latent})
             .to_string()
     }
 
@@ -369,17 +371,19 @@ impl ProbeSpec {
             sp: if v["sp"].is_null() { None } else { Some(n("sp")?) },
             threads: n("threads")?,
             runs: n("runs")?,
+            latent: serde_json::from_value(v["latent"].clone())
+                .with_context(|| format!("{PROBE_ENV}: `latent` in {s}"))?,
         })
     }
 }
 
-/// The release-geometry call of the memory probe: 8 latent frames of 20 x 32 (8 x 10 x 16 = 1280
-/// tokens; every degree 1-4 splits 8 frames, SP 3 pads them to 9), 64 text tokens (20 real).
-fn release_memory_call() -> Vec<Tensor> {
+/// A release-geometry call of the memory probe on a `[t, h, w]` latent (8 frames: every degree 1-4
+/// splits them, SP 3 pads them to 9), 64 text tokens (20 real).
+fn release_memory_call([t, h, w]: [usize; 3]) -> Vec<Tensor> {
     let mut rng = StdRng::seed_from_u64(2);
     let mut normal = |shape: &[usize]| ArrayD::from_shape_fn(IxDyn(shape), |_| rng.sample::<f32, _>(StandardNormal));
     vec![
-        normal(&[1, 8, 8, 20, 32]).into(),
+        normal(&[1, 8, t, h, w]).into(),
         ArrayD::from_elem(IxDyn(&[1]), 999.0f32).into(),
         normal(&[1, 1, 64, 4096]).into(),
         ArrayD::from_shape_fn(IxDyn(&[1, 1, 64]), |ix| if ix[2] < 20 { 1.0f32 } else { 0.0 }).into(),
@@ -392,7 +396,7 @@ fn release_memory_call() -> Vec<Tensor> {
 /// timings only.
 fn rank_memory_child(spec: &ProbeSpec) -> Result<()> {
     use osp_runtime::mem;
-    let inputs = release_memory_call();
+    let inputs = release_memory_call(spec.latent);
     let opts = SessionOptions::default().with_threads(spec.threads);
     let bundle = Bundle::open(&spec.bundle)?;
     let before = mem::usage().context("/proc/self/status")?;
@@ -424,7 +428,7 @@ fn rank_memory_child(spec: &ProbeSpec) -> Result<()> {
     println!(
         "RANK_MEMORY {}",
         serde_json::json!({
-            "sp": spec.sp, "threads": spec.threads, "runs": spec.runs,
+            "sp": spec.sp, "threads": spec.threads, "runs": spec.runs, "latent": spec.latent,
             "rss_before_load": before.rss, "rss_after_load": loaded.rss, "peak_during_load": loaded.peak,
             "anon_after_load": loaded.anon, "file_after_load": loaded.file,
             "peak_during_runs": ran.peak, "rss_after_runs": ran.rss, "compute_s": compute_s,
@@ -434,13 +438,13 @@ fn rank_memory_child(spec: &ProbeSpec) -> Result<()> {
 }
 
 /// Per-rank memory at release geometry (hidden 2304 = 24 heads x 96, 2 layers, seeded random
-/// weights, 1280 tokens; ort-cpu, 1 thread per rank): ranks are threads of one process, so each
+/// weights, 1280 and 5120 tokens; ort-cpu, 2 threads for the one rank each process runs): ranks are threads of one process, so each
 /// measurement is a child process of its own (this test binary re-run with [`PROBE_ENV`]) that
 /// loads and runs one rank alone (`RankProbe`: rank 0 of `--sp n`, the peers' shards zeros,
 /// every shape and allocation the real rank's), or the single graph. Prints markdown rows (MiB)
 /// and a `BENCH_JSON` line.
 #[test]
-#[ignore = "benchmark (0.9 GB of weights, 5 child processes, ~3 min on 2 cores): on a quiet machine before changing the segments or the executor, `cargo test --release -p osp-tests --test dit_parallel release_geometry_rank_memory -- --ignored --nocapture` (README, docs/benchmarks.md)"]
+#[ignore = "benchmark (0.9 GB of weights, 10 child processes, ~5 min on 2 cores): on a quiet machine before changing the segments or the executor, `cargo test --release -p osp-tests --test dit_parallel release_geometry_rank_memory -- --ignored --nocapture` (README, docs/benchmarks.md)"]
 fn release_geometry_rank_memory() -> Result<()> {
     if let Ok(spec) = std::env::var(PROBE_ENV) {
         return rank_memory_child(&ProbeSpec::from_json(&spec)?);
@@ -454,43 +458,49 @@ fn release_geometry_rank_memory() -> Result<()> {
     let weight_bytes: u64 = Bundle::open(tmp.path())?.manifest().data_files.values().sum();
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     println!("weights (external data): {:.0} MiB", mib(weight_bytes));
-    println!("| path | RSS after load | peak during load | peak during runs | runs' peak above the loaded RSS | compute s per call |");
-    println!("|---|---|---|---|---|---|");
     let mut rows = vec![];
-    for sp in [None, Some(1), Some(2), Some(3), Some(4)] {
-        let spec = ProbeSpec { bundle: tmp.path().to_path_buf(), sp, threads: 1, runs: 2 };
-        let out = std::process::Command::new(std::env::current_exe()?)
-            .args(["--exact", "release_geometry_rank_memory", "--ignored", "--nocapture", "--test-threads", "1"])
-            .env(PROBE_ENV, spec.to_json())
-            .output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        ensure!(out.status.success(), "child {:?}: {stdout}{}", sp, String::from_utf8_lossy(&out.stderr));
-        // libtest may print `test <name> ... ` in front of the line
-        let line = stdout
-            .lines()
-            .find_map(|l| l.split_once("RANK_MEMORY ").map(|(_, json)| json))
-            .with_context(|| format!("no RANK_MEMORY line from child {sp:?}: {stdout}"))?;
-        let r: serde_json::Value = serde_json::from_str(line)?;
-        let get = |k: &str| r[k].as_u64().with_context(|| format!("{k} in {line}"));
-        let (loaded, load_peak, run_peak) =
-            (get("rss_after_load")?, get("peak_during_load")?, get("peak_during_runs")?);
-        let compute = r["compute_s"].as_array().and_then(|v| v.last()).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        let path = match sp {
-            None => "single `transformer` graph".to_string(),
-            Some(n) => format!("rank 0 of --sp {n}"),
-        };
-        println!(
-            "| {path} | {:.0} | {:.0} | {:.0} | {:.0} | {compute:.2} |",
-            mib(loaded),
-            mib(load_peak),
-            mib(run_peak),
-            mib(run_peak.saturating_sub(loaded))
-        );
-        rows.push(r);
+    // 1280 tokens (8 x 10 x 16 patches; weights dominate) and 5120 tokens (8 x 20 x 32; the
+    // attention scores of the full-attention layer dominate)
+    for (latent, runs) in [([8, 20, 32], 2), ([8, 40, 64], 1)] {
+        let tokens = latent[0] * latent[1] * latent[2] / 4;
+        println!("\n{tokens} tokens (latent {latent:?}), {runs} call(s) measured:\n");
+        println!("| path | RSS after load | peak during load | peak during runs | runs' peak above the loaded RSS | compute s per call |");
+        println!("|---|---|---|---|---|---|");
+        for sp in [None, Some(1), Some(2), Some(3), Some(4)] {
+            let spec = ProbeSpec { bundle: tmp.path().to_path_buf(), sp, threads: 2, runs, latent };
+            let out = std::process::Command::new(std::env::current_exe()?)
+                .args(["--exact", "release_geometry_rank_memory", "--ignored", "--nocapture", "--test-threads", "1"])
+                .env(PROBE_ENV, spec.to_json())
+                .output()?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            ensure!(out.status.success(), "child {:?}: {stdout}{}", sp, String::from_utf8_lossy(&out.stderr));
+            // libtest may print `test <name> ... ` in front of the line
+            let line = stdout
+                .lines()
+                .find_map(|l| l.split_once("RANK_MEMORY ").map(|(_, json)| json))
+                .with_context(|| format!("no RANK_MEMORY line from child {sp:?}: {stdout}"))?;
+            let r: serde_json::Value = serde_json::from_str(line)?;
+            let get = |k: &str| r[k].as_u64().with_context(|| format!("{k} in {line}"));
+            let (loaded, load_peak, run_peak) =
+                (get("rss_after_load")?, get("peak_during_load")?, get("peak_during_runs")?);
+            let compute = r["compute_s"].as_array().and_then(|v| v.last()).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+            let path = match sp {
+                None => "single `transformer` graph".to_string(),
+                Some(n) => format!("rank 0 of --sp {n}"),
+            };
+            println!(
+                "| {path} | {:.0} | {:.0} | {:.0} | {:.0} | {compute:.2} |",
+                mib(loaded),
+                mib(load_peak),
+                mib(run_peak),
+                mib(run_peak.saturating_sub(loaded))
+            );
+            rows.push(r);
+        }
     }
     println!(
         "BENCH_JSON {}",
-        serde_json::json!({"geometry": "hidden 2304, 24x96 heads, 2 layers, 1280 tokens (t 8, 20 x 32 latent), ort-cpu, 1 thread per rank", "weight_bytes": weight_bytes, "results": rows})
+        serde_json::json!({"geometry": "hidden 2304, 24x96 heads, 2 layers, 1280 and 5120 tokens (latent 8 x 20 x 32, 8 x 40 x 64), ort-cpu, 2 threads per probed rank", "weight_bytes": weight_bytes, "results": rows})
     );
     Ok(())
 }
