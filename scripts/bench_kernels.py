@@ -123,7 +123,7 @@ def decode_ms(out):
     return None
 
 
-def summarise(case, variant_samples, rss):
+def summarise(case, variant_samples, rss, cpu=None):
     """Medians per variant; speed-ups against the first variant (the baseline), from the medians
     and per round (adjacent runs, the steadier ratio on a loaded machine)."""
     base = next(iter(variant_samples))
@@ -135,6 +135,10 @@ def summarise(case, variant_samples, rss):
         row[f"{v}_ms"] = [round(s, 1) if s is not None else None for s in samples]
         row[f"{v}_median_ms"] = round(med[v], 1) if med[v] is not None else None
         row[f"{v}_peak_rss_gib"] = round(max(rss[v]) / 2**30, 2) if rss[v] else None
+        if cpu:
+            # user + system seconds of the whole process (load included): steadier than wall time
+            # when other jobs share the cores
+            row[f"{v}_cpu_s"] = [round(c, 1) for c in cpu[v]]
     for v in med:
         if v != base and med.get(base) and med.get(v):
             row["speedup" if v == "after" else f"speedup_{v}"] = round(med[base] / med[v], 3)
@@ -198,6 +202,7 @@ def ab_table(args, osp, osp_export, env):
             mode_flags = VAE_MODES[mode]
             samples = {v: [] for v in vae_variants}
             rss = {v: [] for v in vae_variants}
+            cpus = {v: [] for v in vae_variants}
             for r in range(args.rounds):
                 for v in (vae_variants if r % 2 == 0 else vae_variants[::-1]):
                     cmd = [str(osp), "--threads", str(args.threads), "decode", "--bundle", str(args.work / f"wfvae_{v}"),
@@ -205,7 +210,8 @@ def ab_table(args, osp, osp_export, env):
                     status, wall, peak, out, cpu = run(cmd, env, args.timeout_s, args.cap_gib)
                     samples[v].append(decode_ms(out) if status == "ok" else None)
                     rss[v].append(peak)
-            rows.append(summarise(f"vae_{mode}", samples, rss))
+                    cpus[v].append(cpu)
+            rows.append(summarise(f"vae_{mode}", samples, rss, cpus))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"\n| case | variant | ms (median of {args.rounds}) | speedup vs the first variant | per-round ratios | peak RSS GiB |")
     print("|---|---|---|---|---|---|")
