@@ -182,24 +182,24 @@ impl<'a> Lower<'a> {
     }
 
     /// Folded layout: `[b, t, c, h, w]` -> `[b*t, c, h, w]`.
-    fn to_frames(&mut self, x: &Value) -> Value {
+    fn to_frames(&mut self, x: &Value) -> Result<Value> {
         let minus_one = self.b.const_i64(&[-1]);
         let chw = self.b.shape(x, Some(2), Some(5));
-        let shape = self.b.concat(&[&minus_one, &chw], 0).expect("i64 shape pieces should concatenate");
-        self.b.reshape_to(x, &shape, Some(4))
+        let shape = self.b.concat(&[&minus_one, &chw], 0)?;
+        Ok(self.b.reshape_to(x, &shape, Some(4)))
     }
 
     /// Folded layout: `[b*t, c', h', w']` -> `[b, t', c, h', w']` with `b` taken from `like`
     /// (`[b, ...]`) and `c` the given channel count (`t' * c = t * c'`) or, with none, `c'`.
-    fn from_frames(&mut self, y: &Value, like: &Value, c: Option<usize>) -> Value {
+    fn from_frames(&mut self, y: &Value, like: &Value, c: Option<usize>) -> Result<Value> {
         let batch = self.b.shape(like, Some(0), Some(1));
         let (mid, from) = match c {
             Some(c) => (self.b.const_i64(&[-1, c as i64]), 2),
             None => (self.b.const_i64(&[-1]), 1),
         };
         let rest = self.b.shape(y, Some(from), Some(4));
-        let shape = self.b.concat(&[&batch, &mid, &rest], 0).expect("i64 shape pieces should concatenate");
-        self.b.reshape_to(y, &shape, Some(5))
+        let shape = self.b.concat(&[&batch, &mid, &rest], 0)?;
+        Ok(self.b.reshape_to(y, &shape, Some(5)))
     }
 
     /// `n` frames of causal context in front of `x`: copies of frame 0 (whole clip, first
@@ -317,10 +317,10 @@ impl<'a> Lower<'a> {
         }
         let stacked =
             if taps.len() == 1 { taps.remove(0) } else { self.b.concat(&taps.iter().collect::<Vec<_>>(), 2)? };
-        let x4 = self.to_frames(&stacked); // [b*t, kt*c, h, w]
+        let x4 = self.to_frames(&stacked)?; // [b*t, kt*c, h, w]
         let opts = ConvOptions { strides: vec![ss, ss], pads: vec![pb, pb, pe, pe], ..Default::default() };
         let y = self.b.conv(&x4, w, bias, &opts)?; // [b*t, o, h', w']
-        Ok(self.from_frames(&y, x, None))
+        self.from_frames(&y, x, None)
     }
 
     /// Per-frame `Conv2d(c -> out, k, stride)` with zero padding `(begin, end)`; keys
@@ -484,10 +484,10 @@ impl<'a> Lower<'a> {
             let opts = ConvOptions { strides: vec![kt, 2, 2], ..Default::default() };
             return self.b.conv_transpose(&x.v, &k, None, &opts);
         }
-        let x4 = self.to_frames(&x.v);
+        let x4 = self.to_frames(&x.v)?;
         let opts = ConvOptions { strides: vec![2, 2], ..Default::default() };
         let y = self.b.conv_transpose(&x4, &k, None, &opts)?; // [b*t, kt*c, 2h, 2w]
-        Ok(self.from_frames(&y, &x.v, Some(c)))
+        self.from_frames(&y, &x.v, Some(c))
     }
 
     /// Nearest 2x on h and w.
@@ -504,9 +504,9 @@ impl<'a> Lower<'a> {
     /// `[b*t, c, h, w]` (ONNX Runtime's 2-D bilinear kernel instead of its trilinear one).
     fn upsample_hw(&mut self, x: &V, mode: &str, coordinates: &str, nearest: &str) -> Result<V> {
         let v = if self.folded() {
-            let x4 = self.to_frames(&x.v);
+            let x4 = self.to_frames(&x.v)?;
             let y = self.b.resize_scales(&x4, &[1.0, 1.0, 2.0, 2.0], mode, coordinates, nearest)?;
-            self.from_frames(&y, &x.v, None)
+            self.from_frames(&y, &x.v, None)?
         } else {
             self.b.resize_scales(&x.v, &[1.0, 1.0, 1.0, 2.0, 2.0], mode, coordinates, nearest)?
         };
