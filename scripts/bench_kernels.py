@@ -5,7 +5,8 @@ previous lowering (`before`) and the current one (`after`), timed side by side i
 Cases (ort-cpu, `--threads`, default 2):
   dit1280   DiT, release geometry, 4 layers, hidden 2304 (24 x 96), latent 5x32x32 -> 1280 tokens
   dit4096   DiT, 8 layers, hidden 768 (8 x 96), latent 4x64x64 -> 4096 tokens
-  vae       release WFVAE decode 5x32x32 -> 17x256x256, whole clip and streamed (one latent per call)
+  vae       release WFVAE decode 5x32x32 -> 17x256x256, whole clip and streamed (one latent per call);
+            `vae_whole` / `vae_streamed` run one of the two
 Each DiT round is one `osp run-graph --warmup 1 --repeats 1` process per variant; each WFVAE round one
 `osp decode` per variant and mode. Rounds alternate the variants; the table shows the median of the
 rounds, the ratio before/after and each variant's peak RSS (the child's `ru_maxrss`).
@@ -14,11 +15,13 @@ rounds, the ratio before/after and each variant's peak RSS (the child's `ru_maxr
 each attention form, run at 1k/4k/16k tokens on ort-cpu (and tract with `--tract`): time and peak RSS.
 
 Variants are export flags (`before`: `osp-export ... --lowering reference`, the previous lowering; `after`: the
-defaults; `taps`: `--video-conv frame-taps`, the opt-in WFVAE convolutions; ratios are against `before`);
+defaults; `conv3d` / `folded`: the WFVAE with `--video-conv conv3d` / `folded`, 5-D or folded 4-D convolutions;
+ratios are against `before`; a variant whose flags equal an earlier one's for a model is skipped for it);
 bundles are exported once into --work.
 Plain Python 3 (no numpy). Build first:
   cargo build --release -p osp-runtime --features tract && cargo build --release -p osp-export
   scripts/bench_kernels.py --work /tmp/osp-kernels [--cases dit1280,dit4096,vae] [--rounds 3]
+  scripts/bench_kernels.py --work /tmp/osp-kernels --cases vae_whole --variants conv3d,folded --rounds 3
   scripts/bench_kernels.py --work /tmp/osp-kernels --attention-table [--tract]
 """
 
@@ -40,10 +43,11 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO.parent / "shared/reference/configs"
 # variant -> extra `osp-export` flags per model
 VARIANTS = {
-    "before": {"dit": ["--lowering", "reference"], "wfvae": ["--lowering", "reference"]},
+    "before": {"dit": ["--lowering", "reference"], "wfvae": ["--lowering", "reference", "--video-conv", "conv3d"]},
     "after": {"dit": [], "wfvae": []},
-    # the opt-in WFVAE frame-tap convolutions (`--variants before,after,taps`)
-    "taps": {"dit": [], "wfvae": ["--video-conv", "frame-taps"]},
+    # the WFVAE video-convolution forms, whatever the default is
+    "conv3d": {"dit": [], "wfvae": ["--video-conv", "conv3d"]},
+    "folded": {"dit": [], "wfvae": ["--video-conv", "folded"]},
 }
 TEXT_TOKENS = 512  # release max_sequence_length
 REAL_TEXT_TOKENS = 32
@@ -119,8 +123,11 @@ def decode_ms(out):
     return None
 
 
-def summarise(case, variant_samples, rss):
-    row = {"case": case}
+def summarise(case, variant_samples, rss, cpu=None):
+    """Medians per variant; speed-ups against the first variant (the baseline), from the medians
+    and per round (adjacent runs, the steadier ratio on a loaded machine)."""
+    base = next(iter(variant_samples))
+    row = {"case": case, "baseline": base}
     med = {}
     for v, samples in variant_samples.items():
         ok = [s for s in samples if s is not None]
@@ -128,9 +135,15 @@ def summarise(case, variant_samples, rss):
         row[f"{v}_ms"] = [round(s, 1) if s is not None else None for s in samples]
         row[f"{v}_median_ms"] = round(med[v], 1) if med[v] is not None else None
         row[f"{v}_peak_rss_gib"] = round(max(rss[v]) / 2**30, 2) if rss[v] else None
+        if cpu:
+            # user + system seconds of the whole process (load included): steadier than wall time
+            # when other jobs share the cores
+            row[f"{v}_cpu_s"] = [round(c, 1) for c in cpu[v]]
     for v in med:
-        if v != "before" and med.get("before") and med.get(v):
-            row["speedup" if v == "after" else f"speedup_{v}"] = round(med["before"] / med[v], 3)
+        if v != base and med.get(base) and med.get(v):
+            row["speedup" if v == "after" else f"speedup_{v}"] = round(med[base] / med[v], 3)
+            row[f"round_ratios_{v}"] = [round(b / s, 3) if b and s else None
+                                        for b, s in zip(variant_samples[base], variant_samples[v])]
     return row
 
 
@@ -138,7 +151,15 @@ def ab_table(args, osp, osp_export, env):
     rows = []
     cases = args.cases.split(",")
     variants = args.variants.split(",")
-    dit_variants = [v for v in variants if VARIANTS[v]["dit"] not in [VARIANTS[u]["dit"] for u in variants[:variants.index(v)]]]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}: choose from {sorted(VARIANTS)}")
+
+    def distinct(model):
+        return [v for v in variants if VARIANTS[v][model] not in [VARIANTS[u][model] for u in variants[:variants.index(v)]]]
+
+    dit_variants = distinct("dit")
+    vae_variants = distinct("wfvae")
     for case in [c for c in cases if c in DIT_CASES]:
         overrides, latent = DIT_CASES[case]
         cfg = json.loads((CONFIGS / "opensora_t2v_v1_3_2b_config.json").read_text())
@@ -169,31 +190,36 @@ def ab_table(args, osp, osp_export, env):
                 rss[v].append(peak)
         rows.append(summarise(case, samples, rss))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    if "vae" in cases:
+    vae_modes = [m for m in VAE_MODES if "vae" in cases or f"vae_{m}" in cases]
+    if vae_modes:
         cfg_path = CONFIGS / "wfvae_d8_release_config.json"
         lat = args.work / "z_5x32x32.safetensors"
         if not lat.is_file():
             write_latents(lat, [1, 8, 5, 32, 32], seed=5032)
-        for v in variants:
+        for v in vae_variants:
             export(osp_export, "wfvae", cfg_path, VARIANTS[v]["wfvae"], args.work / f"wfvae_{v}", env)
-        for mode, mode_flags in VAE_MODES.items():
-            samples = {v: [] for v in variants}
-            rss = {v: [] for v in variants}
+        for mode in vae_modes:
+            mode_flags = VAE_MODES[mode]
+            samples = {v: [] for v in vae_variants}
+            rss = {v: [] for v in vae_variants}
+            cpus = {v: [] for v in vae_variants}
             for r in range(args.rounds):
-                for v in (variants if r % 2 == 0 else variants[::-1]):
+                for v in (vae_variants if r % 2 == 0 else vae_variants[::-1]):
                     cmd = [str(osp), "--threads", str(args.threads), "decode", "--bundle", str(args.work / f"wfvae_{v}"),
                            "--latents", str(lat)] + mode_flags
                     status, wall, peak, out, cpu = run(cmd, env, args.timeout_s, args.cap_gib)
                     samples[v].append(decode_ms(out) if status == "ok" else None)
                     rss[v].append(peak)
-            rows.append(summarise(f"vae_{mode}", samples, rss))
+                    cpus[v].append(cpu)
+            rows.append(summarise(f"vae_{mode}", samples, rss, cpus))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(f"\n| case | variant | ms (median of {args.rounds}) | speedup vs before | peak RSS GiB |")
-    print("|---|---|---|---|---|")
+    print(f"\n| case | variant | ms (median of {args.rounds}) | speedup vs the first variant | per-round ratios | peak RSS GiB |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         for v in [v for v in variants if f"{v}_median_ms" in r]:
-            sp = r.get("speedup" if v == "after" else f"speedup_{v}", "" if v == "before" else None)
-            print(f"| {r['case']} | {v} | {r.get(f'{v}_median_ms')} | {sp} | {r.get(f'{v}_peak_rss_gib')} |")
+            sp = r.get("speedup" if v == "after" else f"speedup_{v}", "" if v == r["baseline"] else None)
+            rr = r.get(f"round_ratios_{v}", "")
+            print(f"| {r['case']} | {v} | {r.get(f'{v}_median_ms')} | {sp} | {rr} | {r.get(f'{v}_peak_rss_gib')} |")
     return rows
 
 
@@ -242,7 +268,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default="dit1280,dit4096,vae")
-    ap.add_argument("--variants", default="before,after,taps")
+    ap.add_argument("--variants", default="before,after,folded", help=f"comma-separated, of {sorted(VARIANTS)}")
     ap.add_argument("--attention", default="onnx", help="DiT attention form of both variants")
     ap.add_argument("--attention-table", action="store_true")
     ap.add_argument("--tokens", default="1024,4096,16384", help="attention table sequence lengths")

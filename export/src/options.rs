@@ -21,30 +21,34 @@ pub struct ExportOptions {
     pub video_conv: VideoConv,
 }
 
-/// How a WFVAE video convolution that is stride 1 in time (causal `k x k x k`, per-frame `1 x k x k`,
-/// `1 x 1 x 1`) is written. Both compute the same sums in another order (`Approx::Close`).
+/// How the WFVAE's video values and convolutions are laid out. Both compute the same sums in
+/// another order (`Approx::Close`); graph inputs, outputs and the streaming `cache_in/out` state
+/// are `[b, c, t, h, w]` either way.
 ///
-/// `FrameTaps` runs ONNX Runtime's blocked-channel (NCHWc) 2-D kernels instead of its 5-D im2col
-/// path: 1.57x less convolution time in a profile of the release whole-clip decode, but the tap
-/// slices, reorders and sums cost part of it back, and measured on a shared 2-core machine the
-/// release decode (5x32x32 latents) gained 1.10x whole / 1.04x streamed at 2.4x / 2.2x the peak
-/// RSS (ORT keeps an NCHWc copy of the weights per session, and the per-tap intermediates), so
-/// it is opt-in until a quiet-machine run of `scripts/bench_kernels.py` decides (docs/benchmarks.md).
+/// `Folded` runs ONNX Runtime's blocked-channel (NCHWc) 2-D convolution kernels instead of its
+/// 5-D im2col path, with no layout transposes around the convolutions. It is opt-in: ORT keeps an
+/// NCHWc copy of every convolution weight per session beside the shared weight buffer, and the
+/// concatenated taps are `kt` times a convolution's input, so the release decode peaked at about
+/// 2.4x the RSS of `Conv3d`; its speed-up awaits a quiet-machine run (docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VideoConv {
-    /// One 5-D `Conv`.
+    /// Video values `[b, c, t, h, w]`, every convolution one 5-D `Conv`.
     #[default]
     Conv3d,
-    /// Frames folded into the batch: one 4-D `Conv` `[b*t, c, h, w]` per time tap on the frames
-    /// that tap reads, the taps summed (bias in the first), then back to `[b, o, t, h, w]`.
-    FrameTaps,
+    /// Video values `[b, t, c, h, w]` (the frames folded into the batch: one reshape from
+    /// `[b*t, c, h, w]`); a convolution with `kt` time taps is one 4-D `Conv` on the `kt` shifted
+    /// frame slices concatenated on the channel axis, `[b*t, kt*c, h, w]`, with the weight
+    /// `[o, c, kt, k, k]` stored as `[o, kt*c, k, k]`. Per-frame ops run as they are; only ops
+    /// that mix time (causal padding, time interpolation, the 3-D Haar transforms) slice or
+    /// reshape the frame axis.
+    Folded,
 }
 
 impl VideoConv {
     pub fn name(self) -> &'static str {
         match self {
             VideoConv::Conv3d => "conv3d",
-            VideoConv::FrameTaps => "frame-taps",
+            VideoConv::Folded => "folded",
         }
     }
 }

@@ -111,15 +111,16 @@ impl From<LoweringArg> for Lowering {
 pub enum VideoConvArg {
     /// One 5-D `Conv`.
     Conv3d,
-    /// One 4-D `Conv` per time tap on the frames folded into the batch, summed (ORT's NCHWc kernels).
-    FrameTaps,
+    /// Frames folded into the batch, time taps into the channels: one 4-D `Conv` per video
+    /// convolution (ORT's NCHWc kernels), video values `[b, t, c, h, w]` inside the graphs.
+    Folded,
 }
 
 impl From<VideoConvArg> for VideoConv {
     fn from(v: VideoConvArg) -> Self {
         match v {
             VideoConvArg::Conv3d => VideoConv::Conv3d,
-            VideoConvArg::FrameTaps => VideoConv::FrameTaps,
+            VideoConvArg::Folded => VideoConv::Folded,
         }
     }
 }

@@ -95,7 +95,7 @@ fn upsample_time_space(l: &mut Lower, path: &str, x: &V) -> Result<V> {
     let seq = match l.mode {
         Mode::Whole => {
             let last = l.frames(&x.v, -1, i64::MAX)?;
-            let extended = l.b.concat(&[&x.v, &last], 2)?;
+            let extended = l.cat_frames(&[&x.v, &last])?;
             let next = l.frames(&extended, 1, i64::MAX)?;
             let a = l.frame0_table(&x.v, 0.0, 0.25)?;
             let d = l.b.sub(&next, &x.v)?;
@@ -112,7 +112,7 @@ fn upsample_time_space(l: &mut Lower, path: &str, x: &V) -> Result<V> {
         Mode::Step | Mode::Last => {
             let (p, s) = interpolation_state(l, &key, &weight_key, x, 0.25)?
                 .expect("step and last graphs read the interpolation state");
-            let window = l.b.concat(&[&p, &x.v], 2)?;
+            let window = l.cat_frames(&[&p, &x.v])?;
             let before = l.frames(&window, 0, -1)?;
             // a = 1/4, except `s` at frame 0
             let base = l.frame0_table(&x.v, 0.0, 0.25)?;
@@ -127,7 +127,7 @@ fn upsample_time_space(l: &mut Lower, path: &str, x: &V) -> Result<V> {
             let seq = l.interleave_time(&odd, &even)?;
             if l.mode == Mode::Last {
                 let last = l.frames(&x.v, -1, i64::MAX)?;
-                l.b.concat(&[&seq, &last], 2)?
+                l.cat_frames(&[&seq, &last])?
             } else {
                 seq
             }
@@ -152,6 +152,7 @@ fn interpolation_state(
     let weight_spec = TensorSpec::new(format!("{CACHE_IN}{weight_key}"), DType::F32, [Dim::Fixed(1)]);
     let inputs = if l.mode.reads_cache() {
         let p = l.b.input(frame_spec.clone())?;
+        let p = l.from_bcthw(&p)?;
         let s = l.b.input(weight_spec.clone())?;
         Some((p, s))
     } else {

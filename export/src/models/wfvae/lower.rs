@@ -2,16 +2,20 @@
 //! `ResnetBlock2D/3D`, `AttnBlock3DFix`, Haar transforms, up- and downsampling) onto a
 //! [`GraphBuilder`], for the whole-clip graphs and the three streaming decoder graphs.
 //!
-//! Video values are `[b, c, t, h, w]`. Per-frame 2-D convolutions are `Conv` with a `[1, k, k]`
-//! kernel (the checkpoint's `[o, i, k, k]` weight unsqueezed in the graph), so time never folds
-//! into the batch. Causal time padding is explicit: the whole-clip and first-chunk graphs prepend
-//! copies of frame 0, the step and last graphs prepend the `cache_in.<path>` input; the first and
-//! step graphs return the tail of every padded input as `cache_out.<path>` (see [`super::stream`]).
+//! Video values are laid out as the [`VideoConv`] says:
+//! - `Conv3d`: `[b, c, t, h, w]`; every convolution is one 5-D `Conv` (per-frame 2-D convolutions
+//!   with a `[1, k, k]` kernel, the checkpoint's `[o, i, k, k]` weight unsqueezed in the graph).
+//! - `Folded`: `[b, t, c, h, w]`, i.e. `[b*t, c, h, w]` frames reshaped; every convolution is one
+//!   4-D `Conv` on the frames, its `kt` time taps read as `kt` frame slices concatenated on the
+//!   channel axis, with the weight stored as `[o, kt*c, k, k]` ([`fold_time_taps`]); the Haar
+//!   transforms likewise (the inverse 3-D one as a 4-D `ConvTranspose` whose `2c` output channels
+//!   reshape to two frames). Ops that mix time slice or reshape the frame axis ([`Lower::t_axis`]).
 //!
-//! Convolutions that are stride 1 in time are written as the [`VideoConv`] says: one 5-D `Conv`,
-//! or 4-D `Conv`s on the frames folded into the batch, one per time tap, summed
-//! ([`Lower::conv_video`]). The padding, the state inputs and outputs and the weights (sliced per
-//! tap in the graph, constant-folded by the runtimes) are the same either way.
+//! Graph inputs and outputs and the streaming state are `[b, c, t, h, w]` in both layouts
+//! ([`Lower::from_bcthw`], [`Lower::to_bcthw`]). Causal time padding is explicit: the whole-clip
+//! and first-chunk graphs prepend copies of frame 0, the step and last graphs prepend the
+//! `cache_in.<path>` input; the first and step graphs return the tail of every padded input as
+//! `cache_out.<path>` (the protocol is in [`super`]).
 
 use osp_graphs::{AttentionKind, DType, Dim, TensorSpec};
 
@@ -111,15 +115,91 @@ impl<'a> Lower<'a> {
         self.b.initializer(key, t)
     }
 
+    fn folded(&self) -> bool {
+        self.video_conv == VideoConv::Folded
+    }
+
+    /// The frame axis of video values.
+    pub fn t_axis(&self) -> i64 {
+        if self.folded() {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// The channel axis of video values.
+    pub fn c_axis(&self) -> i64 {
+        if self.folded() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// A `[b, c, t, h, w]` value (graph or state input) in the graph's video layout.
+    pub fn from_bcthw(&mut self, x: &Value) -> Result<Value> {
+        if self.folded() {
+            self.b.transpose(x, &[0, 2, 1, 3, 4])
+        } else {
+            Ok(x.clone())
+        }
+    }
+
+    /// A video value as `[b, c, t, h, w]` (graph or state output).
+    pub fn to_bcthw(&mut self, x: &Value) -> Result<Value> {
+        // the permutation swaps axes 1 and 2: its own inverse
+        self.from_bcthw(x)
+    }
+
+    /// A constant convolution kernel `[o, c, kt, k, k]` in the graph's layout (folded:
+    /// `[o, kt*c, k, k]`).
+    fn video_kernel(&mut self, kernel: &HostTensor) -> Result<Value> {
+        if self.folded() {
+            Ok(self.b.constant(&fold_time_taps(kernel)?))
+        } else {
+            Ok(self.b.constant(kernel))
+        }
+    }
+
     /// Frames `start..end` (negative counts from the end, `i64::MAX` = to the end).
     pub fn frames(&mut self, x: &Value, start: i64, end: i64) -> Result<Value> {
-        self.b.slice(x, &[start], &[end], &[2], None)
+        let axis = self.t_axis();
+        self.b.slice(x, &[start], &[end], &[axis], None)
+    }
+
+    /// The frames of `xs` one after the other.
+    pub fn cat_frames(&mut self, xs: &[&Value]) -> Result<Value> {
+        let axis = self.t_axis();
+        self.b.concat(xs, axis)
     }
 
     /// Channels `start..end`.
     pub fn channels(&mut self, x: &V, start: usize, end: usize) -> Result<V> {
-        let v = self.b.slice(&x.v, &[start as i64], &[end as i64], &[1], None)?;
+        let axis = self.c_axis();
+        let v = self.b.slice(&x.v, &[start as i64], &[end as i64], &[axis], None)?;
         Ok(x.with(v, end - start))
+    }
+
+    /// Folded layout: `[b, t, c, h, w]` -> `[b*t, c, h, w]`.
+    fn to_frames(&mut self, x: &Value) -> Result<Value> {
+        let minus_one = self.b.const_i64(&[-1]);
+        let chw = self.b.shape(x, Some(2), Some(5));
+        let shape = self.b.concat(&[&minus_one, &chw], 0)?;
+        Ok(self.b.reshape_to(x, &shape, Some(4)))
+    }
+
+    /// Folded layout: `[b*t, c', h', w']` -> `[b, t', c, h', w']` with `b` taken from `like`
+    /// (`[b, ...]`) and `c` the given channel count (`t' * c = t * c'`) or, with none, `c'`.
+    fn from_frames(&mut self, y: &Value, like: &Value, c: Option<usize>) -> Result<Value> {
+        let batch = self.b.shape(like, Some(0), Some(1));
+        let (mid, from) = match c {
+            Some(c) => (self.b.const_i64(&[-1, c as i64]), 2),
+            None => (self.b.const_i64(&[-1]), 1),
+        };
+        let rest = self.b.shape(y, Some(from), Some(4));
+        let shape = self.b.concat(&[&batch, &mid, &rest], 0)?;
+        Ok(self.b.reshape_to(y, &shape, Some(5)))
     }
 
     /// `n` frames of causal context in front of `x`: copies of frame 0 (whole clip, first
@@ -128,28 +208,34 @@ impl<'a> Lower<'a> {
     pub fn causal_pad(&mut self, key: &str, x: &V, n: usize) -> Result<Value> {
         let spec = TensorSpec::new(format!("{CACHE_IN}{key}"), DType::F32, video_dims(x.c, Dim::Fixed(n), x.s));
         let context = if self.mode.reads_cache() {
-            self.b.input(spec.clone())?
+            let state = self.b.input(spec.clone())?;
+            self.from_bcthw(&state)?
         } else {
             let first = self.frames(&x.v, 0, 1)?;
             let copies = vec![&first; n];
             if n == 1 {
                 first.clone()
             } else {
-                self.b.concat(&copies, 2)?
+                self.cat_frames(&copies)?
             }
         };
-        let padded = self.b.concat(&[&context, &x.v], 2)?;
+        let padded = self.cat_frames(&[&context, &x.v])?;
         self.state_out(key, &padded, spec, n)?;
         Ok(padded)
     }
 
     /// Records a state entry and, in the first and step graphs, outputs the last `n` frames of
-    /// `value` as `cache_out.<key>`.
+    /// the video `value` as `cache_out.<key>` (`[b, c, n, h, w]`).
     pub fn state_out(&mut self, key: &str, value: &Value, spec_in: TensorSpec, n: usize) -> Result<()> {
         if self.mode == Mode::Whole {
             return Ok(());
         }
-        let tail = if self.mode.writes_cache() { Some(self.frames(value, -(n as i64), i64::MAX)?) } else { None };
+        let tail = if self.mode.writes_cache() {
+            let tail = self.frames(value, -(n as i64), i64::MAX)?;
+            Some(self.to_bcthw(&tail)?)
+        } else {
+            None
+        };
         self.record_state(key, spec_in, tail.as_ref())
     }
 
@@ -176,7 +262,15 @@ impl<'a> Lower<'a> {
         stride: usize,
         pad: (usize, usize),
     ) -> Result<V> {
-        let w = self.param(&format!("{path}.conv.weight"), &[out, x.c, k, k, k])?;
+        let key = format!("{path}.conv.weight");
+        let shape = [out, x.c, k, k, k];
+        let w = if self.folded() {
+            // the checkpoint tensor, stored `[o, kt*c, k, k]` under its own name
+            let kernel = self.w.derived(&key, &shape, "folded", fold_time_taps)?;
+            self.b.initializer(&key, &kernel)?
+        } else {
+            self.param(&key, &shape)?
+        };
         let bias = self.param(&format!("{path}.conv.bias"), &[out])?;
         let input = if k > 1 {
             if stride != 1 && self.mode != Mode::Whole {
@@ -186,55 +280,47 @@ impl<'a> Lower<'a> {
         } else {
             x.v.clone()
         };
-        let v = if stride == 1 {
-            self.conv_video(&input, &w, &bias, k, pad)?
-        } else {
-            let (pb, pe) = (pad.0 as i64, pad.1 as i64);
-            let opts =
-                ConvOptions { strides: vec![stride as i64; 3], pads: vec![0, pb, pb, 0, pe, pe], ..Default::default() };
-            self.b.conv(&input, &w, Some(&bias), &opts)?
-        };
+        let v = self.conv_video(&input, &w, Some(&bias), k, (stride, stride), pad)?;
         Ok(V { v, c: out, s: x.s / stride.max(1) })
     }
 
-    /// A stride-1-in-time convolution of video `x` `[b, c, t + kt - 1, h, w]` (time already
-    /// padded) with `w` `[o, c, kt, k, k]`, spatial stride 1 and zero padding `(begin, end)` on
-    /// h and w -> `[b, o, t, h', w']`, lowered as the graph's [`VideoConv`] says.
-    fn conv_video(&mut self, x: &Value, w: &Value, bias: &Value, kt: usize, pad: (usize, usize)) -> Result<Value> {
+    /// A convolution of video `x` (time already padded) with the kernel `w` `[o, c, kt, k, k]`
+    /// (folded: `[o, kt*c, k, k]`), strides `(time, space)` and zero padding `(begin, end)` on h
+    /// and w.
+    fn conv_video(
+        &mut self,
+        x: &Value,
+        w: &Value,
+        bias: Option<&Value>,
+        kt: usize,
+        (st, ss): (usize, usize),
+        pad: (usize, usize),
+    ) -> Result<Value> {
         let (pb, pe) = (pad.0 as i64, pad.1 as i64);
-        if self.video_conv == VideoConv::Conv3d {
-            let opts = ConvOptions { strides: vec![1; 3], pads: vec![0, pb, pb, 0, pe, pe], ..Default::default() };
-            return self.b.conv(x, w, Some(bias), &opts);
+        let (st, ss) = (st as i64, ss as i64);
+        if !self.folded() {
+            let opts =
+                ConvOptions { strides: vec![st, ss, ss], pads: vec![0, pb, pb, 0, pe, pe], ..Default::default() };
+            return self.b.conv(x, w, bias, &opts);
         }
-        let xt = self.b.transpose(x, &[0, 2, 1, 3, 4])?; // [b, t', c, h, w]
-        let minus_one = self.b.const_i64(&[-1]);
-        let chw = self.b.shape(&xt, Some(2), Some(5));
-        let frames_shape = self.b.concat(&[&minus_one, &chw], 0)?;
-        let opts = ConvOptions { strides: vec![1; 2], pads: vec![pb, pb, pe, pe], ..Default::default() };
-        let mut sum: Option<Value> = None;
-        for j in 0..kt {
-            // tap j reads padded frames j .. j + t
-            let xs = if kt == 1 {
-                xt.clone()
+        // tap j reads the padded frames j, j + st, ... (as many as the output has)
+        let steps = [st];
+        let mut taps = Vec::with_capacity(kt);
+        for j in 0..kt as i64 {
+            let end = j + 1 - kt as i64;
+            let end = if end == 0 { i64::MAX } else { end };
+            taps.push(if kt == 1 && st == 1 {
+                x.clone()
             } else {
-                let end = j as i64 + 1 - kt as i64;
-                self.b.slice(&xt, &[j as i64], &[if end == 0 { i64::MAX } else { end }], &[1], None)?
-            };
-            let x4 = self.b.reshape_to(&xs, &frames_shape, Some(4)); // [b*t, c, h, w]
-            let wj = self.b.slice(w, &[j as i64], &[j as i64 + 1], &[2], None)?;
-            let wj = self.b.squeeze(&wj, &[2]); // [o, c, k, k]
-            let y = self.b.conv(&x4, &wj, (j == 0).then_some(bias), &opts)?; // [b*t, o, h', w']
-            sum = Some(match sum {
-                None => y,
-                Some(s) => self.b.add(&s, &y)?,
+                self.b.slice(x, &[j], &[end], &[1], (st != 1).then_some(&steps[..]))?
             });
         }
-        let y = sum.ok_or_else(|| Error::Config("a convolution needs at least one time tap".into()))?;
-        let batch = self.b.shape(x, Some(0), Some(1));
-        let ohw = self.b.shape(&y, Some(1), Some(4));
-        let video_shape = self.b.concat(&[&batch, &minus_one, &ohw], 0)?;
-        let y = self.b.reshape_to(&y, &video_shape, Some(5)); // [b, t, o, h', w']
-        self.b.transpose(&y, &[0, 2, 1, 3, 4])
+        let stacked =
+            if taps.len() == 1 { taps.remove(0) } else { self.b.concat(&taps.iter().collect::<Vec<_>>(), 2)? };
+        let x4 = self.to_frames(&stacked)?; // [b*t, kt*c, h, w]
+        let opts = ConvOptions { strides: vec![ss, ss], pads: vec![pb, pb, pe, pe], ..Default::default() };
+        let y = self.b.conv(&x4, w, bias, &opts)?; // [b*t, o, h', w']
+        self.from_frames(&y, x, None)
     }
 
     /// Per-frame `Conv2d(c -> out, k, stride)` with zero padding `(begin, end)`; keys
@@ -249,19 +335,9 @@ impl<'a> Lower<'a> {
         pad: (usize, usize),
     ) -> Result<V> {
         let w = self.param(&format!("{prefix}.weight"), &[out, x.c, k, k])?;
-        let w = self.b.unsqueeze(&w, &[2]); // [out, c, 1, k, k]
+        let w = if self.folded() { w } else { self.b.unsqueeze(&w, &[2]) }; // [out, c, 1, k, k]
         let bias = self.param(&format!("{prefix}.bias"), &[out])?;
-        let v = if stride == 1 {
-            self.conv_video(&x.v, &w, &bias, 1, pad)?
-        } else {
-            let (pb, pe) = (pad.0 as i64, pad.1 as i64);
-            let opts = ConvOptions {
-                strides: vec![1, stride as i64, stride as i64],
-                pads: vec![0, pb, pb, 0, pe, pe],
-                ..Default::default()
-            };
-            self.b.conv(&x.v, &w, Some(&bias), &opts)?
-        };
+        let v = self.conv_video(&x.v, &w, Some(&bias), 1, (1, stride), pad)?;
         Ok(V { v, c: out, s: x.s / stride.max(1) })
     }
 
@@ -269,10 +345,22 @@ impl<'a> Lower<'a> {
     pub fn norm(&mut self, prefix: &str, x: &V) -> Result<V> {
         let w = self.param(&format!("{prefix}.norm.weight"), &[x.c])?;
         let bias = self.param(&format!("{prefix}.norm.bias"), &[x.c])?;
-        let t = self.b.transpose(&x.v, &[0, 2, 3, 4, 1])?; // [b, t, h, w, c]
+        let t = self.channels_last(&x.v)?; // [b, t, h, w, c]
         let n = self.b.layer_norm(&t, &w, &bias, NORM_EPS)?;
-        let v = self.b.transpose(&n, &[0, 4, 1, 2, 3])?;
+        let v = self.from_channels_last(&n)?;
         Ok(x.with(v, x.c))
+    }
+
+    /// A video value as `[b, t, h, w, c]`.
+    fn channels_last(&mut self, x: &Value) -> Result<Value> {
+        let perm: &[i64] = if self.folded() { &[0, 1, 3, 4, 2] } else { &[0, 2, 3, 4, 1] };
+        self.b.transpose(x, perm)
+    }
+
+    /// `[b, t, h, w, c]` in the graph's video layout.
+    fn from_channels_last(&mut self, x: &Value) -> Result<Value> {
+        let perm: &[i64] = if self.folded() { &[0, 1, 4, 2, 3] } else { &[0, 4, 1, 2, 3] };
+        self.b.transpose(x, perm)
     }
 
     pub fn silu(&mut self, x: &V) -> Result<V> {
@@ -282,7 +370,8 @@ impl<'a> Lower<'a> {
 
     /// Channel concatenation.
     pub fn cat(&mut self, a: &V, b: &V) -> Result<V> {
-        let v = self.b.concat(&[&a.v, &b.v], 1)?;
+        let axis = self.c_axis();
+        let v = self.b.concat(&[&a.v, &b.v], axis)?;
         Ok(a.with(v, a.c + b.c))
     }
 
@@ -324,21 +413,18 @@ impl<'a> Lower<'a> {
         let q = self.causal_conv(&format!("{path}.q"), &h, c, 1, 1, (0, 0))?;
         let k = self.causal_conv(&format!("{path}.k"), &h, c, 1, 1, (0, 0))?;
         let v = self.causal_conv(&format!("{path}.v"), &h, c, 1, 1, (0, 0))?;
-        let frame_shape = {
-            let t = self.b.transpose(&q.v, &[0, 2, 3, 4, 1])?;
-            self.b.shape(&t, None, None) // [b, t, h, w, c]
-        };
-        let tokens = |b: &mut GraphBuilder, z: &Value| -> Result<Value> {
-            let t = b.transpose(z, &[0, 2, 3, 4, 1])?; // [b, t, h, w, c]
+        let (qt, kt, vt) = (self.channels_last(&q.v)?, self.channels_last(&k.v)?, self.channels_last(&v.v)?); // [b, t, h, w, c]
+        let frame_shape = self.b.shape(&qt, None, None);
+        let tokens = |b: &mut GraphBuilder, t: &Value| -> Value {
             let flat =
-                b.node("Flatten", "", &[Some(&t)], vec![("axis", Attr::Int(2))], &[(t.dtype(), Some(2))]).remove(0); // [b*t, h*w*c]
-            Ok(b.reshape(&flat, &[0, -1, c as i64])) // [b*t, h*w, c]
+                b.node("Flatten", "", &[Some(t)], vec![("axis", Attr::Int(2))], &[(t.dtype(), Some(2))]).remove(0); // [b*t, h*w*c]
+            b.reshape(&flat, &[0, -1, c as i64]) // [b*t, h*w, c]
         };
-        let (qt, kt, vt) = (tokens(&mut self.b, &q.v)?, tokens(&mut self.b, &k.v)?, tokens(&mut self.b, &v.v)?);
+        let (qt, kt, vt) = (tokens(&mut self.b, &qt), tokens(&mut self.b, &kt), tokens(&mut self.b, &vt));
         let spec = AttentionSpec { kind: self.attention, num_heads: 1, scale: 1.0 / (c as f64).sqrt() };
         let a = self.b.attention(&spec, &qt, &kt, &vt, None)?; // [b*t, h*w, c]
         let a = self.b.reshape_to(&a, &frame_shape, Some(5)); // [b, t, h, w, c]
-        let a = self.b.transpose(&a, &[0, 4, 1, 2, 3])?;
+        let a = self.from_channels_last(&a)?;
         let a = x.with(a, c);
         let o = self.causal_conv(&format!("{path}.proj_out"), &a, c, 1, 1, (0, 0))?;
         self.add(x, &o)
@@ -349,25 +435,24 @@ impl<'a> Lower<'a> {
         let head = self.channels(x, 0, 3)?;
         let tail = self.channels(x, 3, x.c)?;
         let head = self.b.add(&head.v, add)?;
-        let v = self.b.concat(&[&head, &tail.v], 1)?;
+        let axis = self.c_axis();
+        let v = self.b.concat(&[&head, &tail.v], axis)?;
         Ok(x.with(v, x.c))
     }
 
     /// Causal 3-D Haar of the whole clip: frame 0 once more in front, then 2x2x2 stride 2.
     pub fn haar3d(&mut self, x: &V) -> Result<V> {
         let first = self.frames(&x.v, 0, 1)?;
-        let padded = self.b.concat(&[&first, &x.v], 2)?;
-        let k = self.b.constant(&haar::dense_3d(x.c));
-        let opts = ConvOptions { strides: vec![2, 2, 2], ..Default::default() };
-        let v = self.b.conv(&padded, &k, None, &opts)?;
+        let padded = self.cat_frames(&[&first, &x.v])?;
+        let k = self.video_kernel(&haar::dense_3d(x.c))?;
+        let v = self.conv_video(&padded, &k, None, 2, (2, 2), (0, 0))?;
         Ok(V { v, c: 8 * x.c, s: x.s / 2 })
     }
 
     /// Per-frame 2-D Haar, 2x2 stride 2.
     pub fn haar2d(&mut self, x: &V) -> Result<V> {
-        let k = self.b.constant(&haar::dense_2d(x.c));
-        let opts = ConvOptions { strides: vec![1, 2, 2], ..Default::default() };
-        let v = self.b.conv(&x.v, &k, None, &opts)?;
+        let k = self.video_kernel(&haar::dense_2d(x.c))?;
+        let v = self.conv_video(&x.v, &k, None, 1, (1, 2), (0, 0))?;
         Ok(V { v, c: 4 * x.c, s: x.s / 2 })
     }
 
@@ -375,9 +460,7 @@ impl<'a> Lower<'a> {
     /// `drop_first` (whole clip and first chunk).
     pub fn inverse_haar3d(&mut self, x: &V, drop_first: bool) -> Result<V> {
         let c = x.c / 8;
-        let k = self.b.constant(&haar::dense_3d(c));
-        let opts = ConvOptions { strides: vec![2, 2, 2], ..Default::default() };
-        let mut v = self.b.conv_transpose(&x.v, &k, None, &opts)?;
+        let mut v = self.conv_transpose_video(x, &haar::dense_3d(c), c)?;
         if drop_first {
             v = self.frames(&v, 1, i64::MAX)?;
         }
@@ -387,47 +470,77 @@ impl<'a> Lower<'a> {
     /// Inverse per-frame 2-D Haar `[b, 4c, t, h, w] -> [b, c, t, 2h, 2w]`.
     pub fn inverse_haar2d(&mut self, x: &V) -> Result<V> {
         let c = x.c / 4;
-        let k = self.b.constant(&haar::dense_2d(c));
-        let opts = ConvOptions { strides: vec![1, 2, 2], ..Default::default() };
-        let v = self.b.conv_transpose(&x.v, &k, None, &opts)?;
+        let v = self.conv_transpose_video(x, &haar::dense_2d(c), c)?;
         Ok(V { v, c, s: x.s * 2 })
+    }
+
+    /// `ConvTranspose` of video `x` with the kernel `k` `[x.c, c, kt, 2, 2]`, stride `(kt, 2, 2)`:
+    /// `[.., t, ..]` -> `[.., kt*t, ..]` with `c` channels. Folded, one 4-D `ConvTranspose` whose
+    /// `kt*c` output channels (tap-major) reshape to `kt` consecutive frames.
+    fn conv_transpose_video(&mut self, x: &V, k: &HostTensor, c: usize) -> Result<Value> {
+        let kt = k.shape()[2] as i64;
+        let k = self.video_kernel(k)?;
+        if !self.folded() {
+            let opts = ConvOptions { strides: vec![kt, 2, 2], ..Default::default() };
+            return self.b.conv_transpose(&x.v, &k, None, &opts);
+        }
+        let x4 = self.to_frames(&x.v)?;
+        let opts = ConvOptions { strides: vec![2, 2], ..Default::default() };
+        let y = self.b.conv_transpose(&x4, &k, None, &opts)?; // [b*t, kt*c, 2h, 2w]
+        self.from_frames(&y, &x.v, Some(c))
     }
 
     /// Nearest 2x on h and w.
     pub fn upsample_nearest_hw(&mut self, x: &V) -> Result<V> {
-        let v = self.b.resize_scales(&x.v, &[1.0, 1.0, 1.0, 2.0, 2.0], "nearest", "asymmetric", "floor")?;
-        Ok(V { v, c: x.c, s: x.s * 2 })
+        self.upsample_hw(x, "nearest", "asymmetric", "floor")
     }
 
     /// Bilinear 2x on h and w (`align_corners=False`).
     pub fn upsample_bilinear_hw(&mut self, x: &V) -> Result<V> {
-        let v = self.b.resize_scales(&x.v, &[1.0, 1.0, 1.0, 2.0, 2.0], "linear", "half_pixel", "round_prefer_floor")?;
+        self.upsample_hw(x, "linear", "half_pixel", "round_prefer_floor")
+    }
+
+    /// `Resize` 2x on h and w: 5-D with unit scales on the other axes, or folded on the frames
+    /// `[b*t, c, h, w]` (ONNX Runtime's 2-D bilinear kernel instead of its trilinear one).
+    fn upsample_hw(&mut self, x: &V, mode: &str, coordinates: &str, nearest: &str) -> Result<V> {
+        let v = if self.folded() {
+            let x4 = self.to_frames(&x.v)?;
+            let y = self.b.resize_scales(&x4, &[1.0, 1.0, 2.0, 2.0], mode, coordinates, nearest)?;
+            self.from_frames(&y, &x.v, None)?
+        } else {
+            self.b.resize_scales(&x.v, &[1.0, 1.0, 1.0, 2.0, 2.0], mode, coordinates, nearest)?
+        };
         Ok(V { v, c: x.c, s: x.s * 2 })
     }
 
-    /// `[a0, b0, a1, b1, ...]` from `a`, `b` `[b, c, t, h, w]`.
+    /// The frames `[a0, b0, a1, b1, ...]` from videos `a`, `b`.
     pub fn interleave_time(&mut self, a: &Value, b: &Value) -> Result<Value> {
-        let sa = self.b.unsqueeze(a, &[3]);
-        let sb = self.b.unsqueeze(b, &[3]);
-        let stacked = self.b.concat(&[&sa, &sb], 3)?; // [b, c, t, 2, h, w]
-        let head = self.b.shape(a, Some(0), Some(2));
+        let ta = self.t_axis();
+        let sa = self.b.unsqueeze(a, &[ta + 1]);
+        let sb = self.b.unsqueeze(b, &[ta + 1]);
+        let stacked = self.b.concat(&[&sa, &sb], ta + 1)?; // [.., t, 2, ..]
+        let head = self.b.shape(a, Some(0), Some(ta));
         let minus_one = self.b.const_i64(&[-1]);
-        let tail = self.b.shape(a, Some(3), Some(5));
+        let tail = self.b.shape(a, Some(ta + 1), Some(5));
         let target = self.b.concat(&[&head, &minus_one, &tail], 0)?;
         Ok(self.b.reshape_to(&stacked, &target, Some(5)))
     }
 
-    /// `[1, 1, t, 1, 1]`: `first` at frame 0 and `rest` elsewhere, for the `t` frames of `like`
+    /// `[1, 1, t, 1, 1]` (folded `[1, t, 1, 1, 1]`): `first` at frame 0 and `rest` elsewhere, for
+    /// the `t` frames of `like`
     /// (a slice of a built-in table of [`MAX_LATENT_FRAMES`] entries, so every backend sees a
     /// plain `Slice`; longer inputs fail with a broadcast error instead of a wrong result).
     pub fn frame0_table(&mut self, like: &Value, first: f32, rest: f32) -> Result<Value> {
         let mut values = vec![rest; MAX_LATENT_FRAMES];
         values[0] = first;
-        let table = HostTensor::from_f32(vec![1, 1, MAX_LATENT_FRAMES, 1, 1], &values)?;
+        let ta = self.t_axis();
+        let mut shape = vec![1; 5];
+        shape[ta as usize] = MAX_LATENT_FRAMES;
+        let table = HostTensor::from_f32(shape, &values)?;
         let table = self.b.constant(&table);
         let zero = self.b.const_i64(&[0]);
-        let t = self.b.shape(like, Some(2), Some(3));
-        let axis = self.b.const_i64(&[2]);
+        let t = self.b.shape(like, Some(ta), Some(ta + 1));
+        let axis = self.b.const_i64(&[ta]);
         Ok(self.b.slice_with(&table, &zero, &t, &axis, None))
     }
 
@@ -439,7 +552,8 @@ impl<'a> Lower<'a> {
         let spec = TensorSpec::new(format!("{CACHE_IN}{key}"), DType::F32, video_dims(l2.c, Dim::Fixed(1), l2.s));
         let available = if self.mode.reads_cache() {
             let p = self.b.input(spec.clone())?;
-            self.b.concat(&[&p, &l2.v], 2)?
+            let p = self.from_bcthw(&p)?;
+            self.cat_frames(&[&p, &l2.v])?
         } else {
             l2.v.clone()
         };
@@ -449,5 +563,62 @@ impl<'a> Lower<'a> {
             _ => available,
         };
         Ok(l2.with(used, l2.c))
+    }
+}
+
+/// `[o, c, kt, kh, kw]` -> `[o, kt*c, kh, kw]` with channel `j*c + i` = input channel `i` of time
+/// tap `j` (the layout of `kt` frame slices concatenated on the channel axis).
+pub(crate) fn fold_time_taps(kernel: &HostTensor) -> Result<HostTensor> {
+    let &[o, c, kt, kh, kw] = kernel.shape() else {
+        return Err(Error::Config(format!("a video kernel must be 5-D, got shape {:?}", kernel.shape())));
+    };
+    let elem = kernel.dtype().size();
+    let plane = kh * kw * elem;
+    let src = kernel.data();
+    let mut dst = vec![0u8; src.len()];
+    for oi in 0..o {
+        for i in 0..c {
+            for j in 0..kt {
+                let from = ((oi * c + i) * kt + j) * plane;
+                let to = ((oi * kt + j) * c + i) * plane;
+                dst[to..to + plane].copy_from_slice(&src[from..from + plane]);
+            }
+        }
+    }
+    HostTensor::new(kernel.dtype(), vec![o, kt * c, kh, kw], dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_time_taps_puts_each_tap_in_its_channel_block() {
+        // w[o][i][j][y][x] = 1000 o + 100 i + 10 j + 2 y + x
+        let (o, c, kt) = (2, 3, 3);
+        let mut values = Vec::new();
+        for oi in 0..o {
+            for i in 0..c {
+                for j in 0..kt {
+                    for p in 0..4 {
+                        values.push((1000 * oi + 100 * i + 10 * j + p) as f32);
+                    }
+                }
+            }
+        }
+        let folded = fold_time_taps(&HostTensor::from_f32(vec![o, c, kt, 2, 2], &values).unwrap()).unwrap();
+        assert_eq!(folded.shape(), &[o, kt * c, 2, 2]);
+        let f = folded.to_f32().unwrap();
+        for oi in 0..o {
+            for j in 0..kt {
+                for i in 0..c {
+                    for p in 0..4 {
+                        let at = ((oi * kt * c) + j * c + i) * 4 + p;
+                        assert_eq!(f[at], (1000 * oi + 100 * i + 10 * j + p) as f32, "o {oi} tap {j} channel {i}");
+                    }
+                }
+            }
+        }
+        assert!(fold_time_taps(&HostTensor::from_f32(vec![2, 2], &[0.0; 4]).unwrap()).is_err());
     }
 }

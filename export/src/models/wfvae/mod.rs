@@ -102,17 +102,19 @@ fn encoder_graph(
         DType::F32,
         [Dim::sym("b"), Dim::Fixed(3), Dim::sym("t"), Dim::sym("h"), Dim::sym("w")],
     ))?;
-    let x = V { v: x, c: 3, s: 8 };
+    let x = V { v: l.from_bcthw(&x)?, c: 3, s: 8 };
     let moments = encoder::encoder(&mut l, cfg, &x)?;
-    let latent = cfg.latent_dim;
-    let mean = l.channels(&moments, 0, latent)?;
-    let logvar = l.channels(&moments, latent, 2 * latent)?;
+    let moments = l.to_bcthw(&moments.v)?;
+    let latent = cfg.latent_dim as i64;
+    let mean = l.b.slice(&moments, &[0], &[latent], &[1], None)?;
+    let logvar = l.b.slice(&moments, &[latent], &[2 * latent], &[1], None)?;
     let lo = l.b.scalar(-30.0, DType::F32)?;
     let hi = l.b.scalar(20.0, DType::F32)?;
     let logvar =
-        l.b.node("Clip", "", &[Some(&logvar.v), Some(&lo), Some(&hi)], vec![], &[(DType::F32, Some(5))]).remove(0);
-    let dims = || vec![Dim::sym("b"), Dim::Fixed(latent), Dim::sym("(t-1)/4+1"), Dim::sym("h/8"), Dim::sym("w/8")];
-    l.b.output(&mean.v, TensorSpec::new("mean", DType::F32, dims()))?;
+        l.b.node("Clip", "", &[Some(&logvar), Some(&lo), Some(&hi)], vec![], &[(DType::F32, Some(5))]).remove(0);
+    let dims =
+        || vec![Dim::sym("b"), Dim::Fixed(cfg.latent_dim), Dim::sym("(t-1)/4+1"), Dim::sym("h/8"), Dim::sym("w/8")];
+    l.b.output(&mean, TensorSpec::new("mean", DType::F32, dims()))?;
     l.b.output(&logvar, TensorSpec::new("logvar", DType::F32, dims()))?;
     l.b.finish()
 }
@@ -132,15 +134,16 @@ fn decoder_graph(
         _ => Dim::sym("t"),
     };
     let z = l.b.input(TensorSpec::new("z", DType::F32, video_dims(cfg.latent_dim, t, 1)))?;
-    let z = V { v: z, c: cfg.latent_dim, s: 1 };
+    let z = V { v: l.from_bcthw(&z)?, c: cfg.latent_dim, s: 1 };
     let video = decoder::decoder(&mut l, cfg, &z)?;
+    let sample = l.to_bcthw(&video.v)?;
     let frames = match mode {
         Mode::Whole => Dim::sym("4*t-3"),
         Mode::First => Dim::Fixed(1),
         Mode::Step => Dim::sym("4*t"),
         Mode::Last => Dim::sym("4*t+2"),
     };
-    l.b.output(&video.v, TensorSpec::new("sample", DType::F32, video_dims(3, frames, 8)))?;
+    l.b.output(&sample, TensorSpec::new("sample", DType::F32, video_dims(3, frames, 8)))?;
     let caches = std::mem::take(&mut l.caches);
     Ok((l.b.finish()?, caches))
 }

@@ -24,6 +24,8 @@ use crate::tensor::HostTensor;
 pub struct WfvaeWeights {
     tensors: BTreeMap<String, HostTensor>,
     used: RefCell<BTreeSet<String>>,
+    /// Derived layouts by name (e.g. folded kernels), made once and shared by every graph.
+    derived: RefCell<BTreeMap<String, HostTensor>>,
 }
 
 impl WfvaeWeights {
@@ -61,7 +63,7 @@ impl WfvaeWeights {
             }
             tensors.insert(name.to_string(), HostTensor::from_f32(shape, &values)?);
         }
-        Ok(Self { tensors, used: RefCell::new(BTreeSet::new()) })
+        Ok(Self { tensors, used: RefCell::new(BTreeSet::new()), derived: RefCell::new(BTreeMap::new()) })
     }
 
     /// Deterministic random weights for every official tensor of the model `cfg` builds (the
@@ -87,7 +89,7 @@ impl WfvaeWeights {
             };
             tensors.insert(name, HostTensor::from_f32(shape, &values)?);
         }
-        Ok(Self { tensors, used: RefCell::new(BTreeSet::new()) })
+        Ok(Self { tensors, used: RefCell::new(BTreeSet::new()), derived: RefCell::new(BTreeMap::new()) })
     }
 
     /// The tensor `key`, which must have `shape`.
@@ -101,6 +103,25 @@ impl WfvaeWeights {
         }
         self.used.borrow_mut().insert(key.to_string());
         Ok(t)
+    }
+
+    /// `derive(tensor key)` for the tensor `key` (which must have `shape`), computed once per
+    /// `tag` and key; the graphs share the result's bytes.
+    pub(crate) fn derived(
+        &self,
+        key: &str,
+        shape: &[usize],
+        tag: &str,
+        derive: impl FnOnce(&HostTensor) -> Result<HostTensor>,
+    ) -> Result<HostTensor> {
+        let t = self.get(key, shape)?;
+        let id = format!("{tag}:{key}");
+        if let Some(d) = self.derived.borrow().get(&id) {
+            return Ok(d.clone());
+        }
+        let d = derive(t)?;
+        self.derived.borrow_mut().insert(id, d.clone());
+        Ok(d)
     }
 
     /// Fails on checkpoint tensors that no lowered graph used (strict loading).
