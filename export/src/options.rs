@@ -112,3 +112,23 @@ impl Default for ExportOptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_attention_is_onnx_attention_at_half_precision_only() {
+        let form =
+            |attention, precision| ExportOptions { attention, precision, ..ExportOptions::default() }.attention_form();
+        assert_eq!(ExportOptions::default().attention, AttentionKind::Auto);
+        for p in [Precision::F32, Precision::Int8] {
+            assert_eq!(form(AttentionKind::Auto, p), AttentionKind::Auto);
+        }
+        for p in [Precision::F16, Precision::Bf16] {
+            assert_eq!(form(AttentionKind::Auto, p), AttentionKind::OnnxAttention);
+            assert_eq!(form(AttentionKind::MsMultiHeadAttention, p), AttentionKind::MsMultiHeadAttention);
+            assert_eq!(form(AttentionKind::Decomposed, p), AttentionKind::Decomposed);
+        }
+    }
+}
