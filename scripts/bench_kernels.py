@@ -11,18 +11,22 @@ Each DiT round is one `osp run-graph --warmup 1 --repeats 1` process per variant
 `osp decode` per variant and mode. Rounds alternate the variants; the table shows the median of the
 rounds, the ratio before/after and each variant's peak RSS (the child's `ru_maxrss`).
 
-`--attention-table`: instead, one transformer block (hidden 768, 8 x 96 heads, key bias) exported with
-each attention form, run at 1k/4k/16k tokens on ort-cpu (and tract with `--tract`): time and peak RSS.
+`--attention-table`: instead, one transformer block (hidden 768, 8 x 96 heads, GELU MLP) exported with
+each attention form (`onnx`, `ms`, `decomposed`), with a key bias (the `attention_mask` input, fed all ones)
+and without one (`attention_mask: false`: a bias-free call; `--attention auto` writes it as `ms`, and the
+biased one as `onnx`), run at 1k/4k/16k tokens on ort-cpu (and tract with `--tract`): time and peak RSS.
 
-Variants are export flags (`before`: `osp-export ... --lowering reference`, the previous lowering; `after`: the
-defaults; `conv3d` / `folded`: the WFVAE with `--video-conv conv3d` / `folded`, 5-D or folded 4-D convolutions;
-ratios are against `before`; a variant whose flags equal an earlier one's for a model is skipped for it);
+Variants are export flags (`before`: `osp-export ... --lowering reference --attention onnx`, the previous
+lowering; `after`: the defaults; `conv3d` / `folded`: the WFVAE with `--video-conv conv3d` / `folded`, 5-D or
+folded 4-D convolutions; ratios are against `before`; a variant whose flags equal an earlier one's for a model is
+skipped for it);
 bundles are exported once into --work.
 Plain Python 3 (no numpy). Build first:
   cargo build --release -p osp-runtime --features tract && cargo build --release -p osp-export
   scripts/bench_kernels.py --work /tmp/osp-kernels [--cases dit1280,dit4096,vae] [--rounds 3]
   scripts/bench_kernels.py --work /tmp/osp-kernels --cases vae_whole --variants conv3d,folded --rounds 3
-  scripts/bench_kernels.py --work /tmp/osp-kernels --attention-table [--tract]
+  scripts/bench_kernels.py --work /tmp/osp-kernels --attention-table [--tract] [--tokens 1024,4096,16384]
+      [--forms onnx,ms,decomposed] [--key-bias key,none] [--backends ort-cpu,tract]
 """
 
 import argparse
@@ -178,7 +182,9 @@ def ab_table(args, osp, osp_export, env):
         samples = {v: [] for v in dit_variants}
         rss = {v: [] for v in dit_variants}
         for v in dit_variants:
-            flags = ["--attention", args.attention] + VARIANTS[v]["dit"]
+            # `before` is the pre-#17 export (ONNX `Attention` everywhere) unless --attention pins one form
+            form = args.attention or ("onnx" if v == "before" else "auto")
+            flags = ["--attention", form] + VARIANTS[v]["dit"]
             export(osp_export, "dit", cfg_path, flags, args.work / f"{case}_{v}", env)
         for r in range(args.rounds):
             for v in (dit_variants if r % 2 == 0 else dit_variants[::-1]):
@@ -223,41 +229,54 @@ def ab_table(args, osp, osp_export, env):
     return rows
 
 
+ATTENTION_FORMS = ["onnx", "ms", "decomposed"]
+
+
 def attention_table(args, osp, osp_export, env):
-    block = {"hidden_size": 768, "num_attention_heads": 8, "attention_head_dim": 96, "ff_inner_dim": 3072,
-             "norm_eps": 1e-5}
-    cfg_path = args.work / "attn_block_config.json"
-    cfg_path.write_text(json.dumps(block))
+    """One transformer block per attention form and key bias (with: `attention_mask` input, all ones;
+    without: `attention_mask: false`, a bias-free call), per sequence length and backend."""
     rows = []
     backends = ["ort-cpu"] + (["tract"] if args.tract else [])
-    for form in ["onnx", "ms", "decomposed"]:
-        out = args.work / f"attn_block_{form}"
-        export(osp_export, "transformer-block", cfg_path, ["--attention", form], out, env)
+    biases = {b: b == "key" for b in args.key_bias.split(",")}
+    forms = args.forms.split(",")
+    for bias, with_mask in biases.items():
+        block = {"hidden_size": 768, "num_attention_heads": 8, "attention_head_dim": 96, "ff_inner_dim": 3072,
+                 "norm_eps": 1e-5, "attention_mask": with_mask}
+        cfg_path = args.work / f"attn_block_{bias}_config.json"
+        cfg_path.write_text(json.dumps(block))
+        for form in forms:
+            export(osp_export, "transformer-block", cfg_path, ["--attention", form],
+                   args.work / f"attn_block_{bias}_{form}", env)
     for tokens in [int(t) for t in args.tokens.split(",")]:
-        inputs = args.work / f"attn_inputs_{tokens}.safetensors"
-        if not inputs.is_file():
-            write_safetensors(inputs, {"hidden_states": ([1, tokens, 768], "normal"),
-                                       "attention_mask": ([1, tokens], [1.0] * tokens)}, seed=tokens)
-        for backend in backends:
-            for form in ["onnx", "ms", "decomposed"]:
-                if backend == "tract" and form == "ms":
-                    continue  # tract parses MultiHeadAttention only without a bias input
-                cmd = [str(osp), "--backend", backend, "--threads", str(args.threads), "run-graph",
-                       str(args.work / f"attn_block_{form}"), "block", "--inputs", str(inputs),
-                       "--out", str(args.work / "attn_out.safetensors"), "--warmup", "1", "--repeats", str(args.rounds)]
-                status, wall, peak, out, cpu = run(cmd, env, args.timeout_s, args.cap_gib)
-                ms = None
-                for line in out.splitlines():
-                    if line.startswith('{"run_ms"'):
-                        ms = statistics.median(json.loads(line)["run_ms"])
-                rows.append({"tokens": tokens, "backend": backend, "attention": form, "status": status,
-                             "median_ms": ms and round(ms, 1), "peak_rss_gib": round(peak / 2**30, 2),
-                             "wall_s": round(wall, 1)})
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(f"\n| tokens | backend | attention | block ms (median of {args.rounds}) | peak RSS GiB | status |")
-    print("|---|---|---|---|---|---|")
+        for bias, with_mask in biases.items():
+            inputs = args.work / f"attn_inputs_{bias}_{tokens}.safetensors"
+            if not inputs.is_file():
+                tensors = {"hidden_states": ([1, tokens, 768], "normal")}
+                if with_mask:
+                    tensors["attention_mask"] = ([1, tokens], [1.0] * tokens)
+                write_safetensors(inputs, tensors, seed=tokens)
+            for backend in [b for b in backends if b in args.backends.split(",")]:
+                for form in forms:
+                    if backend == "tract" and form == "ms" and with_mask:
+                        continue  # tract parses MultiHeadAttention only without a bias input
+                    cmd = [str(osp), "--backend", backend, "--threads", str(args.threads), "run-graph",
+                           str(args.work / f"attn_block_{bias}_{form}"), "block", "--inputs", str(inputs),
+                           "--out", str(args.work / "attn_out.safetensors"), "--warmup", "1",
+                           "--repeats", str(args.rounds)]
+                    status, wall, peak, out, cpu = run(cmd, env, args.timeout_s, args.cap_gib)
+                    ms = None
+                    for line in out.splitlines():
+                        if line.startswith('{"run_ms"'):
+                            ms = statistics.median(json.loads(line)["run_ms"])
+                    rows.append({"tokens": tokens, "backend": backend, "key_bias": bias, "attention": form,
+                                 "status": status, "median_ms": ms and round(ms, 1),
+                                 "peak_rss_gib": round(peak / 2**30, 2), "wall_s": round(wall, 1)})
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(f"\n| tokens | backend | key bias | attention | block ms (median of {args.rounds}) | peak RSS GiB | status |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['tokens']} | {r['backend']} | {r['attention']} | {r['median_ms']} | {r['peak_rss_gib']} | {r['status']} |")
+        print(f"| {r['tokens']} | {r['backend']} | {r['key_bias']} | {r['attention']} | {r['median_ms']} "
+              f"| {r['peak_rss_gib']} | {r['status']} |")
     return rows
 
 
@@ -269,10 +288,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--cases", default="dit1280,dit4096,vae")
     ap.add_argument("--variants", default="before,after,folded", help=f"comma-separated, of {sorted(VARIANTS)}")
-    ap.add_argument("--attention", default="onnx", help="DiT attention form of both variants")
+    ap.add_argument("--attention", default=None,
+                    help="DiT attention form of every variant (default: `before` onnx, the others auto)")
     ap.add_argument("--attention-table", action="store_true")
     ap.add_argument("--tokens", default="1024,4096,16384", help="attention table sequence lengths")
     ap.add_argument("--tract", action="store_true", help="attention table: tract rows too")
+    ap.add_argument("--forms", default=",".join(ATTENTION_FORMS), help="attention table: forms (onnx,ms,decomposed)")
+    ap.add_argument("--key-bias", default="key,none", help="attention table: with (key) and/or without (none) a key bias")
+    ap.add_argument("--backends", default="ort-cpu,tract", help="attention table: backends (tract needs --tract)")
     ap.add_argument("--cap-gib", type=float, default=10.0, help="address-space cap per run, GiB (runs over it are reported as such)")
     ap.add_argument("--timeout-s", type=int, default=900, help="wall-time limit per run")
     ap.add_argument("--json", type=Path, default=None, help="results file (default: <work>/kernels.json)")

@@ -9,6 +9,7 @@ use crate::bundle::DEFAULT_EXTERNAL_DATA_THRESHOLD;
 /// How to export a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportOptions {
+    /// The attention form asked for; the graphs are written with [`Self::attention_form`].
     pub attention: AttentionKind,
     pub precision: Precision,
     /// Initializers larger than this many bytes go to the `.onnx.data` file.
@@ -65,6 +66,7 @@ impl std::fmt::Display for VideoConv {
 /// | | `Reference` | `Fast` (default) |
 /// |---|---|---|
 /// | GELU (tanh approximation) | `Mul`/`Add`/`Tanh` | ONNX `Gelu` (opset 20, `approximate = "tanh"`), kept in f32 |
+/// | DiT skiparse key-padding bias | the attention's bias input | one more q/k/v channel per head, a bias-free call (`GraphBuilder::attention_key_bias_channel`) |
 ///
 /// `Reference` is the lowering before issue #17, kept for the invariance tests and A/B benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -89,15 +91,48 @@ impl std::fmt::Display for Lowering {
     }
 }
 
+impl ExportOptions {
+    /// The attention form the graphs are written with: [`Self::attention`], except that
+    /// [`AttentionKind::Auto`] becomes [`AttentionKind::OnnxAttention`] at f16/bf16 (the precisions
+    /// of GPU bundles: TensorRT has no `MultiHeadAttention` importer, and ONNX Runtime's CPU
+    /// `MultiHeadAttention` is f32 only).
+    pub fn attention_form(&self) -> AttentionKind {
+        match (self.attention, self.precision) {
+            (AttentionKind::Auto, Precision::F16 | Precision::Bf16) => AttentionKind::OnnxAttention,
+            (kind, _) => kind,
+        }
+    }
+}
+
 impl Default for ExportOptions {
     fn default() -> Self {
         Self {
-            attention: AttentionKind::OnnxAttention,
+            attention: AttentionKind::Auto,
             precision: Precision::F32,
             external_data_threshold_bytes: DEFAULT_EXTERNAL_DATA_THRESHOLD,
             source: None,
             lowering: Lowering::default(),
             video_conv: VideoConv::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_attention_is_onnx_attention_at_half_precision_only() {
+        let form =
+            |attention, precision| ExportOptions { attention, precision, ..ExportOptions::default() }.attention_form();
+        assert_eq!(ExportOptions::default().attention, AttentionKind::Auto);
+        for p in [Precision::F32, Precision::Int8] {
+            assert_eq!(form(AttentionKind::Auto, p), AttentionKind::Auto);
+        }
+        for p in [Precision::F16, Precision::Bf16] {
+            assert_eq!(form(AttentionKind::Auto, p), AttentionKind::OnnxAttention);
+            assert_eq!(form(AttentionKind::MsMultiHeadAttention, p), AttentionKind::MsMultiHeadAttention);
+            assert_eq!(form(AttentionKind::Decomposed, p), AttentionKind::Decomposed);
         }
     }
 }

@@ -55,10 +55,18 @@ pub struct TransformerBlockConfig {
     pub ff_inner_dim: usize,
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
+    /// `true`: the graph takes `attention_mask` `[b, n]` and its attention a key bias; `false`: no
+    /// mask input and a bias-free attention call (every key attends).
+    #[serde(default = "default_attention_mask")]
+    pub attention_mask: bool,
 }
 
 fn default_norm_eps() -> f64 {
     1e-6
+}
+
+fn default_attention_mask() -> bool {
+    true
 }
 
 /// A bias-free `nn.Linear(in_features, out_features)`.

@@ -148,6 +148,10 @@ pub enum AttentionKind {
     MsMultiHeadAttention,
     /// MatMul / Softmax / MatMul, for backends with neither fused form.
     Decomposed,
+    /// Chosen per call: `com.microsoft` `MultiHeadAttention` where the call has no bias (ONNX
+    /// Runtime's CPU flash kernel, memory linear in the sequence; tract lowers it to its flash SDPA),
+    /// ONNX `Attention` where it has one.
+    Auto,
     /// The graph has no attention.
     None,
 }
@@ -158,6 +162,7 @@ impl fmt::Display for AttentionKind {
             AttentionKind::OnnxAttention => "onnx_attention",
             AttentionKind::MsMultiHeadAttention => "ms_multi_head_attention",
             AttentionKind::Decomposed => "decomposed",
+            AttentionKind::Auto => "auto",
             AttentionKind::None => "none",
         };
         f.write_str(s)
@@ -570,6 +575,7 @@ mod tests {
             attention_head_dim: 4,
             ff_inner_dim: 16,
             norm_eps: 1e-6,
+            attention_mask: true,
         };
         let mut m = BundleManifest::new(ModelSpec::TransformerBlock(cfg), Provenance::default());
         m.graphs.insert("g".into(), spec());

@@ -86,6 +86,7 @@ pub fn block_bundle(dir: &Path) -> Result<PathBuf> {
         attention_head_dim: 16,
         ff_inner_dim: 64,
         norm_eps: 1e-6,
+        attention_mask: true,
     };
     let w = TransformerBlockWeights::random(&cfg, 0)?;
     let opts = osp_export::ExportOptions { external_data_threshold_bytes: 1024, ..Default::default() };

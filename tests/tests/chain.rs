@@ -30,6 +30,7 @@ fn config() -> TransformerBlockConfig {
         attention_head_dim: 16,
         ff_inner_dim: 96,
         norm_eps: 1e-6,
+        attention_mask: true,
     }
 }
 
@@ -114,6 +115,43 @@ fn every_attention_form_matches_the_reference_on_every_cpu_backend() -> Result<(
 /// always carries its key mask; that form is for ONNX Runtime (its fused CUDA kernels).
 fn runs_on(form: AttentionKind, backend: &Backend) -> bool {
     !(form == AttentionKind::MsMultiHeadAttention && *backend == Backend::Tract)
+}
+
+/// `attention_mask: false` (no mask input, a bias-free call: ONNX Runtime's flash path for
+/// `MultiHeadAttention`, tract's flash SDPA) against the masked block fed an all-ones mask (a zero
+/// bias), for every form on every CPU backend; `MultiHeadAttention` without a bias runs on tract.
+#[test]
+fn the_bias_free_block_equals_the_block_with_an_all_ones_mask() -> Result<()> {
+    let cfg = config();
+    let free_cfg = TransformerBlockConfig { attention_mask: false, ..cfg.clone() };
+    let w = TransformerBlockWeights::random(&cfg, 11)?;
+    let (x, _) = inputs(&cfg, 2, 40, 0, 4);
+    let ones = Array2::ones((2, 40));
+    let tmp = tempfile::tempdir()?;
+    for form in [
+        AttentionKind::Auto,
+        AttentionKind::OnnxAttention,
+        AttentionKind::MsMultiHeadAttention,
+        AttentionKind::Decomposed,
+    ] {
+        let masked = export(&tmp.path().join(format!("{form}-mask")), &cfg, &w, form, Precision::F32)?;
+        let free = export(&tmp.path().join(format!("{form}-free")), &free_cfg, &w, form, Precision::F32)?;
+        let names: Vec<_> = free.manifest().graph("block")?.inputs.iter().map(|t| t.name.clone()).collect();
+        assert_eq!(names, ["hidden_states"]);
+        for backend in cpu_backends() {
+            let mut session = free.session("block", &SessionOptions::new(backend.clone()).with_threads(2))?;
+            let out = session.run(&[("hidden_states", &Tensor::from(x.clone().into_dyn()))])?;
+            let y = out.get("output").context("graph output `output`")?.to_f32_vec();
+            if !runs_on(form, &backend) {
+                continue;
+            }
+            let want = run_block(&masked, &backend, &x, &ones)?;
+            let c =
+                check_close(&format!("bias-free {form} on {backend}"), &y, want.as_slice().unwrap(), Approx::Close)?;
+            eprintln!("bias-free {form:>24} on {backend:<8} vs all-ones mask: {c}");
+        }
+    }
+    Ok(())
 }
 
 #[test]

@@ -155,7 +155,7 @@ fn every_attention_form_runs_the_segments() -> Result<()> {
     let config = twelve_heads()?;
     let w = DitWeights::random(&config, 17)?;
     let inputs = call(1, 8, 3, 4, 4, 4, 16, 3);
-    for form in [AttentionKind::MsMultiHeadAttention, AttentionKind::Decomposed] {
+    for form in [AttentionKind::MsMultiHeadAttention, AttentionKind::Decomposed, AttentionKind::Auto] {
         let tmp = tempfile::tempdir()?;
         let bundle = export(tmp.path(), &config, &w, form)?;
         let want = single(&bundle, &inputs)?;

@@ -19,7 +19,13 @@ fn tiny_graph(kind: AttentionKind) -> crate::graph::OnnxGraph {
 
 #[test]
 fn model_proto_round_trips_through_prost() {
-    for kind in [AttentionKind::OnnxAttention, AttentionKind::MsMultiHeadAttention, AttentionKind::Decomposed] {
+    let kinds = [
+        AttentionKind::OnnxAttention,
+        AttentionKind::MsMultiHeadAttention,
+        AttentionKind::Decomposed,
+        AttentionKind::Auto,
+    ];
+    for kind in kinds {
         let g = tiny_graph(kind);
         let proto = g.to_model_proto().unwrap();
         let bytes = proto.encode_to_vec();
@@ -29,7 +35,9 @@ fn model_proto_round_trips_through_prost() {
         let domains: Vec<_> =
             back.opset_import.iter().map(|o| (o.domain.clone().unwrap(), o.version.unwrap())).collect();
         let has_ms = domains.contains(&(crate::MS_DOMAIN.to_string(), 1));
-        assert_eq!(has_ms, kind == AttentionKind::MsMultiHeadAttention, "{domains:?}");
+        // `Auto` writes this bias-free call as `MultiHeadAttention`
+        let ms = matches!(kind, AttentionKind::MsMultiHeadAttention | AttentionKind::Auto);
+        assert_eq!(has_ms, ms, "{domains:?}");
         assert!(domains.contains(&(String::new(), 23)));
         let graph = back.graph.unwrap();
         assert_eq!(graph.initializer.iter().filter(|t| t.name.as_deref() == Some("attn1.to_q.weight")).count(), 1);
@@ -79,4 +87,47 @@ fn linear_uses_gemm_for_2d_and_matmul_transpose_for_nd() {
     let gemm = &g.nodes[0];
     assert!(gemm.attribute.iter().any(|a| a.name.as_deref() == Some("transB") && a.i == Some(1)));
     assert_eq!(g.initializer("w").unwrap().dims, vec![3, 4], "the weight keeps the PyTorch layout");
+}
+
+/// The attention ops of a graph with one call on `[b, n, 8]` (2 heads): with a key bias `[b, 1, 1, n]`
+/// as the bias input, or through [`GraphBuilder::attention_key_bias_channel`].
+fn attention_ops(kind: AttentionKind, bias: bool, channel: bool) -> Vec<(String, usize)> {
+    let mut b = GraphBuilder::new("g");
+    let x = b.input(TensorSpec::new("x", DType::F32, [Dim::sym("b"), Dim::sym("n"), Dim::Fixed(8)])).unwrap();
+    let m = b.input(TensorSpec::new("m", DType::F32, [Dim::sym("b"), 1.into(), 1.into(), Dim::sym("n")])).unwrap();
+    let spec = AttentionSpec { kind, num_heads: 2, scale: 0.5 };
+    let y = match (bias, channel) {
+        (true, true) => b.attention_key_bias_channel(&spec, &x, &x, &x, &m).unwrap(),
+        (true, false) => b.attention(&spec, &x, &x, &x, Some(&m)).unwrap(),
+        (false, _) => b.attention(&spec, &x, &x, &x, None).unwrap(),
+    };
+    b.output(&y, TensorSpec::new("y", DType::F32, [Dim::sym("b"), Dim::sym("n"), Dim::Fixed(8)])).unwrap();
+    let g = b.finish().unwrap();
+    g.nodes
+        .iter()
+        .filter(|n| matches!(n.op_type.as_deref(), Some("Attention" | "MultiHeadAttention" | "Softmax")))
+        .map(|n| (n.op_type.clone().unwrap(), n.input.iter().filter(|i| !i.is_empty()).count()))
+        .collect()
+}
+
+#[test]
+fn auto_attention_is_multi_head_attention_without_a_bias_and_onnx_attention_with_one() {
+    let ms = |inputs| vec![("MultiHeadAttention".to_string(), inputs)];
+    let onnx = |inputs| vec![("Attention".to_string(), inputs)];
+    assert_eq!(attention_ops(AttentionKind::Auto, false, false), ms(3));
+    assert_eq!(attention_ops(AttentionKind::Auto, true, false), onnx(4));
+    // the key bias in a channel: a bias-free call, so `Auto` reaches the flash path
+    assert_eq!(attention_ops(AttentionKind::Auto, true, true), ms(3));
+    assert_eq!(attention_ops(AttentionKind::OnnxAttention, true, true), onnx(3));
+    assert_eq!(attention_ops(AttentionKind::Decomposed, true, true), vec![("Softmax".to_string(), 1)]);
+}
+
+#[test]
+fn key_bias_channel_rejects_a_bias_that_is_not_4d() {
+    let mut b = GraphBuilder::new("g");
+    let x = b.input(TensorSpec::new("x", DType::F32, [Dim::sym("b"), Dim::sym("n"), Dim::Fixed(8)])).unwrap();
+    let m = b.input(TensorSpec::new("m", DType::F32, [Dim::sym("b"), Dim::sym("n")])).unwrap();
+    let spec = AttentionSpec { kind: AttentionKind::Auto, num_heads: 2, scale: 0.5 };
+    let err = b.attention_key_bias_channel(&spec, &x, &x, &x, &m).unwrap_err().to_string();
+    assert!(err.contains("must be 4-D"), "{err}");
 }

@@ -70,6 +70,10 @@ pub enum Command {
 /// How attention is expressed in the graph.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum AttentionArg {
+    /// Per call: `com.microsoft.MultiHeadAttention` without a bias (ONNX Runtime's CPU flash
+    /// kernel, memory linear in the sequence), ONNX `Attention` with one; ONNX `Attention`
+    /// everywhere at f16/bf16.
+    Auto,
     /// Standard ONNX `Attention` (opset 23).
     Onnx,
     /// `com.microsoft.MultiHeadAttention` (ONNX Runtime contrib op).
@@ -81,6 +85,7 @@ pub enum AttentionArg {
 impl From<AttentionArg> for AttentionKind {
     fn from(a: AttentionArg) -> Self {
         match a {
+            AttentionArg::Auto => AttentionKind::Auto,
             AttentionArg::Onnx => AttentionKind::OnnxAttention,
             AttentionArg::Ms => AttentionKind::MsMultiHeadAttention,
             AttentionArg::Decomposed => AttentionKind::Decomposed,
@@ -151,8 +156,9 @@ impl From<PrecisionArg> for Precision {
 /// Graph options every model export takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GraphOpts {
-    /// Attention form in the graphs (`ms` runs on ONNX Runtime only: tract rejects its bias input).
-    #[arg(long, value_enum, default_value = "onnx")]
+    /// Attention form in the graphs (`ms` runs on ONNX Runtime only: tract rejects its bias input;
+    /// `auto` runs on both); see docs/export.md.
+    #[arg(long, value_enum, default_value = "auto")]
     pub attention: AttentionArg,
     /// Precision of weights and interior arithmetic (graph I/O keep their manifest dtypes).
     #[arg(long, value_enum, default_value = "f32")]

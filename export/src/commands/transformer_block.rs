@@ -11,7 +11,7 @@ use super::{ModelArgs, WeightSource};
 
 #[derive(Debug, Args)]
 pub struct TransformerBlockArgs {
-    /// Block config JSON (`hidden_size`, `num_attention_heads`, `attention_head_dim`, `ff_inner_dim`, `norm_eps`).
+    /// Block config JSON (`hidden_size`, `num_attention_heads`, `attention_head_dim`, `ff_inner_dim`, `norm_eps`, `attention_mask`: false for a block without a mask input).
     #[arg(long)]
     config: PathBuf,
     #[command(flatten)]
@@ -19,7 +19,7 @@ pub struct TransformerBlockArgs {
     /// Also write the weights used (e.g. the random ones) to this safetensors file.
     #[arg(long)]
     save_weights: Option<PathBuf>,
-    /// Also write example inputs (`hidden_states` ~ N(0, 1), all-ones `attention_mask`) to this safetensors file.
+    /// Also write example inputs (`hidden_states` ~ N(0, 1), all-ones `attention_mask` when the block takes one) to this safetensors file.
     #[arg(long)]
     example_inputs: Option<PathBuf>,
     /// Batch size of the example inputs.

@@ -4,7 +4,8 @@
 //! Graph `block`: `hidden_states` f32 `[b, n, hidden_size]`, `attention_mask` f32 `[b, n]`
 //! (1 = keep key, 0 = masked key) -> `output` f32 `[b, n, hidden_size]`:
 //! `h = x + attn1(norm1(x), bias)`, `output = h + ff(norm2(h))`, with the additive attention bias
-//! `(1 - mask) * -10000` broadcast as `[b, 1, 1, n]` (the Open-Sora-Plan DiT convention).
+//! `(1 - mask) * -10000` broadcast as `[b, 1, 1, n]` (the Open-Sora-Plan DiT convention). With
+//! `attention_mask: false` in the config the graph has no mask input and a bias-free attention call.
 //!
 //! `osp-export transformer-block --config block.json --seed 0 --out /tmp/block.bundle`
 
@@ -149,16 +150,19 @@ pub fn build_graph(
         d
     };
     let x = b.input(TensorSpec::new("hidden_states", DType::F32, dims(Some(h))))?; // [b, n, h]
-    let mask = b.input(TensorSpec::new("attention_mask", DType::F32, dims(None)))?; // [b, n]
     let p = |b: &mut GraphBuilder, key: &str| b.initializer(key, w.tensor(key));
-
-    let bias = b.scoped("attention_bias", |b| {
-        let one = b.scalar(1.0, DType::F32)?;
-        let big = b.scalar(MASKED_BIAS, DType::F32)?;
-        let inv = b.sub(&one, &mask)?;
-        let bias = b.mul(&inv, &big)?;
-        Ok(b.unsqueeze(&bias, &[1, 2])) // [b, 1, 1, n]
-    })?;
+    let bias = if cfg.attention_mask {
+        let mask = b.input(TensorSpec::new("attention_mask", DType::F32, dims(None)))?; // [b, n]
+        Some(b.scoped("attention_bias", |b| {
+            let one = b.scalar(1.0, DType::F32)?;
+            let big = b.scalar(MASKED_BIAS, DType::F32)?;
+            let inv = b.sub(&one, &mask)?;
+            let bias = b.mul(&inv, &big)?;
+            Ok(b.unsqueeze(&bias, &[1, 2])) // [b, 1, 1, n]
+        })?)
+    } else {
+        None
+    };
 
     let attn = b.scoped("attn1", |b| {
         let (nw, nb) = (p(b, "norm1.weight")?, p(b, "norm1.bias")?);
@@ -173,7 +177,7 @@ pub fn build_graph(
         let v = proj(b, "to_v", &normed)?;
         let scale = 1.0 / (cfg.attention_head_dim as f64).sqrt();
         let spec = AttentionSpec { kind: attention, num_heads: cfg.num_attention_heads, scale };
-        let o = b.attention(&spec, &q, &k, &v, Some(&bias))?;
+        let o = b.attention(&spec, &q, &k, &v, bias.as_ref())?;
         proj(b, "to_out.0", &o) // [b, n, h]
     })?;
     let hidden = b.add(&x, &attn)?;
@@ -200,19 +204,19 @@ pub fn export_transformer_block(
     out: &Path,
 ) -> Result<BundleManifest> {
     let w = TransformerBlockWeights::from_weights(cfg, weights.clone())?;
-    let mut graph = build_graph(cfg, &w, opts.attention)?;
+    let mut graph = build_graph(cfg, &w, opts.attention_form())?;
     passes::optimize(&mut graph, opts.precision)?;
     let prov = provenance(opts.source.as_deref())?;
     let mut writer =
         BundleWriter::create(out, ModelSpec::TransformerBlock(cfg.clone()), prov, opts.external_data_threshold_bytes)?;
-    writer.add_graph("block", &graph, opts.attention, BTreeMap::new())?;
+    writer.add_graph("block", &graph, opts.attention_form(), BTreeMap::new())?;
     let manifest = writer.finish()?;
-    info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, "exported transformer block");
+    info!(bundle = %out.display(), attention = %opts.attention_form(), precision = %opts.precision, "exported transformer block");
     Ok(manifest)
 }
 
-/// Example inputs for `osp run-graph`: `hidden_states` ~ N(0, 1) `[batch, tokens, hidden_size]` and an
-/// all-ones `attention_mask` `[batch, tokens]`.
+/// Example inputs for `osp run-graph`: `hidden_states` ~ N(0, 1) `[batch, tokens, hidden_size]` and,
+/// when the block takes one, an all-ones `attention_mask` `[batch, tokens]`.
 pub fn example_inputs(cfg: &TransformerBlockConfig, batch: usize, tokens: usize, seed: u64) -> Result<Weights> {
     if batch == 0 || tokens == 0 {
         return Err(Error::Config("example inputs need batch and tokens >= 1".into()));
@@ -222,7 +226,9 @@ pub fn example_inputs(cfg: &TransformerBlockConfig, batch: usize, tokens: usize,
     let x: Vec<f32> = (0..batch * tokens * cfg.hidden_size).map(|_| rng.sample(dist)).collect();
     let mut inputs = Weights::new();
     inputs.insert("hidden_states", HostTensor::from_f32(vec![batch, tokens, cfg.hidden_size], &x)?);
-    inputs.insert("attention_mask", HostTensor::from_f32(vec![batch, tokens], &vec![1.0; batch * tokens])?);
+    if cfg.attention_mask {
+        inputs.insert("attention_mask", HostTensor::from_f32(vec![batch, tokens], &vec![1.0; batch * tokens])?);
+    }
     Ok(inputs)
 }
 

@@ -394,7 +394,7 @@ pub fn export_mt5(
     opts: &Mt5ExportOptions,
     out: &Path,
 ) -> Result<BundleManifest> {
-    let mut graph = build_graph(cfg, weights, opts.graph.attention, opts.graph.precision)?;
+    let mut graph = build_graph(cfg, weights, opts.graph.attention_form(), opts.graph.precision)?;
     passes::optimize_int8(&mut graph, opts.graph.precision, &int8_layers(cfg))?;
     let prov = provenance(opts.graph.source.as_deref())?;
     let mut writer = BundleWriter::create(
@@ -415,9 +415,9 @@ pub fn export_mt5(
         meta.insert(TOKENIZER_KEY.to_string(), serde_json::json!(name));
         meta.insert(TOKENIZER_SHA256_KEY.to_string(), serde_json::json!(hex::encode(Sha256::digest(&bytes))));
     }
-    writer.add_graph(GRAPH, &graph, opts.graph.attention, meta)?;
+    writer.add_graph(GRAPH, &graph, opts.graph.attention_form(), meta)?;
     let manifest = writer.finish()?;
-    info!(bundle = %out.display(), attention = %opts.graph.attention, precision = %opts.graph.precision, "exported mT5 encoder");
+    info!(bundle = %out.display(), attention = %opts.graph.attention_form(), precision = %opts.graph.precision, "exported mT5 encoder");
     Ok(manifest)
 }
 

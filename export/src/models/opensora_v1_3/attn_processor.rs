@@ -16,7 +16,10 @@
 //!   self-attention bias: it is computed in-graph (`Range(Np) < N`, regrouped like the tokens,
 //!   tiled over the batch) because `N` is only known at run time. Full-attention layers have no
 //!   bias at all, so fused kernels run them unmasked. A skiparse layer always carries the bias
-//!   input; when `N` is a multiple of `n²` its values are all zero.
+//!   input; when `N` is a multiple of `n²` its values are all zero. The `Fast` lowering passes
+//!   that bias through one more query/key channel per head instead
+//!   ([`GraphBuilder::attention_key_bias_channel`]), so every self-attention call is bias-free
+//!   (the fused kernels' linear-memory paths); `Reference` passes it as the bias input.
 //!
 //! Cross-attention queries are regrouped upstream too, but every group sees all text keys with the
 //! same bias, so it is computed densely (identical result, ARCH.md §2.4).
@@ -26,6 +29,7 @@ use osp_trainer::models::opensora_v1_3::{Skiparse, PAD_BIAS};
 
 use crate::builder::{AttentionSpec, GraphBuilder, Value};
 use crate::error::{Error, Result};
+use crate::options::Lowering;
 use crate::tensor::HostTensor;
 
 use super::patch_embed_2d::Grid;
@@ -198,7 +202,12 @@ pub(crate) fn self_attention(
             let k = sg.regroup(g, grid, kind, k, inner)?;
             let v = sg.regroup(g, grid, kind, v, inner)?;
             let bias = sg.bias(kind)?.clone();
-            let out = g.attention(spec, &q, &k, &v, Some(&bias))?; // [b * n, S, inner]
+            // A sub-sequence whose keys are all padded holds only padded queries (dropped by
+            // `ungroup`), which is the contract of the bias channel.
+            let out = match g.lowering() {
+                Lowering::Fast => g.attention_key_bias_channel(spec, &q, &k, &v, &bias)?,
+                Lowering::Reference => g.attention(spec, &q, &k, &v, Some(&bias))?,
+            }; // [b * n, S, inner]
             sg.ungroup(g, grid, kind, &out, inner)
         }
         _ => Err(Error::Config(format!("no skiparse grid prepared for {kind:?}"))),

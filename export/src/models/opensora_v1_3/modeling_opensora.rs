@@ -182,7 +182,7 @@ pub fn export_opensora_t2v(
     opts: &ExportOptions,
     out: &Path,
 ) -> Result<BundleManifest> {
-    let mut graph = build_graph_with(config, weights, opts.attention, opts.lowering)?;
+    let mut graph = build_graph_with(config, weights, opts.attention_form(), opts.lowering)?;
     let inner = config.num_attention_heads * config.attention_head_dim;
     let (mut text_graph, mut cached_graph) = super::cached_text::cut_cached_graphs(&graph, config.num_layers, inner)?;
     let int8 = [INT8_LAYERS.to_string()];
@@ -202,13 +202,13 @@ pub fn export_opensora_t2v(
         })
         .collect();
     metadata.insert("layer_attention".to_string(), serde_json::json!(layers));
-    writer.add_graph(GRAPH_NAME, &graph, opts.attention, metadata.clone())?;
+    writer.add_graph(GRAPH_NAME, &graph, opts.attention_form(), metadata.clone())?;
     drop(graph);
     for (name, g) in
         [(super::cached_text::TEXT_GRAPH, &mut text_graph), (super::cached_text::CACHED_GRAPH, &mut cached_graph)]
     {
         passes::optimize_int8(g, opts.precision, &int8)?;
-        writer.add_graph(name, g, opts.attention, metadata.clone())?;
+        writer.add_graph(name, g, opts.attention_form(), metadata.clone())?;
     }
     // int8's per-tensor activation scales depend on the rows a graph sees, so sequence shards
     // could not equal one device: int8 bundles carry no parallel segments.
@@ -216,6 +216,6 @@ pub fn export_opensora_t2v(
         super::segments::add_segments(&mut writer, config, weights, opts)?;
     }
     let manifest = writer.finish()?;
-    info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, lowering = %opts.lowering, layers = config.num_layers, "exported OpenSoraT2V v1.3");
+    info!(bundle = %out.display(), attention = %opts.attention_form(), precision = %opts.precision, lowering = %opts.lowering, layers = config.num_layers, "exported OpenSoraT2V v1.3");
     Ok(manifest)
 }

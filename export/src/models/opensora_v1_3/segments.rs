@@ -307,7 +307,7 @@ pub fn add_segments(
     w: &DitWeights,
     opts: &crate::options::ExportOptions,
 ) -> Result<DitSegments> {
-    let (protocol, graphs) = build_segments(config, w, opts.attention)?;
+    let (protocol, graphs) = build_segments(config, w, opts.attention_form())?;
     let value = serde_json::to_value(&protocol).map_err(|e| Error::Config(format!("dit_segments: {e}")))?;
     for (name, mut graph) in graphs {
         passes::optimize(&mut graph, opts.precision)?;
@@ -315,7 +315,7 @@ pub fn add_segments(
         if name == PRE_GRAPH {
             metadata.insert(SEGMENTS_METADATA_KEY.to_string(), value.clone());
         }
-        writer.add_graph(&name, &graph, opts.attention, metadata)?;
+        writer.add_graph(&name, &graph, opts.attention_form(), metadata)?;
     }
     Ok(protocol)
 }

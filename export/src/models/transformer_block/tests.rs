@@ -12,6 +12,7 @@ fn cfg() -> TransformerBlockConfig {
         attention_head_dim: 16,
         ff_inner_dim: 64,
         norm_eps: 1e-6,
+        attention_mask: true,
     }
 }
 

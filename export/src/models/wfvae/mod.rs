@@ -228,7 +228,7 @@ pub fn export_wfvae(
     out: &Path,
 ) -> Result<BundleManifest> {
     let model = ModelSpec::Wfvae(manifest_config(cfg)?);
-    let graphs = build_graphs_with(cfg, weights, opts.attention, opts.video_conv)?;
+    let graphs = build_graphs_with(cfg, weights, opts.attention_form(), opts.video_conv)?;
     let prov = provenance(opts.source.as_deref())?;
     let mut writer = BundleWriter::create(out, model, prov, opts.external_data_threshold_bytes)?;
     for mut g in graphs {
@@ -236,6 +236,6 @@ pub fn export_wfvae(
         writer.add_graph(g.name, &g.graph, g.attention, g.metadata)?;
     }
     let manifest = writer.finish()?;
-    info!(bundle = %out.display(), attention = %opts.attention, precision = %opts.precision, video_conv = %opts.video_conv, "exported WFVAE");
+    info!(bundle = %out.display(), attention = %opts.attention_form(), precision = %opts.precision, video_conv = %opts.video_conv, "exported WFVAE");
     Ok(manifest)
 }
