@@ -66,7 +66,7 @@ impl std::fmt::Display for VideoConv {
 /// | | `Reference` | `Fast` (default) |
 /// |---|---|---|
 /// | GELU (tanh approximation) | `Mul`/`Add`/`Tanh` | ONNX `Gelu` (opset 20, `approximate = "tanh"`), kept in f32 |
-/// | DiT skiparse key-padding bias | the attention's bias input | one more q/k/v channel per head, a bias-free call (`GraphBuilder::attention_key_bias_channel`) |
+/// | DiT skiparse key-padding bias | the attention's bias input | with `--attention auto\|ms`: one more q/k/v channel per head, a bias-free call (`GraphBuilder::attention_key_bias_channel`); other forms: the bias input |
 ///
 /// `Reference` is the lowering before issue #17, kept for the invariance tests and A/B benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

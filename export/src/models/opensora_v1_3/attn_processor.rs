@@ -16,15 +16,15 @@
 //!   self-attention bias: it is computed in-graph (`Range(Np) < N`, regrouped like the tokens,
 //!   tiled over the batch) because `N` is only known at run time. Full-attention layers have no
 //!   bias at all, so fused kernels run them unmasked. A skiparse layer always carries the bias
-//!   input; when `N` is a multiple of `n²` its values are all zero. The `Fast` lowering passes
-//!   that bias through one more query/key channel per head instead
-//!   ([`GraphBuilder::attention_key_bias_channel`]), so every self-attention call is bias-free
-//!   (the fused kernels' linear-memory paths); `Reference` passes it as the bias input.
+//!   input; when `N` is a multiple of `n²` its values are all zero. With the `auto` and `ms`
+//!   attention forms the `Fast` lowering passes that bias through one more query/key channel per
+//!   head instead ([`GraphBuilder::attention_key_bias_channel`]), so every self-attention call is
+//!   bias-free (ONNX Runtime's flash `MultiHeadAttention`); otherwise it is the bias input.
 //!
 //! Cross-attention queries are regrouped upstream too, but every group sees all text keys with the
 //! same bias, so it is computed densely (identical result, ARCH.md §2.4).
 
-use osp_graphs::DType;
+use osp_graphs::{AttentionKind, DType};
 use osp_trainer::models::opensora_v1_3::{Skiparse, PAD_BIAS};
 
 use crate::builder::{AttentionSpec, GraphBuilder, Value};
@@ -204,9 +204,15 @@ pub(crate) fn self_attention(
             let bias = sg.bias(kind)?.clone();
             // A sub-sequence whose keys are all padded holds only padded queries (dropped by
             // `ungroup`), which is the contract of the bias channel.
-            let out = match g.lowering() {
-                Lowering::Fast => g.attention_key_bias_channel(spec, &q, &k, &v, &bias)?,
-                Lowering::Reference => g.attention(spec, &q, &k, &v, Some(&bias))?,
+            // The channel only pays where a bias-free call reaches a flash kernel (`MultiHeadAttention`
+            // in ONNX Runtime); ONNX `Attention` and the decomposed form take the bias input as
+            // cheaply, and one more channel per head costs them GEMM efficiency.
+            let channel = g.lowering() == Lowering::Fast
+                && matches!(spec.kind, AttentionKind::Auto | AttentionKind::MsMultiHeadAttention);
+            let out = if channel {
+                g.attention_key_bias_channel(spec, &q, &k, &v, &bias)?
+            } else {
+                g.attention(spec, &q, &k, &v, Some(&bias))?
             }; // [b * n, S, inner]
             sg.ungroup(g, grid, kind, &out, inner)
         }
