@@ -208,8 +208,8 @@ fn streaming_does_not_reproduce_the_official_even_length_bug() -> Result<()> {
 
 /// The folded layout (`VideoConv::Folded`: frames in the batch, time taps in the channels, 4-D
 /// convolutions) against the 5-D `Conv` lowering (the default): the encoder and the whole-clip
-/// decoder, the first streaming graph (its `cache_out.*` state has the same layout and values)
-/// and streaming in chunks of 1 and 2, on every CPU backend, to `Close`.
+/// decoder, the first streaming graph (its `cache_out.*` state has the same layout and values; on
+/// ort-cpu) and streaming in chunks of 1 and 2, on every CPU backend, to `Close`.
 #[test]
 fn folded_convolutions_equal_conv3d() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -221,18 +221,21 @@ fn folded_convolutions_equal_conv3d() -> Result<()> {
     let z = latents(5);
     let z0 = frames(&z, 0, 1);
     for backend in cpu_backends() {
-        for (graph, name, input) in [(ENCODER, "x", fixture("input.x")?), (DECODER, "z", &z), (DECODER_FIRST, "z", &z0)]
-        {
+        let mut graphs = vec![(ENCODER, "x", fixture("input.x")?), (DECODER, "z", &z)];
+        // The first streaming graph's `cache_out.*` states are interior activations: on ort-cpu
+        // they match to `Close`; tract's 5-D convolution sums in another order than its 4-D one and
+        // moves 2 of 8192 state values by 1.1e-5 (cosine 1.0), so on tract the states are checked
+        // through what consumes them, the streamed decodes below, at `Close`.
+        if backend == Backend::OrtCpu {
+            graphs.push((DECODER_FIRST, "z", &z0));
+        }
+        for (graph, name, input) in graphs {
             let a = run1(&fast, graph, &backend, &[(name, input)])?;
             let b = run1(&reference, graph, &backend, &[(name, input)])?;
             ensure!(!a.is_empty() && a.len() == b.len(), "{graph}: outputs {:?} vs {:?}", a.keys(), b.keys());
             for (k, v) in &a {
                 let expected = b.get(k).with_context(|| format!("{graph}: conv3d has no output `{k}`"))?;
-                // states are interior activations, several times larger than the outputs: an
-                // absolute `Close` is below their f32 summation-order noise on tract; a layout
-                // mix-up would differ by O(1)
-                let level = if k.starts_with(CACHE_OUT) { Approx::Approximate } else { Approx::Close };
-                compare(&format!("{backend} {graph}.{k}: folded vs conv3d"), v, expected, level)?;
+                compare(&format!("{backend} {graph}.{k}: folded vs conv3d"), v, expected, Approx::Close)?;
             }
         }
         let mut sf = StreamingDecoder::load(&fast, &opts(&backend))?;
