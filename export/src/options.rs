@@ -30,7 +30,8 @@ pub struct ExportOptions {
 /// 5-D im2col path, with no layout transposes around the convolutions. It is opt-in: ORT keeps an
 /// NCHWc copy of every convolution weight per session beside the shared weight buffer, and the
 /// concatenated taps are `kt` times a convolution's input, so the release decode peaked at about
-/// 2.4x the RSS of `Conv3d`; its speed-up awaits a quiet-machine run (docs/benchmarks.md).
+/// 2.4x the RSS of `Conv3d`, and on a quiet 2-core Intel machine it decoded no faster (1.01x,
+/// docs/benchmarks.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VideoConv {
     /// Video values `[b, c, t, h, w]`, every convolution one 5-D `Conv`.
