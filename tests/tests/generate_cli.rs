@@ -132,17 +132,17 @@ fn mp4_png_frames_and_single_images_are_written() {
     assert!(png.starts_with(b"\x89PNG"), "a PNG image");
 }
 
-#[test]
-fn replaying_the_recorded_noise_reproduces_the_official_frames() {
-    let tmp = tempfile::tempdir().unwrap();
+/// `osp generate` replaying the official e2e run (its two prompts, 4 steps, the recorded initial
+/// latents, step noise and schedule) into `tmp/<name>`, dumping the latents to
+/// `tmp/<name>.safetensors` (returned beside the command).
+fn replay(tmp: &Path, name: &str) -> (Command, PathBuf) {
     let io = e2e().join("io.safetensors");
-    let dump = tmp.path().join("dump.safetensors");
-    let prompt0 =
-        "A serene lake surrounded by snow-capped mountains at sunrise, with mist rising from the water and a \
-                   lone wooden boat drifting slowly.";
-    let out = osp(&tmp.path().join("cache"))
-        .args(["--text_prompt", prompt0, "A cat.", "--num-sampling-steps", "4", "--save_img_path"])
-        .arg(tmp.path().join("out"))
+    let dump = tmp.join(format!("{name}.safetensors"));
+    let prompt0 = "A serene lake surrounded by snow-capped mountains at sunrise, with mist rising from the water \
+                   and a lone wooden boat drifting slowly.";
+    let mut cmd = osp(&tmp.join("cache"));
+    cmd.args(["--text_prompt", prompt0, "A cat.", "--num-sampling-steps", "4", "--save_img_path"])
+        .arg(tmp.join(name))
         .arg("--init-latents")
         .arg(&io)
         .arg("--step-noise")
@@ -150,9 +150,16 @@ fn replaying_the_recorded_noise_reproduces_the_official_frames() {
         .arg("--recorded-schedule")
         .arg(&io)
         .arg("--dump-latents")
-        .arg(&dump)
-        .output()
-        .unwrap();
+        .arg(&dump);
+    (cmd, dump)
+}
+
+#[test]
+fn replaying_the_recorded_noise_reproduces_the_official_frames() {
+    let tmp = tempfile::tempdir().unwrap();
+    let io = e2e().join("io.safetensors");
+    let (mut cmd, dump) = replay(tmp.path(), "out");
+    let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let got = read_safetensors(&dump).unwrap();
     let want = read_safetensors(&io).unwrap();
@@ -231,26 +238,9 @@ fn dit_graphs_loaded(log: &str) -> Vec<String> {
 fn sp_and_cfg_parallel_reproduce_the_single_device_run() {
     let tmp = tempfile::tempdir().unwrap();
     let io = e2e().join("io.safetensors");
-    let prompt0 =
-        "A serene lake surrounded by snow-capped mountains at sunrise, with mist rising from the water and a \
-                   lone wooden boat drifting slowly.";
     let run = |name: &str, extra: &[&str]| {
-        let dump = tmp.path().join(format!("{name}.safetensors"));
-        let out = osp(&tmp.path().join("cache"))
-            .args(["--text_prompt", prompt0, "A cat.", "--num-sampling-steps", "4", "--save_img_path"])
-            .arg(tmp.path().join(name))
-            .arg("--init-latents")
-            .arg(&io)
-            .arg("--step-noise")
-            .arg(&io)
-            .arg("--recorded-schedule")
-            .arg(&io)
-            .arg("--dump-latents")
-            .arg(&dump)
-            .arg("-v")
-            .args(extra)
-            .output()
-            .unwrap();
+        let (mut cmd, dump) = replay(tmp.path(), name);
+        let out = cmd.arg("-v").args(extra).output().unwrap();
         assert!(out.status.success(), "{name}: {}", text(&out));
         let graphs = dit_graphs_loaded(&text(&out));
         let single = graphs.iter().any(|g| g.starts_with("transformer"));
