@@ -35,6 +35,16 @@ fn twelve_heads() -> Result<OpenSoraT2V_v1_3Config> {
     Ok(serde_json::from_value(json)?)
 }
 
+/// [`twelve_heads`] with seeded random weights (`seed`), exported with ONNX `Attention` into a
+/// temp folder (returned to keep it alive).
+fn twelve_head_bundle(seed: u64) -> Result<(tempfile::TempDir, Bundle)> {
+    let config = twelve_heads()?;
+    let w = DitWeights::random(&config, seed)?;
+    let tmp = tempfile::tempdir()?;
+    let bundle = export(tmp.path(), &config, &w, AttentionKind::OnnxAttention)?;
+    Ok((tmp, bundle))
+}
+
 fn export(dir: &Path, config: &OpenSoraT2V_v1_3Config, w: &DitWeights, attention: AttentionKind) -> Result<Bundle> {
     let opts = ExportOptions {
         attention,
@@ -129,10 +139,7 @@ fn twelve_head_dit_equals_the_single_graph_for_every_plan() -> Result<()> {
 /// collective reads them in place.
 #[test]
 fn resident_values_stay_in_the_engine_and_match_host_runs() -> Result<()> {
-    let config = twelve_heads()?;
-    let w = DitWeights::random(&config, 20)?;
-    let tmp = tempfile::tempdir()?;
-    let bundle = export(tmp.path(), &config, &w, AttentionKind::OnnxAttention)?;
+    let (_tmp, bundle) = twelve_head_bundle(20)?;
     let inputs = call(1, 8, 2, 4, 4, 3, 16, 8);
     let mut pre = bundle.session("sp_pre", &SessionOptions::default().with_threads(1))?;
     let host = pre.run(&named(&inputs))?;
@@ -184,10 +191,7 @@ fn dit_tiny_fixture_at_degree_two() -> Result<()> {
 
 #[test]
 fn a_failing_rank_stops_every_rank_and_is_named() -> Result<()> {
-    let config = twelve_heads()?;
-    let w = DitWeights::random(&config, 18)?;
-    let tmp = tempfile::tempdir()?;
-    let bundle = export(tmp.path(), &config, &w, AttentionKind::OnnxAttention)?;
+    let (_tmp, bundle) = twelve_head_bundle(18)?;
     let inputs = call(2, 8, 4, 4, 4, 3, 16, 5);
     for (rank, segment) in [(1, "sp_core_single4"), (2, "sp_block0_qkv"), (3, "sp_final")] {
         let mut dit = parallel(&bundle, ParallelPlan { sp: 2, cfg_groups: 2 })?;
@@ -207,10 +211,7 @@ fn a_failing_rank_stops_every_rank_and_is_named() -> Result<()> {
 /// as that rank in a real run, and its settings are checked like the executor's.
 #[test]
 fn a_probed_rank_runs_the_segments_of_the_real_rank() -> Result<()> {
-    let config = twelve_heads()?;
-    let w = DitWeights::random(&config, 21)?;
-    let tmp = tempfile::tempdir()?;
-    let bundle = export(tmp.path(), &config, &w, AttentionKind::OnnxAttention)?;
+    let (_tmp, bundle) = twelve_head_bundle(21)?;
     let inputs = call(2, 8, 7, 4, 6, 5, 16, 10);
     let one = SessionOptions::default().with_threads(1);
     for (sp, cfg_groups, rank) in [(2, 1, 0), (3, 1, 2), (2, 2, 3)] {
@@ -237,10 +238,7 @@ fn a_probed_rank_runs_the_segments_of_the_real_rank() -> Result<()> {
 
 #[test]
 fn bad_settings_are_refused_naming_the_rule() -> Result<()> {
-    let config = twelve_heads()?;
-    let w = DitWeights::random(&config, 19)?;
-    let tmp = tempfile::tempdir()?;
-    let bundle = export(tmp.path(), &config, &w, AttentionKind::OnnxAttention)?;
+    let (_tmp, bundle) = twelve_head_bundle(19)?;
     let err = parallel(&bundle, ParallelPlan { sp: 5, cfg_groups: 1 }).expect_err("5 does not divide 12").to_string();
     ensure!(err.contains("--sp") && err.contains("divide the 12"), "{err}");
     let err = ParallelDit::load(&bundle, ParallelPlan { sp: 2, cfg_groups: 1 }, &[SessionOptions::default()])
