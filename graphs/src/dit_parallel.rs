@@ -10,8 +10,8 @@
 //! 1. `pre` on the local frames -> `tokens` `[b, m, d]` (`m = t_local * hp * wp`), `t6`,
 //!    `embedded_timestep`, `caption`, `text_bias` (the last four are the same on every rank);
 //! 2. per layer `i`: `qkv` (`tokens`, `t6`, `sp_degree`) -> `qkv` `[P, 3, b, m, heads/P, d_head]`
-//!    (chunk `j` holds head group `j`); all-to-all; the layer's `core` (`qkv` as received, chunk `i`
-//!    = sequence shard `i`; `grid` = `[t, hp, wp]` of the real latent) -> `attn`
+//!    (chunk `j` holds head group `j`); all-to-all; the layer's core for degree `P` (`cores[P]`;
+//!    `qkv` as received, chunk `i` = sequence shard `i`; `grid` = `[t, hp, wp]` of the real latent) -> `attn`
 //!    `[P, b, m, heads/P, d_head]` (chunk `j` = sequence shard `j`; padded tokens are sliced off
 //!    before RoPE and attention, so they never act as keys, and zero-filled after); all-to-all;
 //!    `post` (`tokens`, `attn` as received, `t6`, `caption`, `text_bias`) -> `out`, the next
@@ -65,8 +65,17 @@ pub struct SegmentLayer {
     /// `full`, `single{n}` or `group{n}` (the manifest's `layer_attention` names).
     pub attention: String,
     pub qkv: String,
-    pub core: String,
+    /// The attention core by degree: a core's head count (`heads / P`) is fixed in its graph, so
+    /// that its attention reads the shard's `[b, n, heads/P * d_head]` rows as they lie.
+    pub cores: BTreeMap<usize, String>,
     pub post: String,
+}
+
+impl SegmentLayer {
+    /// The core this layer runs at degree `degree`.
+    pub fn core(&self, degree: usize) -> Option<&str> {
+        self.cores.get(&degree).map(String::as_str)
+    }
 }
 
 /// The protocol (see the module docs).
@@ -104,7 +113,25 @@ impl DitSegments {
     /// The degree rule (`degree` divides the heads) and the padding rule (every rank holds at least
     /// one real frame). `Err` says which rule broke, in words a CLI can show.
     pub fn split(&self, degree: usize, frames: usize) -> std::result::Result<FrameSplit, String> {
-        split_frames(self.heads, degree, frames)
+        let split = split_frames(self.heads, degree, frames)?;
+        self.check_degree(degree)?;
+        Ok(split)
+    }
+
+    /// Every layer has an attention core for `degree` (the exporter writes one per divisor of the
+    /// heads).
+    pub fn check_degree(&self, degree: usize) -> std::result::Result<(), String> {
+        for (i, l) in self.layers.iter().enumerate() {
+            if l.core(degree).is_none() {
+                let have: Vec<_> = l.cores.keys().map(usize::to_string).collect();
+                return Err(format!(
+                    "the bundle's layer {i} has no attention core for a sequence-parallel degree of {degree} \
+                     (it has degrees {}; re-export it with this osp-export)",
+                    have.join(", ")
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Reads the protocol from whichever graph carries it and checks that every graph it names
@@ -113,8 +140,12 @@ impl DitSegments {
         let mut found = None;
         for (name, g) in graphs {
             if let Some(v) = g.metadata.get(SEGMENTS_METADATA_KEY) {
-                let p: DitSegments = serde_json::from_value(v.clone())
-                    .map_err(|e| Error::Invalid(format!("graph `{name}`: `{SEGMENTS_METADATA_KEY}` metadata: {e}")))?;
+                let p: DitSegments = serde_json::from_value(v.clone()).map_err(|e| {
+                    Error::Invalid(format!(
+                        "graph `{name}`: `{SEGMENTS_METADATA_KEY}` metadata: {e} (a bundle from an older osp-export: \
+                         re-export it)"
+                    ))
+                })?;
                 found = Some(p);
                 break;
             }
@@ -163,19 +194,31 @@ impl DitSegments {
                 return Err(Error::Invalid(format!("dit_segments: unknown layer attention `{}`", l.attention)));
             }
             has(&l.qkv, &[TOKENS, T6, SP_DEGREE], &[QKV])?;
-            has(&l.core, &[QKV, GRID], &[ATTN])?;
+            if l.cores.is_empty() {
+                return Err(Error::Invalid(format!("dit_segments: layer `{}` has no attention core", l.qkv)));
+            }
+            for (&degree, core) in &l.cores {
+                if degree == 0 || self.heads % degree != 0 {
+                    return Err(Error::Invalid(format!(
+                        "dit_segments: core `{core}` is for degree {degree}, which does not divide the {} heads",
+                        self.heads
+                    )));
+                }
+                has(core, &[QKV, GRID], &[ATTN])?;
+            }
             has(&l.post, &[TOKENS, ATTN, T6, CAPTION, TEXT_BIAS], &[OUT])?;
         }
         has(&self.final_graph, &[TOKENS, EMBEDDED_TIMESTEP, HIDDEN_STATES], &[SAMPLE])
     }
 
-    /// Every graph the protocol runs, each once.
-    pub fn graph_names(&self) -> Vec<String> {
+    /// Every graph the protocol runs at `degree`, each once (layers without a core for `degree`
+    /// contribute their other graphs; [`Self::check_degree`] refuses such a degree).
+    pub fn graph_names(&self, degree: usize) -> Vec<String> {
         let mut names = vec![self.pre.clone()];
         for l in &self.layers {
-            for g in [&l.qkv, &l.core, &l.post] {
-                if !names.contains(g) {
-                    names.push(g.clone());
+            for g in [Some(l.qkv.as_str()), l.core(degree), Some(l.post.as_str())].into_iter().flatten() {
+                if !names.iter().any(|n| n == g) {
+                    names.push(g.to_string());
                 }
             }
         }
@@ -220,5 +263,35 @@ mod tests {
         assert!(split_frames(24, 4, 5).unwrap_err().contains("only padding"));
         assert!(split_frames(24, 0, 5).is_err());
         assert_eq!(split_frames(24, 1, 1).unwrap().local, 1);
+    }
+
+    fn protocol(cores: &[usize]) -> DitSegments {
+        DitSegments {
+            heads: 4,
+            head_dim: 8,
+            hidden_size: 32,
+            patch_size: 2,
+            padding: FramePadding::ZeroFramesAtEnd,
+            pre: "sp_pre".into(),
+            layers: vec![SegmentLayer {
+                attention: "full".into(),
+                qkv: "sp_block0_qkv".into(),
+                cores: cores.iter().map(|&p| (p, format!("sp_core_full_p{p}"))).collect(),
+                post: "sp_block0_post".into(),
+            }],
+            final_graph: "sp_final".into(),
+        }
+    }
+
+    #[test]
+    fn cores_are_chosen_by_degree() {
+        let p = protocol(&[1, 2]);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["layers"][0]["cores"]["2"], "sp_core_full_p2");
+        assert_eq!(serde_json::from_value::<DitSegments>(json).unwrap(), p);
+        assert_eq!(p.graph_names(2), ["sp_pre", "sp_block0_qkv", "sp_core_full_p2", "sp_block0_post", "sp_final"]);
+        assert_eq!(p.split(2, 4).unwrap().local, 2);
+        let err = p.split(4, 4).unwrap_err();
+        assert!(err.contains("no attention core for a sequence-parallel degree of 4") && err.contains("1, 2"), "{err}");
     }
 }

@@ -193,7 +193,7 @@ fn dit_tiny_fixture_at_degree_two() -> Result<()> {
 fn a_failing_rank_stops_every_rank_and_is_named() -> Result<()> {
     let (_tmp, bundle) = twelve_head_bundle(18)?;
     let inputs = call(2, 8, 4, 4, 4, 3, 16, 5);
-    for (rank, segment) in [(1, "sp_core_single4"), (2, "sp_block0_qkv"), (3, "sp_final")] {
+    for (rank, segment) in [(1, "sp_core_single4_p2"), (2, "sp_block0_qkv"), (3, "sp_final")] {
         let mut dit = parallel(&bundle, ParallelPlan { sp: 2, cfg_groups: 2 })?;
         dit.inject_fault(rank, segment);
         let started = Instant::now();

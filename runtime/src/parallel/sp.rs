@@ -62,7 +62,7 @@ fn check_plan(protocol: &DitSegments, plan: ParallelPlan) -> Result<()> {
             format!("the sequence-parallel degree must divide the {} attention heads, got {}", protocol.heads, plan.sp),
         ));
     }
-    Ok(())
+    protocol.check_degree(plan.sp).map_err(|rule| invalid("--sp", rule))
 }
 
 /// Makes the communicators of a run: `groups` groups of `size` ranks, world rank order.
@@ -164,7 +164,7 @@ impl ParallelDit {
         let mut ranks = Vec::with_capacity(plan.world());
         for opts in rank_opts {
             let mut sessions = BTreeMap::new();
-            for name in protocol.graph_names() {
+            for name in protocol.graph_names(plan.sp) {
                 sessions.insert(name.clone(), bundle.session(&name, opts)?);
             }
             ranks.push(sessions);
@@ -420,7 +420,7 @@ impl RankProbe {
             return Err(invalid("rank", format!("must be below the world size {}, got {rank}", plan.world())));
         }
         let mut sessions = BTreeMap::new();
-        for name in protocol.graph_names() {
+        for name in protocol.graph_names(plan.sp) {
             sessions.insert(name.clone(), bundle.session(&name, opts)?);
         }
         Ok(Self { protocol, plan, rank, sessions })
@@ -546,10 +546,14 @@ fn run_rank(
     for layer in &protocol.layers {
         let mut out = rank.run(&layer.qkv, "qkv", &[(io::TOKENS, &tokens), (io::T6, &t6), (io::SP_DEGREE, &degree)])?;
         let qkv = take(&mut out, &layer.qkv, io::QKV).map_err(at(&layer.qkv))?;
-        let recv = rank.all_to_all(comm, &layer.core, qkv)?;
+        let core = layer.core(split.degree).ok_or_else(|| Failure {
+            segment: layer.qkv.clone(),
+            error: invalid("--sp", format!("the bundle has no attention core for degree {}", split.degree)),
+        })?;
+        let recv = rank.all_to_all(comm, core, qkv)?;
         let core_kind = format!("core_{}", layer.attention);
-        let mut out = rank.run(&layer.core, &core_kind, &[(io::QKV, &recv), (io::GRID, &grid)])?;
-        let attn = take(&mut out, &layer.core, io::ATTN).map_err(at(&layer.core))?;
+        let mut out = rank.run(core, &core_kind, &[(io::QKV, &recv), (io::GRID, &grid)])?;
+        let attn = take(&mut out, core, io::ATTN).map_err(at(core))?;
         let back = rank.all_to_all(comm, &layer.post, attn)?;
         let mut out = rank.run(
             &layer.post,

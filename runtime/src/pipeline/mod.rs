@@ -303,7 +303,7 @@ impl Pipeline {
             Denoiser::Single { step, text } => {
                 text.iter().chain(std::iter::once(step)).map(|s| s.name().to_string()).collect()
             }
-            Denoiser::Parallel(dit) => dit.protocol().graph_names(),
+            Denoiser::Parallel(dit) => dit.protocol().graph_names(dit.plan().sp),
         }
     }
 

@@ -8,8 +8,9 @@
 //! Skiparse regrouping on the whole sequence):
 //! <https://github.com/PKU-YuanGroup/Open-Sora-Plan/blob/9fa322fbbb276e2bbe40b2f439e3d610af3d7690/opensora/models/diffusion/opensora_v1_3/modules.py#L128-L312>
 //!
-//! Each core folds its head shard into the batch (`[b * heads/P, N, d_head]`, one head per
-//! attention problem), so one graph serves every degree.
+//! A core reads its head shard as `[b, N, heads/P * d_head]` rows, the layout the single graph's
+//! attention reads, so it fixes `heads/P` and there is one core per kind and degree (a divisor of
+//! the heads). At degree 1 every transpose between the segments only moves axes of size 1.
 
 use std::collections::BTreeMap;
 
@@ -44,6 +45,11 @@ pub fn kind_name(kind: Skiparse) -> String {
     }
 }
 
+/// The sequence-parallel degrees of `heads` heads: its divisors.
+fn degrees(heads: usize) -> impl Iterator<Item = usize> {
+    (1..=heads).filter(move |p| heads % p == 0)
+}
+
 /// The protocol of `config`'s segments.
 pub fn segments_protocol(config: &OpenSoraT2V_v1_3Config) -> Result<DitSegments> {
     let dims = config.validate()?;
@@ -53,7 +59,9 @@ pub fn segments_protocol(config: &OpenSoraT2V_v1_3Config) -> Result<DitSegments>
             SegmentLayer {
                 attention: kind_name(kind),
                 qkv: format!("sp_block{i}_qkv"),
-                core: format!("sp_core_{}", kind_name(kind)),
+                cores: degrees(config.num_attention_heads)
+                    .map(|p| (p, format!("sp_core_{}_p{p}", kind_name(kind))))
+                    .collect(),
                 post: format!("sp_block{i}_post"),
             }
         })
@@ -133,13 +141,14 @@ fn qkv_graph(config: &OpenSoraT2V_v1_3Config, w: &DitWeights, i: usize, name: &s
     let q = linear(&mut g, w, &format!("{p}.attn1.to_q"), &normed)?; // [b, m, inner]
     let k = linear(&mut g, w, &format!("{p}.attn1.to_k"), &normed)?;
     let v = linear(&mut g, w, &format!("{p}.attn1.to_v"), &normed)?;
-    let qkv = g.concat(&[&q, &k, &v], 2)?; // [b, m, 3 inner]
+    let (q, k, v) = (g.unsqueeze(&q, &[0]), g.unsqueeze(&k, &[0]), g.unsqueeze(&v, &[0]));
+    let qkv = g.concat(&[&q, &k, &v], 0)?; // [3, b, m, inner]
     let bm = g.shape(&x, Some(0), Some(2));
     let three = g.const_i64(&[3]);
     let tail = g.const_i64(&[-1, dh as i64]);
-    let shape = g.concat(&[&bm, &three, &degree, &tail], 0)?;
-    let qkv = g.reshape_to(&qkv, &shape, Some(6)); // [b, m, 3, P, heads/P, dh]
-    let qkv = g.transpose(&qkv, &[3, 2, 0, 1, 4, 5])?; // [P, 3, b, m, heads/P, dh]
+    let shape = g.concat(&[&three, &bm, &degree, &tail], 0)?;
+    let qkv = g.reshape_to(&qkv, &shape, Some(6)); // [3, b, m, P, heads/P, dh]
+    let qkv = g.transpose(&qkv, &[3, 0, 1, 2, 4, 5])?; // [P, 3, b, m, heads/P, dh]
     let out = f32_spec(io::QKV, vec![s("p"), 3.into(), s("b"), s("m"), s("hp"), dh.into()]);
     g.output(&qkv, out)?;
     g.finish()
@@ -149,11 +158,15 @@ fn core_graph(
     config: &OpenSoraT2V_v1_3Config,
     kind: Skiparse,
     attention: AttentionKind,
+    degree: usize,
     name: &str,
 ) -> Result<OnnxGraph> {
     let dh = config.attention_head_dim;
+    let heads = config.num_attention_heads / degree;
+    let inner = heads * dh;
     let mut g = GraphBuilder::new(name);
-    let qkv = g.input(f32_spec(io::QKV, vec![s("p"), 3.into(), s("b"), s("m"), s("hp"), dh.into()]))?;
+    let spec = f32_spec(io::QKV, vec![degree.into(), 3.into(), s("b"), s("m"), heads.into(), dh.into()]);
+    let qkv = g.input(spec)?;
     let grid_in = g.input(TensorSpec::new(io::GRID, DType::I64, [3.into()]))?;
     let dim = |g: &mut GraphBuilder, i: i64| g.shape(&qkv, Some(i), Some(i + 1));
     let p = dim(&mut g, 0);
@@ -166,43 +179,42 @@ fn core_graph(
     let hw = g.mul(&hp, &wp)?;
     let n = g.mul(&t, &hw)?;
     let pm = g.mul(&p, &m)?;
-    // [3, b, heads/P, P, m, dh] -> [3, b * heads/P, P * m, dh]: shard s's tokens follow shard s - 1's
-    let x = g.transpose(&qkv, &[1, 2, 4, 0, 3, 5])?;
-    let three = g.const_i64(&[3, -1]);
-    let dh_v = g.const_i64(&[dh as i64]);
-    let shape = g.concat(&[&three, &pm, &dh_v], 0)?;
-    let x = g.reshape_to(&x, &shape, Some(4));
-    let zero = g.const_i64(&[0]);
-    let axis = g.const_i64(&[2]);
-    let x = g.slice_with(&x, &zero, &n, &axis, None); // the real tokens only
-    let parts = g.split(&x, 0, &[1, 1, 1])?;
-    let q = g.squeeze(&parts[0], &[0]); // [B, N, dh]
-    let k = g.squeeze(&parts[1], &[0]);
-    let v = g.squeeze(&parts[2], &[0]);
-    let big_b = g.shape(&q, Some(0), Some(1));
-    let grid = Grid { b: big_b.clone(), t, hp, wp, n };
+    // [P, 3, b, m, heads/P, dh] -> [3, b, P * m, heads/P * dh]: shard s's tokens follow shard s - 1's
+    let x = g.transpose(&qkv, &[1, 2, 0, 3, 4, 5])?;
+    let x = g.reshape(&x, &[3, 0, -1, inner as i64]);
+    // q, k and v of the real tokens only: padded tokens are never keys
+    let axes = g.const_i64(&[0, 2]);
+    let mut qkv_rows = vec![];
+    for j in 0..3 {
+        let start = g.const_i64(&[j, 0]);
+        let j1 = g.const_i64(&[j + 1]);
+        let end = g.concat(&[&j1, &n], 0)?;
+        let rows = g.slice_with(&x, &start, &end, &axes, None);
+        qkv_rows.push(g.squeeze(&rows, &[0])); // [b, N, heads/P * dh]
+    }
+    let grid = Grid { b: b.clone(), t, hp, wp, n: n.clone() };
     let scales = [config.interpolation_scale_t, config.interpolation_scale_h, config.interpolation_scale_w];
     let rope = rope_tables(&mut g, &grid, dh, scales)?;
-    let q = apply_rope(&mut g, &rope, &q, 1, dh)?;
-    let k = apply_rope(&mut g, &rope, &k, 1, dh)?;
+    let q = apply_rope(&mut g, &rope, &qkv_rows[0], heads, dh)?;
+    let k = apply_rope(&mut g, &rope, &qkv_rows[1], heads, dh)?;
     let skiparse = match kind {
         Skiparse::Full => None,
         _ => Some(SkiparseGrid::new(&mut g, &grid, kind.n(), &[kind])?),
     };
-    let spec = AttentionSpec { kind: attention, num_heads: 1, scale: 1.0 / (dh as f64).sqrt() };
-    let o = self_attention(&mut g, &spec, &grid, skiparse.as_ref(), kind, (&q, &k, &v), dh)?; // [B, N, dh]
-                                                                                              // zero-fill the padded tokens (fewer than m: every rank holds a real frame)
-    let zshape = g.concat(&[&big_b, &m, &dh_v], 0)?;
+    let spec = AttentionSpec { kind: attention, num_heads: heads, scale: 1.0 / (dh as f64).sqrt() };
+    let o = self_attention(&mut g, &spec, &grid, skiparse.as_ref(), kind, (&q, &k, &qkv_rows[2]), inner)?; // [b, N, inner]
+                                                                                                           // zero rows for the padded tokens (fewer than m: every rank holds a real frame)
+    let padded = g.sub(&pm, &n)?;
+    let inner_v = g.const_i64(&[inner as i64]);
+    let zshape = g.concat(&[&b, &padded, &inner_v], 0)?;
     let zf = g.scalar(0.0, DType::F32)?;
     let zeros = g.expand(&zf, &zshape, Some(3));
-    let o = g.concat(&[&o, &zeros], 1)?;
-    let axis1 = g.const_i64(&[1]);
-    let o = g.slice_with(&o, &zero, &pm, &axis1, None); // [B, P * m, dh]
-    let minus_one = g.const_i64(&[-1]);
-    let shape = g.concat(&[&b, &minus_one, &p, &m, &dh_v], 0)?;
-    let o = g.reshape_to(&o, &shape, Some(5)); // [b, heads/P, P, m, dh]
-    let o = g.transpose(&o, &[2, 0, 3, 1, 4])?; // [P, b, m, heads/P, dh]
-    g.output(&o, f32_spec(io::ATTN, vec![s("p"), s("b"), s("m"), s("hp"), dh.into()]))?;
+    let o = g.concat(&[&o, &zeros], 1)?; // [b, P * m, inner]
+    let tail = g.const_i64(&[heads as i64, dh as i64]);
+    let shape = g.concat(&[&b, &p, &m, &tail], 0)?;
+    let o = g.reshape_to(&o, &shape, Some(5)); // [b, P, m, heads/P, dh]
+    let o = g.transpose(&o, &[1, 0, 2, 3, 4])?; // [P, b, m, heads/P, dh]
+    g.output(&o, f32_spec(io::ATTN, vec![degree.into(), s("b"), s("m"), heads.into(), dh.into()]))?;
     g.finish()
 }
 
@@ -276,7 +288,7 @@ fn final_graph(config: &OpenSoraT2V_v1_3Config, w: &DitWeights) -> Result<OnnxGr
     g.finish()
 }
 
-/// Every segment graph of `config`, by name, in protocol order (cores once per kind).
+/// Every segment graph of `config`, by name, in protocol order (cores once per kind and degree).
 pub fn build_segments(
     config: &OpenSoraT2V_v1_3Config,
     w: &DitWeights,
@@ -289,9 +301,10 @@ pub fn build_segments(
     let mut graphs = vec![(PRE_GRAPH.to_string(), pre_graph(config, w)?)];
     for (i, layer) in protocol.layers.iter().enumerate() {
         graphs.push((layer.qkv.clone(), qkv_graph(config, w, i, &layer.qkv)?));
-        if !graphs.iter().any(|(n, _)| n == &layer.core) {
-            let core = core_graph(config, config.attention_kind(i), attention, &layer.core)?;
-            graphs.push((layer.core.clone(), core));
+        for (&degree, core) in &layer.cores {
+            if !graphs.iter().any(|(n, _)| n == core) {
+                graphs.push((core.clone(), core_graph(config, config.attention_kind(i), attention, degree, core)?));
+            }
         }
         graphs.push((layer.post.clone(), post_graph(config, w, i, attention, &layer.post)?));
     }
