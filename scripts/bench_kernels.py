@@ -18,8 +18,10 @@ biased one as `onnx`), run at 1k/4k/16k tokens on ort-cpu (and tract with `--tra
 
 Variants are export flags (`before`: `osp-export ... --lowering reference --attention onnx`, the previous
 lowering; `after`: the defaults; `conv3d` / `folded`: the WFVAE with `--video-conv conv3d` / `folded`, 5-D or
-folded 4-D convolutions; ratios are against `before`; a variant whose flags equal an earlier one's for a model is
-skipped for it);
+folded 4-D convolutions; `step`: DiT only, the defaults' `transformer_cached` graph, the pipeline's denoising
+step, on the 32 real text tokens with their cross-attention keys and values computed once by `transformer_text`,
+untimed, as the pipeline does per prompt; ratios are against `before`; a variant whose flags equal an earlier
+one's for a model is skipped for it);
 bundles are exported once into --work.
 Plain Python 3 (no numpy). Build first:
   cargo build --release -p osp-runtime --features tract && cargo build --release -p osp-export
@@ -52,7 +54,11 @@ VARIANTS = {
     # the WFVAE video-convolution forms, whatever the default is
     "conv3d": {"dit": [], "wfvae": ["--video-conv", "conv3d"]},
     "folded": {"dit": [], "wfvae": ["--video-conv", "folded"]},
+    # the pipeline's denoising step: the `after` export's `transformer_cached` on the real text tokens,
+    # with the cross-attention keys and values from one `transformer_text` run (once per prompt, untimed)
+    "step": {"dit": [], "wfvae": None},
 }
+STEP = "step"
 TEXT_TOKENS = 512  # release max_sequence_length
 REAL_TEXT_TOKENS = 32
 DIT_CASES = {
@@ -93,6 +99,58 @@ def write_safetensors(path, tensors, seed):
         for b in blobs:
             f.write(b)
     tmp.rename(path)
+
+
+def read_safetensors(path):
+    """name -> (dtype, shape, raw little-endian bytes)."""
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    body = data[8 + n:]
+    return {k: (v["dtype"], v["shape"], body[v["data_offsets"][0]:v["data_offsets"][1]])
+            for k, v in header.items() if k != "__metadata__"}
+
+
+def write_raw_safetensors(path, tensors):
+    """`tensors`: name -> (dtype, shape, raw bytes)."""
+    header, offset = {}, 0
+    for name, (dtype, shape, blob) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    tmp = path.with_suffix(".partial")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for _, _, blob in tensors.values():
+            f.write(blob)
+    tmp.rename(path)
+
+
+def step_inputs(args, osp, env, case, inputs):
+    """The `step` variant's `transformer_cached` inputs: the case's latent and timestep, the first
+    REAL_TEXT_TOKENS text rows (the real tokens) and the keys and values `transformer_text` makes of them."""
+    out = args.work / f"{case}_step_inputs.safetensors"
+    if out.is_file():
+        return out
+    full = read_safetensors(inputs)
+    dtype, shape, blob = full["encoder_hidden_states"]
+    row = shape[-1] * 4
+    text_in = args.work / f"{case}_step_text_inputs.safetensors"
+    write_raw_safetensors(text_in, {"encoder_hidden_states": (dtype, shape[:2] + [REAL_TEXT_TOKENS, shape[-1]],
+                                                              blob[:REAL_TEXT_TOKENS * row])})
+    kv = args.work / f"{case}_step_kv.safetensors"
+    cmd = [str(osp), "--threads", str(args.threads), "run-graph", str(args.work / f"{case}_{STEP}"),
+           "transformer_text", "--inputs", str(text_in), "--out", str(kv)]
+    status, _, _, _, _ = run(cmd, env, args.timeout_s, args.cap_gib)
+    if status != "ok":
+        raise SystemExit(f"transformer_text failed for {case}")
+    tensors = {k: full[k] for k in ("hidden_states", "timestep")}
+    tensors["encoder_attention_mask"] = ("F32", [1, 1, REAL_TEXT_TOKENS], struct.pack(f"<{REAL_TEXT_TOKENS}f", *[1.0] * REAL_TEXT_TOKENS))
+    tensors.update(read_safetensors(kv))
+    write_raw_safetensors(out, tensors)
+    return out
 
 
 def export(osp_export, kind, config, flags, out, env):
@@ -160,7 +218,10 @@ def ab_table(args, osp, osp_export, env):
         raise SystemExit(f"unknown variants {unknown}: choose from {sorted(VARIANTS)}")
 
     def distinct(model):
-        return [v for v in variants if VARIANTS[v][model] not in [VARIANTS[u][model] for u in variants[:variants.index(v)]]]
+        def key(v):
+            return (VARIANTS[v][model], v == STEP)
+        return [v for v in variants if VARIANTS[v][model] is not None
+                and key(v) not in [key(u) for u in variants[:variants.index(v)]]]
 
     dit_variants = distinct("dit")
     vae_variants = distinct("wfvae")
@@ -181,15 +242,20 @@ def ab_table(args, osp, osp_export, env):
             }, seed=1)
         samples = {v: [] for v in dit_variants}
         rss = {v: [] for v in dit_variants}
+        graph_inputs = {}
         for v in dit_variants:
             # `before` is the pre-#17 export (ONNX `Attention` everywhere) unless --attention pins one form
             form = args.attention or ("onnx" if v == "before" else "auto")
             flags = ["--attention", form] + VARIANTS[v]["dit"]
             export(osp_export, "dit", cfg_path, flags, args.work / f"{case}_{v}", env)
+            graph_inputs[v] = ("transformer", inputs)
+            if v == STEP:
+                graph_inputs[v] = ("transformer_cached", step_inputs(args, osp, env, case, inputs))
         for r in range(args.rounds):
             for v in (dit_variants if r % 2 == 0 else dit_variants[::-1]):
+                graph, graph_in = graph_inputs[v]
                 cmd = [str(osp), "--threads", str(args.threads), "run-graph", str(args.work / f"{case}_{v}"),
-                       "transformer", "--inputs", str(inputs), "--out", str(args.work / f"{case}_{v}_out.safetensors"),
+                       graph, "--inputs", str(graph_in), "--out", str(args.work / f"{case}_{v}_out.safetensors"),
                        "--warmup", "1", "--repeats", "1"]
                 status, wall, peak, out, cpu = run(cmd, env, args.timeout_s, args.cap_gib)
                 samples[v].append(run_ms(out) if status == "ok" else None)

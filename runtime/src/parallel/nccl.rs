@@ -1,5 +1,7 @@
 //! [`Collective`] over NCCL: one process, one rank per GPU, each rank's handle driven by its own
-//! worker thread (communicators made together with `ncclCommInitAll`).
+//! worker thread. The communicators are made together (`ncclCommInitRankConfig` for every rank in
+//! one NCCL group) and are non-blocking (`ncclConfig_t::blocking = 0`, NCCL >= 2.14): no NCCL call
+//! waits for a peer, so every wait is a loop of ours that watches the abort flag.
 //!
 //! NCCL and the CUDA runtime are loaded at run time (`libloading`), so the binary builds and runs
 //! on hosts without CUDA: there [`NcclComm::init_all`] returns a clear error ("NCCL library not
@@ -13,12 +15,12 @@
 //! ([`Buffer::Cuda`]) must live on the rank's device; host buffers are staged through device
 //! memory (for tests and checks, not the hot path).
 //!
-//! Completion is awaited by polling the rank's stream, so an abort is noticed: [`Collective::abort`]
-//! raises a flag shared by the group (it never blocks); each rank's wait loop (and every later
-//! operation) sees it, calls `ncclCommAbort` on its own communicator and returns
-//! [`CollectiveError::Aborted`]. `ncclCommGetAsyncError` is checked in the same loop. Limit: a rank
-//! blocked inside `ncclGroupEnd` itself (first-use connection set-up waiting for a peer that never
-//! comes) is not reached by the flag.
+//! Completion is awaited by polling, so an abort is noticed: [`Collective::abort`] raises a flag
+//! shared by the group (it never blocks); each rank's wait loop (and every later operation) sees
+//! it, calls `ncclCommAbort` on its own communicator and returns [`CollectiveError::Aborted`]. The
+//! loop first polls `ncclCommGetAsyncError` until the group's operations are enqueued (a
+//! non-blocking `ncclGroupEnd` returns `ncclInProgress` while it sets up connections, e.g. waiting
+//! for a peer that never comes), then the rank's stream.
 //!
 //! `scripts/gpu_check.sh` runs these collectives against the reference on a GPU host
 //! (`docs/parallel_gpu.md`).
@@ -49,10 +51,55 @@ const MEMCPY_DEVICE_TO_DEVICE: c_int = 3;
 type Comm = *mut c_void;
 type Stream = *mut c_void;
 
+/// `ncclUniqueId` (`nccl.h`: `NCCL_UNIQUE_ID_BYTES` = 128), passed by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UniqueId {
+    internal: [c_char; 128],
+}
+
+/// `ncclConfig_t` up to `splitShare` (the NCCL 2.17 layout). NCCL reads `size` and `version` and
+/// leaves the fields a caller's layout lacks at their defaults, so an older layout is valid for
+/// newer libraries.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Config {
+    size: usize,
+    magic: c_uint,
+    version: c_uint,
+    blocking: c_int,
+    cga_cluster_size: c_int,
+    min_ctas: c_int,
+    max_ctas: c_int,
+    net_name: *const c_char,
+    split_share: c_int,
+}
+
+/// `NCCL_CONFIG_UNDEF_INT`: NCCL's default for the field.
+const CONFIG_UNDEF_INT: c_int = c_int::MIN;
+
+impl Config {
+    /// `NCCL_CONFIG_INITIALIZER` for the 2.17 layout with `blocking = 0`.
+    fn non_blocking() -> Self {
+        Config {
+            size: std::mem::size_of::<Config>(),
+            magic: 0xcafe_beef,
+            version: 21700,
+            blocking: 0,
+            cga_cluster_size: CONFIG_UNDEF_INT,
+            min_ctas: CONFIG_UNDEF_INT,
+            max_ctas: CONFIG_UNDEF_INT,
+            net_name: std::ptr::null(),
+            split_share: CONFIG_UNDEF_INT,
+        }
+    }
+}
+
 /// The NCCL and CUDA runtime entry points used here.
 struct Api {
     nccl_get_version: unsafe extern "C" fn(*mut c_int) -> c_int,
-    nccl_comm_init_all: unsafe extern "C" fn(*mut Comm, c_int, *const c_int) -> c_int,
+    nccl_get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> c_int,
+    nccl_comm_init_rank_config: unsafe extern "C" fn(*mut Comm, c_int, UniqueId, c_int, *mut Config) -> c_int,
     nccl_comm_destroy: unsafe extern "C" fn(Comm) -> c_int,
     nccl_comm_abort: unsafe extern "C" fn(Comm) -> c_int,
     nccl_comm_get_async_error: unsafe extern "C" fn(Comm, *mut c_int) -> c_int,
@@ -122,7 +169,8 @@ impl Api {
         let c = open_first("CUDA runtime", "OSP_CUDART_LIBRARY", cudart)?;
         Ok(Api {
             nccl_get_version: symbol!(n, "ncclGetVersion"),
-            nccl_comm_init_all: symbol!(n, "ncclCommInitAll"),
+            nccl_get_unique_id: symbol!(n, "ncclGetUniqueId"),
+            nccl_comm_init_rank_config: symbol!(n, "ncclCommInitRankConfig"),
             nccl_comm_destroy: symbol!(n, "ncclCommDestroy"),
             nccl_comm_abort: symbol!(n, "ncclCommAbort"),
             nccl_comm_get_async_error: symbol!(n, "ncclCommGetAsyncError"),
@@ -159,6 +207,19 @@ impl Api {
         if code == NCCL_SUCCESS {
             return Ok(());
         }
+        self.nccl_error(op, rank, code)
+    }
+
+    /// A call on a non-blocking communicator: `ncclInProgress` means started, and the wait loop
+    /// ([`NcclComm::wait`]) sees it finish.
+    fn nccl_started(&self, op: &'static str, rank: usize, code: c_int) -> Result<(), CollectiveError> {
+        if code == NCCL_SUCCESS || code == NCCL_IN_PROGRESS {
+            return Ok(());
+        }
+        self.nccl_error(op, rank, code)
+    }
+
+    fn nccl_error(&self, op: &'static str, rank: usize, code: c_int) -> Result<(), CollectiveError> {
         // SAFETY: ncclGetErrorString returns a static NUL-terminated string for any code.
         let msg = unsafe { CStr::from_ptr((self.nccl_get_error_string)(code)) }.to_string_lossy();
         Err(CollectiveError::Backend { op, rank, why: format!("NCCL error {code}: {msg}") })
@@ -309,7 +370,7 @@ impl NcclComm {
     /// Makes one communicator per device of `devices` (rank `i` on `devices[i]`), all in this
     /// process. NCCL needs one GPU per rank: a device listed twice is an error.
     pub fn init_all(devices: &[i32]) -> Result<Vec<NcclComm>, CollectiveError> {
-        let fail = |why: String| CollectiveError::Backend { op: "ncclCommInitAll", rank: 0, why };
+        let fail = |why: String| CollectiveError::Backend { op: "nccl init", rank: 0, why };
         if devices.is_empty() {
             return Err(fail("no devices given".into()));
         }
@@ -325,11 +386,7 @@ impl NcclComm {
         if let Some(bad) = devices.iter().find(|&&d| d < 0 || d >= count) {
             return Err(fail(format!("CUDA device {bad} does not exist ({count} visible)")));
         }
-        let mut comms: Vec<Comm> = vec![std::ptr::null_mut(); devices.len()];
-        // SAFETY: `comms` has room for `devices.len()` handles.
-        api.nccl("ncclCommInitAll", 0, unsafe {
-            (api.nccl_comm_init_all)(comms.as_mut_ptr(), devices.len() as c_int, devices.as_ptr())
-        })?;
+        let comms = Self::init_non_blocking(api, devices)?;
         let abort = Arc::new(AbortFlag::default());
         let mut out = Vec::with_capacity(devices.len());
         for (rank, (&device, comm)) in devices.iter().zip(comms).enumerate() {
@@ -353,6 +410,64 @@ impl NcclComm {
         }
         tracing::info!(devices = ?devices, "NCCL communicators ready");
         Ok(out)
+    }
+
+    /// One non-blocking communicator per device, made in one NCCL group and awaited (initialisation
+    /// connects the ranks). A failure aborts the communicators already made.
+    fn init_non_blocking(api: &'static Api, devices: &[i32]) -> Result<Vec<Comm>, CollectiveError> {
+        const OP: &str = "ncclCommInitRankConfig";
+        let mut id = UniqueId { internal: [0; 128] };
+        // SAFETY: writes one ncclUniqueId.
+        api.nccl("ncclGetUniqueId", 0, unsafe { (api.nccl_get_unique_id)(&mut id) })?;
+        let mut comms: Vec<Comm> = vec![std::ptr::null_mut(); devices.len()];
+        let mut configs = vec![Config::non_blocking(); devices.len()];
+        let abort_made = |comms: &[Comm]| {
+            for &c in comms.iter().filter(|c| !c.is_null()) {
+                // SAFETY: a communicator made above and not used afterwards.
+                unsafe { (api.nccl_comm_abort)(c) };
+            }
+        };
+        // SAFETY: group calls; each init writes one handle of `comms` and reads its config, both
+        // alive until the communicators are ready.
+        api.nccl("ncclGroupStart", 0, unsafe { (api.nccl_group_start)() })?;
+        let mut result = Ok(());
+        for (rank, &device) in devices.iter().enumerate() {
+            result = result
+                .and_then(|()| api.cuda("cudaSetDevice", rank, unsafe { (api.cuda_set_device)(device) }))
+                .and_then(|()| {
+                    api.nccl_started(OP, rank, unsafe {
+                        (api.nccl_comm_init_rank_config)(
+                            &mut comms[rank],
+                            devices.len() as c_int,
+                            id,
+                            rank as c_int,
+                            &mut configs[rank],
+                        )
+                    })
+                });
+        }
+        let ended = api.nccl_started("ncclGroupEnd", 0, unsafe { (api.nccl_group_end)() });
+        if let Err(e) = result.and(ended) {
+            abort_made(&comms);
+            return Err(e);
+        }
+        for (rank, &comm) in comms.iter().enumerate() {
+            loop {
+                let mut state = NCCL_SUCCESS;
+                // SAFETY: writes one int for a communicator being made.
+                let queried = api.nccl(OP, rank, unsafe { (api.nccl_comm_get_async_error)(comm, &mut state) });
+                match queried.and_then(|()| api.nccl_started(OP, rank, state)) {
+                    Ok(()) if state == NCCL_IN_PROGRESS => std::thread::sleep(Duration::from_micros(100)),
+                    Ok(()) => break,
+                    Err(e) => {
+                        abort_made(&comms);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        drop(configs);
+        Ok(comms)
     }
 
     pub fn device(&self) -> i32 {
@@ -388,24 +503,27 @@ impl NcclComm {
         waited
     }
 
+    /// Waits until the communicator has enqueued what was started on it (`ncclCommGetAsyncError`
+    /// leaves `ncclInProgress`), then until the stream is done; the abort flag is checked on every
+    /// turn.
     fn wait(&self, op: &'static str, h: &Handle) -> Result<(), CollectiveError> {
         let api = self.api;
         let mut spins = 0u32;
         loop {
-            // SAFETY: queries this rank's live stream.
-            match unsafe { (api.cuda_stream_query)(h.stream) } {
-                CUDA_SUCCESS => return Ok(()),
-                CUDA_NOT_READY => {}
-                code => api.cuda(op, self.rank, code)?,
-            }
-            if let Some(e) = self.abort.error() {
-                return Err(e);
-            }
             let mut async_err = NCCL_SUCCESS;
             // SAFETY: writes one int for this rank's live communicator.
             api.nccl(op, self.rank, unsafe { (api.nccl_comm_get_async_error)(h.comm, &mut async_err) })?;
-            if async_err != NCCL_SUCCESS && async_err != NCCL_IN_PROGRESS {
-                api.nccl(op, self.rank, async_err)?;
+            api.nccl_started(op, self.rank, async_err)?;
+            if async_err == NCCL_SUCCESS {
+                // SAFETY: queries this rank's live stream.
+                match unsafe { (api.cuda_stream_query)(h.stream) } {
+                    CUDA_SUCCESS => return Ok(()),
+                    CUDA_NOT_READY => {}
+                    code => api.cuda(op, self.rank, code)?,
+                }
+            }
+            if let Some(e) = self.abort.error() {
+                return Err(e);
             }
             spins += 1;
             if spins < 1000 {
@@ -554,7 +672,7 @@ impl Collective for NcclComm {
                 if let Step::Exchange { peer, src: s, dst: d, bytes } = step {
                     result = result
                         .and_then(|()| {
-                            api.nccl(OP, self.rank, unsafe {
+                            api.nccl_started(OP, self.rank, unsafe {
                                 (api.nccl_send)(
                                     src.cast::<u8>().add(s).cast(),
                                     bytes,
@@ -566,7 +684,7 @@ impl Collective for NcclComm {
                             })
                         })
                         .and_then(|()| {
-                            api.nccl(OP, self.rank, unsafe {
+                            api.nccl_started(OP, self.rank, unsafe {
                                 (api.nccl_recv)(
                                     dst.cast::<u8>().add(d).cast(),
                                     bytes,
@@ -580,7 +698,7 @@ impl Collective for NcclComm {
                 }
             }
             // The group is always closed, even after a failed call inside it.
-            let ended = api.nccl(OP, self.rank, unsafe { (api.nccl_group_end)() });
+            let ended = api.nccl_started(OP, self.rank, unsafe { (api.nccl_group_end)() });
             result.and(ended)?;
             Ok((staged_src, staged_dst))
         })?;
@@ -597,7 +715,9 @@ impl Collective for NcclComm {
             let (src, staged_src) = self.device_src(OP, &send, stream)?;
             let (dst, staged_dst) = self.device_dst(OP, &recv)?;
             // SAFETY: `recv` holds `world * send.len()` bytes (checked above).
-            api.nccl(OP, self.rank, unsafe { (api.nccl_all_gather)(src, dst, send.len(), NCCL_UINT8, comm, stream) })?;
+            api.nccl_started(OP, self.rank, unsafe {
+                (api.nccl_all_gather)(src, dst, send.len(), NCCL_UINT8, comm, stream)
+            })?;
             Ok((staged_src, staged_dst))
         })?;
         self.copy_back(OP, recv, staged_dst)
@@ -761,6 +881,18 @@ mod tests {
         // A library that loads but is not NCCL: the missing symbol is named.
         let e = Api::load_from(&["libm.so.6".into()], &["libm.so.6".into()]).err().expect("libm is not NCCL");
         assert!(e.contains("symbol `ncclGetVersion` missing"), "{e}");
+    }
+
+    #[test]
+    fn the_config_is_nccls_non_blocking_initializer() {
+        let c = Config::non_blocking();
+        // NCCL 2.17's `ncclConfig_t` on LP64: size_t, 2 x unsigned, 4 x int, a pointer, an int.
+        assert_eq!(std::mem::size_of::<Config>(), 48);
+        assert_eq!(std::mem::offset_of!(Config, net_name), 32);
+        assert_eq!((c.size, c.magic, c.version, c.blocking), (48, 0xcafe_beef, 21700, 0));
+        assert_eq!([c.cga_cluster_size, c.min_ctas, c.max_ctas, c.split_share], [c_int::MIN; 4]);
+        assert!(c.net_name.is_null());
+        assert_eq!(std::mem::size_of::<UniqueId>(), 128);
     }
 
     #[test]
