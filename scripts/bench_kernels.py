@@ -7,7 +7,8 @@ Cases (ort-cpu, `--threads`, default 2):
   dit4096   DiT, 8 layers, hidden 768 (8 x 96), latent 4x64x64 -> 4096 tokens
   vae       release WFVAE decode 5x32x32 -> 17x256x256, whole clip and streamed (one latent per call);
             `vae_whole` / `vae_streamed` run one of the two
-Each DiT round is one `osp run-graph --warmup 1 --repeats 1` process per variant; each WFVAE round one
+Each DiT round is one `osp run-graph --warmup 1 --repeats N` process per variant (`--repeats`, default 1;
+the round's sample is the median of its N runs); each WFVAE round one
 `osp decode` per variant and mode. Rounds alternate the variants; the table shows the median of the
 rounds, the ratio before/after and each variant's peak RSS (the child's `ru_maxrss`).
 
@@ -170,9 +171,10 @@ def run(cmd, env, timeout_s, cap_gib):
 
 
 def run_ms(out):
+    """The median of the process's timed runs (`--repeats`)."""
     for line in out.splitlines():
         if line.startswith('{"run_ms"'):
-            return json.loads(line)["run_ms"][-1]
+            return statistics.median(json.loads(line)["run_ms"])
     return None
 
 
@@ -256,7 +258,7 @@ def ab_table(args, osp, osp_export, env):
                 graph, graph_in = graph_inputs[v]
                 cmd = [str(osp), "--threads", str(args.threads), "run-graph", str(args.work / f"{case}_{v}"),
                        graph, "--inputs", str(graph_in), "--out", str(args.work / f"{case}_{v}_out.safetensors"),
-                       "--warmup", "1", "--repeats", "1"]
+                       "--warmup", "1", "--repeats", str(args.repeats)]
                 status, wall, peak, out, cpu = run(cmd, env, args.timeout_s, args.cap_gib)
                 samples[v].append(run_ms(out) if status == "ok" else None)
                 rss[v].append(peak)
@@ -352,6 +354,8 @@ def main():
     ap.add_argument("--bin-dir", type=Path, default=None, help="folder with osp and osp-export (default: target/release)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="DiT cases: timed runs per process after the warm-up; a round's sample is their median")
     ap.add_argument("--cases", default="dit1280,dit4096,vae")
     ap.add_argument("--variants", default="before,after,folded", help=f"comma-separated, of {sorted(VARIANTS)}")
     ap.add_argument("--attention", default=None,
@@ -380,7 +384,8 @@ def main():
         env["OSP_ORT_DYLIB"] = str(ort)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     rows = attention_table(args, osp, osp_export, env) if args.attention_table else ab_table(args, osp, osp_export, env)
-    result = {"started": started, "threads": args.threads, "rounds": args.rounds, "nproc": os.cpu_count(),
+    result = {"started": started, "threads": args.threads, "rounds": args.rounds, "repeats": args.repeats,
+              "nproc": os.cpu_count(),
               "load_avg_1m_after": round(os.getloadavg()[0], 2),
               "table": "attention_forms" if args.attention_table else "before_after", "rows": rows}
     path = args.json or args.work / ("attention_forms.json" if args.attention_table else "kernels.json")

@@ -258,7 +258,7 @@ fn bad_settings_are_refused_naming_the_rule() -> Result<()> {
 /// Release geometry (hidden 2304 = 24 heads x 96, caption 4096), 2 layers, seeded random weights,
 /// 1280 tokens (t=5, 32x32 latent -> 5x16x16 patches), the default `auto` attention, ort-cpu with
 /// 2 threads in all: the single
-/// graph vs the segmented path at SP 1, 2 and 3 (threads split over the ranks), median of 5 rounds
+/// graph vs the segmented path at SP 1, 2 and 3 (threads split over the ranks), median of 9 rounds
 /// after a warm-up, the paths alternating within each round. Prints markdown rows and a JSON line
 /// (`BENCH_JSON ...`).
 #[test]
@@ -280,7 +280,7 @@ fn release_geometry_segment_bench() -> Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let rounds = 5;
+    let rounds = 9;
     // Every path is loaded first and the rounds alternate between them, so that a slow stretch of
     // the machine lands on every path alike.
     let mut session = bundle.session(GRAPH_NAME, &SessionOptions::default().with_threads(2))?;
