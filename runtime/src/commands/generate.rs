@@ -11,7 +11,9 @@ use clap::{Args, ValueEnum};
 use osp_graphs::path::PathKind;
 use osp_runtime::pipeline::memory;
 use osp_runtime::pipeline::noise::{NoiseSource, ReplayNoise, SeededNoise};
-use osp_runtime::pipeline::{DecodeOptions, GenerateObserver, GenerateRequest, Pipeline, PipelineSpec, StepRecord};
+use osp_runtime::pipeline::{
+    DecodeOptions, GenerateObserver, GenerateRequest, Pipeline, PipelineSpec, Placement, StepRecord,
+};
 use osp_runtime::scheduler::{PredictionType, SampleMethod};
 use osp_runtime::text::cache::{default_cache_dir, CACHE_DIR_ENV};
 use osp_runtime::text::{EmbeddingCache, TextPositions};
@@ -333,28 +335,38 @@ impl SamplingOpts {
             .with_context(|| format!("opening the pipeline bundle {}", self.bundle.display()))
     }
 
-    /// Checks the parallel flags against `req` (before any model loads), then loads the pipeline's
-    /// models with the text cache the flags ask for: with --sp / --cfg-parallel, the parallel DiT
-    /// (not the single transformer graph) and one VAE per rank's device.
+    /// Checks --sp / --cfg-parallel / --devices against `req` (nothing loads): where the models
+    /// run, `None` for everything on the backend's one device.
+    pub fn placement(
+        &self,
+        spec: &PipelineSpec,
+        req: &GenerateRequest,
+        backend: &BackendOpts,
+    ) -> anyhow::Result<Option<Placement>> {
+        self.parallel.check(spec, req, backend)
+    }
+
+    /// Loads the pipeline's models where `placement` says ([`Self::placement`]; `None`: on the
+    /// backend's options) with the text cache the flags ask for: with --sp / --cfg-parallel the
+    /// parallel DiT (not the single transformer graph), and one VAE per tile worker.
     pub fn load_for(
         &self,
         spec: PipelineSpec,
-        req: &GenerateRequest,
         backend: &BackendOpts,
+        placement: Option<&Placement>,
     ) -> anyhow::Result<Pipeline> {
-        let placement = self.parallel.check(&spec, req, backend)?;
         let cache = if self.no_text_cache {
             None
         } else {
             let dir = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
             Some(EmbeddingCache::new(&dir).with_context(|| format!("text cache {}", dir.display()))?)
         };
-        let opts = backend.session_options()?;
-        let pipeline = match &placement {
-            None => Pipeline::load(spec, &opts, cache),
-            Some(p) => Pipeline::load_parallel(spec, &opts, cache, p),
-        }
-        .with_context(|| format!("loading the pipeline bundle {}", self.bundle.display()))?;
+        let placement = match placement {
+            Some(p) => p.clone(),
+            None => Placement::single(&backend.session_options()?),
+        };
+        let pipeline = Pipeline::load_placed(spec, cache, &placement)
+            .with_context(|| format!("loading the pipeline bundle {}", self.bundle.display()))?;
         Ok(pipeline.with_text_positions(self.text_positions.unwrap_or(TextPositions::Real)))
     }
 }
@@ -556,13 +568,19 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
             )
         })
     };
+    let mut placement = None;
     if args.refiner.is_set() {
         // The flags are checked before the refiner runs; the refined prompts are checked again.
-        prepare(req.clone())?;
+        let checked = prepare(req.clone())?;
+        placement = Some(args.sampling.placement(&spec, &checked, backend)?);
         req.prompts =
             args.refiner.apply(&req.prompts, args.seed, args.sampling.upstream.model_type.as_deref(), backend)?;
     }
     let req = prepare(req)?;
+    let placement = match placement {
+        Some(p) => p,
+        None => args.sampling.placement(&spec, &req, backend)?,
+    };
     args.sampling.check_memory(&spec, &req, backend)?;
     let fps = args.fps.unwrap_or(spec.manifest().defaults.fps);
     let shape = spec.latent_shape(&req);
@@ -575,7 +593,7 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     } else {
         Box::new(seeded)
     };
-    let mut pipeline = args.sampling.load_for(spec, &req, backend)?;
+    let mut pipeline = args.sampling.load_for(spec, backend, placement.as_ref())?;
     if args.dump_latents.is_some() && args.sampling.text_positions.is_none() {
         pipeline = pipeline.with_text_positions(TextPositions::Padded);
     }
