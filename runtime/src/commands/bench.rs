@@ -127,7 +127,7 @@ pub fn run(args: &BenchArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     req.prompts.truncate(1);
     let req = spec.prepare(req)?;
     let placement = sampling.placement(&spec, &req, backend)?;
-    sampling.check_memory(&spec, &req, backend)?;
+    sampling.check_memory(&spec, &req, backend, placement.as_ref())?;
     let latent_shape = spec.latent_shape(&req);
     let steps = req.steps();
     let fps = spec.manifest().defaults.fps;

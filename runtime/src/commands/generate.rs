@@ -305,17 +305,20 @@ impl SamplingOpts {
     }
 
     /// Refuses `req` when its estimated peak memory exceeds what the host has available, unless
-    /// --skip-memory-check; on a GPU backend only the host part (weights, runtime, video) counts.
+    /// --skip-memory-check; with `placement`'s VAE workers ([`Self::placement`]); on a GPU
+    /// backend only the host part (weights, runtime, video, further VAE sessions) counts.
     pub fn check_memory(
         &self,
         spec: &PipelineSpec,
         req: &GenerateRequest,
         backend: &BackendOpts,
+        placement: Option<&Placement>,
     ) -> anyhow::Result<()> {
         if self.skip_memory_check {
             return Ok(());
         }
-        let mut estimate = spec.memory_estimate(req);
+        let vae = placement.map_or(memory::VaeWorkers::ONE, Placement::vae_workers);
+        let mut estimate = spec.memory_estimate(req, vae);
         if matches!(backend.backend, BackendKind::OrtCuda | BackendKind::OrtTensorrt) {
             estimate = estimate.host_part_with_gpu();
         }
@@ -581,7 +584,7 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         Some(p) => p,
         None => args.sampling.placement(&spec, &req, backend)?,
     };
-    args.sampling.check_memory(&spec, &req, backend)?;
+    args.sampling.check_memory(&spec, &req, backend, placement.as_ref())?;
     let fps = args.fps.unwrap_or(spec.manifest().defaults.fps);
     let shape = spec.latent_shape(&req);
     let steps = req.steps();

@@ -228,6 +228,12 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// The VAE workers as the memory estimate counts them.
+    pub fn vae_workers(&self) -> memory::VaeWorkers {
+        let shared = self.vae.iter().all(|o| o.backend == crate::session::Backend::OrtCpu && o.share_weights);
+        memory::VaeWorkers { count: self.vae.len().max(1), shared_weights: shared }
+    }
+
     /// Every model on `opts`.
     pub fn single(opts: &SessionOptions) -> Self {
         Self { main: opts.clone(), dit: None, vae: vec![opts.clone()] }
@@ -511,11 +517,12 @@ impl PipelineSpec {
         ]
     }
 
-    /// The estimated peak memory of `req` ([`memory::estimate`]); checked against the host with
-    /// [`memory::check`] before any model loads.
-    pub fn memory_estimate(&self, req: &GenerateRequest) -> memory::MemoryEstimate {
+    /// The estimated peak memory of `req` with its tiles spread over `vae` workers
+    /// ([`memory::estimate`]); checked against the host with [`memory::check`] before any model
+    /// loads.
+    pub fn memory_estimate(&self, req: &GenerateRequest, vae: memory::VaeWorkers) -> memory::MemoryEstimate {
         let d = &self.dims;
-        memory::estimate(&self.sizes, req, self.latent_shape(req), (d.patch_size_t, d.patch_size), d.vae_spatial)
+        memory::estimate(&self.sizes, req, self.latent_shape(req), (d.patch_size_t, d.patch_size), d.vae_spatial, vae)
     }
 
     /// Checks the request before any model runs (each error names the flag and its rule) and
