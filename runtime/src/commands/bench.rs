@@ -132,7 +132,8 @@ pub fn run(args: &BenchArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let steps = req.steps();
     let fps = spec.manifest().defaults.fps;
     let started = Instant::now();
-    let mut pipeline: Pipeline = sampling.load_for(spec, backend, placement.as_ref())?;
+    let mut pipeline: Pipeline =
+        sampling.load_for(spec, &req, backend, placement.as_ref(), sampling.positions(false))?;
     let load_s = started.elapsed().as_secs_f64();
     let out_dir = tempfile_dir()?;
     let encode = args.encode.options();

@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use osp_graphs::path::PathKind;
 use osp_runtime::pipeline::memory;
 use osp_runtime::pipeline::noise::{NoiseSource, ReplayNoise, SeededNoise};
+use osp_runtime::pipeline::trt_profile;
 use osp_runtime::pipeline::{
     DecodeOptions, GenerateObserver, GenerateRequest, Pipeline, PipelineSpec, Placement, StepRecord,
 };
@@ -349,14 +350,24 @@ impl SamplingOpts {
         self.parallel.check(spec, req, backend)
     }
 
-    /// Loads the pipeline's models where `placement` says ([`Self::placement`]; `None`: on the
-    /// backend's options) with the text cache the flags ask for: with --sp / --cfg-parallel the
-    /// parallel DiT (not the single transformer graph), and one VAE per tile worker.
+    /// The text positions of a run: --text-positions, else `padded` when the run dumps upstream's
+    /// recording format (`dump_latents`), else `real`.
+    pub fn positions(&self, dump_latents: bool) -> TextPositions {
+        self.text_positions.unwrap_or(if dump_latents { TextPositions::Padded } else { TextPositions::Real })
+    }
+
+    /// Loads the pipeline's models for `req` where `placement` says ([`Self::placement`]; `None`:
+    /// on the backend's options) with the text cache the flags ask for: with --sp / --cfg-parallel
+    /// the parallel DiT (not the single transformer graph), and one VAE per tile worker. On
+    /// ort-tensorrt without --trt-profile, the DiT and VAE engines are built for `req`'s shapes
+    /// ([`trt_profile::request_profiles`]).
     pub fn load_for(
         &self,
         spec: PipelineSpec,
+        req: &GenerateRequest,
         backend: &BackendOpts,
         placement: Option<&Placement>,
+        positions: TextPositions,
     ) -> anyhow::Result<Pipeline> {
         let cache = if self.no_text_cache {
             None
@@ -364,13 +375,18 @@ impl SamplingOpts {
             let dir = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
             Some(EmbeddingCache::new(&dir).with_context(|| format!("text cache {}", dir.display()))?)
         };
-        let placement = match placement {
+        let mut placement = match placement {
             Some(p) => p.clone(),
             None => Placement::single(&backend.session_options()?),
         };
+        if backend.backend == BackendKind::OrtTensorrt && backend.gpu.trt_profile.is_none() {
+            let profiles = trt_profile::request_profiles(&spec, req, positions);
+            tracing::debug!(?profiles, "TensorRT profiles from the request");
+            placement = placement.with_trt_request_profiles(&profiles);
+        }
         let pipeline = Pipeline::load_placed(spec, cache, &placement)
             .with_context(|| format!("loading the pipeline bundle {}", self.bundle.display()))?;
-        Ok(pipeline.with_text_positions(self.text_positions.unwrap_or(TextPositions::Real)))
+        Ok(pipeline.with_text_positions(positions))
     }
 }
 
@@ -596,10 +612,8 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     } else {
         Box::new(seeded)
     };
-    let mut pipeline = args.sampling.load_for(spec, backend, placement.as_ref())?;
-    if args.dump_latents.is_some() && args.sampling.text_positions.is_none() {
-        pipeline = pipeline.with_text_positions(TextPositions::Padded);
-    }
+    let positions = args.sampling.positions(args.dump_latents.is_some());
+    let mut pipeline = args.sampling.load_for(spec, &req, backend, placement.as_ref(), positions)?;
     let encode = args.encode.options();
     // The folder is created at the first video write; an existing one is cleared of dead runs' temporaries.
     if args.save_img_path.is_dir() {

@@ -17,6 +17,7 @@
 
 pub mod memory;
 pub mod noise;
+pub mod trt_profile;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -232,6 +233,18 @@ impl Placement {
     pub fn vae_workers(&self) -> memory::VaeWorkers {
         let shared = self.vae.iter().all(|o| o.backend == crate::session::Backend::OrtCpu && o.share_weights);
         memory::VaeWorkers { count: self.vae.len().max(1), shared_weights: shared }
+    }
+
+    /// Every session with `profiles` as its TensorRT request profiles (by graph name).
+    pub fn with_trt_request_profiles(
+        mut self,
+        profiles: &std::collections::BTreeMap<String, crate::session::ProfileRange>,
+    ) -> Self {
+        let dit_ranks = self.dit.iter_mut().flat_map(|d| d.ranks.iter_mut());
+        for opts in std::iter::once(&mut self.main).chain(&mut self.vae).chain(dit_ranks) {
+            opts.gpu.trt_request_profiles = profiles.clone();
+        }
+        self
     }
 
     /// Every model on `opts`.
