@@ -27,7 +27,8 @@ pub struct ParallelOpts {
     /// CPU worker labels for ort-cpu and tract). With --sp / --cfg-parallel: one per rank
     /// (default 0, 1, ... one per rank). Without: the DiT and the text encoder run on the first
     /// and the VAE's spatial tiles (--spatial-tiling) are spread over all of them, bit-identical
-    /// to one device (on CPU backends the --threads are split between the tile workers).
+    /// to one worker with the same session options (on CPU backends the tile workers split
+    /// --threads, and ORT's CPU kernels may round differently than at the full thread count).
     #[arg(long)]
     pub devices: Option<DeviceList>,
 }
