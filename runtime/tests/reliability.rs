@@ -4,7 +4,8 @@
 //! - non-finite values (NaN latents given to `osp decode`, weight files overwritten with 0xFF,
 //!   NaN initial latents, a NaN text-cache entry) stop with the stage, step and prompt, and
 //!   write nothing;
-//! - requests whose estimated memory exceeds the host are refused before any model loads;
+//! - requests whose estimated memory exceeds the host are refused before any model loads (the
+//!   VAE tile workers of `--devices` counted and named);
 //! - a `.txt` prompt file that cannot be read, and a `--save_img_path` or bundle file that is a
 //!   regular file, a FIFO, a symbolic link loop or a dangling link, are named with what they are.
 //!
@@ -232,6 +233,7 @@ fn requests_beyond_the_host_memory_are_refused_before_any_model_loads() {
         &["--max_sequence_length", "1000000"],
         &["--num_frames", "40000001", "--stream-chunk", "2"],
         &["--num_samples_per_prompt", "100000000"],
+        &["--height", "100000", "--width", "100000", "--spatial-tiling", "--devices", "0,1"],
     ];
     for args in cases {
         let out_dir = tmp.path().join("out");
@@ -243,6 +245,11 @@ fn requests_beyond_the_host_memory_are_refused_before_any_model_loads() {
         }
         assert!(!msg.contains("graph loaded") && !msg.contains("bad_alloc"), "{args:?}: {msg}");
         assert!(!out_dir.exists());
+        // Tiles spread over two workers: the estimate counts both and the hint names the flag.
+        let spread = args.contains(&"--devices");
+        for n in ["on 2 workers", "fewer --devices (now 2 workers)"] {
+            assert_eq!(msg.contains(n), spread, "{args:?}: `{n}` in:\n{msg}");
+        }
     }
 }
 

@@ -283,8 +283,11 @@ fn parallel_flags_are_refused_before_loading() {
         (&["--sp", "4"], &["--sp", "divide"]),
         (&["--cfg-parallel", "--guidance_scale", "1"], &["--cfg-parallel", "guidance"]),
         (&["--sp", "2", "--devices", "0"], &["--devices", "need 2 devices"]),
-        (&["--sp", "2", "--devices", "1,1"], &["--devices", "distinct"]),
-        (&["--devices", "0,1"], &["--devices", "--sp"]),
+        (&["--sp", "2", "--devices", "1,1"], &["--devices", "listed twice"]),
+        (&["--devices", "1,1"], &["--devices", "listed twice"]),
+        (&["--devices=-1"], &["--devices", "negative"]),
+        (&["--devices", "0,x"], &["--devices", "not a device ordinal"]),
+        (&["--sp", "0", "--devices", "0"], &["--sp", "at least 1"]),
     ] {
         let out = generate(tmp.path(), "refused", extra);
         let msg = text(&out);
@@ -378,5 +381,76 @@ fn sp_spreads_the_vae_tiles_over_the_devices_bit_identically() {
         let want = one.decode_frames(z.view(), &opts).unwrap().remove(0);
         let want = want.slice(ndarray::s![..9, ..64, ..96, ..]).to_owned();
         assert!(got == want, "{name}: the written frames differ from one worker's decode");
+    }
+}
+
+/// `--devices 0,1` without `--sp`: the single DiT graph on the first device gives the one-device
+/// run's latents bit for bit, and the VAE's tiles spread over two CPU workers (each with half of
+/// `--threads`, as `osp decode --devices`) give one such worker's decode bit for bit, whole and
+/// streamed inside tiles. (ORT's CPU kernels round differently at 1 and 2 threads, so the frames
+/// match the 2-thread one-device run at `OneLevel`.)
+#[test]
+fn devices_alone_spread_the_vae_tiles_and_equal_one_device_bit_for_bit() {
+    use osp_runtime::parallel::workers::worker_options;
+    use osp_runtime::pipeline::{DecodeOptions, PipelineSpec};
+    use osp_runtime::vae::{TilingConfig, Vae};
+    use osp_runtime::{Backend, Bundle, SessionOptions};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = PipelineSpec::open(osp_tests::small_e2e_pipeline()).unwrap();
+    let vae_bundle = Bundle::open(spec.dir().join(&spec.manifest().components.vae)).unwrap();
+    // What each VAE worker gets from `osp --threads 2 generate --devices 0,1` on ort-cpu.
+    let worker = worker_options(&SessionOptions::new(Backend::OrtCpu).with_threads(2), &[0, 1]).unwrap().remove(0);
+    assert_eq!(worker.threads, Some(1));
+    let mut one = Vae::load(&vae_bundle, &worker).unwrap();
+    let tiling = Some(TilingConfig { tile_size: 4, overlap: 1 });
+    let tiles = ["--spatial-tiling", "--tile-size", "4", "--tile-overlap", "1"];
+    let common =
+        ["--num-sampling-steps", "2", "--seed", "5", "--text-positions", "real", "-v", "--output-format", "png"];
+    let bits = |t: &Tensor| t.to_f32_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for (name, chunk) in [("whole", None), ("streamed", Some(1))] {
+        let chunk_args: Vec<String> =
+            chunk.iter().flat_map(|c: &usize| ["--stream-chunk".into(), c.to_string()]).collect();
+        let chunk_args: Vec<&str> = chunk_args.iter().map(String::as_str).collect();
+        let run = |devices: &[&str]| {
+            let tag = format!("{name}_{}", devices.len());
+            let dump = tmp.path().join(format!("{tag}.safetensors"));
+            let out = generate(
+                tmp.path(),
+                &tag,
+                &[&common[..], &tiles, &chunk_args, devices, &["--dump-latents", dump.to_str().unwrap()]].concat(),
+            );
+            let log = text(&out);
+            assert!(out.status.success(), "{tag}: {log}");
+            let workers = if devices.is_empty() { "vae_workers=1" } else { "vae_workers=2" };
+            assert!(log.contains(workers), "{tag}: {workers} expected in:\n{log}");
+            let graphs = dit_graphs_loaded(&log);
+            assert!(
+                !graphs.is_empty() && graphs.iter().all(|g| g.starts_with("transformer")),
+                "{tag}: the single DiT graph, got {graphs:?}"
+            );
+            let frames = png_frames(&tmp.path().join(format!("{tag}/EulerAncestralDiscrete_0_gs7.5_s2")));
+            (read_safetensors(&dump).unwrap(), frames)
+        };
+        let (plain, plain_frames) = run(&[]);
+        let (spread, frames) = run(&["--devices", "0,1"]);
+        assert_eq!(plain.keys().collect::<Vec<_>>(), spread.keys().collect::<Vec<_>>(), "{name}: dumped keys");
+        for (key, want) in plain.iter().filter(|(k, _)| !k.contains(".vae.") && !k.contains(".video.")) {
+            assert!(bits(&spread[key]) == bits(want), "{name} {key}: differs from the one-device run");
+        }
+        let Some(Tensor::F32(latents)) = spread.get("p0.latents.final") else { panic!("{name}: final latents") };
+        let Some(decoded) = spread.get("p0.vae.decoded") else { panic!("{name}: the decoded video") };
+        let z = one.unnormalize(latents).unwrap();
+        let opts = DecodeOptions { chunk, tiling };
+        assert!(tiling.unwrap().tile_count(z.shape()[3], z.shape()[4]) > 2, "several tiles per worker");
+        let want = one.decode(z.view(), &opts).unwrap();
+        assert_eq!(decoded.shape(), want.shape(), "{name}");
+        assert!(bits(decoded) == bits(&Tensor::F32(want.into_dyn())), "{name}: the decode differs from one worker's");
+        let want = one.decode_frames(z.view(), &opts).unwrap().remove(0);
+        let want = want.slice(ndarray::s![..9, ..64, ..96, ..]).to_owned();
+        assert!(frames == want, "{name}: the written frames differ from one worker's decode");
+        let f = |a: &ndarray::Array4<u8>| a.iter().map(|&v| f32::from(v)).collect::<Vec<_>>();
+        let c = Approx::OneLevel.compare(&f(&frames), &f(&plain_frames));
+        assert!(c.ok(), "{name}: frames vs the one-device run: {c}");
     }
 }

@@ -126,12 +126,14 @@ pub fn run(args: &BenchArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     let mut req = sampling.request(&spec)?;
     req.prompts.truncate(1);
     let req = spec.prepare(req)?;
-    sampling.check_memory(&spec, &req, backend)?;
+    let placement = sampling.placement(&spec, &req, backend)?;
+    sampling.check_memory(&spec, &req, backend, placement.as_ref())?;
     let latent_shape = spec.latent_shape(&req);
     let steps = req.steps();
     let fps = spec.manifest().defaults.fps;
     let started = Instant::now();
-    let mut pipeline: Pipeline = sampling.load_for(spec, &req, backend)?;
+    let mut pipeline: Pipeline =
+        sampling.load_for(spec, &req, backend, placement.as_ref(), sampling.positions(false))?;
     let load_s = started.elapsed().as_secs_f64();
     let out_dir = tempfile_dir()?;
     let encode = args.encode.options();

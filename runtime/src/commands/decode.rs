@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use ndarray::Ix5;
-use osp_runtime::parallel::workers::{worker_options, DeviceList};
+use osp_runtime::parallel::workers::{check_devices_exist, host_gpus, worker_options, DeviceList};
 use osp_runtime::vae::{self, DecodeOptions, TilingConfig, Vae, DECODER_INPUT};
 use osp_runtime::video;
 use osp_runtime::{read_safetensors, Bundle, Tensor};
@@ -107,7 +107,10 @@ pub fn run(args: &DecodeArgs, backend: &BackendOpts) -> anyhow::Result<()> {
         Bundle::open(&args.bundle).with_context(|| format!("opening the VAE bundle {}", args.bundle.display()))?;
     let base = backend.session_options()?;
     let workers = match &args.devices {
-        Some(DeviceList(devices)) => worker_options(&base, devices).context("--devices")?,
+        Some(DeviceList(devices)) => {
+            check_devices_exist(&base.backend, devices, host_gpus()).context("--devices")?;
+            worker_options(&base, devices).context("--devices")?
+        }
         None => vec![base],
     };
     let mut vaes = workers

@@ -11,7 +11,10 @@ use clap::{Args, ValueEnum};
 use osp_graphs::path::PathKind;
 use osp_runtime::pipeline::memory;
 use osp_runtime::pipeline::noise::{NoiseSource, ReplayNoise, SeededNoise};
-use osp_runtime::pipeline::{DecodeOptions, GenerateObserver, GenerateRequest, Pipeline, PipelineSpec, StepRecord};
+use osp_runtime::pipeline::trt_profile;
+use osp_runtime::pipeline::{
+    DecodeOptions, GenerateObserver, GenerateRequest, Pipeline, PipelineSpec, Placement, StepRecord,
+};
 use osp_runtime::scheduler::{PredictionType, SampleMethod};
 use osp_runtime::text::cache::{default_cache_dir, CACHE_DIR_ENV};
 use osp_runtime::text::{EmbeddingCache, TextPositions};
@@ -303,17 +306,20 @@ impl SamplingOpts {
     }
 
     /// Refuses `req` when its estimated peak memory exceeds what the host has available, unless
-    /// --skip-memory-check; on a GPU backend only the host part (weights, runtime, video) counts.
+    /// --skip-memory-check; with `placement`'s VAE workers ([`Self::placement`]); on a GPU
+    /// backend only the host part (weights, runtime, video, further VAE sessions) counts.
     pub fn check_memory(
         &self,
         spec: &PipelineSpec,
         req: &GenerateRequest,
         backend: &BackendOpts,
+        placement: Option<&Placement>,
     ) -> anyhow::Result<()> {
         if self.skip_memory_check {
             return Ok(());
         }
-        let mut estimate = spec.memory_estimate(req);
+        let vae = placement.map_or(memory::VaeWorkers::ONE, Placement::vae_workers);
+        let mut estimate = spec.memory_estimate(req, vae);
         if matches!(backend.backend, BackendKind::OrtCuda | BackendKind::OrtTensorrt) {
             estimate = estimate.host_part_with_gpu();
         }
@@ -333,29 +339,54 @@ impl SamplingOpts {
             .with_context(|| format!("opening the pipeline bundle {}", self.bundle.display()))
     }
 
-    /// Checks the parallel flags against `req` (before any model loads), then loads the pipeline's
-    /// models with the text cache the flags ask for: with --sp / --cfg-parallel, the parallel DiT
-    /// (not the single transformer graph) and one VAE per rank's device.
+    /// Checks --sp / --cfg-parallel / --devices against `req` (nothing loads): where the models
+    /// run, `None` for everything on the backend's one device.
+    pub fn placement(
+        &self,
+        spec: &PipelineSpec,
+        req: &GenerateRequest,
+        backend: &BackendOpts,
+    ) -> anyhow::Result<Option<Placement>> {
+        self.parallel.check(spec, req, backend)
+    }
+
+    /// The text positions of a run: --text-positions, else `padded` when the run dumps upstream's
+    /// recording format (`dump_latents`), else `real`.
+    pub fn positions(&self, dump_latents: bool) -> TextPositions {
+        self.text_positions.unwrap_or(if dump_latents { TextPositions::Padded } else { TextPositions::Real })
+    }
+
+    /// Loads the pipeline's models for `req` where `placement` says ([`Self::placement`]; `None`:
+    /// on the backend's options) with the text cache the flags ask for: with --sp / --cfg-parallel
+    /// the parallel DiT (not the single transformer graph), and one VAE per tile worker. On
+    /// ort-tensorrt without --trt-profile, the DiT and VAE engines are built for `req`'s shapes
+    /// ([`trt_profile::request_profiles`]).
     pub fn load_for(
         &self,
         spec: PipelineSpec,
         req: &GenerateRequest,
         backend: &BackendOpts,
+        placement: Option<&Placement>,
+        positions: TextPositions,
     ) -> anyhow::Result<Pipeline> {
-        let placement = self.parallel.check(&spec, req, backend)?;
         let cache = if self.no_text_cache {
             None
         } else {
             let dir = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
             Some(EmbeddingCache::new(&dir).with_context(|| format!("text cache {}", dir.display()))?)
         };
-        let opts = backend.session_options()?;
-        let pipeline = match &placement {
-            None => Pipeline::load(spec, &opts, cache),
-            Some(p) => Pipeline::load_parallel(spec, &opts, cache, p),
+        let mut placement = match placement {
+            Some(p) => p.clone(),
+            None => Placement::single(&backend.session_options()?),
+        };
+        if backend.backend == BackendKind::OrtTensorrt && backend.gpu.trt_profile.is_none() {
+            let profiles = trt_profile::request_profiles(&spec, req, positions);
+            tracing::debug!(?profiles, "TensorRT profiles from the request");
+            placement = placement.with_trt_request_profiles(&profiles);
         }
-        .with_context(|| format!("loading the pipeline bundle {}", self.bundle.display()))?;
-        Ok(pipeline.with_text_positions(self.text_positions.unwrap_or(TextPositions::Real)))
+        let pipeline = Pipeline::load_placed(spec, cache, &placement)
+            .with_context(|| format!("loading the pipeline bundle {}", self.bundle.display()))?;
+        Ok(pipeline.with_text_positions(positions))
     }
 }
 
@@ -556,14 +587,20 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
             )
         })
     };
+    let mut placement = None;
     if args.refiner.is_set() {
         // The flags are checked before the refiner runs; the refined prompts are checked again.
-        prepare(req.clone())?;
+        let checked = prepare(req.clone())?;
+        placement = Some(args.sampling.placement(&spec, &checked, backend)?);
         req.prompts =
             args.refiner.apply(&req.prompts, args.seed, args.sampling.upstream.model_type.as_deref(), backend)?;
     }
     let req = prepare(req)?;
-    args.sampling.check_memory(&spec, &req, backend)?;
+    let placement = match placement {
+        Some(p) => p,
+        None => args.sampling.placement(&spec, &req, backend)?,
+    };
+    args.sampling.check_memory(&spec, &req, backend, placement.as_ref())?;
     let fps = args.fps.unwrap_or(spec.manifest().defaults.fps);
     let shape = spec.latent_shape(&req);
     let steps = req.steps();
@@ -575,10 +612,8 @@ pub fn run(args: &GenerateArgs, backend: &BackendOpts) -> anyhow::Result<()> {
     } else {
         Box::new(seeded)
     };
-    let mut pipeline = args.sampling.load_for(spec, &req, backend)?;
-    if args.dump_latents.is_some() && args.sampling.text_positions.is_none() {
-        pipeline = pipeline.with_text_positions(TextPositions::Padded);
-    }
+    let positions = args.sampling.positions(args.dump_latents.is_some());
+    let mut pipeline = args.sampling.load_for(spec, &req, backend, placement.as_ref(), positions)?;
     let encode = args.encode.options();
     // The folder is created at the first video write; an existing one is cleared of dead runs' temporaries.
     if args.save_img_path.is_dir() {

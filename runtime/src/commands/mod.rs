@@ -91,7 +91,9 @@ pub struct GpuOpts {
     pub no_cpu_fallback: bool,
     /// TensorRT optimisation profile over the manifest's symbolic dims: `sym=min:opt:max` or
     /// `sym=value`, comma-separated (e.g. `b=1:2:2,t=1:5:9`); every symbol of a loaded graph's
-    /// dynamic inputs must be given. Default: engines built for the first shapes seen.
+    /// dynamic inputs must be given (`2*h`-style dims follow from `h`). Default: `osp generate` and
+    /// `osp bench` build the DiT and VAE engines for the request's shapes; other graphs and
+    /// commands for the first shapes seen.
     #[arg(long, env = "OSP_TRT_PROFILE", global = true)]
     pub trt_profile: Option<ProfileRange>,
 }
@@ -112,6 +114,7 @@ impl GpuOpts {
             memory_limit: self.gpu_mem_limit,
             allow_cpu_fallback: !self.no_cpu_fallback,
             trt_profile: self.trt_profile.clone(),
+            trt_request_profiles: Default::default(),
         }
     }
 }

@@ -1,13 +1,15 @@
 //! `--sp`, `--cfg-parallel` and `--devices` of `osp generate` and `osp bench`: the parallel DiT
-//! (`osp_runtime::parallel`) and the VAE's spatial tiles on the same devices, checked before any
+//! (`osp_runtime::parallel`) and the VAE's spatial tiles on the same devices, or, with `--devices`
+//! alone, the single DiT on the first device and the tiles over all of them; checked before any
 //! model loads.
 
 use anyhow::{bail, Context};
 use clap::Args;
 use osp_graphs::{BundleManifest, DitSegments};
+use osp_runtime::parallel::workers::{check_devices_exist, host_gpus, on_device, worker_options, DeviceList};
 use osp_runtime::parallel::{ParallelPlan, RankTimings};
-use osp_runtime::pipeline::{GenerateRequest, ParallelPlacement, PipelineSpec};
-use osp_runtime::{Backend, BackendKind, SessionOptions};
+use osp_runtime::pipeline::{GenerateRequest, ParallelPlacement, PipelineSpec, Placement};
+use osp_runtime::{BackendKind, SessionOptions};
 
 use super::BackendOpts;
 
@@ -21,15 +23,14 @@ pub struct ParallelOpts {
     /// 2 x --sp). Needs --guidance_scale > 1.
     #[arg(long)]
     pub cfg_parallel: bool,
-    /// One device per rank, comma-separated (GPU ordinals for ort-cuda / ort-tensorrt; CPU rank
-    /// labels for ort-cpu). Default: 0, 1, ... one per rank. The VAE's spatial tiles
-    /// (--spatial-tiling) are spread over the same devices.
-    #[arg(long, value_delimiter = ',')]
-    pub devices: Option<Vec<i32>>,
-}
-
-fn gpu_count() -> Option<usize> {
-    std::fs::read_dir("/proc/driver/nvidia/gpus").ok().map(|d| d.count())
+    /// Devices, comma-separated, each at most once (GPU ordinals for ort-cuda / ort-tensorrt;
+    /// CPU worker labels for ort-cpu and tract). With --sp / --cfg-parallel: one per rank
+    /// (default 0, 1, ... one per rank). Without: the DiT and the text encoder run on the first
+    /// and the VAE's spatial tiles (--spatial-tiling) are spread over all of them, bit-identical
+    /// to one worker with the same session options (on CPU backends the tile workers split
+    /// --threads, and ORT's CPU kernels may round differently than at the full thread count).
+    #[arg(long)]
+    pub devices: Option<DeviceList>,
 }
 
 impl ParallelOpts {
@@ -37,22 +38,35 @@ impl ParallelOpts {
         self.sp > 1 || self.cfg_parallel
     }
 
-    /// Checks the flags against the bundle's manifests and the request; `None` when no parallel
-    /// flag is given. Loads nothing.
+    /// Checks the flags against the bundle's manifests and the request; `None` when none of
+    /// --sp, --cfg-parallel and --devices is given. Loads nothing.
     pub fn check(
         &self,
         spec: &PipelineSpec,
         req: &GenerateRequest,
         backend: &BackendOpts,
-    ) -> anyhow::Result<Option<ParallelPlacement>> {
-        if !self.enabled() {
-            if self.devices.is_some() {
-                bail!("--devices: needs --sp > 1 or --cfg-parallel (one device per rank)");
-            }
-            return Ok(None);
-        }
+    ) -> anyhow::Result<Option<Placement>> {
         if self.sp == 0 {
             bail!("--sp: the sequence-parallel degree must be at least 1");
+        }
+        let base = backend.session_options()?;
+        let tiled = req.decode.tiling.is_some();
+        if !self.enabled() {
+            let Some(DeviceList(devices)) = &self.devices else { return Ok(None) };
+            check_devices_exist(&base.backend, devices, host_gpus()).context("--devices")?;
+            let main = on_device(&base, devices[0]);
+            let vae = if tiled {
+                worker_options(&base, devices).context("--devices")?
+            } else {
+                if devices.len() > 1 {
+                    tracing::warn!(
+                        ?devices,
+                        "--devices: the VAE decode is not tiled (no --spatial-tiling), so it runs on the first device only"
+                    );
+                }
+                vec![main.clone()]
+            };
+            return Ok(Some(Placement { main, dit: None, vae }));
         }
         if backend.backend == BackendKind::Tract {
             bail!("--sp / --cfg-parallel: the parallel DiT runs on ONNX Runtime backends (ort-cpu, ort-cuda, ort-tensorrt), not tract");
@@ -80,7 +94,10 @@ impl ParallelOpts {
         let frames = spec.latent_shape(req)[2];
         let batch = if cfg { 2 } else { 1 } * req.num_samples_per_prompt;
         plan.check(&protocol, batch, frames)?;
-        let devices: Vec<i32> = self.devices.clone().unwrap_or_else(|| (0..plan.world() as i32).collect());
+        let devices: Vec<i32> = match &self.devices {
+            Some(DeviceList(d)) => d.clone(),
+            None => (0..plan.world() as i32).collect(),
+        };
         if devices.len() != plan.world() {
             bail!(
                 "--devices: {} ranks ({} group(s) x --sp {}) need {} devices, got {} ({devices:?})",
@@ -91,36 +108,22 @@ impl ParallelOpts {
                 devices.len()
             );
         }
-        let mut seen = devices.clone();
-        seen.sort_unstable();
-        seen.dedup();
-        if seen.len() != devices.len() || devices.iter().any(|&d| d < 0) {
-            bail!("--devices: one distinct non-negative device per rank, got {devices:?}");
-        }
-        let base = backend.session_options()?;
+        check_devices_exist(&base.backend, &devices, host_gpus()).context("--devices")?;
         let gpu = matches!(backend.backend, BackendKind::OrtCuda | BackendKind::OrtTensorrt);
-        if gpu {
-            if let Some(n) = gpu_count() {
-                if let Some(d) = devices.iter().find(|&&d| d as usize >= n) {
-                    bail!("--devices: GPU {d} does not exist (this host has {n})");
-                }
-            }
-        }
         let threads = base.threads.or_else(|| {
             (!gpu).then(|| {
                 let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
                 (cores / plan.world()).max(1)
             })
         });
-        let ranks = devices
-            .iter()
-            .map(|&d| SessionOptions {
-                backend: Backend::from_kind(backend.backend, d, backend.trt_cache_dir.clone()),
-                threads,
-                ..base.clone()
-            })
-            .collect();
-        Ok(Some(ParallelPlacement { plan, ranks }))
+        let ranks: Vec<SessionOptions> =
+            devices.iter().map(|&d| SessionOptions { threads, ..on_device(&base, d) }).collect();
+        let main = match &self.devices {
+            Some(DeviceList(d)) => on_device(&base, d[0]),
+            None => base,
+        };
+        let vae = if tiled { ranks.clone() } else { ranks[..1].to_vec() };
+        Ok(Some(Placement { main, dit: Some(ParallelPlacement { plan, ranks }), vae }))
     }
 }
 

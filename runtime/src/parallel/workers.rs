@@ -36,6 +36,38 @@ impl std::str::FromStr for DeviceList {
     }
 }
 
+/// `base` on GPU `device` (ort-cuda / ort-tensorrt); `base` as it is on CPU backends, whose
+/// device entries only label workers.
+pub fn on_device(base: &SessionOptions, device: i32) -> SessionOptions {
+    let mut opts = base.clone();
+    if let Backend::OrtCuda { device_id } | Backend::OrtTensorRt { device_id, .. } = &mut opts.backend {
+        *device_id = device;
+    }
+    opts
+}
+
+/// Refuses, on GPU backends, an ordinal of `devices` at or above `gpus` (the host's GPU count,
+/// [`host_gpus`] for this host; unchecked when `None`). CPU backends take any labels.
+pub fn check_devices_exist(backend: &Backend, devices: &[i32], gpus: Option<usize>) -> Result<()> {
+    if !matches!(backend, Backend::OrtCuda { .. } | Backend::OrtTensorRt { .. }) {
+        return Ok(());
+    }
+    let Some(n) = gpus else { return Ok(()) };
+    match devices.iter().find(|&&d| d < 0 || d as usize >= n) {
+        Some(d) => Err(Error::InvalidInput {
+            name: "devices".into(),
+            rule: format!("GPU {d} does not exist (this host has {n})"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The GPUs this host has (the entries of `/proc/driver/nvidia/gpus`); `None` where that cannot
+/// be read.
+pub fn host_gpus() -> Option<usize> {
+    std::fs::read_dir("/proc/driver/nvidia/gpus").ok().map(|d| d.count())
+}
+
 /// One [`SessionOptions`] per worker: `base` on device `devices[i]` (GPU backends), or with its
 /// threads split between the workers (CPU backends).
 pub fn worker_options(base: &SessionOptions, devices: &[i32]) -> Result<Vec<SessionOptions>> {
@@ -52,10 +84,9 @@ pub fn worker_options(base: &SessionOptions, devices: &[i32]) -> Result<Vec<Sess
     Ok(devices
         .iter()
         .map(|&d| {
-            let mut opts = base.clone();
-            match &mut opts.backend {
-                Backend::OrtCuda { device_id } | Backend::OrtTensorRt { device_id, .. } => *device_id = d,
-                Backend::OrtCpu | Backend::Tract => opts.threads = Some(cpu_threads),
+            let mut opts = on_device(base, d);
+            if matches!(opts.backend, Backend::OrtCpu | Backend::Tract) {
+                opts.threads = Some(cpu_threads);
             }
             opts
         })
@@ -89,5 +120,18 @@ mod tests {
         assert!(worker_options(&SessionOptions::default(), &[]).is_err());
         let e = worker_options(&SessionOptions::default(), &[1, 1]).unwrap_err().to_string();
         assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn gpu_ordinals_beyond_the_host_are_refused_and_cpu_labels_are_not() {
+        let cuda = Backend::OrtCuda { device_id: 0 };
+        check_devices_exist(&cuda, &[0, 1], Some(2)).unwrap();
+        check_devices_exist(&cuda, &[0, 7], None).unwrap();
+        let e = check_devices_exist(&cuda, &[0, 2], Some(2)).unwrap_err().to_string();
+        assert!(e.contains("devices") && e.contains("GPU 2 does not exist (this host has 2)"), "{e}");
+        check_devices_exist(&Backend::OrtCpu, &[0, 9], Some(0)).unwrap();
+        let moved = on_device(&SessionOptions::new(cuda).with_threads(3), 4);
+        assert_eq!((moved.backend, moved.threads), (Backend::OrtCuda { device_id: 4 }, Some(3)));
+        assert_eq!(on_device(&SessionOptions::default().with_threads(3), 4).threads, Some(3));
     }
 }

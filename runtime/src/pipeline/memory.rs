@@ -14,7 +14,10 @@
 //!   `2 B heads N l`, and [`TOKEN_ACTIVATIONS`] x `B N heads d_head` values;
 //! - VAE decode: [`VAE_ACTIVATIONS`] x `base_channels` values per output pixel in flight (the
 //!   frames of one streamed chunk, the pixels of one tile, or the whole video), plus the video
-//!   buffers (f32 unless decoded to uint8 inside streamed tiles, and the uint8 frames);
+//!   buffers (f32 unless decoded to uint8 inside streamed tiles, and the uint8 frames); with `W`
+//!   tile workers decoding at once ([`VaeWorkers`], `--devices`; at most one per tile), `W` times
+//!   the activations, the [`TILES_IN_FLIGHT_PER_WORKER`] x `W` decoded f32 tiles waiting to be
+//!   blended, and `W - 1` more sessions' weights unless the workers share one copy;
 //!
 //! at 4 bytes a value; the peak is the fixed part plus the largest of the three stages.
 
@@ -35,7 +38,26 @@ pub const TOKEN_ACTIVATIONS: u64 = 12;
 /// Live f32 values per output pixel and VAE `base_channels` while decoding (measured about 0.75
 /// on the release WFVAE, `docs/measurements/wfvae_release_decode.json`).
 pub const VAE_ACTIVATIONS: u64 = 1;
+/// Decoded f32 tiles per tile worker that may wait to be blended
+/// (`vae::tiling::decode_tiled_parallel`'s window).
+pub const TILES_IN_FLIGHT_PER_WORKER: u64 = 2;
 const F32: u64 = 4;
+
+/// The VAE workers a tiled decode spreads its tiles over (`osp generate --devices`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VaeWorkers {
+    /// Workers loaded, at least 1.
+    pub count: usize,
+    /// Whether their sessions share one copy of the weights (ort-cpu sessions of one bundle with
+    /// shared weights, `engine::ort::shared_weights`): an extra worker then adds only what it
+    /// decodes.
+    pub shared_weights: bool,
+}
+
+impl VaeWorkers {
+    /// One worker.
+    pub const ONE: Self = Self { count: 1, shared_weights: true };
+}
 
 /// The model sizes the estimate needs, read from the component manifests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,6 +73,8 @@ pub struct ModelSizes {
     pub vae_base_channels: usize,
     /// Bytes of the files of the graphs generation loads (text encoder, transformer, decoders).
     pub weight_bytes: u64,
+    /// The decoder graphs' part of `weight_bytes`: what each further VAE worker's sessions hold.
+    pub vae_weight_bytes: u64,
 }
 
 impl ModelSizes {
@@ -84,9 +108,10 @@ impl ModelSizes {
             names.dedup();
             names.iter().filter_map(|n| std::fs::metadata(dir.join(n)).ok()).map(|m| m.len()).sum()
         };
+        s.vae_weight_bytes = files(vae, vae_dir, &|g| g != crate::vae::ENCODER_GRAPH);
         s.weight_bytes = files(text, text_dir, &|g| g == crate::text::GRAPH)
             + files(dit, dit_dir, &|g| g == super::TRANSFORMER_GRAPH)
-            + files(vae, vae_dir, &|g| g != crate::vae::ENCODER_GRAPH);
+            + s.vae_weight_bytes;
         s
     }
 }
@@ -98,8 +123,14 @@ pub struct MemoryEstimate {
     pub fixed: u64,
     pub text_encoder: u64,
     pub transformer: u64,
-    /// VAE decoder activations.
+    /// VAE decoder activations (of every worker decoding at once, with their decoded tiles
+    /// waiting to be blended).
     pub vae_decode: u64,
+    /// The sessions of the VAE workers beyond the first ([`VaeWorkers`]): host memory on every
+    /// backend.
+    pub vae_sessions: u64,
+    /// VAE workers decoding at once (1 unless a tiled decode is spread over several).
+    pub vae_workers: usize,
     /// The decoded video buffers (f32 and uint8) held while decoding.
     pub video: u64,
 }
@@ -107,8 +138,8 @@ pub struct MemoryEstimate {
 impl MemoryEstimate {
     /// The estimated peak: the fixed part and the largest stage (stages run one after another).
     pub fn peak(&self) -> u64 {
-        self.fixed
-            .saturating_add(self.text_encoder.max(self.transformer).max(self.vae_decode.saturating_add(self.video)))
+        let vae = self.vae_decode.saturating_add(self.vae_sessions).saturating_add(self.video);
+        self.fixed.saturating_add(self.text_encoder.max(self.transformer).max(vae))
     }
 
     /// The part in host memory when the graphs run on a GPU: the activations are device memory,
@@ -121,10 +152,15 @@ impl MemoryEstimate {
 impl fmt::Display for MemoryEstimate {
     /// `<peak> of memory (<parts>)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let workers = match (self.vae_workers, self.vae_sessions) {
+            (1, _) => String::new(),
+            (w, 0) => format!(" on {w} workers"),
+            (w, sessions) => format!(" on {w} workers + their sessions {}", gib(sessions)),
+        };
         write!(
             f,
             "{} of memory (models and runtime {}, then the largest of text encoder {}, transformer {}, VAE decode \
-             {} + video {})",
+             {}{workers} + video {})",
             gib(self.peak()),
             gib(self.fixed),
             gib(self.text_encoder),
@@ -149,13 +185,15 @@ fn product(factors: &[u64]) -> u64 {
     factors.iter().fold(1u128, |acc, &f| acc.saturating_mul(u128::from(f))).min(u128::from(u64::MAX)) as u64
 }
 
-/// The estimate for `req` with `sizes`, latents `[n, c, t, h, w]` and the VAE's compression.
+/// The estimate for `req` with `sizes`, latents `[n, c, t, h, w]`, the VAE's compression and the
+/// VAE `workers` a tiled decode is spread over.
 pub fn estimate(
     sizes: &ModelSizes,
     req: &GenerateRequest,
     latent: [usize; 5],
     (patch_t, patch): (usize, usize),
     vae_spatial: usize,
+    workers: VaeWorkers,
 ) -> MemoryEstimate {
     let u = |v: usize| v as u64;
     let [n, _, t, h, w] = latent.map(u);
@@ -187,6 +225,18 @@ pub fn estimate(
         None => (height, width),
     };
     let activations = product(&[VAE_ACTIVATIONS, n, u(sizes.vae_base_channels), frames_in_flight, tile_h, tile_w, F32]);
+    // `vae::decode_parallel`: one worker per tile at most; with several, each decodes whole tiles
+    // (a streamed tile is collected before it is blended), and a window of them waits.
+    let tiles = req.decode.tiling.map_or(1, |tc| tc.tile_count(latent[3], latent[4]));
+    let concurrent = workers.count.clamp(1, tiles.max(1));
+    let vae_decode = if concurrent > 1 {
+        let waiting = product(&[TILES_IN_FLIGHT_PER_WORKER, u(concurrent), n, 3, frames, tile_h, tile_w, F32]);
+        product(&[u(concurrent), activations]).saturating_add(waiting)
+    } else {
+        activations
+    };
+    let vae_sessions =
+        if workers.shared_weights { 0 } else { product(&[u(concurrent - 1), WEIGHT_FACTOR, sizes.vae_weight_bytes]) };
     let uint8_video = product(&[n, frames, height, width, 3]);
     let streamed_to_uint8 = req.decode.chunk.is_some() && req.decode.tiling.is_some() && !req.keep_decoded;
     // Streamed inside tiles, only one row of tiles is ever f32; otherwise the whole f32 video is.
@@ -194,7 +244,7 @@ pub fn estimate(
     let f32_video = product(&[n, 3, frames, f32_rows, width, F32]);
     let video = uint8_video.saturating_add(f32_video);
 
-    MemoryEstimate { fixed, text_encoder, transformer, vae_decode: activations, video }
+    MemoryEstimate { fixed, text_encoder, transformer, vae_decode, vae_sessions, vae_workers: concurrent, video }
 }
 
 /// A request refused because its estimate exceeds the host's memory.
@@ -209,11 +259,15 @@ pub struct MemoryRefusal {
 
 impl fmt::Display for MemoryRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fewer_devices = match self.estimate.vae_workers {
+            1 => String::new(),
+            w => format!(", spread the VAE tiles over fewer --devices (now {w} workers)"),
+        };
         write!(
             f,
             "this request needs an estimated {}, but the host has {} available ({}); lower \
              --height/--width/--num_frames/--max_sequence_length/--num_samples_per_prompt, decode with \
-             --stream-chunk and --spatial-tiling, or pass --skip-memory-check to run anyway (the estimate is \
+             --stream-chunk and --spatial-tiling{fewer_devices}, or pass --skip-memory-check to run anyway (the estimate is \
              explained in docs/reliability_checks.md)",
             self.estimate,
             gib(self.available),
@@ -252,6 +306,7 @@ mod tests {
             dit_sparse_n: 1,
             vae_base_channels: 8,
             weight_bytes: 1000,
+            vae_weight_bytes: 300,
         }
     }
 
@@ -285,7 +340,7 @@ mod tests {
     #[test]
     fn the_estimate_follows_the_documented_formulas() {
         let req = request();
-        let e = estimate(&sizes(), &req, latent(&req), (1, 2), 8);
+        let e = estimate(&sizes(), &req, latent(&req), (1, 2), 8, VaeWorkers::ONE);
         // fixed: overhead + 2 x 1000; text: 3 * 4 * 16^2 * 4 + 16 * (4 * 32 + 2 * 64) * 4.
         assert_eq!(e.fixed, (256 << 20) + 2000);
         assert_eq!(e.text_encoder, 12_288 + 16_384);
@@ -326,19 +381,71 @@ mod tests {
             ),
         ];
         for (what, req, ok) in cases {
-            let x = estimate(&sizes(), req, latent(req), (1, 2), 8);
+            let x = estimate(&sizes(), req, latent(req), (1, 2), 8, VaeWorkers::ONE);
             assert!(ok(&x), "{what}: {x:?}");
         }
-        let sparse = estimate(&ModelSizes { dit_sparse_n: 4, ..sizes() }, &req, latent(&req), (1, 2), 8);
+        let sparse =
+            estimate(&ModelSizes { dit_sparse_n: 4, ..sizes() }, &req, latent(&req), (1, 2), 8, VaeWorkers::ONE);
         assert_eq!(sparse.transformer, 9_216 / 4 + 12_288 + 110_592);
         let gpu = e.host_part_with_gpu();
         assert_eq!(gpu.peak(), e.fixed + e.video);
     }
 
+    /// 9 x 256 x 256 (latents 32 x 32) in 4 x 4 tiles of 8 x 8 latents, streamed one latent per call.
+    fn tiled() -> GenerateRequest {
+        let tiling = Some(TilingConfig { tile_size: 8, overlap: 0 });
+        GenerateRequest { height: 256, width: 256, decode: DecodeOptions { chunk: Some(1), tiling }, ..request() }
+    }
+
+    #[test]
+    fn concurrent_vae_workers_add_their_tiles_and_sessions() {
+        let req = tiled();
+        // 512 VAE channels: the VAE decode is the largest stage.
+        let big_vae = ModelSizes { vae_base_channels: 512, ..sizes() };
+        let at = |count, shared_weights| {
+            estimate(&big_vae, &req, latent(&req), (1, 2), 8, VaeWorkers { count, shared_weights })
+        };
+        let one = at(1, false);
+        // One tile in flight: 512 channels x 8 frames (4 x (chunk + 1)) x 64 x 64 pixels x 4 bytes.
+        let tile = 512 * 8 * 64 * 64 * 4;
+        assert!(one.vae_decode > one.transformer.max(one.text_encoder));
+        assert_eq!((one.vae_decode, one.vae_sessions, one.vae_workers), (tile, 0, 1));
+        // Each further worker: its tile's activations, two decoded f32 tiles (3 x 9 x 64 x 64)
+        // waiting, and its own session weights (2 x 300 bytes) unless they are shared.
+        let waiting = 2 * 3 * 9 * 64 * 64 * 4;
+        for w in [2u64, 4, 16] {
+            let e = at(w as usize, false);
+            assert_eq!(e.vae_decode, w * tile + w * waiting, "{w} workers");
+            assert_eq!(e.vae_sessions, (w - 1) * 600, "{w} workers");
+            assert_eq!(e.vae_workers, w as usize);
+            assert_eq!(at(w as usize, true).vae_sessions, 0, "{w} workers sharing weights");
+        }
+        assert!(at(2, false).peak() > one.peak() && at(4, false).peak() > at(2, false).peak());
+        // No more workers decode at once than there are tiles (16), nor with an untiled decode.
+        assert_eq!(at(64, false), at(16, false));
+        let untiled = GenerateRequest { decode: DecodeOptions { chunk: Some(1), tiling: None }, ..tiled() };
+        let e =
+            estimate(&sizes(), &untiled, latent(&untiled), (1, 2), 8, VaeWorkers { count: 4, shared_weights: false });
+        assert_eq!((e.vae_workers, e.vae_sessions), (1, 0));
+        // On a GPU the activations are device memory; the further sessions' host copies still count.
+        let gpu = at(4, false).host_part_with_gpu();
+        assert_eq!(gpu.peak(), gpu.fixed + 3 * 600 + gpu.video);
+
+        let host = crate::mem::HostMemory { available: at(2, false).peak(), source: "test".into() };
+        check(&at(2, false), &host).unwrap();
+        let msg = check(&at(4, false), &host).unwrap_err().to_string();
+        assert!(msg.contains("on 4 workers + their sessions"), "{msg}");
+        assert!(msg.contains("spread the VAE tiles over fewer --devices (now 4 workers)"), "{msg}");
+        let msg = check(&at(1, false), &crate::mem::HostMemory { available: 0, source: "test".into() })
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains("--devices") && !msg.contains("workers"), "{msg}");
+    }
+
     #[test]
     fn a_refusal_names_the_estimate_and_the_host() {
         let req = request();
-        let e = estimate(&sizes(), &req, latent(&req), (1, 2), 8);
+        let e = estimate(&sizes(), &req, latent(&req), (1, 2), 8, VaeWorkers::ONE);
         let host = |available| crate::mem::HostMemory { available, source: "test".into() };
         check(&e, &host(e.peak())).unwrap();
         let msg = check(&e, &host(e.peak() - 1)).unwrap_err().to_string();

@@ -17,6 +17,7 @@
 
 pub mod memory;
 pub mod noise;
+pub mod trt_profile;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -215,6 +216,48 @@ pub struct ParallelPlacement {
     pub ranks: Vec<SessionOptions>,
 }
 
+/// Where [`Pipeline::load_placed`] runs each model.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// The text encoder, and the single DiT graph unless `dit` is given.
+    pub main: SessionOptions,
+    /// The sequence-/CFG-parallel DiT, run instead of the single graph.
+    pub dit: Option<ParallelPlacement>,
+    /// One per VAE worker (at least one): a tiled decode spreads its tiles over them,
+    /// bit-identical to one of them; an untiled decode runs on the first.
+    pub vae: Vec<SessionOptions>,
+}
+
+impl Placement {
+    /// The VAE workers as the memory estimate counts them.
+    pub fn vae_workers(&self) -> memory::VaeWorkers {
+        let shared = self.vae.iter().all(|o| o.backend == crate::session::Backend::OrtCpu && o.share_weights);
+        memory::VaeWorkers { count: self.vae.len().max(1), shared_weights: shared }
+    }
+
+    /// Every session with `profiles` as its TensorRT request profiles (by graph name).
+    pub fn with_trt_request_profiles(
+        mut self,
+        profiles: &std::collections::BTreeMap<String, crate::session::ProfileRange>,
+    ) -> Self {
+        let dit_ranks = self.dit.iter_mut().flat_map(|d| d.ranks.iter_mut());
+        for opts in std::iter::once(&mut self.main).chain(&mut self.vae).chain(dit_ranks) {
+            opts.gpu.trt_request_profiles = profiles.clone();
+        }
+        self
+    }
+
+    /// Every model on `opts`.
+    pub fn single(opts: &SessionOptions) -> Self {
+        Self { main: opts.clone(), dit: None, vae: vec![opts.clone()] }
+    }
+
+    /// The text encoder on `opts`; the DiT on `parallel`'s ranks and one VAE worker per rank.
+    pub fn parallel(opts: &SessionOptions, parallel: &ParallelPlacement) -> Self {
+        Self { main: opts.clone(), dit: Some(parallel.clone()), vae: parallel.ranks.clone() }
+    }
+}
+
 impl std::ops::Deref for Pipeline {
     type Target = PipelineSpec;
     fn deref(&self) -> &PipelineSpec {
@@ -235,7 +278,7 @@ impl Pipeline {
     /// Loads the text encoder (with `cache` if given) and the transformer; VAE graphs load on
     /// first decode.
     pub fn load(spec: PipelineSpec, opts: &SessionOptions, cache: Option<EmbeddingCache>) -> Result<Self> {
-        Self::load_with(spec, opts, cache, None)
+        Self::load_placed(spec, cache, &Placement::single(opts))
     }
 
     /// [`Self::load`] with the DiT run by [`ParallelDit`] on `placement`'s ranks (its segment
@@ -248,29 +291,29 @@ impl Pipeline {
         cache: Option<EmbeddingCache>,
         placement: &ParallelPlacement,
     ) -> Result<Self> {
-        Self::load_with(spec, opts, cache, Some(placement))
+        Self::load_placed(spec, cache, &Placement::parallel(opts, placement))
     }
 
-    fn load_with(
-        spec: PipelineSpec,
-        opts: &SessionOptions,
-        cache: Option<EmbeddingCache>,
-        placement: Option<&ParallelPlacement>,
-    ) -> Result<Self> {
+    /// Loads the text encoder (with `cache` if given) and the DiT where `placement` says, and one
+    /// VAE per entry of `placement.vae` (their graphs load on first decode).
+    pub fn load_placed(spec: PipelineSpec, cache: Option<EmbeddingCache>, placement: &Placement) -> Result<Self> {
+        if placement.vae.is_empty() {
+            return Err(invalid("devices", "the VAE needs at least one worker".into()));
+        }
         let c = &spec.manifest.components;
         let text_bundle = Bundle::open(spec.dir.join(&c.text_encoder))?;
-        let mut text = TextEncoder::open(&text_bundle, opts, None)?;
+        let mut text = TextEncoder::open(&text_bundle, &placement.main, None)?;
         if let Some(cache) = cache {
             text = text.with_cache(cache);
         }
         let dit = Bundle::open(spec.dir.join(&c.transformer))?;
-        let denoiser = match placement {
-            None => Denoiser::single(&dit, opts, true)?,
+        let denoiser = match &placement.dit {
+            None => Denoiser::single(&dit, &placement.main, true)?,
             Some(p) => Denoiser::Parallel(ParallelDit::load(&dit, p.plan, &p.ranks)?),
         };
         let vae_bundle = Bundle::open(spec.dir.join(&c.vae))?;
-        let vae_opts = placement.map_or_else(|| std::slice::from_ref(opts), |p| p.ranks.as_slice());
-        let vaes = vae_opts
+        let vaes = placement
+            .vae
             .iter()
             .map(|o| Vae::with_graphs(&vae_bundle, spec.vae_graphs.clone(), o))
             .collect::<Result<Vec<_>>>()?;
@@ -487,11 +530,12 @@ impl PipelineSpec {
         ]
     }
 
-    /// The estimated peak memory of `req` ([`memory::estimate`]); checked against the host with
-    /// [`memory::check`] before any model loads.
-    pub fn memory_estimate(&self, req: &GenerateRequest) -> memory::MemoryEstimate {
+    /// The estimated peak memory of `req` with its tiles spread over `vae` workers
+    /// ([`memory::estimate`]); checked against the host with [`memory::check`] before any model
+    /// loads.
+    pub fn memory_estimate(&self, req: &GenerateRequest, vae: memory::VaeWorkers) -> memory::MemoryEstimate {
         let d = &self.dims;
-        memory::estimate(&self.sizes, req, self.latent_shape(req), (d.patch_size_t, d.patch_size), d.vae_spatial)
+        memory::estimate(&self.sizes, req, self.latent_shape(req), (d.patch_size_t, d.patch_size), d.vae_spatial, vae)
     }
 
     /// Checks the request before any model runs (each error names the flag and its rule) and

@@ -71,9 +71,13 @@ pub struct GpuOptions {
     /// warning on stderr (the session logs at warning level), never silently. `false`: the session
     /// sets `session.disable_cpu_ep_fallback = 1` and any CPU-placed node fails the load.
     pub allow_cpu_fallback: bool,
-    /// The TensorRT optimisation profile: `(min, opt, max)` per symbolic dim. `None`: TensorRT
-    /// builds for the shapes it is first run with and rebuilds when they change.
+    /// The TensorRT optimisation profile: `(min, opt, max)` per symbolic dim, for every graph
+    /// (`--trt-profile`). `None`: the graph's entry in `trt_request_profiles`, else TensorRT builds
+    /// for the shapes it is first run with and rebuilds when they change.
     pub trt_profile: Option<ProfileRange>,
+    /// Profiles by graph name derived from one request's shapes
+    /// (`pipeline::trt_profile::request_profiles`), used where `trt_profile` is `None`.
+    pub trt_request_profiles: BTreeMap<String, ProfileRange>,
 }
 
 impl Default for GpuOptions {
@@ -85,6 +89,7 @@ impl Default for GpuOptions {
             memory_limit: None,
             allow_cpu_fallback: true,
             trt_profile: None,
+            trt_request_profiles: BTreeMap::new(),
         }
     }
 }
@@ -165,9 +170,21 @@ impl fmt::Display for TrtShapes {
     }
 }
 
+/// `(min, opt, max)` of `symbol` in `range`: its own entry, or for a scaled symbol `k*s` (the
+/// WFVAE decoder states' `2*h`, `4*w`) without one, `k` times the entry of `s`.
+fn symbol_values(range: &ProfileRange, symbol: &str) -> Option<[usize; 3]> {
+    if let Some(v) = range.0.get(symbol) {
+        return Some(*v);
+    }
+    let (k, base) = symbol.split_once('*')?;
+    let k: usize = k.trim().parse().ok()?;
+    range.0.get(base.trim()).map(|v| v.map(|x| k.saturating_mul(x)))
+}
+
 /// The TensorRT optimisation profile of `spec` under `range`. `None` when no input has a symbolic
-/// dim (TensorRT needs no profile). Every symbol of a dynamic input must be in `range`; symbols
-/// the graph does not use are ignored (one range serves every graph of a bundle).
+/// dim (TensorRT needs no profile). Every symbol of a dynamic input must be in `range` (a scaled
+/// symbol `k*s` may be given through `s`); symbols the graph does not use are ignored (one range
+/// serves every graph of a bundle).
 pub fn trt_shapes(graph: &str, spec: &GraphSpec, range: &ProfileRange) -> Result<Option<TrtShapes>> {
     range.validate().map_err(|e| match e {
         Error::TrtProfile { why, .. } => Error::TrtProfile { graph: Some(graph.to_string()), why },
@@ -181,15 +198,17 @@ pub fn trt_shapes(graph: &str, spec: &GraphSpec, range: &ProfileRange) -> Result
                 .iter()
                 .map(|d| match d {
                     Dim::Fixed(v) => Ok(v.to_string()),
-                    Dim::Symbolic(s) => range.0.get(s).map(|v| v[which].to_string()).ok_or_else(|| Error::TrtProfile {
-                        graph: Some(graph.to_string()),
-                        why: format!(
-                            "input `{}` {} has symbol `{s}`, which the profile does not give (it gives: {})",
-                            input.name,
-                            input.dims_string(),
-                            range.0.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ),
-                    }),
+                    Dim::Symbolic(s) => {
+                        symbol_values(range, s).map(|v| v[which].to_string()).ok_or_else(|| Error::TrtProfile {
+                            graph: Some(graph.to_string()),
+                            why: format!(
+                                "input `{}` {} has symbol `{s}`, which the profile does not give (it gives: {})",
+                                input.name,
+                                input.dims_string(),
+                                range.0.keys().cloned().collect::<Vec<_>>().join(", ")
+                            ),
+                        })
+                    }
                 })
                 .collect::<Result<Vec<_>>>()?;
             out.push(format!("{}:{}", input.name, dims.join("x")));
@@ -236,10 +255,17 @@ pub struct TrtGraph {
 }
 
 impl TrtGraph {
+    /// The provider settings of `graph`: the profile of `gpu.trt_profile`, else of the graph's
+    /// entry in `gpu.trt_request_profiles`, else none (first-seen shapes). A request profile that misses a symbol of the graph (a graph exported with dims the
+    /// derivation does not know) is dropped with a warning; a `--trt-profile` that does is an error.
     pub fn new(graph: &str, spec: &GraphSpec, gpu: &GpuOptions) -> Result<Self> {
-        let shapes = match &gpu.trt_profile {
-            Some(range) => trt_shapes(graph, spec, range)?,
-            None => None,
+        let shapes = match (&gpu.trt_profile, gpu.trt_request_profiles.get(graph)) {
+            (Some(range), _) => trt_shapes(graph, spec, range)?,
+            (None, Some(range)) => trt_shapes(graph, spec, range).unwrap_or_else(|e| {
+                tracing::warn!(graph, error = %e, "no TensorRT profile from the request; the engine is built for the first shapes seen");
+                None
+            }),
+            (None, None) => None,
         };
         let cache_key = trt_cache_key(graph, spec.precision, shapes.as_ref());
         Ok(Self { shapes, precision: spec.precision, cache_key })
@@ -281,6 +307,13 @@ mod tests {
         assert_eq!(shapes.min, "hidden_states:1x8x1x16x16,timestep:1,encoder_hidden_states:1x1x8x64");
         assert_eq!(shapes.opt, "hidden_states:2x8x5x32x32,timestep:2,encoder_hidden_states:2x1x16x64");
         assert_eq!(shapes.max, "hidden_states:2x8x9x64x64,timestep:2,encoder_hidden_states:2x1x32x64");
+        // A scaled symbol (`2*h`) without its own entry follows its base.
+        let mut scaled = dit_spec(Precision::F32);
+        scaled.inputs.push(TensorSpec::new("state", DType::F32, [Dim::sym("b"), "2*h".into(), "4*w".into()]));
+        let shapes = trt_shapes("dit", &scaled, &range).unwrap().unwrap();
+        assert!(shapes.min.ends_with(",state:1x32x64") && shapes.max.ends_with(",state:2x128x256"), "{shapes}");
+        let given = range.clone().with("2*h", 5, 6, 7);
+        assert!(trt_shapes("dit", &scaled, &given).unwrap().unwrap().opt.ends_with(",state:2x6x128"));
         // A static graph needs no profile.
         let mut fixed = dit_spec(Precision::F32);
         fixed.inputs.retain(|t| t.name == "scale");
