@@ -9,12 +9,17 @@
 //!
 //! 1. `pre` on the local frames -> `tokens` `[b, m, d]` (`m = t_local * hp * wp`), `t6`,
 //!    `embedded_timestep`, `caption`, `text_bias` (the last four are the same on every rank);
-//! 2. per layer `i`: `qkv` (`tokens`, `t6`, `sp_degree`) -> `qkv` `[P, 3, b, m, heads/P, d_head]`
-//!    (chunk `j` holds head group `j`); all-to-all; the layer's core for degree `P` (`cores[P]`;
-//!    `qkv` as received, chunk `i` = sequence shard `i`; `grid` = `[t, hp, wp]` of the real latent) -> `attn`
-//!    `[P, b, m, heads/P, d_head]` (chunk `j` = sequence shard `j`; padded tokens are sliced off
-//!    before RoPE and attention, so they never act as keys, and zero-filled after); all-to-all;
-//!    `post` (`tokens`, `attn` as received, `t6`, `caption`, `text_bias`) -> `out`, the next
+//! 2. per layer `i`: `qkv` (`tokens`, `t6`) -> `q`, `k`, `v` `[b, m, heads * d_head]`; then
+//!    - at `P = 1` (nothing to exchange): the layer's core `cores[1]` (`q`, `k`, `v`, `grid` =
+//!      `[t, hp, wp]` of the latent) -> `attn` `[b, m, heads * d_head]`, the single graph's layouts;
+//!    - at `P > 1`: `pack_qkv` (`q`, `k`, `v`, `sp_degree`) -> `qkv` `[P, 3, b, m, heads/P,
+//!      d_head]` (chunk `j` holds head group `j`); all-to-all; `cores[P]` (`qkv` as received, chunk
+//!      `i` = sequence shard `i`; `grid` of the real latent) -> `attn` `[P, b, m, heads/P, d_head]`
+//!      (chunk `j` = sequence shard `j`; padded tokens are sliced off before RoPE and attention, so
+//!      they never act as keys, and zero-filled after); all-to-all; `unpack_attn` (`attn` as
+//!      received) -> `attn_rows` `[b, m, heads * d_head]`;
+//!
+//!    then `post` (`tokens`, `attn` = those rows, `t6`, `caption`, `text_bias`) -> `out`, the next
 //!    `tokens` (cross-attention keeps the whole text on every rank);
 //! 3. `final` (`tokens`, `embedded_timestep`, the local `hidden_states`) -> `sample` of the local
 //!    frames; all-gather over the sequence group, drop the padded frames, concatenate the CFG groups.
@@ -43,9 +48,13 @@ pub mod io {
     pub const CAPTION: &str = "caption";
     pub const TEXT_BIAS: &str = "text_bias";
     pub const SP_DEGREE: &str = "sp_degree";
+    pub const Q: &str = "q";
+    pub const K: &str = "k";
+    pub const V: &str = "v";
     pub const QKV: &str = "qkv";
     pub const GRID: &str = "grid";
     pub const ATTN: &str = "attn";
+    pub const ATTN_ROWS: &str = "attn_rows";
     pub const OUT: &str = "out";
     pub const SAMPLE: &str = "sample";
 }
@@ -89,6 +98,10 @@ pub struct DitSegments {
     pub padding: FramePadding,
     pub pre: String,
     pub layers: Vec<SegmentLayer>,
+    /// Head-shard packing before the first all-to-all (degrees above 1).
+    pub pack_qkv: String,
+    /// Back to token rows after the second all-to-all (degrees above 1).
+    pub unpack_attn: String,
     #[serde(rename = "final")]
     pub final_graph: String,
 }
@@ -193,7 +206,7 @@ impl DitSegments {
             if !(l.attention == "full" || l.attention.starts_with("single") || l.attention.starts_with("group")) {
                 return Err(Error::Invalid(format!("dit_segments: unknown layer attention `{}`", l.attention)));
             }
-            has(&l.qkv, &[TOKENS, T6, SP_DEGREE], &[QKV])?;
+            has(&l.qkv, &[TOKENS, T6], &[Q, K, V])?;
             if l.cores.is_empty() {
                 return Err(Error::Invalid(format!("dit_segments: layer `{}` has no attention core", l.qkv)));
             }
@@ -204,9 +217,17 @@ impl DitSegments {
                         self.heads
                     )));
                 }
-                has(core, &[QKV, GRID], &[ATTN])?;
+                if degree == 1 {
+                    has(core, &[Q, K, V, GRID], &[ATTN])?;
+                } else {
+                    has(core, &[QKV, GRID], &[ATTN])?;
+                }
             }
             has(&l.post, &[TOKENS, ATTN, T6, CAPTION, TEXT_BIAS], &[OUT])?;
+        }
+        if self.layers.iter().any(|l| l.cores.keys().any(|&p| p > 1)) {
+            has(&self.pack_qkv, &[Q, K, V, SP_DEGREE], &[QKV])?;
+            has(&self.unpack_attn, &[ATTN], &[ATTN_ROWS])?;
         }
         has(&self.final_graph, &[TOKENS, EMBEDDED_TIMESTEP, HIDDEN_STATES], &[SAMPLE])
     }
@@ -221,6 +242,10 @@ impl DitSegments {
                     names.push(g.to_string());
                 }
             }
+        }
+        if degree > 1 {
+            names.push(self.pack_qkv.clone());
+            names.push(self.unpack_attn.clone());
         }
         names.push(self.final_graph.clone());
         names
@@ -279,6 +304,8 @@ mod tests {
                 cores: cores.iter().map(|&p| (p, format!("sp_core_full_p{p}"))).collect(),
                 post: "sp_block0_post".into(),
             }],
+            pack_qkv: "sp_pack_qkv".into(),
+            unpack_attn: "sp_unpack_attn".into(),
             final_graph: "sp_final".into(),
         }
     }
@@ -289,7 +316,19 @@ mod tests {
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["layers"][0]["cores"]["2"], "sp_core_full_p2");
         assert_eq!(serde_json::from_value::<DitSegments>(json).unwrap(), p);
-        assert_eq!(p.graph_names(2), ["sp_pre", "sp_block0_qkv", "sp_core_full_p2", "sp_block0_post", "sp_final"]);
+        assert_eq!(
+            p.graph_names(2),
+            [
+                "sp_pre",
+                "sp_block0_qkv",
+                "sp_core_full_p2",
+                "sp_block0_post",
+                "sp_pack_qkv",
+                "sp_unpack_attn",
+                "sp_final"
+            ]
+        );
+        assert_eq!(p.graph_names(1), ["sp_pre", "sp_block0_qkv", "sp_core_full_p1", "sp_block0_post", "sp_final"]);
         assert_eq!(p.split(2, 4).unwrap().local, 2);
         let err = p.split(4, 4).unwrap_err();
         assert!(err.contains("no attention core for a sequence-parallel degree of 4") && err.contains("1, 2"), "{err}");

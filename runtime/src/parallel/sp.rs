@@ -72,7 +72,7 @@ fn host_world(groups: usize, size: usize) -> Vec<Box<dyn Collective>> {
     HostWorld::groups(groups, size).into_iter().map(|c| Box::new(c) as Box<dyn Collective>).collect()
 }
 
-/// Seconds one rank spent per segment kind (`pre`, `qkv`, `core_full`, `post`, `final`, ...) and
+/// Seconds one rank spent per segment kind (`pre`, `qkv`, `pack`, `core_full`, `unpack`, `post`, `final`, ...) and
 /// in each exchange (`all_to_all`, `all_gather`), summed over the last call.
 #[derive(Debug, Clone, Default)]
 pub struct RankTimings {
@@ -544,23 +544,36 @@ fn run_rank(
     let text_bias = take(&mut out, pre, io::TEXT_BIAS).map_err(at(pre))?;
 
     for layer in &protocol.layers {
-        let mut out = rank.run(&layer.qkv, "qkv", &[(io::TOKENS, &tokens), (io::T6, &t6), (io::SP_DEGREE, &degree)])?;
-        let qkv = take(&mut out, &layer.qkv, io::QKV).map_err(at(&layer.qkv))?;
+        let mut out = rank.run(&layer.qkv, "qkv", &[(io::TOKENS, &tokens), (io::T6, &t6)])?;
+        let q = take(&mut out, &layer.qkv, io::Q).map_err(at(&layer.qkv))?;
+        let k = take(&mut out, &layer.qkv, io::K).map_err(at(&layer.qkv))?;
+        let v = take(&mut out, &layer.qkv, io::V).map_err(at(&layer.qkv))?;
         let core = layer.core(split.degree).ok_or_else(|| Failure {
             segment: layer.qkv.clone(),
             error: invalid("--sp", format!("the bundle has no attention core for degree {}", split.degree)),
         })?;
-        let recv = rank.all_to_all(comm, core, qkv)?;
         let core_kind = format!("core_{}", layer.attention);
-        let mut out = rank.run(core, &core_kind, &[(io::QKV, &recv), (io::GRID, &grid)])?;
-        let attn = take(&mut out, core, io::ATTN).map_err(at(core))?;
-        let back = rank.all_to_all(comm, &layer.post, attn)?;
+        let attn = if split.degree == 1 {
+            let mut out = rank.run(core, &core_kind, &[(io::Q, &q), (io::K, &k), (io::V, &v), (io::GRID, &grid)])?;
+            take(&mut out, core, io::ATTN).map_err(at(core))?
+        } else {
+            let pack = &protocol.pack_qkv;
+            let mut out = rank.run(pack, "pack", &[(io::Q, &q), (io::K, &k), (io::V, &v), (io::SP_DEGREE, &degree)])?;
+            let qkv = take(&mut out, pack, io::QKV).map_err(at(pack))?;
+            let recv = rank.all_to_all(comm, core, qkv)?;
+            let mut out = rank.run(core, &core_kind, &[(io::QKV, &recv), (io::GRID, &grid)])?;
+            let attn = take(&mut out, core, io::ATTN).map_err(at(core))?;
+            let unpack = &protocol.unpack_attn;
+            let back = rank.all_to_all(comm, unpack, attn)?;
+            let mut out = rank.run(unpack, "unpack", &[(io::ATTN, &back)])?;
+            take(&mut out, unpack, io::ATTN_ROWS).map_err(at(unpack))?
+        };
         let mut out = rank.run(
             &layer.post,
             "post",
             &[
                 (io::TOKENS, &tokens),
-                (io::ATTN, &back),
+                (io::ATTN, &attn),
                 (io::T6, &t6),
                 (io::CAPTION, &caption),
                 (io::TEXT_BIAS, &text_bias),

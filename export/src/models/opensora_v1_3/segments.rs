@@ -1,7 +1,7 @@
 //! The DiT split into sequence-parallel segments (DeepSpeed-Ulysses style), exported beside the
 //! single `transformer` graph and sharing its weights: `sp_pre`, per block `sp_block{i}_qkv` and
-//! `sp_block{i}_post`, one `sp_core_{kind}` per attention kind (full, single{n}, group{n}) on a head
-//! shard, and `sp_final`. The protocol a runtime follows is [`osp_graphs::dit_parallel`], stored on
+//! `sp_block{i}_post`, one `sp_core_{kind}_p{P}` per attention kind (full, single{n}, group{n}) and
+//! degree on a head shard, `sp_pack_qkv` / `sp_unpack_attn` around the exchanges, and `sp_final`. The protocol a runtime follows is [`osp_graphs::dit_parallel`], stored on
 //! `sp_pre`'s metadata.
 //!
 //! Upstream shards the same way (all-to-all before and after each self-attention, RoPE and the
@@ -10,7 +10,9 @@
 //!
 //! A core reads its head shard as `[b, N, heads/P * d_head]` rows, the layout the single graph's
 //! attention reads, so it fixes `heads/P` and there is one core per kind and degree (a divisor of
-//! the heads). At degree 1 every transpose between the segments only moves axes of size 1.
+//! the heads). Between the segments values keep the single graph's layouts; only degrees above 1
+//! pack them for the exchanges (`sp_pack_qkv`, `sp_unpack_attn`), so degree 1 copies nothing the
+//! single graph does not.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +37,8 @@ use super::weights::DitWeights;
 
 pub const PRE_GRAPH: &str = "sp_pre";
 pub const FINAL_GRAPH: &str = "sp_final";
+pub const PACK_GRAPH: &str = "sp_pack_qkv";
+pub const UNPACK_GRAPH: &str = "sp_unpack_attn";
 
 /// The manifest name of a layer kind (`full`, `single{n}`, `group{n}`).
 pub fn kind_name(kind: Skiparse) -> String {
@@ -74,6 +78,8 @@ pub fn segments_protocol(config: &OpenSoraT2V_v1_3Config) -> Result<DitSegments>
         padding: FramePadding::ZeroFramesAtEnd,
         pre: PRE_GRAPH.to_string(),
         layers,
+        pack_qkv: PACK_GRAPH.to_string(),
+        unpack_attn: UNPACK_GRAPH.to_string(),
         final_graph: FINAL_GRAPH.to_string(),
     })
 }
@@ -129,21 +135,34 @@ fn pre_graph(config: &OpenSoraT2V_v1_3Config, w: &DitWeights) -> Result<OnnxGrap
 
 fn qkv_graph(config: &OpenSoraT2V_v1_3Config, w: &DitWeights, i: usize, name: &str) -> Result<OnnxGraph> {
     let d = config.validate()?.hidden_size;
-    let dh = config.attention_head_dim;
+    let inner = config.num_attention_heads * config.attention_head_dim;
     let mut g = GraphBuilder::new(name);
     let x = g.input(f32_spec(io::TOKENS, vec![s("b"), s("m"), d.into()]))?;
     let t6 = g.input(f32_spec(io::T6, vec![s("b"), 6.into(), d.into()]))?;
-    let degree = g.input(TensorSpec::new(io::SP_DEGREE, DType::I64, [1.into()]))?;
     let p = format!("transformer_blocks.{i}");
     let rows = block_rows(&mut g, w, i, &t6)?;
     let normed = layer_norm(&mut g, w, &format!("{p}.norm1"), &x, d, config.norm_eps)?;
     let normed = modulate(&mut g, &normed, &rows[0], &rows[1])?;
-    let q = linear(&mut g, w, &format!("{p}.attn1.to_q"), &normed)?; // [b, m, inner]
-    let k = linear(&mut g, w, &format!("{p}.attn1.to_k"), &normed)?;
-    let v = linear(&mut g, w, &format!("{p}.attn1.to_v"), &normed)?;
-    let (q, k, v) = (g.unsqueeze(&q, &[0]), g.unsqueeze(&k, &[0]), g.unsqueeze(&v, &[0]));
-    let qkv = g.concat(&[&q, &k, &v], 0)?; // [3, b, m, inner]
-    let bm = g.shape(&x, Some(0), Some(2));
+    for (proj, out) in [("to_q", io::Q), ("to_k", io::K), ("to_v", io::V)] {
+        let y = linear(&mut g, w, &format!("{p}.attn1.{proj}"), &normed)?; // [b, m, inner]
+        g.output(&y, f32_spec(out, vec![s("b"), s("m"), inner.into()]))?;
+    }
+    g.finish()
+}
+
+/// `q`, `k`, `v` `[b, m, inner]` -> `qkv` `[P, 3, b, m, heads/P, dh]` (chunk `j` = head group `j`).
+fn pack_graph(config: &OpenSoraT2V_v1_3Config) -> Result<OnnxGraph> {
+    let inner = config.num_attention_heads * config.attention_head_dim;
+    let dh = config.attention_head_dim;
+    let mut g = GraphBuilder::new(PACK_GRAPH);
+    let mut parts = vec![];
+    for name in [io::Q, io::K, io::V] {
+        let x = g.input(f32_spec(name, vec![s("b"), s("m"), inner.into()]))?;
+        parts.push(g.unsqueeze(&x, &[0]));
+    }
+    let degree = g.input(TensorSpec::new(io::SP_DEGREE, DType::I64, [1.into()]))?;
+    let bm = g.shape(&parts[0], Some(1), Some(3));
+    let qkv = g.concat(&[&parts[0], &parts[1], &parts[2]], 0)?; // [3, b, m, inner]
     let three = g.const_i64(&[3]);
     let tail = g.const_i64(&[-1, dh as i64]);
     let shape = g.concat(&[&three, &bm, &degree, &tail], 0)?;
@@ -151,6 +170,19 @@ fn qkv_graph(config: &OpenSoraT2V_v1_3Config, w: &DitWeights, i: usize, name: &s
     let qkv = g.transpose(&qkv, &[3, 0, 1, 2, 4, 5])?; // [P, 3, b, m, heads/P, dh]
     let out = f32_spec(io::QKV, vec![s("p"), 3.into(), s("b"), s("m"), s("hp"), dh.into()]);
     g.output(&qkv, out)?;
+    g.finish()
+}
+
+/// `attn` as received `[P, b, m, heads/P, dh]` (chunk `j` = head group `j`) -> `attn_rows`
+/// `[b, m, heads * dh]`.
+fn unpack_graph(config: &OpenSoraT2V_v1_3Config) -> Result<OnnxGraph> {
+    let inner = config.num_attention_heads * config.attention_head_dim;
+    let dh = config.attention_head_dim;
+    let mut g = GraphBuilder::new(UNPACK_GRAPH);
+    let attn = g.input(f32_spec(io::ATTN, vec![s("p"), s("b"), s("m"), s("hp"), dh.into()]))?;
+    let a = g.transpose(&attn, &[1, 2, 0, 3, 4])?; // [b, m, P, heads/P, dh]
+    let a = g.reshape(&a, &[0, 0, inner as i64]);
+    g.output(&a, f32_spec(io::ATTN_ROWS, vec![s("b"), s("m"), inner.into()]))?;
     g.finish()
 }
 
@@ -165,33 +197,44 @@ fn core_graph(
     let heads = config.num_attention_heads / degree;
     let inner = heads * dh;
     let mut g = GraphBuilder::new(name);
-    let spec = f32_spec(io::QKV, vec![degree.into(), 3.into(), s("b"), s("m"), heads.into(), dh.into()]);
-    let qkv = g.input(spec)?;
+    // degree 1: the qkv segment's rows as they are (no padding: the whole latent is one shard)
+    let (packed, rows_in) = if degree == 1 {
+        let mut rows = vec![];
+        for name in [io::Q, io::K, io::V] {
+            rows.push(g.input(f32_spec(name, vec![s("b"), s("m"), inner.into()]))?);
+        }
+        (None, rows)
+    } else {
+        let spec = f32_spec(io::QKV, vec![degree.into(), 3.into(), s("b"), s("m"), heads.into(), dh.into()]);
+        (Some(g.input(spec)?), vec![])
+    };
     let grid_in = g.input(TensorSpec::new(io::GRID, DType::I64, [3.into()]))?;
-    let dim = |g: &mut GraphBuilder, i: i64| g.shape(&qkv, Some(i), Some(i + 1));
-    let p = dim(&mut g, 0);
-    let b = dim(&mut g, 2);
-    let m = dim(&mut g, 3);
     let part = |g: &mut GraphBuilder, i: i64| g.slice(&grid_in, &[i], &[i + 1], &[0], None);
     let t = part(&mut g, 0)?;
     let hp = part(&mut g, 1)?;
     let wp = part(&mut g, 2)?;
     let hw = g.mul(&hp, &wp)?;
     let n = g.mul(&t, &hw)?;
-    let pm = g.mul(&p, &m)?;
-    // [P, 3, b, m, heads/P, dh] -> [3, b, P * m, heads/P * dh]: shard s's tokens follow shard s - 1's
-    let x = g.transpose(&qkv, &[1, 2, 0, 3, 4, 5])?;
-    let x = g.reshape(&x, &[3, 0, -1, inner as i64]);
-    // q, k and v of the real tokens only: padded tokens are never keys
-    let axes = g.const_i64(&[0, 2]);
-    let mut qkv_rows = vec![];
-    for j in 0..3 {
-        let start = g.const_i64(&[j, 0]);
-        let j1 = g.const_i64(&[j + 1]);
-        let end = g.concat(&[&j1, &n], 0)?;
-        let rows = g.slice_with(&x, &start, &end, &axes, None);
-        qkv_rows.push(g.squeeze(&rows, &[0])); // [b, N, heads/P * dh]
-    }
+    let qkv_rows = match &packed {
+        None => rows_in,
+        Some(qkv) => {
+            // [P, 3, b, m, heads/P, dh] -> [3, b, P * m, heads/P * dh]: shard s's tokens follow shard s - 1's
+            let x = g.transpose(qkv, &[1, 2, 0, 3, 4, 5])?;
+            let x = g.reshape(&x, &[3, 0, -1, inner as i64]);
+            // q, k and v of the real tokens only: padded tokens are never keys
+            let axes = g.const_i64(&[0, 2]);
+            let mut rows = vec![];
+            for j in 0..3 {
+                let start = g.const_i64(&[j, 0]);
+                let j1 = g.const_i64(&[j + 1]);
+                let end = g.concat(&[&j1, &n], 0)?;
+                let sliced = g.slice_with(&x, &start, &end, &axes, None);
+                rows.push(g.squeeze(&sliced, &[0])); // [b, N, heads/P * dh]
+            }
+            rows
+        }
+    };
+    let b = g.shape(&qkv_rows[0], Some(0), Some(1));
     let grid = Grid { b: b.clone(), t, hp, wp, n: n.clone() };
     let scales = [config.interpolation_scale_t, config.interpolation_scale_h, config.interpolation_scale_w];
     let rope = rope_tables(&mut g, &grid, dh, scales)?;
@@ -202,8 +245,16 @@ fn core_graph(
         _ => Some(SkiparseGrid::new(&mut g, &grid, kind.n(), &[kind])?),
     };
     let spec = AttentionSpec { kind: attention, num_heads: heads, scale: 1.0 / (dh as f64).sqrt() };
-    let o = self_attention(&mut g, &spec, &grid, skiparse.as_ref(), kind, (&q, &k, &qkv_rows[2]), inner)?; // [b, N, inner]
-                                                                                                           // zero rows for the padded tokens (fewer than m: every rank holds a real frame)
+    let o = self_attention(&mut g, &spec, &grid, skiparse.as_ref(), kind, (&q, &k, &qkv_rows[2]), inner)?;
+    let Some(qkv) = packed else {
+        g.output(&o, f32_spec(io::ATTN, vec![s("b"), s("m"), inner.into()]))?;
+        return g.finish();
+    };
+    let dim = |g: &mut GraphBuilder, i: i64| g.shape(&qkv, Some(i), Some(i + 1));
+    let p = dim(&mut g, 0);
+    let m = dim(&mut g, 3);
+    let pm = g.mul(&p, &m)?;
+    // zero rows for the padded tokens (fewer than m: every rank holds a real frame)
     let padded = g.sub(&pm, &n)?;
     let inner_v = g.const_i64(&[inner as i64]);
     let zshape = g.concat(&[&b, &padded, &inner_v], 0)?;
@@ -229,16 +280,13 @@ fn post_graph(
     let (heads, dh) = (config.num_attention_heads, config.attention_head_dim);
     let mut g = GraphBuilder::new(name);
     let x = g.input(f32_spec(io::TOKENS, vec![s("b"), s("m"), d.into()]))?;
-    let attn = g.input(f32_spec(io::ATTN, vec![s("p"), s("b"), s("m"), s("hp"), dh.into()]))?;
+    let a = g.input(f32_spec(io::ATTN, vec![s("b"), s("m"), (heads * dh).into()]))?;
     let t6 = g.input(f32_spec(io::T6, vec![s("b"), 6.into(), d.into()]))?;
     let caption = g.input(f32_spec(io::CAPTION, vec![s("b"), s("l"), d.into()]))?;
     let bias = g.input(f32_spec(io::TEXT_BIAS, vec![s("b"), 1.into(), 1.into(), s("l")]))?;
     let p = format!("transformer_blocks.{i}");
     let rows = block_rows(&mut g, w, i, &t6)?;
     let spec = AttentionSpec { kind: attention, num_heads: heads, scale: 1.0 / (dh as f64).sqrt() };
-    // head group j came from rank j: [P, b, m, heads/P, dh] -> [b, m, heads * dh]
-    let a = g.transpose(&attn, &[1, 2, 0, 3, 4])?;
-    let a = g.reshape(&a, &[0, 0, -1]);
     let o = linear(&mut g, w, &format!("{p}.attn1.to_out.0"), &a)?;
     let gated = g.mul(&rows[2], &o)?;
     let x = g.add(&x, &gated)?;
@@ -308,6 +356,8 @@ pub fn build_segments(
         }
         graphs.push((layer.post.clone(), post_graph(config, w, i, attention, &layer.post)?));
     }
+    graphs.push((PACK_GRAPH.to_string(), pack_graph(config)?));
+    graphs.push((UNPACK_GRAPH.to_string(), unpack_graph(config)?));
     graphs.push((FINAL_GRAPH.to_string(), final_graph(config, w)?));
     Ok((protocol, graphs))
 }
