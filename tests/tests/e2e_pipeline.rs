@@ -507,3 +507,39 @@ fn a_parallel_pipeline_loads_only_the_graphs_it_runs() -> Result<()> {
     ensure!(parallel.parallel().is_some() && parallel.vae_workers() == 4, "a VAE per rank");
     Ok(())
 }
+
+/// The TensorRT profiles `osp generate` derives for the parallel DiT's segment graphs cover every
+/// symbolic dim of every segment graph the plan runs (so no engine falls back to first-seen
+/// shapes), and give the ranks' shard: the CFG group's rows, the padded local frames.
+#[test]
+fn segment_profiles_cover_every_segment_graph() -> Result<()> {
+    use osp_graphs::{BundleManifest, DitSegments};
+    use osp_runtime::parallel::ParallelPlan;
+    use osp_runtime::pipeline::trt_profile::segment_profiles;
+    use osp_runtime::pipeline::PipelineSpec;
+    use osp_runtime::session::gpu::trt_shapes;
+
+    let spec = PipelineSpec::open(bundle()?)?;
+    let req = request(&meta()?, &PipelineDefaults::open_sora_plan_v13())?;
+    let dir = spec.dir().join(&spec.manifest().components.transformer);
+    let manifest = BundleManifest::load(&dir)?;
+    let protocol = DitSegments::read(&manifest.graphs)?.context("the e2e DiT has segments")?;
+    let [_, _, frames, ..] = spec.latent_shape(&req);
+    for (sp, cfg_groups) in [(1, 1), (2, 1), (2, 2)] {
+        let plan = ParallelPlan { sp, cfg_groups };
+        for positions in [TextPositions::Padded, TextPositions::Real] {
+            let profiles = segment_profiles(&protocol, plan, &spec, &req, positions).map_err(anyhow::Error::msg)?;
+            ensure!(profiles.len() == protocol.graph_names(sp).len(), "a profile per graph at --sp {sp}");
+            for (graph, range) in &profiles {
+                let shapes = trt_shapes(graph, &manifest.graphs[graph], range)?;
+                ensure!(shapes.is_some(), "`{graph}` has dynamic inputs, so it needs a profile");
+            }
+            let pre = trt_shapes("sp_pre", &manifest.graphs["sp_pre"], &profiles["sp_pre"])?.context("sp_pre")?;
+            let rows = 2 * req.num_samples_per_prompt / cfg_groups;
+            let local = frames.div_ceil(sp);
+            ensure!(pre.opt.starts_with(&format!("hidden_states:{rows}x")), "{}", pre.opt);
+            ensure!(pre.opt.contains(&format!("x{local}x")), "{} (local frames {local})", pre.opt);
+        }
+    }
+    Ok(())
+}

@@ -380,7 +380,17 @@ impl SamplingOpts {
             None => Placement::single(&backend.session_options()?),
         };
         if backend.backend == BackendKind::OrtTensorrt && backend.gpu.trt_profile.is_none() {
-            let profiles = trt_profile::request_profiles(&spec, req, positions);
+            let mut profiles = trt_profile::request_profiles(&spec, req, positions);
+            if let Some(parallel) = &placement.dit {
+                let dir = spec.dir().join(&spec.manifest().components.transformer);
+                let manifest =
+                    osp_graphs::BundleManifest::load(&dir).with_context(|| format!("reading {}", dir.display()))?;
+                if let Some(protocol) = osp_graphs::DitSegments::read(&manifest.graphs)? {
+                    let segments = trt_profile::segment_profiles(&protocol, parallel.plan, &spec, req, positions)
+                        .map_err(|rule| anyhow::anyhow!("--sp: {rule}"))?;
+                    profiles.extend(segments);
+                }
+            }
             tracing::debug!(?profiles, "TensorRT profiles from the request");
             placement = placement.with_trt_request_profiles(&profiles);
         }

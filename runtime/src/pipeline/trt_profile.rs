@@ -14,17 +14,61 @@
 //! | streaming `decoder_first` / `_step` / `_last` | samples | latents of that call (first chunk, `--stream-chunk`, the remainder) | tile (or latent) height, width | - |
 //!
 //! The WFVAE decoder states' scaled dims (`2*h`, `4*w`) follow from `h` and `w`
-//! (`session::gpu::trt_shapes`). The parallel DiT's segment graphs and the text encoder get no
-//! derived profile (their engines are built for the first shapes seen).
+//! (`session::gpu::trt_shapes`). The parallel DiT's segment graphs get one rank's shard
+//! ([`segment_profiles`]: `b` = the CFG group's rows, `t` = the rank's latent frames with the
+//! padding, `m` = its tokens, `p` = the degree, `hp` = heads per rank). The text encoder gets no
+//! derived profile (its engine is built for the first shapes seen).
 
 use std::collections::BTreeMap;
 
 use osp_graphs::vae::DECODER_GRAPH;
 
 use super::{GenerateRequest, PipelineSpec, TRANSFORMER_CACHED_GRAPH, TRANSFORMER_GRAPH, TRANSFORMER_TEXT_GRAPH};
+use crate::parallel::ParallelPlan;
 use crate::session::ProfileRange;
 use crate::text::TextPositions;
 use crate::vae::streaming::chunk_plan;
+use osp_graphs::DitSegments;
+
+/// `range` with the DiT's text length `l` (see the module docs).
+fn with_text(range: ProfileRange, req: &GenerateRequest, positions: TextPositions) -> ProfileRange {
+    let l = req.max_sequence_length;
+    match positions {
+        TextPositions::Padded => range.with("l", l, l, l),
+        TextPositions::Real => range.with("l", 1, l, l),
+    }
+}
+
+/// The profile of every segment graph a rank of `plan` runs for `req`, by graph name (every rank's
+/// shard has the same shapes). `Err`: the plan does not split the request's latent frames (the
+/// rule, in words).
+pub fn segment_profiles(
+    protocol: &DitSegments,
+    plan: ParallelPlan,
+    spec: &PipelineSpec,
+    req: &GenerateRequest,
+    positions: TextPositions,
+) -> Result<BTreeMap<String, ProfileRange>, String> {
+    let [n, _, t, h, w] = spec.latent_shape(req);
+    let cfg_batch = if req.guidance_scale > 1.0 { 2 * n } else { n };
+    let split = protocol.split(plan.sp, t)?;
+    let rows = cfg_batch / plan.cfg_groups.max(1);
+    let tokens = split.local * (h / protocol.patch_size) * (w / protocol.patch_size);
+    let mut range = ProfileRange::default();
+    for (sym, v) in [
+        ("b", rows),
+        ("t", split.local),
+        ("h", h),
+        ("w", w),
+        ("m", tokens),
+        ("p", plan.sp),
+        ("hp", protocol.heads / plan.sp),
+    ] {
+        range = range.with(sym, v, v, v);
+    }
+    let range = with_text(range, req, positions);
+    Ok(protocol.graph_names(plan.sp).into_iter().map(|g| (g, range.clone())).collect())
+}
 
 /// The profile of each DiT and VAE graph `req` runs, by graph name, with the text encoded at
 /// `positions`.
@@ -35,14 +79,12 @@ pub fn request_profiles(
 ) -> BTreeMap<String, ProfileRange> {
     let [n, _, t, h, w] = spec.latent_shape(req);
     let cfg_batch = if req.guidance_scale > 1.0 { 2 * n } else { n };
-    let l = req.max_sequence_length;
-    let text = match positions {
-        TextPositions::Padded => [l; 3],
-        TextPositions::Real => [1, l, l],
-    };
     let exact = |range: ProfileRange, sym: &str, v: usize| range.with(sym, v, v, v);
-    let dit = exact(exact(exact(exact(ProfileRange::default(), "b", cfg_batch), "t", t), "h", h), "w", w)
-        .with("l", text[0], text[1], text[2]);
+    let dit = with_text(
+        exact(exact(exact(exact(ProfileRange::default(), "b", cfg_batch), "t", t), "h", h), "w", w),
+        req,
+        positions,
+    );
     let mut out: BTreeMap<String, ProfileRange> = [TRANSFORMER_GRAPH, TRANSFORMER_TEXT_GRAPH, TRANSFORMER_CACHED_GRAPH]
         .into_iter()
         .map(|g| (g.to_string(), dit.clone()))
@@ -140,6 +182,48 @@ mod tests {
         let whole = GenerateRequest { decode: Default::default(), ..req.clone() };
         let whole = with_profiles(&spec, &whole, TextPositions::Padded);
         assert_eq!(trt("vae", "decoder", &whole).unwrap().shapes.unwrap().opt, "z:1x8x5x32x48");
+    }
+
+    #[test]
+    fn segment_graphs_get_one_ranks_shard() {
+        use osp_graphs::dit_parallel::{FramePadding, SegmentLayer};
+        let spec = PipelineSpec::open(default_bundle()).unwrap();
+        let req = request(&spec); // latents [1, 8, 5, 32, 48], guidance: 2 rows
+        let protocol = DitSegments {
+            heads: 24,
+            head_dim: 96,
+            hidden_size: 2304,
+            patch_size: 2,
+            padding: FramePadding::ZeroFramesAtEnd,
+            pre: "sp_pre".into(),
+            layers: vec![SegmentLayer {
+                attention: "full".into(),
+                qkv: "sp_block0_qkv".into(),
+                cores: [1, 2].map(|p| (p, format!("sp_core_full_p{p}"))).into(),
+                post: "sp_block0_post".into(),
+            }],
+            pack_qkv: "sp_pack_qkv".into(),
+            unpack_attn: "sp_unpack_attn".into(),
+            final_graph: "sp_final".into(),
+        };
+        let plan = ParallelPlan { sp: 2, cfg_groups: 2 };
+        let profiles = segment_profiles(&protocol, plan, &spec, &req, TextPositions::Real).unwrap();
+        assert_eq!(profiles.len(), 7, "{:?}", profiles.keys());
+        let range = &profiles["sp_pack_qkv"].0;
+        // 5 frames over 2 ranks: 3 each (one padded); 3 x 16 x 24 tokens; one row per CFG group.
+        for (sym, want) in [("b", 1), ("t", 3), ("h", 32), ("w", 48), ("m", 1152), ("p", 2), ("hp", 12)] {
+            assert_eq!(range[sym], [want; 3], "{sym}");
+        }
+        assert_eq!(range["l"], [1, 16, 16]);
+        assert!(profiles.values().all(|r| &r.0 == range));
+        let one =
+            segment_profiles(&protocol, ParallelPlan { sp: 1, cfg_groups: 1 }, &spec, &req, TextPositions::Padded)
+                .unwrap();
+        assert!(!one.contains_key("sp_pack_qkv") && one.contains_key("sp_core_full_p1"));
+        assert_eq!((one["sp_pre"].0["b"], one["sp_pre"].0["m"]), ([2; 3], [5 * 16 * 24; 3]));
+        let e = segment_profiles(&protocol, ParallelPlan { sp: 4, cfg_groups: 1 }, &spec, &req, TextPositions::Real)
+            .unwrap_err();
+        assert!(e.contains("only padding") || e.contains("no attention core"), "{e}");
     }
 
     #[test]
