@@ -76,7 +76,7 @@ VAE_MODES = {"whole": ["--no-streaming", "--no-tiling"], "streamed": ["--no-tili
 def write_safetensors(path, tensors, seed):
     """`tensors`: name -> (shape, fill) with fill 'normal', 'uniform' or a list of values."""
     rng = random.Random(seed)
-    header, blobs, offset = {}, [], 0
+    raw = {}
     for name, (shape, fill) in tensors.items():
         n = 1
         for d in shape:
@@ -87,19 +87,8 @@ def write_safetensors(path, tensors, seed):
             values = [rng.uniform(0.0, 1000.0) for _ in range(n)]
         else:
             values = fill
-        blob = struct.pack(f"<{n}f", *values)
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
-    text = json.dumps(header).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    tmp = path.with_suffix(".partial")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
-    tmp.rename(path)
+        raw[name] = ("F32", shape, struct.pack(f"<{n}f", *values))
+    write_raw_safetensors(path, raw)
 
 
 def read_safetensors(path):

@@ -156,6 +156,16 @@ pub enum AttentionKind {
     None,
 }
 
+impl AttentionKind {
+    /// Every form an exporter writes attention in (all but [`AttentionKind::None`]).
+    pub const FORMS: [AttentionKind; 4] = [
+        AttentionKind::OnnxAttention,
+        AttentionKind::MsMultiHeadAttention,
+        AttentionKind::Decomposed,
+        AttentionKind::Auto,
+    ];
+}
+
 impl fmt::Display for AttentionKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {

@@ -128,12 +128,7 @@ fn the_bias_free_block_equals_the_block_with_an_all_ones_mask() -> Result<()> {
     let (x, _) = inputs(&cfg, 2, 40, 0, 4);
     let ones = Array2::ones((2, 40));
     let tmp = tempfile::tempdir()?;
-    for form in [
-        AttentionKind::Auto,
-        AttentionKind::OnnxAttention,
-        AttentionKind::MsMultiHeadAttention,
-        AttentionKind::Decomposed,
-    ] {
+    for form in AttentionKind::FORMS {
         let masked = export(&tmp.path().join(format!("{form}-mask")), &cfg, &w, form, Precision::F32)?;
         let free = export(&tmp.path().join(format!("{form}-free")), &free_cfg, &w, form, Precision::F32)?;
         let names: Vec<_> = free.manifest().graph("block")?.inputs.iter().map(|t| t.name.clone()).collect();

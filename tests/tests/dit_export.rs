@@ -145,14 +145,8 @@ fn f32_graph_matches_the_official_outputs_on_every_cpu_backend() -> Result<()> {
     let (config, w) = tiny()?;
     let io = fixture_io()?;
     let tmp = tempfile::tempdir()?;
-    let forms = [
-        AttentionKind::OnnxAttention,
-        AttentionKind::MsMultiHeadAttention,
-        AttentionKind::Decomposed,
-        AttentionKind::Auto,
-    ];
     let mut bundles = BTreeMap::new();
-    for form in forms {
+    for form in AttentionKind::FORMS {
         bundles.insert(form, export(&tmp.path().join(form.to_string()), &config, &w, form, Precision::F32)?);
     }
     let full = full_mask_call(&io)?;
@@ -160,7 +154,7 @@ fn f32_graph_matches_the_official_outputs_on_every_cpu_backend() -> Result<()> {
     let (uncond, cond) = (cfg_call(&io, 0)?, cfg_call(&io, 1)?);
     for backend in cpu_backends() {
         let mut by_form = BTreeMap::new();
-        for form in forms.into_iter().filter(|f| runs_on(*f, &backend)) {
+        for form in AttentionKind::FORMS.into_iter().filter(|f| runs_on(*f, &backend)) {
             let bundle = &bundles[&form];
             let sample = run(bundle, &backend, &full)?;
             let c = check_close(
@@ -487,13 +481,7 @@ fn cached_text_pair_equals_the_transformer() -> Result<()> {
         hidden_states: batch.hidden_states.clone(),
         timestep: batch.timestep.clone(),
     };
-    let forms = [
-        AttentionKind::OnnxAttention,
-        AttentionKind::MsMultiHeadAttention,
-        AttentionKind::Decomposed,
-        AttentionKind::Auto,
-    ];
-    for form in forms {
+    for form in AttentionKind::FORMS {
         let bundle = export(&tmp.path().join(form.to_string()), &config, &w, form, Precision::F32)?;
         let m = bundle.manifest();
         let text = m.graph(TEXT_GRAPH)?;

@@ -524,7 +524,7 @@ fn segment_profiles_cover_every_segment_graph() -> Result<()> {
     let dir = spec.dir().join(&spec.manifest().components.transformer);
     let manifest = BundleManifest::load(&dir)?;
     let protocol = DitSegments::read(&manifest.graphs)?.context("the e2e DiT has segments")?;
-    let [_, _, frames, ..] = spec.latent_shape(&req);
+    let [_, _, frames, h, w] = spec.latent_shape(&req);
     for (sp, cfg_groups) in [(1, 1), (2, 1), (2, 2)] {
         let plan = ParallelPlan { sp, cfg_groups };
         for positions in [TextPositions::Padded, TextPositions::Real] {
@@ -539,7 +539,28 @@ fn segment_profiles_cover_every_segment_graph() -> Result<()> {
             let local = frames.div_ceil(sp);
             ensure!(pre.opt.starts_with(&format!("hidden_states:{rows}x")), "{}", pre.opt);
             ensure!(pre.opt.contains(&format!("x{local}x")), "{} (local frames {local})", pre.opt);
+            // One rank's shard, the same for every segment graph; packing only above degree 1.
+            let range = &profiles[&protocol.pre].0;
+            let patch = protocol.patch_size;
+            let tokens = local * (h / patch) * (w / patch);
+            let want =
+                [("b", rows), ("t", local), ("h", h), ("w", w), ("m", tokens), ("p", sp), ("hp", protocol.heads / sp)];
+            for (sym, v) in want {
+                ensure!(range.get(sym) == Some(&[v; 3]), "--sp {sp}: `{sym}` {:?}, want {v}", range.get(sym));
+            }
+            let l = req.max_sequence_length;
+            let text = if positions == TextPositions::Padded { [l; 3] } else { [1, l, l] };
+            ensure!(range.get("l") == Some(&text), "`l` {:?}", range.get("l"));
+            ensure!(profiles.values().all(|r| &r.0 == range), "one range for every segment graph");
+            ensure!(profiles.contains_key(&protocol.pack_qkv) == (sp > 1), "pack_qkv at --sp {sp}");
         }
+    }
+    // A degree that leaves a rank only padding is refused with the split rule.
+    if let Some(sp) = (2..=protocol.heads).find(|&p| protocol.heads % p == 0 && protocol.split(p, frames).is_err()) {
+        let rule = protocol.split(sp, frames).unwrap_err();
+        let plan = ParallelPlan { sp, cfg_groups: 1 };
+        let e = segment_profiles(&protocol, plan, &spec, &req, TextPositions::Real).err().context("refused")?;
+        ensure!(e == rule, "{e}");
     }
     Ok(())
 }

@@ -19,13 +19,7 @@ fn tiny_graph(kind: AttentionKind) -> crate::graph::OnnxGraph {
 
 #[test]
 fn model_proto_round_trips_through_prost() {
-    let kinds = [
-        AttentionKind::OnnxAttention,
-        AttentionKind::MsMultiHeadAttention,
-        AttentionKind::Decomposed,
-        AttentionKind::Auto,
-    ];
-    for kind in kinds {
+    for kind in AttentionKind::FORMS {
         let g = tiny_graph(kind);
         let proto = g.to_model_proto().unwrap();
         let bytes = proto.encode_to_vec();

@@ -185,48 +185,6 @@ mod tests {
     }
 
     #[test]
-    fn segment_graphs_get_one_ranks_shard() {
-        use osp_graphs::dit_parallel::{FramePadding, SegmentLayer};
-        let spec = PipelineSpec::open(default_bundle()).unwrap();
-        let req = request(&spec); // latents [1, 8, 5, 32, 48], guidance: 2 rows
-        let protocol = DitSegments {
-            heads: 24,
-            head_dim: 96,
-            hidden_size: 2304,
-            patch_size: 2,
-            padding: FramePadding::ZeroFramesAtEnd,
-            pre: "sp_pre".into(),
-            layers: vec![SegmentLayer {
-                attention: "full".into(),
-                qkv: "sp_block0_qkv".into(),
-                cores: [1, 2].map(|p| (p, format!("sp_core_full_p{p}"))).into(),
-                post: "sp_block0_post".into(),
-            }],
-            pack_qkv: "sp_pack_qkv".into(),
-            unpack_attn: "sp_unpack_attn".into(),
-            final_graph: "sp_final".into(),
-        };
-        let plan = ParallelPlan { sp: 2, cfg_groups: 2 };
-        let profiles = segment_profiles(&protocol, plan, &spec, &req, TextPositions::Real).unwrap();
-        assert_eq!(profiles.len(), 7, "{:?}", profiles.keys());
-        let range = &profiles["sp_pack_qkv"].0;
-        // 5 frames over 2 ranks: 3 each (one padded); 3 x 16 x 24 tokens; one row per CFG group.
-        for (sym, want) in [("b", 1), ("t", 3), ("h", 32), ("w", 48), ("m", 1152), ("p", 2), ("hp", 12)] {
-            assert_eq!(range[sym], [want; 3], "{sym}");
-        }
-        assert_eq!(range["l"], [1, 16, 16]);
-        assert!(profiles.values().all(|r| &r.0 == range));
-        let one =
-            segment_profiles(&protocol, ParallelPlan { sp: 1, cfg_groups: 1 }, &spec, &req, TextPositions::Padded)
-                .unwrap();
-        assert!(!one.contains_key("sp_pack_qkv") && one.contains_key("sp_core_full_p1"));
-        assert_eq!((one["sp_pre"].0["b"], one["sp_pre"].0["m"]), ([2; 3], [5 * 16 * 24; 3]));
-        let e = segment_profiles(&protocol, ParallelPlan { sp: 4, cfg_groups: 1 }, &spec, &req, TextPositions::Real)
-            .unwrap_err();
-        assert!(e.contains("only padding") || e.contains("no attention core"), "{e}");
-    }
-
-    #[test]
     fn engines_are_keyed_by_the_request_profile_and_an_explicit_profile_wins() {
         let spec = PipelineSpec::open(default_bundle()).unwrap();
         let req = request(&spec);
