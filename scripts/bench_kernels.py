@@ -18,8 +18,8 @@ and without one (`attention_mask: false`: a bias-free call; `--attention auto` w
 biased one as `onnx`), run at 1k/4k/16k tokens on ort-cpu (and tract with `--tract`): time and peak RSS.
 
 Variants are export flags (`before`: `osp-export ... --lowering reference --attention onnx`, the previous
-lowering; `after`: the defaults; `conv3d` / `folded`: the WFVAE with `--video-conv conv3d` / `folded`, 5-D or
-folded 4-D convolutions; `step`: DiT only, the defaults' `transformer_cached` graph, the pipeline's denoising
+lowering; `after`: the defaults; `conv3d` / `folded` / `winograd-f2` / `winograd-f4`: the WFVAE with that
+`--video-conv` (5-D convolutions, folded 4-D ones, Winograd F(2x2, 3x3) or F(4x4, 3x3) for the 3x3 ones); `step`: DiT only, the defaults' `transformer_cached` graph, the pipeline's denoising
 step, on the 32 real text tokens with their cross-attention keys and values computed once by `transformer_text`,
 untimed, as the pipeline does per prompt; ratios are against `before`; a variant whose flags equal an earlier
 one's for a model is skipped for it);
@@ -55,6 +55,8 @@ VARIANTS = {
     # the WFVAE video-convolution forms, whatever the default is
     "conv3d": {"dit": [], "wfvae": ["--video-conv", "conv3d"]},
     "folded": {"dit": [], "wfvae": ["--video-conv", "folded"]},
+    "winograd-f2": {"dit": None, "wfvae": ["--video-conv", "winograd-f2"]},
+    "winograd-f4": {"dit": None, "wfvae": ["--video-conv", "winograd-f4"]},
     # the pipeline's denoising step: the `after` export's `transformer_cached` on the real text tokens,
     # with the cross-attention keys and values from one `transformer_text` run (once per prompt, untimed)
     "step": {"dit": [], "wfvae": None},

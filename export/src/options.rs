@@ -44,6 +44,15 @@ pub enum VideoConv {
     /// that mix time (causal padding, time interpolation, the 3-D Haar transforms) slice or
     /// reshape the frame axis.
     Folded,
+    /// `Conv3d`, with every 3x3 stride-1 spatial convolution (3x3x3 causal or per-frame 3x3)
+    /// written as Winograd `F(2x2, 3x3)`: 16 products per 2 x 2 output pixels instead of 36, the
+    /// kernel transformed at export (weights 16/9 their size). Its rounding differs from a
+    /// direct convolution's by about 5e-7 of the output's scale per convolution.
+    WinogradF2,
+    /// The same with `F(4x4, 3x3)`: 36 products per 4 x 4 pixels instead of 144, weights 4x their
+    /// size, rounding about 10x the direct convolution's (the transforms hold 1/6, 1/12, 1/24
+    /// and products up to 64): approximate, see docs/benchmarks.md for its measured error.
+    WinogradF4,
 }
 
 impl VideoConv {
@@ -51,6 +60,8 @@ impl VideoConv {
         match self {
             VideoConv::Conv3d => "conv3d",
             VideoConv::Folded => "folded",
+            VideoConv::WinogradF2 => "winograd-f2",
+            VideoConv::WinogradF4 => "winograd-f4",
         }
     }
 }

@@ -248,6 +248,76 @@ fn folded_convolutions_equal_conv3d() -> Result<()> {
     Ok(())
 }
 
+/// Exports the fixture with the WFVAE convolutions written as `video_conv` into `dir`.
+fn export_with(video_conv: VideoConv, dir: &Path) -> Result<Bundle> {
+    let weights = load_weights(&fixture_dir().join("weights.safetensors"))?;
+    let out = dir.join(video_conv.name());
+    let opts = ExportOptions { video_conv, ..Default::default() };
+    export_wfvae(&config()?, &weights, &opts, &out)?;
+    Ok(Bundle::open(&out)?)
+}
+
+/// `Tensor` of `[1, 4, t, h, w]` standard-normal latents.
+fn latents_tensor(t: usize, h: usize, w: usize, seed: u64) -> Tensor {
+    Tensor::F32(latents_hw(t, h, w, seed).into_dyn())
+}
+
+/// Winograd `F(2x2, 3x3)` (`VideoConv::WinogradF2`) against the 5-D `Conv` lowering: the
+/// encoder, the whole-clip decoder on latents whose sides are not multiples of the tile (3 x 5:
+/// every decoder level has a partial last tile) and on the fixture's 4 x 4, the first streaming
+/// graph's outputs and state, and streaming in chunks of 1 and 2, on every CPU backend, to `Close`;
+/// and the official outputs to `Approximate`, like the default export.
+#[test]
+fn winograd_f2_convolutions_equal_conv3d() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (fast, reference) = (export_with(VideoConv::WinogradF2, dir.path())?, Bundle::open(bundle(Precision::F32)?)?);
+    let z = latents(5);
+    let z0 = frames(&z, 0, 1);
+    let odd = latents_tensor(3, 3, 5, 7);
+    for backend in cpu_backends() {
+        check_encoder(&fast, &backend, Approx::Approximate)?;
+        check_decoder(&fast, &backend, Approx::Approximate)?;
+        let graphs =
+            [(ENCODER, "x", fixture("input.x")?), (DECODER, "z", &z), (DECODER, "z", &odd), (DECODER_FIRST, "z", &z0)];
+        for (graph, name, input) in graphs {
+            let a = run1(&fast, graph, &backend, &[(name, input)])?;
+            let b = run1(&reference, graph, &backend, &[(name, input)])?;
+            ensure!(!a.is_empty() && a.len() == b.len(), "{graph}: outputs {:?} vs {:?}", a.keys(), b.keys());
+            for (k, v) in &a {
+                let expected = b.get(k).with_context(|| format!("{graph}: conv3d has no output `{k}`"))?;
+                let what = format!("{backend} {graph}({:?}).{k}: winograd-f2 vs conv3d", input.shape());
+                compare(&what, v, expected, Approx::Close)?;
+            }
+        }
+        let mut sf = StreamingDecoder::load(&fast, &opts(&backend))?;
+        let mut sr = StreamingDecoder::load(&reference, &opts(&backend))?;
+        for chunk in [1, 2] {
+            let (a, b) = (sf.decode(&z, chunk)?, sr.decode(&z, chunk)?);
+            compare(&format!("{backend} streamed (chunk {chunk}): winograd-f2 vs conv3d"), &a, &b, Approx::Close)?;
+        }
+    }
+    Ok(())
+}
+
+/// Winograd `F(4x4, 3x3)` (`VideoConv::WinogradF4`, approximate): the official outputs to
+/// `Approximate` (the parity level of every f32 export), and the 5-D `Conv` lowering to
+/// `Approximate` on latents with partial tiles, on every CPU backend.
+#[test]
+fn winograd_f4_matches_the_official_outputs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (fast, reference) = (export_with(VideoConv::WinogradF4, dir.path())?, Bundle::open(bundle(Precision::F32)?)?);
+    let odd = latents_tensor(3, 3, 5, 7);
+    for backend in cpu_backends() {
+        check_encoder(&fast, &backend, Approx::Approximate)?;
+        check_decoder(&fast, &backend, Approx::Approximate)?;
+        let a = run1(&fast, DECODER, &backend, &[("z", &odd)])?;
+        let b = run1(&reference, DECODER, &backend, &[("z", &odd)])?;
+        let what = format!("{backend} decoder({:?}): winograd-f4 vs conv3d", odd.shape());
+        compare(&what, &a["sample"], &b["sample"], Approx::Approximate)?;
+    }
+    Ok(())
+}
+
 #[test]
 fn manifest_records_the_streaming_protocol() -> Result<()> {
     let bundle = Bundle::open(bundle(Precision::F32)?)?;

@@ -119,6 +119,10 @@ pub enum VideoConvArg {
     /// Frames folded into the batch, time taps into the channels: one 4-D `Conv` per video
     /// convolution (ORT's NCHWc kernels), video values `[b, t, c, h, w]` inside the graphs.
     Folded,
+    /// `conv3d` with the 3x3 spatial convolutions as Winograd F(2x2, 3x3).
+    WinogradF2,
+    /// `conv3d` with the 3x3 spatial convolutions as Winograd F(4x4, 3x3) (approximate).
+    WinogradF4,
 }
 
 impl From<VideoConvArg> for VideoConv {
@@ -126,6 +130,8 @@ impl From<VideoConvArg> for VideoConv {
         match v {
             VideoConvArg::Conv3d => VideoConv::Conv3d,
             VideoConvArg::Folded => VideoConv::Folded,
+            VideoConvArg::WinogradF2 => VideoConv::WinogradF2,
+            VideoConvArg::WinogradF4 => VideoConv::WinogradF4,
         }
     }
 }

@@ -31,6 +31,7 @@ mod encoder;
 mod haar;
 mod lower;
 mod weights;
+mod winograd;
 
 use std::collections::BTreeMap;
 use std::path::Path;
