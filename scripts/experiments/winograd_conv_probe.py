@@ -10,12 +10,14 @@ convolution and the medians of 3 timed runs each.
 
 Needs `pip install numpy onnx onnxruntime==1.32.0` (a venv). Usage: winograd_conv_probe.py CHANNELS SIZE [M]
 (e.g. 640 64: `[640, 640, 3, 3, 3]` on 9 output frames of 64 x 64, the release decoder's largest convolution; M is
-the output tile, 2 for F(2x2, 3x3) (default) or 4 for F(4x4, 3x3), whose transforms round more).
+the output tile, 2 for F(2x2, 3x3) (default) or 4 for F(4x4, 3x3), whose transforms round more; a 4th argument `half`
+takes F(4x4)'s interpolation points 0, +-1, +-1/2 instead of 0, +-1, +-2).
 """
 import numpy as np, onnx, onnxruntime as ort, time, sys
 from onnx import helper as h, TensorProto as TP, numpy_helper as nh
 C=int(sys.argv[1]) if len(sys.argv)>1 else 640; T=11; H=W=int(sys.argv[2]) if len(sys.argv)>2 else 64
 MT=int(sys.argv[3]) if len(sys.argv)>3 else 2; AL=MT+2
+HALF=len(sys.argv)>4 and sys.argv[4]=='half'
 rng=np.random.default_rng(0)
 x=rng.standard_normal((1,C,T,H,W)).astype(np.float32)
 g=(rng.standard_normal((C,C,3,3,3))/np.sqrt(C*27)).astype(np.float32)
@@ -28,6 +30,10 @@ if MT==2:
     BT=np.array([[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],np.float64)
     G=np.array([[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]],np.float64)
     AT=np.array([[1,1,1,0],[0,1,-1,-1]],np.float64)
+elif HALF:
+    BT=np.array([[1/4,0,-5/4,0,1,0],[0,-1/4,-1/4,1,1,0],[0,1/4,-1/4,-1,1,0],[0,-1/2,-1,1/2,1,0],[0,1/2,-1,-1/2,1,0],[0,1/4,0,-5/4,0,1]],np.float64)
+    G=np.array([[4,0,0],[2/3,2/3,2/3],[2/3,-2/3,2/3],[-8/3,-4/3,-2/3],[-8/3,4/3,-2/3],[0,0,1]],np.float64)
+    AT=np.array([[1,1,1,1,1,0],[0,1,-1,1/2,-1/2,0],[0,1,1,1/4,1/4,0],[0,1,-1,1/8,-1/8,1]],np.float64)
 else:
     BT=np.array([[4,0,-5,0,1,0],[0,-4,-4,1,1,0],[0,4,-4,-1,1,0],[0,-2,-1,2,1,0],[0,2,-1,-2,1,0],[0,4,0,-5,0,1]],np.float64)
     G=np.array([[1/4,0,0],[-1/6,-1/6,-1/6],[-1/6,1/6,-1/6],[1/24,1/12,1/6],[1/24,-1/12,1/6],[0,0,1]],np.float64)

@@ -164,8 +164,8 @@ impl<'a> Lower<'a> {
     /// 2. components to the front (`[b, a^2 * c, t, th, tw]`) and the products with the time
     ///    taps as one `Conv` with `a^2` groups: `[b, a^2 * o, t', th, tw]`;
     /// 3. the output transform as one `MatMul` by `[m^2, a^2]`, the tiles back to rows with one
-    ///    `DepthToSpace` (ORT runs it about 2x faster than the equivalent 7-D `Transpose`), and the
-    ///    rows and columns past `h` and `w` dropped.
+    ///    `DepthToSpace` (the 7-D `Transpose` it equals runs slower on ORT), and the rows and
+    ///    columns past `h` and `w` dropped.
     fn winograd_conv(&mut self, x: &Value, c: usize, w: &Value, bias: &Value, tile: Tile, out: usize) -> Result<Value> {
         let (m, k2) = (tile.m as i64, tile.components() as i64);
         let (c, out) = (c as i64, out as i64);

@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use osp_graphs::config::{manifest_view, StatePair, StreamProtocol, StreamRole, WfvaeConfig};
-use osp_graphs::{AttentionKind, BundleManifest, DType, Dim, ModelSpec, TensorSpec};
+use osp_graphs::{AttentionKind, BundleManifest, DType, Dim, ModelSpec, Precision, TensorSpec};
 use osp_trainer::checkpoint::Checkpoint;
 use tracing::info;
 
@@ -228,6 +228,15 @@ pub fn export_wfvae(
     opts: &ExportOptions,
     out: &Path,
 ) -> Result<BundleManifest> {
+    if matches!(opts.video_conv, VideoConv::WinogradF2 | VideoConv::WinogradF4)
+        && matches!(opts.precision, Precision::F16 | Precision::Bf16)
+    {
+        return Err(Error::Config(format!(
+            "--video-conv {} is an f32 form (its transforms amplify rounding) and cannot be exported at --precision {}; \
+             export half precision with --video-conv conv3d",
+            opts.video_conv, opts.precision
+        )));
+    }
     let model = ModelSpec::Wfvae(manifest_config(cfg)?);
     let graphs = build_graphs_with(cfg, weights, opts.attention_form(), opts.video_conv)?;
     let prov = provenance(opts.source.as_deref())?;
