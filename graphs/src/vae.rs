@@ -14,6 +14,11 @@ use crate::manifest::{BundleManifest, GraphSpec};
 /// Metadata key of the whole-clip `decoder` graph: the most latent frames it takes.
 pub const MAX_LATENT_FRAMES_KEY: &str = "max_latent_frames";
 
+/// Metadata key of every WFVAE graph: how the exporter wrote the video convolutions
+/// (`osp-export --video-conv`: `conv3d`, `folded`, `winograd-f2`, or the approximate
+/// `winograd-f4`). Informational: every form has the same inputs, outputs and streaming state.
+pub const VIDEO_CONV_KEY: &str = "video_conv";
+
 /// The whole-clip decoder graph's name.
 pub const DECODER_GRAPH: &str = "decoder";
 

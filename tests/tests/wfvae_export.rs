@@ -309,6 +309,10 @@ fn winograd_f2_convolutions_equal_conv3d() -> Result<()> {
 fn winograd_f4_matches_the_official_outputs() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (fast, reference) = (export_with(VideoConv::WinogradF4, dir.path())?, Bundle::open(bundle(Precision::F32)?)?);
+    for (name, graph) in &fast.manifest().graphs {
+        let recorded = graph.metadata.get(osp_graphs::vae::VIDEO_CONV_KEY);
+        ensure!(recorded == Some(&serde_json::json!("winograd-f4")), "graph `{name}` records video_conv {recorded:?}");
+    }
     let odd = latents_tensor(3, 3, 5, 7);
     let z = latents(5);
     for backend in cpu_backends() {

@@ -218,6 +218,9 @@ pub fn build_graphs_with(
         out.push(whole(name, graph, metadata));
     }
     w.check_all_used()?;
+    for g in &mut out {
+        g.metadata.insert(osp_graphs::vae::VIDEO_CONV_KEY.to_string(), serde_json::Value::from(video_conv.name()));
+    }
     Ok(out)
 }
 
