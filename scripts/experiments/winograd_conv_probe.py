@@ -10,7 +10,8 @@ convolution and the medians of 3 timed runs each.
 
 Needs `pip install numpy onnx onnxruntime==1.32.0` (a venv). Usage: winograd_conv_probe.py CHANNELS SIZE [M]
 (e.g. 640 64: `[640, 640, 3, 3, 3]` on 9 output frames of 64 x 64, the release decoder's largest convolution; M is
-the output tile, 2 for F(2x2, 3x3) (default) or 4 for F(4x4, 3x3), whose transforms round more; a 4th argument `half`
+the output tile, 2 for F(2x2, 3x3) (default), 3 for F(3x3, 3x3) (points 0, +-1, 2; SIZE a multiple of 3) or 4 for
+F(4x4, 3x3), whose transforms round more; a 4th argument `half`
 takes F(4x4)'s interpolation points 0, +-1, +-1/2 instead of 0, +-1, +-2).
 """
 import numpy as np, onnx, onnxruntime as ort, time, sys
@@ -30,6 +31,14 @@ if MT==2:
     BT=np.array([[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],np.float64)
     G=np.array([[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]],np.float64)
     AT=np.array([[1,1,1,0],[0,1,-1,-1]],np.float64)
+elif MT==3 and HALF:
+    BT=np.array([[0.5,-1,-0.5,1,0],[0,-0.5,0.5,1,0],[0,0.5,-1.5,1,0],[0,-1,0,1,0],[0,0.5,-1,-0.5,1]],np.float64)
+    G=np.array([[2,0,0],[1,1,1],[-1/3,1/3,-1/3],[-8/3,-4/3,-2/3],[0,0,1]],np.float64)
+    AT=np.array([[1,1,1,1,0],[0,1,-1,0.5,0],[0,1,1,0.25,1]],np.float64)
+elif MT==3:
+    BT=np.array([[2,-1,-2,1,0],[0,-2,-1,1,0],[0,2,-3,1,0],[0,-1,0,1,0],[0,2,-1,-2,1]],np.float64)
+    G=np.array([[1/2,0,0],[-1/2,-1/2,-1/2],[-1/6,1/6,-1/6],[1/6,1/3,2/3],[0,0,1]],np.float64)
+    AT=np.array([[1,1,1,1,0],[0,1,-1,2,0],[0,1,1,4,1]],np.float64)
 elif HALF:
     BT=np.array([[1/4,0,-5/4,0,1,0],[0,-1/4,-1/4,1,1,0],[0,1/4,-1/4,-1,1,0],[0,-1/2,-1,1/2,1,0],[0,1/2,-1,-1/2,1,0],[0,1/4,0,-5/4,0,1]],np.float64)
     G=np.array([[4,0,0],[2/3,2/3,2/3],[2/3,-2/3,2/3],[-8/3,-4/3,-2/3],[-8/3,4/3,-2/3],[0,0,1]],np.float64)

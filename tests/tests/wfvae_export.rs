@@ -229,21 +229,37 @@ fn folded_convolutions_equal_conv3d() -> Result<()> {
         if backend == Backend::OrtCpu {
             graphs.push((DECODER_FIRST, "z", &z0));
         }
-        for (graph, name, input) in graphs {
-            let a = run1(&fast, graph, &backend, &[(name, input)])?;
-            let b = run1(&reference, graph, &backend, &[(name, input)])?;
-            ensure!(!a.is_empty() && a.len() == b.len(), "{graph}: outputs {:?} vs {:?}", a.keys(), b.keys());
-            for (k, v) in &a {
-                let expected = b.get(k).with_context(|| format!("{graph}: conv3d has no output `{k}`"))?;
-                compare(&format!("{backend} {graph}.{k}: folded vs conv3d"), v, expected, Approx::Close)?;
-            }
+        check_equals_conv3d(VideoConv::Folded, &fast, &reference, &backend, &graphs, &z)?;
+    }
+    Ok(())
+}
+
+/// The bundle `fast`, exported with `form`, against the default `reference`, on `backend`, to
+/// `Close`: every output of each `(graph, input name, input)` and streamed decodes of `z` in
+/// chunks of 1 and 2.
+fn check_equals_conv3d(
+    form: VideoConv,
+    fast: &Bundle,
+    reference: &Bundle,
+    backend: &Backend,
+    graphs: &[(&str, &str, &Tensor)],
+    z: &Tensor,
+) -> Result<()> {
+    for &(graph, name, input) in graphs {
+        let a = run1(fast, graph, backend, &[(name, input)])?;
+        let b = run1(reference, graph, backend, &[(name, input)])?;
+        ensure!(!a.is_empty() && a.len() == b.len(), "{graph}: outputs {:?} vs {:?}", a.keys(), b.keys());
+        for (k, v) in &a {
+            let expected = b.get(k).with_context(|| format!("{graph}: conv3d has no output `{k}`"))?;
+            let what = format!("{backend} {graph}({:?}).{k}: {form} vs conv3d", input.shape());
+            compare(&what, v, expected, Approx::Close)?;
         }
-        let mut sf = StreamingDecoder::load(&fast, &opts(&backend))?;
-        let mut sr = StreamingDecoder::load(&reference, &opts(&backend))?;
-        for chunk in [1, 2] {
-            let (a, b) = (sf.decode(&z, chunk)?, sr.decode(&z, chunk)?);
-            compare(&format!("{backend} streamed (chunk {chunk}): folded vs conv3d"), &a, &b, Approx::Close)?;
-        }
+    }
+    let mut sf = StreamingDecoder::load(fast, &opts(backend))?;
+    let mut sr = StreamingDecoder::load(reference, &opts(backend))?;
+    for chunk in [1, 2] {
+        let (a, b) = (sf.decode(z, chunk)?, sr.decode(z, chunk)?);
+        compare(&format!("{backend} streamed (chunk {chunk}): {form} vs conv3d"), &a, &b, Approx::Close)?;
     }
     Ok(())
 }
@@ -255,6 +271,25 @@ fn export_with(video_conv: VideoConv, dir: &Path) -> Result<Bundle> {
     let opts = ExportOptions { video_conv, ..Default::default() };
     export_wfvae(&config()?, &weights, &opts, &out)?;
     Ok(Bundle::open(&out)?)
+}
+
+/// How many `op` nodes the graph `graph` of `bundle` holds.
+fn op_count(bundle: &Bundle, graph: &str, op: &str) -> Result<usize> {
+    use osp_export::onnx::ModelProto;
+    use prost::Message;
+    let proto = ModelProto::decode(std::fs::read(bundle.graph_path(graph)?)?.as_slice())?;
+    let graph = proto.graph.with_context(|| format!("the `{graph}` model has a graph"))?;
+    Ok(graph.node.iter().filter(|n| n.op_type.as_deref() == Some(op)).count())
+}
+
+/// The Winograd bundle `fast` writes its 3x3 convolutions as Winograd tiles (one `DepthToSpace`
+/// each) in every graph; the default `reference` has none.
+fn check_winograd_form(fast: &Bundle, reference: &Bundle) -> Result<()> {
+    for graph in [ENCODER, DECODER, DECODER_FIRST, DECODER_STEP, DECODER_LAST] {
+        let (tiles, none) = (op_count(fast, graph, "DepthToSpace")?, op_count(reference, graph, "DepthToSpace")?);
+        ensure!(tiles > 0 && none == 0, "`{graph}`: {tiles} Winograd tile reorders, {none} in the conv3d bundle");
+    }
+    Ok(())
 }
 
 /// `Tensor` of `[1, 4, t, h, w]` standard-normal latents.
@@ -271,6 +306,7 @@ fn latents_tensor(t: usize, h: usize, w: usize, seed: u64) -> Tensor {
 fn winograd_f2_convolutions_equal_conv3d() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (fast, reference) = (export_with(VideoConv::WinogradF2, dir.path())?, Bundle::open(bundle(Precision::F32)?)?);
+    check_winograd_form(&fast, &reference)?;
     let z = latents(5);
     let z0 = frames(&z, 0, 1);
     let odd = latents_tensor(3, 3, 5, 7);
@@ -279,22 +315,7 @@ fn winograd_f2_convolutions_equal_conv3d() -> Result<()> {
         check_decoder(&fast, &backend, Approx::Approximate)?;
         let graphs =
             [(ENCODER, "x", fixture("input.x")?), (DECODER, "z", &z), (DECODER, "z", &odd), (DECODER_FIRST, "z", &z0)];
-        for (graph, name, input) in graphs {
-            let a = run1(&fast, graph, &backend, &[(name, input)])?;
-            let b = run1(&reference, graph, &backend, &[(name, input)])?;
-            ensure!(!a.is_empty() && a.len() == b.len(), "{graph}: outputs {:?} vs {:?}", a.keys(), b.keys());
-            for (k, v) in &a {
-                let expected = b.get(k).with_context(|| format!("{graph}: conv3d has no output `{k}`"))?;
-                let what = format!("{backend} {graph}({:?}).{k}: winograd-f2 vs conv3d", input.shape());
-                compare(&what, v, expected, Approx::Close)?;
-            }
-        }
-        let mut sf = StreamingDecoder::load(&fast, &opts(&backend))?;
-        let mut sr = StreamingDecoder::load(&reference, &opts(&backend))?;
-        for chunk in [1, 2] {
-            let (a, b) = (sf.decode(&z, chunk)?, sr.decode(&z, chunk)?);
-            compare(&format!("{backend} streamed (chunk {chunk}): winograd-f2 vs conv3d"), &a, &b, Approx::Close)?;
-        }
+        check_equals_conv3d(VideoConv::WinogradF2, &fast, &reference, &backend, &graphs, &z)?;
     }
     Ok(())
 }
@@ -309,6 +330,7 @@ fn winograd_f2_convolutions_equal_conv3d() -> Result<()> {
 fn winograd_f4_matches_the_official_outputs() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (fast, reference) = (export_with(VideoConv::WinogradF4, dir.path())?, Bundle::open(bundle(Precision::F32)?)?);
+    check_winograd_form(&fast, &reference)?;
     for (name, graph) in &fast.manifest().graphs {
         let recorded = graph.metadata.get(osp_graphs::vae::VIDEO_CONV_KEY);
         ensure!(recorded == Some(&serde_json::json!("winograd-f4")), "graph `{name}` records video_conv {recorded:?}");
