@@ -114,6 +114,84 @@ pub fn pin_mmap_threshold() {
     });
 }
 
+/// The environment variable that keeps `osp` from restarting with huge-page malloc
+/// ([`restart_with_malloc_huge_pages`]): `0` turns the restart off.
+pub const MALLOC_HUGE_PAGES_ENV: &str = "OSP_MALLOC_HUGE_PAGES";
+/// The glibc tunable that makes malloc ask for transparent huge pages
+/// (`madvise(MADV_HUGEPAGE)`) on the blocks it maps.
+pub const MALLOC_HUGE_PAGES_TUNABLE: &str = "glibc.malloc.hugetlb=1";
+const TUNABLES_ENV: &str = "GLIBC_TUNABLES";
+/// The kernel's transparent-huge-page mode (`always [madvise] never`).
+const THP_MODE_FILE: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/// The `GLIBC_TUNABLES` value to restart with, or why not: `tunables` and `opt_out` are the
+/// environment's `GLIBC_TUNABLES` and [`MALLOC_HUGE_PAGES_ENV`], `thp_mode` the content of the
+/// kernel's THP mode file. Only the `madvise` mode gains (`always` maps huge pages without being
+/// asked, `never` refuses them); a `glibc.malloc.hugetlb` already set, by the user or by the
+/// restart itself, is kept.
+fn huge_pages_restart(tunables: Option<&str>, opt_out: Option<&str>, thp_mode: Option<&str>) -> Result<String, String> {
+    if opt_out == Some("0") {
+        return Err(format!("off ({MALLOC_HUGE_PAGES_ENV}=0)"));
+    }
+    if let Some(t) = tunables.filter(|t| t.contains("glibc.malloc.hugetlb")) {
+        return Err(format!("{TUNABLES_ENV}={t}"));
+    }
+    let mode = thp_mode.and_then(|m| Some(m.split_once('[')?.1.split_once(']')?.0));
+    if mode != Some("madvise") {
+        return Err(format!("off (transparent huge pages: {})", mode.unwrap_or("unknown")));
+    }
+    Ok(match tunables {
+        Some(t) if !t.is_empty() => format!("{t}:{MALLOC_HUGE_PAGES_TUNABLE}"),
+        _ => MALLOC_HUGE_PAGES_TUNABLE.to_string(),
+    })
+}
+
+/// Restarts this process (the same executable, arguments and environment, through `exec`) with
+/// [`MALLOC_HUGE_PAGES_TUNABLE`] added to `GLIBC_TUNABLES`, where the kernel gives transparent
+/// huge pages on request only. With the fixed mmap threshold ([`pin_mmap_threshold`]) every graph
+/// run maps its large intermediates afresh, and faulting them in 4 KiB pages cost the streamed
+/// release WFVAE decode about 15% of its time (docs/benchmarks.md). Call it first in `main`, before
+/// any thread starts. Returns without restarting off glibc Linux, where the tunable is already set,
+/// with `OSP_MALLOC_HUGE_PAGES=0`, where the kernel mode is not `madvise`, or when `exec` fails
+/// (its error).
+pub fn restart_with_malloc_huge_pages() -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        let tunables = std::env::var(TUNABLES_ENV).ok();
+        let opt_out = std::env::var(MALLOC_HUGE_PAGES_ENV).ok();
+        let mode = std::fs::read_to_string(THP_MODE_FILE).ok();
+        if let Ok(value) = huge_pages_restart(tunables.as_deref(), opt_out.as_deref(), mode.as_deref()) {
+            let exe = std::env::current_exe()?;
+            let mut args = std::env::args_os();
+            let mut cmd = std::process::Command::new(exe);
+            if let Some(arg0) = args.next() {
+                cmd.arg0(arg0);
+            }
+            // `exec` returns only on failure
+            return Err(cmd.args(args).env(TUNABLES_ENV, value).exec());
+        }
+    }
+    Ok(())
+}
+
+/// Whether malloc asks for huge pages in this process, for logs: `glibc.malloc.hugetlb` in
+/// `GLIBC_TUNABLES`, or why not.
+pub fn malloc_huge_pages_state() -> String {
+    let tunables = std::env::var(TUNABLES_ENV).ok();
+    match tunables.as_deref().filter(|t| t.contains("glibc.malloc.hugetlb")) {
+        Some(t) => format!("{TUNABLES_ENV}={t}"),
+        None => {
+            let opt_out = std::env::var(MALLOC_HUGE_PAGES_ENV).ok();
+            let mode = std::fs::read_to_string(THP_MODE_FILE).ok();
+            match huge_pages_restart(tunables.as_deref(), opt_out.as_deref(), mode.as_deref()) {
+                Err(why) => why,
+                Ok(_) => "off (not restarted)".to_string(),
+            }
+        }
+    }
+}
+
 /// Returns the free pages at the top of the heap and in glibc's arenas to the system
 /// (`malloc_trim(0)`), so that buffers freed between tiles do not stay resident while the next
 /// tile's differently sized buffers are allocated elsewhere. A no-op off glibc.
@@ -133,6 +211,23 @@ pub fn release_free_heap() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn huge_pages_restart_only_in_madvise_mode_and_only_once() {
+        let madvise = Some("always [madvise] never\n");
+        assert_eq!(super::huge_pages_restart(None, None, madvise), Ok("glibc.malloc.hugetlb=1".to_string()));
+        assert_eq!(
+            super::huge_pages_restart(Some("glibc.malloc.arena_max=2"), None, madvise),
+            Ok("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1".to_string())
+        );
+        // set already (by the user, or by the restart itself): no second restart
+        assert!(super::huge_pages_restart(Some("glibc.malloc.hugetlb=0"), None, madvise).is_err());
+        assert!(super::huge_pages_restart(Some("glibc.malloc.hugetlb=1"), None, madvise).is_err());
+        assert!(super::huge_pages_restart(None, Some("0"), madvise).unwrap_err().contains("OSP_MALLOC_HUGE_PAGES=0"));
+        for mode in [Some("[always] madvise never"), Some("always madvise [never]"), Some("garbage"), None] {
+            assert!(super::huge_pages_restart(None, None, mode).is_err(), "{mode:?}");
+        }
+    }
+
     #[test]
     #[cfg(target_os = "linux")]
     fn host_memory_is_read() {

@@ -121,3 +121,29 @@ fn release_binary_stays_small() {
     let size = std::fs::metadata(env!("CARGO_BIN_EXE_osp")).unwrap().len();
     assert!(size < 15 * 1024 * 1024, "osp is {size} bytes");
 }
+
+/// `osp` restarts itself once with glibc's huge-page malloc where the kernel gives transparent huge
+/// pages on request (`madvise` mode), says so at debug level, and stays as it is with
+/// `OSP_MALLOC_HUGE_PAGES=0`.
+#[test]
+fn restarts_with_malloc_huge_pages_in_madvise_mode() {
+    let run = |opt_out: bool| {
+        let mut cmd = osp();
+        cmd.env_remove("GLIBC_TUNABLES").env_remove("RUST_LOG").env_remove("OSP_MALLOC_HUGE_PAGES");
+        if opt_out {
+            cmd.env("OSP_MALLOC_HUGE_PAGES", "0");
+        }
+        let out = cmd.args(["-vv", "schedule"]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let on = run(false);
+    if cfg!(all(target_os = "linux", target_env = "gnu")) && mode.contains("[madvise]") {
+        assert!(on.contains("malloc huge pages: GLIBC_TUNABLES=glibc.malloc.hugetlb=1"), "{on}");
+    } else {
+        assert!(on.contains("malloc huge pages: off"), "{on}");
+    }
+    let off = run(true);
+    assert!(off.contains("malloc huge pages: off (OSP_MALLOC_HUGE_PAGES=0)"), "{off}");
+}

@@ -167,8 +167,13 @@ pub enum Command {
     Bench(Box<bench::BenchArgs>),
 }
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+pub fn run(cli: Cli, restart_error: Option<std::io::Error>) -> anyhow::Result<()> {
     let _chrome_guard = init_tracing(&cli)?;
+    let state = osp_runtime::mem::malloc_huge_pages_state();
+    match restart_error {
+        Some(e) => tracing::debug!(error = %e, "malloc huge pages: the restart failed; {state}"),
+        None => tracing::debug!("malloc huge pages: {state}"),
+    }
     match &cli.command {
         Command::RunGraph(args) => run_graph::run(args, &cli.backend),
         Command::Inspect(args) => inspect::run(args),
