@@ -22,9 +22,10 @@ pub struct ExportOptions {
     pub video_conv: VideoConv,
 }
 
-/// How the WFVAE's video values and convolutions are laid out. Both compute the same sums in
-/// another order (`Approx::Close`); graph inputs, outputs and the streaming `cache_in/out` state
-/// are `[b, c, t, h, w]` either way.
+/// How the WFVAE's video values and convolutions are laid out. `Conv3d`, `Folded` and
+/// `WinogradF2` agree to `Approx::Close`; `WinogradF4` is approximate (`Approx::Approximate`).
+/// Graph inputs, outputs and the streaming `cache_in/out` state are `[b, c, t, h, w]` in every
+/// form, and every graph's manifest metadata records the form (`video_conv`).
 ///
 /// `Folded` runs ONNX Runtime's blocked-channel (NCHWc) 2-D convolution kernels instead of its
 /// 5-D im2col path, with no layout transposes around the convolutions. It is opt-in: ORT keeps an
@@ -46,12 +47,12 @@ pub enum VideoConv {
     Folded,
     /// `Conv3d`, with every 3x3 stride-1 spatial convolution (3x3x3 causal or per-frame 3x3)
     /// written as Winograd `F(2x2, 3x3)`: 16 products per 2 x 2 output pixels instead of 36, the
-    /// kernel transformed at export (weights 16/9 their size). Its rounding differs from a
-    /// direct convolution's by about 5e-7 of the output's scale per convolution.
+    /// kernel transformed at export (weights 16/9 their size). It rounds like a direct
+    /// convolution. f32 only.
     WinogradF2,
     /// The same with `F(4x4, 3x3)`: 36 products per 4 x 4 pixels instead of 144, weights 4x their
-    /// size, rounding about 10x the direct convolution's (the transforms hold 1/6, 1/12, 1/24
-    /// and products up to 64): approximate, see docs/benchmarks.md for its measured error.
+    /// size. Approximate: the transforms (entries up to 8 and down to 1/24) amplify rounding, 7x
+    /// the direct convolution's on the release decoder (docs/benchmarks.md). f32 only.
     WinogradF4,
 }
 
