@@ -5,25 +5,24 @@ and others, e.g. f32 graph forms against `trainer/examples/wfvae_decode_f64.rs` 
 Plain Python 3 (no numpy). Usage: compare_outputs.py [--tensor NAME] REFERENCE OTHER [OTHER ...]
 """
 import argparse
-import json
-import struct
+import sys
 from array import array
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_kernels import read_safetensors  # noqa: E402  (one copy of the safetensors reader)
 
 
 def read_f32(path, name):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        if name not in header:
-            raise SystemExit(f"{path}: no tensor `{name}` (has {sorted(k for k in header if k != '__metadata__')})")
-        meta = header[name]
-        if meta["dtype"] != "F32":
-            raise SystemExit(f"{path}: `{name}` is {meta['dtype']}, expected F32")
-        start, end = meta["data_offsets"]
-        f.seek(8 + n + start)
-        values = array("f")
-        values.frombytes(f.read(end - start))
-        return meta["shape"], values
+    tensors = read_safetensors(Path(path))
+    if name not in tensors:
+        raise SystemExit(f"{path}: no tensor `{name}` (has {sorted(tensors)})")
+    dtype, shape, blob = tensors[name]
+    if dtype != "F32":
+        raise SystemExit(f"{path}: `{name}` is {dtype}, expected F32")
+    values = array("f")
+    values.frombytes(blob)
+    return shape, values
 
 
 def main():

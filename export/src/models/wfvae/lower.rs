@@ -127,11 +127,7 @@ impl<'a> Lower<'a> {
         if k != 3 || stride != 1 || pad != (1, 1) {
             return None;
         }
-        match self.video_conv {
-            VideoConv::WinogradF2 => Some(Tile::F2),
-            VideoConv::WinogradF4 => Some(Tile::F4),
-            VideoConv::Conv3d | VideoConv::Folded => None,
-        }
+        Tile::of(self.video_conv)
     }
 
     /// The transformed kernel and bias of a Winograd convolution, as initializers under the
@@ -144,12 +140,14 @@ impl<'a> Lower<'a> {
         bias_key: &str,
     ) -> Result<(Value, Value)> {
         let tag = self.video_conv.name();
-        let kernel = self.w.derived(weight_key, shape, tag, |t| {
-            let &[o, c, .., kh, kw] = t.shape() else { unreachable!("shape checked by `derived`") };
-            let kt = if shape.len() == 5 { shape[2] } else { 1 };
-            let as5 = HostTensor::new(t.dtype(), vec![o, c, kt, kh, kw], t.data().to_vec())?;
-            tile.weight(&as5)
-        })?;
+        // a per-frame kernel `[o, c, 3, 3]` is the one-tap `[o, c, 1, 3, 3]`
+        let mut dims5 = shape.to_vec();
+        if dims5.len() == 4 {
+            dims5.insert(2, 1);
+        }
+        let kernel = self
+            .w
+            .derived(weight_key, shape, tag, |t| tile.weight(&HostTensor::new(t.dtype(), dims5, t.data().to_vec())?))?;
         let bias = self.w.derived(bias_key, &shape[..1], tag, |b| tile.bias(b))?;
         Ok((self.b.initializer(weight_key, &kernel)?, self.b.initializer(bias_key, &bias)?))
     }
@@ -167,7 +165,7 @@ impl<'a> Lower<'a> {
     ///    `DepthToSpace` (the 7-D `Transpose` it equals runs slower on ORT), and the rows and
     ///    columns past `h` and `w` dropped.
     fn winograd_conv(&mut self, x: &Value, c: usize, w: &Value, bias: &Value, tile: Tile, out: usize) -> Result<Value> {
-        let (m, k2) = (tile.m as i64, tile.components() as i64);
+        let (m, k2) = (tile.m() as i64, tile.components() as i64);
         let (c, out) = (c as i64, out as i64);
         let planes = self.b.reshape(x, &[-1, 1, 0, 0, 0]);
         let input_kernel = self.b.constant(&tile.input_kernel()?);
@@ -184,11 +182,11 @@ impl<'a> Lower<'a> {
         let v = self.b.reshape_to(&v, &shape, Some(5)); // [b, a^2 * c, t, th, tw]
         let opts = ConvOptions { group: k2, ..Default::default() };
         let products = self.b.conv(&v, w, Some(bias), &opts)?; // [b, a^2 * o, t', th, tw]
-        let products_shape = self.b.reshape(&products, &[0, k2, -1]);
+        let components = self.b.reshape(&products, &[0, k2, -1]); // [b, a^2, o*t'*th*tw]
         let output_matrix = self.b.constant(&tile.output_matrix()?);
-        let y = self.b.matmul(&output_matrix, &products_shape)?; // [b, m^2, o*t'*th*tw]
-                                                                 // component (p, q) of frame-channel j = o * t' + f is channel (p * m + q) * o * t' + j: the
-                                                                 // layout `DepthToSpace` (DCR) reads
+        // pixel (p, q) of frame-channel j = o * t' + f lands in channel (p * m + q) * o * t' + j:
+        // the layout `DepthToSpace` (DCR) reads
+        let y = self.b.matmul(&output_matrix, &components)?; // [b, m^2, o*t'*th*tw]
         let grid = self.b.shape(&products, Some(3), Some(5)); // [th, tw]
         let minus_one = self.b.const_i64(&[-1]);
         let shape = self.b.concat(&[&batch, &minus_one, &grid], 0)?;

@@ -231,9 +231,7 @@ pub fn export_wfvae(
     opts: &ExportOptions,
     out: &Path,
 ) -> Result<BundleManifest> {
-    if matches!(opts.video_conv, VideoConv::WinogradF2 | VideoConv::WinogradF4)
-        && matches!(opts.precision, Precision::F16 | Precision::Bf16)
-    {
+    if winograd::Tile::of(opts.video_conv).is_some() && matches!(opts.precision, Precision::F16 | Precision::Bf16) {
         return Err(Error::Config(format!(
             "--video-conv {} is an f32 form (its transforms amplify rounding) and cannot be exported at --precision {}; \
              export half precision with --video-conv conv3d",

@@ -10,13 +10,16 @@
 //! ([`bias`]).
 
 use crate::error::{Error, Result};
+use crate::options::VideoConv;
 use crate::tensor::HostTensor;
 
-/// One Winograd tile size with its transform matrices (row-major, f64).
+/// One Winograd tile size, with its transform matrices (row-major, f64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tile {
-    /// Output pixels per tile side.
-    pub m: usize,
+pub enum Tile {
+    /// `F(2x2, 3x3)`.
+    F2,
+    /// `F(4x4, 3x3)`.
+    F4,
 }
 
 const BT2: [f64; 16] = [1., 0., -1., 0., 0., 1., 1., 0., 0., -1., 1., 0., 0., 1., 0., -1.];
@@ -50,12 +53,26 @@ const AT4: [f64; 24] = [
 ];
 
 impl Tile {
-    pub const F2: Tile = Tile { m: 2 };
-    pub const F4: Tile = Tile { m: 4 };
+    /// The tile a [`VideoConv`] writes its 3x3 convolutions with, if any.
+    pub fn of(video_conv: VideoConv) -> Option<Tile> {
+        match video_conv {
+            VideoConv::WinogradF2 => Some(Tile::F2),
+            VideoConv::WinogradF4 => Some(Tile::F4),
+            VideoConv::Conv3d | VideoConv::Folded => None,
+        }
+    }
+
+    /// Output pixels per tile side.
+    pub fn m(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
 
     /// Input tile side `a = m + 2`.
     pub fn a(self) -> usize {
-        self.m + 2
+        self.m() + 2
     }
 
     /// Transform components per tile, `a^2`.
@@ -65,28 +82,25 @@ impl Tile {
 
     /// `B^T` `[a, a]`.
     fn bt(self) -> &'static [f64] {
-        if self.m == 2 {
-            &BT2
-        } else {
-            &BT4
+        match self {
+            Tile::F2 => &BT2,
+            Tile::F4 => &BT4,
         }
     }
 
     /// `G` `[a, 3]`.
     fn g(self) -> &'static [f64] {
-        if self.m == 2 {
-            &G2
-        } else {
-            &G4
+        match self {
+            Tile::F2 => &G2,
+            Tile::F4 => &G4,
         }
     }
 
     /// `A^T` `[m, a]`.
     fn at(self) -> &'static [f64] {
-        if self.m == 2 {
-            &AT2
-        } else {
-            &AT4
+        match self {
+            Tile::F2 => &AT2,
+            Tile::F4 => &AT4,
         }
     }
 
@@ -110,7 +124,7 @@ impl Tile {
     /// The output transform `[m^2, a^2]`: row `p * m + q` gives output pixel `(p, q)` of the
     /// tile from the components `k = i * a + j`.
     pub fn output_matrix(self) -> Result<HostTensor> {
-        let (a, m, at) = (self.a(), self.m, self.at());
+        let (a, m, at) = (self.a(), self.m(), self.at());
         let mut values = Vec::with_capacity(m * m * a * a);
         for p in 0..m {
             for q in 0..m {
@@ -188,7 +202,7 @@ mod tests {
     /// One `m x m` output tile through the transforms, all in f64 from the f32 tensors the graph
     /// holds, against the direct 3x3 correlation.
     fn check(tile: Tile) {
-        let (a, m) = (tile.a(), tile.m);
+        let (a, m) = (tile.a(), tile.m());
         let (o, c) = (2, 3);
         let kernel: Vec<f32> = (0..o * c * 9).map(noise).collect();
         let kernel = HostTensor::from_f32(vec![o, c, 1, 3, 3], &kernel).unwrap();
@@ -247,7 +261,7 @@ mod tests {
     #[test]
     fn column_one_of_the_output_transform_is_all_ones() {
         for tile in [Tile::F2, Tile::F4] {
-            let (a, m) = (tile.a(), tile.m);
+            let (a, m) = (tile.a(), tile.m());
             for p in 0..m {
                 assert_eq!(tile.at()[p * a + 1], 1.0, "F({m}) row {p}");
             }
