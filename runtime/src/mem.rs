@@ -130,11 +130,11 @@ const THP_MODE_FILE: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 /// asked, `never` refuses them); a `glibc.malloc.hugetlb` already set, by the user or by the
 /// restart itself, is kept.
 fn huge_pages_restart(tunables: Option<&str>, opt_out: Option<&str>, thp_mode: Option<&str>) -> Result<String, String> {
-    if opt_out == Some("0") {
-        return Err(format!("off ({MALLOC_HUGE_PAGES_ENV}=0)"));
-    }
     if let Some(t) = tunables.filter(|t| t.contains("glibc.malloc.hugetlb")) {
         return Err(format!("{TUNABLES_ENV}={t}"));
+    }
+    if opt_out == Some("0") {
+        return Err(format!("off ({MALLOC_HUGE_PAGES_ENV}=0)"));
     }
     let mode = thp_mode.and_then(|m| Some(m.split_once('[')?.1.split_once(']')?.0));
     if mode != Some("madvise") {
@@ -144,6 +144,14 @@ fn huge_pages_restart(tunables: Option<&str>, opt_out: Option<&str>, thp_mode: O
         Some(t) if !t.is_empty() => format!("{t}:{MALLOC_HUGE_PAGES_TUNABLE}"),
         _ => MALLOC_HUGE_PAGES_TUNABLE.to_string(),
     })
+}
+
+/// [`huge_pages_restart`] for this process's environment and kernel.
+fn huge_pages_restart_here() -> Result<String, String> {
+    let tunables = std::env::var(TUNABLES_ENV).ok();
+    let opt_out = std::env::var(MALLOC_HUGE_PAGES_ENV).ok();
+    let mode = std::fs::read_to_string(THP_MODE_FILE).ok();
+    huge_pages_restart(tunables.as_deref(), opt_out.as_deref(), mode.as_deref())
 }
 
 /// Restarts this process (the same executable, arguments and environment, through `exec`) with
@@ -158,10 +166,7 @@ pub fn restart_with_malloc_huge_pages() -> std::io::Result<()> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        let tunables = std::env::var(TUNABLES_ENV).ok();
-        let opt_out = std::env::var(MALLOC_HUGE_PAGES_ENV).ok();
-        let mode = std::fs::read_to_string(THP_MODE_FILE).ok();
-        if let Ok(value) = huge_pages_restart(tunables.as_deref(), opt_out.as_deref(), mode.as_deref()) {
+        if let Ok(value) = huge_pages_restart_here() {
             let exe = std::env::current_exe()?;
             let mut args = std::env::args_os();
             let mut cmd = std::process::Command::new(exe);
@@ -178,18 +183,7 @@ pub fn restart_with_malloc_huge_pages() -> std::io::Result<()> {
 /// Whether malloc asks for huge pages in this process, for logs: `glibc.malloc.hugetlb` in
 /// `GLIBC_TUNABLES`, or why not.
 pub fn malloc_huge_pages_state() -> String {
-    let tunables = std::env::var(TUNABLES_ENV).ok();
-    match tunables.as_deref().filter(|t| t.contains("glibc.malloc.hugetlb")) {
-        Some(t) => format!("{TUNABLES_ENV}={t}"),
-        None => {
-            let opt_out = std::env::var(MALLOC_HUGE_PAGES_ENV).ok();
-            let mode = std::fs::read_to_string(THP_MODE_FILE).ok();
-            match huge_pages_restart(tunables.as_deref(), opt_out.as_deref(), mode.as_deref()) {
-                Err(why) => why,
-                Ok(_) => "off (not restarted)".to_string(),
-            }
-        }
-    }
+    huge_pages_restart_here().map_or_else(|why| why, |_| "off (not restarted)".to_string())
 }
 
 /// Returns the free pages at the top of the heap and in glibc's arenas to the system
@@ -223,6 +217,9 @@ mod tests {
         assert!(super::huge_pages_restart(Some("glibc.malloc.hugetlb=0"), None, madvise).is_err());
         assert!(super::huge_pages_restart(Some("glibc.malloc.hugetlb=1"), None, madvise).is_err());
         assert!(super::huge_pages_restart(None, Some("0"), madvise).unwrap_err().contains("OSP_MALLOC_HUGE_PAGES=0"));
+        // the tunable in effect is reported even with the opt-out set
+        let both = super::huge_pages_restart(Some("glibc.malloc.hugetlb=1"), Some("0"), madvise).unwrap_err();
+        assert_eq!(both, "GLIBC_TUNABLES=glibc.malloc.hugetlb=1");
         for mode in [Some("[always] madvise never"), Some("always madvise [never]"), Some("garbage"), None] {
             assert!(super::huge_pages_restart(None, None, mode).is_err(), "{mode:?}");
         }
