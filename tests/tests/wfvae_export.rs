@@ -18,12 +18,14 @@ use std::sync::OnceLock;
 
 use anyhow::{ensure, Context, Result};
 use ndarray::{ArrayD, Axis, Slice};
+use osp_export::models::pipeline::{export_pipeline, PipelineExportOptions, PipelineSources};
 use osp_export::models::wfvae::{
     build_graphs, export_wfvae, load_weights, WFVAEModelConfig, CACHE_IN, CACHE_OUT, DECODER, DECODER_FIRST,
     DECODER_LAST, DECODER_STEP, ENCODER,
 };
 use osp_export::{ExportOptions, VideoConv};
 use osp_graphs::config::{StreamProtocol, StreamRole, STREAM_METADATA_KEY};
+use osp_graphs::pipeline::PipelineDefaults;
 use osp_graphs::{Approx, AttentionKind, ModelSpec, Precision};
 use osp_runtime::session::Backend;
 use osp_runtime::vae::streaming::StreamingDecoder;
@@ -363,7 +365,7 @@ fn winograd_f4_matches_the_official_outputs() -> Result<()> {
 }
 
 /// The Winograd forms are f32 only: a half-precision export asking for one fails, naming both
-/// options, and writes nothing.
+/// options, and writes nothing; a pipeline export fails the same way before it reads any weights.
 #[test]
 fn winograd_forms_refuse_half_precision() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -380,6 +382,23 @@ fn winograd_forms_refuse_half_precision() -> Result<()> {
         );
         ensure!(!out.exists(), "a refused export should write nothing at {}", out.display());
     }
+    // the pipeline export refuses it up front, before it reads any weights (these are missing)
+    let missing = dir.path().join("missing.safetensors");
+    let sources = PipelineSources {
+        text_encoder_weights: missing.clone(),
+        transformer_weights: missing.clone(),
+        vae_weights: missing,
+        ..PipelineSources::from_dir(&shared_reference().join("e2e"))?
+    };
+    let opts = PipelineExportOptions {
+        graph: ExportOptions { video_conv: VideoConv::WinogradF4, precision: Precision::F16, ..Default::default() },
+        text_encoder_precision: None,
+        defaults: PipelineDefaults::open_sora_plan_v13(),
+    };
+    let out = dir.path().join("e2e.pipeline");
+    let err = export_pipeline(&sources, &opts, &out).expect_err("a half-precision Winograd pipeline should fail");
+    ensure!(err.to_string().contains("winograd-f4"), "the error should name --video-conv: {err}");
+    ensure!(!out.exists(), "a refused pipeline export should write nothing at {}", out.display());
     Ok(())
 }
 

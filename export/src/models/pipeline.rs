@@ -211,6 +211,7 @@ pub fn export_pipeline(src: &PipelineSources, opts: &PipelineExportOptions, out:
         &ModelSpec::Wfvae(crate::models::wfvae::manifest_config(&vae_cfg)?),
         &opts.defaults,
     )?;
+    crate::models::wfvae::check_options(&opts.graph)?;
 
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;

@@ -224,13 +224,10 @@ pub fn build_graphs_with(
     Ok(out)
 }
 
-/// Exports the five graphs as a bundle at `out`.
-pub fn export_wfvae(
-    cfg: &WFVAEModelConfig,
-    weights: &WfvaeWeights,
-    opts: &ExportOptions,
-    out: &Path,
-) -> Result<BundleManifest> {
+/// Fails on export options the WFVAE cannot be written with: a Winograd `--video-conv` is an f32
+/// form (its transforms amplify rounding), so not at f16 or bf16. Exporters that write the WFVAE
+/// after other models call it first.
+pub fn check_options(opts: &ExportOptions) -> Result<()> {
     if winograd::Tile::of(opts.video_conv).is_some() && matches!(opts.precision, Precision::F16 | Precision::Bf16) {
         return Err(Error::Config(format!(
             "--video-conv {} is an f32 form (its transforms amplify rounding) and cannot be exported at --precision {}; \
@@ -238,6 +235,17 @@ pub fn export_wfvae(
             opts.video_conv, opts.precision
         )));
     }
+    Ok(())
+}
+
+/// Exports the five graphs as a bundle at `out`.
+pub fn export_wfvae(
+    cfg: &WFVAEModelConfig,
+    weights: &WfvaeWeights,
+    opts: &ExportOptions,
+    out: &Path,
+) -> Result<BundleManifest> {
+    check_options(opts)?;
     let model = ModelSpec::Wfvae(manifest_config(cfg)?);
     let graphs = build_graphs_with(cfg, weights, opts.attention_form(), opts.video_conv)?;
     let prov = provenance(opts.source.as_deref())?;
